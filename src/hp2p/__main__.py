@@ -1,0 +1,3 @@
+from hp2p.cli import main
+
+main()

@@ -1,0 +1,32 @@
+"""`hp2p bench …`: one sub-command per metric family of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import typer
+
+from hp2p.clistubs import not_yet
+
+app = typer.Typer(
+    help=(
+        "Benchmarks (see BENCHMARKS.md). Each prints a table and, with --json FILE, writes "
+        "the result file.\n\nExamples:\n\n  hp2p bench wire\n\n  hp2p bench wire --json "
+        "bench-results/wire.json"
+    ),
+    no_args_is_help=True,
+)
+
+_STUBS = {"homs": 3, "tree": 4, "churn": 5, "mesh": 7, "all": 6, "report": 6}
+
+
+def _stub(name: str, issue: int) -> None:
+    @app.command(
+        name=name,
+        help=f"Not built yet: issue #{issue}.",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def _cmd() -> None:
+        not_yet(f"hp2p bench {name}", issue)
+
+
+for _name, _issue in _STUBS.items():
+    _stub(_name, _issue)

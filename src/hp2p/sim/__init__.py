@@ -1,0 +1,1 @@
+"""See README.md (FE -> module table)."""
