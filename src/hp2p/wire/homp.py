@@ -499,7 +499,7 @@ class JoinOverlay(_Model):
     auth: OverlayAccessAuth | None = None
 
 
-def _json_depth(value: Any, limit: int) -> bool:
+def json_depth_within(value: Any, limit: int) -> bool:
     """True when ``value`` nests no deeper than ``limit`` (bounded walk)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -532,7 +532,7 @@ class JoinPeer(_Model):
         caps = self.capabilities
         if caps is None:
             return
-        if not _json_depth(caps, MAX_CAPABILITIES_DEPTH):
+        if not json_depth_within(caps, MAX_CAPABILITIES_DEPTH):
             raise ValueError(f"`capabilities` nests deeper than {MAX_CAPABILITIES_DEPTH} levels")
         if len(msgspec.json.encode(caps)) > MAX_CAPABILITIES_BYTES:
             raise ValueError(f"`capabilities` is larger than {MAX_CAPABILITIES_BYTES} bytes")
@@ -731,7 +731,7 @@ class CostMapData(_Model):
     multigraph: bool
 
 
-class CostMap(_Model, omit_defaults=False):
+class CostMap(_Model, kw_only=True, omit_defaults=False):
     """``GET /api/OverlayCostMap`` body, also pushed as WebSocket ``current_cost_map``.
 
     ``type`` and ``action`` are constants that the monitor UI keys on; they
@@ -739,9 +739,9 @@ class CostMap(_Model, omit_defaults=False):
     """
 
     overlay_id: Id
-    data: CostMapData
     type: Literal["peer"] = "peer"
     action: Literal["current_cost_map"] = "current_cost_map"
+    data: CostMapData
 
 
 # --------------------------------------------------------------------------
