@@ -1,0 +1,219 @@
+"""The HOMS schema (SQLAlchemy 2 Core tables) and the engine set-up for SQLite and PostgreSQL.
+
+Everything the HOMS decides from lives here, not in process memory: the per-overlay ticket
+counter, each peer's liveness deadline, its last ``num_primary`` and cost map. The reference
+HOMS keeps the ticket counter and the liveness timers in memory and loses them on restart
+(etri-2023-protocol.md §9.3); here a ``kill -9`` loses nothing and several HOMS processes can
+share one PostgreSQL database.
+
+The schema is created and upgraded by the Alembic scripts in ``hp2p.homs.migrations``; this
+module is the one description of it that the code and the migrations share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+#: Longest id (overlay-id, peer-id, owner-id) and address accepted; enforced at the API too,
+#: so an over-long value is a clear 400 and never a database error.
+ID_LEN = 200
+TEXT_LEN = 1000
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: OIM FE: one row per overlay (CoreTree, SubTree or SubMesh).
+overlay = Table(
+    "overlay",
+    metadata,
+    Column("overlay_id", String(ID_LEN), primary_key=True),
+    Column("title", String(TEXT_LEN), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("sub_type", String(16), nullable=False),
+    Column("owner_id", String(ID_LEN), nullable=False),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("description", String(TEXT_LEN), nullable=False),
+    Column("heartbeat_interval", Integer, nullable=False),
+    Column("heartbeat_timeout", Integer, nullable=False),
+    Column("auth_type", String(16), nullable=False),
+    Column("auth_keyword", String(TEXT_LEN), nullable=True),
+    Column("admin_key_hash", String(200), nullable=False),
+    Column("access_key_hash", String(200), nullable=True),
+    Column("app_id", String(32), nullable=True),
+    Column("mn_cache", Integer, nullable=True),
+    Column("md_cache", Integer, nullable=True),
+    Column("recovery_by", String(16), nullable=True),
+    #: SubTree/SubMesh: the overlay it belongs to and its single source peer (R3 bridge).
+    Column("parent_overlay_id", String(ID_LEN), nullable=True),
+    Column("source_peer_id", String(ID_LEN), nullable=True),
+    Column("delete_when_empty", Boolean, nullable=False, default=False),
+    #: The last ticket issued; bumped with UPDATE … RETURNING inside each join transaction.
+    Column("last_ticket", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: OPM/PSM FE: overlay membership, ticket, liveness and the last report of each peer.
+peer = Table(
+    "peer",
+    metadata,
+    Column(
+        "overlay_id",
+        String(ID_LEN),
+        ForeignKey("overlay.overlay_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("peer_id", String(ID_LEN), primary_key=True),
+    Column("ticket", Integer, nullable=False),
+    Column("address", String(TEXT_LEN), nullable=False),
+    Column("password_hash", String(200), nullable=False),
+    Column("expires", Integer, nullable=False),
+    #: Last join/refresh/report (epoch seconds) and the deadline derived from it.
+    Column("last_seen", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("num_primary", Integer, nullable=False, default=0),
+    Column("num_out_candidate", Integer, nullable=False, default=0),
+    Column("num_in_candidate", Integer, nullable=False, default=0),
+    #: JSON {"primary": [...], "outgoing_candidate": [...], "incoming_candidate": [...]}.
+    Column("costmap", Text, nullable=True),
+    Column("report_time", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("overlay_id", "ticket"),
+)
+Index("ix_peer_expires_at", peer.c.expires_at)
+
+#: Closed overlays admitted by peer list: the listed peer-ids.
+auth_peer = Table(
+    "auth_peer",
+    metadata,
+    Column(
+        "overlay_id",
+        String(ID_LEN),
+        ForeignKey("overlay.overlay_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("peer_id", String(ID_LEN), primary_key=True),
+)
+
+#: PIR FE: what a peer told about itself at join (addresses, preferences, capabilities),
+#: kept apart from membership so that it outlives a leave and serves every overlay.
+peer_info = Table(
+    "peer_info",
+    metadata,
+    Column("peer_id", String(ID_LEN), primary_key=True),
+    Column("addresses", Text, nullable=False),
+    Column("preferences", Text, nullable=True),
+    Column("capabilities", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+
+class DatabaseUrlError(ValueError):
+    """A ``--database`` value hp2p cannot use; the message says which forms work."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseTarget:
+    """A parsed ``--database`` value: the async URL and what kind of server it is."""
+
+    url: URL
+    is_sqlite: bool
+
+    def describe(self) -> str:
+        """The URL without a password, for the start-up line and logs."""
+        return self.url.render_as_string(hide_password=True)
+
+
+def parse_database_url(text: str) -> DatabaseTarget:
+    """Turn a plain database URL into the async-driver URL SQLAlchemy needs.
+
+    ``sqlite:///hp2p.db`` (relative to the working directory), ``sqlite:////abs/path.db``,
+    ``postgresql://user@host:5432/db`` and ``postgres://…`` are accepted, as are the explicit
+    ``sqlite+aiosqlite`` and ``postgresql+asyncpg`` forms.
+    """
+    try:
+        url = make_url(text)
+    except Exception as exc:  # sqlalchemy raises ArgumentError, but be safe on odd input
+        raise DatabaseUrlError(
+            f"cannot parse database URL {text!r}: use sqlite:///FILE.db or "
+            "postgresql://USER@HOST:PORT/DB"
+        ) from exc
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            raise DatabaseUrlError(
+                "an in-memory SQLite database would lose everything on restart and cannot be "
+                "shared between connections: give a file, e.g. sqlite:///hp2p.db"
+            )
+        return DatabaseTarget(url.set(drivername="sqlite+aiosqlite"), is_sqlite=True)
+    if backend in ("postgresql", "postgres"):
+        return DatabaseTarget(url.set(drivername="postgresql+asyncpg"), is_sqlite=False)
+    raise DatabaseUrlError(
+        f"unsupported database {backend!r} in {text!r}: use sqlite:///FILE.db or "
+        "postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def _sqlite_setup(begin_sql: str) -> tuple[Callable[..., None], Callable[..., None]]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so that BEGIN is ours (below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL: readers never block the writer; NORMAL sync is durable across a process
+        # crash (kill -9), which is the failure the HOMS must survive.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin_sql)
+
+    return on_connect, on_begin
+
+
+def create_engines(target: DatabaseTarget) -> tuple[AsyncEngine, AsyncEngine]:
+    """The (writer, reader) engines for ``target``.
+
+    SQLite allows one writer at a time. The writer engine has a single connection and opens
+    every transaction with ``BEGIN IMMEDIATE``, so writes queue in the pool instead of failing
+    with "database is locked" when a read transaction tries to upgrade; readers use their
+    own small pool and, under WAL, never wait for the writer. PostgreSQL uses one pooled
+    engine for both, with row locks doing the serialising.
+    """
+    if target.is_sqlite:
+        writer = create_async_engine(target.url, pool_size=1, max_overflow=0)
+        reader = create_async_engine(target.url, pool_size=2, max_overflow=2)
+        for engine, begin_sql in ((writer, "BEGIN IMMEDIATE"), (reader, "BEGIN")):
+            on_connect, on_begin = _sqlite_setup(begin_sql)
+            event.listen(engine.sync_engine, "connect", on_connect)
+            event.listen(engine.sync_engine, "begin", on_begin)
+        return writer, reader
+    engine = create_async_engine(target.url, pool_size=10, max_overflow=10)
+    return engine, engine

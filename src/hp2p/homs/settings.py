@@ -1,0 +1,78 @@
+"""HOMS settings: one typed object that the CLI fills and the app factory reads.
+
+Keeping every knob here (instead of module globals, as the reference ``config.py`` does) lets
+tests and benchmarks run several differently configured HOMS apps in one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hp2p.homs.peerlist import DEFAULT_MESH_LIST_SIZE, DEFAULT_TREE_LIST_SIZE
+from hp2p.homs.secrets import SCRYPT_N
+
+DEFAULT_DATABASE = "sqlite:///hp2p.db"
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work; the message says which and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class HomsSettings:
+    """Everything a HOMS instance needs to know at start.
+
+    ``database`` accepts the plain URL forms (``sqlite:///file.db``,
+    ``postgresql://user@host/db``) as well as explicit async-driver URLs.
+    """
+
+    database: str = DEFAULT_DATABASE
+    host: str = "127.0.0.1"
+    port: int = 8081
+    #: Seconds between expiry sweeps (PSM FE); the reference sweeps every 30 s.
+    expiry_sweep: float = 5.0
+    #: Delete an overlay when its last peer leaves or expires (the reference behaviour).
+    #: Off by default: an overlay lives until its owner removes it, unless it was created
+    #: with the per-overlay ``delete-when-empty`` extension.
+    delete_empty_overlays: bool = False
+    tree_peer_list_size: int = DEFAULT_TREE_LIST_SIZE
+    mesh_peer_list_size: int = DEFAULT_MESH_LIST_SIZE
+    #: Default ``expires`` (seconds) of a peer that sends none; the reference uses 3600.
+    default_peer_expires: int = 3600
+    #: Largest request body accepted; larger ones get 413 before they are read in full.
+    max_body_bytes: int = 64 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    log_level: str = "info"
+    #: scrypt cost for admin keys (see ``hp2p.homs.secrets``); tests may lower it.
+    admin_key_cost: int = SCRYPT_N
+    #: What ``GET /api/InitData`` tells the reference web UI about the WebSocket port.
+    ws_port: int = 8082
+    #: Seed for the mesh peer-list choice; ``None`` means fresh OS randomness.
+    seed: int | None = None
+
+    def check(self) -> HomsSettings:
+        """Raise :class:`SettingsError` for a value that cannot work, else return self."""
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"--port must be 0..65535, got {self.port}")
+        if self.expiry_sweep <= 0:
+            raise SettingsError(f"--expiry-sweep must be > 0 seconds, got {self.expiry_sweep}")
+        if not 1 <= self.tree_peer_list_size <= 100:
+            raise SettingsError(f"--peer-list-size must be 1..100, got {self.tree_peer_list_size}")
+        if not 1 <= self.mesh_peer_list_size <= 100:
+            raise SettingsError(
+                f"--mesh-peer-list-size must be 1..100, got {self.mesh_peer_list_size}"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("give both --tls-cert and --tls-key, or neither")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise SettingsError(f"TLS file not found: {path}")
+        if self.max_body_bytes < 1024:
+            raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.admin_key_cost < 2 or self.admin_key_cost & (self.admin_key_cost - 1):
+            raise SettingsError(
+                f"admin_key_cost must be a power of two >= 2, got {self.admin_key_cost}"
+            )
+        return self
