@@ -1,0 +1,110 @@
+"""The HOMS application factory: settings in, a FastAPI app with its store and sweeper out.
+
+Tests, benchmarks and ``hp2p homs`` all build the app here, so they run the same thing. The
+lifespan upgrades the schema (idempotent) and runs the expiry sweep; the store and the
+monitor hub hang off ``app.state`` for the layers a later issue adds (monitoring/signalling
+WebSocket, LISTEN/NOTIFY fan-out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from hp2p import __version__
+from hp2p.homs.api import install_error_handlers, router, schema_components
+from hp2p.homs.db import parse_database_url
+from hp2p.homs.liveness import run_sweeper
+from hp2p.homs.settings import HomsSettings
+from hp2p.homs.store import HomsStore
+
+
+def build_store(settings: HomsSettings, clock: Callable[[], float] | None = None) -> HomsStore:
+    kwargs: dict[str, Any] = {}
+    if clock is not None:
+        kwargs["clock"] = clock
+    return HomsStore(
+        parse_database_url(settings.database),
+        rng=random.Random(settings.seed),
+        tree_list_size=settings.tree_peer_list_size,
+        mesh_list_size=settings.mesh_peer_list_size,
+        default_expires=settings.default_peer_expires,
+        delete_empty_overlays=settings.delete_empty_overlays,
+        admin_key_cost=settings.admin_key_cost,
+        **kwargs,
+    )
+
+
+def create_app(
+    settings: HomsSettings,
+    *,
+    store: HomsStore | None = None,
+    clock: Callable[[], float] | None = None,
+    run_expiry_sweep: bool = True,
+) -> FastAPI:
+    """A ready-to-serve HOMS app.
+
+    ``store`` lets a caller share one store (and its clock) with the app; ``run_expiry_sweep``
+    off lets tests drive expiry themselves with :func:`hp2p.homs.liveness.sweep_once`.
+    """
+    settings.check()
+    the_store = store if store is not None else build_store(settings, clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await the_store.start()
+        stop = asyncio.Event()
+        sweeper = None
+        if run_expiry_sweep:
+            sweeper = asyncio.create_task(
+                run_sweeper(the_store, settings.expiry_sweep, stop), name="hp2p-homs-expiry"
+            )
+        try:
+            yield
+        finally:
+            stop.set()
+            if sweeper is not None:
+                await sweeper
+            await the_store.close()
+
+    app = FastAPI(
+        title="hp2p HOMS",
+        version=__version__,
+        summary="Hybrid overlay management server (ITU-T Q.4100 §7.3, HOMP of Q.4103)",
+        description=(
+            "HOMP in the HOMS-2023 dialect of the ITU-T reference implementation. "
+            'Errors are JSON: `{"error": …, "field": "$.path"}`; a closed overlay that '
+            'refuses a peer answers 407 `{"overlay":{"overlay-id"}}`. See docs/homs.md.'
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = the_store
+    app.state.hub = the_store.hub
+    app.include_router(router)
+    install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                schema_components()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
