@@ -1,0 +1,111 @@
+"""Cache management (CM FE, Q.4100 §7.2.3.1): recent broadcast messages kept for recovery.
+
+The cache is what lets a repaired peer, or a peer that noticed a gap on the live path, pull what
+it missed (BUFFERMAP / GET_DATA, issue #5). It is bounded three ways at once, because any one
+bound alone fails somebody: a count per source (the overlay's ``mN_Cache``) keeps one chatty
+source from evicting the others; a byte bound over all sources keeps memory flat when payloads
+are large (the reference has none, §9.2); an age bound (``mD_Cache``) stops serving data nobody
+can still be missing.
+
+Messages are stored as the received ``BroadcastData`` objects themselves: no payload copy.
+Eviction is oldest-arrival first; every operation is O(1) amortised.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from hp2p.wire.r2.messages import BroadcastData, BuffermapEntry
+
+
+@dataclass(slots=True)
+class CacheCounters:
+    stored: int = 0
+    evicted_count: int = 0
+    evicted_bytes: int = 0
+    evicted_age: int = 0
+    too_large: int = 0
+
+
+class MessageCache:
+    """Per-source message cache bounded by count, bytes and age; answers buffermaps."""
+
+    __slots__ = ("_order", "_sources", "bytes", "counters", "max_age", "max_bytes", "max_count")
+
+    def __init__(self, max_count: int, max_bytes: int, max_age: float) -> None:
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.bytes = 0
+        self.counters = CacheCounters()
+        # (source, sequence) -> (arrival time, size), in arrival order: the eviction queue.
+        self._order: OrderedDict[tuple[str, int], tuple[float, int]] = OrderedDict()
+        self._sources: dict[str, OrderedDict[int, BroadcastData]] = {}
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def put(self, message: BroadcastData, now: float) -> bool:
+        """Cache ``message``; False when it is larger than the whole byte budget."""
+        size = len(message.data)
+        if self.max_count <= 0 or size > self.max_bytes:
+            self.counters.too_large += 1
+            return False
+        source = message.source
+        per_source = self._sources.get(source)
+        if per_source is None:
+            per_source = self._sources[source] = OrderedDict()
+        sequence = message.sequence
+        if sequence in per_source:
+            return True
+        per_source[sequence] = message
+        self._order[(source, sequence)] = (now, size)
+        self.bytes += size
+        self.counters.stored += 1
+        if len(per_source) > self.max_count:
+            old_seq, _ = per_source.popitem(last=False)
+            _, old_size = self._order.pop((source, old_seq))
+            self.bytes -= old_size
+            self.counters.evicted_count += 1
+        while self.bytes > self.max_bytes:
+            self._evict_oldest()
+            self.counters.evicted_bytes += 1
+        if self.max_age > 0:
+            self.expire(now)
+        return True
+
+    def _evict_oldest(self) -> None:
+        (source, sequence), (_, size) = self._order.popitem(last=False)
+        per_source = self._sources[source]
+        del per_source[sequence]
+        if not per_source:
+            del self._sources[source]
+        self.bytes -= size
+
+    def expire(self, now: float) -> None:
+        """Drop messages that arrived more than ``max_age`` ago."""
+        if self.max_age <= 0:
+            return
+        limit = now - self.max_age
+        order = self._order
+        while order:
+            arrived, _ = next(iter(order.values()))
+            if arrived >= limit:
+                break
+            self._evict_oldest()
+            self.counters.evicted_age += 1
+
+    def get(self, source: str, sequence: int, now: float) -> BroadcastData | None:
+        """The cached message, for a GET_DATA answer; None when not (or no longer) held."""
+        self.expire(now)
+        per_source = self._sources.get(source)
+        return None if per_source is None else per_source.get(sequence)
+
+    def buffermap(self, now: float) -> list[BuffermapEntry]:
+        """Which sequences this peer can serve, per source (BUFFERMAP answer)."""
+        self.expire(now)
+        return [
+            BuffermapEntry(source_peer_id=source, sequences=sorted(per_source))
+            for source, per_source in self._sources.items()
+        ]

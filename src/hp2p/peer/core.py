@@ -1,0 +1,1134 @@
+"""The sans-IO hybrid peer (Q.4100 §7.2): one object composing the FEs, fed ``(input, now)``.
+
+``PeerCore`` owns no socket, clock, task or global random state. The shell (asyncio TCP node,
+the in-memory simulator, a hypothesis state machine) calls its input methods with the current
+time and drains ``take_effects()`` after each call; ``next_timer()`` says when to call
+``handle_timer``. The same inputs in the same order give the same outputs, which is what makes
+10,000 simulated peers and stateful property tests possible.
+
+Connections are integers. The core allocates them for connections it opens (``Connect``) and
+for incoming ones (``accept``), so a connection is known to the core before any byte arrives.
+
+A peer that misbehaves never raises out of here: every unexpected message becomes a counted
+``ProtocolError`` effect (and, where the link has no purpose left, a ``Close``).
+
+Hot path: ``receive(conn, BroadcastData)`` is one dict lookup, one duplicate-window check, one
+cache insert, one precomputed fan-out tuple and two effects; no logging, no payload copy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hp2p.peer.broadcast import ACCEPTED, DuplicateFilter
+from hp2p.peer.cache import MessageCache
+from hp2p.peer.config import PeerConfig
+from hp2p.peer.control import (
+    JoinInfo,
+    Phase,
+    backoff_delay,
+    may_volunteer,
+    parent_rank,
+    recovery_rank,
+    relay_conn_num,
+)
+from hp2p.peer.effects import (
+    Close,
+    Connect,
+    Costmap,
+    Deliver,
+    Detached,
+    Effect,
+    HomsRecoveryJoin,
+    HomsReport,
+    Joined,
+    JoinFailed,
+    Left,
+    PathEvent,
+    ProtocolError,
+    ScanPath,
+    ScanResult,
+    Send,
+)
+from hp2p.peer.paths import PATH_ROLES, Link, PathTable, Role
+from hp2p.peer.probe import LivenessDeadlines, RttProbe
+from hp2p.peer.scan import ScanDone, ScanForward, on_leaf_response, on_scan_request
+from hp2p.peer.timers import Timers
+from hp2p.wire.r2.messages import (
+    ESTAB_NO,
+    ESTAB_YES,
+    GET_DATA_MISSING,
+    GET_DATA_OK,
+    PRIMARY_NO,
+    PRIMARY_YES,
+    SCAN_TREE_LEAF,
+    BroadcastData,
+    BroadcastDataResponse,
+    Buffermap,
+    BuffermapEntry,
+    BuffermapResponse,
+    Estab,
+    EstabResponse,
+    GetData,
+    GetDataResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    Hello,
+    HelloResponse,
+    Message,
+    PeerAddress,
+    Probe,
+    ProbeResponse,
+    Release,
+    ReleaseResponse,
+    ScanTree,
+    ScanTreeResponse,
+    SetCandidate,
+    SetCandidateResponse,
+    SetPrimary,
+    SetPrimaryResponse,
+)
+
+_DATA_ROLES = PATH_ROLES
+_SCAN_MEMORY = 64
+_HELLO_MEMORY = 256
+
+# Timer names.
+_T_HELLO = "hello"
+_T_WINDOW = "window"
+_T_PROBE = "probe"
+_T_ASK = "set_primary"
+_T_RETRY = "retry"
+_T_VERTICAL = "vertical"
+_T_SCAN = "scan"
+
+
+@dataclass(slots=True)
+class CoreCounters:
+    """Events worth a metric; protocol errors are counted here, never raised."""
+
+    protocol_errors: int = 0
+    delivered: int = 0
+    forwarded: int = 0
+    published: int = 0
+    hellos: int = 0
+    volunteered: int = 0
+    attempts: int = 0
+    repairs: int = 0
+    paths_lost: int = 0
+
+
+def _hp2p_depth(extra: dict[str, Any] | None) -> int | None:
+    """The hp2p depth extension, if present and sane (a reference peer sends none)."""
+    if not extra:
+        return None
+    depth = extra.get("depth")
+    if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth < 1_000_000:
+        return depth
+    return None
+
+
+class PeerCore:
+    """The hybrid peer core. See docs/peer-core.md for the inputs, effects and procedures."""
+
+    def __init__(self, config: PeerConfig, peer_id: str, address: str, rng: random.Random) -> None:
+        self.config = config
+        self.peer_id = peer_id
+        self.address = address
+        self.rng = rng
+        self.overlay_id = ""
+        self.ticket = 0
+        self.phase = Phase.IDLE
+        self.depth: int | None = None
+        self.recovery_by = "push"
+        self.paths = PathTable(
+            config.max_children, config.max_outgoing_candidates, config.max_incoming_candidates
+        )
+        self.duplicates = DuplicateFilter(config.duplicate_window, config.max_ahead)
+        self.cache = MessageCache(config.cache_count, config.cache_bytes, config.cache_age)
+        self.counters = CoreCounters()
+        self.grandparent: PeerAddress | None = None
+        self.buffermaps: dict[str, list[BuffermapEntry]] = {}  # DR FE hook (issue #5)
+        self._rtt = RttProbe()
+        self._deadlines = LivenessDeadlines(
+            config.heartbeat_timeout, config.idle_link_timeout, config.estab_timeout
+        )
+        self._timers = Timers()
+        self._effects: list[Effect] = []
+        self._next_conn = 0
+        self._sequence = 0
+        self._attempt = 0
+        self._offers: list[Link] = []
+        self._selection: list[Link] = []
+        self._asking: Link | None = None
+        self._hellos_out: set[int] = set()
+        self._hello_accepted = False
+        self._recovering = False
+        self._candidates_only = False
+        self._homs_pending = False
+        self._next_heartbeat: float | None = None
+        self._next_check: float | None = None
+        self._dirty = False
+        self._last_costmap: Costmap | None = None
+        self._scan_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._hello_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._scan_cseq = 0
+        self._scan_paths: list[ScanPath] | None = None
+        self._handlers: dict[type[Any], Callable[[Link, Any, float], None]] = {
+            Hello: self._on_hello,
+            Estab: self._on_estab,
+            Probe: self._on_probe,
+            SetPrimary: self._on_set_primary,
+            SetCandidate: self._on_set_candidate,
+            Release: self._on_release,
+            Heartbeat: self._on_heartbeat,
+            ScanTree: self._on_scan,
+            Buffermap: self._on_buffermap,
+            GetData: self._on_get_data,
+            HelloResponse: self._on_hello_response,
+            EstabResponse: self._on_estab_response,
+            ProbeResponse: self._on_probe_response,
+            SetPrimaryResponse: self._on_set_primary_response,
+            ScanTreeResponse: self._on_scan_response,
+            BuffermapResponse: self._on_buffermap_response,
+            GetDataResponse: self._on_get_data_response,
+            SetCandidateResponse: self._ignore,
+            HeartbeatResponse: self._ignore,
+            ReleaseResponse: self._ignore,
+            BroadcastDataResponse: self._ignore,
+        }
+
+    # === outputs =================================================================================
+    def take_effects(self) -> list[Effect]:
+        """Everything the core decided since the last call, in order."""
+        if self._dirty:
+            self._dirty = False
+            costmap = self.paths.costmap()
+            if costmap != self._last_costmap and self.phase is not Phase.LEFT:
+                self._last_costmap = costmap
+                self._effects.append(HomsReport(costmap))
+        effects = self._effects
+        self._effects = []
+        return effects
+
+    def next_timer(self) -> float | None:
+        """The earliest instant at which ``handle_timer`` has something to do."""
+        when = self._timers.next()
+        for other in (self._next_heartbeat, self._next_check):
+            if other is not None and (when is None or other < when):
+                when = other
+        return when
+
+    @property
+    def attached(self) -> bool:
+        return self.phase is Phase.ATTACHED
+
+    @property
+    def parent(self) -> str | None:
+        link = self.paths.parent
+        return None if link is None else link.peer_id
+
+    # === inputs: life cycle ======================================================================
+    def start(self, info: JoinInfo, now: float) -> None:
+        """Begin after the shell's HOMP join: become the root, or HELLO the listed peers."""
+        if self.phase is not Phase.IDLE:
+            self._error(None, f"start() in phase {self.phase.value}")
+            return
+        self.overlay_id = info.overlay_id
+        self.ticket = info.ticket
+        policy = info.cr_policy
+        self.recovery_by = policy.recovery_by
+        self.config = self.config.with_overlay(
+            info.heartbeat_interval,
+            info.heartbeat_timeout,
+            policy.cache_count,
+            policy.cache_age_minutes,
+        )
+        self.cache.max_count = self.config.cache_count
+        self.cache.max_age = self.config.cache_age
+        self._deadlines.heartbeat_timeout = self.config.heartbeat_timeout
+        self._next_heartbeat = now + self.config.heartbeat_interval
+        if info.root:
+            self._become_root()
+            return
+        self._begin_attempt(info.peers, now)
+
+    def homs_result(self, peers: list[tuple[str, str]], now: float, root: bool = False) -> None:
+        """The HOMS answered a ``HomsRecoveryJoin``.
+
+        ``root`` says the HOMS knows no active peer older than this one: it becomes the root.
+        """
+        if not self._homs_pending:
+            return  # a stale answer: the peer attached (or left) meanwhile
+        self._homs_pending = False
+        if self.phase is not Phase.WAITING:
+            return
+        if root:
+            self._become_root()
+            return
+        self._begin_attempt(tuple(peers), now)
+
+    def leave(self, now: float) -> None:
+        """RELEASE every path, close every connection, then ``Left``."""
+        if self.phase is Phase.LEFT:
+            return
+        paths = tuple(link.conn for link in self.paths.paths())
+        if paths:
+            self._effects.append(Send(paths, Release()))
+        for conn in list(self.paths.links):
+            self.paths.remove(conn)
+            self._effects.append(Close(conn))
+        self.phase = Phase.LEFT
+        self._offers.clear()
+        self._selection.clear()
+        self._asking = None
+        self._next_heartbeat = None
+        self._next_check = None
+        for name in (_T_HELLO, _T_WINDOW, _T_PROBE, _T_ASK, _T_RETRY, _T_VERTICAL, _T_SCAN):
+            self._timers.cancel(name)
+        self._dirty = False
+        self._effects.append(Left())
+
+    # === inputs: connections =====================================================================
+    def accept(self, now: float) -> int:
+        """A remote peer opened a connection to us; returns the conn id to use for it."""
+        conn = self._new_conn()
+        self._add(Link(conn, Role.INCOMING, last_rx=now, opened=now), now)
+        return conn
+
+    def connection_made(self, conn: int, now: float) -> None:
+        link = self.paths.get(conn)
+        if link is None:
+            self._error(conn, "connection_made for an unknown connection")
+            return
+        link.last_rx = now
+        purpose = link.purpose
+        link.purpose = None
+        if isinstance(purpose, Hello):
+            self.paths.set_role(link, Role.HELLO)
+            self._effects.append(Send((conn,), purpose))
+        elif isinstance(purpose, Estab):
+            self._effects.append(Send((conn,), purpose))
+        else:
+            self._error(conn, "connection_made without a purpose")
+            self._drop(link, "no purpose", now)
+
+    def connection_failed(self, conn: int, now: float) -> None:
+        self.connection_lost(conn, now)
+
+    def connection_lost(self, conn: int, now: float) -> None:
+        link = self.paths.remove(conn)
+        if link is not None:
+            self._lost(link, "connection closed", now)
+
+    # === inputs: messages ========================================================================
+    def receive(self, conn: int, message: Message, now: float) -> None:
+        """A decoded R2 message arrived on ``conn``."""
+        link = self.paths.links.get(conn)
+        if link is None:
+            if self.phase is not Phase.LEFT:
+                self._error(conn, f"{type(message).__name__} on an unknown connection")
+            return
+        link.last_rx = now
+        if type(message) is BroadcastData:
+            self._on_data(link, message, now, False)
+            return
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            self._error(conn, f"unexpected message {type(message).__name__}")
+            return
+        handler(link, message, now)
+
+    def publish(
+        self,
+        data: bytes,
+        now: float,
+        app_id: str = "etri_data",
+        payload_type: str = "text/plain",
+        candidate_path: bool = False,
+    ) -> int:
+        """Broadcast ``data`` from this peer (CoreTree is multi-source); returns its sequence."""
+        self._sequence += 1
+        message = BroadcastData(
+            source=self.peer_id,
+            sequence=self._sequence,
+            data=data,
+            ext_header={"app-id": app_id},
+            payload_type=payload_type,
+            candidate_path=candidate_path,
+        )
+        self.duplicates.check(self.peer_id, self._sequence)
+        self.cache.put(message, now)
+        targets = self.paths.fanout(None, candidate_path)
+        if targets:
+            self._effects.append(Send(targets, message))
+        self.counters.published += 1
+        return self._sequence
+
+    def scan_tree(self, now: float) -> int:
+        """Start SCAN_TREE over the primary paths; ``ScanResult`` comes at the timeout."""
+        self._scan_cseq += 1
+        cseq = self._scan_cseq
+        self._scan_paths = []
+        self._remember_scan(self.peer_id, str(cseq))
+        targets = self.paths.primary
+        if targets:
+            msg = ScanTree(
+                cseq=cseq,
+                overlay_id=self.overlay_id,
+                peer_id=self.peer_id,
+                address=self.address,
+                ticket_id=self.ticket,
+                via=[[self.peer_id, self.address]],
+            )
+            self._effects.append(Send(targets, msg))
+            self._timers.arm(_T_SCAN, now + self.config.scan_timeout)
+        else:
+            self._finish_scan()
+        return cseq
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything due at ``now``: protocol timeouts, heartbeats, liveness checks."""
+        if self.phase is Phase.LEFT:
+            return
+        for name in self._timers.pop_due(now):
+            self._on_timer(name, now)
+        if self._next_heartbeat is not None and now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.config.heartbeat_interval
+            conns = tuple(link.conn for link in self.paths.paths())
+            if conns:
+                extra: dict[str, Any] | None = None
+                if self.depth is not None:
+                    extra = {"depth": self.depth}
+                    slot = self._slot_depth()
+                    if slot is not None:
+                        extra["slot"] = slot
+                self._effects.append(Send(conns, Heartbeat(hp2p=extra)))
+        if self._next_check is not None and now >= self._next_check:
+            links = list(self.paths.links.values())
+            for link in self._deadlines.expired(links, now):
+                reason = "heartbeat timeout" if link.role in PATH_ROLES else "timeout"
+                self._drop(link, reason, now)
+            self._next_check = self._deadlines.next_check(list(self.paths.links.values()))
+
+    # === broadcast (DB FE) =======================================================================
+    def _on_data(self, link: Link, msg: BroadcastData, now: float, recovered: bool) -> None:
+        if link.role not in _DATA_ROLES:
+            self._error(link.conn, "BROADCAST_DATA on a connection that is not a path")
+            return
+        if msg.ack:
+            self._effects.append(Send((link.conn,), BroadcastDataResponse()))
+        if self.duplicates.check(msg.source, msg.sequence) != ACCEPTED:
+            return
+        self.cache.put(msg, now)
+        targets = self.paths.fanout(link.conn, msg.candidate_path)
+        effects = self._effects
+        if targets:
+            effects.append(Send(targets, msg))
+            self.counters.forwarded += 1
+        effects.append(
+            Deliver(msg.source, msg.sequence, msg.data, msg.app_id, msg.payload_type, recovered)
+        )
+        self.counters.delivered += 1
+
+    # === HELLO / ESTAB (POC FE: volunteering) ====================================================
+    def _on_hello(self, link: Link, msg: Hello, now: float) -> None:
+        """Answer 1202, volunteer if the rules allow, relay down (and up: hp2p extension).
+
+        Where the HELLO came from decides the relay: from the joiner itself (an entry peer) it
+        goes down the subtree for ``ttl`` levels as in the reference, and up towards the root
+        for ``up`` levels; from the parent it only goes further down; from a child (climbing)
+        it only goes further up. Climbing lets shallower peers with free child slots volunteer:
+        the HOMS hands out recent, deep peers as entry points, and down-only flooding could
+        never offer the joiner anything shallower than them (docs/peer-core.md).
+        """
+        role = link.role
+        if role is Role.INCOMING:
+            self.paths.set_role(link, Role.HELLO)
+            role = Role.HELLO
+        elif role not in (Role.HELLO, Role.PARENT, Role.CHILD):
+            self._error(link.conn, f"HELLO on a {role.value} connection")
+            return
+        if msg.overlay_id != self.overlay_id:
+            self._error(link.conn, "HELLO for another overlay")
+            self._drop_if_transient(link, now)
+            return
+        self.counters.hellos += 1
+        self._effects.append(Send((link.conn,), HelloResponse()))
+        if msg.peer_id == self.peer_id or msg.ticket_id <= self.ticket:
+            return  # the ticket rule: never volunteer to an older (or the same) peer
+        extra = msg.hp2p or {}
+        up = extra.get("up")
+        up = up if isinstance(up, int) and not isinstance(up, bool) and 0 < up < 64 else 0
+        attempt = extra.get("attempt")
+        if attempt is not None and not self._remember_hello(msg.peer_id, msg.ticket_id, attempt):
+            return  # the same HELLO again by another route: one answer per peer
+        vertical = bool(msg.vertical_candidate)
+        conn_num = msg.conn_num
+        if (
+            self.phase is Phase.ATTACHED
+            and self.paths.by_peer(msg.peer_id, pending=True) is None
+            and may_volunteer(self.ticket, msg.ticket_id, self.paths, conn_num, vertical)
+        ):
+            conn_num -= 1
+            self._volunteer(msg, vertical, now)
+        if vertical:
+            return
+        parent = self.paths.parent
+        down = extra.get("down")
+        if isinstance(down, int) and not isinstance(down, bool) and role is Role.PARENT:
+            if conn_num == msg.conn_num and 0 < down < 64:
+                self._descend(msg, extra, down - 1, link.conn)
+            return
+        if "up" in extra and role is not Role.PARENT and (up == 0 or parent is None):
+            self._descend(msg, extra, self.config.hello_up, link.conn)
+        if up > 0 and role is not Role.PARENT and parent is not None:
+            climbing = Hello(
+                overlay_id=msg.overlay_id,
+                peer_id=msg.peer_id,
+                address=msg.address,
+                ticket_id=msg.ticket_id,
+                conn_num=1,
+                ttl=1,  # a reference parent volunteers but does not relay it down
+                recovery=msg.recovery,
+                hp2p={**extra, "up": up - 1},
+            )
+            self._effects.append(Send((parent.conn,), climbing))
+        ttl = msg.ttl - 1
+        if role is Role.CHILD or ttl <= 0 or conn_num <= 0:
+            return
+        children = tuple(
+            child.conn
+            for child in self.paths.with_role(Role.CHILD)
+            if child.peer_id != msg.peer_id and child.conn != link.conn
+        )
+        per_child = relay_conn_num(conn_num, len(children))
+        if children and per_child > 0:
+            relayed = Hello(
+                overlay_id=msg.overlay_id,
+                peer_id=msg.peer_id,
+                address=msg.address,
+                ticket_id=msg.ticket_id,
+                conn_num=per_child,
+                ttl=ttl,
+                recovery=msg.recovery,
+                hp2p={**extra, "up": 0} if extra else None,
+            )
+            self._effects.append(Send(children, relayed))
+
+    def _descend(self, msg: Hello, extra: dict[str, Any], down: int, arrival: int) -> None:
+        """Pass the HELLO to the child whose subtree reports the shallowest free child slot.
+
+        Children report that depth in their heartbeats (hp2p ``slot``), so the peer where a
+        climbing HELLO stops can steer it down to the best place for the joiner in O(depth)
+        messages instead of flooding whole subtrees.
+        """
+        best: Link | None = None
+        for child in self.paths.with_role(Role.CHILD):
+            if child.slot is None or child.conn == arrival or child.peer_id == msg.peer_id:
+                continue
+            if best is None or (child.slot, child.ticket) < (best.slot or 0, best.ticket):
+                best = child
+        if best is None or best.slot is None:
+            return
+        own = self._slot_depth()
+        if own is not None and own <= best.slot and self.paths.child_slot_free():
+            return  # this peer is already the best place, and it volunteered
+        descending = Hello(
+            overlay_id=msg.overlay_id,
+            peer_id=msg.peer_id,
+            address=msg.address,
+            ticket_id=msg.ticket_id,
+            conn_num=1,
+            ttl=1,
+            recovery=msg.recovery,
+            hp2p={**extra, "up": 0, "down": down},
+        )
+        self._effects.append(Send((best.conn,), descending))
+
+    def _slot_depth(self) -> int | None:
+        """The depth of the shallowest free child slot in my subtree, as far as I know."""
+        if self.depth is None:
+            return None
+        if self.paths.child_slot_free():
+            return self.depth
+        slots = [c.slot for c in self.paths.with_role(Role.CHILD) if c.slot is not None]
+        return min(slots) if slots else None
+
+    def _remember_hello(self, peer_id: str, ticket: int, attempt: object) -> bool:
+        key = (peer_id, f"{ticket}/{attempt}")
+        if key in self._hello_seen:
+            return False
+        self._hello_seen[key] = None
+        if len(self._hello_seen) > _HELLO_MEMORY:
+            self._hello_seen.popitem(last=False)
+        return True
+
+    def _volunteer(self, hello: Hello, vertical: bool, now: float) -> None:
+        conn = self._new_conn()
+        estab = Estab(
+            overlay_id=self.overlay_id,
+            peer_id=self.peer_id,
+            ticket_id=self.ticket,
+            allow_primary_req=not vertical,
+            hp2p=None if self.depth is None else {"depth": self.depth},
+        )
+        link = Link(
+            conn,
+            Role.VOLUNTEER,
+            peer_id=hello.peer_id,
+            address=hello.address,
+            ticket=hello.ticket_id,
+            last_rx=now,
+            opened=now,
+            purpose=estab,
+        )
+        self._add(link, now)
+        self.counters.volunteered += 1
+        self._effects.append(Connect(conn, hello.address))
+
+    def _on_estab(self, link: Link, msg: Estab, now: float) -> None:
+        if link.role is not Role.INCOMING:
+            self._error(link.conn, f"ESTAB on a {link.role.value} connection")
+            return
+        problem = None
+        if msg.overlay_id != self.overlay_id:
+            problem = "ESTAB for another overlay"
+        elif msg.ticket_id >= self.ticket:
+            problem = "ESTAB from a younger peer (ticket rule)"
+        if problem is not None:
+            self._error(link.conn, problem)
+            self._refuse(link, now)
+            return
+        if self.paths.by_peer(msg.peer_id) is not None:
+            self._refuse(link, now)
+            return
+        link.peer_id = msg.peer_id
+        link.ticket = msg.ticket_id
+        link.depth = _hp2p_depth(msg.hp2p)
+        link.allow_primary = msg.allow_primary_req
+        gp = self.grandparent
+        link.vertical = gp is not None and gp.peer_id == msg.peer_id
+        if self.phase is Phase.ATTACHED or not msg.allow_primary_req:
+            self._accept_candidate(link, now)
+            return
+        if self.phase in (Phase.HELLO, Phase.PROBING, Phase.SELECTING, Phase.WAITING):
+            if len(self._offers) >= self.config.estab_max:
+                self._refuse(link, now)
+                return
+            self.paths.set_role(link, Role.OFFERED)
+            self._offers.append(link)
+            self._effects.append(Send((link.conn,), EstabResponse(ESTAB_YES)))
+            self._note_path(link, now)
+            if self.phase is Phase.SELECTING:
+                self._selection.append(link)
+            elif self.phase is Phase.WAITING:
+                self._timers.cancel(_T_RETRY)
+                self._select(now)
+            return
+        self._refuse(link, now)
+
+    def _accept_candidate(self, link: Link, now: float) -> None:
+        """Keep an ESTAB as outgoing candidate; a grandparent may evict the worst one."""
+        if not self.paths.out_candidate_slot_free() and link.vertical:
+            worst = max(self.paths.with_role(Role.OUT_CANDIDATE), key=parent_rank, default=None)
+            if worst is not None:
+                self._release(worst, "evicted for the grandparent", now)
+        if not self.paths.out_candidate_slot_free():
+            self._refuse(link, now)
+            return
+        self.paths.set_role(link, Role.OUT_CANDIDATE)
+        self._effects.append(Send((link.conn,), EstabResponse(ESTAB_YES)))
+        self._note_path(link, now)
+
+    def _refuse(self, link: Link, now: float) -> None:
+        self._effects.append(Send((link.conn,), EstabResponse(ESTAB_NO)))
+        self._drop(link, "", now)
+
+    def _on_estab_response(self, link: Link, msg: EstabResponse, now: float) -> None:
+        if link.role is not Role.VOLUNTEER:
+            self._error(link.conn, "ESTAB answer on a connection that did not volunteer")
+            return
+        if msg.code == ESTAB_YES:
+            self.paths.set_role(link, Role.IN_CANDIDATE)
+            self._note_path(link, now)
+        else:
+            self._drop(link, "", now)
+
+    # === joining: HELLO, window, PROBE, SET_PRIMARY ==============================================
+    def _begin_attempt(self, peers: tuple[tuple[str, str], ...], now: float) -> None:
+        self._attempt += 1
+        self.counters.attempts += 1
+        self.phase = Phase.HELLO
+        self._hello_accepted = False
+        self._hellos_out.clear()
+        for peer_id, address in peers:
+            if peer_id == self.peer_id or self.paths.by_peer(peer_id) is not None:
+                continue
+            conn = self._new_conn()
+            hello = Hello(
+                overlay_id=self.overlay_id,
+                peer_id=self.peer_id,
+                address=self.address,
+                ticket_id=self.ticket,
+                conn_num=self.config.conn_num,
+                ttl=self.config.hello_ttl,
+                recovery=True if self._recovering else None,
+                hp2p={"up": self.config.hello_up, "attempt": self._attempt}
+                if self.config.hello_up > 0
+                else None,
+            )
+            link = Link(
+                conn, Role.CONNECTING, peer_id=peer_id, address=address, opened=now, last_rx=now
+            )
+            link.purpose = hello
+            self._add(link, now)
+            self._hellos_out.add(conn)
+            self._effects.append(Connect(conn, address))
+        if not self._hellos_out and not self._offers:
+            self._attempt_failed("no entry peer to HELLO", now)
+            return
+        self._timers.arm(_T_HELLO, now + self.config.hello_timeout)
+
+    def _on_hello_response(self, link: Link, msg: HelloResponse, now: float) -> None:
+        if link.conn not in self._hellos_out:
+            return  # a relayed HELLO answered by a child: nothing to do
+        self._hellos_out.discard(link.conn)
+        self._drop(link, "", now)  # the HELLO link is short-lived (reference §7.3)
+        if self.phase is Phase.HELLO and not self._hello_accepted:
+            self._hello_accepted = True
+            self._timers.arm(_T_WINDOW, now + self.config.estab_window)
+
+    def _hello_link_gone(self, conn: int, now: float) -> None:
+        self._hellos_out.discard(conn)
+        if (
+            self.phase is Phase.HELLO
+            and not self._hellos_out
+            and not self._hello_accepted
+            and not self._offers
+        ):
+            self._timers.cancel(_T_HELLO)
+            self._attempt_failed("no entry peer answered HELLO", now)
+
+    def _end_window(self, now: float) -> None:
+        self._timers.cancel(_T_HELLO)
+        self._timers.cancel(_T_WINDOW)
+        if not self._offers:
+            self._attempt_failed("no volunteer", now)
+            return
+        self.phase = Phase.PROBING
+        for link in self._offers:
+            token = self._rtt.start(link.conn, now)
+            self._effects.append(Send((link.conn,), Probe(ntp_time=token)))
+        self._timers.arm(_T_PROBE, now + self.config.probe_timeout)
+
+    def _on_probe(self, link: Link, msg: Probe, now: float) -> None:
+        self._effects.append(Send((link.conn,), ProbeResponse(ntp_time=msg.ntp_time)))
+
+    def _on_probe_response(self, link: Link, msg: ProbeResponse, now: float) -> None:
+        rtt = self._rtt.answer(link.conn, msg.ntp_time, now)
+        if rtt is None:
+            self._error(link.conn, "PROBE answer that matches no PROBE")
+            return
+        link.rtt = rtt
+        if self.phase is Phase.PROBING and self._rtt.outstanding() == 0:
+            self._timers.cancel(_T_PROBE)
+            self._select(now)
+
+    def _select(self, now: float) -> None:
+        """Try SET_PRIMARY on the volunteers (join) or candidates (recovery), best first."""
+        self.phase = Phase.SELECTING
+        offers = [link for link in self._offers if link.allow_primary]
+        offers.sort(key=parent_rank)
+        candidates = [
+            link
+            for link in self.paths.with_role(Role.OUT_CANDIDATE)
+            if link.conn not in {o.conn for o in offers}
+        ]
+        candidates.sort(key=recovery_rank)
+        self._selection = candidates + offers if self._recovering else offers + candidates
+        self._ask_next(now)
+
+    def _ask_next(self, now: float) -> None:
+        self._asking = None
+        while self._selection:
+            link = self._selection.pop(0)
+            if self.paths.get(link.conn) is not link:
+                continue
+            self._asking = link
+            extra = None if self.depth is None else {"depth": self.depth}
+            self._effects.append(Send((link.conn,), SetPrimary(hp2p=extra)))
+            self._timers.arm(_T_ASK, now + self.config.set_primary_timeout)
+            return
+        self._timers.cancel(_T_ASK)
+        self._settle_offers(now)
+        if self._candidates_only:
+            # Recovery: no candidate took us; the HOMS is asked at once, not after a back-off.
+            self._candidates_only = False
+            self._ask_homs()
+            return
+        self._attempt_failed("no volunteer accepted SET_PRIMARY", now)
+
+    def _on_set_primary_response(self, link: Link, msg: SetPrimaryResponse, now: float) -> None:
+        if link is not self._asking:
+            self._error(link.conn, "SET_PRIMARY answer that was not asked for")
+            return
+        self._timers.cancel(_T_ASK)
+        if msg.code != PRIMARY_YES:
+            self._ask_next(now)
+            return
+        self._asking = None
+        self._selection.clear()
+        depth = _hp2p_depth(msg.hp2p)
+        if depth is not None:
+            link.depth = depth
+        if link.role is Role.OUT_CANDIDATE or link.role is Role.OFFERED:
+            self.paths.set_role(link, Role.PARENT)
+        else:
+            self._error(link.conn, f"SET_PRIMARY accepted on a {link.role.value} connection")
+            return
+        self.depth = None if link.depth is None else link.depth + 1
+        self.grandparent = msg.parent_peer
+        if link in self._offers:
+            self._offers.remove(link)
+        self._settle_offers(now)
+        self._emit_path(link, "role")
+        repaired = self._recovering
+        if repaired:
+            self.counters.repairs += 1
+        self._recovering = False
+        self._candidates_only = False
+        self._attempt = 0
+        self.phase = Phase.ATTACHED
+        self._effects.append(Joined(link.peer_id, self.depth, repaired))
+        gp = self.grandparent
+        if gp is not None and self.paths.by_peer(gp.peer_id) is None:
+            self._timers.arm(_T_VERTICAL, now + self.config.vertical_candidate_delay)
+
+    def _settle_offers(self, now: float) -> None:
+        """After the choice: best remaining volunteers become candidates, the rest released."""
+        offers = sorted(self._offers, key=parent_rank)
+        self._offers = []
+        for link in offers:
+            if self.paths.get(link.conn) is not link:
+                continue
+            if self.paths.out_candidate_slot_free():
+                self.paths.set_role(link, Role.OUT_CANDIDATE)
+                self._effects.append(Send((link.conn,), SetCandidate()))
+                self._emit_path(link, "role")
+            else:
+                self._release(link, "surplus volunteer", now)
+
+    def _attempt_failed(self, reason: str, now: float) -> None:
+        self._timers.cancel(_T_HELLO)
+        self._timers.cancel(_T_WINDOW)
+        self._timers.cancel(_T_PROBE)
+        if self._attempt >= self.config.join_attempts:
+            self.phase = Phase.FAILED
+            self._effects.append(JoinFailed(f"{reason} after {self._attempt} attempt(s)"))
+            return
+        self.phase = Phase.WAITING
+        delay = backoff_delay(self._attempt, self.config, self.rng)
+        self._timers.arm(_T_RETRY, now + delay)
+
+    def _become_root(self) -> None:
+        self.phase = Phase.ATTACHED
+        self.depth = 0
+        self._recovering = False
+        self._attempt = 0
+        self.grandparent = None
+        self._dirty = True
+        self._effects.append(Joined(None, 0, False))
+
+    # === primary paths: SET_PRIMARY / SET_CANDIDATE received (PPM FE) ============================
+    def _on_set_primary(self, link: Link, msg: SetPrimary, now: float) -> None:
+        if link.role is Role.CHILD:
+            self._effects.append(Send((link.conn,), self._primary_yes()))
+            return
+        if link.role is Role.VOLUNTEER:
+            # A reference joiner asks right after 2200; our 2200 may still be in flight.
+            self.paths.set_role(link, Role.IN_CANDIDATE)
+        if link.role is not Role.IN_CANDIDATE:
+            self._error(link.conn, f"SET_PRIMARY on a {link.role.value} connection")
+            self._effects.append(Send((link.conn,), SetPrimaryResponse(code=PRIMARY_NO)))
+            return
+        if (
+            self.phase is Phase.ATTACHED
+            and link.ticket > self.ticket
+            and self.paths.child_slot_free()
+        ):
+            self.paths.set_role(link, Role.CHILD)
+            self._effects.append(Send((link.conn,), self._primary_yes()))
+            self._emit_path(link, "role")
+        else:
+            self._effects.append(Send((link.conn,), SetPrimaryResponse(code=PRIMARY_NO)))
+
+    def _primary_yes(self) -> SetPrimaryResponse:
+        parent = self.paths.parent
+        return SetPrimaryResponse(
+            code=PRIMARY_YES,
+            parent_peer=None if parent is None else PeerAddress(parent.peer_id, parent.address),
+            hp2p=None if self.depth is None else {"depth": self.depth},
+        )
+
+    def _on_set_candidate(self, link: Link, msg: SetCandidate, now: float) -> None:
+        if link.role is Role.CHILD and self.paths.in_candidate_slot_free():
+            self.paths.set_role(link, Role.IN_CANDIDATE)
+            self._emit_path(link, "role")
+        elif link.role not in (Role.IN_CANDIDATE, Role.CHILD):
+            self._error(link.conn, f"SET_CANDIDATE on a {link.role.value} connection")
+            return
+        self._effects.append(Send((link.conn,), SetCandidateResponse()))
+
+    # === liveness, release, loss (PSP FE, POC FE) ================================================
+    def _on_heartbeat(self, link: Link, msg: Heartbeat, now: float) -> None:
+        depth = _hp2p_depth(msg.hp2p)
+        if depth is None:
+            return
+        link.depth = depth
+        slot = msg.hp2p.get("slot") if msg.hp2p else None
+        link.slot = slot if isinstance(slot, int) and not isinstance(slot, bool) else None
+        if link.role is Role.PARENT:
+            self.depth = depth + 1
+
+    def _on_release(self, link: Link, msg: Release, now: float) -> None:
+        if msg.ack:
+            self._effects.append(Send((link.conn,), ReleaseResponse()))
+        self._drop(link, "released by peer", now)
+
+    def _release(self, link: Link, reason: str, now: float) -> None:
+        self._effects.append(Send((link.conn,), Release()))
+        self._drop(link, reason, now)
+
+    def _drop(self, link: Link, reason: str, now: float) -> None:
+        """Forget ``link`` and close its connection."""
+        if self.paths.remove(link.conn) is None:
+            return
+        self._effects.append(Close(link.conn))
+        self._lost(link, reason, now)
+
+    def _drop_if_transient(self, link: Link, now: float) -> None:
+        if link.role not in PATH_ROLES:
+            self._drop(link, "", now)
+
+    def _lost(self, link: Link, reason: str, now: float) -> None:
+        """``link`` is gone (already removed from the table): update every FE that used it."""
+        self._rtt.forget(link.conn)
+        if link.role in PATH_ROLES:
+            self.counters.paths_lost += 1
+            self._dirty = True
+            self._effects.append(PathEvent("removed", link.peer_id, link.role.value, reason))
+        if link.conn in self._hellos_out:
+            self._hello_link_gone(link.conn, now)
+        if link in self._offers:
+            self._offers.remove(link)
+            if self.phase is Phase.PROBING and self._rtt.outstanding() == 0:
+                self._timers.cancel(_T_PROBE)
+                self._select(now)
+        if link is self._asking:
+            self._timers.cancel(_T_ASK)
+            self._ask_next(now)
+        if link.role is Role.PARENT and self.phase is Phase.ATTACHED:
+            self._parent_lost(reason or "parent lost", now)
+
+    def _parent_lost(self, reason: str, now: float) -> None:
+        """Tree recovery: candidates first (grandparent first), then the HOMS."""
+        self._recovering = True
+        self.depth = None
+        self._attempt = 0
+        self._effects.append(Detached(reason))
+        self._timers.cancel(_T_VERTICAL)
+        if self.paths.out_candidates:
+            self._attempt = 1
+            self.counters.attempts += 1
+            self._candidates_only = True
+            self._select(now)
+        else:
+            self._ask_homs()
+
+    def _ask_homs(self) -> None:
+        self.phase = Phase.WAITING
+        self._homs_pending = True
+        self._effects.append(HomsRecoveryJoin(self.ticket))
+
+    # === timers ==================================================================================
+    def _on_timer(self, name: str, now: float) -> None:
+        if name == _T_HELLO:
+            if self.phase is Phase.HELLO and not self._hello_accepted:
+                for conn in list(self._hellos_out):
+                    link = self.paths.get(conn)
+                    if link is not None:
+                        self._drop(link, "", now)
+                self._hellos_out.clear()
+                if self.phase is Phase.HELLO:
+                    if self._offers:
+                        self._end_window(now)
+                    else:
+                        self._attempt_failed("no entry peer answered HELLO", now)
+        elif name == _T_WINDOW:
+            if self.phase is Phase.HELLO:
+                self._end_window(now)
+        elif name == _T_PROBE:
+            if self.phase is Phase.PROBING:
+                self._select(now)
+        elif name == _T_ASK:
+            link = self._asking
+            if link is not None:
+                self._asking = None
+                self._drop(link, "no answer to SET_PRIMARY", now)
+                if self._asking is None and self.phase is Phase.SELECTING:
+                    self._ask_next(now)
+        elif name == _T_RETRY:
+            if self.phase is Phase.WAITING:
+                self._ask_homs()
+        elif name == _T_VERTICAL:
+            self._vertical_hello(now)
+        elif name == _T_SCAN:
+            self._finish_scan()
+
+    def _vertical_hello(self, now: float) -> None:
+        gp = self.grandparent
+        if self.phase is not Phase.ATTACHED or gp is None or self.paths.by_peer(gp.peer_id):
+            return
+        conn = self._new_conn()
+        hello = Hello(
+            overlay_id=self.overlay_id,
+            peer_id=self.peer_id,
+            address=self.address,
+            ticket_id=self.ticket,
+            conn_num=1,
+            ttl=1,
+            vertical_candidate=True,
+        )
+        link = Link(conn, Role.CONNECTING, peer_id=gp.peer_id, address=gp.address, opened=now)
+        link.last_rx = now
+        link.purpose = hello
+        self._add(link, now)
+        self._hellos_out.add(conn)
+        self._effects.append(Connect(conn, gp.address))
+
+    # === SCAN_TREE ===============================================================================
+    def _remember_scan(self, initiator: str, cseq: str) -> bool:
+        key = (initiator, cseq)
+        if key in self._scan_seen:
+            return False
+        self._scan_seen[key] = None
+        if len(self._scan_seen) > _SCAN_MEMORY:
+            self._scan_seen.popitem(last=False)
+        return True
+
+    def _on_scan(self, link: Link, msg: ScanTree, now: float) -> None:
+        if link.role not in (Role.PARENT, Role.CHILD):
+            self._error(link.conn, "SCAN_TREE on a connection that is not a primary path")
+            return
+        if not self._remember_scan(msg.peer_id, str(msg.cseq)):
+            return
+        others = tuple(conn for conn in self.paths.primary if conn != link.conn)
+        step = on_scan_request(msg, self.peer_id, self.ticket, self.address, bool(others))
+        self._effects.append(Send((link.conn,), step.response))
+        if step.relay is not None:
+            self._effects.append(Send(others, step.relay))
+
+    def _on_scan_response(self, link: Link, msg: ScanTreeResponse, now: float) -> None:
+        if msg.code != SCAN_TREE_LEAF:
+            return
+        outcome = on_leaf_response(msg, self.peer_id, self.ticket, self.address)
+        if isinstance(outcome, ScanDone):
+            if self._scan_paths is not None and str(msg.cseq) == str(self._scan_cseq):
+                hops = tuple(
+                    (hop[0], hop[1], hop[2]) if len(hop) >= 3 else (hop[0], "", "")
+                    for hop in outcome.path
+                    if hop
+                )
+                self._scan_paths.append(ScanPath(hops))
+        elif isinstance(outcome, ScanForward):
+            target = self.paths.by_peer(outcome.next_peer)
+            if target is None or target.role not in (Role.PARENT, Role.CHILD):
+                self._error(link.conn, "SCAN_TREE answer towards a peer with no primary path")
+                return
+            self._effects.append(Send((target.conn,), outcome.response))
+        else:
+            self._error(link.conn, outcome.reason)
+
+    def _finish_scan(self) -> None:
+        self._timers.cancel(_T_SCAN)
+        paths = self._scan_paths or []
+        self._scan_paths = None
+        self._effects.append(ScanResult(self._scan_cseq, tuple(paths)))
+
+    # === cache answers (CM FE) and data-recovery hooks (DR FE, issue #5) =========================
+    def _on_buffermap(self, link: Link, msg: Buffermap, now: float) -> None:
+        if link.role not in PATH_ROLES:
+            self._error(link.conn, "BUFFERMAP on a connection that is not a path")
+            return
+        buffermap = self.cache.buffermap(now)
+        response = BuffermapResponse(overlay_id=self.overlay_id, buffermap=buffermap)
+        self._effects.append(Send((link.conn,), response))
+
+    def _on_get_data(self, link: Link, msg: GetData, now: float) -> None:
+        if link.role not in PATH_ROLES:
+            self._error(link.conn, "GET_DATA on a connection that is not a path")
+            return
+        cached = self.cache.get(msg.source_id, msg.sequence, now)
+        if cached is None:
+            response = GetDataResponse(
+                source=msg.source_id, sequence=msg.sequence, data=b"", code=GET_DATA_MISSING
+            )
+        else:
+            response = GetDataResponse(
+                source=cached.source,
+                sequence=cached.sequence,
+                data=cached.data,
+                ext_header=cached.ext_header,
+                payload_type=cached.payload_type,
+            )
+        self._effects.append(Send((link.conn,), response))
+
+    def _on_buffermap_response(self, link: Link, msg: BuffermapResponse, now: float) -> None:
+        self.buffermaps[link.peer_id] = msg.buffermap
+
+    def _on_get_data_response(self, link: Link, msg: GetDataResponse, now: float) -> None:
+        if msg.code != GET_DATA_OK:
+            return
+        recovered = BroadcastData(
+            source=msg.source,
+            sequence=msg.sequence,
+            data=msg.data,
+            ext_header=msg.ext_header,
+            payload_type=msg.payload_type,
+        )
+        self._on_data(link, recovered, now, True)
+
+    # === helpers =================================================================================
+    def _ignore(self, link: Link, msg: Message, now: float) -> None:
+        return
+
+    def _new_conn(self) -> int:
+        self._next_conn += 1
+        return self._next_conn
+
+    def _add(self, link: Link, now: float) -> None:
+        self.paths.add(link)
+        deadline = self._deadlines.deadline(link)
+        if self._next_check is None or deadline < self._next_check:
+            self._next_check = deadline
+
+    def _note_path(self, link: Link, now: float) -> None:
+        """``link`` became a path: its heartbeat deadline starts now."""
+        link.last_rx = now
+        self._emit_path(link, "added")
+        deadline = self._deadlines.deadline(link)
+        if self._next_check is None or deadline < self._next_check:
+            self._next_check = deadline
+
+    def _emit_path(self, link: Link, kind: str) -> None:
+        self._dirty = True
+        self._effects.append(PathEvent(kind, link.peer_id, link.role.value))
+
+    def _error(self, conn: int | None, reason: str) -> None:
+        self.counters.protocol_errors += 1
+        self._effects.append(ProtocolError(conn, reason))

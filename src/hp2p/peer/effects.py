@@ -1,0 +1,153 @@
+"""What the sans-IO peer core asks its shell to do, and what it tells the application.
+
+The core never performs I/O. Every decision leaves as one of these values, drained by the shell
+with ``PeerCore.take_effects()`` in order. Connections are opaque integers (``conn``) so the same
+core runs over TCP, the in-memory network and, later, WebRTC data channels.
+
+``Send`` names several connections at once so a broadcast fan-out is encoded once by the shell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hp2p.wire.r2.messages import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open a connection to ``address``; answer with connection_made/connection_failed(conn)."""
+
+    conn: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``message`` on every connection in ``conns`` (encode once, write many)."""
+
+    conns: tuple[int, ...]
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection after flushing what was already sent on it."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Hand one broadcast message to the application: exactly once per (source, sequence)."""
+
+    source: str
+    sequence: int
+    data: bytes
+    app_id: str | None
+    payload_type: str
+    recovered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Costmap:
+    """The path table as HOMP's report wants it (etri-2023-protocol.md §2.3, Report)."""
+
+    primary: tuple[str, ...]
+    outgoing_candidate: tuple[str, ...]
+    incoming_candidate: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HomsReport:
+    """Send a HybridOverlayReport: the path table changed."""
+
+    costmap: Costmap
+
+
+@dataclass(frozen=True, slots=True)
+class HomsRecoveryJoin:
+    """Ask the HOMS for a recovery peer list (``POST /peer?recovery=true``, same ticket).
+
+    Answer with ``PeerCore.homs_result(peers, now)``; an empty list counts as a failed attempt.
+    """
+
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPath:
+    """One path found by SCAN_TREE: ``(peer_id, ticket, address)`` from my neighbour to a leaf."""
+
+    hops: tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """SCAN_TREE finished (timeout reached): every leaf path that answered."""
+
+    cseq: int
+    paths: tuple[ScanPath, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PathEvent:
+    """A path changed role (``added``/``role``/``removed``); for logs and monitoring."""
+
+    kind: str
+    peer_id: str
+    role: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    """A peer sent something unexpected or malformed; counted, the peer keeps running."""
+
+    conn: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The peer is attached to the tree (root: ``parent`` is None). Also after a repair."""
+
+    parent: str | None
+    depth: int | None  # None: the parent did not tell its depth (a reference peer)
+    repaired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Detached:
+    """The peer lost its parent and is looking for a new one (tree recovery started)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class JoinFailed:
+    """Every bounded join/recovery attempt failed; the shell may rejoin from scratch."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """The peer released every path and closed its connections."""
+
+
+Effect = (
+    Connect
+    | Send
+    | Close
+    | Deliver
+    | HomsReport
+    | HomsRecoveryJoin
+    | ScanResult
+    | PathEvent
+    | ProtocolError
+    | Joined
+    | Detached
+    | JoinFailed
+    | Left
+)
