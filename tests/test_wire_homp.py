@@ -494,7 +494,7 @@ def test_fuzz_mutated_bodies(decoder: Any, seed: bytes, edits: list[tuple[int, i
     _only_wire_errors(decoder, mutate(seed, edits))
 
 
-@settings(max_examples=400)
+@settings(max_examples=200)
 @given(decoder=st.sampled_from(DECODERS), value=json_values())
 def test_fuzz_json_documents(decoder: Any, value: Any) -> None:
     _only_wire_errors(decoder, json.dumps(value).encode())

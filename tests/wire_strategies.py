@@ -76,14 +76,14 @@ def for_struct(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
     return st.fixed_dictionaries(fields).map(build).filter(lambda x: x is not None)
 
 
-def json_values() -> st.SearchStrategy[Any]:
+def json_values(max_leaves: int = 20) -> st.SearchStrategy[Any]:
     """Arbitrary JSON documents, to feed decoders structurally valid garbage."""
     return st.recursive(
-        _JSON_SCALARS | st.floats(allow_nan=False),
+        _JSON_SCALARS | st.floats(allow_nan=False, allow_infinity=False),
         lambda inner: (
             st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
         ),
-        max_leaves=20,
+        max_leaves=max_leaves,
     )
 
 

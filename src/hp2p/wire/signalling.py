@@ -216,6 +216,8 @@ def _decode_object(raw: bytes | str) -> dict[str, Any]:
         raise HeaderError(f"invalid JSON: {exc}", "message") from None
     except RecursionError:
         raise LimitExceeded("JSON nested too deeply", "message") from None
+    except UnicodeDecodeError as exc:  # msgspec decodes object keys lazily
+        raise HeaderError(f"invalid UTF-8: {exc.reason}", "message") from None
     return obj
 
 
