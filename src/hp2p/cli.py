@@ -11,6 +11,8 @@ import typer
 from hp2p import __version__
 from hp2p.bench.cli import app as bench_app
 from hp2p.clistubs import not_yet
+from hp2p.homs.cli import EPILOG as homs_epilog
+from hp2p.homs.cli import homs as homs_command
 
 app = typer.Typer(
     name="hp2p",
@@ -43,12 +45,6 @@ def _root(
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def homs() -> None:
-    """Run a HOMS (hybrid overlay management server). Not built yet: issue #3."""
-    not_yet("hp2p homs", 3)
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def peer() -> None:
     """Run a hybrid peer. Not built yet: issue #4."""
     not_yet("hp2p peer", 4)
@@ -66,6 +62,7 @@ def sim() -> None:
     not_yet("hp2p sim", 6)
 
 
+app.command(name="homs", epilog=homs_epilog)(homs_command)
 app.add_typer(bench_app, name="bench")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -145,8 +146,11 @@ class DatabaseTarget:
     is_sqlite: bool
 
     def describe(self) -> str:
-        """The URL without a password, for the start-up line and logs."""
-        return self.url.render_as_string(hide_password=True)
+        """Where the data lives, without a password, for the start-up line and logs."""
+        if self.is_sqlite:
+            return f"SQLite file {Path(self.url.database or '').resolve()}"
+        plain = self.url.set(drivername="postgresql")
+        return f"PostgreSQL {plain.render_as_string(hide_password=True)}"
 
 
 def parse_database_url(text: str) -> DatabaseTarget:

@@ -1,0 +1,247 @@
+"""`hp2p homs` as a real process on a real port: conformance replay, kill -9 and restart, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_homs_conformance import (
+    HOMP_RECORDING,
+    assert_replay_ok,
+    replay,
+)
+from typer.testing import CliRunner
+
+from hp2p.cli import app as cli_app
+
+pytestmark = pytest.mark.slow
+
+STARTUP_DEADLINE_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class HomsProcess:
+    """One ``hp2p homs`` child process listening on 127.0.0.1."""
+
+    def __init__(self, cwd: Path, database: str, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stdout = cwd / f"homs-{self.port}.out"
+        self.stderr = cwd / f"homs-{self.port}.err"
+        args = [sys.executable, "-m", "hp2p", "homs", "--port", str(self.port)]
+        args += ["--database", database, "--log-level", "warning", *extra]
+        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            self.proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err)
+
+    def wait_ready(self) -> None:
+        """Poll /health until it answers, the process dies, or the deadline passes."""
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hp2p homs exited early: {self.stderr.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # polling interval of a bounded readiness loop, not a sync point
+        raise AssertionError(f"hp2p homs not ready in {STARTUP_DEADLINE_S} s")
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@contextmanager
+def running_homs(cwd: Path, database: str, *extra: str) -> Iterator[HomsProcess]:
+    homs = HomsProcess(cwd, database, *extra)
+    try:
+        homs.wait_ready()
+        yield homs
+    finally:
+        homs.stop()
+
+
+@pytest.mark.skipif(not HOMP_RECORDING.is_file(), reason=f"no recordings at {HOMP_RECORDING}")
+async def test_replay_against_a_real_homs_process(tmp_path: Path) -> None:
+    with running_homs(
+        tmp_path, "sqlite:///replay.db", "--delete-empty-overlays", "--expiry-sweep", "0.2"
+    ) as homs:
+        first_line = homs.stdout.read_text().splitlines()[0]
+        assert first_line == (
+            f"hp2p homs: serving http://127.0.0.1:{homs.port} "
+            f"(database SQLite file {(tmp_path / 'replay.db').resolve()})"
+        )
+        async with httpx.AsyncClient(base_url=homs.url, timeout=10.0) as client:
+
+            async def wait_for_expiry() -> None:
+                # The peer joined with expires=2; the real sweep runs every 0.2 s.
+                deadline = time.monotonic() + 15.0
+                while time.monotonic() < deadline:
+                    r = await client.get("/homs", params={"overlay-id": "conf-expiry"})
+                    if r.json() == []:
+                        return
+                    await asyncio.sleep(0.1)  # bounded poll on observable state
+
+            result = await replay(client, expire_now=wait_for_expiry)
+    assert_replay_ok(result)
+
+
+def _create(overlay_id: str) -> dict[str, Any]:
+    return {
+        "overlay": {
+            "overlay-id": overlay_id,
+            "title": "restart test",
+            "type": "core",
+            "sub-type": "tree",
+            "owner-id": "owner",
+            "description": "survives kill -9",
+            "heartbeat-interval": 10,
+            "heartbeat-timeout": 15,
+            "auth": {"type": "open", "admin_key": "admin"},
+        }
+    }
+
+
+def _join(overlay_id: str, peer_id: str) -> dict[str, Any]:
+    return {
+        "overlay": {"overlay-id": overlay_id, "type": "core", "sub-type": "tree"},
+        "peer": {
+            "peer-id": peer_id,
+            "address": "tcp://127.0.0.1:1",
+            "auth": {"password": f"pw-{peer_id}"},
+            "expires": 600,
+        },
+    }
+
+
+async def test_kill9_mid_traffic_loses_nothing(tmp_path: Path) -> None:
+    """Acknowledged overlays, peers, tickets, liveness and reports survive a kill -9."""
+    acked: dict[str, int] = {}
+    enough = asyncio.Event()
+    homs = HomsProcess(tmp_path, "sqlite:///restart.db")
+    try:
+        homs.wait_ready()
+        async with httpx.AsyncClient(base_url=homs.url, timeout=5.0) as client:
+            assert (await client.post("/homs", json=_create("ov"))).status_code == 200
+            r = await client.post("/peer", json=_join("ov", "root"))
+            assert r.status_code == 202
+            acked["root"] = r.json()["peer"]["ticket-id"]
+            report = {
+                "overlay": {"overlay-id": "ov"},
+                "peer": {"peer-id": "root", "auth": {"password": "pw-root"}},
+                "status": {
+                    "num_primary": 1,
+                    "num_out_candidate": 0,
+                    "num_in_candidate": 0,
+                    "costmap": {
+                        "primary": ["x"],
+                        "outgoing_candidate": [],
+                        "incoming_candidate": [],
+                    },
+                },
+            }
+            assert (await client.post("/peer/report", json=report)).status_code == 200
+
+            async def traffic() -> None:
+                for i in range(10_000):  # bounded; the kill ends it long before
+                    try:
+                        r = await client.post("/peer", json=_join("ov", f"p{i}"))
+                    except httpx.TransportError:
+                        return
+                    if r.status_code == 202:
+                        acked[f"p{i}"] = r.json()["peer"]["ticket-id"]
+                    if len(acked) >= 30:
+                        enough.set()
+
+            task = asyncio.create_task(traffic())
+            await asyncio.wait_for(enough.wait(), timeout=30)
+            before = (await client.get("/api/OverlayStatus", params={"overlay_id": "ov"})).json()
+            homs.kill9()
+            await asyncio.wait_for(task, timeout=30)
+    finally:
+        homs.stop()
+
+    with running_homs(tmp_path, "sqlite:///restart.db") as again:
+        async with httpx.AsyncClient(base_url=again.url, timeout=5.0) as client:
+            after = (await client.get("/api/OverlayStatus", params={"overlay_id": "ov"})).json()
+            by_id = {p["peer-id"]: p for p in after["peers"]}
+            for peer_id, ticket in acked.items():
+                assert by_id[peer_id]["ticket-id"] == ticket, peer_id
+            # Liveness and the last report are as they were, not reset by the restart.
+            for p in before["peers"]:
+                assert by_id[p["peer-id"]] == p
+            assert by_id["root"]["num_primary"] == 1
+            tickets = [p["ticket-id"] for p in after["peers"]]
+            assert len(set(tickets)) == len(tickets)
+            r = await client.post("/peer", json=_join("ov", "late"))
+            assert r.status_code == 202
+            assert r.json()["peer"]["ticket-id"] == max(tickets) + 1
+            # num_primary survived, so the root is still the entry point (not a fallback).
+            assert [e["peer-id"] for e in r.json()["overlay"]["status"]["peer_info_list"]] == [
+                "root"
+            ]
+
+
+def test_homs_help_has_examples() -> None:
+    result = CliRunner().invoke(cli_app, ["homs", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    for option in ("--database", "--expiry-sweep", "--delete-empty-overlays", "--tls-cert"):
+        assert option in result.output
+    assert "Examples" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--database", "mysql://x/y"], "unsupported database 'mysql'"),
+        (["--database", "sqlite://"], "in-memory SQLite"),
+        (["--tls-cert", "nope.pem"], "give both --tls-cert and --tls-key"),
+        (["--expiry-sweep", "0"], "--expiry-sweep must be > 0"),
+        (["--log-level", "loud"], "--log-level must be"),
+    ],
+)
+def test_homs_refuses_bad_options_clearly(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli_app, ["homs", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    proc = subprocess.run(
+        [sys.executable, "-m", "hp2p", "homs", "--port", str(free_port()), "--database"]
+        + [f"postgresql://postgres@127.0.0.1:{port}/none"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 1
+    assert "cannot open or migrate the database" in proc.stderr
