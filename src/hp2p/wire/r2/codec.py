@@ -93,6 +93,8 @@ def _json_error(exc: Exception, where: str) -> WireError:
     reason, sep, path = text.partition(" - at `")
     if sep:
         path = path.rstrip("`")
+        if path in ("$.req-code", "$.rsp-code") and reason.startswith("Invalid value"):
+            reason = f"unknown {path[2:]}{reason[len('Invalid value') :]} (see etri §3.3)"
         return HeaderError(reason, path if where == "header" else f"{where}:{path}")
     return HeaderError(text, where)
 
@@ -104,7 +106,6 @@ def parse_header(header: bytes | bytearray, max_depth: int = DEFAULT_MAX_DEPTH) 
     hp2p and the reference write the code first, so the tagged union can be tried directly;
     any other key order costs one extra shallow pass to find which code is present.
     """
-    check_depth(header, 0, len(header), max_depth, "header")
     parsed: Header
     try:
         if header.startswith(_REQ_PREFIX):
@@ -116,9 +117,9 @@ def parse_header(header: bytes | bytearray, max_depth: int = DEFAULT_MAX_DEPTH) 
             has_req = envelope.req_code is not UNSET
             has_rsp = envelope.rsp_code is not UNSET
             if has_req == has_rsp:
-                which = "both" if has_req else "neither"
+                which = "both req-code and" if has_req else "neither req-code nor"
                 raise HeaderError(
-                    f"header has {which} req-code and rsp-code; exactly one says what it is",
+                    f"header has {which} rsp-code; exactly one says what the message is",
                     "header",
                 )
             decoder = w.REQUEST_DECODER if has_req else w.RESPONSE_DECODER
@@ -159,39 +160,38 @@ def build_message(
     header: Header, buf: bytes | bytearray, start: int, end: int, max_depth: int
 ) -> Message:
     """The flat message for a parsed header whose payload is ``buf[start:end]``."""
-    if isinstance(header, w.BroadcastReq):
-        p = header.req_params
-        ext_end = start + p.ext_header_len
-        return BroadcastData(
-            source=p.peer.peer_id,
-            sequence=p.peer.sequence,
-            data=_bytes(buf, ext_end, end),
-            ext_header=_extension(buf, start, ext_end, max_depth),
-            payload_type=p.payload.payload_type,
-            ack=p.operation.ack,
-            candidate_path=p.operation.candidate_path,
-            hp2p=_extra(p.hp2p),
-        )
-    if isinstance(header, w.GetDataOkRsp | w.GetDataMissingRsp):
-        g = header.rsp_params
-        ext_end = start + g.ext_header_len
-        return GetDataResponse(
-            source=g.peer.peer_id,
-            sequence=g.sequence,
-            data=_bytes(buf, ext_end, end),
-            ext_header=_extension(buf, start, ext_end, max_depth),
-            payload_type=g.payload.payload_type,
-            code=_code(header),
-        )
-    return _FROM_WIRE[type(header)](header)
-
-
-def _bytes(buf: bytes | bytearray, start: int, end: int) -> bytes:
-    """``bytes(buf[start:end])`` with one copy, whatever the buffer type."""
-    if type(buf) is bytes:
-        return buf[start:end]
-    with memoryview(buf) as view:
-        return bytes(view[start:end])
+    kind = type(header)
+    if kind is w.BroadcastReq or kind is w.GetDataOkRsp or kind is w.GetDataMissingRsp:
+        if type(buf) is not bytes:
+            with memoryview(buf) as view:
+                buf = bytes(view[start:end])
+            end -= start
+            start = 0
+        if isinstance(header, w.BroadcastReq):
+            p = header.req_params
+            ext_end = start + p.ext_header_len
+            return BroadcastData(
+                source=p.peer.peer_id,
+                sequence=p.peer.sequence,
+                data=buf[ext_end:end],
+                ext_header=_extension(buf[start:ext_end], max_depth),
+                payload_type=p.payload.payload_type,
+                ack=p.operation.ack,
+                candidate_path=p.operation.candidate_path,
+                hp2p=_extra(p.hp2p, max_depth),
+            )
+        if isinstance(header, w.GetDataOkRsp | w.GetDataMissingRsp):
+            g = header.rsp_params
+            ext_end = start + g.ext_header_len
+            return GetDataResponse(
+                source=g.peer.peer_id,
+                sequence=g.sequence,
+                data=buf[ext_end:end],
+                ext_header=_extension(buf[start:ext_end], max_depth),
+                payload_type=g.payload.payload_type,
+                code=_code(header),
+            )
+    return _FROM_WIRE[kind](header, max_depth)
 
 
 _EXT_CACHE: dict[bytes, dict[str, Any]] = {}
@@ -199,26 +199,34 @@ _EXT_CACHE_MAX: Final = 256
 _SCALARS: Final = (str, int, float, bool, type(None))
 
 
-def _extension(buf: bytes | bytearray, start: int, end: int, max_depth: int) -> dict[str, Any]:
+def _extension(raw: bytes, max_depth: int) -> dict[str, Any]:
     """Decode the extension header; the few distinct ones are cached (a fresh dict each call)."""
-    if start == end:
-        return {}
-    raw = _bytes(buf, start, end)
     cached = _EXT_CACHE.get(raw)
     if cached is not None:
-        return dict(cached)
-    check_depth(raw, 0, len(raw), max_depth, "ext-header")
+        return cached.copy()
+    if not raw:
+        return {}
+    check_depth(raw, max_depth, "ext-header")
     try:
         ext = w.EXTENSION_DECODER.decode(raw)
     except (ValueError, RecursionError) as exc:
         raise _json_error(exc, "ext-header") from None
     if len(_EXT_CACHE) < _EXT_CACHE_MAX and all(type(v) in _SCALARS for v in ext.values()):
-        _EXT_CACHE[raw] = dict(ext)
+        _EXT_CACHE[raw] = ext.copy()
     return ext
 
 
-def _extra(value: dict[str, Any] | msgspec.UnsetType | None) -> dict[str, Any] | None:
-    return None if value is UNSET else value
+def _extra(raw: msgspec.Raw | msgspec.UnsetType, max_depth: int) -> dict[str, Any] | None:
+    """The free-form ``hp2p`` object, depth-checked before it is parsed."""
+    if raw is UNSET:
+        return None
+    text = bytes(raw)
+    check_depth(text, max_depth, "hp2p")
+    try:
+        value: dict[str, Any] | None = w.HP2P_DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:
+        raise _json_error(exc, "hp2p") from None
+    return value
 
 
 # --- wire -> flat ------------------------------------------------------------------------------
@@ -243,7 +251,7 @@ def _opt_bool(value: bool | msgspec.UnsetType | None) -> bool | None:
     return None if value is UNSET else value
 
 
-def _hello(h: w.HelloReq) -> Hello:
+def _hello(h: w.HelloReq, d: int) -> Hello:
     op, peer = h.req_params.operation, h.req_params.peer
     return Hello(
         overlay_id=op.overlay_id,
@@ -254,43 +262,43 @@ def _hello(h: w.HelloReq) -> Hello:
         ttl=op.ttl,
         recovery=_opt_bool(op.recovery),
         vertical_candidate=_opt_bool(op.vertical_candidate),
-        hp2p=_extra(h.req_params.hp2p),
+        hp2p=_extra(h.req_params.hp2p, d),
     )
 
 
-def _estab(h: w.EstabReq) -> Estab:
+def _estab(h: w.EstabReq, d: int) -> Estab:
     p = h.req_params
     return Estab(
         overlay_id=p.operation.overlay_id,
         peer_id=p.peer.peer_id,
         ticket_id=p.peer.ticket_id,
         allow_primary_req=p.allow_primary_req,
-        hp2p=_extra(p.hp2p),
+        hp2p=_extra(p.hp2p, d),
     )
 
 
-def _set_primary(h: w.SetPrimaryReq) -> SetPrimary:
+def _set_primary(h: w.SetPrimaryReq, d: int) -> SetPrimary:
     p = h.req_params
     if p is None or p is UNSET:
         return SetPrimary()
     p = p
-    return SetPrimary(buffermap=_opt_entries(p.buffermap), hp2p=_extra(p.hp2p))
+    return SetPrimary(buffermap=_opt_entries(p.buffermap), hp2p=_extra(p.hp2p, d))
 
 
-def _release(h: w.ReleaseReq) -> Release:
+def _release(h: w.ReleaseReq, d: int) -> Release:
     p = h.req_params
     if p is None or p is UNSET:
         return Release()
     p = p
     ack = False if p.operation is UNSET else p.operation.ack
-    return Release(ack=ack, hp2p=_extra(p.hp2p))
+    return Release(ack=ack, hp2p=_extra(p.hp2p, d))
 
 
-def _heartbeat(h: w.HeartbeatReq) -> Heartbeat:
+def _heartbeat(h: w.HeartbeatReq, d: int) -> Heartbeat:
     p = h.req_params
     if p is None or p is UNSET:
         return Heartbeat()
-    return Heartbeat(hp2p=_extra(p.hp2p))
+    return Heartbeat(hp2p=_extra(p.hp2p, d))
 
 
 def _scan_fields(p: w.ScanParams) -> dict[str, Any]:
@@ -305,7 +313,7 @@ def _scan_fields(p: w.ScanParams) -> dict[str, Any]:
     }
 
 
-def _primary_response(h: w.PrimaryYesRsp | w.PrimaryNoRsp) -> SetPrimaryResponse:
+def _primary_response(h: w.PrimaryYesRsp | w.PrimaryNoRsp, d: int) -> SetPrimaryResponse:
     p = h.rsp_params
     if p is None or p is UNSET:
         return SetPrimaryResponse(code=_code(h))
@@ -319,40 +327,40 @@ def _primary_response(h: w.PrimaryYesRsp | w.PrimaryNoRsp) -> SetPrimaryResponse
             if parent is None or parent is UNSET
             else PeerAddress(parent.peer_id, parent.address)
         ),
-        hp2p=_extra(p.hp2p),
+        hp2p=_extra(p.hp2p, d),
     )
 
 
-_FROM_WIRE: Final[dict[type[Any], Callable[[Any], Message]]] = {
+_FROM_WIRE: Final[dict[type[Any], Callable[[Any, int], Message]]] = {
     w.HelloReq: _hello,
     w.EstabReq: _estab,
-    w.ProbeReq: lambda h: Probe(
-        ntp_time=h.req_params.operation.ntp_time, hp2p=_extra(h.req_params.hp2p)
+    w.ProbeReq: lambda h, d: Probe(
+        ntp_time=h.req_params.operation.ntp_time, hp2p=_extra(h.req_params.hp2p, d)
     ),
     w.SetPrimaryReq: _set_primary,
-    w.SetCandidateReq: lambda h: SetCandidate(),
+    w.SetCandidateReq: lambda h, d: SetCandidate(),
     w.ReleaseReq: _release,
     w.HeartbeatReq: _heartbeat,
-    w.ScanTreeReq: lambda h: ScanTree(**_scan_fields(h.req_params)),
-    w.BuffermapReq: lambda h: Buffermap(
-        overlay_id=h.req_params.overlay_id, hp2p=_extra(h.req_params.hp2p)
+    w.ScanTreeReq: lambda h, d: ScanTree(**_scan_fields(h.req_params)),
+    w.BuffermapReq: lambda h, d: Buffermap(
+        overlay_id=h.req_params.overlay_id, hp2p=_extra(h.req_params.hp2p, d)
     ),
-    w.GetDataReq: lambda h: GetData(
+    w.GetDataReq: lambda h, d: GetData(
         overlay_id=h.overlay_id, source_id=h.source_id, sequence=h.sequence
     ),
-    w.HelloRsp: lambda h: HelloResponse(code=_code(h)),
-    w.EstabYesRsp: lambda h: EstabResponse(code=_code(h)),
-    w.EstabNoRsp: lambda h: EstabResponse(code=_code(h)),
-    w.ProbeRsp: lambda h: ProbeResponse(ntp_time=h.rsp_params.operation.ntp_time),
+    w.HelloRsp: lambda h, d: HelloResponse(code=_code(h)),
+    w.EstabYesRsp: lambda h, d: EstabResponse(code=_code(h)),
+    w.EstabNoRsp: lambda h, d: EstabResponse(code=_code(h)),
+    w.ProbeRsp: lambda h, d: ProbeResponse(ntp_time=h.rsp_params.operation.ntp_time),
     w.PrimaryYesRsp: _primary_response,
     w.PrimaryNoRsp: _primary_response,
-    w.CandidateRsp: lambda h: SetCandidateResponse(code=_code(h)),
-    w.BroadcastRsp: lambda h: BroadcastDataResponse(code=_code(h)),
-    w.ReleaseRsp: lambda h: ReleaseResponse(code=_code(h)),
-    w.HeartbeatRsp: lambda h: HeartbeatResponse(code=_code(h)),
-    w.ScanNonLeafRsp: lambda h: ScanTreeResponse(code=_code(h), **_scan_fields(h.rsp_params)),
-    w.ScanLeafRsp: lambda h: ScanTreeResponse(code=_code(h), **_scan_fields(h.rsp_params)),
-    w.BuffermapRsp: lambda h: BuffermapResponse(
+    w.CandidateRsp: lambda h, d: SetCandidateResponse(code=_code(h)),
+    w.BroadcastRsp: lambda h, d: BroadcastDataResponse(code=_code(h)),
+    w.ReleaseRsp: lambda h, d: ReleaseResponse(code=_code(h)),
+    w.HeartbeatRsp: lambda h, d: HeartbeatResponse(code=_code(h)),
+    w.ScanNonLeafRsp: lambda h, d: ScanTreeResponse(code=_code(h), **_scan_fields(h.rsp_params)),
+    w.ScanLeafRsp: lambda h, d: ScanTreeResponse(code=_code(h), **_scan_fields(h.rsp_params)),
+    w.BuffermapRsp: lambda h, d: BuffermapResponse(
         overlay_id=h.rsp_params.overlay_id,
         buffermap=_entries(h.rsp_params.buffermap),
         code=_code(h),
@@ -378,7 +386,9 @@ def decode(
     size = len(frame)
     if size < PREFIX_SIZE:
         raise FrameError(f"frame of {size} bytes is shorter than the 4-byte prefix", "prefix")
-    header_len = check_prefix(frame, 0)
+    version, frame_type, header_len = PREFIX.unpack_from(frame)
+    if version != 1 or frame_type != 1 or not header_len:
+        check_prefix(frame, 0)  # raises the precise error
     header_end = PREFIX_SIZE + header_len
     if header_end > size:
         raise FrameError(
@@ -406,8 +416,8 @@ def _payload_mismatch(header: Header, actual: int, announced: int) -> str:
 
 
 # --- flat -> wire ------------------------------------------------------------------------------
-def _hp2p(value: dict[str, Any] | None) -> dict[str, Any] | msgspec.UnsetType:
-    return UNSET if value is None else value
+def _hp2p(value: dict[str, Any] | None) -> msgspec.Raw | msgspec.UnsetType:
+    return UNSET if value is None else msgspec.Raw(_json(value, "hp2p"))
 
 
 def _items(entries: list[BuffermapEntry]) -> list[w.BuffermapItem]:
@@ -431,7 +441,7 @@ def _scan_params(m: ScanTree | ScanTreeResponse) -> w.ScanParams:
 
 
 def _only_hp2p(value: dict[str, Any] | None) -> w.Hp2pOnlyParams | msgspec.UnsetType:
-    return UNSET if value is None else w.Hp2pOnlyParams(hp2p=value)
+    return UNSET if value is None else w.Hp2pOnlyParams(hp2p=_hp2p(value))
 
 
 def _wire_set_primary(m: SetPrimary) -> Header:
@@ -551,7 +561,7 @@ def _ext_bytes(ext: object) -> bytes:
                     _APP_EXT[app] = cached
             return cached
     raw = _json(ext, "ext-header")
-    check_depth(raw, 0, len(raw), DEFAULT_MAX_DEPTH, "ext-header")
+    check_depth(raw, DEFAULT_MAX_DEPTH, "ext-header")
     return raw
 
 
@@ -607,49 +617,58 @@ def _check_payload(size: int, max_payload: int) -> None:
         )
 
 
-_BROADCAST_TEMPLATE: Final = (
+_BROADCAST_HEAD: Final = (
     b'{"req-code":6,"req-params":{"operation":{"ack":%s,"candidate-path":%s},'
-    b'"peer":{"peer-id":%s,"sequence":%d},"payload":{"length":%d,"payload-type":%s},'
-    b'"ext-header-len":%d}}'
+    b'"peer":{"peer-id":%s,"sequence":'
 )
+_BROADCAST_TAIL: Final = b',"payload-type":%s},"ext-header-len":%d}}'
 _TRUE_FALSE: Final = (b"false", b"true")
+# The header up to the sequence, per (source, ack, candidate-path); and after the length, per
+# (payload-type, ext-header-len). Few distinct values occur, so both stay small.
+_HEADS: dict[tuple[str, bool, bool], bytes] = {}
+_TAILS: dict[tuple[str, int], bytes] = {}
+_CACHE_MAX: Final = 4096
 
 
 def _encode_broadcast(m: BroadcastData, max_payload: int) -> bytes:
-    """The hot path: a byte template instead of four nested Structs, same bytes out."""
+    """The hot path: cached byte templates instead of four nested Structs, same bytes out."""
     data = m.data
-    source = m.source
     seq = m.sequence
+    head = _HEADS.get((m.source, m.ack, m.candidate_path))
     if (
-        m.hp2p is not None
+        head is None
+        or m.hp2p is not None
         or type(seq) is not int
         or not 0 <= seq <= MAX_INT
-        or type(source) is not str
-        or not 0 < len(source) <= w.MAX_ID
-        or type(m.payload_type) is not str
-        or len(m.payload_type) > w.MAX_SHORT
-        or type(m.ack) is not bool
-        or type(m.candidate_path) is not bool
-        or not isinstance(data, bytes)
+        or type(data) is not bytes
     ):
-        # Unusual or invalid: take the Struct path, whose parse-back names the bad field.
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise HeaderError(f"data must be bytes, not {type(data).__name__}", "payload")
-        header = _json(_TO_WIRE[BroadcastData](m), "header")
-        parse_header(header)
-        ext = _ext_bytes(m.ext_header)
-        _check_payload(len(ext) + len(data), max_payload)
-        return _frame(header, ext, bytes(data))
+        return _encode_broadcast_checked(m, max_payload)
     ext = _ext_bytes(m.ext_header)
-    if len(ext) + len(data) > max_payload:
-        _check_payload(len(ext) + len(data), max_payload)
-    header = _BROADCAST_TEMPLATE % (
-        _TRUE_FALSE[m.ack],
-        _TRUE_FALSE[m.candidate_path],
-        _json(source, "$.req-params.peer.peer-id"),
-        seq,
-        len(data),
-        _json(m.payload_type, "$.req-params.payload.payload-type"),
-        len(ext),
-    )
+    ext_len = len(ext)
+    tail = _TAILS.get((m.payload_type, ext_len))
+    if tail is None or ext_len + len(data) > max_payload:
+        return _encode_broadcast_checked(m, max_payload)
+    header = b'%s%d},"payload":{"length":%d%s' % (head, seq, len(data), tail)
     return b"".join((PREFIX.pack(1, 1, len(header)), header, ext, data))
+
+
+def _encode_broadcast_checked(m: BroadcastData, max_payload: int) -> bytes:
+    """Every check through the Struct path; fills the template caches for valid messages."""
+    data = m.data
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise HeaderError(f"data must be bytes, not {type(data).__name__}", "payload")
+    ext = _ext_bytes(m.ext_header)
+    _check_payload(len(ext) + len(data), max_payload)
+    header = _json(_TO_WIRE[BroadcastData](m), "header")
+    parse_header(header)
+    if m.hp2p is None and len(_HEADS) < _CACHE_MAX and len(_TAILS) < _CACHE_MAX:
+        _HEADS[(m.source, m.ack, m.candidate_path)] = _BROADCAST_HEAD % (
+            _TRUE_FALSE[m.ack],
+            _TRUE_FALSE[m.candidate_path],
+            _json(m.source, "$.req-params.peer.peer-id"),
+        )
+        _TAILS[(m.payload_type, len(ext))] = _BROADCAST_TAIL % (
+            _json(m.payload_type, "$.req-params.payload.payload-type"),
+            len(ext),
+        )
+    return _frame(header, ext, bytes(data))

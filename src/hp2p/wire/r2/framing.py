@@ -60,8 +60,8 @@ def check_prefix(buf: bytes | bytearray, start: int) -> int:
     return int(header_len)
 
 
-def check_depth(buf: bytes | bytearray, start: int, end: int, limit: int, field: str) -> None:
-    """Reject JSON in ``buf[start:end]`` nested deeper than ``limit`` before it is parsed.
+def check_depth(text: bytes | bytearray, limit: int, field: str) -> None:
+    """Reject the JSON ``text`` if it nests deeper than ``limit``, before it is parsed.
 
     Parsing is recursive, so depth has to be bounded before the parser sees the input. The
     common case costs two ``count`` calls: fewer brackets than ``limit`` cannot nest deeper.
@@ -69,9 +69,9 @@ def check_depth(buf: bytes | bytearray, start: int, end: int, limit: int, field:
     peeled off ``limit`` times; whatever is left is too deep (or not JSON at all). All of it
     runs in C-level bytes operations, never a Python loop per byte.
     """
-    if buf.count(b"{", start, end) + buf.count(b"[", start, end) <= limit:
+    if text.count(b"{") + text.count(b"[") <= limit:
         return
-    text = bytes(buf[start:end])
+    text = bytes(text)
     if b"\\" in text:
         # Escapes first: an escaped backslash, then an escaped quote, never ends a string.
         text = text.replace(b"\\\\", b"").replace(b'\\"', b"")

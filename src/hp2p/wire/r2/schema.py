@@ -77,7 +77,7 @@ class HelloPeer(_Wire):
 class HelloParams(_Wire):
     operation: HelloOperation
     peer: HelloPeer
-    hp2p: Extra | UnsetType | None = UNSET
+    hp2p: Raw | UnsetType = UNSET
 
 
 class OverlayRef(_Wire):
@@ -93,7 +93,7 @@ class EstabParams(_Wire, kw_only=True):
     operation: OverlayRef
     allow_primary_req: bool = True
     peer: EstabPeer
-    hp2p: Extra | UnsetType | None = UNSET
+    hp2p: Raw | UnsetType = UNSET
 
 
 class NtpOperation(_Wire):
@@ -102,7 +102,7 @@ class NtpOperation(_Wire):
 
 class ProbeParams(_Wire):
     operation: NtpOperation
-    hp2p: Extra | UnsetType | None = UNSET
+    hp2p: Raw | UnsetType = UNSET
 
 
 class ProbeRspParams(_Wire):
@@ -111,13 +111,13 @@ class ProbeRspParams(_Wire):
 
 class SetPrimaryParams(_Wire):
     buffermap: Buffermap | UnsetType | None = UNSET
-    hp2p: Extra | UnsetType | None = UNSET
+    hp2p: Raw | UnsetType = UNSET
 
 
 class SetPrimaryRspParams(_Wire):
     buffermap: Buffermap | UnsetType | None = UNSET
     parent_peer: PeerRef | UnsetType | None = UNSET
-    hp2p: Extra | UnsetType | None = UNSET
+    hp2p: Raw | UnsetType = UNSET
 
 
 class BroadcastOperation(_Wire):
@@ -140,7 +140,7 @@ class BroadcastParams(_Wire):
     peer: BroadcastPeer
     payload: PayloadInfo
     ext_header_len: UInt = 0
-    hp2p: Extra | UnsetType | None = UNSET
+    hp2p: Raw | UnsetType = UNSET
 
 
 class AckOperation(_Wire):
@@ -149,11 +149,11 @@ class AckOperation(_Wire):
 
 class ReleaseParams(_Wire):
     operation: AckOperation | UnsetType = UNSET
-    hp2p: Extra | UnsetType | None = UNSET
+    hp2p: Raw | UnsetType = UNSET
 
 
 class Hp2pOnlyParams(_Wire):
-    hp2p: Extra | UnsetType | None = UNSET
+    hp2p: Raw | UnsetType = UNSET
 
 
 class ScanOverlay(_Wire):
@@ -170,7 +170,7 @@ class ScanParams(_Wire):
 
 class BuffermapParams(_Wire):
     overlay_id: Id
-    hp2p: Extra | UnsetType | None = UNSET
+    hp2p: Raw | UnsetType = UNSET
 
 
 class BuffermapRspParams(_Wire):
@@ -356,4 +356,5 @@ REQUEST_DECODER: Final = msgspec.json.Decoder(AnyReq)
 RESPONSE_DECODER: Final = msgspec.json.Decoder(AnyRsp)
 ENVELOPE_DECODER: Final = msgspec.json.Decoder(Envelope)
 EXTENSION_DECODER: Final = msgspec.json.Decoder(dict[str, Any])
+HP2P_DECODER: Final = msgspec.json.Decoder(dict[str, Any] | None)
 ENCODER: Final = msgspec.json.Encoder()
