@@ -15,14 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
+
+from hp2p.cli import app as cli_app
 from test_homs_conformance import (
     HOMP_RECORDING,
     assert_replay_ok,
     replay,
 )
-from typer.testing import CliRunner
-
-from hp2p.cli import app as cli_app
 
 pytestmark = pytest.mark.slow
 
@@ -235,8 +235,10 @@ def test_homs_refuses_bad_options_clearly(args: list[str], message: str) -> None
 def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     proc = subprocess.run(
-        [sys.executable, "-m", "hp2p", "homs", "--port", str(free_port()), "--database"]
-        + [f"postgresql://postgres@127.0.0.1:{port}/none"],
+        [
+            *(sys.executable, "-m", "hp2p", "homs", "--port", str(free_port())),
+            *("--database", f"postgresql://postgres@127.0.0.1:{port}/none"),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

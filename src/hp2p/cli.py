@@ -11,8 +11,7 @@ import typer
 from hp2p import __version__
 from hp2p.bench.cli import app as bench_app
 from hp2p.clistubs import not_yet
-from hp2p.homs.cli import EPILOG as homs_epilog
-from hp2p.homs.cli import homs as homs_command
+from hp2p.homs import cli as homs_cli
 
 app = typer.Typer(
     name="hp2p",
@@ -62,7 +61,7 @@ def sim() -> None:
     not_yet("hp2p sim", 6)
 
 
-app.command(name="homs", epilog=homs_epilog)(homs_command)
+app.command(name="homs", epilog=homs_cli.EPILOG)(homs_cli.homs)
 app.add_typer(bench_app, name="bench")
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 import uvicorn
@@ -32,49 +34,67 @@ The API is documented at http://HOST:PORT/docs once it runs; see docs/homs.md.
 
 
 def homs(
-    host: str = typer.Option(
-        "127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."
-    ),
-    port: int = typer.Option(8081, "--port", help="TCP port for HOMP (the reference uses 8081)."),
-    database: str = typer.Option(
-        DEFAULT_DATABASE,
-        "--database",
-        help=(
-            "sqlite:///FILE.db (relative to the working directory; sqlite:////abs/path.db) or "
-            "postgresql://USER@HOST:PORT/DB. Several HOMS processes may share one PostgreSQL."
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0 for every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", help="TCP port for HOMP (the reference uses 8081).")
+    ] = 8081,
+    database: Annotated[
+        str,
+        typer.Option(
+            "--database",
+            help=(
+                "sqlite:///FILE.db (relative to the working directory; sqlite:////abs/path.db) "
+                "or postgresql://USER@HOST:PORT/DB. Several HOMS processes may share one "
+                "PostgreSQL."
+            ),
         ),
-    ),
-    expiry_sweep: float = typer.Option(
-        5.0,
-        "--expiry-sweep",
-        help="Seconds between sweeps that remove peers which stopped refreshing.",
-    ),
-    delete_empty_overlays: bool = typer.Option(
-        False,
-        "--delete-empty-overlays",
-        help=(
-            "Delete an overlay when its last peer leaves or expires (the ETRI behaviour). "
-            "Default: keep it until its owner removes it."
+    ] = DEFAULT_DATABASE,
+    expiry_sweep: Annotated[
+        float,
+        typer.Option(
+            "--expiry-sweep",
+            help="Seconds between sweeps that remove peers which stopped refreshing.",
         ),
-    ),
-    peer_list_size: int = typer.Option(
-        3, "--peer-list-size", help="Entry points returned to a tree (CoreTree/SubTree) join."
-    ),
-    mesh_peer_list_size: int = typer.Option(
-        8, "--mesh-peer-list-size", help="Random neighbours returned to a SubMesh join."
-    ),
-    ws_port: int = typer.Option(
-        8082,
-        "--ws-port",
-        help="WebSocket port announced by GET /api/InitData to the reference web UI.",
-    ),
-    tls_cert: Path | None = typer.Option(
-        None, "--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)."
-    ),
-    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key for --tls-cert."),
-    log_level: str = typer.Option(
-        "info", "--log-level", help="critical, error, warning, info or debug."
-    ),
+    ] = 5.0,
+    delete_empty_overlays: Annotated[
+        bool,
+        typer.Option(
+            "--delete-empty-overlays",
+            help=(
+                "Delete an overlay when its last peer leaves or expires (the ETRI behaviour). "
+                "Default: keep it until its owner removes it."
+            ),
+        ),
+    ] = False,
+    peer_list_size: Annotated[
+        int,
+        typer.Option(
+            "--peer-list-size", help="Entry points returned to a tree (CoreTree/SubTree) join."
+        ),
+    ] = 3,
+    mesh_peer_list_size: Annotated[
+        int,
+        typer.Option("--mesh-peer-list-size", help="Random neighbours returned to a SubMesh join."),
+    ] = 8,
+    ws_port: Annotated[
+        int,
+        typer.Option(
+            "--ws-port",
+            help="WebSocket port announced by GET /api/InitData to the reference web UI.",
+        ),
+    ] = 8082,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="PEM private key for --tls-cert.")
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
+    ] = "info",
 ) -> None:
     """Run a HOMS: HOMP (Q.4103, ETRI-2023 dialect) over HTTP, with persistent storage."""
     level = log_level.lower()
@@ -144,11 +164,10 @@ async def _serve(settings: HomsSettings, database: str) -> int:
         access_log=settings.log_level == "debug",
         server_header=False,
     )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    announce = asyncio.create_task(_announce(server, settings, database))
-    await serving
-    announce.cancel()
+    server = _AnnouncingServer(config)
+    server.announcement = database
+    server.scheme = "https" if settings.tls_cert else "http"
+    await server.serve()
     if not server.started:
         typer.echo(
             f"hp2p homs: could not serve on {settings.host}:{settings.port} (see the log above; "
@@ -159,18 +178,28 @@ async def _serve(settings: HomsSettings, database: str) -> int:
     return 0
 
 
-async def _announce(server: uvicorn.Server, settings: HomsSettings, database: str) -> None:
-    """Print the one start-up line once the socket listens (with the real port for 0)."""
-    while not server.started:
-        await asyncio.sleep(0.02)
-    port = settings.port
-    for srv in server.servers:
-        for sock in srv.sockets:
-            port = sock.getsockname()[1]
-            break
-    scheme = "https" if settings.tls_cert else "http"
-    print(
-        f"hp2p homs: serving {scheme}://{settings.host}:{port} (database {database})",
-        flush=True,
-        file=sys.stdout,
-    )
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn server that prints the one start-up line once its socket listens.
+
+    Printing after ``startup`` (not before) gives the real port when ``--port 0`` was asked
+    for, and never announces a server that failed to bind.
+    """
+
+    announcement: str = ""
+    scheme: str = "http"
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.started:
+            return
+        port = self.config.port
+        for srv in self.servers:
+            for sock in srv.sockets:
+                port = sock.getsockname()[1]
+                break
+        print(
+            f"hp2p homs: serving {self.scheme}://{self.config.host}:{port} "
+            f"(database {self.announcement})",
+            flush=True,
+            file=sys.stdout,
+        )
