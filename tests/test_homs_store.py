@@ -1,0 +1,433 @@
+"""The HOMS store on a real SQLite file (and PostgreSQL when HP2P_TEST_POSTGRES_URL is set)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import make_url
+
+from hp2p.homs import peerlist
+from hp2p.homs.db import DatabaseUrlError, metadata, parse_database_url
+from hp2p.homs.errors import AdmissionRefusedError, HompError
+from hp2p.homs.monitor import Event, MonitorHub, SubscriberLagged
+from hp2p.homs.store import HomsStore
+from hp2p.wire import homp
+
+PG_URL = os.environ.get("HP2P_TEST_POSTGRES_URL")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def create_spec(overlay_id: str, **extra: Any) -> homp.CreateOverlay:
+    auth = extra.pop("auth", {"type": "open", "admin_key": "admin"})
+    body = {
+        "overlay-id": overlay_id,
+        "title": "t",
+        "type": "core",
+        "sub-type": "tree",
+        "owner-id": "owner",
+        "description": "d",
+        "heartbeat-interval": 10,
+        "heartbeat-timeout": 15,
+        "auth": auth,
+        **extra,
+    }
+    return homp.decode(msgspec.json.encode({"overlay": body}), homp.CreateRequest).overlay
+
+
+def join_req(
+    overlay_id: str,
+    peer_id: str,
+    *,
+    expires: int = 60,
+    sub_type: str = "tree",
+    type_: str = "core",
+    access_key: str | None = None,
+    ticket: int | None = None,
+    password: str | None = None,
+) -> homp.JoinRequest:
+    return homp.JoinRequest(
+        overlay=homp.JoinOverlay(
+            overlay_id=overlay_id,
+            type=type_,  # type: ignore[arg-type]
+            sub_type=sub_type,  # type: ignore[arg-type]
+            auth=homp.OverlayAccessAuth(access_key=access_key) if access_key else None,
+        ),
+        peer=homp.JoinPeer(
+            peer_id=peer_id,
+            address=f"tcp://127.0.0.1/{peer_id}",
+            auth=homp.PeerAuth(password=password or f"pw-{peer_id}"),
+            expires=expires,
+            ticket_id=ticket,
+        ),
+    )
+
+
+def report_req(overlay_id: str, peer_id: str, primary: list[str], **kw: list[str]) -> Any:
+    return homp.ReportRequest(
+        overlay=homp.OverlayRef(overlay_id=overlay_id),
+        peer=homp.LeavePeer(peer_id=peer_id, auth=homp.PeerAuth(password=f"pw-{peer_id}")),
+        status=homp.ReportStatus(
+            num_primary=len(primary),
+            num_out_candidate=len(kw.get("out", [])),
+            num_in_candidate=0,
+            costmap=homp.ReportCostmap(
+                primary=primary, outgoing_candidate=kw.get("out", []), incoming_candidate=[]
+            ),
+        ),
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_store(url: str, clock: Clock, **kw: Any) -> AsyncIterator[HomsStore]:
+    store = HomsStore(parse_database_url(url), clock=clock, admin_key_cost=2**4, **kw)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def pg_database() -> AsyncIterator[str]:
+    import asyncpg
+
+    assert PG_URL is not None
+    name = f"hp2p_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
+    async with pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+# ---------------------------------------------------------------------------- schema
+
+
+async def test_migrations_produce_exactly_the_declared_schema(db_url: str, clock: Clock) -> None:
+    async with open_store(db_url, clock) as store:
+        await store.start()  # a second upgrade is a no-op
+        async with store._writer.connect() as conn:
+            diffs = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+            )
+    assert diffs == []
+
+
+def test_database_urls_are_converted_to_async_drivers() -> None:
+    assert str(parse_database_url("sqlite:///hp2p.db").url) == "sqlite+aiosqlite:///hp2p.db"
+    pg = parse_database_url("postgresql://u:secret@h:5432/d")
+    assert pg.url.drivername == "postgresql+asyncpg"
+    assert "secret" not in pg.describe()
+    assert parse_database_url("postgres://u@h/d").url.drivername == "postgresql+asyncpg"
+    for bad in ("mysql://x/y", "sqlite://", "not a url"):
+        with pytest.raises(DatabaseUrlError):
+            parse_database_url(bad)
+
+
+# ---------------------------------------------------------------------------- tickets
+
+
+async def test_concurrent_joins_get_unique_increasing_tickets(db_url: str, clock: Clock) -> None:
+    async with open_store(db_url, clock) as a, open_store(db_url, clock) as b:
+        # Two stores with their own pools stand for two HOMS instances on one database.
+        await a.create_overlay(create_spec("ov"))
+        results = await asyncio.gather(
+            *((a if i % 2 else b).join(join_req("ov", f"p{i}")) for i in range(40))
+        )
+    tickets = sorted(r.ticket for r in results)
+    assert tickets == list(range(1, 41))
+
+
+async def test_failed_joins_burn_no_ticket_and_leave_no_peer(db_url: str, clock: Clock) -> None:
+    async with open_store(db_url, clock) as store:
+        await store.create_overlay(
+            create_spec("closed", auth={"type": "closed", "admin_key": "a", "access_key": "ak"})
+        )
+        assert (await store.join(join_req("closed", "x", access_key="ak"))).ticket == 1
+        with pytest.raises(HompError) as dup:
+            await store.join(join_req("closed", "x", access_key="ak"))
+        assert dup.value.status == 409
+        with pytest.raises(AdmissionRefusedError):
+            await store.join(join_req("closed", "y", access_key="wrong"))
+        with pytest.raises(AdmissionRefusedError):
+            await store.join(join_req("closed", "z"))
+        with pytest.raises(HompError) as kind:
+            await store.join(join_req("closed", "m", sub_type="mesh", access_key="ak"))
+        assert kind.value.status == 400
+        assert (await store.join(join_req("closed", "w", access_key="ak"))).ticket == 2
+        members = [m.peer_id for m in await store.peers("closed")]
+    assert members == ["x", "w"]
+
+
+async def test_tickets_survive_reopening_the_database(tmp_path: Path, clock: Clock) -> None:
+    url = f"sqlite:///{tmp_path / 'reopen.db'}"
+    async with open_store(url, clock) as store:
+        await store.create_overlay(create_spec("ov"))
+        for i in range(3):
+            await store.join(join_req("ov", f"p{i}"))
+    async with open_store(url, clock) as store:
+        assert (await store.join(join_req("ov", "again"))).ticket == 4
+
+
+# ---------------------------------------------------------------------------- peer lists
+
+
+async def test_store_peer_lists_follow_the_pure_rules(db_url: str, clock: Clock) -> None:
+    rng = random.Random(5)
+    async with open_store(db_url, clock) as store:
+        await store.create_overlay(create_spec("ov"))
+        entries: list[peerlist.PeerEntry] = []
+        for i in range(1, 41):
+            result = await store.join(join_req("ov", f"p{i:02d}"))
+            mine = peerlist.PeerEntry(f"p{i:02d}", f"tcp://127.0.0.1/p{i:02d}", i, 0)
+            expected = peerlist.tree_entry_points([*entries, mine])
+            assert [e.peer_id for e in result.peer_list] == [e.peer_id for e in expected]
+            n = rng.choice([0, 1, 1, 2])
+            await store.report(report_req("ov", mine.peer_id, [f"x{k}" for k in range(n)]))
+            entries.append(peerlist.PeerEntry(mine.peer_id, mine.address, i, n))
+        for ticket in (1, 7, 25, 40):
+            rec = await store.recovery_join(join_req("ov", f"p{ticket:02d}", ticket=ticket))
+            want = peerlist.tree_recovery_points(entries, ticket)
+            assert [e.peer_id for e in rec.peer_list] == [e.peer_id for e in want]
+
+
+async def test_recovery_join_checks_membership_password_and_ticket(
+    db_url: str, clock: Clock
+) -> None:
+    async with open_store(db_url, clock) as store:
+        await store.create_overlay(create_spec("ov"))
+        await store.join(join_req("ov", "a"))
+        await store.join(join_req("ov", "b", expires=30))
+        clock.now += 20
+        rec = await store.recovery_join(join_req("ov", "b", ticket=2, expires=30))
+        assert (rec.ticket, [e.peer_id for e in rec.peer_list]) == (2, ["a"])
+        # a recovery join proves the peer is alive: its deadline moved
+        b = next(m for m in await store.peers("ov") if m.peer_id == "b")
+        assert b.expires_at == clock.now + 30
+        cases = [
+            (join_req("ov", "b", ticket=1), 403),  # forged ticket
+            (join_req("ov", "b", ticket=2, password="wrong"), 400),
+            (join_req("ov", "stranger", ticket=2), 400),
+            (join_req("nope", "b", ticket=2), 400),
+        ]
+        for req, status in cases:
+            with pytest.raises(HompError) as err:
+                await store.recovery_join(req)
+            assert err.value.status == status
+
+
+async def test_sub_overlays_record_parent_and_source(db_url: str, clock: Clock) -> None:
+    async with open_store(db_url, clock, rng=random.Random(3), mesh_list_size=4) as store:
+        await store.create_overlay(create_spec("core"))
+        spec = create_spec(
+            "mesh", type="sub", **{"sub-type": "mesh"}, **{"parent-overlay-id": "core"}
+        )
+        spec = homp.CreateOverlay(
+            **{**{f: getattr(spec, f) for f in spec.__struct_fields__}, "source_peer_id": "src"}
+        )
+        rec = await store.create_overlay(spec)
+        assert (rec.type, rec.sub_type, rec.parent_overlay_id, rec.source_peer_id) == (
+            "sub",
+            "mesh",
+            "core",
+            "src",
+        )
+        orphan = homp.CreateOverlay(
+            **{
+                **{f: getattr(spec, f) for f in spec.__struct_fields__},
+                "overlay_id": "orphan",
+                "parent_overlay_id": "missing",
+            }
+        )
+        with pytest.raises(HompError) as err:
+            await store.create_overlay(orphan)
+        assert (err.value.status, err.value.field) == (400, "$.overlay.parent-overlay-id")
+        lists = []
+        for i in range(8):
+            r = await store.join(join_req("mesh", f"m{i}", type_="sub", sub_type="mesh"))
+            lists.append([e.peer_id for e in r.peer_list])
+        assert lists[0] == ["m0"]
+        assert all(
+            f"m{i}" not in lst and len(lst) == min(i, 4) for i, lst in enumerate(lists[1:], 1)
+        )
+
+
+# ---------------------------------------------------------------------------- liveness
+
+
+async def collect(hub: MonitorHub, into: list[Event], ready: asyncio.Event) -> None:
+    agen = hub.subscribe()
+    first = asyncio.ensure_future(agen.__anext__())
+    ready.set()
+    into.append(await first)
+    async for event in agen:
+        into.append(event)
+
+
+async def test_expiry_removes_silent_peers_and_keeps_empty_overlays_by_default(
+    db_url: str, clock: Clock
+) -> None:
+    async with open_store(db_url, clock) as store:
+        await store.create_overlay(create_spec("keep"))
+        await store.create_overlay(create_spec("drop", **{"delete-when-empty": True}))
+        for ov in ("keep", "drop"):
+            await store.join(join_req(ov, "quiet", expires=10))
+            await store.join(join_req(ov, "talker", expires=10))
+        clock.now += 8
+        await store.report(report_req("keep", "talker", []))  # any report refreshes
+        await store.refresh(
+            homp.RefreshRequest(
+                overlay=homp.OverlayAccess(overlay_id="drop"),
+                peer=homp.RefreshPeer(
+                    peer_id="talker", address="tcp://x", auth=homp.PeerAuth(password="pw-talker")
+                ),
+            )
+        )
+        clock.now += 5
+        swept = await store.expire()
+        assert sorted(swept.peers) == [("drop", "quiet"), ("keep", "quiet")]
+        assert swept.overlays == []
+        clock.now += 20
+        swept = await store.expire()
+        assert sorted(swept.peers) == [("drop", "talker"), ("keep", "talker")]
+        assert swept.overlays == ["drop"]  # created with delete-when-empty
+        remaining = [o.overlay_id for o in await store.query_overlays()]
+    assert remaining == ["keep"]
+
+
+async def test_reported_lost_neighbour_is_removed_only_if_it_stopped_refreshing(
+    db_url: str, clock: Clock
+) -> None:
+    async with open_store(db_url, clock) as store:
+        await store.create_overlay(create_spec("ov"))
+        for pid in ("a", "b", "c"):
+            await store.join(join_req("ov", pid, expires=100))
+        await store.report(report_req("ov", "a", ["b", "c"]))
+        clock.now += 50  # b and c are still within their refresh period (0.8 × 100 s)
+        assert await store.report(report_req("ov", "a", ["c"])) == []
+        await store.report(report_req("ov", "a", ["b", "c"]))
+        await store.report(report_req("ov", "c", ["a"]))  # c keeps talking
+        clock.now += 40  # 90 s: b missed its refresh, c reported 40 s ago
+        assert await store.report(report_req("ov", "a", [])) == ["b"]
+        assert [m.peer_id for m in await store.peers("ov")] == ["a", "c"]
+
+
+async def test_events_follow_commits(db_url: str, clock: Clock) -> None:
+    async with open_store(db_url, clock) as store:
+        events: list[Event] = []
+        ready = asyncio.Event()
+        task = asyncio.create_task(collect(store.hub, events, ready))
+        await ready.wait()
+        await store.create_overlay(create_spec("ov"))
+        await store.join(join_req("ov", "a"))
+        with pytest.raises(HompError):
+            await store.join(join_req("ov", "a"))  # rolled back: no add_peer
+        await store.report(report_req("ov", "a", ["z"]))
+        await store.leave(
+            homp.LeaveRequest(
+                overlay=homp.OverlayAccess(overlay_id="ov"),
+                peer=homp.LeavePeer(peer_id="a", auth=homp.PeerAuth(password="pw-a")),
+            )
+        )
+        for _ in range(100):  # bounded: the hub delivers synchronously into queues
+            if len(events) >= 7:
+                break
+            await asyncio.sleep(0)
+        task.cancel()
+    actions = [(e["type"], e.get("action")) for e in events]
+    assert (
+        actions
+        == [
+            ("overlay", "create"),
+            ("log", None),
+            ("peer", "add_peer"),
+            ("log", None),
+            ("peer", "update_connection"),
+            ("log", None),
+            ("log", None),
+            ("peer", "delete_peer"),
+        ][: len(actions)]
+    )
+    assert len(actions) == 8
+
+
+async def test_slow_monitor_subscriber_is_told_it_lagged() -> None:
+    hub = MonitorHub(queue_bound=2)
+    agen = hub.subscribe()
+    first = asyncio.ensure_future(agen.__anext__())
+    await asyncio.sleep(0)  # let the subscription register before publishing
+    for i in range(4):
+        hub.publish({"n": i})
+    assert await first == {"n": 0}
+    assert await agen.__anext__() == {"n": 1}
+    # events 2 and 3 did not fit: the subscriber is told, not silently skipped
+    with pytest.raises(SubscriberLagged):
+        await agen.__anext__()
+    assert hub.subscriber_count == 0
+
+
+# ---------------------------------------------------------------------------- secrets
+
+
+async def test_secrets_are_stored_only_as_salted_hashes(tmp_path: Path, clock: Clock) -> None:
+    db = tmp_path / "secrets.db"
+    async with open_store(f"sqlite:///{db}", clock) as store:
+        await store.create_overlay(
+            create_spec(
+                "ov",
+                auth={"type": "closed", "admin_key": "ADMIN-SECRET", "access_key": "ACCESS-SECRET"},
+            )
+        )
+        await store.join(join_req("ov", "a", access_key="ACCESS-SECRET", password="PEER-SECRET"))
+        await store.join(join_req("ov", "b", access_key="ACCESS-SECRET", password="PEER-SECRET"))
+    # the WAL is checkpointed into the file when the last connection closes
+    raw = b"".join(f.read_bytes() for f in tmp_path.glob("secrets.db*"))
+    for secret in (b"ADMIN-SECRET", b"ACCESS-SECRET", b"PEER-SECRET"):
+        assert secret not in raw
+    with sqlite3.connect(db) as conn:
+        a, b = [r[0] for r in conn.execute("SELECT password_hash FROM peer ORDER BY ticket")]
+    assert a != b  # salted: equal passwords give different hashes
+    assert a.startswith("sha256$")
