@@ -412,6 +412,10 @@ async def test_slow_monitor_subscriber_is_told_it_lagged() -> None:
 # ---------------------------------------------------------------------------- secrets
 
 
+def _database_bytes(directory: Path) -> bytes:
+    return b"".join(f.read_bytes() for f in sorted(directory.glob("secrets.db*")))
+
+
 async def test_secrets_are_stored_only_as_salted_hashes(tmp_path: Path, clock: Clock) -> None:
     db = tmp_path / "secrets.db"
     async with open_store(f"sqlite:///{db}", clock) as store:
@@ -424,7 +428,7 @@ async def test_secrets_are_stored_only_as_salted_hashes(tmp_path: Path, clock: C
         await store.join(join_req("ov", "a", access_key="ACCESS-SECRET", password="PEER-SECRET"))
         await store.join(join_req("ov", "b", access_key="ACCESS-SECRET", password="PEER-SECRET"))
     # the WAL is checkpointed into the file when the last connection closes
-    raw = b"".join(f.read_bytes() for f in tmp_path.glob("secrets.db*"))
+    raw = _database_bytes(tmp_path)
     for secret in (b"ADMIN-SECRET", b"ACCESS-SECRET", b"PEER-SECRET"):
         assert secret not in raw
     with sqlite3.connect(db) as conn:
