@@ -134,6 +134,7 @@ SCHEMA_TYPES: tuple[Any, ...] = (
     homp.LeaveRequest,
     homp.ReportRequest,
     AuthenticatedRemovalRequest,
+    homp.AdminRemovalResponse,
     homp.InitDataResponse,
     homp.CostMap,
 )

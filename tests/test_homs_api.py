@@ -1,0 +1,199 @@
+"""HOMP over HTTP (in-process ASGI): errors, limits, extensions and monitoring endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hp2p.homs.app import create_app
+from hp2p.homs.settings import HomsSettings
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = HomsSettings(database=f"sqlite:///{tmp_path / 'api.db'}", admin_key_cost=2**4)
+    app = create_app(settings, run_expiry_sweep=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://homs") as c,
+    ):
+        yield c
+
+
+def overlay(overlay_id: str, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "overlay-id": overlay_id,
+        "title": "api test",
+        "type": "core",
+        "sub-type": "tree",
+        "owner-id": "owner",
+        "description": "d",
+        "heartbeat-interval": 10,
+        "heartbeat-timeout": 15,
+        "auth": {"type": "open", "admin_key": "admin"},
+    }
+    body.update(extra)
+    return {"overlay": body}
+
+
+def join(overlay_id: str, peer_id: str, **peer: Any) -> dict[str, Any]:
+    o = {"overlay-id": overlay_id, "type": peer.pop("type", "core")}
+    o["sub-type"] = peer.pop("sub_type", "tree")
+    if "access_key" in peer:
+        o["auth"] = {"access_key": peer.pop("access_key")}
+    return {
+        "overlay": o,
+        "peer": {
+            "peer-id": peer_id,
+            "address": "tcp://127.0.0.1:9",
+            "auth": {"password": "pw"},
+            **peer,
+        },
+    }
+
+
+async def test_errors_are_json_with_the_offending_field(client: httpx.AsyncClient) -> None:
+    r = await client.post("/homs", json=overlay("x", title="t" * 5000))
+    assert r.status_code == 400
+    assert r.json()["field"] == "$.overlay.title"
+    r = await client.post("/homs", json=overlay("x", **{"heartbeat-interval": -1}))
+    assert (r.status_code, r.json()["field"]) == (400, "$.overlay.heartbeat-interval")
+    r = await client.post("/peer", json=join("x", "p", expires=0))
+    assert (r.status_code, r.json()["field"]) == (400, "$.peer.expires")
+    r = await client.post("/homs", content=b"{", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert "invalid JSON" in r.json()["error"]
+
+
+async def test_body_limits_and_content_type(client: httpx.AsyncClient) -> None:
+    big = b'{"overlay": "' + b"x" * (70 * 1024) + b'"}'
+    r = await client.post("/homs", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert "larger than" in r.json()["error"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while streaming
+        for _ in range(20):
+            yield b"x" * 8192
+
+    r = await client.post("/homs", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = await client.post("/homs", content=b"{}", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    r = await client.post(
+        "/homs",
+        json=overlay("cs"),
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert r.status_code == 200
+
+
+async def test_recovery_flag_values(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/homs", json=overlay("ov"))).status_code == 200
+    r = await client.post("/peer?recovery=false", json=join("ov", "a", expires=30))
+    assert (r.status_code, r.json()["peer"]["ticket-id"]) == (202, 1)
+    r = await client.post("/peer?recovery=maybe", json=join("ov", "b"))
+    assert (r.status_code, r.json()["field"]) == (400, "?recovery")
+    r = await client.post("/peer?recovery=true", json=join("ov", "a"))
+    assert (r.status_code, r.json()["field"]) == (400, "$.peer.ticket-id")
+    r = await client.post("/peer?recovery=1", json=join("ov", "a", **{"ticket-id": 1}))
+    assert r.status_code == 202
+    assert r.json()["peer"] == {"peer-id": "a", "ticket-id": 1, "expires": 30}
+
+
+async def test_closed_overlay_refusal_is_407_with_the_reference_body(
+    client: httpx.AsyncClient,
+) -> None:
+    closed = overlay("c", auth={"type": "closed", "admin_key": "k", "peerlist": ["alice"]})
+    assert (await client.post("/homs", json=closed)).status_code == 200
+    r = await client.post("/peer", json=join("c", "mallory"))
+    assert r.status_code == 407
+    assert r.json() == {"overlay": {"overlay-id": "c"}}
+    assert "peer list" in r.headers["x-homs-error"]
+    assert (await client.post("/peer", json=join("c", "alice"))).status_code == 202
+
+
+async def test_admin_removal_needs_the_owner_credentials(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/homs", json=overlay("ov"))).status_code == 200
+    r = await client.post("/api/HybridOverlayRemoval", json={"overlay-id": "ov"})
+    assert r.status_code == 400
+    wrong = {"overlay-id": "ov", "owner-id": "owner", "admin_key": "guess"}
+    assert (await client.post("/api/HybridOverlayRemoval", json=wrong)).status_code == 400
+    assert (await client.get("/homs", params={"overlay-id": "ov"})).json() != []
+    right = {"overlay-id": "ov", "owner-id": "owner", "admin_key": "admin"}
+    r = await client.post("/api/HybridOverlayRemoval", json=right)
+    assert (r.status_code, r.json()) == (200, {"overlay-id": "ov"})
+    assert (await client.get("/homs", params={"overlay-id": "ov"})).json() == []
+
+
+async def test_submesh_join_answers_200_with_parent_and_source(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/homs", json=overlay("core"))).status_code == 200
+    sub = overlay(
+        "mesh",
+        type="sub",
+        **{"sub-type": "mesh", "parent-overlay-id": "core", "source-peer-id": "src"},
+    )
+    assert (await client.post("/homs", json=sub)).status_code == 200
+    for pid in ("src", "m1"):
+        r = await client.post("/peer", json=join("mesh", pid, type="sub", sub_type="mesh"))
+        assert r.status_code == 200
+    body = r.json()
+    assert body["overlay"]["parent-overlay-id"] == "core"
+    assert body["overlay"]["source-peer-id"] == "src"
+    assert [e["peer-id"] for e in body["overlay"]["status"]["peer_info_list"]] == ["src"]
+    r = await client.post("/peer", json=join("mesh", "t1"))  # wrong kind for this overlay
+    assert (r.status_code, r.json()["field"]) == (400, "$.overlay.type")
+    status = (await client.get("/api/OverlayStatus", params={"overlay_id": "mesh"})).json()
+    assert status["overlay"]["parent-overlay-id"] == "core"
+    assert status["overlay"]["source-peer-id"] == "src"
+    q = (await client.get("/homs", params={"overlay-id": "mesh"})).json()
+    assert q[0]["overlay"]["source-peer-id"] == "src"
+
+
+async def test_status_topology_and_registry(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/homs", json=overlay("ov"))).status_code == 200
+    caps = {"nat": "none", "uplink_kbps": 10000}
+    for pid in ("a", "b"):
+        r = await client.post("/peer", json=join("ov", pid, expires=60, capabilities=caps))
+        assert r.status_code == 202
+    report = {
+        "overlay": {"overlay-id": "ov"},
+        "peer": {"peer-id": "b", "auth": {"password": "pw"}},
+        "status": {
+            "num_primary": 1,
+            "num_out_candidate": 0,
+            "num_in_candidate": 0,
+            "costmap": {"primary": ["a"], "outgoing_candidate": [], "incoming_candidate": []},
+        },
+    }
+    assert (await client.post("/peer/report", json=report)).status_code == 200
+    topo = (await client.get("/api/OverlayTopology", params={"overlay_id": "ov"})).json()
+    assert topo["nodes"] == [
+        {"id": "a", "ticket_id": 1, "seeder": True},
+        {"id": "b", "ticket_id": 2},
+    ]
+    assert topo["links"] == [{"source": "b", "target": "a", "primary": True}]
+    status = (await client.get("/api/OverlayStatus", params={"overlay_id": "ov"})).json()
+    assert [p["num_primary"] for p in status["peers"]] == [0, 1]
+    assert all(p["expires_at"] - p["last_seen"] == 60 for p in status["peers"])
+    info = (await client.get("/api/PeerInfo", params={"peer_id": "a"})).json()
+    assert (info["addresses"], info["capabilities"]) == (["tcp://127.0.0.1:9"], caps)
+    for path in ("/api/OverlayStatus", "/api/OverlayTopology", "/api/OverlayCostMap"):
+        assert (await client.get(path)).status_code == 404
+        assert (await client.get(path, params={"overlay_id": "nope"})).status_code == 404
+    assert (await client.get("/api/PeerInfo", params={"peer_id": "zz"})).status_code == 404
+
+
+async def test_openapi_documents_the_request_bodies(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    join_body = spec["paths"]["/peer"]["post"]["requestBody"]["content"]["application/json"]
+    assert join_body["schema"] == {"$ref": "#/components/schemas/JoinRequest"}
+    assert "JoinPeer" in spec["components"]["schemas"]
+    # every $ref in the document resolves
+    text = str(spec)
+    for name in {part.split("'")[0] for part in text.split("#/components/schemas/")[1:]}:
+        assert name in spec["components"]["schemas"], name
+    assert (await client.get("/docs")).status_code == 200
