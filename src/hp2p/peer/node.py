@@ -1,0 +1,726 @@
+"""The asyncio shell of the hybrid peer: sockets, one timer, the HOMS client, the application.
+
+It decides nothing. Every input (an accepted or opened TCP connection, a decoded R2 message, a
+closed link, the timer, a HOMS answer, an application call) is handed to the sans-IO
+:class:`~hp2p.peer.core.PeerCore` with ``loop.time()`` as ``now``; then the core's effects are
+executed in order and the single timer is re-armed to ``core.next_timer()``. That is the whole
+contract (ARCHITECTURE.md, rule 2), and the in-memory simulator drives the same core the same way.
+
+Effects and how they are executed:
+
+* ``Connect``: ``hp2p.transport.tcp.connect`` in a task, answered by ``connection_made`` or
+  ``connection_failed``. A ``Close`` for a connection still being opened cancels it.
+* ``Send``: encoded once, written to every link named. A link whose bounded queue is full
+  refuses the frame; refusals are counted and shown in :meth:`PeerNode.status` (back-pressure is
+  the link's queue, never an unbounded buffer here).
+* ``Close``: the link closes after flushing what was already written.
+* ``Deliver``: to every subscriber's bounded queue; a slow subscriber loses its oldest messages
+  and is told how many with the next one it gets, and never blocks the peer.
+* ``HomsReport`` / ``HomsRecoveryJoin``: the HOMS client (reports coalesced).
+* ``Joined``, ``Detached``, ``PathEvent`` …: status, logs and the event callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import string
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hp2p.peer.config import PeerConfig
+from hp2p.peer.control import JoinInfo
+from hp2p.peer.core import PeerCore
+from hp2p.peer.effects import (
+    Close,
+    Connect,
+    Deliver,
+    Detached,
+    Effect,
+    HomsRecoveryJoin,
+    HomsReport,
+    Joined,
+    JoinFailed,
+    Left,
+    PathEvent,
+    ProtocolError,
+    ScanResult,
+    Send,
+)
+from hp2p.peer.homs_client import HomsClient, HomsError, Membership
+from hp2p.peer.settings import NodeSettings, split_host_port
+from hp2p.transport import tcp
+from hp2p.transport.base import Link, LinkEvents
+from hp2p.transport.faults import FaultPlan, FaultyLink
+from hp2p.wire.errors import WireError
+from hp2p.wire.r2 import encode
+from hp2p.wire.r2.messages import Message
+
+log = logging.getLogger("hp2p.peer.node")
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class NodeError(Exception):
+    """The peer could not start or join; ``str(err)`` says what failed and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One broadcast message for the application (exactly once per source and sequence).
+
+    ``lost`` counts the messages this subscriber missed just before this one because it read
+    too slowly (its queue was full).
+    """
+
+    source: str
+    sequence: int
+    data: bytes
+    app_id: str | None
+    payload_type: str
+    recovered: bool = False
+    lost: int = 0
+
+
+class Subscription:
+    """A bounded queue of deliveries; iterate it with ``async for``.
+
+    The peer puts without waiting: when the queue is full the oldest message is dropped and
+    counted, so a slow reader costs itself messages but never stalls the tree.
+    """
+
+    def __init__(self, maxsize: int, on_close: Callable[[Subscription], None]) -> None:
+        self.maxsize = maxsize
+        self.dropped = 0
+        self._queue: deque[Delivery] = deque()
+        self._lost_before: deque[int] = deque()
+        self._lost_pending = 0
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._on_close = on_close
+
+    def put(self, delivery: Delivery) -> None:
+        if self._closed:
+            return
+        if len(self._queue) >= self.maxsize:
+            self._queue.popleft()
+            lost = self._lost_before.popleft() + 1
+            self.dropped += 1
+            if self._lost_before:
+                self._lost_before[0] += lost
+            else:
+                self._lost_pending += lost
+        self._queue.append(delivery)
+        self._lost_before.append(self._lost_pending)
+        self._lost_pending = 0
+        self._ready.set()
+
+    def get_nowait(self) -> Delivery | None:
+        if not self._queue:
+            return None
+        delivery = self._queue.popleft()
+        lost = self._lost_before.popleft()
+        if not self._queue:
+            self._ready.clear()
+        if lost:
+            delivery = Delivery(
+                delivery.source,
+                delivery.sequence,
+                delivery.data,
+                delivery.app_id,
+                delivery.payload_type,
+                delivery.recovered,
+                lost,
+            )
+        return delivery
+
+    async def get(self) -> Delivery:
+        """The next delivery; raises ``StopAsyncIteration`` once the subscription is closed."""
+        while True:
+            delivery = self.get_nowait()
+            if delivery is not None:
+                return delivery
+            if self._closed:
+                raise StopAsyncIteration
+            await self._ready.wait()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._ready.set()
+            self._on_close(self)
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        return await self.get()
+
+
+@dataclass
+class NodeStats:
+    """What the shell counted; the core's own counters are in ``PeerCore.counters``."""
+
+    frames_sent: int = 0
+    frames_refused: int = 0  # a link's bounded send queue was full, or it had closed
+    sends_to_gone: int = 0  # the core named a connection the shell no longer has
+    encode_errors: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    accepted: int = 0
+    wire_errors: int = 0  # malformed R2 streams (the link was closed)
+    protocol_errors: int = 0  # the core's ProtocolError effects
+    deliveries: int = 0
+    subscriber_drops: int = 0
+    recovery_joins: int = 0
+
+
+def _random_peer_id() -> str:
+    return f"peer-{secrets.token_hex(4)}"
+
+
+def _password() -> str:
+    return "".join(secrets.choice(string.ascii_letters) for _ in range(16))
+
+
+class PeerNode:
+    """One hybrid peer process: ``await start()``, use it, ``await close()``."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        config: PeerConfig | None = None,
+        *,
+        on_event: EventSink | None = None,
+        homs_client: HomsClient | None = None,
+    ) -> None:
+        if settings.create is None and settings.join is None:
+            raise NodeError("say what to do: create an overlay (title) or join one (id or title)")
+        self.settings = settings
+        self.config = config or PeerConfig()
+        self.peer_id = settings.peer_id or _random_peer_id()
+        self.on_event = on_event
+        self.stats = NodeStats()
+        self.homs = homs_client or HomsClient(
+            settings.homs,
+            timeout=settings.homs_timeout,
+            attempts=settings.homs_attempts,
+            rng=random.Random(settings.seed),
+        )
+        self.fault_plan = (
+            FaultPlan.parse(settings.faults, settings.fault_seed) if settings.faults else None
+        )
+        self.core: PeerCore | None = None
+        self.address = ""
+        self.membership: Membership | None = None
+        self.joined = asyncio.Event()
+        self.state = "starting"
+        self.failure: str | None = None
+        self._server: asyncio.Server | None = None
+        self._links: dict[int, Link] = {}
+        self._connecting: dict[int, list[Message]] = {}
+        self._closing: set[int] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._subscribers: list[Subscription] = []
+        self._scans: dict[int, asyncio.Future[ScanResult]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+        self.failed = asyncio.Event()
+        self._links_changed = asyncio.Event()
+
+    # === life cycle ==============================================================================
+    async def start(self) -> None:
+        """Listen on R2, find or create the overlay, join it and wait until attached."""
+        self._loop = asyncio.get_running_loop()
+        host, port = split_host_port(self.settings.listen, "listen")
+        try:
+            self._server = await tcp.listen(
+                host, port, self._on_accept, max_queue_bytes=self.settings.send_queue_bytes
+            )
+        except OSError as exc:
+            raise NodeError(
+                f"cannot listen for R2 on {self.settings.listen}: {exc.strerror or exc} "
+                "(is the port in use? use another --listen port, or port 0)"
+            ) from None
+        sock_port = self._server.sockets[0].getsockname()[1]
+        self.address = tcp.format_tcp_address(host, sock_port)
+        rng = random.Random(self.settings.seed)
+        self.core = PeerCore(self.config, self.peer_id, self.address, rng)
+        try:
+            self.membership = await self._homp_join()
+        except HomsError as exc:
+            await self._shutdown_io()
+            raise NodeError(str(exc)) from None
+        m = self.membership
+        self.homs.start_refresh()
+        info = JoinInfo(
+            overlay_id=m.overlay_id,
+            ticket=m.ticket,
+            peers=tuple(p for p in m.peers if p[0] != self.peer_id),
+            heartbeat_interval=m.heartbeat_interval,
+            heartbeat_timeout=m.heartbeat_timeout,
+            cr_policy=m.cr_policy,
+            root=m.root,
+        )
+        self.state = "joining"
+        self.core.start(info, self._now())
+        self._drain()
+        try:
+            await asyncio.wait_for(self._attached_or_failed(), self.settings.join_timeout)
+        except TimeoutError:
+            limit = self.settings.join_timeout
+            self.failure = self.failure or f"not attached to the tree within {limit:g} s"
+        if self.failure is not None and not self.joined.is_set():
+            reason = self.failure
+            await self.close()
+            raise NodeError(
+                f"joined overlay {m.overlay_id} at the HOMS but could not attach to its tree: "
+                f"{reason}. Are the other peers reachable from here?"
+            )
+
+    async def _attached_or_failed(self) -> None:
+        attached = asyncio.ensure_future(self.joined.wait())
+        failed = asyncio.ensure_future(self.failed.wait())
+        try:
+            await asyncio.wait([attached, failed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            attached.cancel()
+            failed.cancel()
+
+    async def _homp_join(self) -> Membership:
+        s = self.settings
+        if s.create is not None:
+            interval = max(1, round(self.config.heartbeat_interval))
+            timeout = max(interval + 1, round(self.config.heartbeat_timeout))
+            overlay_id = await self.homs.create_overlay(
+                s.create,
+                owner_id=self.peer_id,
+                admin_key=s.admin_key or secrets.token_urlsafe(16),
+                heartbeat_interval=interval,
+                heartbeat_timeout=timeout,
+                description=s.description,
+                access_key=s.access_key,
+            )
+            overlay = await self.homs.find_overlay(overlay_id)
+        else:
+            assert s.join is not None
+            overlay = await self.homs.find_overlay(s.join)
+        return await self.homs.join(
+            overlay,
+            peer_id=self.peer_id,
+            address=self.address,
+            password=_password(),
+            expires=s.expires,
+            access_key=s.access_key,
+        )
+
+    async def close(self) -> None:
+        """Leave cleanly, bounded by ``leave_timeout``: RELEASE every path, flush, HOMP leave."""
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = self._now() + self.settings.leave_timeout
+        core = self.core
+        if core is not None and self.state != "left":
+            core.leave(self._now())
+            self._drain()
+        await self._wait_links_closed(deadline)
+        if self.homs.membership is not None:
+            await self.homs.flush_reports(max(0.0, min(1.0, deadline - self._now())))
+            try:
+                await asyncio.wait_for(self.homs.leave(), max(0.1, deadline - self._now()))
+            except (HomsError, TimeoutError) as exc:
+                log.warning("HOMP leave failed (the HOMS will expire this peer): %s", exc)
+        self.state = "left"
+        await self._shutdown_io()
+        self._emit("left", {})
+
+    async def _wait_links_closed(self, deadline: float) -> None:
+        """Give the RELEASE frames time to leave: wait (bounded) until every link has closed."""
+        for link in list(self._links.values()):
+            link.close()
+        while self._links and self._now() < deadline:
+            self._links_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._links_changed.wait(), deadline - self._now())
+
+    async def _shutdown_io(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for link in list(self._links.values()):
+            link.close()
+        self._links.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+        for sub in list(self._subscribers):
+            sub.close()
+        for fut in self._scans.values():
+            if not fut.done():
+                fut.cancel()
+        await self.homs.aclose()
+
+    # === application inputs ======================================================================
+    def publish(
+        self, data: bytes, app_id: str = "etri_data", payload_type: str = "text/plain"
+    ) -> int:
+        """Broadcast ``data`` to every peer of the overlay; returns its sequence number."""
+        core = self._running_core()
+        sequence = core.publish(data, self._now(), app_id=app_id, payload_type=payload_type)
+        self._emit("published", {"source": self.peer_id, "sequence": sequence, "t": time.time()})
+        self._drain()
+        return sequence
+
+    async def scan_tree(self) -> ScanResult:
+        """SCAN_TREE from here; answers after the core's ``scan_timeout`` (or at once if alone)."""
+        core = self._running_core()
+        assert self._loop is not None
+        future: asyncio.Future[ScanResult] = self._loop.create_future()
+        cseq = core.scan_tree(self._now())
+        self._scans[cseq] = future
+        self._drain()
+        try:
+            return await future
+        finally:
+            self._scans.pop(cseq, None)
+
+    def subscribe(self, maxsize: int | None = None) -> Subscription:
+        sub = Subscription(maxsize or self.settings.subscriber_queue, self._subscribers.remove)
+        self._subscribers.append(sub)
+        return sub
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot for the local API, ``hp2p peer`` and tests."""
+        core = self.core
+        links = list(self._links.values())
+        out: dict[str, Any] = {
+            "peer_id": self.peer_id,
+            "state": self.state,
+            "address": self.address,
+            "homs": self.homs.url,
+            "failure": self.failure,
+            "node": asdict(self.stats),
+            "links": {
+                "open": len(links),
+                "overflow_drops": sum(link.stats.overflow_drops for link in links),
+                "injected_drops": sum(link.stats.injected_drops for link in links),
+            },
+            "homs_client": asdict(self.homs.stats),
+            "subscribers": len(self._subscribers),
+        }
+        if core is not None:
+            costmap = core.paths.costmap()
+            out.update(
+                overlay_id=core.overlay_id,
+                ticket=core.ticket,
+                phase=core.phase.value,
+                depth=core.depth,
+                parent=core.parent,
+                paths={
+                    "primary": list(costmap.primary),
+                    "outgoing_candidate": list(costmap.outgoing_candidate),
+                    "incoming_candidate": list(costmap.incoming_candidate),
+                },
+                core=asdict(core.counters),
+            )
+        return out
+
+    def _running_core(self) -> PeerCore:
+        if self.core is None or self.state in ("starting", "left") or self._stopped:
+            raise NodeError("the peer is not running (start it first, or it has left)")
+        return self.core
+
+    # === transport inputs ========================================================================
+    def _on_accept(self, link: tcp.TcpLink) -> LinkEvents:
+        core = self.core
+        if core is None or self._stopped:
+            link.close()
+            return LinkEvents(on_message=lambda _l, _m: None, on_closed=lambda _l, _e: None)
+        conn = core.accept(self._now())
+        self.stats.accepted += 1
+        self._links[conn] = self._wrap(link, link.remote)
+        self._drain()
+        return self._events(conn)
+
+    def _events(self, conn: int) -> LinkEvents:
+        return LinkEvents(
+            on_message=lambda _link, message: self._on_message(conn, message),
+            on_closed=lambda _link, _exc: self._on_closed(conn),
+            on_protocol_error=lambda _link, err: self._on_wire_error(conn, err),
+        )
+
+    def _wrap(self, link: Link, remote: str) -> Link:
+        if self.fault_plan is None:
+            return link
+        return FaultyLink(link, self.fault_plan, local=self.address, remote=remote)
+
+    def _on_message(self, conn: int, message: Message) -> None:
+        pending = self._connecting.get(conn)
+        if pending is not None:
+            pending.append(message)  # arrived before connect() returned: keep the order
+            return
+        core = self.core
+        if core is None or self._stopped:
+            return
+        core.receive(conn, message, self._now())
+        self._drain()
+
+    def _on_closed(self, conn: int) -> None:
+        self._links.pop(conn, None)
+        self._links_changed.set()
+        if conn in self._closing:
+            self._closing.discard(conn)
+            return  # the core closed it: it already knows
+        core = self.core
+        if core is None or self._stopped:
+            return
+        core.connection_lost(conn, self._now())
+        self._drain()
+
+    def _on_wire_error(self, conn: int, err: WireError) -> None:
+        self.stats.wire_errors += 1
+        log.info("malformed R2 stream on connection %d: %s", conn, err)
+        self._emit("error", {"conn": conn, "reason": f"malformed R2 stream: {err}"})
+
+    async def _connect(self, conn: int, address: str) -> None:
+        self.stats.connects += 1
+        try:
+            link = await tcp.connect(
+                address, self._events(conn), max_queue_bytes=self.settings.send_queue_bytes
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            self._connecting.pop(conn, None)
+            self.stats.connect_failures += 1
+            log.debug("connect %s failed: %s", address, exc)
+            if self.core is not None and not self._stopped and conn not in self._closing:
+                self.core.connection_failed(conn, self._now())
+                self._drain()
+            self._closing.discard(conn)
+            return
+        early = self._connecting.pop(conn, [])
+        if conn in self._closing or self._stopped or self.core is None:
+            self._closing.add(conn)
+            link.close()
+            return
+        self._links[conn] = self._wrap(link, address)
+        core = self.core
+        core.connection_made(conn, self._now())
+        for message in early:
+            core.receive(conn, message, self._now())
+        self._drain()
+
+    # === timer ===================================================================================
+    def _now(self) -> float:
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        core = self.core
+        if core is None or self._stopped:
+            return
+        core.handle_timer(self._now())
+        self._drain()
+
+    def _rearm(self) -> None:
+        core = self.core
+        if core is None or self._loop is None or self._stopped:
+            return
+        when = core.next_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    # === effects =================================================================================
+    def _drain(self) -> None:
+        """Execute every effect the core produced, in order, then re-arm the timer."""
+        core = self.core
+        if core is None:
+            return
+        while True:
+            effects = core.take_effects()
+            if not effects:
+                break
+            for effect in effects:
+                try:
+                    self._execute(effect)
+                except Exception:  # a shell bug must not take the peer down silently
+                    log.exception("executing %s failed", type(effect).__name__)
+        self._rearm()
+
+    def _execute(self, effect: Effect) -> None:
+        if isinstance(effect, Send):
+            self._send(effect)
+        elif isinstance(effect, Deliver):
+            self._deliver(effect)
+        elif isinstance(effect, Connect):
+            self._connecting[effect.conn] = []
+            self._spawn(self._connect(effect.conn, effect.address), "hp2p-connect")
+        elif isinstance(effect, Close):
+            self._close(effect.conn)
+        elif isinstance(effect, HomsReport):
+            self.homs.report(effect.costmap)
+        elif isinstance(effect, HomsRecoveryJoin):
+            self.stats.recovery_joins += 1
+            self._spawn(self._recovery_join(), "hp2p-recovery-join")
+        elif isinstance(effect, ScanResult):
+            self._scan_done(effect)
+        elif isinstance(effect, PathEvent):
+            self._emit(
+                "path",
+                {
+                    "kind": effect.kind,
+                    "peer": effect.peer_id,
+                    "role": effect.role,
+                    "reason": effect.reason,
+                },
+            )
+        elif isinstance(effect, ProtocolError):
+            self.stats.protocol_errors += 1
+            log.info("protocol error on connection %s: %s", effect.conn, effect.reason)
+            self._emit("error", {"conn": effect.conn, "reason": effect.reason})
+        elif isinstance(effect, Joined):
+            self._joined(effect)
+        elif isinstance(effect, Detached):
+            self.state = "detached"
+            log.info("detached from the tree: %s", effect.reason)
+            self._emit("detached", {"reason": effect.reason})
+        elif isinstance(effect, JoinFailed):
+            self._join_failed(effect)
+        elif isinstance(effect, Left):
+            self.state = "left"
+
+    def _send(self, effect: Send) -> None:
+        try:
+            frame = encode(effect.message)
+        except (WireError, ValueError, TypeError) as exc:
+            self.stats.encode_errors += 1
+            log.error("cannot encode %s: %s", type(effect.message).__name__, exc)
+            self._emit("error", {"reason": f"cannot encode {type(effect.message).__name__}"})
+            return
+        links = self._links
+        for conn in effect.conns:
+            link = links.get(conn)
+            if link is None:
+                self.stats.sends_to_gone += 1
+            elif link.send_frame(frame):
+                self.stats.frames_sent += 1
+            else:
+                self.stats.frames_refused += 1
+
+    def _close(self, conn: int) -> None:
+        if conn in self._connecting:
+            self._closing.add(conn)  # _connect closes it when (if) it opens
+            return
+        link = self._links.get(conn)
+        if link is not None:
+            self._closing.add(conn)
+            link.close()
+
+    def _deliver(self, effect: Deliver) -> None:
+        self.stats.deliveries += 1
+        delivery = Delivery(
+            effect.source,
+            effect.sequence,
+            effect.data,
+            effect.app_id,
+            effect.payload_type,
+            effect.recovered,
+        )
+        for sub in self._subscribers:
+            before = sub.dropped
+            sub.put(delivery)
+            self.stats.subscriber_drops += sub.dropped - before
+        if self.on_event is not None:
+            fields: dict[str, Any] = {
+                "source": effect.source,
+                "sequence": effect.sequence,
+                "t": time.time(),
+                "size": len(effect.data),
+            }
+            if effect.recovered:
+                fields["recovered"] = True
+            self._emit("deliver", fields)
+
+    def _joined(self, effect: Joined) -> None:
+        first = not self.joined.is_set()
+        self.state = "attached"
+        fields = {"parent": effect.parent, "depth": effect.depth, "repaired": effect.repaired}
+        if first:
+            self.joined.set()
+            log.info("attached to the tree (parent %s, depth %s)", effect.parent, effect.depth)
+        else:
+            self._emit("attached", fields)
+
+    def _join_failed(self, effect: JoinFailed) -> None:
+        self.state = "failed"
+        self.failure = effect.reason
+        log.error("could not attach to the tree: %s", effect.reason)
+        self._emit("join_failed", {"reason": effect.reason})
+        self.failed.set()
+
+    def _scan_done(self, effect: ScanResult) -> None:
+        future = self._scans.get(effect.cseq)
+        if future is not None and not future.done():
+            future.set_result(effect)
+
+    async def _recovery_join(self) -> None:
+        try:
+            peers, root = await self.homs.recovery_join()
+        except HomsError as exc:
+            log.warning("recovery join failed: %s", exc)
+            peers, root = [], False
+        core = self.core
+        if core is None or self._stopped:
+            return
+        core.homs_result(peers, self._now(), root=root)
+        self._drain()
+
+    # === helpers =================================================================================
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, fields)
+            except Exception:
+                log.exception("event callback failed on %s", kind)
+
+    def joined_info(self) -> dict[str, Any]:
+        """The facts of the one 'joined' line: ids, ticket, addresses, place in the tree."""
+        core = self.core
+        m = self.membership
+        return {
+            "peer_id": self.peer_id,
+            "overlay_id": m.overlay_id if m else None,
+            "ticket": m.ticket if m else None,
+            "r2": self.address,
+            "parent": core.parent if core else None,
+            "depth": core.depth if core else None,
+        }
