@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from hp2p.bench.wire import wire as _wire
 from hp2p.clistubs import not_yet
 
 app = typer.Typer(
@@ -30,3 +31,5 @@ def _stub(name: str, issue: int) -> None:
 
 for _name, _issue in _STUBS.items():
     _stub(_name, _issue)
+
+app.command(name="wire")(_wire)
