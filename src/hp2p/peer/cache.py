@@ -31,7 +31,16 @@ class CacheCounters:
 class MessageCache:
     """Per-source message cache bounded by count, bytes and age; answers buffermaps."""
 
-    __slots__ = ("_order", "_sources", "bytes", "counters", "max_age", "max_bytes", "max_count")
+    __slots__ = (
+        "_next_expiry",
+        "_order",
+        "_sources",
+        "bytes",
+        "counters",
+        "max_age",
+        "max_bytes",
+        "max_count",
+    )
 
     def __init__(self, max_count: int, max_bytes: int, max_age: float) -> None:
         self.max_count = max_count
@@ -42,6 +51,7 @@ class MessageCache:
         # (source, sequence) -> (arrival time, size), in arrival order: the eviction queue.
         self._order: OrderedDict[tuple[str, int], tuple[float, int]] = OrderedDict()
         self._sources: dict[str, OrderedDict[int, BroadcastData]] = {}
+        self._next_expiry = 0.0  # no message can expire before this instant
 
     def __len__(self) -> int:
         return len(self._order)
@@ -71,7 +81,7 @@ class MessageCache:
         while self.bytes > self.max_bytes:
             self._evict_oldest()
             self.counters.evicted_bytes += 1
-        if self.max_age > 0:
+        if now >= self._next_expiry:
             self.expire(now)
         return True
 
@@ -86,15 +96,18 @@ class MessageCache:
     def expire(self, now: float) -> None:
         """Drop messages that arrived more than ``max_age`` ago."""
         if self.max_age <= 0:
+            self._next_expiry = float("inf")
             return
         limit = now - self.max_age
         order = self._order
         while order:
             arrived, _ = next(iter(order.values()))
             if arrived >= limit:
-                break
+                self._next_expiry = arrived + self.max_age
+                return
             self._evict_oldest()
             self.counters.evicted_age += 1
+        self._next_expiry = now + self.max_age
 
     def get(self, source: str, sequence: int, now: float) -> BroadcastData | None:
         """The cached message, for a GET_DATA answer; None when not (or no longer) held."""

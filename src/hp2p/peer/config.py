@@ -33,6 +33,10 @@ class PeerConfig:
         default=4,
         metadata=_doc("Children per peer: incoming primary paths (tree fan-out)."),
     )
+    recovery_children: int = field(
+        default=2,
+        metadata=_doc("Spare child slots only an orphan (recovering peer) may take."),
+    )
     max_outgoing_candidates: int = field(
         default=3,
         metadata=_doc("Outgoing candidate paths kept as backup parents (CPM FE)."),
@@ -58,6 +62,10 @@ class PeerConfig:
     )
     estab_max: int = field(
         default=8, metadata=_doc("ESTABs collected per attempt; later ones get 2603.")
+    )
+    offer_hold: float = field(
+        default=2.0,
+        metadata=_doc("An unsettled ESTAB offer holds a child slot for this long."),
     )
     probe_timeout: float = field(
         default=0.5, metadata=_doc("Wait for PROBE answers before ranking volunteers.")
@@ -99,7 +107,8 @@ class PeerConfig:
         metadata=_doc("A sequence further than this beyond the newest seen is forged: rejected."),
     )
     join_attempts: int = field(
-        default=6, metadata=_doc("Join/recovery attempts before the core gives up.")
+        default=4,
+        metadata=_doc("Join/recovery attempts before JoinFailed (the shell then rejoins)."),
     )
     backoff_initial: float = field(
         default=0.2, metadata=_doc("First retry delay; doubles per attempt (with jitter).")

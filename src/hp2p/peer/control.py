@@ -67,19 +67,27 @@ class JoinInfo:
 
 
 def may_volunteer(
-    own_ticket: int, joiner_ticket: int, paths: PathTable, conn_num: int, vertical: bool
+    own_ticket: int,
+    joiner_ticket: int,
+    paths: PathTable,
+    conn_num: int,
+    vertical: bool,
+    recovery: bool = False,
+    now: float = 0.0,
+    hold: float = 0.0,
 ) -> bool:
     """Whether to answer a HELLO with ESTAB.
 
     Ticket rule first (loop freedom); then room: a normal volunteer needs a child slot AND an
     incoming-candidate slot and a positive ``conn_num``; a vertical-candidate HELLO (from a
-    grandchild) asks only for a candidate path, so it needs the candidate slot alone.
+    grandchild) asks only for a candidate path, so it needs the candidate slot alone. A
+    recovering joiner may also use the spare recovery child slots.
     """
     if joiner_ticket <= own_ticket:
         return False
     if vertical:
         return paths.in_candidate_slot_free()
-    return conn_num >= 1 and paths.can_volunteer()
+    return conn_num >= 1 and paths.can_volunteer(recovery, now, hold)
 
 
 def relay_conn_num(conn_num: int, children: int) -> int:

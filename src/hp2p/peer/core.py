@@ -54,7 +54,7 @@ from hp2p.peer.effects import (
     ScanResult,
     Send,
 )
-from hp2p.peer.paths import PATH_ROLES, Link, PathTable, Role
+from hp2p.peer.paths import PATH_ROLES, Link, PathLimitError, PathTable, Role
 from hp2p.peer.probe import LivenessDeadlines, RttProbe
 from hp2p.peer.scan import ScanDone, ScanForward, on_leaf_response, on_scan_request
 from hp2p.peer.timers import Timers
@@ -146,7 +146,10 @@ class PeerCore:
         self.depth: int | None = None
         self.recovery_by = "push"
         self.paths = PathTable(
-            config.max_children, config.max_outgoing_candidates, config.max_incoming_candidates
+            config.max_children,
+            config.max_outgoing_candidates,
+            config.max_incoming_candidates,
+            config.recovery_children,
         )
         self.duplicates = DuplicateFilter(config.duplicate_window, config.max_ahead)
         self.cache = MessageCache(config.cache_count, config.cache_bytes, config.cache_age)
@@ -173,6 +176,8 @@ class PeerCore:
         self._next_heartbeat: float | None = None
         self._next_check: float | None = None
         self._dirty = False
+        self._advert_dirty = False
+        self._advertised: tuple[int | None, int | None] = (None, None)
         self._last_costmap: Costmap | None = None
         self._scan_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._hello_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -207,10 +212,13 @@ class PeerCore:
         """Everything the core decided since the last call, in order."""
         if self._dirty:
             self._dirty = False
+            self._advertise()
             costmap = self.paths.costmap()
             if costmap != self._last_costmap and self.phase is not Phase.LEFT:
                 self._last_costmap = costmap
                 self._effects.append(HomsReport(costmap))
+        elif self._advert_dirty:
+            self._advertise()
         effects = self._effects
         self._effects = []
         return effects
@@ -228,14 +236,30 @@ class PeerCore:
         return self.phase is Phase.ATTACHED
 
     @property
+    def _needs_spare_slot(self) -> bool:
+        """Orphans and joiners whose first attempt failed may take the spare child slots.
+
+        A low ticket can attach only below the few older peers, which later joiners fill
+        quickly; without the spare slots such a peer could retry until it gives up.
+        """
+        return self._recovering or self._attempt > 1
+
+    @property
     def parent(self) -> str | None:
         link = self.paths.parent
         return None if link is None else link.peer_id
 
     # === inputs: life cycle ======================================================================
     def start(self, info: JoinInfo, now: float) -> None:
-        """Begin after the shell's HOMP join: become the root, or HELLO the listed peers."""
-        if self.phase is not Phase.IDLE:
+        """Begin after the shell's HOMP join: become the root, or HELLO the listed peers.
+
+        After ``JoinFailed`` the shell may join the HOMS afresh and call ``start`` again with
+        the *new* ticket. Every path is released first: children hold tickets that need not
+        be higher than the new one, and the ticket rule must hold on every primary path.
+        """
+        if self.phase is Phase.FAILED:
+            self._reset(now)
+        elif self.phase is not Phase.IDLE:
             self._error(None, f"start() in phase {self.phase.value}")
             return
         self.overlay_id = info.overlay_id
@@ -276,22 +300,35 @@ class PeerCore:
         """RELEASE every path, close every connection, then ``Left``."""
         if self.phase is Phase.LEFT:
             return
+        self._reset(now)
+        self.phase = Phase.LEFT
+        self._next_heartbeat = None
+        self._next_check = None
+        self._dirty = False
+        self._effects.append(Left())
+
+    def _reset(self, now: float) -> None:
+        """Release every path, close every connection and forget the procedure state."""
         paths = tuple(link.conn for link in self.paths.paths())
         if paths:
             self._effects.append(Send(paths, Release()))
         for conn in list(self.paths.links):
             self.paths.remove(conn)
             self._effects.append(Close(conn))
-        self.phase = Phase.LEFT
+        self.phase = Phase.IDLE
+        self.depth = None
+        self.grandparent = None
         self._offers.clear()
         self._selection.clear()
+        self._hellos_out.clear()
         self._asking = None
-        self._next_heartbeat = None
-        self._next_check = None
+        self._attempt = 0
+        self._recovering = False
+        self._candidates_only = False
+        self._homs_pending = False
+        self._dirty = True
         for name in (_T_HELLO, _T_WINDOW, _T_PROBE, _T_ASK, _T_RETRY, _T_VERTICAL, _T_SCAN):
             self._timers.cancel(name)
-        self._dirty = False
-        self._effects.append(Left())
 
     # === inputs: connections =====================================================================
     def accept(self, now: float) -> int:
@@ -341,7 +378,10 @@ class PeerCore:
         if handler is None:
             self._error(conn, f"unexpected message {type(message).__name__}")
             return
-        handler(link, message, now)
+        try:
+            handler(link, message, now)
+        except PathLimitError as exc:  # a state the procedures should never reach
+            self._error(conn, f"internal path-table error on {type(message).__name__}: {exc}")
 
     def publish(
         self,
@@ -401,13 +441,7 @@ class PeerCore:
             self._next_heartbeat = now + self.config.heartbeat_interval
             conns = tuple(link.conn for link in self.paths.paths())
             if conns:
-                extra: dict[str, Any] | None = None
-                if self.depth is not None:
-                    extra = {"depth": self.depth}
-                    slot = self._slot_depth()
-                    if slot is not None:
-                        extra["slot"] = slot
-                self._effects.append(Send(conns, Heartbeat(hp2p=extra)))
+                self._effects.append(Send(conns, self._heartbeat()))
         if self._next_check is not None and now >= self._next_check:
             links = list(self.paths.links.values())
             for link in self._deadlines.expired(links, now):
@@ -472,7 +506,16 @@ class PeerCore:
         if (
             self.phase is Phase.ATTACHED
             and self.paths.by_peer(msg.peer_id, pending=True) is None
-            and may_volunteer(self.ticket, msg.ticket_id, self.paths, conn_num, vertical)
+            and may_volunteer(
+                self.ticket,
+                msg.ticket_id,
+                self.paths,
+                conn_num,
+                vertical,
+                bool(msg.recovery),
+                now,
+                self.config.offer_hold,
+            )
         ):
             conn_num -= 1
             self._volunteer(msg, vertical, now)
@@ -550,6 +593,31 @@ class PeerCore:
         )
         self._effects.append(Send((best.conn,), descending))
 
+    def _heartbeat(self) -> Heartbeat:
+        """A HEARTBEAT carrying my depth and the shallowest free slot below me (hp2p)."""
+        slot = self._slot_depth()
+        self._advertised = (self.depth, slot)
+        self._advert_dirty = False
+        if self.depth is None:
+            return Heartbeat()
+        extra: dict[str, Any] = {"depth": self.depth}
+        if slot is not None:
+            extra["slot"] = slot
+        return Heartbeat(hp2p=extra)
+
+    def _advertise(self) -> None:
+        """Tell the neighbours at once when my depth or free-slot depth changed.
+
+        Waiting for the next heartbeat would leave the slot hints a heartbeat interval stale
+        per level, and fast joins would all be steered to the same, by then full, peer.
+        """
+        self._advert_dirty = False
+        if self.phase is Phase.LEFT or (self.depth, self._slot_depth()) == self._advertised:
+            return
+        conns = tuple(link.conn for link in self.paths.paths())
+        if conns:
+            self._effects.append(Send(conns, self._heartbeat()))
+
     def _slot_depth(self) -> int | None:
         """The depth of the shallowest free child slot in my subtree, as far as I know."""
         if self.depth is None:
@@ -586,6 +654,7 @@ class PeerCore:
             last_rx=now,
             opened=now,
             purpose=estab,
+            offer_pending=not vertical,
         )
         self._add(link, now)
         self.counters.volunteered += 1
@@ -677,7 +746,7 @@ class PeerCore:
                 ticket_id=self.ticket,
                 conn_num=self.config.conn_num,
                 ttl=self.config.hello_ttl,
-                recovery=True if self._recovering else None,
+                recovery=True if self._needs_spare_slot else None,
                 hp2p={"up": self.config.hello_up, "attempt": self._attempt}
                 if self.config.hello_up > 0
                 else None,
@@ -718,7 +787,10 @@ class PeerCore:
         self._timers.cancel(_T_HELLO)
         self._timers.cancel(_T_WINDOW)
         if not self._offers:
-            self._attempt_failed("no volunteer", now)
+            if self.paths.out_candidates:
+                self._select(now)  # no new volunteer, but a known candidate may have room now
+            else:
+                self._attempt_failed("no volunteer", now)
             return
         self.phase = Phase.PROBING
         for link in self._offers:
@@ -760,7 +832,9 @@ class PeerCore:
             if self.paths.get(link.conn) is not link:
                 continue
             self._asking = link
-            extra = None if self.depth is None else {"depth": self.depth}
+            extra: dict[str, Any] | None = None
+            if self._needs_spare_slot:
+                extra = {"recovery": True}
             self._effects.append(Send((link.conn,), SetPrimary(hp2p=extra)))
             self._timers.arm(_T_ASK, now + self.config.set_primary_timeout)
             return
@@ -846,6 +920,7 @@ class PeerCore:
 
     # === primary paths: SET_PRIMARY / SET_CANDIDATE received (PPM FE) ============================
     def _on_set_primary(self, link: Link, msg: SetPrimary, now: float) -> None:
+        link.offer_pending = False
         if link.role is Role.CHILD:
             self._effects.append(Send((link.conn,), self._primary_yes()))
             return
@@ -856,12 +931,13 @@ class PeerCore:
             self._error(link.conn, f"SET_PRIMARY on a {link.role.value} connection")
             self._effects.append(Send((link.conn,), SetPrimaryResponse(code=PRIMARY_NO)))
             return
+        recovery = bool(msg.hp2p and msg.hp2p.get("recovery") is True)
         if (
             self.phase is Phase.ATTACHED
             and link.ticket > self.ticket
-            and self.paths.child_slot_free()
+            and self.paths.child_slot_free(recovery)
         ):
-            self.paths.set_role(link, Role.CHILD)
+            self.paths.set_role(link, Role.CHILD, recovery)
             self._effects.append(Send((link.conn,), self._primary_yes()))
             self._emit_path(link, "role")
         else:
@@ -876,6 +952,7 @@ class PeerCore:
         )
 
     def _on_set_candidate(self, link: Link, msg: SetCandidate, now: float) -> None:
+        link.offer_pending = False
         if link.role is Role.CHILD and self.paths.in_candidate_slot_free():
             self.paths.set_role(link, Role.IN_CANDIDATE)
             self._emit_path(link, "role")
@@ -891,9 +968,14 @@ class PeerCore:
             return
         link.depth = depth
         slot = msg.hp2p.get("slot") if msg.hp2p else None
-        link.slot = slot if isinstance(slot, int) and not isinstance(slot, bool) else None
-        if link.role is Role.PARENT:
+        slot = slot if isinstance(slot, int) and not isinstance(slot, bool) else None
+        if slot != link.slot:
+            link.slot = slot
+            if link.role is Role.CHILD:
+                self._advert_dirty = True
+        if link.role is Role.PARENT and self.depth != depth + 1:
             self.depth = depth + 1
+            self._advert_dirty = True
 
     def _on_release(self, link: Link, msg: Release, now: float) -> None:
         if msg.ack:

@@ -22,7 +22,12 @@ class Connect:
     address: str
 
 
-@dataclass(frozen=True, slots=True)
+# Send and Deliver are made once per broadcast hop: not frozen, because a frozen dataclass
+# assigns its fields through object.__setattr__ and costs several times more to build.
+# Treat every effect as immutable.
+
+
+@dataclass(slots=True)
 class Send:
     """Send ``message`` on every connection in ``conns`` (encode once, write many)."""
 
@@ -37,7 +42,7 @@ class Close:
     conn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Deliver:
     """Hand one broadcast message to the application: exactly once per (source, sequence)."""
 

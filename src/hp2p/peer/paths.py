@@ -3,7 +3,8 @@
 A *path* is a long-lived connection to another peer of the overlay, in one of four roles:
 
 * the **parent** — my outgoing primary path, at most one (none at the root);
-* **children** — incoming primary paths, at most ``max_children``;
+* **children** — incoming primary paths, at most ``max_children`` (plus ``recovery_children``
+  for peers that lost their parent: see :meth:`PathTable.child_slot_free`);
 * **outgoing candidates** — older peers that volunteered (ESTAB) and that I keep as backup
   parents, at most ``max_outgoing_candidates``;
 * **incoming candidates** — younger peers I volunteered to, at most ``max_incoming_candidates``.
@@ -37,10 +38,16 @@ class Role(enum.Enum):
     PARENT = "parent"
     CHILD = "child"
 
+    # Identity hash (C level): roles are set members on the broadcast hot path, and Enum's
+    # default __hash__ is a Python function.
+    __hash__ = object.__hash__
+
 
 PATH_ROLES = frozenset(
     {Role.OUT_CANDIDATE, Role.IN_CANDIDATE, Role.PARENT, Role.CHILD, Role.OFFERED}
 )
+
+_IN_GROUP = frozenset({Role.VOLUNTEER, Role.IN_CANDIDATE})
 
 
 @dataclass(slots=True, eq=False)
@@ -59,6 +66,7 @@ class Link:
     opened: float = 0.0
     vertical: bool = False  # the grandparent, reached by a vertical-candidate HELLO
     allow_primary: bool = True
+    offer_pending: bool = False  # I volunteered; the joiner has not settled the offer yet
     purpose: object = None  # what to send once an outgoing connection is made
 
 
@@ -69,8 +77,11 @@ class PathLimitError(Exception):
 class PathTable:
     """Every connection of the peer with its role; limits and broadcast fan-out tuples."""
 
-    def __init__(self, max_children: int, max_out: int, max_in: int) -> None:
+    def __init__(
+        self, max_children: int, max_out: int, max_in: int, recovery_children: int = 0
+    ) -> None:
         self.max_children = max_children
+        self.recovery_children = recovery_children
         self.max_out = max_out
         self.max_in = max_in
         self.links: dict[int, Link] = {}
@@ -98,8 +109,15 @@ class PathTable:
     def out_candidates(self) -> int:
         return self._counts[Role.OUT_CANDIDATE]
 
-    def child_slot_free(self) -> bool:
-        return self.children < self.max_children
+    def child_slot_free(self, recovery: bool = False) -> bool:
+        """A free child slot; ``recovery`` also counts the slots kept for orphans.
+
+        The ticket rule lets an orphan attach only below an *older* peer, and in a full tree
+        the older peers are the full upper levels; without a few spare slots there, an orphan
+        with a low ticket would find no parent at all.
+        """
+        limit = self.max_children + (self.recovery_children if recovery else 0)
+        return self.children < limit
 
     def in_candidate_slot_free(self) -> bool:
         return self.in_candidates < self.max_in
@@ -107,13 +125,24 @@ class PathTable:
     def out_candidate_slot_free(self) -> bool:
         return self.out_candidates < self.max_out
 
-    def can_volunteer(self) -> bool:
+    def can_volunteer(self, recovery: bool = False, now: float = 0.0, hold: float = 0.0) -> bool:
         """Volunteer (ESTAB) only with a child slot AND an incoming-candidate slot free.
 
         The child slot is what the joiner will ask for with SET_PRIMARY; the candidate slot is
-        what the path occupies until then. The reference's OR floods ESTABs (§9.2).
+        what the path occupies until then. The reference's OR floods ESTABs (§9.2). Offers
+        made less than ``hold`` seconds ago and not yet settled by the joiner (SET_PRIMARY,
+        SET_CANDIDATE, RELEASE) hold a child slot each: a peer never promises more slots than
+        it has, so a joiner that picked it is not turned away by 4603 because of a race.
         """
-        return self.child_slot_free() and self.in_candidate_slot_free()
+        if not self.in_candidate_slot_free():
+            return False
+        limit = self.max_children + (self.recovery_children if recovery else 0)
+        held = 0
+        if hold > 0:
+            for link in self.links.values():
+                if link.offer_pending and link.role in _IN_GROUP and now - link.opened < hold:
+                    held += 1
+        return self.children + held < limit
 
     # --- records ------------------------------------------------------------------------------
     def add(self, link: Link) -> Link:
@@ -130,12 +159,13 @@ class PathTable:
     def get(self, conn: int) -> Link | None:
         return self.links.get(conn)
 
-    def set_role(self, link: Link, role: Role) -> None:
+    def set_role(self, link: Link, role: Role, recovery: bool = False) -> None:
         if link.role is role:
             return
         if role is Role.PARENT and self.parent is not None and self.parent is not link:
             raise PathLimitError("a peer has at most one parent")
-        self._check_room(role)
+        if not (link.role in _IN_GROUP and role in _IN_GROUP):
+            self._check_room(role, recovery)  # an accepted offer keeps the slot it held
         self._counts[link.role] -= 1
         if link.role is Role.PARENT:
             self.parent = None
@@ -155,8 +185,8 @@ class PathTable:
         self._refresh()
         return link
 
-    def _check_room(self, role: Role) -> None:
-        if role is Role.CHILD and not self.child_slot_free():
+    def _check_room(self, role: Role, recovery: bool = False) -> None:
+        if role is Role.CHILD and not self.child_slot_free(recovery):
             raise PathLimitError("no free child slot")
         if role is Role.OUT_CANDIDATE and not self.out_candidate_slot_free():
             raise PathLimitError("no free outgoing-candidate slot")

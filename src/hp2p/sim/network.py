@@ -12,6 +12,9 @@ one; a close reaches the other end one latency later, after the data sent before
 peer's connections are reset (the others see ``connection_lost``); a *hung* peer's are not, so
 only heartbeats can find it.
 
+A peer whose bounded join attempts all failed (``JoinFailed``) joins the HOMS again with a
+new ticket, as a shell would (``rejoin=False`` turns that off).
+
 The real ``hp2p.wire.r2`` message objects travel between cores. With ``codec=True`` every message
 is encoded once per ``Send`` and decoded at each receiver, to catch codec/core mismatches.
 
@@ -40,6 +43,7 @@ from hp2p.peer.effects import (
     Effect,
     HomsRecoveryJoin,
     HomsReport,
+    JoinFailed,
     ProtocolError,
     Send,
 )
@@ -53,6 +57,7 @@ _FAILED = 4
 _LOST = 5
 _HOMS = 6
 _CALL = 7
+_REJOIN = 8
 
 
 class MemoryHoms:
@@ -124,7 +129,7 @@ class SimPeer:
     deliveries: int = 0
     received: dict[tuple[str, int], int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
-    effects_seen: int = 0
+    join_failures: int = 0
 
 
 class Network:
@@ -139,6 +144,7 @@ class Network:
         homs_latency: float = 0.002,
         codec: bool = False,
         record: bool = True,
+        rejoin: bool = True,
         on_effect: Callable[[SimPeer, Effect, float], None] | None = None,
     ) -> None:
         self.seed = seed
@@ -147,12 +153,14 @@ class Network:
         self.homs = homs or MemoryHoms()
         self.homs_latency = homs_latency
         self.record = record
+        self.rejoin = rejoin
         self.on_effect = on_effect
         self.now = 0.0
         self.events_processed = 0
         self.peers: dict[str, SimPeer] = {}
         self._by_address: dict[str, SimPeer] = {}
-        self._ends: dict[tuple[str, int], tuple[SimPeer, int]] = {}
+        # (peer, conn) -> (remote peer, remote conn, one-way latency of the link)
+        self._ends: dict[tuple[str, int], tuple[SimPeer, int, float]] = {}
         self._pending: set[tuple[str, int]] = set()
         self._latencies: dict[tuple[str, str], float] = {}
         self._heap: list[tuple[Any, ...]] = []
@@ -210,9 +218,9 @@ class Network:
         peer.alive = False
         self.homs.leave(peer_id)
         for key in [k for k in self._ends if k[0] == peer_id]:
-            remote, rconn = self._ends.pop(key)
+            remote, rconn, latency = self._ends.pop(key)
             if not hang:
-                self._push(self.now + self._lat(peer, remote), _LOST, remote, rconn, None)
+                self._push(self.now + latency, _LOST, remote, rconn, None)
 
     def at(self, when: float, action: Callable[[], object]) -> None:
         """Run ``action`` at virtual time ``when`` (scheduled publishes, faults …)."""
@@ -323,6 +331,10 @@ class Network:
                 self._push(now + self.homs_latency, _HOMS, peer, 0, None)
             elif isinstance(effect, ProtocolError):
                 peer.errors.append(effect.reason)
+            elif isinstance(effect, JoinFailed):
+                peer.join_failures += 1
+                if self.rejoin:
+                    self._push(now + self.homs_latency, _REJOIN, peer, 0, None)
             if self.on_effect is not None:
                 self.on_effect(peer, effect, now)
         when = core.next_timer()
@@ -337,12 +349,15 @@ class Network:
             payload = self._encode(payload)
         ends = self._ends
         name = peer.peer_id
+        push = heapq.heappush
+        heap = self._heap
         for conn in effect.conns:
             end = ends.get((name, conn))
             if end is None:
                 continue  # closed locally, or never opened: the core already knows
-            remote, rconn = end
-            self._push(now + self._lat(peer, remote), _RECV, remote, rconn, payload)
+            remote, rconn, latency = end
+            self._seq += 1
+            push(heap, (now + latency, self._seq, _RECV, remote, rconn, payload))
 
     def _connect(self, peer: SimPeer, effect: Connect) -> None:
         remote = self._by_address.get(effect.address)
@@ -356,8 +371,8 @@ class Network:
         self._pending.discard((peer.peer_id, conn))
         end = self._ends.pop((peer.peer_id, conn), None)
         if end is not None:
-            remote, rconn = end
-            self._push(now + self._lat(peer, remote), _LOST, remote, rconn, None)
+            remote, rconn, latency = end
+            self._push(now + latency, _LOST, remote, rconn, None)
 
     def _other(self, kind: int, peer: Any, conn: int, payload: Any) -> None:
         now = self.now
@@ -373,7 +388,7 @@ class Network:
                 self._push(now + self._lat(peer, opener), _FAILED, opener, conn, None)
                 return
             rconn = peer.core.accept(now)
-            self._ends[(peer.peer_id, rconn)] = (opener, conn)
+            self._ends[(peer.peer_id, rconn)] = (opener, conn, self._lat(peer, opener))
             self._push(now + self._lat(peer, opener), _MADE, opener, conn, (peer, rconn))
             self._drain(peer)
         elif kind == _MADE:
@@ -389,7 +404,7 @@ class Network:
                 peer.core.connection_failed(conn, now)
                 self._drain(peer)
                 return
-            self._ends[(peer.peer_id, conn)] = (remote, rconn)
+            self._ends[(peer.peer_id, conn)] = (remote, rconn, self._lat(peer, remote))
             peer.core.connection_made(conn, now)
             self._drain(peer)
         elif kind == _FAILED:
@@ -402,6 +417,13 @@ class Network:
             if not peer.alive or self._ends.pop((peer.peer_id, conn), None) is None:
                 return
             peer.core.connection_lost(conn, now)
+            self._drain(peer)
+        elif kind == _REJOIN:
+            if not peer.alive:
+                return
+            # What a shell does after JoinFailed: a fresh HOMP join, hence a new ticket.
+            self.homs.leave(peer.peer_id)
+            peer.core.start(self.homs.join(peer.peer_id, peer.address), now)
             self._drain(peer)
         elif kind == _HOMS:
             if not peer.alive:
