@@ -395,12 +395,58 @@ def decode(
             f"header length {header_len} runs past the end of the {size}-byte frame",
             "header-length",
         )
-    header = parse_header(frame[PREFIX_SIZE:header_end], max_depth)
+    text = frame[PREFIX_SIZE:header_end]
+    if text.startswith(_BROADCAST_START):
+        fast = _decode_broadcast(text, frame, header_end, max_payload, max_depth)
+        if fast is not None:
+            return fast
+    header = parse_header(text, max_depth)
     announced = payload_length(header, max_payload)
     actual = size - header_end
     if actual != announced:
         raise FrameError(_payload_mismatch(header, actual, announced), "payload")
     return build_message(header, frame, header_end, size, max_depth)
+
+
+_BROADCAST_START: Final = b'{"req-code":6,'
+
+
+def _decode_broadcast(
+    text: bytes, frame: bytes, start: int, max_payload: int, max_depth: int
+) -> BroadcastData | None:
+    """The hot path for a well-formed BROADCAST_DATA; None sends it down the general path.
+
+    Anything unusual (a decode error, lengths that do not add up, hp2p fields) returns None so
+    that the general path, which names every error precisely, has the last word.
+    """
+    try:
+        header = w.BROADCAST_DECODER.decode(text)
+    except (ValueError, RecursionError):
+        return None
+    p = header.req_params
+    payload = p.payload
+    ext_end = start + p.ext_header_len
+    if (
+        header.req_code != 6
+        or header.rsp_code is not UNSET
+        or p.hp2p is not UNSET
+        or ext_end + payload.length != len(frame)
+        or p.ext_header_len + payload.length > max_payload
+    ):
+        return None
+    raw = frame[start:ext_end]
+    ext = _EXT_CACHE.get(raw)
+    peer = p.peer
+    op = p.operation
+    return BroadcastData(
+        source=peer.peer_id,
+        sequence=peer.sequence,
+        data=frame[ext_end:],
+        ext_header=_extension(raw, max_depth) if ext is None else ext.copy(),
+        payload_type=payload.payload_type,
+        ack=op.ack,
+        candidate_path=op.candidate_path,
+    )
 
 
 def _as_bytes(frame: object) -> bytes:

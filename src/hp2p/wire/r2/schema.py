@@ -345,6 +345,14 @@ AnyRsp = (
 )
 
 
+class BroadcastOnly(_Wire, kw_only=True):
+    """BROADCAST_DATA alone, untagged: the decoder's fast path skips the union dispatch."""
+
+    req_code: int
+    rsp_code: Raw | UnsetType = UNSET
+    req_params: BroadcastParams
+
+
 class Envelope(Struct, gc=False):
     """Just enough of a header to tell a request from a response when the code is not first."""
 
@@ -354,6 +362,7 @@ class Envelope(Struct, gc=False):
 
 REQUEST_DECODER: Final = msgspec.json.Decoder(AnyReq)
 RESPONSE_DECODER: Final = msgspec.json.Decoder(AnyRsp)
+BROADCAST_DECODER: Final = msgspec.json.Decoder(BroadcastOnly)
 ENVELOPE_DECODER: Final = msgspec.json.Decoder(Envelope)
 EXTENSION_DECODER: Final = msgspec.json.Decoder(dict[str, Any])
 HP2P_DECODER: Final = msgspec.json.Decoder(dict[str, Any] | None)
