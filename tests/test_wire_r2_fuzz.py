@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hp2p.wire import r2
-from hp2p.wire.errors import WireError
-from hp2p.wire.r2.framing import MAX_HEADER
+from hp2p.wire.errors import FrameError, WireError
+from hp2p.wire.r2 import codec
+from hp2p.wire.r2.framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PAYLOAD, MAX_HEADER
 from test_wire_r2_golden import GOLDEN
 
 MESSAGE_TYPES = tuple(get_args(r2.Request)) + tuple(get_args(r2.Response))
@@ -92,7 +93,7 @@ def _mutate_frame(rng: random.Random, frame: bytearray) -> None:
         frame[2:4] = rng.randint(0, MAX_HEADER).to_bytes(2, "big")
 
 
-def mutate(seed: int) -> bytes:
+def mutate(seed: int, seeds: list[bytes] = SEEDS) -> bytes:
     """A seed frame with its JSON header and/or its framing mutated, by one seeded RNG.
 
     Header mutations keep the prefix's length right (most of the time), so that they reach the
@@ -100,7 +101,7 @@ def mutate(seed: int) -> bytes:
     instead of a dozen keeps 10,000 examples fast, and the seed reproduces a failure exactly.
     """
     rng = random.Random(seed)
-    source = rng.choice(SEEDS)
+    source = rng.choice(seeds)
     header_len = int.from_bytes(source[2:4], "big")
     header = bytearray(source[4 : 4 + header_len])
     for _ in range(rng.randint(0, 3)):
@@ -180,3 +181,33 @@ def test_stream_feed_raises_only_wire_errors_and_stays_failed(
         pass
     else:
         assert not failed
+
+
+def _general_path(data: bytes) -> object:
+    """decode() without the BROADCAST_DATA fast path, for comparison."""
+    header_len = int.from_bytes(data[2:4], "big")
+    header = codec.parse_header(data[4 : 4 + header_len])
+    if codec.payload_length(header, DEFAULT_MAX_PAYLOAD) != len(data) - 4 - header_len:
+        raise FrameError("payload length mismatch", "payload")
+    return codec.build_message(header, data, 4 + header_len, len(data), DEFAULT_MAX_DEPTH)
+
+
+BROADCASTS = [f for f in SEEDS if f[4:].startswith(b'{"req-code":6,')] + [
+    r2.encode(r2.BroadcastData(source="s", sequence=9, data=b"", ext_header={"x": [1]}))
+]
+
+
+@settings(max_examples=2_000, deadline=None)
+@given(st.integers(0, 2**64).map(lambda seed: mutate(seed, BROADCASTS)))
+def test_broadcast_fast_path_agrees_with_the_general_path(data: bytes) -> None:
+    try:
+        fast: object = r2.decode(data)
+    except WireError as err:
+        fast = type(err)
+    try:
+        slow = _general_path(data) if data[:2] == b"\x01\x01" and len(data) >= 4 else fast
+    except WireError as err:
+        slow = type(err)
+    if isinstance(fast, type) and isinstance(slow, type):
+        return  # both refused; which subclass may differ (framing is checked first by decode)
+    assert fast == slow
