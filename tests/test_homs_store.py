@@ -149,10 +149,9 @@ def clock() -> Clock:
 async def test_migrations_produce_exactly_the_declared_schema(db_url: str, clock: Clock) -> None:
     async with open_store(db_url, clock) as store:
         await store.start()  # a second upgrade is a no-op
-        async with store._writer.connect() as conn:
-            diffs = await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
-            )
+        diffs = await store.run_write(
+            lambda conn: compare_metadata(MigrationContext.configure(conn), metadata)
+        )
     assert diffs == []
 
 

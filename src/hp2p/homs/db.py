@@ -12,10 +12,8 @@ module is the one description of it that the code and the migrations share.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -29,10 +27,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    event,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 #: Longest id (overlay-id, peer-id, owner-id) and address accepted; enforced at the API too,
 #: so an over-long value is a clear 400 and never a database error.
@@ -181,43 +177,3 @@ def parse_database_url(text: str) -> DatabaseTarget:
         f"unsupported database {backend!r} in {text!r}: use sqlite:///FILE.db or "
         "postgresql://USER@HOST:PORT/DB"
     )
-
-
-def _sqlite_setup(begin_sql: str) -> tuple[Callable[..., None], Callable[..., None]]:
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control away from the driver so that BEGIN is ours (below).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # WAL: readers never block the writer; NORMAL sync is durable across a process
-        # crash (kill -9), which is the failure the HOMS must survive.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    def on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin_sql)
-
-    return on_connect, on_begin
-
-
-def create_engines(target: DatabaseTarget) -> tuple[AsyncEngine, AsyncEngine]:
-    """The (writer, reader) engines for ``target``.
-
-    SQLite allows one writer at a time. The writer engine has a single connection and opens
-    every transaction with ``BEGIN IMMEDIATE``, so writes queue in the pool instead of failing
-    with "database is locked" when a read transaction tries to upgrade; readers use their
-    own small pool and, under WAL, never wait for the writer. PostgreSQL uses one pooled
-    engine for both, with row locks doing the serialising.
-    """
-    if target.is_sqlite:
-        writer = create_async_engine(target.url, pool_size=1, max_overflow=0)
-        reader = create_async_engine(target.url, pool_size=2, max_overflow=2)
-        for engine, begin_sql in ((writer, "BEGIN IMMEDIATE"), (reader, "BEGIN")):
-            on_connect, on_begin = _sqlite_setup(begin_sql)
-            event.listen(engine.sync_engine, "connect", on_connect)
-            event.listen(engine.sync_engine, "begin", on_begin)
-        return writer, reader
-    engine = create_async_engine(target.url, pool_size=10, max_overflow=10)
-    return engine, engine

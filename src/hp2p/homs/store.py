@@ -22,25 +22,28 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
-from sqlalchemy import Row, and_, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
 
 from hp2p.homs import monitor, peerlist, secrets
-from hp2p.homs.db import (
-    DatabaseTarget,
-    auth_peer,
-    create_engines,
-    overlay,
-    peer,
-    peer_info,
-)
+from hp2p.homs.db import DatabaseTarget, auth_peer, overlay, peer, peer_info
 from hp2p.homs.errors import (
     AdmissionRefusedError,
     HompError,
@@ -50,9 +53,11 @@ from hp2p.homs.errors import (
 )
 from hp2p.homs.monitor import Event, MonitorHub
 from hp2p.homs.peerlist import PeerEntry
+from hp2p.homs.transactions import TransactionRunner, open_runner
 from hp2p.wire import homp
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+T = TypeVar("T")
 
 #: A peer counts as "stopped refreshing" once it is past the moment a reference peer would
 #: have refreshed (it refreshes every 0.8 × expires, etri-2023-protocol.md §2.6).
@@ -226,11 +231,52 @@ def peer_links(peer_id: str, costmap: dict[str, list[str]]) -> list[dict[str, An
     return links
 
 
+# ---------------------------------------------------------------------- prepared statements
+# Built once: constructing SQLAlchemy expressions per request costs more CPU than running
+# them (a join spent ~3 ms building its seven statements before these were hoisted).
+
+_P_OID: BindParameter[str] = bindparam("oid")
+_P_PID: BindParameter[str] = bindparam("pid")
+_P_NOW: BindParameter[float] = bindparam("now")
+_ENTRY_COLS = (peer.c.peer_id, peer.c.address, peer.c.ticket, peer.c.num_primary)
+_THIS_PEER = and_(peer.c.overlay_id == _P_OID, peer.c.peer_id == _P_PID)
+_LIVE = and_(peer.c.overlay_id == _P_OID, peer.c.expires_at >= _P_NOW)
+_LIVE_ACTIVE = and_(_LIVE, peer.c.num_primary > 0)
+
+_BUMP_TICKET = (
+    update(overlay)
+    .where(overlay.c.overlay_id == _P_OID)
+    .values(last_ticket=overlay.c.last_ticket + 1)
+    .returning(*_OVERLAY_COLS)
+)
+_SELECT_OVERLAY = select(*_OVERLAY_COLS).where(overlay.c.overlay_id == _P_OID)
+_INSERT_PEER = insert(peer)
+_COUNT_ACTIVE = select(func.count()).select_from(peer).where(_LIVE_ACTIVE)
+_ACTIVE_WINDOW = (
+    select(*_ENTRY_COLS)
+    .where(_LIVE_ACTIVE)
+    .order_by(peer.c.ticket)
+    .offset(bindparam("skip"))
+    .limit(bindparam("take"))
+)
+_LIVE_PEERS = select(*_ENTRY_COLS).where(_LIVE).order_by(peer.c.ticket)
+_LOWEST_TICKET = select(*_ENTRY_COLS).where(_LIVE).order_by(peer.c.ticket).limit(1)
+_MEMBER = select(peer.c.ticket, peer.c.password_hash, peer.c.expires, peer.c.costmap).where(
+    _THIS_PEER
+)
+_LISTED = select(exists().where(auth_peer.c.overlay_id == _P_OID, auth_peer.c.peer_id == _P_PID))
+_UPDATE_PEER = update(peer).where(_THIS_PEER)
+_DELETE_PEER = delete(peer).where(_THIS_PEER)
+_ANY_PEER = select(exists().where(peer.c.overlay_id == _P_OID))
+
+
 class HomsStore:
     """The async repository behind every HOMP route.
 
-    ``clock`` returns epoch seconds; tests inject a fake one to expire peers without
-    sleeping. ``rng`` drives the SubMesh peer-list choice.
+    Each public method computes what it can outside the database (hashes, the clock), then
+    runs one transaction through a :class:`~hp2p.homs.transactions.TransactionRunner`, then
+    publishes its monitoring events. ``clock`` returns epoch seconds; tests inject a fake one
+    to expire peers without sleeping. ``rng`` drives the SubMesh peer-list choice.
     """
 
     def __init__(
@@ -255,31 +301,30 @@ class HomsStore:
         self.default_expires = default_expires
         self.delete_empty_overlays = delete_empty_overlays
         self.admin_key_cost = admin_key_cost
-        self._writer, self._reader = create_engines(target)
-        self._upsert = postgresql.insert if not target.is_sqlite else sqlite.insert
+        self._db: TransactionRunner = open_runner(target)
+        upsert = (sqlite.insert if target.is_sqlite else postgresql.insert)(peer_info)
+        self._upsert_info = upsert.on_conflict_do_update(
+            index_elements=[peer_info.c.peer_id],
+            set_={
+                c: upsert.excluded[c]
+                for c in ("addresses", "capabilities", "preferences", "updated_at")
+            },
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Create or upgrade the schema (Alembic ``upgrade head``)."""
+        """Create or upgrade the schema (Alembic ``upgrade head``); idempotent."""
         from hp2p.homs.migrations import upgrade_to_head
 
-        await upgrade_to_head(self._writer)
+        await self._db.write(upgrade_to_head)
 
     async def close(self) -> None:
-        await self._writer.dispose()
-        if self._reader is not self._writer:
-            await self._reader.dispose()
+        await self._db.close()
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._writer.begin() as conn:
-            yield conn
-
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._reader.begin() as conn:
-            yield conn
+    async def run_write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one write transaction (for tests and later layers)."""
+        return await self._db.write(work)
 
     def _publish(self, events: Iterable[Event]) -> None:
         self.hub.publish_all(events)
@@ -320,31 +365,29 @@ class HomsStore:
             "created_at": now,
             "updated_at": now,
         }
+
+        def tx(conn: Connection) -> AnyRow:
+            if conn.scalar(select(exists().where(overlay.c.overlay_id == overlay_id))):
+                raise _duplicate_overlay(overlay_id)
+            parent = spec.parent_overlay_id
+            if parent is not None and not conn.scalar(
+                select(exists().where(overlay.c.overlay_id == parent))
+            ):
+                raise HompError(
+                    400, f"parent overlay {parent!r} does not exist", "$.overlay.parent-overlay-id"
+                )
+            conn.execute(insert(overlay).values(**values))
+            if spec.auth.peerlist:
+                conn.execute(
+                    insert(auth_peer),
+                    [{"overlay_id": overlay_id, "peer_id": p} for p in set(spec.auth.peerlist)],
+                )
+            return conn.execute(
+                select(*_OVERLAY_COLS).where(overlay.c.overlay_id == overlay_id)
+            ).one()
+
         try:
-            async with self._write() as conn:
-                if await conn.scalar(select(exists().where(overlay.c.overlay_id == overlay_id))):
-                    raise _duplicate_overlay(overlay_id)
-                if spec.parent_overlay_id is not None:
-                    parent_ok = await conn.scalar(
-                        select(exists().where(overlay.c.overlay_id == spec.parent_overlay_id))
-                    )
-                    if not parent_ok:
-                        raise HompError(
-                            400,
-                            f"parent overlay {spec.parent_overlay_id!r} does not exist",
-                            "$.overlay.parent-overlay-id",
-                        )
-                await conn.execute(insert(overlay).values(**values))
-                if spec.auth.peerlist:
-                    await conn.execute(
-                        insert(auth_peer),
-                        [{"overlay_id": overlay_id, "peer_id": p} for p in set(spec.auth.peerlist)],
-                    )
-                row = (
-                    await conn.execute(
-                        select(*_OVERLAY_COLS).where(overlay.c.overlay_id == overlay_id)
-                    )
-                ).one()
+            row = await self._db.write(tx)
         except IntegrityError as exc:  # a concurrent create on another HOMS instance
             raise _duplicate_overlay(overlay_id) from exc
         self._publish(
@@ -381,9 +424,11 @@ class HomsStore:
         elif description is not None:
             stmt = stmt.where(overlay.c.description.icontains(description, autoescape=True))
         stmt = stmt.order_by(overlay.c.created_at, overlay.c.overlay_id)
-        async with self._read() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [_record(r, int(r[-1])) for r in rows]
+
+        def tx(conn: Connection) -> list[OverlayRecord]:
+            return [_record(r, int(r[-1])) for r in conn.execute(stmt)]
+
+        return await self._db.read(tx)
 
     async def get_overlay(self, overlay_id: str) -> OverlayRecord:
         found = await self.query_overlays(overlay_id=overlay_id)
@@ -393,14 +438,15 @@ class HomsStore:
 
     async def _check_admin(self, overlay_id: str, owner_id: str, admin_key: str) -> str:
         """Verify owner and admin key outside any write transaction; return the hash."""
-        async with self._read() as conn:
-            row = (
-                await conn.execute(
-                    select(overlay.c.owner_id, overlay.c.admin_key_hash).where(
-                        overlay.c.overlay_id == overlay_id
-                    )
+
+        def tx(conn: Connection) -> AnyRow | None:
+            return conn.execute(
+                select(overlay.c.owner_id, overlay.c.admin_key_hash).where(
+                    overlay.c.overlay_id == overlay_id
                 )
             ).first()
+
+        row = await self._db.read(tx)
         if row is None:
             raise unknown_overlay(overlay_id)
         ok = await asyncio.to_thread(secrets.verify, admin_key, row.admin_key_hash)
@@ -437,8 +483,9 @@ class HomsStore:
             access_key = None
         elif access_key is not None:
             values["access_key_hash"] = secrets.hash_fast(access_key)
-        async with self._write() as conn:
-            done = await conn.execute(
+
+        def tx(conn: Connection) -> None:
+            done = conn.execute(
                 update(overlay)
                 .where(
                     overlay.c.overlay_id == o.overlay_id,
@@ -448,16 +495,14 @@ class HomsStore:
                 .values(**values)
             )
             if done.rowcount != 1:
-                raise HompError(
-                    409,
-                    "the overlay changed or was removed while this request was checked; retry",
-                    "$.overlay.overlay-id",
-                )
+                raise _changed_meanwhile()
             if plist is not None:
-                await conn.execute(delete(auth_peer).where(auth_peer.c.overlay_id == o.overlay_id))
-                await conn.execute(
+                conn.execute(delete(auth_peer).where(auth_peer.c.overlay_id == o.overlay_id))
+                conn.execute(
                     insert(auth_peer), [{"overlay_id": o.overlay_id, "peer_id": p} for p in plist]
                 )
+
+        await self._db.write(tx)
         self._publish([monitor.log(o.overlay_id, new_owner, "Overlay Modification.")])
         return ModifyResult(
             overlay_id=o.overlay_id,
@@ -471,14 +516,12 @@ class HomsStore:
     async def remove_overlay(self, overlay_id: str, owner_id: str, admin_key: str) -> None:
         """HybridOverlayRemoval (also the authenticated ``/api/HybridOverlayRemoval``)."""
         verified_hash = await self._check_admin(overlay_id, owner_id, admin_key)
-        async with self._write() as conn:
-            gone = await self._delete_overlay(
-                conn, overlay_id, overlay.c.admin_key_hash == verified_hash
-            )
-        if not gone:
-            raise HompError(
-                409, "the overlay changed or was removed meanwhile; retry", "$.overlay.overlay-id"
-            )
+
+        def tx(conn: Connection) -> None:
+            if not _delete_overlay(conn, overlay_id, overlay.c.admin_key_hash == verified_hash):
+                raise _changed_meanwhile()
+
+        await self._db.write(tx)
         self._publish(
             [
                 monitor.overlay_removed(overlay_id),
@@ -486,167 +529,75 @@ class HomsStore:
             ]
         )
 
-    async def _delete_overlay(self, conn: AsyncConnection, overlay_id: str, *extra: Any) -> bool:
-        found = await conn.scalar(
-            select(overlay.c.overlay_id).where(overlay.c.overlay_id == overlay_id, *extra)
-        )
-        if found is None:
-            return False
-        # Explicit child deletes: do not depend on SQLite's per-connection foreign_keys.
-        await conn.execute(delete(peer).where(peer.c.overlay_id == overlay_id))
-        await conn.execute(delete(auth_peer).where(auth_peer.c.overlay_id == overlay_id))
-        await conn.execute(delete(overlay).where(overlay.c.overlay_id == overlay_id))
-        return True
-
-    async def _delete_if_empty(
-        self, conn: AsyncConnection, overlay_id: str, delete_when_empty: bool
-    ) -> bool:
+    def _delete_if_empty(self, conn: Connection, overlay_id: str, delete_when_empty: bool) -> bool:
         if not (delete_when_empty or self.delete_empty_overlays):
             return False
-        left = await conn.scalar(select(exists().where(peer.c.overlay_id == overlay_id)))
-        if left:
+        if conn.scalar(_ANY_PEER, {"oid": overlay_id}):
             return False
-        return await self._delete_overlay(conn, overlay_id)
+        return _delete_overlay(conn, overlay_id)
 
     # ------------------------------------------------------------------ peers (OPM/PSM FE)
 
-    async def _admit(
-        self, conn: AsyncConnection, ov: OverlayRecord, peer_id: str, access_key: str | None
-    ) -> None:
-        """Closed-overlay admission: a listed peer-id, or the right access key; else 407.
-
-        Unlike the reference, an unlisted peer that sends no key is refused (there a NULL
-        stored key equals a missing key, etri-2023 step 11).
-        """
-        if ov.auth_type != "closed":
-            return
-        listed = await conn.scalar(
-            select(
-                exists().where(
-                    auth_peer.c.overlay_id == ov.overlay_id, auth_peer.c.peer_id == peer_id
-                )
-            )
-        )
-        if listed:
-            return
-        if access_key is not None and ov.access_key_hash is not None:
-            if secrets.verify(access_key, ov.access_key_hash):
-                return
-            raise AdmissionRefusedError(ov.overlay_id, "wrong access_key for this closed overlay")
-        raise AdmissionRefusedError(
-            ov.overlay_id, "closed overlay: peer-id not in its peer list and no valid access_key"
-        )
-
-    @staticmethod
-    def _check_kind(ov: OverlayRecord, type_: str, sub_type: str) -> None:
-        if type_ != ov.type or sub_type != ov.sub_type:
-            raise HompError(
-                400,
-                f"overlay {ov.overlay_id!r} is type {ov.type!r} sub-type {ov.sub_type!r}, "
-                f"not {type_!r} {sub_type!r}",
-                "$.overlay.sub-type" if type_ == ov.type else "$.overlay.type",
-            )
-
-    async def _live_entries(
-        self, conn: AsyncConnection, overlay_id: str, now: float, active_only: bool
-    ) -> list[PeerEntry]:
-        conds = [peer.c.overlay_id == overlay_id, peer.c.expires_at >= now]
-        if active_only:
-            conds.append(peer.c.num_primary > 0)
-        rows = await conn.execute(
-            select(peer.c.peer_id, peer.c.address, peer.c.ticket, peer.c.num_primary)
-            .where(*conds)
-            .order_by(peer.c.ticket)
-        )
-        return [PeerEntry(r.peer_id, r.address, r.ticket, r.num_primary) for r in rows]
-
-    async def _lowest_ticket(
-        self, conn: AsyncConnection, overlay_id: str, now: float
-    ) -> list[PeerEntry]:
-        row = (
-            await conn.execute(
-                select(peer.c.peer_id, peer.c.address, peer.c.ticket, peer.c.num_primary)
-                .where(peer.c.overlay_id == overlay_id, peer.c.expires_at >= now)
-                .order_by(peer.c.ticket)
-                .limit(1)
-            )
-        ).first()
-        return [] if row is None else [PeerEntry(row.peer_id, row.address, row.ticket, 0)]
-
-    async def _entry_points(
-        self, conn: AsyncConnection, overlay_id: str, now: float
-    ) -> list[PeerEntry]:
+    def _entry_points(self, conn: Connection, overlay_id: str, now: float) -> list[PeerEntry]:
         """:func:`peerlist.tree_entry_points`, reading only the window it needs."""
-        live_active = and_(
-            peer.c.overlay_id == overlay_id, peer.c.expires_at >= now, peer.c.num_primary > 0
-        )
-        active = int(
-            await conn.scalar(select(func.count()).select_from(peer).where(live_active)) or 0
-        )
+        live = {"oid": overlay_id, "now": now}
+        active = int(conn.scalar(_COUNT_ACTIVE, live) or 0)
         offset, count = peerlist.entry_window(active, self.tree_list_size)
-        rows = await conn.execute(
-            select(peer.c.peer_id, peer.c.address, peer.c.ticket, peer.c.num_primary)
-            .where(live_active)
-            .order_by(peer.c.ticket)
-            .offset(offset)
-            .limit(count)
-        )
-        chosen = [PeerEntry(r.peer_id, r.address, r.ticket, r.num_primary) for r in rows]
-        return chosen or await self._lowest_ticket(conn, overlay_id, now)
+        rows = conn.execute(_ACTIVE_WINDOW, {**live, "skip": offset, "take": count})
+        chosen = [PeerEntry(*r) for r in rows]
+        return chosen or _lowest_ticket(conn, overlay_id, now)
 
-    async def join(
-        self,
-        req: homp.JoinRequest,
-        *,
-        addresses: Sequence[str] = (),
-    ) -> JoinResult:
+    def _peer_list(
+        self, conn: Connection, ov: OverlayRecord, peer_id: str, now: float, ticket: int | None
+    ) -> list[PeerEntry]:
+        if ov.is_mesh:
+            live = _live_entries(conn, ov.overlay_id, now)
+            return peerlist.mesh_neighbours(live, peer_id, self._rng, self.mesh_list_size)
+        if ticket is None:
+            return self._entry_points(conn, ov.overlay_id, now)
+        live = _live_entries(conn, ov.overlay_id, now)
+        return peerlist.tree_recovery_points(live, ticket, self.tree_list_size)
+
+    async def join(self, req: homp.JoinRequest, *, addresses: Sequence[str] = ()) -> JoinResult:
         """HybridOverlayJoin (normal): a new ticket, a membership row and a peer list."""
         o, p = req.overlay, req.peer
         now = self._clock()
         expires = p.expires if p.expires is not None else self.default_expires
         access_key = o.auth.access_key if o.auth is not None else None
+        password_hash = secrets.hash_fast(p.auth.password)
+        info = _registry_values(p.peer_id, [p.address, *addresses], p.capabilities, now)
+
+        def tx(conn: Connection) -> tuple[OverlayRecord, list[PeerEntry]]:
+            row = conn.execute(_BUMP_TICKET, {"oid": o.overlay_id}).first()
+            if row is None:
+                raise unknown_overlay(o.overlay_id)
+            ov = _record(row)
+            _check_kind(ov, o.type, o.sub_type)
+            _admit(conn, ov, p.peer_id, access_key)
+            conn.execute(
+                _INSERT_PEER,
+                {
+                    "overlay_id": o.overlay_id,
+                    "peer_id": p.peer_id,
+                    "ticket": ov.last_ticket,
+                    "address": p.address,
+                    "password_hash": password_hash,
+                    "expires": expires,
+                    "last_seen": now,
+                    "expires_at": now + expires,
+                    "num_primary": 0,
+                    "num_out_candidate": 0,
+                    "num_in_candidate": 0,
+                    "costmap": None,
+                    "report_time": None,
+                    "created_at": now,
+                },
+            )
+            self._register(conn, info)
+            return ov, self._peer_list(conn, ov, p.peer_id, now, None)
+
         try:
-            async with self._write() as conn:
-                row = (
-                    await conn.execute(
-                        update(overlay)
-                        .where(overlay.c.overlay_id == o.overlay_id)
-                        .values(last_ticket=overlay.c.last_ticket + 1)
-                        .returning(*_OVERLAY_COLS)
-                    )
-                ).first()
-                if row is None:
-                    raise unknown_overlay(o.overlay_id)
-                ov = _record(row)
-                self._check_kind(ov, o.type, o.sub_type)
-                await self._admit(conn, ov, p.peer_id, access_key)
-                ticket = ov.last_ticket
-                await conn.execute(
-                    insert(peer).values(
-                        overlay_id=o.overlay_id,
-                        peer_id=p.peer_id,
-                        ticket=ticket,
-                        address=p.address,
-                        password_hash=secrets.hash_fast(p.auth.password),
-                        expires=expires,
-                        last_seen=now,
-                        expires_at=now + expires,
-                        num_primary=0,
-                        num_out_candidate=0,
-                        num_in_candidate=0,
-                        costmap=None,
-                        report_time=None,
-                        created_at=now,
-                    )
-                )
-                await self._register(conn, p.peer_id, [p.address, *addresses], p.capabilities, now)
-                if ov.is_mesh:
-                    live = await self._live_entries(conn, o.overlay_id, now, active_only=False)
-                    chosen = peerlist.mesh_neighbours(
-                        live, p.peer_id, self._rng, self.mesh_list_size
-                    )
-                else:
-                    chosen = await self._entry_points(conn, o.overlay_id, now)
+            ov, chosen = await self._db.write(tx)
         except IntegrityError as exc:
             raise HompError(
                 409,
@@ -656,63 +607,15 @@ class HomsStore:
             ) from exc
         self._publish(
             [
-                monitor.peer_added(o.overlay_id, p.peer_id, ticket),
+                monitor.peer_added(o.overlay_id, p.peer_id, ov.last_ticket),
                 monitor.log(o.overlay_id, p.peer_id, "Overlay Join."),
             ]
         )
-        return JoinResult(ov, p.peer_id, ticket, expires, chosen)
+        return JoinResult(ov, p.peer_id, ov.last_ticket, expires, chosen)
 
-    async def _register(
-        self,
-        conn: AsyncConnection,
-        peer_id: str,
-        addresses: list[str],
-        capabilities: dict[str, Any] | None,
-        now: float,
-    ) -> None:
+    def _register(self, conn: Connection, values: dict[str, Any]) -> None:
         """PIR FE: remember what the peer said about itself, apart from membership."""
-        values = {
-            "peer_id": peer_id,
-            "addresses": json.dumps(list(dict.fromkeys(addresses))),
-            "capabilities": None if capabilities is None else json.dumps(capabilities),
-            "preferences": None,
-            "updated_at": now,
-        }
-        stmt = self._upsert(peer_info).values(**values)
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[peer_info.c.peer_id],
-                set_={k: v for k, v in values.items() if k != "peer_id"},
-            )
-        )
-
-    async def _member(
-        self, conn: AsyncConnection, overlay_id: str, peer_id: str, password: str
-    ) -> AnyRow:
-        row = (
-            await conn.execute(
-                select(
-                    peer.c.ticket,
-                    peer.c.password_hash,
-                    peer.c.expires,
-                    peer.c.costmap,
-                    peer.c.address,
-                ).where(peer.c.overlay_id == overlay_id, peer.c.peer_id == peer_id)
-            )
-        ).first()
-        if row is None:
-            raise unknown_peer(overlay_id, peer_id)
-        if not secrets.verify(password, row.password_hash):
-            raise wrong_password()
-        return row
-
-    async def _overlay(self, conn: AsyncConnection, overlay_id: str) -> OverlayRecord:
-        row = (
-            await conn.execute(select(*_OVERLAY_COLS).where(overlay.c.overlay_id == overlay_id))
-        ).first()
-        if row is None:
-            raise unknown_overlay(overlay_id)
-        return _record(row)
+        conn.execute(self._upsert_info, values)
 
     async def recovery_join(self, req: homp.JoinRequest) -> JoinResult:
         """HybridOverlayJoin with ``?recovery=true``: a peer lost its parent.
@@ -722,63 +625,77 @@ class HomsStore:
         issued; the call refreshes the peer's liveness, since it proves the peer is alive.
         """
         o, p = req.overlay, req.peer
-        if p.ticket_id is None:
+        ticket = p.ticket_id
+        if ticket is None:
             raise HompError(400, "a recovery join needs `ticket-id`", "$.peer.ticket-id")
         now = self._clock()
         access_key = o.auth.access_key if o.auth is not None else None
-        async with self._write() as conn:
-            ov = await self._overlay(conn, o.overlay_id)
-            self._check_kind(ov, o.type, o.sub_type)
-            member = await self._member(conn, o.overlay_id, p.peer_id, p.auth.password)
-            if member.ticket != p.ticket_id:
+
+        def tx(conn: Connection) -> tuple[OverlayRecord, int, list[PeerEntry]]:
+            ov = _overlay(conn, o.overlay_id)
+            _check_kind(ov, o.type, o.sub_type)
+            member = _member(conn, o.overlay_id, p.peer_id, p.auth.password)
+            if member.ticket != ticket:
                 raise HompError(
                     403,
-                    f"ticket-id {p.ticket_id} is not the ticket issued to {p.peer_id!r}",
+                    f"ticket-id {ticket} is not the ticket issued to {p.peer_id!r}",
                     "$.peer.ticket-id",
                 )
-            await self._admit(conn, ov, p.peer_id, access_key)
+            _admit(conn, ov, p.peer_id, access_key)
             expires = p.expires if p.expires is not None else int(member.expires)
-            await conn.execute(
-                update(peer)
-                .where(peer.c.overlay_id == o.overlay_id, peer.c.peer_id == p.peer_id)
-                .values(expires=expires, last_seen=now, expires_at=now + expires)
+            conn.execute(
+                _UPDATE_PEER,
+                {
+                    "oid": o.overlay_id,
+                    "pid": p.peer_id,
+                    "expires": expires,
+                    "last_seen": now,
+                    "expires_at": now + expires,
+                },
             )
-            if ov.is_mesh:
-                live = await self._live_entries(conn, o.overlay_id, now, active_only=False)
-                chosen = peerlist.mesh_neighbours(live, p.peer_id, self._rng, self.mesh_list_size)
-            else:
-                live = await self._live_entries(conn, o.overlay_id, now, active_only=False)
-                chosen = peerlist.tree_recovery_points(live, p.ticket_id, self.tree_list_size)
+            return ov, expires, self._peer_list(conn, ov, p.peer_id, now, ticket)
+
+        ov, expires, chosen = await self._db.write(tx)
         self._publish([monitor.log(o.overlay_id, p.peer_id, "Overlay Recovery.")])
-        return JoinResult(ov, p.peer_id, member.ticket, expires, chosen)
+        return JoinResult(ov, p.peer_id, ticket, expires, chosen)
 
     async def refresh(self, req: homp.RefreshRequest) -> int:
         """HybridOverlayRefresh: extend the peer's liveness; returns the stored ``expires``."""
         o, p = req.overlay, req.peer
         now = self._clock()
         access_key = o.auth.access_key if o.auth is not None else None
-        async with self._write() as conn:
-            ov = await self._overlay(conn, o.overlay_id)
-            member = await self._member(conn, o.overlay_id, p.peer_id, p.auth.password)
-            await self._admit(conn, ov, p.peer_id, access_key)
+
+        def tx(conn: Connection) -> int:
+            ov = _overlay(conn, o.overlay_id)
+            member = _member(conn, o.overlay_id, p.peer_id, p.auth.password)
+            _admit(conn, ov, p.peer_id, access_key)
             expires = p.expires if p.expires is not None else int(member.expires)
-            await conn.execute(
-                update(peer)
-                .where(peer.c.overlay_id == o.overlay_id, peer.c.peer_id == p.peer_id)
-                .values(expires=expires, last_seen=now, expires_at=now + expires, address=p.address)
+            conn.execute(
+                _UPDATE_PEER,
+                {
+                    "oid": o.overlay_id,
+                    "pid": p.peer_id,
+                    "expires": expires,
+                    "last_seen": now,
+                    "expires_at": now + expires,
+                    "address": p.address,
+                },
             )
-        return expires
+            return expires
+
+        return await self._db.write(tx)
 
     async def leave(self, req: homp.LeaveRequest) -> bool:
         """HybridOverlayLeave; returns whether the overlay was deleted as now empty."""
         o, p = req.overlay, req.peer
-        async with self._write() as conn:
-            ov = await self._overlay(conn, o.overlay_id)
-            await self._member(conn, o.overlay_id, p.peer_id, p.auth.password)
-            await conn.execute(
-                delete(peer).where(peer.c.overlay_id == o.overlay_id, peer.c.peer_id == p.peer_id)
-            )
-            removed = await self._delete_if_empty(conn, o.overlay_id, ov.delete_when_empty)
+
+        def tx(conn: Connection) -> bool:
+            ov = _overlay(conn, o.overlay_id)
+            _member(conn, o.overlay_id, p.peer_id, p.auth.password)
+            conn.execute(_DELETE_PEER, {"oid": o.overlay_id, "pid": p.peer_id})
+            return self._delete_if_empty(conn, o.overlay_id, ov.delete_when_empty)
+
+        removed = await self._db.write(tx)
         events = [monitor.log(o.overlay_id, p.peer_id, "Overlay Leave.")]
         if removed:
             events += [
@@ -801,46 +718,46 @@ class HomsStore:
         o, p, st = req.overlay, req.peer, req.status
         now = self._clock()
         new_map = _costmap_dict(st.costmap)
-        async with self._write() as conn:
-            await self._overlay(conn, o.overlay_id)
-            member = await self._member(conn, o.overlay_id, p.peer_id, p.auth.password)
+        new_text = json.dumps(new_map)
+
+        def tx(conn: Connection) -> tuple[bool, list[str]]:
+            _overlay(conn, o.overlay_id)
+            member = _member(conn, o.overlay_id, p.peer_id, p.auth.password)
             old_map = _load_costmap(member.costmap)
-            changed = old_map != new_map
-            expires = int(member.expires)
-            await conn.execute(
-                update(peer)
-                .where(peer.c.overlay_id == o.overlay_id, peer.c.peer_id == p.peer_id)
-                .values(
-                    num_primary=st.num_primary,
-                    num_out_candidate=st.num_out_candidate,
-                    num_in_candidate=st.num_in_candidate,
-                    costmap=json.dumps(new_map),
-                    report_time=now,
-                    last_seen=now,
-                    expires_at=now + expires,
-                )
+            conn.execute(
+                _UPDATE_PEER,
+                {
+                    "oid": o.overlay_id,
+                    "pid": p.peer_id,
+                    "num_primary": st.num_primary,
+                    "num_out_candidate": st.num_out_candidate,
+                    "num_in_candidate": st.num_in_candidate,
+                    "costmap": new_text,
+                    "report_time": now,
+                    "last_seen": now,
+                    "expires_at": now + int(member.expires),
+                },
             )
             dropped = _neighbours(old_map) - _neighbours(new_map) - {p.peer_id}
-            lost: list[str] = []
-            if dropped:
-                gone = await conn.execute(
-                    delete(peer)
-                    .where(
-                        peer.c.overlay_id == o.overlay_id,
-                        peer.c.peer_id.in_(sorted(dropped)),
-                        peer.c.last_seen + peer.c.expires * REFRESH_FRACTION < now,
-                    )
-                    .returning(peer.c.peer_id)
+            if not dropped:
+                return old_map != new_map, []
+            gone = conn.execute(
+                delete(peer)
+                .where(
+                    peer.c.overlay_id == o.overlay_id,
+                    peer.c.peer_id.in_(sorted(dropped)),
+                    peer.c.last_seen + peer.c.expires * REFRESH_FRACTION < now,
                 )
-                lost = sorted(r.peer_id for r in gone)
+                .returning(peer.c.peer_id)
+            )
+            return old_map != new_map, sorted(r.peer_id for r in gone)
+
+        changed, lost = await self._db.write(tx)
         events: list[Event] = []
         if changed:
-            events.append(
-                monitor.connection_updated(o.overlay_id, p.peer_id, peer_links(p.peer_id, new_map))
-            )
-        events.append(
-            monitor.log(o.overlay_id, p.peer_id, "Overlay Report. " + json.dumps(new_map))
-        )
+            links = peer_links(p.peer_id, new_map)
+            events.append(monitor.connection_updated(o.overlay_id, p.peer_id, links))
+        events.append(monitor.log(o.overlay_id, p.peer_id, "Overlay Report. " + new_text))
         events += [monitor.peer_deleted(o.overlay_id, pid) for pid in lost]
         self._publish(events)
         return lost
@@ -854,40 +771,41 @@ class HomsStore:
         single statement, so a peer is removed (and announced) by exactly one of them.
         """
         now = self._clock()
-        async with self._write() as conn:
-            gone = (
-                await conn.execute(
-                    delete(peer)
-                    .where(peer.c.expires_at < now)
-                    .returning(peer.c.overlay_id, peer.c.peer_id)
-                )
+
+        def tx(conn: Connection) -> tuple[list[tuple[str, str]], list[str]]:
+            gone = conn.execute(
+                delete(peer)
+                .where(peer.c.expires_at < now)
+                .returning(peer.c.overlay_id, peer.c.peer_id)
             ).all()
-            removed_overlays: list[str] = []
+            removed: list[str] = []
             for overlay_id in sorted({r.overlay_id for r in gone}):
-                flag = await conn.scalar(
+                flag = conn.scalar(
                     select(overlay.c.delete_when_empty).where(overlay.c.overlay_id == overlay_id)
                 )
-                if flag is not None and await self._delete_if_empty(conn, overlay_id, bool(flag)):
-                    removed_overlays.append(overlay_id)
+                if flag is not None and self._delete_if_empty(conn, overlay_id, bool(flag)):
+                    removed.append(overlay_id)
+            return [(r.overlay_id, r.peer_id) for r in gone], removed
+
+        peers_gone, overlays_gone = await self._db.write(tx)
         events: list[Event] = []
-        for r in gone:
-            events.append(monitor.log(r.overlay_id, r.peer_id, "Overlay Leave(Expired)."))
-            if r.overlay_id not in removed_overlays:
-                events.append(monitor.peer_deleted(r.overlay_id, r.peer_id))
-        for overlay_id in removed_overlays:
-            events.append(monitor.overlay_removed(overlay_id))
+        for overlay_id, peer_id in peers_gone:
+            events.append(monitor.log(overlay_id, peer_id, "Overlay Leave(Expired)."))
+            if overlay_id not in overlays_gone:
+                events.append(monitor.peer_deleted(overlay_id, peer_id))
+        events += [monitor.overlay_removed(overlay_id) for overlay_id in overlays_gone]
         self._publish(events)
-        return SweepResult([(r.overlay_id, r.peer_id) for r in gone], removed_overlays)
+        return SweepResult(peers_gone, overlays_gone)
 
     # ------------------------------------------------------------------ status (OSM FE)
 
     async def peers(self, overlay_id: str) -> list[PeerStatus]:
         """Every member of an overlay in ticket order, with liveness and last report."""
-        async with self._read() as conn:
-            known = await conn.scalar(select(exists().where(overlay.c.overlay_id == overlay_id)))
-            if not known:
+
+        def tx(conn: Connection) -> list[PeerStatus]:
+            if not conn.scalar(select(exists().where(overlay.c.overlay_id == overlay_id))):
                 raise unknown_overlay(overlay_id)
-            rows = await conn.execute(
+            rows = conn.execute(
                 select(peer).where(peer.c.overlay_id == overlay_id).order_by(peer.c.ticket)
             )
             return [
@@ -907,12 +825,15 @@ class HomsStore:
                 for r in rows
             ]
 
+        return await self._db.read(tx)
+
     async def peer_info(self, peer_id: str) -> dict[str, Any] | None:
         """PIR FE: what ``peer_id`` told about itself at its last join."""
-        async with self._read() as conn:
-            row = (
-                await conn.execute(select(peer_info).where(peer_info.c.peer_id == peer_id))
-            ).first()
+
+        def tx(conn: Connection) -> AnyRow | None:
+            return conn.execute(select(peer_info).where(peer_info.c.peer_id == peer_id)).first()
+
+        row = await self._db.read(tx)
         if row is None:
             return None
         return {
@@ -921,6 +842,98 @@ class HomsStore:
             "capabilities": None if row.capabilities is None else json.loads(row.capabilities),
             "updated_at": row.updated_at,
         }
+
+
+# ---------------------------------------------------------------------- transaction helpers
+
+
+def _live_entries(conn: Connection, overlay_id: str, now: float) -> list[PeerEntry]:
+    rows = conn.execute(_LIVE_PEERS, {"oid": overlay_id, "now": now})
+    return [PeerEntry(*r) for r in rows]
+
+
+def _lowest_ticket(conn: Connection, overlay_id: str, now: float) -> list[PeerEntry]:
+    row = conn.execute(_LOWEST_TICKET, {"oid": overlay_id, "now": now}).first()
+    return [] if row is None else [PeerEntry(*row)]
+
+
+def _overlay(conn: Connection, overlay_id: str) -> OverlayRecord:
+    row = conn.execute(_SELECT_OVERLAY, {"oid": overlay_id}).first()
+    if row is None:
+        raise unknown_overlay(overlay_id)
+    return _record(row)
+
+
+def _member(conn: Connection, overlay_id: str, peer_id: str, password: str) -> AnyRow:
+    row = conn.execute(_MEMBER, {"oid": overlay_id, "pid": peer_id}).first()
+    if row is None:
+        raise unknown_peer(overlay_id, peer_id)
+    if not secrets.verify(password, row.password_hash):
+        raise wrong_password()
+    return row
+
+
+def _admit(conn: Connection, ov: OverlayRecord, peer_id: str, access_key: str | None) -> None:
+    """Closed-overlay admission: a listed peer-id, or the right access key; else 407.
+
+    Unlike the reference, an unlisted peer that sends no key is refused (there a NULL stored
+    key equals a missing key, conformance step 11).
+    """
+    if ov.auth_type != "closed":
+        return
+    listed = conn.scalar(_LISTED, {"oid": ov.overlay_id, "pid": peer_id})
+    if listed:
+        return
+    if access_key is not None and ov.access_key_hash is not None:
+        if secrets.verify(access_key, ov.access_key_hash):
+            return
+        raise AdmissionRefusedError(ov.overlay_id, "wrong access_key for this closed overlay")
+    raise AdmissionRefusedError(
+        ov.overlay_id, "closed overlay: peer-id not in its peer list and no valid access_key"
+    )
+
+
+def _check_kind(ov: OverlayRecord, type_: str, sub_type: str) -> None:
+    if type_ != ov.type or sub_type != ov.sub_type:
+        raise HompError(
+            400,
+            f"overlay {ov.overlay_id!r} is type {ov.type!r} sub-type {ov.sub_type!r}, "
+            f"not {type_!r} {sub_type!r}",
+            "$.overlay.sub-type" if type_ == ov.type else "$.overlay.type",
+        )
+
+
+def _delete_overlay(conn: Connection, overlay_id: str, *extra: Any) -> bool:
+    found = conn.scalar(
+        select(overlay.c.overlay_id).where(overlay.c.overlay_id == overlay_id, *extra)
+    )
+    if found is None:
+        return False
+    # Explicit child deletes: do not depend on SQLite's per-connection foreign_keys.
+    conn.execute(delete(peer).where(peer.c.overlay_id == overlay_id))
+    conn.execute(delete(auth_peer).where(auth_peer.c.overlay_id == overlay_id))
+    conn.execute(delete(overlay).where(overlay.c.overlay_id == overlay_id))
+    return True
+
+
+def _registry_values(
+    peer_id: str, addresses: list[str], capabilities: dict[str, Any] | None, now: float
+) -> dict[str, Any]:
+    return {
+        "peer_id": peer_id,
+        "addresses": json.dumps(list(dict.fromkeys(addresses))),
+        "capabilities": None if capabilities is None else json.dumps(capabilities),
+        "preferences": None,
+        "updated_at": now,
+    }
+
+
+def _changed_meanwhile() -> HompError:
+    return HompError(
+        409,
+        "the overlay changed or was removed while this request was checked; retry",
+        "$.overlay.overlay-id",
+    )
 
 
 def topology(members: Sequence[PeerStatus]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent
 
@@ -30,13 +29,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-def _upgrade(connection: Connection) -> None:
+def upgrade_to_head(connection: Connection) -> None:
+    """Create or upgrade the schema inside the caller's transaction."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
     command.upgrade(alembic_config(connection), "head")
-
-
-async def upgrade_to_head(engine: AsyncEngine) -> None:
-    """Create or upgrade the schema in one transaction."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
