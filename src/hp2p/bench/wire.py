@@ -134,8 +134,8 @@ def _naive_decode(frame: bytes) -> r2.Message:
 
 
 # --- timing ------------------------------------------------------------------------------
-def _per_call_us(fn: Callable[[], object], budget_s: float, repeats: int) -> float:
-    """Median over ``repeats`` of the mean µs per call, each repeat sized to ~``budget_s``."""
+def _per_call_us(fn: Callable[[], object], budget_s: float, repeats: int) -> list[float]:
+    """Mean µs per call in each of ``repeats`` runs, each run sized to ~``budget_s``."""
     start = time.perf_counter()
     fn()
     one = max(time.perf_counter() - start, 1e-7)
@@ -152,7 +152,7 @@ def _per_call_us(fn: Callable[[], object], budget_s: float, repeats: int) -> flo
     finally:
         if gc_was_enabled:
             gc.enable()
-    return statistics.median(samples)
+    return samples
 
 
 def _codec_figures(
@@ -166,10 +166,17 @@ def _codec_figures(
     frame = encode(msg)
     if decode(frame) != msg:
         raise RuntimeError(f"{name}: the codec under test does not round-trip")
+    both = _per_call_us(lambda: decode(encode(msg)), budget_s, repeats)
     return {
-        f"{name}_encode_us": _per_call_us(lambda: encode(msg), budget_s, repeats),
-        f"{name}_decode_us": _per_call_us(lambda: decode(frame), budget_s, repeats),
-        f"{name}_encode_decode_us": _per_call_us(lambda: decode(encode(msg)), budget_s, repeats),
+        f"{name}_encode_us": statistics.median(
+            _per_call_us(lambda: encode(msg), budget_s, repeats)
+        ),
+        f"{name}_decode_us": statistics.median(
+            _per_call_us(lambda: decode(frame), budget_s, repeats)
+        ),
+        f"{name}_encode_decode_us": statistics.median(both),
+        # The quietest repeat: on a shared machine, the closest to the code's own cost.
+        f"{name}_encode_decode_us_best": min(both),
         f"{name}_frame_bytes": len(frame),
     }
 
@@ -211,12 +218,13 @@ def run(quick: bool, console: Console) -> dict[str, Any]:
         progress.update(task, description="stream decoder")
         metrics |= _stream_figures(samples["broadcast_1k"], frames, 65_536, repeats)
         progress.advance(task)
-    metrics["encode_decode_us"] = metrics["broadcast_1k_encode_decode_us"]
-    baseline["encode_decode_us"] = baseline["broadcast_1k_encode_decode_us"]
+    for figures in (metrics, baseline):
+        figures["encode_decode_us"] = figures["broadcast_1k_encode_decode_us"]
+        figures["encode_decode_us_best"] = figures["broadcast_1k_encode_decode_us_best"]
     ratios = {
         key: metrics[key] / baseline[key]
         for key in baseline
-        if key.endswith("_us") and baseline[key] > 0
+        if "_us" in key and baseline[key] > 0
     }
     return result_document(
         "wire",
@@ -289,10 +297,11 @@ def wire(
         f"stream decoder: {m['stream_mb_per_s']:.0f} MB/s, "
         f"{m['stream_msgs_per_s']:,.0f} msgs/s (1 KiB broadcasts in 64 KiB reads)"
     )
+    base = doc["baselines"]["stdlib_json"]
     console.print(
-        f"encode_decode_us (1 KiB BROADCAST_DATA): {m['encode_decode_us']:.2f} µs "
-        f"(target ≤ 3 µs; stdlib json baseline "
-        f"{doc['baselines']['stdlib_json']['encode_decode_us']:.2f} µs)"
+        f"encode_decode_us (1 KiB BROADCAST_DATA): median {m['encode_decode_us']:.2f} µs, "
+        f"best repeat {m['encode_decode_us_best']:.2f} µs (target ≤ 3 µs); stdlib json "
+        f"baseline {base['encode_decode_us']:.2f} / {base['encode_decode_us_best']:.2f} µs"
     )
     if json_file is not None:
         try:
