@@ -1,0 +1,368 @@
+"""The sans-IO core driven by hand: one peer, its inputs and the effects it returns."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from hp2p.peer.config import PeerConfig
+from hp2p.peer.control import JoinInfo
+from hp2p.peer.core import PeerCore
+from hp2p.peer.effects import (
+    Close,
+    Connect,
+    Deliver,
+    Detached,
+    Effect,
+    HomsRecoveryJoin,
+    HomsReport,
+    Joined,
+    Left,
+    ProtocolError,
+    Send,
+)
+from hp2p.peer.paths import Link, Role
+from hp2p.wire.r2.messages import (
+    ESTAB_NO,
+    ESTAB_YES,
+    GET_DATA_MISSING,
+    PRIMARY_NO,
+    PRIMARY_YES,
+    BroadcastData,
+    Buffermap,
+    BuffermapResponse,
+    Estab,
+    EstabResponse,
+    GetData,
+    GetDataResponse,
+    Heartbeat,
+    Hello,
+    HelloResponse,
+    PeerAddress,
+    Probe,
+    ProbeResponse,
+    Release,
+    SetCandidate,
+    SetPrimary,
+    SetPrimaryResponse,
+)
+
+OV = "ov"
+
+
+def core(peer_id: str = "me", **settings: Any) -> PeerCore:
+    return PeerCore(PeerConfig(**settings), peer_id, f"mem://{peer_id}", random.Random(1))
+
+
+M = TypeVar("M")
+
+
+@dataclass
+class Sent(Generic[M]):
+    conns: tuple[int, ...]
+    message: M
+    position: int  # index of the Send effect in the drained list
+
+
+def sends(effects: list[Effect], kind: type[M]) -> list[Sent[M]]:
+    return [
+        Sent(e.conns, e.message, i)
+        for i, e in enumerate(effects)
+        if isinstance(e, Send) and isinstance(e.message, kind)
+    ]
+
+
+def of(effects: list[Effect], kind: type[M]) -> list[M]:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def root(ticket: int = 1, **settings: Any) -> PeerCore:
+    c = core("root", **settings)
+    c.start(JoinInfo(OV, ticket, root=True), 0.0)
+    c.take_effects()
+    return c
+
+
+def hello(peer: str = "j", ticket: int = 9, **kw: Any) -> Hello:
+    return Hello(overlay_id=OV, peer_id=peer, address=f"mem://{peer}", ticket_id=ticket, **kw)
+
+
+# --- volunteer side ---------------------------------------------------------------------------
+def test_hello_is_answered_and_a_new_connection_carries_estab() -> None:
+    c = root()
+    conn = c.accept(1.0)
+    c.receive(conn, hello(), 1.0)
+    out = c.take_effects()
+    assert sends(out, HelloResponse)[0].conns == (conn,)
+    connect = of(out, Connect)[0]
+    assert connect.address == "mem://j"
+    assert connect.conn != conn
+    c.connection_made(connect.conn, 1.1)
+    estab = sends(c.take_effects(), Estab)[0]
+    assert estab.conns == (connect.conn,)
+    assert estab.message.allow_primary_req
+    assert estab.message.hp2p == {"depth": 0}
+    c.receive(connect.conn, EstabResponse(ESTAB_YES), 1.2)
+    c.receive(connect.conn, SetPrimary(), 1.3)
+    answer = sends(c.take_effects(), SetPrimaryResponse)[0].message
+    assert answer.code == PRIMARY_YES
+    assert answer.hp2p == {"depth": 0}
+    assert c.paths.children == 1
+
+
+def test_ticket_rule_no_estab_to_an_older_joiner() -> None:
+    c = core("mid")
+    c.start(JoinInfo(OV, 5, root=True), 0.0)
+    c.take_effects()
+    conn = c.accept(1.0)
+    c.receive(conn, hello(ticket=3), 1.0)
+    out = c.take_effects()
+    assert sends(out, HelloResponse)
+    assert not of(out, Connect)
+
+
+def test_no_estab_without_a_child_slot_or_without_a_candidate_slot() -> None:
+    c = root(max_children=1, max_incoming_candidates=1)
+    c.paths.add(Link(100, Role.CHILD, peer_id="c", ticket=5))
+    c.receive(c.accept(1.0), hello("j1"), 1.0)
+    assert not of(c.take_effects(), Connect)  # children full (candidate slot free)
+    c.paths.remove(100)
+    c.paths.add(Link(101, Role.IN_CANDIDATE, peer_id="x", ticket=6))
+    c.receive(c.accept(1.0), hello("j2"), 1.0)
+    assert not of(c.take_effects(), Connect)  # candidates full (child slot free)
+
+
+def test_set_primary_refused_when_full() -> None:
+    c = root(max_children=1)
+    c.paths.add(Link(100, Role.IN_CANDIDATE, peer_id="a", ticket=5))
+    c.paths.add(Link(101, Role.IN_CANDIDATE, peer_id="b", ticket=6))
+    c.receive(100, SetPrimary(), 1.0)
+    c.receive(101, SetPrimary(), 1.0)
+    codes = [s.message.code for s in sends(c.take_effects(), SetPrimaryResponse)]
+    assert codes == [PRIMARY_YES, PRIMARY_NO]
+
+
+def test_hello_relayed_down_to_children_except_the_joiner() -> None:
+    c = root()
+    for conn, peer in ((100, "c1"), (101, "c2"), (102, "j")):
+        c.paths.add(Link(conn, Role.CHILD, peer_id=peer, ticket=conn))
+    c.receive(c.accept(1.0), hello("j", ticket=200, ttl=3, conn_num=3), 1.0)
+    relays = [s for s in sends(c.take_effects(), Hello)]
+    assert len(relays) == 1
+    assert sorted(relays[0].conns) == [100, 101]
+    # no ESTAB to a peer it already has a path to, so conn_num 3 is split over 2 children
+    assert relays[0].message.ttl == 2
+    assert relays[0].message.conn_num == 2
+
+
+# --- joiner side ------------------------------------------------------------------------------
+def join_until_offers(c: PeerCore, offers: list[tuple[str, int, int | None]]) -> dict[str, int]:
+    c.start(JoinInfo(OV, 50, peers=(("entry", "mem://entry"),)), 0.0)
+    connect = of(c.take_effects(), Connect)[0]
+    c.connection_made(connect.conn, 0.01)
+    assert sends(c.take_effects(), Hello)
+    c.receive(connect.conn, HelloResponse(), 0.02)
+    assert Close(connect.conn) in c.take_effects()  # the HELLO link is short-lived
+    conns = {}
+    for peer, ticket, depth in offers:
+        conn = c.accept(0.03)
+        extra = None if depth is None else {"depth": depth}
+        c.receive(conn, Estab(overlay_id=OV, peer_id=peer, ticket_id=ticket, hp2p=extra), 0.03)
+        assert sends(c.take_effects(), EstabResponse)[0].message.code == ESTAB_YES
+        conns[peer] = conn
+    return conns
+
+
+def probe_all(c: PeerCore, at: float, rtts: dict[int, float]) -> list[Effect]:
+    c.handle_timer(at)  # the ESTAB window ends
+    probes = {s.conns[0]: s.message for s in sends(c.take_effects(), Probe)}
+    assert set(probes) == set(rtts)
+    for conn, rtt in rtts.items():
+        c.receive(conn, ProbeResponse(ntp_time=probes[conn].ntp_time), at + rtt)
+    return c.take_effects()
+
+
+def test_joiner_chooses_by_depth_then_rtt_and_keeps_the_rest_as_candidates() -> None:
+    c = core("j")
+    conns = join_until_offers(c, [("deep", 2, 3), ("slow", 3, 1), ("fast", 4, 1)])
+    assert c.next_timer() is not None
+    out = probe_all(c, 1.0, {conns["deep"]: 0.001, conns["slow"]: 0.05, conns["fast"]: 0.01})
+    ask = sends(out, SetPrimary)
+    assert [s.conns for s in ask] == [(conns["fast"],)]
+    c.receive(conns["fast"], SetPrimaryResponse(code=PRIMARY_NO), 1.1)
+    ask = sends(c.take_effects(), SetPrimary)
+    assert [s.conns for s in ask] == [(conns["slow"],)]
+    gp = PeerAddress("gp", "mem://gp")
+    c.receive(conns["slow"], SetPrimaryResponse(parent_peer=gp, hp2p={"depth": 1}), 1.2)
+    out = c.take_effects()
+    assert of(out, Joined) == [Joined("slow", 2, False)]
+    assert sorted(s.conns[0] for s in sends(out, SetCandidate)) == sorted(
+        [conns["fast"], conns["deep"]]
+    )
+    assert c.parent == "slow"
+    assert c.grandparent == gp
+    assert c.depth == 2
+    report = of(out, HomsReport)[0].costmap
+    assert report.primary == ("slow",)
+    assert report.outgoing_candidate == ("deep", "fast")
+
+
+def test_surplus_volunteers_are_released() -> None:
+    c = core("j", max_outgoing_candidates=1)
+    conns = join_until_offers(c, [("a", 2, 1), ("b", 3, 2), ("c", 4, 3)])
+    out = probe_all(c, 1.0, {conns["a"]: 0.01, conns["b"]: 0.01, conns["c"]: 0.01})
+    c.receive(conns["a"], SetPrimaryResponse(), 1.1)
+    out = c.take_effects()
+    assert [s.conns for s in sends(out, SetCandidate)] == [(conns["b"],)]
+    assert [s.conns for s in sends(out, Release)] == [(conns["c"],)]
+    assert Close(conns["c"]) in out
+
+
+def test_estab_from_a_younger_peer_is_a_protocol_error_not_a_crash() -> None:
+    c = core("j")
+    c.start(JoinInfo(OV, 5, peers=(("entry", "mem://entry"),)), 0.0)
+    c.take_effects()
+    conn = c.accept(0.1)
+    c.receive(conn, Estab(overlay_id=OV, peer_id="young", ticket_id=9), 0.1)
+    out = c.take_effects()
+    assert sends(out, EstabResponse)[0].message.code == ESTAB_NO
+    assert of(out, ProtocolError)
+    assert Close(conn) in out
+    assert c.counters.protocol_errors == 1
+
+
+def test_unexpected_messages_are_counted_not_raised() -> None:
+    c = root()
+    conn = c.accept(1.0)
+    c.receive(conn, BroadcastData(source="x", sequence=1, data=b"d"), 1.0)
+    c.receive(conn, SetPrimaryResponse(), 1.0)
+    c.receive(999, Heartbeat(), 1.0)
+    errors = of(c.take_effects(), ProtocolError)
+    assert len(errors) == 3
+    assert c.counters.protocol_errors == 3
+    assert not of(c.take_effects(), Deliver)
+
+
+# --- attached peer: data, liveness, recovery -----------------------------------------------------
+def attached(**settings: Any) -> tuple[PeerCore, dict[str, int]]:
+    """A peer at depth 2 with a parent, a vertical (grandparent) and one plain candidate."""
+    c = core("j", **settings)
+    conns = join_until_offers(c, [("parent", 2, 1), ("cand", 3, 2)])
+    probe_all(c, 1.0, {conns["parent"]: 0.01, conns["cand"]: 0.01})
+    gp = PeerAddress("gp", "mem://gp")
+    c.receive(conns["parent"], SetPrimaryResponse(parent_peer=gp, hp2p={"depth": 1}), 1.1)
+    c.take_effects()
+    c.handle_timer(2.2)  # vertical_candidate_delay after attaching: HELLO to the grandparent
+    connect = of(c.take_effects(), Connect)
+    assert connect
+    assert connect[0].address == "mem://gp"
+    vconn = c.accept(2.5)
+    estab = Estab(overlay_id=OV, peer_id="gp", ticket_id=1, allow_primary_req=False)
+    c.receive(vconn, estab, 2.5)
+    c.take_effects()
+    conns["gp"] = vconn
+    c.paths.add(Link(77, Role.CHILD, peer_id="kid", ticket=60, last_rx=2.5))
+    return c, conns
+
+
+def test_broadcast_is_forwarded_to_every_primary_path_but_the_arrival_one() -> None:
+    c, conns = attached()
+    data = BroadcastData(source="src", sequence=1, data=b"payload")
+    c.receive(conns["parent"], data, 3.0)
+    out = c.take_effects()
+    assert [s.conns for s in sends(out, BroadcastData)] == [(77,)]
+    assert sends(out, BroadcastData)[0].message is data  # no copy on the hot path
+    deliver = of(out, Deliver)
+    assert deliver == [Deliver("src", 1, b"payload", "etri_data", "text/plain", False)]
+    c.receive(77, data, 3.1)  # the same message again by another path
+    assert not c.take_effects()
+    assert c.duplicates.counters.duplicates == 1
+
+
+def test_candidate_path_flag_adds_candidate_paths_to_the_fanout() -> None:
+    c, conns = attached()
+    c.publish(b"x", 3.0, candidate_path=True)
+    sent = sends(c.take_effects(), BroadcastData)[0].conns
+    assert sorted(sent) == sorted([conns["parent"], 77, conns["cand"], conns["gp"]])
+
+
+def test_heartbeat_timeout_kills_the_parent_and_the_grandparent_is_asked_first() -> None:
+    c, conns = attached(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    now = 2.5
+    for _ in range(6):  # bounded: the candidates talk, the parent is silent
+        now += 0.5
+        for peer in ("cand", "gp"):
+            c.receive(conns[peer], Heartbeat(hp2p={"depth": 1}), now)
+        c.receive(77, Heartbeat(), now)
+        c.handle_timer(now)
+    out = c.take_effects()
+    assert Close(conns["parent"]) in out
+    assert of(out, Detached)
+    asks = sends(out, SetPrimary)
+    assert [s.conns for s in asks] == [(conns["gp"],)]
+    assert asks[0].message.hp2p == {"recovery": True}
+    c.receive(conns["gp"], SetPrimaryResponse(hp2p={"depth": 0}), now + 0.1)
+    joined = of(c.take_effects(), Joined)
+    assert joined == [Joined("gp", 1, True)]
+    assert c.paths.children == 1  # the subtree moved with the peer
+
+
+def test_parent_release_with_no_candidate_accepting_asks_the_homs() -> None:
+    c, conns = attached()
+    c.receive(conns["parent"], Release(), 3.0)
+    out = c.take_effects()
+    assert sends(out, SetPrimary)[0].conns == (conns["gp"],)
+    c.receive(conns["gp"], SetPrimaryResponse(code=PRIMARY_NO), 3.1)
+    assert sends(c.take_effects(), SetPrimary)[0].conns == (conns["cand"],)
+    c.receive(conns["cand"], SetPrimaryResponse(code=PRIMARY_NO), 3.2)
+    assert of(c.take_effects(), HomsRecoveryJoin) == [HomsRecoveryJoin(50)]
+    c.homs_result([("older", "mem://older")], 3.3)
+    connect = of(c.take_effects(), Connect)
+    assert [x.address for x in connect] == ["mem://older"]
+    c.connection_made(connect[0].conn, 3.4)
+    assert sends(c.take_effects(), Hello)[0].message.recovery is True
+
+
+def test_leave_releases_every_path_then_closes_then_left() -> None:
+    c, conns = attached()
+    every_connection = set(c.paths.links)  # paths and the pending grandparent HELLO link
+    c.leave(3.0)
+    out = c.take_effects()
+    release = sends(out, Release)
+    assert len(release) == 1
+    assert sorted(release[0].conns) == sorted([*conns.values(), 77])
+    closes = of(out, Close)
+    assert {x.conn for x in closes} == every_connection
+    assert release[0].position < out.index(closes[0])
+    assert out[-1] == Left()
+    assert c.next_timer() is None
+
+
+def test_cache_answers_buffermap_and_get_data() -> None:
+    c, conns = attached()
+    c.receive(conns["parent"], BroadcastData(source="s", sequence=4, data=b"four"), 3.0)
+    c.take_effects()
+    c.receive(77, Buffermap(overlay_id=OV), 3.1)
+    c.receive(77, GetData(overlay_id=OV, source_id="s", sequence=4), 3.1)
+    c.receive(77, GetData(overlay_id=OV, source_id="s", sequence=5), 3.1)
+    out = c.take_effects()
+    bm = sends(out, BuffermapResponse)[0].message
+    assert [(e.source_peer_id, e.sequences) for e in bm.buffermap] == [("s", [4])]
+    got = [s.message for s in sends(out, GetDataResponse)]
+    assert got[0].data == b"four"
+    assert got[1].code == GET_DATA_MISSING
+    assert c.duplicates.gaps("s") == []
+
+
+def test_recovered_data_is_delivered_once_and_flagged() -> None:
+    c, conns = attached()
+    c.receive(conns["parent"], BroadcastData(source="s", sequence=1, data=b"1"), 3.0)
+    c.receive(conns["parent"], BroadcastData(source="s", sequence=3, data=b"3"), 3.0)
+    c.take_effects()
+    assert c.duplicates.gaps("s") == [2]
+    answer = GetDataResponse(source="s", sequence=2, data=b"2")
+    c.receive(conns["cand"], answer, 3.5)
+    c.receive(conns["cand"], answer, 3.6)
+    delivered = of(c.take_effects(), Deliver)
+    assert [(d.sequence, d.recovered) for d in delivered] == [(2, True)]
