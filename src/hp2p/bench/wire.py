@@ -206,25 +206,27 @@ def run(quick: bool, console: Console) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     baseline: dict[str, float] = {}
     steps = 2 * len(samples) + 1
-    with Progress(console=console, transient=True) as progress:
+    # No auto-refresh: a refresh thread would compete for the GIL with the timed loops.
+    with Progress(console=console, transient=True, auto_refresh=False) as progress:
         task = progress.add_task("measuring", total=steps)
         for name, msg in samples.items():
             progress.update(task, description=f"hp2p {name}")
             metrics |= _codec_figures(name, msg, r2.encode, r2.decode, budget_s, repeats)
             progress.advance(task)
+            progress.refresh()
             progress.update(task, description=f"stdlib json {name}")
             baseline |= _codec_figures(name, msg, _naive_encode, _naive_decode, budget_s, repeats)
             progress.advance(task)
+            progress.refresh()
         progress.update(task, description="stream decoder")
         metrics |= _stream_figures(samples["broadcast_1k"], frames, 65_536, repeats)
         progress.advance(task)
+        progress.refresh()
     for figures in (metrics, baseline):
         figures["encode_decode_us"] = figures["broadcast_1k_encode_decode_us"]
         figures["encode_decode_us_best"] = figures["broadcast_1k_encode_decode_us_best"]
     ratios = {
-        key: metrics[key] / baseline[key]
-        for key in baseline
-        if "_us" in key and baseline[key] > 0
+        key: metrics[key] / baseline[key] for key in baseline if "_us" in key and baseline[key] > 0
     }
     return result_document(
         "wire",
