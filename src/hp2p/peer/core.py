@@ -360,7 +360,10 @@ class PeerCore:
     def connection_lost(self, conn: int, now: float) -> None:
         link = self.paths.remove(conn)
         if link is not None:
-            self._lost(link, "connection closed", now)
+            try:
+                self._lost(link, "connection closed", now)
+            except PathLimitError as exc:  # a state the procedures should never reach
+                self._error(conn, f"internal path-table error on connection loss: {exc}")
 
     # === inputs: messages ========================================================================
     def receive(self, conn: int, message: Message, now: float) -> None:
@@ -436,7 +439,10 @@ class PeerCore:
         if self.phase is Phase.LEFT:
             return
         for name in self._timers.pop_due(now):
-            self._on_timer(name, now)
+            try:
+                self._on_timer(name, now)
+            except PathLimitError as exc:  # a state the procedures should never reach
+                self._error(None, f"internal path-table error on timer {name}: {exc}")
         if self._next_heartbeat is not None and now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
             conns = tuple(link.conn for link in self.paths.paths())
