@@ -30,7 +30,7 @@ def test_the_strategies_cover_every_message_type() -> None:
     """A type missing from the strategies would silently escape the round trips above."""
     seen: set[type] = set()
 
-    @settings(max_examples=400, database=None)
+    @settings(max_examples=250, database=None)
     @given(messages)
     def collect(msg: Any) -> None:
         seen.add(type(msg))
@@ -74,7 +74,7 @@ def test_broadcast_template_writes_the_same_bytes_as_the_struct_path(
     assert r2.encode(msg) == expected  # second call: the cached template
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(
     st.lists(messages, min_size=1, max_size=6),
     st.lists(st.integers(0, 10_000), max_size=12),
@@ -93,7 +93,7 @@ def test_stream_decoder_yields_the_same_messages_whatever_the_split(
     assert decoder.buffered == 0
 
 
-@settings(max_examples=100)
+@settings(max_examples=50)
 @given(st.lists(messages, min_size=1, max_size=4))
 def test_stream_decoder_takes_bytearray_and_memoryview_chunks(msgs: list[Any]) -> None:
     blob = b"".join(r2.encode(m) for m in msgs)

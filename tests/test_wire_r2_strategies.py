@@ -134,7 +134,7 @@ responses: st.SearchStrategy[Any] = st.one_of(
 messages: st.SearchStrategy[Any] = requests | responses
 
 
-@settings(max_examples=300)
+@settings(max_examples=100)
 @given(messages)
 def test_strategies_only_make_messages_the_codec_accepts(msg: Any) -> None:
     frame = r2.encode(msg)
