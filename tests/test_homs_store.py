@@ -155,6 +155,23 @@ async def test_migrations_produce_exactly_the_declared_schema(db_url: str, clock
     assert diffs == []
 
 
+async def test_longest_accepted_values_fit_the_columns(db_url: str, clock: Clock) -> None:
+    long_id = "o" * homp.MAX_ID_LEN
+    async with open_store(db_url, clock) as store:
+        spec = create_spec(long_id, title="t" * homp.MAX_TITLE_LEN)
+        spec = homp.CreateOverlay(
+            **{
+                **{f: getattr(spec, f) for f in spec.__struct_fields__},
+                "description": "d" * homp.MAX_DESCRIPTION_LEN,
+                "owner_id": "w" * homp.MAX_ID_LEN,
+            }
+        )
+        await store.create_overlay(spec)
+        req = join_req(long_id, "p" * homp.MAX_ID_LEN)
+        req.peer.address = "a" * homp.MAX_ADDRESS_LEN
+        assert (await store.join(req)).ticket == 1
+
+
 def test_database_urls_are_converted_to_async_drivers() -> None:
     assert str(parse_database_url("sqlite:///hp2p.db").url) == "sqlite+aiosqlite:///hp2p.db"
     pg = parse_database_url("postgresql://u:secret@h:5432/d")

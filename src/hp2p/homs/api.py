@@ -513,7 +513,7 @@ async def overlay_topology(request: Request) -> Response:
     return _json(200, {"overlay-id": overlay_id, "nodes": nodes, "links": links})
 
 
-@router.get("/api/PeerInfo", summary="Peer information registry (PIR FE)")
+@router.get("/api/PeerInfo", summary="Peer information registrar (PIR FE)")
 async def peer_info(request: Request) -> Response:
     """Addresses and capabilities a peer sent at its last join."""
     peer_id = request.query_params.get("peer_id")

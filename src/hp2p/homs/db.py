@@ -30,10 +30,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 
-#: Longest id (overlay-id, peer-id, owner-id) and address accepted; enforced at the API too,
-#: so an over-long value is a clear 400 and never a database error.
-ID_LEN = 200
-TEXT_LEN = 1000
+#: Column widths: the longest id, title/description/address the HOMP decoder accepts
+#: (``hp2p.wire.homp``), so that an over-long value is a clear 400 from the decoder and never
+#: a database error (the reference answers 500 beyond its 50-character columns).
+ID_LEN = 256
+TEXT_LEN = 1024
 
 metadata = MetaData(
     naming_convention={

@@ -1,4 +1,4 @@
-"""The expiry sweep (PSM FE, peer status management): peers that stop refreshing are removed.
+"""The expiry sweep (PSM FE, Q.4100 §7.3.2.2): peers that stop refreshing are removed.
 
 Deadlines live in the database (``peer.expires_at``), so the sweep holds no state: after a
 restart it continues where the previous process stopped, and with several HOMS processes

@@ -1,4 +1,4 @@
-"""Peer information registry (PIR FE, Q.4100 §7.3).
+"""Peer information registrar (PIR FE, Q.4100 §7.3.2.1).
 
 What a peer says about itself at join (its address or addresses and the optional hp2p
 ``capabilities`` object) is kept in its own table keyed by peer-id, apart from overlay

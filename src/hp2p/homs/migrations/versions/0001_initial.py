@@ -14,8 +14,8 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-ID_LEN = 200
-TEXT_LEN = 1000
+ID_LEN = 256
+TEXT_LEN = 1024
 
 
 def upgrade() -> None:
