@@ -1,0 +1,179 @@
+"""Property-based fuzzing of a real `hp2p homs` process: no input gives a 5xx or non-JSON."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from test_homs_process import HomsProcess
+
+pytestmark = pytest.mark.slow
+
+KEYS = [
+    "overlay",
+    "peer",
+    "status",
+    "ownership",
+    "overlay-id",
+    "peer-id",
+    "owner-id",
+    "title",
+    "type",
+    "sub-type",
+    "description",
+    "heartbeat-interval",
+    "heartbeat-timeout",
+    "auth",
+    "admin_key",
+    "admin-key",
+    "access_key",
+    "peerlist",
+    "password",
+    "address",
+    "expires",
+    "ticket-id",
+    "costmap",
+    "primary",
+    "num_primary",
+    "app-id",
+    "cr-policy",
+    "capabilities",
+    "parent-overlay-id",
+    "source-peer-id",
+]
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["core", "sub", "tree", "mesh", "open", "closed", "fuzz", ""])
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+VALID_JOIN: dict[str, Any] = {
+    "overlay": {"overlay-id": "fz", "type": "core", "sub-type": "tree"},
+    "peer": {
+        "peer-id": "p",
+        "address": "tcp://127.0.0.1:1",
+        "auth": {"password": "pw"},
+        "expires": 60,
+    },
+}
+VALID_CREATE: dict[str, Any] = {
+    "overlay": {
+        "overlay-id": "fz",
+        "title": "fuzz",
+        "type": "core",
+        "sub-type": "tree",
+        "owner-id": "o",
+        "description": "d",
+        "heartbeat-interval": 10,
+        "heartbeat-timeout": 15,
+        "auth": {"type": "open", "admin_key": "k"},
+    }
+}
+ENDPOINTS = [
+    ("POST", "/homs"),
+    ("PUT", "/homs"),
+    ("DELETE", "/homs"),
+    ("POST", "/peer"),
+    ("POST", "/peer?recovery=true"),
+    ("PUT", "/peer"),
+    ("DELETE", "/peer"),
+    ("POST", "/peer/report"),
+    ("POST", "/api/HybridOverlayRemoval"),
+]
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: dict[str, Any]) -> Any:
+    """A valid body with one value (or the whole body) replaced by arbitrary JSON."""
+    body = copy.deepcopy(base)
+    path = draw(st.sampled_from(list(_paths(body))))
+    value = draw(json_values)
+    if not path:
+        return value
+    node = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return body
+
+
+bodies = json_values | mutated(VALID_JOIN) | mutated(VALID_CREATE)
+
+
+@pytest.fixture(scope="module")
+def homs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    cwd: Path = tmp_path_factory.mktemp("fuzz")
+    homs = HomsProcess(cwd, "sqlite:///fuzz.db")
+    try:
+        homs.wait_ready()
+        with httpx.Client(base_url=homs.url) as c:
+            assert c.post("/homs", json=VALID_CREATE).status_code == 200
+            assert c.post("/peer", json=VALID_JOIN).status_code == 202
+        yield homs.url
+    finally:
+        homs.stop()
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(endpoint=st.sampled_from(ENDPOINTS), body=bodies)
+def test_no_input_gives_a_server_error(homs_url: str, endpoint: tuple[str, str], body: Any) -> None:
+    method, path = endpoint
+    with httpx.Client(base_url=homs_url, timeout=10.0) as client:
+        r = client.request(
+            method, path, content=json.dumps(body), headers={"content-type": "application/json"}
+        )
+    assert r.status_code < 500, (method, path, body, r.text)
+    answer = r.json()  # every answer, refusals included, is JSON
+    if r.status_code >= 400 and r.status_code != 407:
+        assert isinstance(answer["error"], str)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    raw=st.binary(max_size=200),
+    query=st.dictionaries(
+        st.sampled_from(["overlay-id", "title", "description", "app-id", "peer-id", "x"]),
+        st.text(max_size=300),
+        max_size=3,
+    ),
+)
+def test_no_raw_bytes_or_query_gives_a_server_error(
+    homs_url: str, raw: bytes, query: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=homs_url, timeout=10.0) as client:
+        r = client.post("/peer", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code in (400, 413), r.text
+        q = client.get("/homs", params=query)
+        assert q.status_code in (200, 400), q.text
+        assert isinstance(q.json(), list if q.status_code == 200 else dict)
