@@ -107,7 +107,8 @@ class StreamDecoder:
         if data is buf:
             del buf[:pos]
         elif pos < len(data):
-            self._buf = bytearray(data[pos:])
+            with memoryview(data) as view:
+                self._buf = bytearray(view[pos:])
         return messages
 
     def eof(self) -> None:
