@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from test_homs_conformance import (
     HOMP_RECORDING,
     assert_replay_ok,
     replay,
+    scratch_postgres_database,
 )
 
 pytestmark = pytest.mark.slow
@@ -39,9 +42,13 @@ def free_port() -> int:
 class HomsProcess:
     """One ``hp2p homs`` child process listening on 127.0.0.1."""
 
-    def __init__(self, cwd: Path, database: str, *extra: str) -> None:
+    def __init__(
+        self, cwd: Path, database: str, *extra: str, verify: bool | ssl.SSLContext = True
+    ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "--tls-cert" in extra else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify = verify
         self.stdout = cwd / f"homs-{self.port}.out"
         self.stderr = cwd / f"homs-{self.port}.err"
         args = [sys.executable, "-m", "hp2p", "homs", "--port", str(self.port)]
@@ -56,7 +63,8 @@ class HomsProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"hp2p homs exited early: {self.stderr.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                health = httpx.get(f"{self.url}/health", timeout=1.0, verify=self.verify)
+                if health.status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -247,3 +255,76 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "cannot open or migrate the database" in proc.stderr
+
+
+@pytest.mark.postgres
+async def test_two_homs_processes_on_one_postgresql_issue_unique_tickets(tmp_path: Path) -> None:
+    base = os.environ.get("HP2P_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
+    async with scratch_postgres_database(base) as url:
+        # Both start (and migrate the empty database) at the same time.
+        first, second = HomsProcess(tmp_path, url), HomsProcess(tmp_path, url)
+        try:
+            first.wait_ready()
+            second.wait_ready()
+            async with (
+                httpx.AsyncClient(base_url=first.url, timeout=10.0) as a,
+                httpx.AsyncClient(base_url=second.url, timeout=10.0) as b,
+            ):
+                assert (await a.post("/homs", json=_create("shared"))).status_code == 200
+                answers = await asyncio.gather(
+                    *(
+                        (a if i % 2 else b).post("/peer", json=_join("shared", f"p{i}"))
+                        for i in range(60)
+                    )
+                )
+                assert all(r.status_code == 202 for r in answers)
+                tickets = sorted(r.json()["peer"]["ticket-id"] for r in answers)
+                assert tickets == list(range(1, 61))
+                for client in (a, b):
+                    status = await client.get("/api/OverlayStatus", params={"overlay_id": "shared"})
+                    assert status.json()["overlay"]["num_peers"] == 60
+        finally:
+            first.stop()
+            second.stop()
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_serves_https_only(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    homs = HomsProcess(
+        tmp_path,
+        "sqlite:///tls.db",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        verify=ssl.create_default_context(cafile=str(cert)),
+    )
+    try:
+        homs.wait_ready()
+        assert homs.stdout.read_text().startswith(
+            f"hp2p homs: serving https://127.0.0.1:{homs.port}"
+        )
+        r = httpx.get(f"{homs.url}/homs", verify=homs.verify, timeout=5.0)
+        assert (r.status_code, r.json()) == (200, [])
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port is not served
+            httpx.get(f"http://127.0.0.1:{homs.port}/homs", timeout=5.0)
+    finally:
+        homs.stop()
