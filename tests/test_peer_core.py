@@ -366,3 +366,33 @@ def test_recovered_data_is_delivered_once_and_flagged() -> None:
     c.receive(conns["cand"], answer, 3.6)
     delivered = of(c.take_effects(), Deliver)
     assert [(d.sequence, d.recovered) for d in delivered] == [(2, True)]
+
+
+def test_malformed_hp2p_extensions_are_ignored_not_fatal() -> None:
+    c = root()
+    odd: list[dict[str, Any]] = [
+        {"up": -1, "attempt": None, "down": "x"},
+        {"up": True, "down": 10**9},
+        {"depth": "deep", "slot": True},
+        {"up": 2**70},
+    ]
+    for n, extra in enumerate(odd):
+        c.receive(c.accept(1.0), hello(f"j{n}", ticket=10 + n, hp2p=extra), 1.0)
+    c.paths.add(Link(50, Role.CHILD, peer_id="kid", ticket=60))
+    c.receive(50, Heartbeat(hp2p={"depth": -5, "slot": "x"}), 1.0)
+    c.receive(50, SetPrimary(hp2p={"recovery": "yes"}), 1.0)  # on a child: answered again
+    out = c.take_effects()
+    assert len(of(out, Connect)) == 4  # every joiner still got its volunteer
+    assert not of(out, ProtocolError)
+    assert c.paths.get(50) is not None
+    assert c.paths.get(50).depth is None  # type: ignore[union-attr]
+
+
+def test_forged_far_future_sequence_does_not_silence_the_source() -> None:
+    c, conns = attached(max_ahead=1000)
+    c.receive(conns["parent"], BroadcastData(source="s", sequence=1, data=b"1"), 3.0)
+    c.receive(conns["parent"], BroadcastData(source="s", sequence=10**9, data=b"!"), 3.0)
+    c.receive(conns["parent"], BroadcastData(source="s", sequence=2, data=b"2"), 3.0)
+    delivered = [d.sequence for d in of(c.take_effects(), Deliver)]
+    assert delivered == [1, 2]
+    assert c.duplicates.counters.too_far == 1

@@ -96,6 +96,7 @@ from hp2p.wire.r2.messages import (
 _DATA_ROLES = PATH_ROLES
 _SCAN_MEMORY = 64
 _HELLO_MEMORY = 256
+_VERTICAL_TRIES = 3
 
 # Timer names.
 _T_HELLO = "hello"
@@ -173,6 +174,7 @@ class PeerCore:
         self._recovering = False
         self._candidates_only = False
         self._homs_pending = False
+        self._vertical_tries = 0
         self._next_heartbeat: float | None = None
         self._next_check: float | None = None
         self._dirty = False
@@ -887,6 +889,7 @@ class PeerCore:
         self._effects.append(Joined(link.peer_id, self.depth, repaired))
         gp = self.grandparent
         if gp is not None and self.paths.by_peer(gp.peer_id) is None:
+            self._vertical_tries = 0
             self._timers.arm(_T_VERTICAL, now + self.config.vertical_candidate_delay)
 
     def _settle_offers(self, now: float) -> None:
@@ -1079,9 +1082,18 @@ class PeerCore:
             self._finish_scan()
 
     def _vertical_hello(self, now: float) -> None:
+        """HELLO the grandparent for a vertical candidate path; retried a bounded number of times.
+
+        The grandparent is the first place an orphan asks, so it is worth a few tries (the
+        reference retries every 5 s forever); each retry waits twice as long as the last.
+        """
         gp = self.grandparent
         if self.phase is not Phase.ATTACHED or gp is None or self.paths.by_peer(gp.peer_id):
             return
+        self._vertical_tries += 1
+        if self._vertical_tries < _VERTICAL_TRIES:
+            delay = self.config.vertical_candidate_delay * (2**self._vertical_tries) + 1.0
+            self._timers.arm(_T_VERTICAL, now + delay)
         conn = self._new_conn()
         hello = Hello(
             overlay_id=self.overlay_id,
