@@ -197,3 +197,34 @@ async def test_openapi_documents_the_request_bodies(client: httpx.AsyncClient) -
     for name in {part.split("'")[0] for part in text.split("#/components/schemas/")[1:]}:
         assert name in spec["components"]["schemas"], name
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_new_admission_data_replaces_the_old(client: httpx.AsyncClient) -> None:
+    closed = overlay("c", auth={"type": "closed", "admin_key": "k", "peerlist": ["alice"]})
+    assert (await client.post("/homs", json=closed)).status_code == 200
+    rotate = {
+        "overlay": {
+            "overlay-id": "c",
+            "owner-id": "owner",
+            "auth": {"admin_key": "k", "access_key": "new-key"},
+        }
+    }
+    r = await client.put("/homs", json=rotate)
+    assert r.json() == {
+        "overlay": {"overlay-id": "c", "owner-id": "owner", "auth": {"access_key": "new-key"}}
+    }
+    assert (await client.post("/peer", json=join("c", "alice"))).status_code == 407
+    r = await client.post("/peer", json=join("c", "alice", access_key="new-key"))
+    assert r.status_code == 202
+    relist = {
+        "overlay": {
+            "overlay-id": "c",
+            "owner-id": "owner",
+            "auth": {"admin_key": "k", "peerlist": ["bob"]},
+        }
+    }
+    assert (await client.put("/homs", json=relist)).status_code == 200
+    assert (
+        await client.post("/peer", json=join("c", "carol", access_key="new-key"))
+    ).status_code == 407
+    assert (await client.post("/peer", json=join("c", "bob"))).status_code == 202

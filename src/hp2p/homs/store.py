@@ -477,6 +477,7 @@ class HomsStore:
                 )
         access_key = o.auth.access_key
         plist = list(dict.fromkeys(o.auth.peerlist)) if o.auth.peerlist else None
+        replace_admission = plist is not None or access_key is not None
         if plist is not None:
             # As in the reference: a new peer list replaces the access key.
             values["access_key_hash"] = None
@@ -496,8 +497,11 @@ class HomsStore:
             )
             if done.rowcount != 1:
                 raise _changed_meanwhile()
-            if plist is not None:
+            if replace_admission:
+                # As in the reference, new admission data replaces all of the old: a new
+                # access key also empties the peer list.
                 conn.execute(delete(auth_peer).where(auth_peer.c.overlay_id == o.overlay_id))
+            if plist:
                 conn.execute(
                     insert(auth_peer), [{"overlay_id": o.overlay_id, "peer_id": p} for p in plist]
                 )
