@@ -167,3 +167,12 @@ def test_messages_survive_a_codec_round_trip() -> None:
     net = build(15, seed=8, codec=True)
     assert_one_tree(net)
     publish_and_check(net, ["p00001", "p00015"])
+
+
+def test_measure_reports_the_tree_shape() -> None:
+    from hp2p.sim.measure import tree_shape
+
+    shape = tree_shape(21, seed=9, join_gap=0.5)
+    assert shape.roots == 1
+    assert shape.unattached == 0
+    assert shape.max_depth == 2  # 1 + 4 + 16 = 21 peers fit exactly in two levels below the root
