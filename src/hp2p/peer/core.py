@@ -788,8 +788,7 @@ class PeerCore:
             and not self._hello_accepted
             and not self._offers
         ):
-            self._timers.cancel(_T_HELLO)
-            self._attempt_failed("no entry peer answered HELLO", now)
+            self._end_window(now)  # no volunteer can come; known candidates may still do
 
     def _end_window(self, now: float) -> None:
         self._timers.cancel(_T_HELLO)
@@ -824,11 +823,7 @@ class PeerCore:
         self.phase = Phase.SELECTING
         offers = [link for link in self._offers if link.allow_primary]
         offers.sort(key=parent_rank)
-        candidates = [
-            link
-            for link in self.paths.with_role(Role.OUT_CANDIDATE)
-            if link.conn not in {o.conn for o in offers}
-        ]
+        candidates = self.paths.with_role(Role.OUT_CANDIDATE)  # disjoint from the offers
         candidates.sort(key=recovery_rank)
         self._selection = candidates + offers if self._recovering else offers + candidates
         self._ask_next(now)
@@ -1056,10 +1051,7 @@ class PeerCore:
                         self._drop(link, "", now)
                 self._hellos_out.clear()
                 if self.phase is Phase.HELLO:
-                    if self._offers:
-                        self._end_window(now)
-                    else:
-                        self._attempt_failed("no entry peer answered HELLO", now)
+                    self._end_window(now)
         elif name == _T_WINDOW:
             if self.phase is Phase.HELLO:
                 self._end_window(now)
