@@ -396,3 +396,17 @@ def test_forged_far_future_sequence_does_not_silence_the_source() -> None:
     delivered = [d.sequence for d in of(c.take_effects(), Deliver)]
     assert delivered == [1, 2]
     assert c.duplicates.counters.too_far == 1
+
+
+def test_status_is_a_plain_snapshot() -> None:
+    c, _ = attached()
+    snap = c.status()
+    assert snap["phase"] == "attached"
+    assert snap["parent"] == "parent"
+    assert snap["depth"] == 2
+    roles = sorted(p["role"] for p in snap["paths"])
+    assert roles == ["child", "outgoing_candidate", "outgoing_candidate", "parent"]
+    assert snap["counters"]["protocol_errors"] == 0
+    c.publish(b"x", 3.0)
+    assert snap["cache"]["messages"] == 0  # a snapshot, not a live view
+    assert c.status()["cache"]["messages"] == 1

@@ -18,6 +18,7 @@ cache insert, one precomputed fan-out tuple and two effects; no logging, no payl
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import OrderedDict
 from collections.abc import Callable
@@ -232,6 +233,28 @@ class PeerCore:
             if other is not None and (when is None or other < when):
                 when = other
         return when
+
+    def status(self) -> dict[str, Any]:
+        """A plain snapshot for the local API, logs and the demo (no live references)."""
+        links = self.paths.links.values()
+        return {
+            "peer_id": self.peer_id,
+            "address": self.address,
+            "overlay_id": self.overlay_id,
+            "ticket": self.ticket,
+            "phase": self.phase.value,
+            "depth": self.depth,
+            "parent": self.parent,
+            "paths": [
+                {"peer_id": x.peer_id, "role": x.role.value, "depth": x.depth, "rtt": x.rtt}
+                for x in links
+                if x.role in PATH_ROLES
+            ],
+            "counters": dataclasses.asdict(self.counters),
+            "duplicates": dataclasses.asdict(self.duplicates.counters),
+            "cache": {"messages": len(self.cache), "bytes": self.cache.bytes}
+            | dataclasses.asdict(self.cache.counters),
+        }
 
     @property
     def attached(self) -> bool:
