@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from hp2p.homs import peerlist
 from hp2p.homs.db import DatabaseUrlError, metadata, parse_database_url
 from hp2p.homs.errors import AdmissionRefusedError, HompError
-from hp2p.homs.monitor import Event, MonitorHub, SubscriberLagged
+from hp2p.homs.monitor import Event, MonitorHub, SubscriberLagged, Subscription
 from hp2p.homs.store import HomsStore
 from hp2p.wire import homp
 
@@ -314,12 +314,8 @@ async def test_sub_overlays_record_parent_and_source(db_url: str, clock: Clock) 
 # ---------------------------------------------------------------------------- liveness
 
 
-async def collect(hub: MonitorHub, into: list[Event], ready: asyncio.Event) -> None:
-    agen = hub.subscribe()
-    first = asyncio.ensure_future(agen.__anext__())
-    ready.set()
-    into.append(await first)
-    async for event in agen:
+async def collect(sub: Subscription, into: list[Event]) -> None:
+    async for event in sub:
         into.append(event)
 
 
@@ -374,9 +370,8 @@ async def test_reported_lost_neighbour_is_removed_only_if_it_stopped_refreshing(
 async def test_events_follow_commits(db_url: str, clock: Clock) -> None:
     async with open_store(db_url, clock) as store:
         events: list[Event] = []
-        ready = asyncio.Event()
-        task = asyncio.create_task(collect(store.hub, events, ready))
-        await ready.wait()
+        sub = store.hub.subscribe()
+        task = asyncio.create_task(collect(sub, events))
         await store.create_overlay(create_spec("ov"))
         await store.join(join_req("ov", "a"))
         with pytest.raises(HompError):
@@ -388,11 +383,8 @@ async def test_events_follow_commits(db_url: str, clock: Clock) -> None:
                 peer=homp.LeavePeer(peer_id="a", auth=homp.PeerAuth(password="pw-a")),
             )
         )
-        for _ in range(100):  # bounded: the hub delivers synchronously into queues
-            if len(events) >= 7:
-                break
-            await asyncio.sleep(0)
-        task.cancel()
+        sub.close()  # the collector drains what was published, then ends
+        await asyncio.wait_for(task, timeout=10)
     actions = [(e["type"], e.get("action")) for e in events]
     assert (
         actions
@@ -412,16 +404,38 @@ async def test_events_follow_commits(db_url: str, clock: Clock) -> None:
 
 async def test_slow_monitor_subscriber_is_told_it_lagged() -> None:
     hub = MonitorHub(queue_bound=2)
-    agen = hub.subscribe()
-    first = asyncio.ensure_future(agen.__anext__())
-    await asyncio.sleep(0)  # let the subscription register before publishing
+    sub = hub.subscribe()
     for i in range(4):
         hub.publish({"n": i})
-    assert await first == {"n": 0}
-    assert await agen.__anext__() == {"n": 1}
+    assert await anext(sub) == {"n": 0}
+    assert await anext(sub) == {"n": 1}
     # events 2 and 3 did not fit: the subscriber is told, not silently skipped
     with pytest.raises(SubscriberLagged):
-        await agen.__anext__()
+        await anext(sub)
+    assert hub.subscriber_count == 0
+
+
+async def test_closing_wakes_a_waiting_consumer() -> None:
+    hub = MonitorHub()
+    sub = hub.subscribe()
+    received: list[Event] = []
+    consumer = asyncio.create_task(collect(sub, received))
+    hub.publish({"n": 1})
+    for _ in range(100):  # bounded: yield until the consumer has taken the event and waits
+        if received:
+            break
+        await asyncio.sleep(0)
+    sub.close()
+    await asyncio.wait_for(consumer, timeout=5)
+    assert received == [{"n": 1}]
+
+
+async def test_a_subscription_misses_nothing_published_before_iteration() -> None:
+    hub = MonitorHub()
+    async with hub.subscribe() as sub:
+        hub.publish({"n": 1})
+        assert hub.subscriber_count == 1
+        assert await anext(sub) == {"n": 1}
     assert hub.subscriber_count == 0
 
 

@@ -18,7 +18,8 @@ consumer knows it lost events and can re-read the current state (``GET`` status/
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 Event = dict[str, Any]
@@ -63,12 +64,71 @@ def log(overlay_id: str, peer_id: str, message: str) -> Event:
     return {"overlay_id": overlay_id, "peer_id": peer_id, "type": "log", "message": message}
 
 
-class _Subscription:
-    __slots__ = ("lagged", "queue")
+#: Wakes a consumer blocked on an empty queue when its subscription is closed.
+_CLOSED: Event = {}
 
-    def __init__(self, bound: int) -> None:
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=bound)
+
+class Subscription:
+    """One subscriber's view of the hub: registered at creation, so nothing published after
+    :meth:`MonitorHub.subscribe` returns is missed, however late iteration starts.
+
+    Iterate it (``async for event in sub``) and close it when done (or use it as an async
+    context manager).
+    """
+
+    __slots__ = ("_hub", "closed", "lagged", "queue")
+
+    def __init__(self, hub: MonitorHub, bound: int) -> None:
+        self._hub = hub
+        # One extra slot so that close() can always wake a consumer blocked on get().
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=bound + 1)
         self.lagged = False
+        self.closed = False
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        """The next event, in order.
+
+        Raises :class:`SubscriberLagged` once the consumer has fallen ``queue_bound`` events
+        behind (after every event it did receive), and ends after :meth:`close` once the
+        events published before it are consumed.
+        """
+        if self.lagged and self.queue.empty():
+            self.close()
+            raise SubscriberLagged(
+                f"monitor subscriber fell more than {self._hub.queue_bound} events behind"
+            )
+        if self.closed and self.queue.empty():
+            raise StopAsyncIteration
+        event = await self.queue.get()
+        if event is _CLOSED:
+            raise StopAsyncIteration
+        return event
+
+    def offer(self, event: Event) -> None:
+        if self.lagged or self.closed:
+            return
+        if self.queue.qsize() >= self._hub.queue_bound:
+            self.lagged = True
+            return
+        self.queue.put_nowait(event)
+
+    def close(self) -> None:
+        """Stop receiving; a consumer waiting for the next event is woken and ends."""
+        if self.closed:
+            return
+        self.closed = True
+        self._hub._subs.discard(self)
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(_CLOSED)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.close()
 
 
 class MonitorHub:
@@ -77,8 +137,8 @@ class MonitorHub:
     def __init__(self, queue_bound: int = 1000) -> None:
         if queue_bound < 1:
             raise ValueError(f"queue_bound must be >= 1, got {queue_bound}")
-        self._bound = queue_bound
-        self._subs: set[_Subscription] = set()
+        self.queue_bound = queue_bound
+        self._subs: set[Subscription] = set()
 
     @property
     def subscriber_count(self) -> int:
@@ -87,31 +147,14 @@ class MonitorHub:
     def publish(self, event: Event) -> None:
         """Deliver ``event`` to every subscriber; never blocks the publishing request."""
         for sub in list(self._subs):
-            if sub.lagged:
-                continue
-            try:
-                sub.queue.put_nowait(event)
-            except asyncio.QueueFull:
-                sub.lagged = True
+            sub.offer(event)
 
     def publish_all(self, events: Iterable[Event]) -> None:
         for event in events:
             self.publish(event)
 
-    async def subscribe(self) -> AsyncIterator[Event]:
-        """Yield events published from now on, in order, until the consumer stops.
-
-        Raises :class:`SubscriberLagged` once the consumer has fallen ``queue_bound`` events
-        behind (after yielding every event it did receive).
-        """
-        sub = _Subscription(self._bound)
+    def subscribe(self) -> Subscription:
+        """A new subscription, receiving every event published from now on."""
+        sub = Subscription(self, self.queue_bound)
         self._subs.add(sub)
-        try:
-            while True:
-                if sub.lagged and sub.queue.empty():
-                    raise SubscriberLagged(
-                        f"monitor subscriber fell more than {self._bound} events behind"
-                    )
-                yield await sub.queue.get()
-        finally:
-            self._subs.discard(sub)
+        return sub
