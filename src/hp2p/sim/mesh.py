@@ -314,9 +314,9 @@ class MeshNetwork:
                 self._pending.discard((peer.peer_id, effect.conn))
                 end = self._ends.pop((peer.peer_id, effect.conn), None)
                 if end is not None:
-                    remote, rconn, latency = end
-                    when = max(now, self._pipe_free.get((peer.peer_id, effect.conn), now))
-                    self._push(when + latency, _LOST, remote, rconn, None)
+                    remote, rconn, _latency = end
+                    flushed = max(now, self._pipe_free.get((peer.peer_id, effect.conn), now))
+                    self._push(flushed, _LOST, remote, rconn, None)
             elif isinstance(effect, PeerListWanted):
                 self._push(now + self.homs_latency, _HOMS, peer, 0, None)
             elif isinstance(effect, ProtocolError):
