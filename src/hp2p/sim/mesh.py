@@ -315,7 +315,9 @@ class MeshNetwork:
                 end = self._ends.pop((peer.peer_id, effect.conn), None)
                 if end is not None:
                     remote, rconn, _latency = end
-                    flushed = max(now, self._pipe_free.get((peer.peer_id, effect.conn), now))
+                    flushed = max(
+                        now + latency, self._pipe_free.get((peer.peer_id, effect.conn), 0)
+                    )
                     self._push(flushed, _LOST, remote, rconn, None)
             elif isinstance(effect, PeerListWanted):
                 self._push(now + self.homs_latency, _HOMS, peer, 0, None)
