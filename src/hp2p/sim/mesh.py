@@ -314,9 +314,9 @@ class MeshNetwork:
                 self._pending.discard((peer.peer_id, effect.conn))
                 end = self._ends.pop((peer.peer_id, effect.conn), None)
                 if end is not None:
-                    remote, rconn, _latency = end
+                    remote, rconn, link_latency = end
                     flushed = max(
-                        now + latency, self._pipe_free.get((peer.peer_id, effect.conn), 0)
+                        now + link_latency, self._pipe_free.get((peer.peer_id, effect.conn), 0)
                     )
                     self._push(flushed, _LOST, remote, rconn, None)
             elif isinstance(effect, PeerListWanted):
