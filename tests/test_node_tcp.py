@@ -138,7 +138,7 @@ async def test_garbage_on_r2_is_counted_and_the_peer_keeps_working(tmp_path: Pat
 
 async def test_hello_gets_1202_on_a_raw_connection(tmp_path: Path) -> None:
     """The HELLO leg of wire conformance, in-process (the full one is in test_integration_*)."""
-    from hp2p.wire.r2 import Hello, encode
+    from hp2p.wire.r2 import Hello, Message, encode
 
     async with homs_app(tmp_path) as app:
         root = await start_node(app, create="raw", peer_id="root")
@@ -155,7 +155,7 @@ async def test_hello_gets_1202_on_a_raw_connection(tmp_path: Path) -> None:
             writer.write(encode(hello))
             decoder = StreamDecoder()
             async with asyncio.timeout(5):
-                messages = []
+                messages: list[Message] = []
                 while not messages:
                     messages = decoder.feed(await reader.read(65536))
             assert getattr(messages[0], "code", None) == HELLO_ACCEPTED

@@ -2,30 +2,22 @@
 
 Each sub-command lives next to the code it runs (``hp2p.homs.cli``, ``hp2p.bench.cli`` …) and
 is only mounted here, so the CLI never grows logic of its own.
+
+The full command tree imports the HOMS (FastAPI, SQLAlchemy, uvicorn) and the benchmarks. A
+peer process must stay small (≤ 30 MB RSS per peer, BENCHMARKS.md metric 7), so ``hp2p peer``
+is dispatched by :func:`main` to a tree holding only that command, and ``app`` is built on
+first use.
 """
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
 
 from hp2p import __version__
-from hp2p.bench.cli import app as bench_app
-from hp2p.clistubs import not_yet
-from hp2p.homs import cli as homs_cli
-
-app = typer.Typer(
-    name="hp2p",
-    help=(
-        "Hybrid peer-to-peer communications (ITU-T Q.4100-Q.4103).\n\n"
-        "Examples:\n\n"
-        "  hp2p demo                      # a HOMS and 12 peers on this machine\n\n"
-        "  hp2p homs --port 8081          # run an overlay management server\n\n"
-        "  hp2p bench wire --json w.json  # codec micro-benchmark"
-    ),
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_show_locals=False,
-)
+from hp2p.peer import cli as peer_cli
 
 
 def _version(value: bool) -> None:
@@ -34,7 +26,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
@@ -43,27 +34,60 @@ def _root(
     """Hybrid peer-to-peer communications (ITU-T Q.4100-Q.4103)."""
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def peer() -> None:
-    """Run a hybrid peer. Not built yet: issue #4."""
-    not_yet("hp2p peer", 4)
+def _new_app() -> typer.Typer:
+    return typer.Typer(
+        name="hp2p",
+        help=(
+            "Hybrid peer-to-peer communications (ITU-T Q.4100-Q.4103).\n\n"
+            "Examples:\n\n"
+            "  hp2p demo                      # a HOMS and 12 peers on this machine\n\n"
+            "  hp2p homs --port 8081          # run an overlay management server\n\n"
+            "  hp2p bench wire --json w.json  # codec micro-benchmark"
+        ),
+        no_args_is_help=True,
+        rich_markup_mode="rich",
+        pretty_exceptions_show_locals=False,
+    )
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def demo() -> None:
-    """Start a HOMS and a handful of peers on this machine. Not built yet: issue #4."""
-    not_yet("hp2p demo", 4)
+def _mount_peer(target: typer.Typer) -> None:
+    target.callback()(_root)
+    target.command(name="peer", epilog=peer_cli.EPILOG)(peer_cli.peer)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sim() -> None:
-    """Discrete-event simulator of thousands of peers. Not built yet: issue #6."""
-    not_yet("hp2p sim", 6)
+def build_app() -> typer.Typer:
+    """The whole ``hp2p`` command tree."""
+    from hp2p.bench.cli import app as bench_app
+    from hp2p.demo import EPILOG as DEMO_EPILOG
+    from hp2p.demo import demo
+    from hp2p.homs import cli as homs_cli
+    from hp2p.sim import cli as sim_cli
+
+    full = _new_app()
+    _mount_peer(full)
+    full.command(name="demo", epilog=DEMO_EPILOG)(demo)
+
+    full.command(name="sim", epilog=sim_cli.EPILOG)(sim_cli.sim)
+    full.command(name="homs", epilog=homs_cli.EPILOG)(homs_cli.homs)
+    full.add_typer(bench_app, name="bench")
+    return full
 
 
-app.command(name="homs", epilog=homs_cli.EPILOG)(homs_cli.homs)
-app.add_typer(bench_app, name="bench")
+_built: dict[str, typer.Typer] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        if "app" not in _built:
+            _built["app"] = build_app()
+        return _built["app"]
+    raise AttributeError(name)
 
 
 def main() -> None:
-    app()
+    if sys.argv[1:2] == ["peer"]:
+        small = _new_app()
+        _mount_peer(small)
+        small()
+        return
+    __getattr__("app")()

@@ -101,7 +101,9 @@ class NodeSettings:
 
     def __post_init__(self) -> None:
         if self.create is not None and self.join is not None:
-            raise SettingsError("give either create or join, not both")
+            raise SettingsError(
+                "give either create (--create TITLE) or join (--join ID-OR-TITLE), not both"
+            )
         positive = ("expires", "homs_timeout", "homs_attempts", "join_timeout", "leave_timeout")
         for name in (*positive, "subscriber_queue", "send_queue_bytes"):
             if getattr(self, name) <= 0:

@@ -1,0 +1,147 @@
+"""``hp2p peer`` as a user runs it: help, clear one-line errors, the joined line, clean leave."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from peer_procs import HomsProc, PeerProc, _readline
+
+pytestmark = pytest.mark.slow
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hp2p", "peer", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def homs(tmp_path: Path) -> Iterator[HomsProc]:
+    proc = HomsProc(tmp_path)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens there any more
+
+
+def test_help_documents_options_examples_and_every_setting() -> None:
+    out = _run("--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for option in ("--homs", "--create", "--join", "--listen", "--api", "--id", "--config"):
+        assert option in text
+    for option in ("--json-events", "--stdin", "--faults", "--fault-seed", "--set"):
+        assert option in text
+    assert "Examples" in text
+    for key in ("max_children", "heartbeat_interval", "subscriber_queue", "expires"):
+        assert key in text
+
+
+def test_unreachable_homs_is_one_clear_line_and_status_1() -> None:
+    port = _closed_port()
+    out = _run("--homs", f"http://127.0.0.1:{port}", "--join", "x", "--set", "homs_attempts=2")
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("hp2p peer: cannot connect to the HOMS")
+    assert "Check --homs" in lines[0]
+    assert out.stdout == ""
+
+
+def test_unknown_overlay_is_one_clear_line_and_status_1(homs: HomsProc) -> None:
+    out = _run("--homs", homs.url, "--join", "does-not-exist")
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"hp2p peer: no overlay with id or title 'does-not-exist' on {homs.url} "
+        "(create it with --create TITLE, or check the spelling)"
+    )
+
+
+def test_usage_errors_exit_2() -> None:
+    assert "give --create TITLE or --join" in _run("--homs", "http://x:1").stderr
+    both = _run("--create", "a", "--join", "b")
+    assert both.returncode == 2
+    assert "not both" in both.stderr
+    bad = _run("--join", "a", "--faults", "delay=abc")
+    assert bad.returncode == 2
+    assert "bad number in fault setting" in bad.stderr
+    bad = _run("--join", "a", "--set", "max_children=lots")
+    assert bad.returncode == 2
+    assert "max_children: expected an integer" in bad.stderr
+
+
+def test_joined_line_api_and_clean_leave_on_sigterm(homs: HomsProc, tmp_path: Path) -> None:
+    """The human line names ids, ticket and addresses; the local API works; SIGTERM leaves."""
+    args = [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--create", "cli"]
+    args += ["--id", "alice", "--api", "127.0.0.1:0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = _readline(proc, 60)
+        assert line.startswith("hp2p peer: joined peer-id=alice overlay-id="), line
+        fields = dict(item.split("=", 1) for item in line.split()[3:])
+        assert fields["ticket"] == "1"
+        assert fields["r2"].startswith("tcp://127.0.0.1:")
+        assert fields["api"].startswith("http://127.0.0.1:")
+        api = fields["api"]
+        status = httpx.get(f"{api}/status", timeout=10).json()
+        assert status["peer_id"] == "alice"
+        assert status["state"] == "attached"
+        answer = httpx.post(f"{api}/publish", content=b"hello", timeout=10).json()
+        assert answer == {"source": "alice", "sequence": 1}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout is not None
+        assert proc.stdout.read() == ""  # exactly one line on stdout
+        overlay = httpx.get(
+            f"{homs.url}/api/OverlayStatus", params={"overlay_id": fields["overlay-id"]}, timeout=10
+        ).json()
+        assert overlay["peers"] == []  # the HOMP leave happened
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_stdin_commands_and_json_events(homs: HomsProc, tmp_path: Path) -> None:
+    root = PeerProc(tmp_path, homs.url, "root", "--create", "events")
+    assert root.wait_joined()["parent"] is None
+    child = PeerProc(tmp_path, homs.url, "child", "--join", "events")
+    try:
+        joined = child.wait_joined()
+        assert joined["parent"] == "root"
+        assert joined["depth"] == 1
+        child.command("publish hi there")
+        published = child.next_event({"published"}, 30)
+        got = root.next_event({"deliver"}, 30)
+        assert (got["source"], got["sequence"]) == ("child", published["sequence"])
+        root.command("bogus")
+        assert "unknown command 'bogus'" in root.next_event({"error"}, 30)["reason"]
+        root.command("status")
+        status = root.next_event({"status"}, 30)
+        assert status["paths"]["primary"] == ["child"]
+        json.dumps(status)  # plain JSON all the way down
+    finally:
+        for p in (child, root):
+            p.leave()
+        codes = (child.stop(), root.stop())
+    assert codes == (0, 0)
