@@ -288,7 +288,7 @@ def test_candidate_path_flag_adds_candidate_paths_to_the_fanout() -> None:
 
 
 def test_heartbeat_timeout_kills_the_parent_and_the_grandparent_is_asked_first() -> None:
-    c, conns = attached(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    c, conns = attached(heartbeat_interval=1.0, heartbeat_timeout=3.0, recovery_ask_timeout=2.0)
     now = 2.5
     for _ in range(6):  # bounded: the candidates talk, the parent is silent
         now += 0.5
@@ -301,7 +301,9 @@ def test_heartbeat_timeout_kills_the_parent_and_the_grandparent_is_asked_first()
     assert of(out, Detached)
     asks = sends(out, SetPrimary)
     assert [s.conns for s in asks] == [(conns["gp"],)]
-    assert asks[0].message.hp2p == {"recovery": True}
+    assert asks[0].message.hp2p is not None
+    assert asks[0].message.hp2p["recovery"] is True
+    assert asks[0].message.buffermap == []  # push recovery (the default): my (empty) buffermap
     c.receive(conns["gp"], SetPrimaryResponse(hp2p={"depth": 0}), now + 0.1)
     joined = of(c.take_effects(), Joined)
     assert joined == [Joined("gp", 1, True)]

@@ -122,3 +122,27 @@ class MessageCache:
             BuffermapEntry(source_peer_id=source, sequences=sorted(per_source))
             for source, per_source in self._sources.items()
         ]
+
+    def sequences(self, source: str) -> list[int]:
+        """The cached sequences of ``source``, in arrival order."""
+        per_source = self._sources.get(source)
+        return [] if per_source is None else list(per_source)
+
+    def message(self, source: str, sequence: int) -> BroadcastData | None:
+        """The cached message without expiring anything (the caller already did)."""
+        per_source = self._sources.get(source)
+        return None if per_source is None else per_source.get(sequence)
+
+    def arrived_since(self, since: float) -> list[BroadcastData]:
+        """Messages that arrived at or after ``since``, oldest first.
+
+        After a repair these are what the peer may hold that the rest of the tree lacks: what
+        its detached subtree published, or what reached it just before the failure.
+        """
+        out: list[BroadcastData] = []
+        for (source, sequence), (arrived, _) in reversed(self._order.items()):
+            if arrived < since:
+                break
+            out.append(self._sources[source][sequence])
+        out.reverse()
+        return out

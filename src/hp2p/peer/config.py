@@ -118,6 +118,44 @@ class PeerConfig:
         default=0.5, metadata=_doc("Random share of a delay (0.5: delay × [0.5, 1.0]).")
     )
     scan_timeout: float = field(default=3.0, metadata=_doc("SCAN_TREE collection time."))
+    recovery_ask_timeout: float = field(
+        default=0.5,
+        metadata=_doc("Tree recovery: wait for 4200/4603 from a candidate before the next one."),
+    )
+    candidate_refill_delay: float = field(
+        default=1.0,
+        metadata=_doc("CPM: delay before looking for new outgoing candidates after losing one."),
+    )
+    gap_wait: float = field(
+        default=0.08,
+        metadata=_doc("DR: a live gap (n+2 after n) is pulled after this reordering tolerance."),
+    )
+    pull_timeout: float = field(
+        default=1.0, metadata=_doc("DR: wait for a GET_DATA/BUFFERMAP answer before moving on.")
+    )
+    pull_rounds: int = field(
+        default=4,
+        metadata=_doc("DR: rounds over every holder before a miss is reported as a Gap."),
+    )
+    pull_round_delay: float = field(
+        default=0.25, metadata=_doc("DR: pause before the next round; doubles per round.")
+    )
+    pull_per_peer: int = field(
+        default=32, metadata=_doc("DR: GET_DATA requests in flight to one peer.")
+    )
+    pull_total: int = field(default=128, metadata=_doc("DR: GET_DATA requests in flight."))
+    pull_max_wanted: int = field(
+        default=8192,
+        metadata=_doc("DR: missing messages tracked at once; beyond, reported as a Gap at once."),
+    )
+    push_max: int = field(
+        default=4096,
+        metadata=_doc("DR: messages pushed to one peer after a buffermap exchange."),
+    )
+    buffermap_bytes: int = field(
+        default=48 * 1024,
+        metadata=_doc("DR: a buffermap is cut to its newest sequences to fit this JSON size."),
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -132,6 +170,10 @@ class PeerConfig:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval > 0")
         if self.duplicate_window < 1 or self.max_ahead < 1:
             raise ConfigError("duplicate_window and max_ahead must be at least 1")
+        if self.pull_rounds < 1 or self.pull_per_peer < 1 or self.pull_total < 1:
+            raise ConfigError("pull_rounds, pull_per_peer and pull_total must be at least 1")
+        if not 1024 <= self.buffermap_bytes <= 60 * 1024:
+            raise ConfigError("buffermap_bytes must be within [1024, 61440] (R2 header limit)")
         if self.backoff_jitter > 1:
             raise ConfigError("backoff_jitter must be within [0, 1]")
 

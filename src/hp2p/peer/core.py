@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from hp2p.peer.broadcast import ACCEPTED, DuplicateFilter
 from hp2p.peer.cache import MessageCache
 from hp2p.peer.config import PeerConfig
@@ -44,12 +46,14 @@ from hp2p.peer.effects import (
     Deliver,
     Detached,
     Effect,
+    Gap,
     HomsRecoveryJoin,
     HomsReport,
     Joined,
     JoinFailed,
     Left,
     PathEvent,
+    PeerLost,
     ProtocolError,
     ScanPath,
     ScanResult,
@@ -57,6 +61,7 @@ from hp2p.peer.effects import (
 )
 from hp2p.peer.paths import PATH_ROLES, Link, PathLimitError, PathTable, Role
 from hp2p.peer.probe import LivenessDeadlines, RttProbe
+from hp2p.peer.recovery import RECOVERED, PullQueue, PullSettings, lacking, missing_from, summarise
 from hp2p.peer.scan import ScanDone, ScanForward, on_leaf_response, on_scan_request
 from hp2p.peer.timers import Timers
 from hp2p.wire.r2.messages import (
@@ -107,6 +112,24 @@ _T_ASK = "set_primary"
 _T_RETRY = "retry"
 _T_VERTICAL = "vertical"
 _T_SCAN = "scan"
+_T_PULL = "pull"
+_T_REFILL = "refill"
+_REFILL_TRIES = 3
+_NEW_SOURCE_BACKFILL = 64
+_HEADS_MAX = 64
+_FAULTS = frozenset({"connection closed", "heartbeat timeout"})
+
+
+def _pull_settings(config: PeerConfig) -> PullSettings:
+    return PullSettings(
+        gap_wait=config.gap_wait,
+        timeout=config.pull_timeout,
+        rounds=config.pull_rounds,
+        round_delay=config.pull_round_delay,
+        per_peer=config.pull_per_peer,
+        total=config.pull_total,
+        max_wanted=config.pull_max_wanted,
+    )
 
 
 @dataclass(slots=True)
@@ -157,7 +180,14 @@ class PeerCore:
         self.cache = MessageCache(config.cache_count, config.cache_bytes, config.cache_age)
         self.counters = CoreCounters()
         self.grandparent: PeerAddress | None = None
-        self.buffermaps: dict[str, list[BuffermapEntry]] = {}  # DR FE hook (issue #5)
+        self.buffermaps: dict[str, list[BuffermapEntry]] = {}  # last buffermap per peer
+        self.recovery = PullQueue(_pull_settings(config))
+        self._detached_at: float | None = None
+        self._pull_since: float | None = None
+        self._pull_at: float | None = None
+        self._refills = 0
+        self._attached_at: float | None = None
+        self._heads_sent: dict[str, int] = {}
         self._rtt = RttProbe()
         self._deadlines = LivenessDeadlines(
             config.heartbeat_timeout, config.idle_link_timeout, config.estab_timeout
@@ -254,6 +284,8 @@ class PeerCore:
             "duplicates": dataclasses.asdict(self.duplicates.counters),
             "cache": {"messages": len(self.cache), "bytes": self.cache.bytes}
             | dataclasses.asdict(self.cache.counters),
+            "recovery": {"wanted_now": len(self.recovery)}
+            | dataclasses.asdict(self.recovery.counters),
         }
 
     @property
@@ -299,10 +331,11 @@ class PeerCore:
         )
         self.cache.max_count = self.config.cache_count
         self.cache.max_age = self.config.cache_age
+        self.recovery.settings = _pull_settings(self.config)
         self._deadlines.heartbeat_timeout = self.config.heartbeat_timeout
         self._next_heartbeat = now + self.config.heartbeat_interval
         if info.root:
-            self._become_root()
+            self._become_root(now)
             return
         self._begin_attempt(info.peers, now)
 
@@ -317,7 +350,7 @@ class PeerCore:
         if self.phase is not Phase.WAITING:
             return
         if root:
-            self._become_root()
+            self._become_root(now)
             return
         self._begin_attempt(tuple(peers), now)
 
@@ -326,6 +359,7 @@ class PeerCore:
         if self.phase is Phase.LEFT:
             return
         self._reset(now)
+        self._detached_at = None
         self.phase = Phase.LEFT
         self._next_heartbeat = None
         self._next_check = None
@@ -339,6 +373,7 @@ class PeerCore:
             self._effects.append(Send(paths, Release()))
         for conn in list(self.paths.links):
             self.paths.remove(conn)
+            self.recovery.conn_lost(conn)
             self._effects.append(Close(conn))
         self.phase = Phase.IDLE
         self.depth = None
@@ -352,7 +387,17 @@ class PeerCore:
         self._candidates_only = False
         self._homs_pending = False
         self._dirty = True
-        for name in (_T_HELLO, _T_WINDOW, _T_PROBE, _T_ASK, _T_RETRY, _T_VERTICAL, _T_SCAN):
+        for name in (
+            _T_HELLO,
+            _T_WINDOW,
+            _T_PROBE,
+            _T_ASK,
+            _T_RETRY,
+            _T_VERTICAL,
+            _T_SCAN,
+            _T_PULL,
+            _T_REFILL,
+        ):
             self._timers.cancel(name)
 
     # === inputs: connections =====================================================================
@@ -487,8 +532,18 @@ class PeerCore:
             return
         if msg.ack:
             self._effects.append(Send((link.conn,), BroadcastDataResponse()))
-        if self.duplicates.check(msg.source, msg.sequence) != ACCEPTED:
+        duplicates = self.duplicates
+        win = duplicates.sources.get(msg.source)
+        previous = None if win is None else win.newest
+        if duplicates.check(msg.source, msg.sequence) != ACCEPTED:
             return
+        if previous is not None:
+            if msg.sequence > previous + 1:
+                self._live_gap(msg.source, previous + 1, msg.sequence - 1, now)
+        elif 1 < msg.sequence <= _NEW_SOURCE_BACKFILL and self._settled(now):
+            self._live_gap(msg.source, 1, msg.sequence - 1, now)
+        if msg.hp2p is not None and msg.hp2p.get("recovered") is True:
+            recovered = True
         self.cache.put(msg, now)
         targets = self.paths.fanout(link.conn, msg.candidate_path)
         effects = self._effects
@@ -573,8 +628,11 @@ class PeerCore:
             )
             self._effects.append(Send((parent.conn,), climbing))
         ttl = msg.ttl - 1
-        if role is Role.CHILD or ttl <= 0 or conn_num <= 0:
+        if role is Role.CHILD and extra.get("cpm") is True:
+            ttl = 1  # a candidate refill: the siblings of the climb may volunteer too
+        elif role is Role.CHILD or ttl <= 0 or conn_num <= 0:
             return
+        conn_num = max(conn_num, 1)
         children = tuple(
             child.conn
             for child in self.paths.with_role(Role.CHILD)
@@ -625,16 +683,54 @@ class PeerCore:
         self._effects.append(Send((best.conn,), descending))
 
     def _heartbeat(self) -> Heartbeat:
-        """A HEARTBEAT carrying my depth and the shallowest free slot below me (hp2p)."""
+        """A HEARTBEAT carrying my depth, the shallowest free slot below me and my heads (hp2p).
+
+        *Heads* are the newest sequence per source, for the sources that moved since the last
+        heartbeat. A message lost on a link is noticed by the next one of its source (n+2
+        after n), but the *last* message of a burst, or of a source that just died, has no
+        next one: the neighbour's heads reveal it within a heartbeat interval. Data and
+        heartbeats share the connection, so the heads never run ahead of the data sent on it.
+        """
         slot = self._slot_depth()
         self._advertised = (self.depth, slot)
         self._advert_dirty = False
-        if self.depth is None:
-            return Heartbeat()
-        extra: dict[str, Any] = {"depth": self.depth}
-        if slot is not None:
-            extra["slot"] = slot
-        return Heartbeat(hp2p=extra)
+        extra: dict[str, Any] = {}
+        if self.depth is not None:
+            extra["depth"] = self.depth
+            if slot is not None:
+                extra["slot"] = slot
+        heads = self._heads()
+        if heads:
+            extra["heads"] = heads
+        return Heartbeat(hp2p=extra or None)
+
+    def _heads(self) -> dict[str, int]:
+        sent = self._heads_sent
+        heads: dict[str, int] = {}
+        for source, win in self.duplicates.sources.items():
+            if sent.get(source) != win.newest:
+                heads[source] = win.newest
+                if len(heads) >= _HEADS_MAX:
+                    break
+        sent.update(heads)
+        if len(sent) > 4 * _HEADS_MAX and len(sent) > 2 * len(self.duplicates.sources):
+            self._heads_sent = {s: n for s, n in sent.items() if s in self.duplicates.sources}
+        return heads
+
+    def _check_heads(self, heads: object, now: float) -> None:
+        """A neighbour's heads: a newer sequence than mine is a hole at my tail."""
+        if not isinstance(heads, dict) or len(heads) > 4 * _HEADS_MAX:
+            return
+        duplicates = self.duplicates
+        for source, newest in heads.items():
+            if not isinstance(newest, int) or isinstance(newest, bool) or source == self.peer_id:
+                continue
+            win = duplicates.sources.get(source)
+            if win is None:
+                if 1 <= newest <= _NEW_SOURCE_BACKFILL and self._settled(now):
+                    self._live_gap(source, 1, newest, now)
+            elif win.newest < newest <= win.newest + duplicates.max_ahead:
+                self._live_gap(source, win.newest + 1, newest, now)
 
     def _advertise(self) -> None:
         """Tell the neighbours at once when my depth or free-slot depth changed.
@@ -847,7 +943,13 @@ class PeerCore:
         offers = [link for link in self._offers if link.allow_primary]
         offers.sort(key=parent_rank)
         candidates = self.paths.with_role(Role.OUT_CANDIDATE)  # disjoint from the offers
-        candidates.sort(key=recovery_rank)
+        if self._recovering:
+            # A candidate silent for longer than a heartbeat period may have died with the
+            # parent (a mass failure, or a hang only heartbeats reveal): ask the fresh first.
+            stale = now - 1.5 * self.config.heartbeat_interval
+            candidates.sort(key=lambda c: (c.last_rx < stale, *recovery_rank(c)))
+        else:
+            candidates.sort(key=recovery_rank)
         self._selection = candidates + offers if self._recovering else offers + candidates
         self._ask_next(now)
 
@@ -861,8 +963,16 @@ class PeerCore:
             extra: dict[str, Any] | None = None
             if self._needs_spare_slot:
                 extra = {"recovery": True}
-            self._effects.append(Send((link.conn,), SetPrimary(hp2p=extra)))
-            self._timers.arm(_T_ASK, now + self.config.set_primary_timeout)
+            buffermap = None
+            if self._detached_at is not None and self.recovery_by == "push":
+                # Push recovery: my buffermap rides on SET_PRIMARY, the parent's on 4200.
+                buffermap = self._buffermap(now)
+                extra = {**(extra or {}), "since": round(self._outage(now), 3)}
+            self._effects.append(Send((link.conn,), SetPrimary(buffermap=buffermap, hp2p=extra)))
+            timeout = self.config.set_primary_timeout
+            if self._candidates_only:
+                timeout = min(timeout, self.config.recovery_ask_timeout)
+            self._timers.arm(_T_ASK, now + timeout)
             return
         self._timers.cancel(_T_ASK)
         self._settle_offers(now)
@@ -905,10 +1015,17 @@ class PeerCore:
         self._attempt = 0
         self.phase = Phase.ATTACHED
         self._effects.append(Joined(link.peer_id, self.depth, repaired))
+        if self._attached_at is None:
+            self._attached_at = now
         gp = self.grandparent
         if gp is not None and self.paths.by_peer(gp.peer_id) is None:
             self._vertical_tries = 0
             self._timers.arm(_T_VERTICAL, now + self.config.vertical_candidate_delay)
+        if self._detached_at is not None:
+            self._after_repair(link, msg.buffermap, now)
+        if self.paths.out_candidates < self.config.max_outgoing_candidates:
+            self._arm_refill(now)
+        self._pump(now)
 
     def _settle_offers(self, now: float) -> None:
         """After the choice: best remaining volunteers become candidates, the rest released."""
@@ -936,12 +1053,15 @@ class PeerCore:
         delay = backoff_delay(self._attempt, self.config, self.rng)
         self._timers.arm(_T_RETRY, now + delay)
 
-    def _become_root(self) -> None:
+    def _become_root(self, now: float) -> None:
+        if self._attached_at is None:
+            self._attached_at = now
         self.phase = Phase.ATTACHED
         self.depth = 0
         self._recovering = False
         self._attempt = 0
         self.grandparent = None
+        self._detached_at = None
         self._dirty = True
         self._effects.append(Joined(None, 0, False))
 
@@ -949,7 +1069,7 @@ class PeerCore:
     def _on_set_primary(self, link: Link, msg: SetPrimary, now: float) -> None:
         link.offer_pending = False
         if link.role is Role.CHILD:
-            self._effects.append(Send((link.conn,), self._primary_yes()))
+            self._effects.append(Send((link.conn,), self._primary_yes(msg, now)))
             return
         if link.role is Role.VOLUNTEER:
             # A reference joiner asks right after 2200; our 2200 may still be in flight.
@@ -965,15 +1085,23 @@ class PeerCore:
             and self.paths.child_slot_free(recovery)
         ):
             self.paths.set_role(link, Role.CHILD, recovery)
-            self._effects.append(Send((link.conn,), self._primary_yes()))
+            self._effects.append(Send((link.conn,), self._primary_yes(msg, now)))
             self._emit_path(link, "role")
+            if msg.buffermap is not None:
+                # Push recovery, parent side: send the new child what its buffermap lacks.
+                since = msg.hp2p.get("since") if msg.hp2p else None
+                start = None
+                if isinstance(since, int | float) and not isinstance(since, bool):
+                    start = now - min(max(0.0, float(since)), self.config.cache_age)
+                self._push(link, msg.buffermap, start, now)
         else:
             self._effects.append(Send((link.conn,), SetPrimaryResponse(code=PRIMARY_NO)))
 
-    def _primary_yes(self) -> SetPrimaryResponse:
+    def _primary_yes(self, request: SetPrimary, now: float) -> SetPrimaryResponse:
         parent = self.paths.parent
         return SetPrimaryResponse(
             code=PRIMARY_YES,
+            buffermap=None if request.buffermap is None else self._buffermap(now),
             parent_peer=None if parent is None else PeerAddress(parent.peer_id, parent.address),
             hp2p=None if self.depth is None else {"depth": self.depth},
         )
@@ -990,6 +1118,8 @@ class PeerCore:
 
     # === liveness, release, loss (PSP FE, POC FE) ================================================
     def _on_heartbeat(self, link: Link, msg: Heartbeat, now: float) -> None:
+        if msg.hp2p is not None and "heads" in msg.hp2p:
+            self._check_heads(msg.hp2p["heads"], now)
         depth = _hp2p_depth(msg.hp2p)
         if depth is None:
             return
@@ -1027,10 +1157,18 @@ class PeerCore:
     def _lost(self, link: Link, reason: str, now: float) -> None:
         """``link`` is gone (already removed from the table): update every FE that used it."""
         self._rtt.forget(link.conn)
+        self.recovery.conn_lost(link.conn)
         if link.role in PATH_ROLES:
             self.counters.paths_lost += 1
             self._dirty = True
             self._effects.append(PathEvent("removed", link.peer_id, link.role.value, reason))
+            self.buffermaps.pop(link.peer_id, None)
+            if reason in _FAULTS:
+                self._effects.append(PeerLost(link.peer_id, link.role.value, reason))
+            if link.role is Role.OUT_CANDIDATE and self.phase is Phase.ATTACHED:
+                self._arm_refill(now)
+            if self.recovery.total_inflight or len(self.recovery):
+                self._pump(now)
         if link.conn in self._hellos_out:
             self._hello_link_gone(link.conn, now)
         if link in self._offers:
@@ -1049,6 +1187,8 @@ class PeerCore:
         self._recovering = True
         self.depth = None
         self._attempt = 0
+        if self._detached_at is None:
+            self._detached_at = now
         self._effects.append(Detached(reason))
         self._timers.cancel(_T_VERTICAL)
         if self.paths.out_candidates:
@@ -1095,6 +1235,11 @@ class PeerCore:
             self._vertical_hello(now)
         elif name == _T_SCAN:
             self._finish_scan()
+        elif name == _T_PULL:
+            self._pull_at = None
+            self._pump(now)
+        elif name == _T_REFILL:
+            self._refill(now)
 
     def _vertical_hello(self, now: float) -> None:
         """HELLO the grandparent for a vertical candidate path; retried a bounded number of times.
@@ -1180,8 +1325,7 @@ class PeerCore:
         if link.role not in PATH_ROLES:
             self._error(link.conn, "BUFFERMAP on a connection that is not a path")
             return
-        buffermap = self.cache.buffermap(now)
-        response = BuffermapResponse(overlay_id=self.overlay_id, buffermap=buffermap)
+        response = BuffermapResponse(overlay_id=self.overlay_id, buffermap=self._buffermap(now))
         self._effects.append(Send((link.conn,), response))
 
     def _on_get_data(self, link: Link, msg: GetData, now: float) -> None:
@@ -1204,19 +1348,162 @@ class PeerCore:
         self._effects.append(Send((link.conn,), response))
 
     def _on_buffermap_response(self, link: Link, msg: BuffermapResponse, now: float) -> None:
+        if link.role not in PATH_ROLES:
+            self._error(link.conn, "BUFFERMAP answer on a connection that is not a path")
+            return
+        self.recovery.counters.buffermaps += 1
         self.buffermaps[link.peer_id] = msg.buffermap
+        if link.role is Role.PARENT and self._pull_since is not None:
+            # Pull recovery still pushes up what the new parent lacks (etri §4.7): the rest of
+            # the tree can get what my subtree published while detached from nobody else.
+            self._push(link, msg.buffermap, self._pull_since, now)
+            self._pull_since = None
+        self._want_from(link, msg.buffermap, now, now)
 
     def _on_get_data_response(self, link: Link, msg: GetDataResponse, now: float) -> None:
-        if msg.code != GET_DATA_OK:
+        if msg.code == GET_DATA_OK:
+            recovered = BroadcastData(
+                source=msg.source,
+                sequence=msg.sequence,
+                data=msg.data,
+                ext_header=msg.ext_header,
+                payload_type=msg.payload_type,
+                hp2p=RECOVERED,
+            )
+            self._on_data(link, recovered, now, True)
+        found = self.duplicates.seen(msg.source, msg.sequence)
+        self.recovery.answered(link.conn, msg.source, msg.sequence, found, now)
+        self._pump(now)
+
+    # === data recovery (DR FE): see hp2p.peer.recovery ===========================================
+    def _buffermap(self, now: float) -> list[BuffermapEntry]:
+        """My buffermap, cut to the newest sequences that fit an R2 header."""
+        return summarise(self.cache.buffermap(now), self.config.buffermap_bytes)
+
+    def _outage(self, now: float) -> float:
+        """How far back my missed and unshared messages may go: the outage plus detection."""
+        start = now if self._detached_at is None else self._detached_at
+        return now - start + self.config.heartbeat_timeout
+
+    def _after_repair(self, parent: Link, theirs: list[BuffermapEntry] | None, now: float) -> None:
+        """A new primary path after a loss: exchange buffermaps with the new parent.
+
+        Push (4200 carried the parent's buffermap): the parent already pushes what I lack; I
+        push what it lacks and want the rest a little later, once the push had its chance.
+        Pull, or a parent that sent no buffermap: BUFFERMAP to the parent and every candidate.
+        """
+        since = now - self._outage(now)
+        self._detached_at = None
+        if theirs is not None and self.recovery_by == "push":
+            self.buffermaps[parent.peer_id] = theirs
+            self._push(parent, theirs, since, now)
+            self._want_from(parent, theirs, now + self.config.pull_timeout, now)
             return
-        recovered = BroadcastData(
-            source=msg.source,
-            sequence=msg.sequence,
-            data=msg.data,
-            ext_header=msg.ext_header,
-            payload_type=msg.payload_type,
+        self._pull_since = since
+        targets = (parent.conn, *(c.conn for c in self.paths.with_role(Role.OUT_CANDIDATE)))
+        self._effects.append(Send(targets, Buffermap(overlay_id=self.overlay_id)))
+
+    def _push(
+        self, link: Link, theirs: list[BuffermapEntry], since: float | None, now: float
+    ) -> None:
+        """Send ``link`` the cached messages its buffermap lacks, flagged as recovered."""
+        self.cache.expire(now)
+        for message in lacking(self.cache, theirs, since, self.config.push_max):
+            pushed = msgspec.structs.replace(message, hp2p=RECOVERED, ack=False)
+            self._effects.append(Send((link.conn,), pushed))
+            self.recovery.counters.pushed += 1
+
+    def _want_from(self, link: Link, theirs: list[BuffermapEntry], when: float, now: float) -> None:
+        for source, sequence in missing_from(self.duplicates, theirs, self.peer_id):
+            self.recovery.want(source, sequence, when, hint=link.conn)
+        self._pump(now)
+
+    def _settled(self, now: float) -> bool:
+        """Attached for a while: a source first heard of at sequence 2..64 lost its first ones.
+
+        Sequences start at 1. A peer that has been in the tree for a heartbeat time-out would
+        have got a new source's first messages; a peer that just joined simply came late, and
+        what was published before it joined is not its gap.
+        """
+        return self._attached_at is not None and now - self._attached_at > (
+            self.config.heartbeat_timeout
         )
-        self._on_data(link, recovered, now, True)
+
+    def _live_gap(self, source: str, first: int, last: int, now: float) -> None:
+        """A hole on the live path: pull it after the reordering tolerance."""
+        self.recovery.want_range(source, first, last, now)
+        when = now + self.config.gap_wait
+        if self._pull_at is None or when < self._pull_at:
+            self._pull_at = when
+            self._timers.arm(_T_PULL, when)
+
+    def _holders(self) -> list[int]:
+        """Who to ask, in order: the parent, the candidates (best first), then the children."""
+        out: list[int] = []
+        parent = self.paths.parent
+        if parent is not None:
+            out.append(parent.conn)
+        candidates = self.paths.with_role(Role.OUT_CANDIDATE)
+        candidates.sort(key=recovery_rank)
+        out.extend(c.conn for c in candidates)
+        out.extend(c.conn for c in self.paths.with_role(Role.IN_CANDIDATE, Role.CHILD))
+        return out
+
+    def _pump(self, now: float) -> None:
+        """Send the GET_DATA requests due, report given-up misses as gaps, re-arm the timer."""
+        recovery = self.recovery
+        if self.phase is Phase.ATTACHED:
+            for req in recovery.pump(now, self._holders(), self.duplicates):
+                request = GetData(self.overlay_id, req.source, req.sequence)
+                self._effects.append(Send((req.conn,), request))
+        if recovery.has_failed():
+            for source, first, last in recovery.take_failed(now, self.duplicates):
+                self._effects.append(Gap(source, first, last))
+        when = recovery.next_deadline()
+        if when is None or self.phase is not Phase.ATTACHED:
+            self._timers.cancel(_T_PULL)
+            self._pull_at = None
+        else:
+            self._pull_at = when
+            self._timers.arm(_T_PULL, when)
+
+    # === candidate paths: refill (CPM FE) ========================================================
+    def _arm_refill(self, now: float) -> None:
+        if not self._timers.armed(_T_REFILL):
+            self._refills = 0
+            self._timers.arm(_T_REFILL, now + self.config.candidate_refill_delay)
+
+    def _refill(self, now: float) -> None:
+        """Too few outgoing candidates: HELLO up through the parent for older volunteers.
+
+        The HELLO climbs (hp2p ``up``) from ancestor to ancestor, and each ancestor also passes
+        it one level down to its other children (hp2p ``cpm``); every older peer with room
+        answers with ESTAB, which this attached peer keeps as a candidate path (the ticket
+        rule keeps them all older, so none can be a descendant). Bounded: a few tries, each
+        after a longer wait, then nothing until the next candidate is lost.
+        """
+        parent = self.paths.parent
+        deficit = self.config.max_outgoing_candidates - self.paths.out_candidates
+        if self.phase is not Phase.ATTACHED or parent is None or deficit <= 0:
+            return
+        self._refills += 1
+        hello = Hello(
+            overlay_id=self.overlay_id,
+            peer_id=self.peer_id,
+            address=self.address,
+            ticket_id=self.ticket,
+            conn_num=deficit,
+            ttl=1,
+            hp2p={
+                "up": max(1, self.config.hello_up),
+                "attempt": f"cpm-{self._refills}-{now:.3f}",
+                "cpm": True,
+            },
+        )
+        self._effects.append(Send((parent.conn,), hello))
+        if self._refills < _REFILL_TRIES:
+            delay = self.config.candidate_refill_delay * 2**self._refills
+            self._timers.arm(_T_REFILL, now + delay)
 
     # === helpers =================================================================================
     def _ignore(self, link: Link, msg: Message, now: float) -> None:

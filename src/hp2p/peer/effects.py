@@ -137,6 +137,32 @@ class JoinFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Gap:
+    """Messages ``first..last`` of ``source`` are lost for good: no peer could serve them.
+
+    The data-recovery FE asked every holder for several rounds before giving up. Should one of
+    them still arrive later (inside the duplicate window), it is delivered then, as recovered.
+    """
+
+    source: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLost:
+    """A neighbour died (heartbeat time-out or connection reset), not a RELEASE.
+
+    For the PSM FE of the HOMS: the ``HomsReport`` that follows in the same batch already drops
+    the neighbour from the costmap, which is how HOMP reports a lost peer; shells may log it.
+    """
+
+    peer_id: str
+    role: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Left:
     """The peer released every path and closed its connections."""
 
@@ -154,5 +180,7 @@ Effect = (
     | Joined
     | Detached
     | JoinFailed
+    | Gap
+    | PeerLost
     | Left
 )

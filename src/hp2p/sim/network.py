@@ -12,6 +12,11 @@ one; a close reaches the other end one latency later, after the data sent before
 peer's connections are reset (the others see ``connection_lost``); a *hung* peer's are not, so
 only heartbeats can find it.
 
+``loss`` drops BROADCAST_DATA frames (live data, not recovery traffic) with that probability on
+every link, and :meth:`Network.set_loss` sets it per link, from one seeded generator: the same
+seed loses the same frames. Control messages are never lost: TCP does not lose them either, and
+the loss is there to exercise the live-gap pull of the DR FE, not the join procedure.
+
 A peer whose bounded join attempts all failed (``JoinFailed``) joins the HOMS again with a
 new ticket, as a shell would (``rejoin=False`` turns that off).
 
@@ -41,13 +46,14 @@ from hp2p.peer.effects import (
     Costmap,
     Deliver,
     Effect,
+    Gap,
     HomsRecoveryJoin,
     HomsReport,
     JoinFailed,
     ProtocolError,
     Send,
 )
-from hp2p.wire.r2.messages import Message
+from hp2p.wire.r2.messages import BroadcastData, Message
 
 _RECV = 0
 _TIMER = 1
@@ -130,6 +136,12 @@ class SimPeer:
     received: dict[tuple[str, int], int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     join_failures: int = 0
+    recovered: int = 0
+    gaps: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def in_gap(self, source: str, sequence: int) -> bool:
+        """Whether the core reported ``(source, sequence)`` lost (a ``Gap`` effect)."""
+        return any(s == source and a <= sequence <= b for s, a, b in self.gaps)
 
 
 class Network:
@@ -146,6 +158,7 @@ class Network:
         record: bool = True,
         rejoin: bool = True,
         on_effect: Callable[[SimPeer, Effect, float], None] | None = None,
+        loss: float = 0.0,
     ) -> None:
         self.seed = seed
         self.config = config or PeerConfig()
@@ -155,6 +168,10 @@ class Network:
         self.record = record
         self.rejoin = rejoin
         self.on_effect = on_effect
+        self.loss = loss
+        self.dropped = 0
+        self._link_loss: dict[tuple[str, str], float] = {}
+        self._loss_rng = random.Random(f"{seed}:loss")
         self.now = 0.0
         self.events_processed = 0
         self.peers: dict[str, SimPeer] = {}
@@ -221,6 +238,11 @@ class Network:
             remote, rconn, latency = self._ends.pop(key)
             if not hang:
                 self._push(self.now + latency, _LOST, remote, rconn, None)
+
+    def set_loss(self, a: str, b: str, probability: float) -> None:
+        """Loss probability of BROADCAST_DATA on the link between peers ``a`` and ``b``."""
+        key = (a, b) if a < b else (b, a)
+        self._link_loss[key] = probability
 
     def at(self, when: float, action: Callable[[], object]) -> None:
         """Run ``action`` at virtual time ``when`` (scheduled publishes, faults …)."""
@@ -318,6 +340,7 @@ class Network:
                 self._send(peer, effect, now)
             elif isinstance(effect, Deliver):
                 peer.deliveries += 1
+                peer.recovered += effect.recovered
                 if self.record:
                     key = (effect.source, effect.sequence)
                     peer.received[key] = peer.received.get(key, 0) + 1
@@ -331,6 +354,8 @@ class Network:
                 self._push(now + self.homs_latency, _HOMS, peer, 0, None)
             elif isinstance(effect, ProtocolError):
                 peer.errors.append(effect.reason)
+            elif isinstance(effect, Gap):
+                peer.gaps.append((effect.source, effect.first, effect.last))
             elif isinstance(effect, JoinFailed):
                 peer.join_failures += 1
                 if self.rejoin:
@@ -351,13 +376,29 @@ class Network:
         name = peer.peer_id
         push = heapq.heappush
         heap = self._heap
+        message = effect.message
+        lossy = (
+            (self.loss > 0 or bool(self._link_loss))
+            and type(message) is BroadcastData
+            and message.hp2p is None  # a recovery push is not live data
+        )
         for conn in effect.conns:
             end = ends.get((name, conn))
             if end is None:
                 continue  # closed locally, or never opened: the core already knows
             remote, rconn, latency = end
+            if lossy and self._lost_frame(name, remote.peer_id):
+                continue
             self._seq += 1
             push(heap, (now + latency, self._seq, _RECV, remote, rconn, payload))
+
+    def _lost_frame(self, a: str, b: str) -> bool:
+        key = (a, b) if a < b else (b, a)
+        probability = self._link_loss.get(key, self.loss)
+        if probability > 0 and self._loss_rng.random() < probability:
+            self.dropped += 1
+            return True
+        return False
 
     def _connect(self, peer: SimPeer, effect: Connect) -> None:
         remote = self._by_address.get(effect.address)
