@@ -162,3 +162,21 @@ async def test_hello_gets_1202_on_a_raw_connection(tmp_path: Path) -> None:
             writer.close()
         finally:
             await root.close()
+
+
+async def test_fault_injection_delays_every_frame(tmp_path: Path) -> None:
+    """--faults wraps every link in FaultyLink: a 40 ms delay can only make delivery slower."""
+    async with homs_app(tmp_path) as app:
+        root = await start_node(app, create="faults", peer_id="root", faults="delay=0.04")
+        child = await start_node(app, join="faults", peer_id="child", faults="delay=0.04")
+        try:
+            sub = child.subscribe()
+            loop = asyncio.get_running_loop()
+            sent = loop.time()
+            root.publish(b"slow")
+            (got,) = await collect(sub, 1, within=10)
+            assert got.data == b"slow"
+            assert loop.time() - sent >= 0.04
+            assert child.fault_plan is not None
+        finally:
+            await _close_all([root, child])
