@@ -411,10 +411,14 @@ def _print_summary(console: Console, figures: dict[str, Any]) -> None:
 
 
 async def _main(demo: Demo) -> dict[str, Any]:
+    """Run the demo; SIGTERM ends it like Ctrl-C (asyncio turns SIGINT into a cancellation)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         return await demo.run()
     finally:
-        await demo.stop_all()
+        await asyncio.shield(demo.stop_all())
 
 
 def demo(
@@ -445,7 +449,7 @@ def demo(
         console.print(f"[bold red]hp2p demo failed:[/] {exc}")
         console.print(f"(logs kept in {runner.workdir})")
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("hp2p demo: interrupted; every process it started has been stopped.")
         shutil.rmtree(runner.workdir, ignore_errors=True)
         raise typer.Exit(130) from None
