@@ -180,3 +180,38 @@ async def test_fault_injection_delays_every_frame(tmp_path: Path) -> None:
             assert child.fault_plan is not None
         finally:
             await _close_all([root, child])
+
+
+async def test_join_failed_leads_to_a_bounded_fresh_join_then_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    """Entry peer unreachable: the core gives up, the shell joins afresh (new ticket), once."""
+    import socket
+
+    from hp2p.peer.config import PeerConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    async with homs_app(tmp_path) as app:
+        owner = client_for(app)
+        await owner.create_overlay("ghost", "o", "admin", heartbeat_interval=1, heartbeat_timeout=3)
+        overlay = await owner.find_overlay("ghost")
+        await owner.join(overlay, peer_id="ghost", address=dead, password="p" * 8, expires=30)
+        config = PeerConfig(join_attempts=1, hello_timeout=0.5, backoff_initial=0.01)
+        events: list[tuple[str, dict[str, object]]] = []
+        node = PeerNode(
+            NodeSettings(homs="http://homs", join="ghost", rejoins=1, join_timeout=20),
+            config,
+            homs_client=client_for(app),
+            on_event=lambda kind, fields: events.append((kind, fields)),
+        )
+        with pytest.raises(NodeError, match="could not attach to its tree"):
+            await node.start()
+        assert node.stats.rejoins == 1
+        assert [kind for kind, _ in events].count("join_failed") == 2
+        members = await app.state.store.peers(overlay.overlay_id)
+        assert [m.peer_id for m in members] == ["ghost"]  # it left the HOMS each time
+        last = await app.state.store.get_overlay(overlay.overlay_id)
+        assert last.last_ticket == 3  # ghost 1, first join 2, the fresh join 3
+        await owner.aclose()

@@ -58,6 +58,7 @@ from hp2p.peer.settings import NodeSettings, split_host_port
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
 from hp2p.transport.faults import FaultPlan, FaultyLink
+from hp2p.wire import homp
 from hp2p.wire.errors import WireError
 from hp2p.wire.r2 import encode
 from hp2p.wire.r2.messages import Message
@@ -179,6 +180,7 @@ class NodeStats:
     deliveries: int = 0
     subscriber_drops: int = 0
     recovery_joins: int = 0
+    rejoins: int = 0  # fresh HOMP joins after JoinFailed (new ticket)
 
 
 def _random_peer_id() -> str:
@@ -234,6 +236,7 @@ class PeerNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
         self.failed = asyncio.Event()
+        self._overlay: homp.QueryOverlay | None = None
         self._links_changed = asyncio.Event()
 
     # === life cycle ==============================================================================
@@ -261,17 +264,8 @@ class PeerNode:
             raise NodeError(str(exc)) from None
         m = self.membership
         self.homs.start_refresh()
-        info = JoinInfo(
-            overlay_id=m.overlay_id,
-            ticket=m.ticket,
-            peers=tuple(p for p in m.peers if p[0] != self.peer_id),
-            heartbeat_interval=m.heartbeat_interval,
-            heartbeat_timeout=m.heartbeat_timeout,
-            cr_policy=m.cr_policy,
-            root=m.root,
-        )
         self.state = "joining"
-        self.core.start(info, self._now())
+        self.core.start(self._join_info(m), self._now())
         self._drain()
         try:
             await asyncio.wait_for(self._attached_or_failed(), self.settings.join_timeout)
@@ -295,32 +289,49 @@ class PeerNode:
             attached.cancel()
             failed.cancel()
 
-    async def _homp_join(self) -> Membership:
-        s = self.settings
-        if s.create is not None:
-            interval = max(1, round(self.config.heartbeat_interval))
-            timeout = max(interval + 1, round(self.config.heartbeat_timeout))
-            overlay_id = await self.homs.create_overlay(
-                s.create,
-                owner_id=self.peer_id,
-                admin_key=s.admin_key or secrets.token_urlsafe(16),
-                heartbeat_interval=interval,
-                heartbeat_timeout=timeout,
-                description=s.description,
-                access_key=s.access_key,
-            )
-            overlay = await self.homs.find_overlay(overlay_id)
-        else:
-            assert s.join is not None
-            overlay = await self.homs.find_overlay(s.join)
+    def _join_info(self, m: Membership) -> JoinInfo:
+        return JoinInfo(
+            overlay_id=m.overlay_id,
+            ticket=m.ticket,
+            peers=tuple(p for p in m.peers if p[0] != self.peer_id),
+            heartbeat_interval=m.heartbeat_interval,
+            heartbeat_timeout=m.heartbeat_timeout,
+            cr_policy=m.cr_policy,
+            root=m.root,
+        )
+
+    async def _homp_join(self, overlay: homp.QueryOverlay | None = None) -> Membership:
+        """HybridOverlayJoin, after finding (or creating) the overlay the first time."""
+        if overlay is None:
+            overlay = await self._find_or_create()
+            self._overlay = overlay
         return await self.homs.join(
             overlay,
             peer_id=self.peer_id,
             address=self.address,
             password=_password(),
-            expires=s.expires,
+            expires=self.settings.expires,
+            access_key=self.settings.access_key,
+        )
+
+    async def _find_or_create(self) -> homp.QueryOverlay:
+        s = self.settings
+        if s.create is None:
+            assert s.join is not None
+            return await self.homs.find_overlay(s.join)
+        # HOMP carries whole seconds; the core's own (sub-second) values apply locally.
+        interval = max(1, round(self.config.heartbeat_interval))
+        timeout = max(interval + 1, round(self.config.heartbeat_timeout))
+        overlay_id = await self.homs.create_overlay(
+            s.create,
+            owner_id=self.peer_id,
+            admin_key=s.admin_key or secrets.token_urlsafe(16),
+            heartbeat_interval=interval,
+            heartbeat_timeout=timeout,
+            description=s.description,
             access_key=s.access_key,
         )
+        return await self.homs.find_overlay(overlay_id)
 
     async def close(self) -> None:
         """Leave cleanly, bounded by ``leave_timeout``: RELEASE every path, flush, HOMP leave."""
@@ -438,6 +449,7 @@ class PeerNode:
                     "incoming_candidate": list(costmap.incoming_candidate),
                 },
                 core=asdict(core.counters),
+                core_status=core.status(),
             )
         return out
 
@@ -675,11 +687,41 @@ class PeerNode:
             self._emit("attached", fields)
 
     def _join_failed(self, effect: JoinFailed) -> None:
+        """The core gave up re-attaching: join the HOMS afresh (bounded), else fail."""
+        self._emit("join_failed", {"reason": effect.reason})
+        if self.stats.rejoins < self.settings.rejoins and not self._stopped:
+            log.warning("could not attach to the tree (%s); joining the HOMS afresh", effect.reason)
+            self.state = "rejoining"
+            self._spawn(self._rejoin(), "hp2p-rejoin")
+            return
         self.state = "failed"
         self.failure = effect.reason
         log.error("could not attach to the tree: %s", effect.reason)
-        self._emit("join_failed", {"reason": effect.reason})
         self.failed.set()
+
+    async def _rejoin(self) -> None:
+        """HOMP leave, then a new join (a new ticket), then ``core.start`` again.
+
+        A second join under the same peer-id is refused while the first membership lives,
+        hence the leave first. The core releases every path itself before it starts over.
+        """
+        self.stats.rejoins += 1
+        try:
+            with contextlib.suppress(HomsError):
+                await self.homs.leave()
+            self.membership = await self._homp_join(self._overlay)
+        except HomsError as exc:
+            self.state = "failed"
+            self.failure = f"could not join the HOMS again: {exc}"
+            log.error("%s", self.failure)
+            self.failed.set()
+            return
+        core = self.core
+        if core is None or self._stopped:
+            return
+        self.homs.start_refresh()
+        core.start(self._join_info(self.membership), self._now())
+        self._drain()
 
     def _scan_done(self, effect: ScanResult) -> None:
         future = self._scans.get(effect.cseq)

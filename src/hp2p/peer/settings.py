@@ -79,6 +79,10 @@ class NodeSettings:
     join_timeout: float = field(
         default=30.0, metadata=_doc("Give up when the peer is not attached after this (s).")
     )
+    rejoins: int = field(
+        default=3,
+        metadata=_doc("Fresh HOMP joins (new ticket) after the core gave up re-attaching."),
+    )
     leave_timeout: float = field(
         default=5.0, metadata=_doc("Bound on a clean leave: RELEASE, flush, HOMP leave (s).")
     )
