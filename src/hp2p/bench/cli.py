@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from hp2p.bench.churn import churn as _churn
 from hp2p.bench.wire import wire as _wire
 from hp2p.clistubs import not_yet
 
@@ -16,7 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_STUBS = {"homs": 3, "tree": 4, "churn": 5, "mesh": 7, "all": 6, "report": 6}
+_STUBS = {"homs": 3, "tree": 4, "mesh": 7, "all": 6, "report": 6}
 
 
 def _stub(name: str, issue: int) -> None:
@@ -33,3 +34,4 @@ for _name, _issue in _STUBS.items():
     _stub(_name, _issue)
 
 app.command(name="wire")(_wire)
+app.command(name="churn")(_churn)
