@@ -10,8 +10,8 @@ argv is readable by every user of the machine and may hold an access or admin ke
 Two ways for other programs to follow the peer without guessing or sleeping:
 
 * ``--json-events``: one JSON object per line on stdout (``joined``, ``deliver``, ``published``,
-  ``path``, ``attached``, ``detached``, ``join_failed``, ``scan``, ``status``, ``error``,
-  ``left``);
+  ``path``, ``attached``, ``detached``, ``join_failed``, ``gap``, ``peer_lost``, ``scan``,
+  ``status``, ``error``, ``left``; docs/peer.md describes each);
 * ``--stdin``: commands, one per line: ``publish TEXT``, ``scan``, ``status``, ``leave``; the
   end of input leaves too (the controlling program is gone).
 """

@@ -43,12 +43,14 @@ from hp2p.peer.effects import (
     Deliver,
     Detached,
     Effect,
+    Gap,
     HomsRecoveryJoin,
     HomsReport,
     Joined,
     JoinFailed,
     Left,
     PathEvent,
+    PeerLost,
     ProtocolError,
     ScanResult,
     Send,
@@ -181,6 +183,8 @@ class NodeStats:
     subscriber_drops: int = 0
     recovery_joins: int = 0
     rejoins: int = 0  # fresh HOMP joins after JoinFailed (new ticket)
+    gaps: int = 0  # messages no peer could serve any more (data recovery gave up)
+    peers_lost: int = 0  # neighbours that died (not RELEASEd)
 
 
 def _random_peer_id() -> str:
@@ -621,6 +625,23 @@ class PeerNode:
             self._emit("detached", {"reason": effect.reason})
         elif isinstance(effect, JoinFailed):
             self._join_failed(effect)
+        elif isinstance(effect, Gap):
+            lost = effect.last - effect.first + 1
+            self.stats.gaps += lost
+            log.warning(
+                "lost for good: %d message(s) %d..%d of %s",
+                lost,
+                effect.first,
+                effect.last,
+                effect.source,
+            )
+            self._emit("gap", {"source": effect.source, "first": effect.first, "last": effect.last})
+        elif isinstance(effect, PeerLost):
+            self.stats.peers_lost += 1
+            log.info("neighbour %s (%s) lost: %s", effect.peer_id, effect.role, effect.reason)
+            self._emit(
+                "peer_lost", {"peer": effect.peer_id, "role": effect.role, "reason": effect.reason}
+            )
         elif isinstance(effect, Left):
             self.state = "left"
 
