@@ -1,0 +1,238 @@
+"""``python -m hp2p.peer.mesh_daemon``: one SubMesh peer process (what ``hp2p peer`` runs for a
+``sub``/``mesh`` overlay).
+
+It is lean on purpose (argparse, no typer), like :mod:`hp2p.peer.daemon`: a peer process stays
+small. Other programs follow it without guessing or sleeping:
+
+* ``--json-events``: one JSON object per line on stdout: ``joined``, ``object`` (with the
+  SHA-256 of the delivered object), ``published``, ``became_source``, ``status``, ``error``,
+  ``left``;
+* ``--stdin``: commands, one per line: ``publish TEXT``, ``publish-file PATH``,
+  ``publish-random SIZE SEED`` (deterministic bytes, for tests and demos), ``status``,
+  ``leave``; the end of input leaves too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from hp2p.peer.mesh import NotSourceError
+from hp2p.peer.mesh_config import MeshConfig, MeshConfigError
+from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
+
+_encoder = msgspec.json.Encoder()
+
+EPILOG = """
+Examples:
+
+  # the source creates a SubMesh under CoreTree 7f3c… and joins it
+  python -m hp2p.peer.mesh_daemon --homs http://127.0.0.1:8081 --create blocks \\
+      --parent 7f3c… --id block-source --stdin --json-events
+
+  # an ordinary SubMesh peer that keeps its pieces on disk
+  python -m hp2p.peer.mesh_daemon --join blocks --store ./pieces --json-events
+
+  # a standby for the source (publishes in its place when it is gone)
+  python -m hp2p.peer.mesh_daemon --join blocks --standby --set takeover_after=2
+
+Mesh settings (--set KEY=VALUE): see hp2p.peer.mesh_config.MeshConfig, e.g. piece_size,
+target_neighbours, low_water, max_requests, request_timeout, store_bytes.
+"""
+
+
+def print_event(kind: str, fields: dict[str, Any]) -> None:
+    """One JSON line on stdout, flushed; a reader that went away is not an error here."""
+    try:
+        sys.stdout.write(_encoder.encode({"event": kind, **fields}).decode() + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs typed like the :class:`MeshConfig` field they name."""
+    defaults = MeshConfig()
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise MeshConfigError(f"--set wants KEY=VALUE, got {item!r}")
+        if not hasattr(defaults, key):
+            raise MeshConfigError(f"unknown mesh setting {key!r}")
+        kind = type(getattr(defaults, key))
+        try:
+            values[key] = kind(raw)
+        except ValueError:
+            raise MeshConfigError(f"{key} must be {kind.__name__}, got {raw!r}") from None
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hp2p peer (SubMesh)",
+        description="Run a SubMesh peer: join (or, as its source, create) a sub/mesh overlay, "
+        "pull and serve pieces, deliver whole verified objects.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--homs", default="http://127.0.0.1:8081", help="HOMS URL")
+    p.add_argument("--join", help="SubMesh overlay-id or title to join")
+    p.add_argument("--create", help="create a SubMesh with this title (this peer is its source)")
+    p.add_argument("--parent", help="parent overlay-id (the CoreTree) for --create")
+    p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT for R2 (default any port)")
+    p.add_argument("--id", dest="peer_id", help="peer-id (default peer-<random hex>)")
+    p.add_argument("--store", help="directory of a persistent piece store (default: memory)")
+    p.add_argument("--standby", action="store_true", help="standby for the source")
+    p.add_argument("--access-key", help="access key of a closed overlay")
+    p.add_argument("--expires", type=int, default=30, help="HOMP expires in seconds")
+    p.add_argument("--seed", type=int, help="seed of the core's random choices")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE")
+    p.add_argument("--json-events", action="store_true", help="JSON lines on stdout")
+    p.add_argument("--stdin", action="store_true", help="read commands from stdin")
+    p.add_argument("--log-level", default="warning", help="error, warning, info or debug")
+    return p
+
+
+async def run(settings: MeshSettings, json_events: bool, stdin: bool) -> int:
+    def on_event(kind: str, fields: dict[str, Any]) -> None:
+        if json_events:
+            print_event(kind, {**fields, "t": time.time()})
+
+    node = MeshNode(settings, on_event=on_event)
+    subscription = node.subscribe()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+    except MeshNodeError as exc:
+        print(f"hp2p peer: {exc}", file=sys.stderr, flush=True)
+        return 1
+    info = {
+        "peer_id": node.peer_id,
+        "overlay_id": node.overlay_id,
+        "source_id": node.source_id,
+        "r2": node.address,
+        "mesh": True,
+    }
+    if json_events:
+        print_event("joined", info)
+    else:
+        print(
+            f"hp2p peer: joined SubMesh peer-id={node.peer_id} overlay-id={node.overlay_id} "
+            f"source={node.source_id} r2={node.address}",
+            flush=True,
+        )
+
+    async def report_objects() -> None:
+        async for delivery in subscription:
+            if json_events:
+                print_event(
+                    "delivered",
+                    {
+                        "object": delivery.object_number,
+                        "sha256": hashlib.sha256(delivery.data).hexdigest(),
+                        "lost": delivery.lost,
+                        "t": time.time(),
+                    },
+                )
+
+    try:
+        waiters: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(report_objects()),
+        ]
+        if stdin:
+            waiters.append(asyncio.ensure_future(serve_commands(node)))
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        return 0
+    finally:
+        await node.close()
+
+
+async def serve_commands(node: MeshNode) -> None:
+    reader = asyncio.StreamReader(limit=1 << 20)
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        try:
+            raw = await reader.readline()
+        except ValueError:
+            print_event("error", {"reason": "a command line longer than 1 MiB was ignored"})
+            continue
+        if not raw:
+            return
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        command, _, argument = line.partition(" ")
+        try:
+            data: bytes | None = None
+            if command == "publish":
+                data = argument.encode("utf-8")
+            elif command == "publish-file":
+                data = await asyncio.to_thread(Path(argument).read_bytes)
+            elif command == "publish-random":
+                size, _, seed = argument.partition(" ")
+                data = random.Random(int(seed or 0)).randbytes(int(size))
+            elif command == "status":
+                print_event("status", node.status())
+            elif command == "leave":
+                return
+            elif command:
+                print_event(
+                    "error",
+                    {
+                        "reason": f"unknown command {command!r}; use publish TEXT, publish-file "
+                        "PATH, publish-random SIZE SEED, status or leave",
+                    },
+                )
+            if data is not None:
+                node.publish(data)  # the node's 'published' event says which object
+        except (NotSourceError, MeshNodeError, ValueError, OSError) as exc:
+            print_event("error", {"reason": str(exc)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = str(args.log_level).upper()
+    if level not in ("ERROR", "WARNING", "INFO", "DEBUG"):
+        print("hp2p peer: --log-level must be error, warning, info or debug", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = MeshConfig.from_dict(parse_sets(args.sets))
+        settings = MeshSettings(
+            homs=args.homs,
+            join=args.join,
+            create=args.create,
+            parent=args.parent,
+            listen=args.listen,
+            peer_id=args.peer_id,
+            store=args.store,
+            standby=args.standby,
+            access_key=args.access_key,
+            expires=args.expires,
+            seed=args.seed,
+            config=config,
+        )
+    except (MeshConfigError, MeshNodeError, ValueError) as exc:
+        print(f"hp2p peer: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run(settings, args.json_events, args.stdin))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,579 @@
+"""The asyncio shell of a SubMesh peer: TCP links, one timer, the HOMS client, the application.
+
+Like :mod:`hp2p.peer.node` for the tree, it decides nothing: every input (accepted or opened
+TCP connection, decoded R2 message, closed link, timer, HOMS answer, application call) goes to
+the sans-IO :class:`~hp2p.peer.mesh.MeshCore` with ``loop.time()`` as ``now``, then the core's
+effects are executed in order and the single timer is re-armed to ``core.next_timer()``.
+
+R1: the peer joins the SubMesh with HOMP like any peer (``POST /peer``); a SubMesh join answers
+with a uniformly random peer list, and when the core wants more neighbours (``PeerListWanted``)
+the shell asks again with ``POST /peer?recovery=true`` (PLM FE). The neighbour set is reported
+as the peer's primary paths, so the HOMS topology endpoints draw the mesh.
+
+A source may create its SubMesh first (``create`` + ``parent``): HOMP create with the hp2p
+extension fields ``parent-overlay-id`` and ``source-peer-id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import string
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hp2p.peer.effects import Close, Connect, HomsReport, ProtocolError, Send
+from hp2p.peer.homs_client import HomsError
+from hp2p.peer.mesh import (
+    BecameSource,
+    MeshCore,
+    MeshEffect,
+    MeshJoinInfo,
+    NotSourceError,
+    ObjectReceived,
+    PeerListWanted,
+)
+from hp2p.peer.mesh_config import MeshConfig
+from hp2p.peer.mesh_store import DiskPieceStore, MemoryPieceStore, PieceStore
+from hp2p.peer.settings import split_host_port
+from hp2p.peer.subtree import SubOverlayHomsClient
+from hp2p.transport import tcp
+from hp2p.transport.base import Link, LinkEvents
+from hp2p.wire.errors import WireError
+from hp2p.wire.r2 import encode
+from hp2p.wire.r2.messages import Message
+
+log = logging.getLogger("hp2p.peer.mesh")
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+__all__ = ["MeshDelivery", "MeshNode", "MeshNodeError", "MeshSettings", "NotSourceError"]
+
+
+class MeshNodeError(Exception):
+    """The SubMesh peer could not start or join; ``str(err)`` says what and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    """Shell settings of a SubMesh peer (the core's are :class:`MeshConfig`)."""
+
+    homs: str = "http://127.0.0.1:8081"
+    join: str | None = None  # overlay-id or title of the SubMesh
+    create: str | None = None  # title of a SubMesh to create (this peer is its source)
+    parent: str | None = None  # parent overlay-id (CoreTree) for create
+    listen: str = "127.0.0.1:0"
+    peer_id: str | None = None
+    store: str | None = None  # directory of a persistent piece store
+    standby: bool = False  # watch the source, publish in its place when it is gone
+    access_key: str | None = None
+    admin_key: str | None = None
+    description: str = ""
+    expires: int = 30
+    homs_timeout: float = 5.0
+    homs_attempts: int = 4
+    leave_timeout: float = 5.0
+    subscriber_queue: int = 1024
+    send_queue_bytes: int = 16 * 1024 * 1024
+    seed: int | None = None
+    config: MeshConfig = field(default_factory=MeshConfig)
+
+    def __post_init__(self) -> None:
+        if (self.create is None) == (self.join is None):
+            raise MeshNodeError("give exactly one of join (a SubMesh id/title) or create (title)")
+        if self.create is not None and not self.parent:
+            raise MeshNodeError("creating a SubMesh needs its parent overlay-id (--parent)")
+        split_host_port(self.listen, "listen")
+        if self.expires <= 0 or self.subscriber_queue <= 0 or self.send_queue_bytes <= 0:
+            raise MeshNodeError("expires, subscriber_queue and send_queue_bytes must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class MeshDelivery:
+    """One whole, verified object for the application; ``lost``: dropped before it (slow)."""
+
+    object_number: int
+    data: bytes
+    app_id: str | None
+    meta: dict[str, Any] | None
+    lost: int = 0
+
+
+class MeshSubscription:
+    """A bounded queue of objects; a slow reader loses the oldest, never stalls the mesh."""
+
+    def __init__(self, maxsize: int, on_close: Callable[[MeshSubscription], None]) -> None:
+        self.maxsize = maxsize
+        self.dropped = 0
+        self._queue: deque[MeshDelivery] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._lost = 0
+        self._on_close = on_close
+
+    def put(self, delivery: MeshDelivery) -> None:
+        if self._closed:
+            return
+        if len(self._queue) >= self.maxsize:
+            self._queue.popleft()
+            self.dropped += 1
+            self._lost += 1
+        if self._lost:
+            delivery = MeshDelivery(
+                delivery.object_number, delivery.data, delivery.app_id, delivery.meta, self._lost
+            )
+            self._lost = 0
+        self._queue.append(delivery)
+        self._ready.set()
+
+    async def get(self) -> MeshDelivery:
+        """The next object; ``StopAsyncIteration`` once closed and drained."""
+        while True:
+            if self._queue:
+                item = self._queue.popleft()
+                if not self._queue:
+                    self._ready.clear()
+                return item
+            if self._closed:
+                raise StopAsyncIteration
+            await self._ready.wait()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._ready.set()
+            self._on_close(self)
+
+    def __aiter__(self) -> AsyncIterator[MeshDelivery]:
+        return self
+
+    async def __anext__(self) -> MeshDelivery:
+        return await self.get()
+
+
+@dataclass
+class MeshNodeStats:
+    frames_sent: int = 0
+    frames_refused: int = 0
+    sends_to_gone: int = 0
+    encode_errors: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    accepted: int = 0
+    wire_errors: int = 0
+    protocol_errors: int = 0
+    deliveries: int = 0
+    peer_list_requests: int = 0
+
+
+def _password() -> str:
+    return "".join(secrets.choice(string.ascii_letters) for _ in range(16))
+
+
+class MeshNode:
+    """One SubMesh peer process: ``await start()``, publish/subscribe, ``await close()``."""
+
+    def __init__(
+        self,
+        settings: MeshSettings,
+        *,
+        on_event: EventSink | None = None,
+        store: PieceStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.peer_id = settings.peer_id or f"peer-{secrets.token_hex(4)}"
+        self.on_event = on_event
+        self.stats = MeshNodeStats()
+        self.homs = SubOverlayHomsClient(
+            settings.homs,
+            timeout=settings.homs_timeout,
+            attempts=settings.homs_attempts,
+            rng=random.Random(settings.seed),
+        )
+        if store is None:
+            store = DiskPieceStore(settings.store) if settings.store else MemoryPieceStore()
+        self._store = store
+        self.core: MeshCore | None = None
+        self.address = ""
+        self.overlay_id = ""
+        self.source_id = ""
+        self.state = "starting"
+        self._server: asyncio.Server | None = None
+        self._links: dict[int, Link] = {}
+        self._connecting: dict[int, list[Message]] = {}
+        self._closing: set[int] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._subscribers: list[MeshSubscription] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+        self._asking_homs = False
+        self.became_source = asyncio.Event()
+
+    # === life cycle ==============================================================================
+    async def start(self) -> None:
+        """Listen on R2, create (source) or find the SubMesh, join it, open mesh links."""
+        self._loop = asyncio.get_running_loop()
+        s = self.settings
+        host, port = split_host_port(s.listen, "listen")
+        try:
+            self._server = await tcp.listen(
+                host, port, self._on_accept, max_queue_bytes=s.send_queue_bytes
+            )
+        except OSError as exc:
+            raise MeshNodeError(
+                f"cannot listen for R2 on {s.listen}: {exc.strerror or exc} "
+                "(is the port in use? use another --listen port, or port 0)"
+            ) from None
+        self.address = tcp.format_tcp_address(host, self._server.sockets[0].getsockname()[1])
+        try:
+            if s.create is not None:
+                assert s.parent is not None
+                overlay_id = await self.homs.create_sub_overlay(
+                    s.create,
+                    sub_type="mesh",
+                    parent_overlay_id=s.parent,
+                    source_peer_id=self.peer_id,
+                    owner_id=self.peer_id,
+                    admin_key=s.admin_key or secrets.token_urlsafe(16),
+                    description=s.description,
+                    access_key=s.access_key,
+                )
+                overlay = await self.homs.find_overlay(overlay_id)
+            else:
+                assert s.join is not None
+                overlay = await self.homs.find_overlay(s.join)
+            if overlay.type != "sub" or overlay.sub_type != "mesh":
+                raise MeshNodeError(
+                    f"overlay {overlay.overlay_id!r} is a {overlay.type}/{overlay.sub_type}, "
+                    "not a SubMesh (sub/mesh); join it with `hp2p peer --join` instead"
+                )
+            if not overlay.source_peer_id:
+                raise MeshNodeError(f"SubMesh {overlay.overlay_id!r} names no source peer")
+            membership = await self.homs.join(
+                overlay,
+                peer_id=self.peer_id,
+                address=self.address,
+                password=_password(),
+                expires=s.expires,
+                access_key=s.access_key,
+            )
+            source_address = None
+            if s.standby:
+                source_address = await self.homs.peer_address(
+                    overlay.overlay_id, overlay.source_peer_id
+                )
+        except (HomsError, MeshNodeError) as exc:
+            await self._shutdown_io()
+            raise MeshNodeError(str(exc)) from None
+        self.overlay_id = overlay.overlay_id
+        self.source_id = overlay.source_peer_id
+        self.core = MeshCore(
+            s.config, self.peer_id, self.address, random.Random(s.seed), store=self._store
+        )
+        self.homs.start_refresh()
+        self.core.start(
+            MeshJoinInfo(
+                overlay_id=self.overlay_id,
+                source_id=self.source_id,
+                ticket=membership.ticket,
+                peers=tuple(p for p in membership.peers if p[0] != self.peer_id),
+                standby=s.standby,
+                source_address=source_address,
+            ),
+            self._now(),
+        )
+        self.state = "running"
+        self._drain()
+
+    async def close(self) -> None:
+        """Leave cleanly, bounded by ``leave_timeout``: RELEASE every link, HOMP leave."""
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = self._now() + self.settings.leave_timeout
+        if self.core is not None and self.state == "running":
+            self.core.leave(self._now())
+            self._drain_effects()
+        for link in list(self._links.values()):
+            link.close()
+        if self.homs.membership is not None:
+            await self.homs.flush_reports(max(0.0, min(1.0, deadline - self._now())))
+            try:
+                await asyncio.wait_for(self.homs.leave(), max(0.1, deadline - self._now()))
+            except (HomsError, TimeoutError) as exc:
+                log.warning("HOMP leave failed (the HOMS will expire this peer): %s", exc)
+        self.state = "left"
+        await self._shutdown_io()
+        self._emit("left", {})
+
+    async def _shutdown_io(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for link in list(self._links.values()):
+            link.close()
+        self._links.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+        for sub in list(self._subscribers):
+            sub.close()
+        await self.homs.aclose()
+
+    # === application =============================================================================
+    def publish(
+        self, data: bytes, *, app_id: str | None = None, meta: dict[str, Any] | None = None
+    ) -> int:
+        """Publish one object (source only); returns its object number.
+
+        Raises :class:`NotSourceError` on a peer that is not the SubMesh's source, and
+        ``ValueError`` for an object too large for the configured bounds.
+        """
+        core = self._running_core()
+        number = core.publish(data, self._now(), app_id=app_id, meta=meta)
+        manifest = core.manifest(number)
+        digest = manifest.sha256 if manifest is not None else None
+        self._emit("published", {"object": number, "size": len(data), "sha256": digest})
+        self._drain()
+        return number
+
+    def subscribe(self, maxsize: int | None = None) -> MeshSubscription:
+        sub = MeshSubscription(maxsize or self.settings.subscriber_queue, self._subscribers.remove)
+        self._subscribers.append(sub)
+        return sub
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "peer_id": self.peer_id,
+            "state": self.state,
+            "address": self.address,
+            "homs": self.homs.url,
+            "overlay_id": self.overlay_id,
+            "source_id": self.source_id,
+            "node": asdict(self.stats),
+        }
+        if self.core is not None:
+            out["mesh"] = self.core.status()
+        return out
+
+    def _running_core(self) -> MeshCore:
+        if self.core is None or self.state != "running" or self._stopped:
+            raise MeshNodeError("the SubMesh peer is not running (start it first, or it has left)")
+        return self.core
+
+    # === transport ===============================================================================
+    def _on_accept(self, link: tcp.TcpLink) -> LinkEvents:
+        core = self.core
+        if core is None or self._stopped:
+            link.close()
+            return LinkEvents(on_message=lambda _l, _m: None, on_closed=lambda _l, _e: None)
+        conn = core.accept(self._now())
+        self.stats.accepted += 1
+        self._links[conn] = link
+        self._drain()
+        return self._events(conn)
+
+    def _events(self, conn: int) -> LinkEvents:
+        return LinkEvents(
+            on_message=lambda _link, message: self._on_message(conn, message),
+            on_closed=lambda _link, _exc: self._on_closed(conn),
+            on_protocol_error=lambda _link, err: self._on_wire_error(conn, err),
+        )
+
+    def _on_message(self, conn: int, message: Message) -> None:
+        pending = self._connecting.get(conn)
+        if pending is not None:
+            pending.append(message)
+            return
+        if self.core is None or self._stopped:
+            return
+        self.core.receive(conn, message, self._now())
+        self._drain()
+
+    def _on_closed(self, conn: int) -> None:
+        self._links.pop(conn, None)
+        if conn in self._closing:
+            self._closing.discard(conn)
+            return
+        if self.core is None or self._stopped:
+            return
+        self.core.connection_lost(conn, self._now())
+        self._drain()
+
+    def _on_wire_error(self, conn: int, err: WireError) -> None:
+        self.stats.wire_errors += 1
+        self._emit("error", {"conn": conn, "reason": f"malformed R2 stream: {err}"})
+
+    async def _connect(self, conn: int, address: str) -> None:
+        self.stats.connects += 1
+        try:
+            link = await tcp.connect(
+                address, self._events(conn), max_queue_bytes=self.settings.send_queue_bytes
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            self._connecting.pop(conn, None)
+            self.stats.connect_failures += 1
+            log.debug("connect %s failed: %s", address, exc)
+            if self.core is not None and not self._stopped and conn not in self._closing:
+                self.core.connection_failed(conn, self._now())
+                self._drain()
+            self._closing.discard(conn)
+            return
+        early = self._connecting.pop(conn, [])
+        if conn in self._closing or self._stopped or self.core is None:
+            self._closing.add(conn)
+            link.close()
+            return
+        self._links[conn] = link
+        self.core.connection_made(conn, self._now())
+        for message in early:
+            self.core.receive(conn, message, self._now())
+        self._drain()
+
+    # === timer and effects =======================================================================
+    def _now(self) -> float:
+        return (self._loop or asyncio.get_running_loop()).time()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.core is None or self._stopped:
+            return
+        self.core.handle_timer(self._now())
+        self._drain()
+
+    def _rearm(self) -> None:
+        core = self.core
+        if core is None or self._loop is None or self._stopped:
+            return
+        when = core.next_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _drain(self) -> None:
+        self._drain_effects()
+        self._rearm()
+
+    def _drain_effects(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        while True:
+            effects = core.take_effects()
+            if not effects:
+                return
+            for effect in effects:
+                try:
+                    self._execute(effect)
+                except Exception:  # a shell bug must not take the peer down silently
+                    log.exception("executing %s failed", type(effect).__name__)
+
+    def _execute(self, effect: MeshEffect) -> None:
+        if isinstance(effect, Send):
+            self._send(effect)
+        elif isinstance(effect, ObjectReceived):
+            self._deliver(effect)
+        elif isinstance(effect, Connect):
+            self._connecting[effect.conn] = []
+            self._spawn(self._connect(effect.conn, effect.address), "hp2p-mesh-connect")
+        elif isinstance(effect, Close):
+            self._close(effect.conn)
+        elif isinstance(effect, HomsReport):
+            self.homs.report(effect.costmap)
+        elif isinstance(effect, PeerListWanted):
+            if not self._asking_homs:
+                self._asking_homs = True
+                self.stats.peer_list_requests += 1
+                self._spawn(self._peer_list(), "hp2p-mesh-peer-list")
+        elif isinstance(effect, ProtocolError):
+            self.stats.protocol_errors += 1
+            log.info("mesh protocol error on connection %s: %s", effect.conn, effect.reason)
+            self._emit("error", {"conn": effect.conn, "reason": effect.reason})
+        elif isinstance(effect, BecameSource):
+            self.became_source.set()
+            self._emit("became_source", {"first_object": effect.first_object})
+
+    def _send(self, effect: Send) -> None:
+        try:
+            frame = encode(effect.message)
+        except (WireError, ValueError, TypeError) as exc:
+            self.stats.encode_errors += 1
+            log.error("cannot encode %s: %s", type(effect.message).__name__, exc)
+            return
+        for conn in effect.conns:
+            link = self._links.get(conn)
+            if link is None:
+                self.stats.sends_to_gone += 1
+            elif link.send_frame(frame):
+                self.stats.frames_sent += 1
+            else:
+                self.stats.frames_refused += 1
+
+    def _close(self, conn: int) -> None:
+        if conn in self._connecting:
+            self._closing.add(conn)
+            return
+        link = self._links.get(conn)
+        if link is not None:
+            self._closing.add(conn)
+            link.close()
+
+    def _deliver(self, effect: ObjectReceived) -> None:
+        self.stats.deliveries += 1
+        delivery = MeshDelivery(effect.object_number, effect.data, effect.app_id, effect.meta)
+        for sub in self._subscribers:
+            sub.put(delivery)
+        self._emit(
+            "object",
+            {
+                "object": effect.object_number,
+                "size": len(effect.data),
+                "app_id": effect.app_id,
+                "meta": effect.meta,
+            },
+        )
+
+    async def _peer_list(self) -> None:
+        try:
+            peers, _root = await self.homs.recovery_join()
+        except HomsError as exc:
+            log.warning("asking the HOMS for mesh peers failed: %s", exc)
+            peers = []
+        finally:
+            self._asking_homs = False
+        if self.core is not None and not self._stopped:
+            self.core.homs_result(peers, self._now())
+            self._drain()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, fields)
+            except Exception:
+                log.exception("event callback failed on %s", kind)

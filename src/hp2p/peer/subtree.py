@@ -1,0 +1,139 @@
+"""Sub-overlays on R1 and the SubTree's single-source rule (Q.4100 §6).
+
+A **SubTree** is a ``sub``/``tree`` overlay: the same push tree as the CoreTree, but only its
+source peer (recorded by the HOMS as ``source-peer-id``) may publish. Rather than fork the tree
+core, the rule is a small policy the peer shell consults at two points:
+
+* ``check_publish``: the application's publish on any other peer is refused with a clear
+  :class:`NotSourceError` before anything is sent;
+* ``admit``: a received BROADCAST_DATA (or recovered GET_DATA answer) whose source is not the
+  overlay's source peer is dropped *before* the core sees it, so it is neither delivered nor
+  relayed, and counted (``dropped``), so a misbehaving peer shows up in the status.
+
+The same module gives the HOMS client the one HOMP call the CoreTree client does not make:
+creating a sub-overlay with the hp2p extension fields ``parent-overlay-id`` and
+``source-peer-id``, and finding a member's address in the overlay status (a standby watching
+its source).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from hp2p.peer.homs_client import HomsClient, HomsError
+from hp2p.peer.mesh import NotSourceError
+from hp2p.wire import homp
+from hp2p.wire.r2.messages import BroadcastData, GetDataResponse, Message
+
+__all__ = ["NotSourceError", "SourcePolicy", "SubOverlayHomsClient", "policy_for"]
+
+
+@dataclass
+class SourcePolicy:
+    """Single-source enforcement for one SubTree (shell hook; the tree core is unchanged)."""
+
+    overlay_id: str
+    source_peer_id: str
+    dropped: int = 0
+
+    def check_publish(self, peer_id: str) -> None:
+        """Raise :class:`NotSourceError` unless ``peer_id`` is the overlay's source peer."""
+        if peer_id != self.source_peer_id:
+            raise NotSourceError(
+                f"only the source peer {self.source_peer_id!r} of SubTree {self.overlay_id!r} "
+                f"may publish; this peer is {peer_id!r}. Publish at the source (or through an "
+                "R3 bridge that feeds it)."
+            )
+
+    def admit(self, message: Message) -> bool:
+        """False (and counted) for data whose source is not the overlay's source peer."""
+        if isinstance(message, BroadcastData | GetDataResponse) and (
+            message.source != self.source_peer_id
+        ):
+            if isinstance(message, GetDataResponse) and not message.data:
+                return True  # an 11404 "not held" answer carries no data to refuse
+            self.dropped += 1
+            return False
+        return True
+
+
+def policy_for(overlay: homp.QueryOverlay | None) -> SourcePolicy | None:
+    """The policy a peer of ``overlay`` must apply: one for a SubTree, None otherwise."""
+    if overlay is None or overlay.type != "sub" or overlay.sub_type != "tree":
+        return None
+    if not overlay.source_peer_id:
+        return None
+    return SourcePolicy(overlay.overlay_id, overlay.source_peer_id)
+
+
+class SubOverlayHomsClient(HomsClient):
+    """:class:`HomsClient` plus sub-overlay creation and member look-up (R1, HOMP)."""
+
+    async def create_sub_overlay(
+        self,
+        title: str,
+        *,
+        sub_type: str,
+        parent_overlay_id: str,
+        source_peer_id: str,
+        owner_id: str,
+        admin_key: str,
+        heartbeat_interval: int = 1,
+        heartbeat_timeout: int = 3,
+        description: str = "",
+        access_key: str | None = None,
+    ) -> str:
+        """HybridOverlayCreation of a SubTree/SubMesh hanging off ``parent_overlay_id``."""
+        if sub_type not in ("tree", "mesh"):
+            raise ValueError(f"sub-type must be 'tree' or 'mesh', not {sub_type!r}")
+        request = homp.CreateRequest(
+            overlay=homp.CreateOverlay(
+                title=title,
+                type="sub",
+                sub_type=sub_type,  # type: ignore[arg-type]
+                owner_id=owner_id,
+                description=description,
+                heartbeat_interval=heartbeat_interval,
+                heartbeat_timeout=heartbeat_timeout,
+                auth=homp.CreateAuth(
+                    type="closed" if access_key else "open",
+                    admin_key=admin_key,
+                    access_key=access_key,
+                ),
+                parent_overlay_id=parent_overlay_id,
+                source_peer_id=source_peer_id,
+            )
+        )
+        answer = await self._call(
+            "POST", "/homs", request, homp.CreateResponse, what="create the sub-overlay"
+        )
+        overlay_id: str = answer.overlay.overlay_id
+        return overlay_id
+
+    async def overlay_status(self, overlay_id: str) -> dict[str, Any]:
+        """``GET /api/OverlayStatus``: the overlay with its members (hp2p HOMS)."""
+        try:
+            response = await self._http.get("/api/OverlayStatus", params={"overlay_id": overlay_id})
+        except Exception as exc:
+            raise HomsError(f"cannot read the status of {overlay_id!r}: {exc}") from None
+        if response.status_code != 200:
+            raise HomsError(
+                f"the HOMS has no status for overlay {overlay_id!r} ({response.status_code})",
+                response.status_code,
+            )
+        body: Any = msgspec.json.decode(response.content)
+        if not isinstance(body, dict):
+            raise HomsError("the HOMS overlay status is not a JSON object")
+        return body
+
+    async def peer_address(self, overlay_id: str, peer_id: str) -> str | None:
+        """The R2 address a member registered, or None if it is not a member (now)."""
+        status = await self.overlay_status(overlay_id)
+        for member in status.get("peers", []):
+            if isinstance(member, dict) and member.get("peer-id") == peer_id:
+                address = member.get("address")
+                return address if isinstance(address, str) else None
+        return None
