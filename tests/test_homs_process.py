@@ -21,9 +21,6 @@ from typer.testing import CliRunner
 
 from hp2p.cli import app as cli_app
 from test_homs_conformance import (
-    HOMP_RECORDING,
-    assert_replay_ok,
-    replay,
     scratch_postgres_database,
 )
 
@@ -95,29 +92,8 @@ def running_homs(cwd: Path, database: str, *extra: str) -> Iterator[HomsProcess]
         homs.stop()
 
 
-@pytest.mark.skipif(not HOMP_RECORDING.is_file(), reason=f"no recordings at {HOMP_RECORDING}")
-async def test_replay_against_a_real_homs_process(tmp_path: Path) -> None:
-    with running_homs(
-        tmp_path, "sqlite:///replay.db", "--delete-empty-overlays", "--expiry-sweep", "0.2"
-    ) as homs:
-        first_line = homs.stdout.read_text().splitlines()[0]
-        assert first_line == (
-            f"hp2p homs: serving http://127.0.0.1:{homs.port} "
-            f"(database SQLite file {(tmp_path / 'replay.db').resolve()})"
-        )
-        async with httpx.AsyncClient(base_url=homs.url, timeout=10.0) as client:
-
-            async def wait_for_expiry() -> None:
-                # The peer joined with expires=2; the real sweep runs every 0.2 s.
-                deadline = time.monotonic() + 15.0
-                while time.monotonic() < deadline:
-                    r = await client.get("/homs", params={"overlay-id": "conf-expiry"})
-                    if r.json() == []:
-                        return
-                    await asyncio.sleep(0.1)  # bounded poll on observable state
-
-            result = await replay(client, expire_now=wait_for_expiry)
-    assert_replay_ok(result)
+# The HOMP replay against a real process runs in tests/test_homs_ws.py, with the WebSocket
+# monitor and signalling steps interleaved.
 
 
 def _create(overlay_id: str) -> dict[str, Any]:

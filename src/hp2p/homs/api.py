@@ -405,8 +405,14 @@ async def report(request: Request) -> Response:
     responses=_responses(homp.InitDataResponse),
 )
 async def init_data(request: Request) -> Response:
-    """Where the reference monitoring UI finds the WebSocket (``WEB_SOCKET_PORT``)."""
-    return _json(200, homp.InitDataResponse(WEB_SOCKET_PORT=request.app.state.settings.ws_port))
+    """Where the reference monitoring UI finds the WebSocket (``WEB_SOCKET_PORT``).
+
+    The port that really serves it: ``--ws-port`` if given, else the HTTP port (the socket is
+    also served at the bare path there).
+    """
+    settings = request.app.state.settings
+    port = settings.ws_port if settings.ws_port is not None else settings.port
+    return _json(200, homp.InitDataResponse(WEB_SOCKET_PORT=port or 8082))
 
 
 def _required_query(request: Request, name: str) -> str:
@@ -523,6 +529,15 @@ async def peer_info(request: Request) -> Response:
     if info is None:
         raise HompError(404, f"no peer {peer_id!r} has joined", "?peer_id")
     return _json(200, info)
+
+
+@router.get("/api/SignallingStatus", summary="Signalling WebSocket counts")
+async def signalling_status(request: Request) -> Response:
+    """Profile, open sockets, registered peer-ids and subscribed monitors of this instance.
+
+    Counts only (no peer-ids): enough to watch the channel and for tests to wait on it.
+    """
+    return _json(200, request.app.state.switchboard.status())
 
 
 @router.get("/health", summary="Liveness probe")

@@ -1,9 +1,9 @@
 """The HOMS application factory: settings in, a FastAPI app with its store and sweeper out.
 
 Tests, benchmarks and ``hp2p homs`` all build the app here, so they run the same thing. The
-lifespan upgrades the schema (idempotent) and runs the expiry sweep; the store and the
-monitor hub hang off ``app.state`` for the layers a later issue adds (monitoring/signalling
-WebSocket, LISTEN/NOTIFY fan-out).
+lifespan upgrades the schema (idempotent), runs the expiry sweep and, on PostgreSQL, the
+LISTEN/NOTIFY fan-out that makes several HOMS processes behave as one. The store, the monitor
+hub and the signalling switchboard hang off ``app.state``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from hp2p import __version__
+from hp2p.homs import ws
 from hp2p.homs.api import install_error_handlers, router, schema_components
 from hp2p.homs.db import parse_database_url
+from hp2p.homs.fanout import PostgresFanout
 from hp2p.homs.liveness import run_sweeper
 from hp2p.homs.settings import HomsSettings
+from hp2p.homs.signalling import Switchboard
 from hp2p.homs.store import HomsStore
 
 
@@ -54,10 +57,23 @@ def create_app(
     """
     settings.check()
     the_store = store if store is not None else build_store(settings, clock)
+    board = Switchboard(
+        the_store,
+        the_store.hub,
+        "etri-2023" if settings.signalling_profile == "etri-2023" else "secure",
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await the_store.start()
+        fanout = None
+        if not the_store.target.is_sqlite:
+            dsn = the_store.target.url.set(drivername="postgresql")
+            fanout = PostgresFanout(dsn.render_as_string(hide_password=False), the_store.hub)
+            fanout.target = board
+            await fanout.start()
+            board.fanout = fanout
+        app.state.fanout = fanout
         stop = asyncio.Event()
         sweeper = None
         if run_expiry_sweep:
@@ -70,6 +86,9 @@ def create_app(
             stop.set()
             if sweeper is not None:
                 await sweeper
+            if fanout is not None:
+                board.fanout = None
+                await fanout.close()
             await the_store.close()
 
     app = FastAPI(
@@ -86,7 +105,9 @@ def create_app(
     app.state.settings = settings
     app.state.store = the_store
     app.state.hub = the_store.hub
+    app.state.switchboard = board
     app.include_router(router)
+    app.router.routes.extend(ws.routes())
     install_error_handlers(app)
 
     def openapi() -> dict[str, Any]:

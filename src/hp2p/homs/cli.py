@@ -15,6 +15,7 @@ import uvicorn
 from hp2p.homs.app import build_store, create_app
 from hp2p.homs.db import DatabaseUrlError, parse_database_url
 from hp2p.homs.settings import DEFAULT_DATABASE, HomsSettings, SettingsError
+from hp2p.wire.signalling import MAX_MESSAGE_BYTES
 
 EPILOG = """
 Examples:
@@ -28,6 +29,8 @@ Examples:
   hp2p homs --delete-empty-overlays --expiry-sweep 30     # like the ETRI HOMS
 
   hp2p homs --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
+
+  hp2p homs --ws-port 8082 --signalling-profile etri-2023   # for reference peers/web UI
 
 The API is documented at http://HOST:PORT/docs once it runs; see docs/homs.md.
 """
@@ -79,12 +82,37 @@ def homs(
         typer.Option("--mesh-peer-list-size", help="Random neighbours returned to a SubMesh join."),
     ] = 8,
     ws_port: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--ws-port",
-            help="WebSocket port announced by GET /api/InitData to the reference web UI.",
+            help=(
+                "Also serve the signalling/monitoring WebSocket on this port (the reference "
+                "peer and web UI use ws://HOST:8082). It is always served on --port too, at "
+                "/ws and at the bare path."
+            ),
         ),
-    ] = 8082,
+    ] = None,
+    signalling_profile: Annotated[
+        str,
+        typer.Option(
+            "--signalling-profile",
+            help=(
+                "secure: a socket registers a peer-id only with that peer's password, relays "
+                "only within its overlays, errors are answered as JSON. etri-2023: the "
+                "reference's open, silent relay (reference peers send no password)."
+            ),
+        ),
+    ] = "secure",
+    ws_rate: Annotated[
+        float,
+        typer.Option(
+            "--ws-rate",
+            help="WebSocket messages per second allowed per socket (beyond: closed with 1008).",
+        ),
+    ] = 50.0,
+    ws_burst: Annotated[
+        int, typer.Option("--ws-burst", help="Burst of WebSocket messages allowed per socket.")
+    ] = 200,
     tls_cert: Annotated[
         Path | None,
         typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)."),
@@ -109,6 +137,9 @@ def homs(
         tree_peer_list_size=peer_list_size,
         mesh_peer_list_size=mesh_peer_list_size,
         ws_port=ws_port,
+        signalling_profile=signalling_profile,
+        ws_rate=ws_rate,
+        ws_burst=ws_burst,
         tls_cert=tls_cert,
         tls_key=tls_key,
         log_level=level,
@@ -154,6 +185,17 @@ async def _serve(settings: HomsSettings, database: str) -> int:
         typer.echo(f"hp2p homs: {problem}", err=True)
         return 1
     app = create_app(settings)
+    try:
+        sockets = [_listen(settings.host, settings.port)]
+        if settings.ws_port is not None:
+            sockets.append(_listen(settings.host, settings.ws_port))
+    except OSError as exc:
+        typer.echo(
+            f"hp2p homs: cannot listen on {settings.host} ({exc.strerror or exc}): is the port "
+            "already in use? try another --port / --ws-port",
+            err=True,
+        )
+        return 1
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -163,11 +205,16 @@ async def _serve(settings: HomsSettings, database: str) -> int:
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         access_log=settings.log_level == "debug",
         server_header=False,
+        # Signalling messages are bounded (hp2p.wire.signalling); no compression, so a small
+        # frame cannot inflate into a large one.
+        ws_max_size=MAX_MESSAGE_BYTES,
+        ws_per_message_deflate=False,
     )
     server = _AnnouncingServer(config)
     server.announcement = database
     server.scheme = "https" if settings.tls_cert else "http"
-    await server.serve()
+    server.ws_port = settings.ws_port
+    await server.serve(sockets=sockets)
     if not server.started:
         typer.echo(
             f"hp2p homs: could not serve on {settings.host}:{settings.port} (see the log above; "
@@ -176,6 +223,21 @@ async def _serve(settings: HomsSettings, database: str) -> int:
         )
         return 1
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound listening socket, so that both --port and --ws-port are served by one server."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _AnnouncingServer(uvicorn.Server):
@@ -187,19 +249,20 @@ class _AnnouncingServer(uvicorn.Server):
 
     announcement: str = ""
     scheme: str = "http"
+    ws_port: int | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if not self.started:
             return
         port = self.config.port
-        for srv in self.servers:
-            for sock in srv.sockets:
-                port = sock.getsockname()[1]
-                break
+        # The first listener is --port (a --ws-port listener comes after it).
+        if self.servers and self.servers[0].sockets:
+            port = self.servers[0].sockets[0].getsockname()[1]
+        extra = f", WebSocket also on port {self.ws_port}" if self.ws_port is not None else ""
         print(
             f"hp2p homs: serving {self.scheme}://{self.config.host}:{port} "
-            f"(database {self.announcement})",
+            f"(database {self.announcement}{extra})",
             flush=True,
             file=sys.stdout,
         )

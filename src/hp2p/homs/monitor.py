@@ -5,10 +5,11 @@ never sees a change that was rolled back (the reference pushes ``add_peer`` for 
 then fails, etri-2023-protocol.md §2.3). Event shapes are those of the reference monitoring feed
 (etri-2023-protocol.md §2.8), so the reference web UI can consume them unchanged.
 
-The hub is deliberately small: a later layer forwards it to WebSocket monitors and, with
-several HOMS processes on one PostgreSQL, fans events out through LISTEN/NOTIFY by
-subscribing here and publishing what it receives from other instances with
-:meth:`MonitorHub.publish`.
+The hub is deliberately small. WebSocket monitors (``hp2p.homs.ws``) subscribe to it. With
+several HOMS processes on one PostgreSQL, ``hp2p.homs.fanout`` registers a *forwarder* that
+sees every event published here and sends it to the other instances, and hands what they send
+to :meth:`MonitorHub.deliver`, which reaches local subscribers only (so an event never
+bounces back and forth between instances).
 
 Subscribers get a bounded queue. A subscriber that falls behind by more than its bound is
 not silently skipped: its subscription is closed with :class:`SubscriberLagged`, so that the
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 Event = dict[str, Any]
@@ -139,15 +140,35 @@ class MonitorHub:
             raise ValueError(f"queue_bound must be >= 1, got {queue_bound}")
         self.queue_bound = queue_bound
         self._subs: set[Subscription] = set()
+        self._forwarders: list[Callable[[Event], None]] = []
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subs)
 
     def publish(self, event: Event) -> None:
-        """Deliver ``event`` to every subscriber; never blocks the publishing request."""
+        """An event of this instance: to every subscriber and every forwarder; never blocks."""
+        self.deliver(event)
+        for forward in self._forwarders:
+            forward(event)
+
+    def deliver(self, event: Event) -> None:
+        """An event that happened elsewhere (another HOMS instance): local subscribers only."""
         for sub in list(self._subs):
             sub.offer(event)
+
+    def add_forwarder(self, forward: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``forward(event)`` for every event published here; returns the remover.
+
+        ``forward`` must not block (queue the event and return).
+        """
+        self._forwarders.append(forward)
+
+        def remove() -> None:
+            if forward in self._forwarders:
+                self._forwarders.remove(forward)
+
+        return remove
 
     def publish_all(self, events: Iterable[Event]) -> None:
         for event in events:

@@ -47,8 +47,16 @@ class HomsSettings:
     log_level: str = "info"
     #: scrypt cost for admin keys (see ``hp2p.homs.secrets``); tests may lower it.
     admin_key_cost: int = SCRYPT_N
-    #: What ``GET /api/InitData`` tells the reference web UI about the WebSocket port.
-    ws_port: int = 8082
+    #: A second listening port for the signalling/monitoring WebSocket (the reference UI and
+    #: peers use ``ws://host:8082``). ``None``: the WebSocket is served on ``port`` only (at
+    #: ``/ws`` and at the bare path). ``GET /api/InitData`` announces the port that serves it.
+    ws_port: int | None = None
+    #: ``secure`` (authenticated hello, overlay-scoped relays, errors reported) or
+    #: ``etri-2023`` (the reference's open, silent relay, for reference peers).
+    signalling_profile: str = "secure"
+    #: Per-socket message rate limit of the WebSocket (messages/s, and the burst allowed).
+    ws_rate: float = 50.0
+    ws_burst: int = 200
     #: Seed for the mesh peer-list choice; ``None`` means fresh OS randomness.
     seed: int | None = None
 
@@ -69,6 +77,18 @@ class HomsSettings:
         for path in (self.tls_cert, self.tls_key):
             if path is not None and not path.is_file():
                 raise SettingsError(f"TLS file not found: {path}")
+        if self.ws_port is not None and not 1 <= self.ws_port <= 65535:
+            raise SettingsError(f"--ws-port must be 1..65535, got {self.ws_port}")
+        if self.signalling_profile not in ("secure", "etri-2023"):
+            raise SettingsError(
+                "--signalling-profile must be 'secure' or 'etri-2023', "
+                f"not {self.signalling_profile!r}"
+            )
+        if self.ws_rate <= 0 or self.ws_burst < 1:
+            raise SettingsError(
+                f"WebSocket rate limit must be > 0 msg/s with burst >= 1, "
+                f"got {self.ws_rate} and {self.ws_burst}"
+            )
         if self.max_body_bytes < 1024:
             raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if self.admin_key_cost < 2 or self.admin_key_cost & (self.admin_key_cost - 1):

@@ -742,9 +742,12 @@ class HomsStore:
                     "expires_at": now + int(member.expires),
                 },
             )
+            # A peer that never reported has no links, as the reference sees it: a first
+            # report without connections is no change (no ``update_connection``).
+            changed = (old_map or _EMPTY_COSTMAP) != new_map
             dropped = _neighbours(old_map) - _neighbours(new_map) - {p.peer_id}
             if not dropped:
-                return old_map != new_map, []
+                return changed, []
             gone = conn.execute(
                 delete(peer)
                 .where(
@@ -754,7 +757,7 @@ class HomsStore:
                 )
                 .returning(peer.c.peer_id)
             )
-            return old_map != new_map, sorted(r.peer_id for r in gone)
+            return changed, sorted(r.peer_id for r in gone)
 
         changed, lost = await self._db.write(tx)
         events: list[Event] = []
@@ -828,6 +831,53 @@ class HomsStore:
                 )
                 for r in rows
             ]
+
+        return await self._db.read(tx)
+
+    # ------------------------------------------------------------------ signalling checks
+
+    async def authenticate_peer(
+        self, peer_id: str, password: str, overlay_id: str | None = None
+    ) -> frozenset[str]:
+        """The overlays in which ``peer_id`` is a member whose password is ``password``.
+
+        With ``overlay_id`` only that overlay is considered. Empty when the peer is in none
+        of them or the password is wrong (one answer for both, so that a caller cannot probe
+        membership). Used by the signalling WebSocket to let a socket speak for a peer-id.
+        """
+        stmt = select(peer.c.overlay_id, peer.c.password_hash).where(peer.c.peer_id == peer_id)
+        if overlay_id is not None:
+            stmt = stmt.where(peer.c.overlay_id == overlay_id)
+
+        def tx(conn: Connection) -> list[AnyRow]:
+            return list(conn.execute(stmt))
+
+        rows = await self._db.read(tx)
+        return frozenset(r.overlay_id for r in rows if secrets.verify(password, r.password_hash))
+
+    async def share_overlay(self, from_id: str, overlays: Iterable[str], to_id: str) -> bool:
+        """Whether ``from_id`` and ``to_id`` are both *current* members of one of ``overlays``.
+
+        Checked per relay, so a peer that left (or expired from) an overlay can no longer
+        reach that overlay's peers through the HOMS even if its socket stays open.
+        """
+        allowed = sorted(overlays)
+        if not allowed:
+            return False
+        other = peer.alias("other")
+        stmt = (
+            select(peer.c.overlay_id)
+            .join(other, other.c.overlay_id == peer.c.overlay_id)
+            .where(
+                peer.c.peer_id == from_id,
+                other.c.peer_id == to_id,
+                peer.c.overlay_id.in_(allowed),
+            )
+            .limit(1)
+        )
+
+        def tx(conn: Connection) -> bool:
+            return conn.execute(stmt).first() is not None
 
         return await self._db.read(tx)
 

@@ -1,0 +1,382 @@
+"""The signalling switchboard of the HOMS WebSocket (etri-2023-protocol.md §2.8).
+
+Peers register their socket under a peer-id (``hello``/``bye``) and the HOMS relays any
+message carrying a ``toid`` to the socket registered under that id: this is how two peers
+exchange WebRTC offers, answers and ICE candidates before they have a direct path. The same
+socket type serves the monitoring UI (``server`` key): ``hello`` subscribes it to the
+monitoring events of :mod:`hp2p.homs.monitor`, ``get`` answers the current cost map.
+
+Two profiles, chosen per HOMS (``--signalling-profile``):
+
+* ``secure`` (default): a socket may register a peer-id only after proving that peer's HOMP
+  password (``password`` on the hello; checked against the stored hash in the named overlay,
+  or in any overlay the peer belongs to), may relay only to peers that share a current
+  overlay with it, and may not speak for another peer-id (a different ``fromid`` is refused,
+  a missing one is filled in). Every refusal goes back to the sender as
+  ``{"action":"error","reason":…,"field":…}``. The reference's relay lets anyone hijack any
+  peer's signalling (etri-2023-protocol.md §9.1); this profile closes that.
+* ``etri-2023``: the reference behaviour for reference peers, which send no password: open
+  registration, any ``fromid``, relays to any id, errors silently ignored.
+
+Both profiles bound message sizes (:data:`hp2p.wire.signalling.MAX_MESSAGE_BYTES`), rate-limit
+each socket (a socket over its rate is closed with 1008, never silently throttled), and bound
+each socket's outgoing queue (a receiver too slow to drain it is closed with 1013, so a slow
+peer cannot make the HOMS buffer without limit or stall its senders).
+
+The switchboard is transport-free: :class:`Session` is fed text by ``hp2p.homs.ws`` and
+queues what to send; the WebSocket layer pumps that queue. With several HOMS instances on one
+PostgreSQL, a :class:`Fanout` (``hp2p.homs.fanout``) carries relays and registrations to the
+other instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Literal, Protocol
+
+import msgspec
+
+from hp2p.homs.errors import HompError
+from hp2p.homs.monitor import MonitorHub, SubscriberLagged
+from hp2p.homs.store import HomsStore, topology
+from hp2p.wire.errors import WireError
+from hp2p.wire.signalling import (
+    MonitorGet,
+    MonitorHello,
+    PeerBye,
+    PeerHello,
+    Relay,
+    decode_client_message,
+)
+
+log = logging.getLogger("hp2p.homs.signalling")
+
+Profile = Literal["secure", "etri-2023"]
+PROFILES: Final[tuple[Profile, ...]] = ("secure", "etri-2023")
+
+#: WebSocket close codes (RFC 6455 §7.4.1).
+CLOSE_POLICY: Final = 1008
+CLOSE_TRY_AGAIN: Final = 1013
+
+
+class Fanout(Protocol):
+    """Carries signalling to the other HOMS instances sharing this database."""
+
+    def relay(self, toid: str, text: str) -> None:
+        """Deliver ``text`` to ``toid`` if another instance holds its socket."""
+
+    def announce_hello(self, peer_id: str) -> None:
+        """Tell the other instances that ``peer_id`` is now registered here."""
+
+
+class TokenBucket:
+    """A per-socket message rate limit: ``rate`` messages/s with bursts of ``burst``."""
+
+    __slots__ = ("_clock", "_last", "_tokens", "burst", "rate")
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class _Close:
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class Session:
+    """One WebSocket as the switchboard sees it: its identities, its monitor feed, its outbox.
+
+    ``identities`` maps each peer-id this socket registered to the overlays in which it
+    proved that peer's password (an empty set in the ``etri-2023`` profile, which checks
+    nothing).
+    """
+
+    def __init__(self, *, outbox_bound: int, rate: float, burst: int) -> None:
+        self.identities: dict[str, frozenset[str]] = {}
+        self.monitor_task: asyncio.Task[None] | None = None
+        self.limiter = TokenBucket(rate, burst)
+        self.closing: _Close | None = None
+        self._bound = outbox_bound
+        # One spare slot so that close() always fits behind a full outbox.
+        self._outbox: asyncio.Queue[str | _Close] = asyncio.Queue(outbox_bound + 1)
+
+    def send(self, text: str) -> bool:
+        """Queue ``text`` for this socket; a full outbox closes it (1013) instead of waiting."""
+        if self.closing is not None:
+            return False
+        if self._outbox.qsize() >= self._bound:
+            self.close(CLOSE_TRY_AGAIN, "receiver too slow: outgoing queue full, messages lost")
+            return False
+        self._outbox.put_nowait(text)
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        """Send what is queued, then close with ``code``; later sends are refused."""
+        if self.closing is not None:
+            return
+        self.closing = _Close(code, reason[:120])
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbox.put_nowait(self.closing)
+
+    async def pump(
+        self,
+        send_text: Callable[[str], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+    ) -> None:
+        """Write the outbox to the socket until :meth:`close` (run as the socket's writer)."""
+        while True:
+            item = await self._outbox.get()
+            if isinstance(item, _Close):
+                await close(item.code, item.reason)
+                return
+            await send_text(item)
+
+
+def _text(payload: Any) -> str:
+    return msgspec.json.encode(payload).decode("utf-8")
+
+
+class Switchboard:
+    """Registrations, relays and monitor feeds of one HOMS instance."""
+
+    def __init__(
+        self,
+        store: HomsStore,
+        hub: MonitorHub,
+        profile: Profile = "secure",
+        *,
+        fanout: Fanout | None = None,
+    ) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"signalling profile must be one of {PROFILES}, not {profile!r}")
+        self.store = store
+        self.hub = hub
+        self.profile: Profile = profile
+        self.fanout = fanout
+        self._peers: dict[str, Session] = {}
+        self.sockets = 0
+        #: Messages handled so far (after handling), so a client can tell when its last one was.
+        self.messages = 0
+
+    @property
+    def secure(self) -> bool:
+        return self.profile == "secure"
+
+    def registered(self, peer_id: str) -> bool:
+        return peer_id in self._peers
+
+    def status(self) -> dict[str, Any]:
+        """Counts for ``GET /api/SignallingStatus`` (OSM FE): no peer-ids, nothing secret."""
+        return {
+            "profile": self.profile,
+            "sockets": self.sockets,
+            "registered": len(self._peers),
+            "monitors": self.hub.subscriber_count,
+            "messages": self.messages,
+            "multi-instance": self.fanout is not None,
+        }
+
+    def on_open(self, _session: Session) -> None:
+        self.sockets += 1
+
+    # ------------------------------------------------------------------ input
+
+    async def on_message(self, session: Session, raw: str | bytes) -> None:
+        """Handle one message from ``session``; never raises for bad input."""
+        try:
+            await self._handle(session, raw)
+        finally:
+            self.messages += 1
+
+    async def _handle(self, session: Session, raw: str | bytes) -> None:
+        if not session.limiter.take():
+            self._refuse(session, "rate limit exceeded: closing this socket", None)
+            session.close(CLOSE_POLICY, "rate limit exceeded")
+            return
+        try:
+            msg = decode_client_message(raw)
+        except WireError as exc:
+            self._refuse(session, exc.reason, exc.field)
+            return
+        try:
+            if isinstance(msg, Relay):
+                await self._relay(session, msg)
+            elif isinstance(msg, PeerHello):
+                await self._hello(session, msg)
+            elif isinstance(msg, PeerBye):
+                self._bye(session, msg)
+            elif isinstance(msg, MonitorHello):
+                self._subscribe(session)
+            elif isinstance(msg, MonitorGet):
+                await self._cost_map(session, msg)
+        except HompError as exc:
+            self._refuse(session, exc.message, exc.field)
+
+    def on_close(self, session: Session) -> None:
+        """The socket is gone: unregister its peer-ids (those still mapped to it)."""
+        self.sockets -= 1
+        for peer_id in list(session.identities):
+            if self._peers.get(peer_id) is session:
+                del self._peers[peer_id]
+        session.identities.clear()
+        if session.monitor_task is not None:
+            session.monitor_task.cancel()
+            session.monitor_task = None
+
+    # ------------------------------------------------------------------ from other instances
+
+    def deliver(self, toid: str, text: str) -> bool:
+        """A relay that arrived from another instance: send it if ``toid`` is held here."""
+        target = self._peers.get(toid)
+        return target is not None and target.send(text)
+
+    def forget(self, peer_id: str) -> None:
+        """Another instance registered ``peer_id`` after us: the newest registration wins."""
+        session = self._peers.pop(peer_id, None)
+        if session is not None:
+            session.identities.pop(peer_id, None)
+
+    # ------------------------------------------------------------------ peers
+
+    def _refuse(self, session: Session, reason: str, field: str | None) -> None:
+        if not self.secure:
+            log.debug("signalling: ignored (%s at %s)", reason, field)
+            return
+        error: dict[str, Any] = {"action": "error", "reason": reason}
+        if field is not None:
+            error["field"] = field
+        session.send(_text(error))
+
+    async def _hello(self, session: Session, msg: PeerHello) -> None:
+        overlays: frozenset[str] = frozenset()
+        if self.secure:
+            if msg.password is None:
+                hint = " (tokens are not issued by this HOMS)" if msg.token is not None else ""
+                raise HompError(
+                    401,
+                    "hello needs the peer's HOMP `password` to register its peer-id" + hint,
+                    "$.password",
+                )
+            overlays = await self.store.authenticate_peer(msg.peer_id, msg.password, msg.overlay_id)
+            if not overlays:
+                where = f"overlay {msg.overlay_id!r}" if msg.overlay_id else "any overlay"
+                raise HompError(
+                    401,
+                    f"peer-id {msg.peer_id!r} with this password is not a member of {where}: "
+                    "join first",
+                    "$.password",
+                )
+        previous = self._peers.get(msg.peer_id)
+        if previous is not None and previous is not session:
+            previous.identities.pop(msg.peer_id, None)
+        self._peers[msg.peer_id] = session
+        session.identities[msg.peer_id] = overlays
+        if self.fanout is not None:
+            self.fanout.announce_hello(msg.peer_id)
+
+    def _bye(self, session: Session, msg: PeerBye) -> None:
+        if self.secure and msg.peer_id not in session.identities:
+            raise HompError(403, f"this socket has not registered {msg.peer_id!r}", "$.peer-id")
+        # The reference unregisters the id whichever socket holds it.
+        holder = self._peers.pop(msg.peer_id, None)
+        if holder is not None:
+            holder.identities.pop(msg.peer_id, None)
+        session.identities.pop(msg.peer_id, None)
+
+    async def _relay(self, session: Session, msg: Relay) -> None:
+        message = msg.message
+        if self.secure:
+            sender = self._sender(session, msg.fromid)
+            message = {**message, "fromid": sender}
+            if not await self.store.share_overlay(sender, session.identities[sender], msg.toid):
+                raise HompError(
+                    403, f"{msg.toid!r} is not a member of an overlay you belong to", "$.toid"
+                )
+        text = _text(message)
+        target = self._peers.get(msg.toid)
+        if target is not None:
+            target.send(text)
+            return
+        if self.fanout is not None:
+            self.fanout.relay(msg.toid, text)
+            return
+        self._refuse(session, f"{msg.toid!r} is not connected to the signalling channel", "$.toid")
+
+    def _sender(self, session: Session, fromid: str | None) -> str:
+        """The peer-id a secure relay is sent as: the socket's own, never someone else's."""
+        if not session.identities:
+            raise HompError(401, "say hello with your peer-id and password first", "$")
+        if fromid is None:
+            if len(session.identities) == 1:
+                return next(iter(session.identities))
+            raise HompError(400, "this socket holds several peer-ids: give `fromid`", "$.fromid")
+        if fromid not in session.identities:
+            raise HompError(
+                403, f"fromid {fromid!r} is not a peer-id this socket registered", "$.fromid"
+            )
+        return fromid
+
+    # ------------------------------------------------------------------ monitors
+
+    def _subscribe(self, session: Session) -> None:
+        if session.monitor_task is not None:
+            return  # already subscribed; the reference also just keeps one feed
+        subscription = self.hub.subscribe()
+
+        async def feed() -> None:
+            try:
+                async with subscription:
+                    async for event in subscription:
+                        if not session.send(_text(event)):
+                            return
+            except SubscriberLagged:
+                session.close(
+                    CLOSE_TRY_AGAIN, "monitor fell behind and lost events: reconnect, re-read"
+                )
+
+        session.monitor_task = asyncio.create_task(feed(), name="hp2p-homs-monitor-feed")
+
+    async def _cost_map(self, session: Session, msg: MonitorGet) -> None:
+        try:
+            members = await self.store.peers(msg.overlay_id)
+        except HompError as exc:
+            raise HompError(404, exc.message, "$.overlay_id") from exc
+        nodes, links = topology(members)
+        session.send(
+            _text(
+                {
+                    "overlay_id": msg.overlay_id,
+                    "type": "peer",
+                    "action": "current_cost_map",
+                    "data": {
+                        "graph": [],
+                        "nodes": nodes,
+                        "links": links,
+                        "directed": False,
+                        "multigraph": True,
+                    },
+                }
+            )
+        )
