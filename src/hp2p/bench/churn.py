@@ -266,6 +266,7 @@ def run_case(
     total = int(RATE * (WARMUP + AFTER)) + 10
     publisher = Publisher(sources, RATE, total)
     task = progress.add_task(f"N={n} {fault} {share:.0%}", total=WARMUP + AFTER + SETTLE)
+    start = time.time()
     publisher.thread.start()
     _tick(progress, task, WARMUP)
     t0 = time.time()
@@ -280,7 +281,7 @@ def run_case(
     _tick(progress, task, SETTLE)
     progress.remove_task(task)
     survivors = [p for p in alive if p.alive and not p.ended.is_set()]
-    metrics, series = _measure(t0, sources, survivors)
+    metrics, series = _measure(start, t0, sources, survivors)
     metrics["victims"] = len(victims)
     metrics["survivors"] = len(survivors)
     for victim in victims:  # heal: hung peers die now, the next case starts from n again
@@ -298,10 +299,10 @@ def _tick(progress: Progress, task: Any, seconds: float) -> None:
 
 
 def _measure(
-    t0: float, sources: list[Peer], survivors: list[Peer]
+    start: float, t0: float, sources: list[Peer], survivors: list[Peer]
 ) -> tuple[dict[str, float | int], list[tuple[float, float, float]]]:
     expected: list[tuple[str, int, float]] = [
-        (s.name, seq, t) for s in sources for seq, t in s.published.items()
+        (s.name, seq, t) for s in sources for seq, t in s.published.items() if t >= start
     ]
     windows = {"during": (t0, t0 + 2.0), "after": (t0 + 2.0, math.inf), "before": (-math.inf, t0)}
     ok = dict.fromkeys(windows, 0)
@@ -525,7 +526,7 @@ def churn(
 
       hp2p bench churn --peers 80 --seed 3
     """
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)
     for target in (json_file, plot):
         if target is not None:
             try:  # fail before minutes of measuring, not after
