@@ -113,6 +113,7 @@ def _create(overlay_id: str) -> dict[str, Any]:
 
 
 def _join(overlay_id: str, peer_id: str) -> dict[str, Any]:
+    """A join whose password is ``pw-<peer-id>``."""
     return {
         "overlay": {"overlay-id": overlay_id, "type": "core", "sub-type": "tree"},
         "peer": {
@@ -233,6 +234,44 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     assert "cannot open or migrate the database" in proc.stderr
 
 
+async def _signalling_spans_instances(
+    first: HomsProcess, second: HomsProcess, a: httpx.AsyncClient
+) -> None:
+    """A monitor on one instance sees a join made on the other; relays cross instances."""
+    from test_homs_ws import sock, wait_status
+
+    ws_a, ws_b = (f"ws://127.0.0.1:{h.port}/ws" for h in (first, second))
+    async with sock(ws_b) as monitor, sock(ws_a) as on_a, sock(ws_b) as on_b:
+        await monitor.send({"server": "ui", "action": "hello"})
+        await wait_status(second.url, monitors=1)
+        joined = await a.post("/peer", json=_join("shared", "late"))
+        assert joined.status_code == 202
+        assert await monitor.next() == {
+            "overlay_id": "shared",
+            "type": "peer",
+            "action": "add_peer",
+            "node": {"id": "late", "ticket_id": 61},
+        }
+        # p1 holds its socket on B; p2 on A relays to it (secure profile: passwords).
+        await on_b.send({"action": "hello", "peer-id": "p1", "password": "pw-p1"})
+        await on_a.send({"action": "hello", "peer-id": "p2", "password": "pw-p2"})
+        await wait_status(second.url, registered=1)
+        await wait_status(first.url, registered=1)
+        await on_a.send({"toid": "p1", "type": "candidate", "candidate": "c"})
+        assert await on_b.next() == {
+            "toid": "p1",
+            "type": "candidate",
+            "candidate": "c",
+            "fromid": "p2",
+        }
+        # Larger than one NOTIFY payload (8000 bytes): chunked and reassembled.
+        sdp = "v=0\r\n" + "a=x-filler:" + "é" * 20_000
+        await on_a.send({"toid": "p1", "type": "offer", "sdp": {"type": "offer", "sdp": sdp}})
+        got = await on_b.next()
+        assert got["sdp"]["sdp"] == sdp
+        assert got["fromid"] == "p2"
+
+
 @pytest.mark.postgres
 async def test_two_homs_processes_on_one_postgresql_issue_unique_tickets(tmp_path: Path) -> None:
     base = os.environ.get("HP2P_TEST_POSTGRES_URL")
@@ -261,6 +300,7 @@ async def test_two_homs_processes_on_one_postgresql_issue_unique_tickets(tmp_pat
                 for client in (a, b):
                     status = await client.get("/api/OverlayStatus", params={"overlay_id": "shared"})
                     assert status.json()["overlay"]["num_peers"] == 60
+                await _signalling_spans_instances(first, second, a)
         finally:
             first.stop()
             second.stop()

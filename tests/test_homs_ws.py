@@ -120,7 +120,8 @@ class Sock:
         self.conn = conn
 
     async def send(self, payload: Any) -> None:
-        await self.conn.send(payload if isinstance(payload, str) else json.dumps(payload))
+        text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+        await self.conn.send(text)
 
     async def next(self) -> Any:
         return json.loads(await asyncio.wait_for(self.conn.recv(), DEADLINE_S))
