@@ -17,7 +17,7 @@ class PlotsUnavailableError(RuntimeError):
     """matplotlib is not installed; the message says how to get it."""
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
 
@@ -47,7 +47,7 @@ def cdf_points(values: Sequence[float]) -> tuple[list[float], list[float]]:
 
 def write_sim_plots(directory: Path, runs: list[dict[str, Any]], title: str) -> list[Path]:
     """Write the three figures for ``runs`` (one ``analyse()`` result per seed)."""
-    plt = _pyplot()
+    plt = pyplot()
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
@@ -61,7 +61,7 @@ def write_sim_plots(directory: Path, runs: list[dict[str, Any]], title: str) -> 
     ax.set_title(f"Latency CDF — {title}")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    written.append(_save(fig, plt, directory / "latency_cdf.png"))
+    written.append(save_figure(fig, plt, directory / "latency_cdf.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
@@ -78,7 +78,7 @@ def write_sim_plots(directory: Path, runs: list[dict[str, Any]], title: str) -> 
     ax.set_title(f"Delivery ratio over time — {title}")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    written.append(_save(fig, plt, directory / "delivery_over_time.png"))
+    written.append(save_figure(fig, plt, directory / "delivery_over_time.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     depths = runs[0]["series"]["depths"] if runs else []
@@ -88,11 +88,11 @@ def write_sim_plots(directory: Path, runs: list[dict[str, Any]], title: str) -> 
     ax.set_xlabel("tree depth (root = 0)")
     ax.set_ylabel("peers")
     ax.set_title(f"Depth histogram — {title}")
-    written.append(_save(fig, plt, directory / "depth_histogram.png"))
+    written.append(save_figure(fig, plt, directory / "depth_histogram.png"))
     return written
 
 
-def _save(fig: Any, plt: Any, path: Path) -> Path:
+def save_figure(fig: Any, plt: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

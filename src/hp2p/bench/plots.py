@@ -1,0 +1,53 @@
+"""PNG figures of ``hp2p bench tree``: latency per depth and latency CDFs, hp2p vs baselines.
+
+matplotlib is a dev extra and is imported lazily here (Agg backend), never by peer processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hp2p.sim.plots import cdf_points, pyplot, save_figure
+
+
+def tree_plots(directory: Path, results: list[dict[str, Any]]) -> list[Path]:
+    """Two figures per N: latency p50/p99 by depth, and the CDF of latency at 10 msg/s."""
+    plt = pyplot()
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for result in results:
+        n = result["peers"]
+        overlays = {"hp2p": result["metrics"], **result["baselines"]}
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, metrics in overlays.items():
+            depths = sorted(
+                int(k[len("latency_depth") : -len("_p50_ms")])
+                for k in metrics
+                if k.startswith("latency_depth") and k.endswith("_p50_ms")
+            )
+            if not depths:
+                continue
+            for q, style in (("p50", "-o"), ("p99", "--x")):
+                values = [metrics.get(f"latency_depth{d}_{q}_ms") for d in depths]
+                ax.plot(depths, values, style, label=f"{name} {q}")
+        ax.set_xlabel("hops from the source (tree depth)")
+        ax.set_ylabel("publish → deliver (ms)")
+        ax.set_title(f"Latency by depth, N={n}, 10 msg/s")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        written.append(save_figure(fig, plt, directory / f"tree_latency_by_depth_n{n}.png"))
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, values in result["latencies_ms"].items():
+            xs, ys = cdf_points(values)
+            if xs:
+                ax.plot(xs, ys, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("publish → deliver (ms)")
+        ax.set_ylabel("fraction of deliveries")
+        ax.set_title(f"Latency CDF, N={n}, 10 msg/s")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        written.append(save_figure(fig, plt, directory / f"tree_latency_cdf_n{n}.png"))
+    return written

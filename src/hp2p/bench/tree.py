@@ -1,0 +1,371 @@
+"""``hp2p bench tree``: real peer processes on loopback against the floor and flood baselines.
+
+BENCHMARKS.md metrics 3, 4, 5, 7 and 10. For each N: a real ``hp2p homs`` and N ``hp2p peer``
+processes build their tree; the root publishes 1 KiB messages
+
+1. at 10 msg/s (latency p50/p99 per depth and for the last peer, CPU per hop, control
+   overhead, RSS per process), then
+2. at a bounded ladder of rates (the throughput search: the highest rate with ≥ 99.9 %
+   delivered and p99 ≤ 100 ms).
+
+The same phases then run on the two baselines of :mod:`hp2p.bench.relay`, in the same run:
+**floor** (a bare relay in hp2p's own tree shape) and **flood** (a bare relay flooding a random
+mesh of degree ≈ fan-out; hp2p has no "tree off" switch). RMR for hp2p comes from the simulator
+running the same core at the same N, fan-out, payload and rate, and so does control overhead:
+the peer shell exposes neither received copies nor bytes per message kind, and /proc cannot
+tell (``wchar`` does not count ``send()`` on sockets).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, TaskID
+from rich.table import Table
+
+from hp2p.bench.overlay import HpOverlay, RelayOverlay, settle
+from hp2p.bench.phases import Overlay, figures, passes, run_phase
+from hp2p.bench.procs import ProcError
+from hp2p.bench.results import result_document, write_result
+
+LATENCY_RATE = 10.0
+FULL_LADDER = (50.0, 100.0, 200.0, 300.0, 450.0, 600.0)
+QUICK_LADDER = (50.0, 100.0, 200.0)
+GOSSIPSUB_SKIP = (
+    "gossipsub baseline skipped: the optional extra hp2p[bench] (py-libp2p) is not installed "
+    "here; see docs/benchmarks.md for why it is not part of the default set-up"
+)
+
+
+def measure(
+    overlay: Overlay,
+    *,
+    payload: int,
+    latency_messages: int,
+    ladder: tuple[float, ...],
+    step_s: float,
+    advance: Callable[[str], None],
+) -> dict[str, Any]:
+    """Latency phase, then the throughput ladder (stops at the first failing rate)."""
+    advance(f"{overlay.kind}: {latency_messages} messages at {LATENCY_RATE:g}/s")
+    phase = run_phase(overlay, LATENCY_RATE, latency_messages, payload, drain_s=10.0)
+    base = figures(overlay, phase)
+    steps: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for rate in ladder:
+        advance(f"{overlay.kind}: {rate:g} msg/s for {step_s:g} s")
+        count = max(1, int(rate * step_s))
+        step = figures(overlay, run_phase(overlay, rate, count, payload, drain_s=5.0))
+        step["passed"] = passes(step)
+        steps.append({k: v for k, v in step.items() if not k.startswith("_")})
+        if not step["passed"]:
+            break
+        best = step
+    rss = [r for r in (p.rss_mb() for p in overlay.peers) if r is not None]
+    metrics = {k: v for k, v in base.items() if not k.startswith("_") and k != "rate"}
+    metrics["cpu_us_per_hop_at_10_per_s"] = metrics.pop("cpu_us_per_hop")
+    metrics["deliveries_per_s_at_10_per_s"] = metrics.pop("deliveries_per_s")
+    metrics["broadcasts_per_s"] = None if best is None else best["rate"]
+    metrics["deliveries_per_s"] = None if best is None else best["deliveries_per_s"]
+    metrics["cpu_us_per_hop"] = None if best is None else best["cpu_us_per_hop"]
+    metrics["rss_mb_per_process"] = round(statistics.median(rss), 1) if rss else None
+    metrics["rss_mb_per_process_max"] = round(max(rss), 1) if rss else None
+    return {"metrics": metrics, "steps": steps, "latencies_ms": base["_latencies_ms"]}
+
+
+def _sim_redundancy(peers: int, fanout: int, payload: int, seed: int) -> dict[str, Any]:
+    """RMR and control overhead of the same core at the same N, from the simulator."""
+    from hp2p.sim.metrics import analyse
+    from hp2p.sim.scenario import Scenario, run_scenario
+
+    scenario = Scenario(
+        peers=peers, rate=LATENCY_RATE, duration=10.0, payload=payload, fanout=fanout
+    )
+    metrics = analyse(run_scenario(scenario, seed))["metrics"]
+    return {"rmr": metrics["rmr"], "control_overhead": metrics["control_overhead"]}
+
+
+def run_size(
+    peers: int,
+    *,
+    quick: bool,
+    seed: int,
+    fanout: int,
+    payload: int,
+    baselines: list[str],
+    workdir: Path,
+    progress: Progress,
+    task: TaskID,
+) -> dict[str, Any]:
+    """One N: hp2p, then floor in hp2p's tree shape, then flood; ratios hp2p / baseline."""
+    ladder = QUICK_LADDER if quick else FULL_LADDER
+    latency_messages = 50 if quick else 100
+    step_s = 2.0 if quick else 3.0
+
+    def advance(text: str) -> None:
+        progress.update(task, description=f"N={peers} {text}", advance=1)
+
+    common = {
+        "payload": payload,
+        "latency_messages": latency_messages,
+        "ladder": ladder,
+        "step_s": step_s,
+        "advance": advance,
+    }
+    out: dict[str, Any] = {"peers": peers, "baselines": {}, "steps": {}, "latencies_ms": {}}
+    hp = HpOverlay(workdir / f"hp2p-{peers}", peers, fanout, seed)
+    (workdir / f"hp2p-{peers}").mkdir(parents=True, exist_ok=True)
+    try:
+        advance(f"hp2p: starting HOMS and {peers} peers")
+        hp.start()
+        settle(3.0)
+        hp.survey()
+        depths = [d for d in hp.depth.values() if d >= 0]
+        measured = measure(hp, **common)  # type: ignore[arg-type]
+        tree = hp.tree_children()
+    finally:
+        hp.close()
+    metrics = measured["metrics"]
+    metrics["max_depth"] = max(depths, default=None)
+    metrics["mean_depth"] = round(statistics.fmean(depths), 3) if depths else None
+    metrics["unattached"] = sum(1 for d in hp.depth.values() if d < 0)
+    advance("simulator: RMR of the same core")
+    metrics.update(_sim_redundancy(peers, fanout, payload, seed))
+    out["metrics"] = metrics
+    out["steps"]["hp2p"] = measured["steps"]
+    out["latencies_ms"]["hp2p"] = measured["latencies_ms"]
+
+    for name in baselines:
+        mode = "tree" if name == "floor" else "flood"
+        relay = RelayOverlay(
+            workdir / f"{name}-{peers}", peers, mode, children=tree, degree=fanout, seed=seed
+        )
+        (workdir / f"{name}-{peers}").mkdir(parents=True, exist_ok=True)
+        try:
+            advance(f"{name}: starting {peers} relays")
+            relay.start()
+            got = measure(relay, **common)  # type: ignore[arg-type]
+            got["metrics"]["control_overhead"] = 0.0  # by construction: data frames only
+            copies, deliveries = relay.counters()
+            got["metrics"]["rmr"] = round(copies / deliveries - 1, 4) if deliveries else None
+        finally:
+            relay.close()
+        out["baselines"][name] = got["metrics"]
+        out["steps"][name] = got["steps"]
+        out["latencies_ms"][name] = got["latencies_ms"]
+    out["ratios"] = _ratios(metrics, out["baselines"])
+    return out
+
+
+_RATIO_KEYS = (
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "last_delivery_p50_ms",
+    "last_delivery_p99_ms",
+    "deliveries_per_s",
+    "broadcasts_per_s",
+    "cpu_us_per_hop",
+    "rss_mb_per_process",
+)
+
+
+def _ratios(metrics: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    ratios: dict[str, Any] = {}
+    for name, base in baselines.items():
+        for key in (*_RATIO_KEYS, "rmr"):
+            mine, theirs = metrics.get(key), base.get(key)
+            if isinstance(mine, int | float) and isinstance(theirs, int | float) and theirs:
+                ratios[f"{key}_vs_{name}"] = round(mine / theirs, 3)
+    return ratios
+
+
+def tree(
+    quick: Annotated[bool, typer.Option("--quick", help="N=50 only, fewer messages.")] = False,
+    peers: Annotated[
+        str | None, typer.Option(help="Comma-separated N values (default 50,100,200).")
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(help="Baselines: floor, flood, gossipsub (repeatable; default floor+flood)."),
+    ] = None,
+    fanout: Annotated[int, typer.Option(help="Children per peer.")] = 4,
+    payload: Annotated[int, typer.Option(help="Bytes per message.")] = 1024,
+    seed: Annotated[int, typer.Option(help="Seed of the peers' random choices and the mesh.")] = 1,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write the result file.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write PNG plots into this folder.")] = None,
+) -> None:
+    """Latency per depth, throughput, CPU per hop, RSS: real peers vs floor and flood relays.
+
+    Examples:
+
+      hp2p bench tree --quick
+
+      hp2p bench tree --peers 50,100,200 --json bench-results/tree.json --plots bench-results/tree
+
+      hp2p bench tree --peers 20 --baseline floor
+    """
+    console = Console()
+    sizes = _sizes(peers, quick)
+    chosen = baseline or ["floor", "flood"]
+    unknown = sorted(set(chosen) - {"floor", "flood", "gossipsub"})
+    if unknown:
+        _fail(f"unknown baseline(s) {unknown}: use floor, flood or gossipsub")
+    if not 1 <= fanout <= 64 or not 0 <= payload <= 60_000:
+        _fail("--fanout must be 1..64 and --payload 0..60000 (one publish line)")
+    relays = [b for b in chosen if b in ("floor", "flood")]
+    notes: list[str] = []
+    if "gossipsub" in chosen:
+        if importlib.util.find_spec("libp2p") is None:
+            notes.append(GOSSIPSUB_SKIP)
+            console.print(f"[yellow]{GOSSIPSUB_SKIP}[/]")
+        else:
+            notes.append("gossipsub: py-libp2p is installed but its runner is not built yet")
+            console.print(f"[yellow]{notes[-1]}[/]")
+    ladder = QUICK_LADDER if quick else FULL_LADDER
+    steps_per_size = 2 + len(ladder) + 1 + (len(relays) * (2 + len(ladder)))
+    results = []
+    with (
+        tempfile.TemporaryDirectory(prefix="hp2p-bench-tree-") as tmp,
+        Progress(console=console) as progress,
+    ):
+        task = progress.add_task("bench tree", total=steps_per_size * len(sizes))
+        for n in sizes:
+            try:
+                results.append(
+                    run_size(
+                        n,
+                        quick=quick,
+                        seed=seed,
+                        fanout=fanout,
+                        payload=payload,
+                        baselines=relays,
+                        workdir=Path(tmp),
+                        progress=progress,
+                        task=task,
+                    )
+                )
+            except ProcError as exc:
+                _fail(f"N={n}: {exc}")
+    for result in results:
+        _print(console, result)
+    if json_file is not None:
+        document = _document(results, quick, fanout, payload, seed, chosen, notes)
+        console.print(f"result file: {write_result(json_file, document)}")
+    if plots is not None:
+        from hp2p.bench.plots import tree_plots
+
+        console.print("plots: " + ", ".join(str(p) for p in tree_plots(plots, results)))
+
+
+def _document(
+    results: list[dict[str, Any]],
+    quick: bool,
+    fanout: int,
+    payload: int,
+    seed: int,
+    chosen: list[str],
+    notes: list[str],
+) -> dict[str, Any]:
+    """The result file: the largest N is the headline; every N is under ``per_size``."""
+    head = results[-1]
+    document = result_document(
+        "tree",
+        params={
+            "peers": [r["peers"] for r in results],
+            "payload": payload,
+            "fanout": fanout,
+            "seeds": [seed],
+            "quick": quick,
+            "latency_rate": LATENCY_RATE,
+            "baselines": chosen,
+            "notes": [
+                *notes,
+                "rmr (hp2p) from the simulator with the same core and N",
+                "control_overhead (hp2p) from the simulator: encoded bytes of every non-payload "
+                "R2 message / payload bytes, same N, fan-out, payload, 10 msg/s",
+                "flood = a bare relay flooding a random mesh (hp2p has no tree-off switch)",
+                "relays print the same JSON line per delivery as hp2p peer --json-events",
+            ],
+        },
+        metrics={"peers": head["peers"], **head["metrics"]},
+        baselines=head["baselines"],
+        ratios=head["ratios"],
+    )
+    document["per_size"] = [
+        {
+            "peers": r["peers"],
+            "metrics": r["metrics"],
+            "baselines": r["baselines"],
+            "ratios": r["ratios"],
+            "steps": r["steps"],
+        }
+        for r in results
+    ]
+    return document
+
+
+def _sizes(peers: str | None, quick: bool) -> list[int]:
+    if peers is None:
+        return [50] if quick else [50, 100, 200]
+    try:
+        sizes = [int(v) for v in peers.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(not 2 <= n <= 500 for n in sizes):
+        _fail(f"--peers wants comma-separated N values in 2..500, got {peers!r}")
+    return sizes
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"hp2p bench tree: {message}")
+    raise typer.Exit(2)
+
+
+_SHOWN = (
+    "delivery_ratio",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "last_delivery_p50_ms",
+    "last_delivery_p99_ms",
+    "broadcasts_per_s",
+    "deliveries_per_s",
+    "cpu_us_per_hop",
+    "cpu_us_per_hop_at_10_per_s",
+    "rmr",
+    "control_overhead",
+    "rss_mb_per_process",
+    "max_depth",
+)
+
+
+def _print(console: Console, result: dict[str, Any]) -> None:
+    names = list(result["baselines"])
+    table = Table(title=f"hp2p bench tree: N={result['peers']}")
+    table.add_column("metric")
+    table.add_column("hp2p", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+        table.add_column(f"hp2p/{name}", justify="right")
+    keys = list(_SHOWN) + sorted(k for k in result["metrics"] if k.startswith("latency_depth"))
+    for key in keys:
+        row = [key, _fmt(result["metrics"].get(key))]
+        for name in names:
+            row.append(_fmt(result["baselines"][name].get(key)))
+            row.append(_fmt(result["ratios"].get(f"{key}_vs_{name}")))
+        table.add_row(*row)
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
