@@ -67,6 +67,9 @@ from hp2p.wire.r2.messages import (
     ReleaseResponse,
 )
 
+#: Extra neighbour slots for the source and for standbys watching it.
+_SPARE_SLOTS = 4
+
 
 class NotSourceError(PermissionError):
     """Only the overlay's source peer may publish on a SubMesh/SubTree (Q.4100 §6)."""
@@ -320,7 +323,7 @@ class MeshCore:
             ticket_id=self.ticket,
             conn_num=0,
             ttl=0,
-            hp2p={"mesh": 1},
+            hp2p={"mesh": 1, "standby": 1} if self.standby else {"mesh": 1},
         )
         self._send(link, hello, now)
         self._after(now)
@@ -470,7 +473,11 @@ class MeshCore:
             else:
                 self._refuse(link, "duplicate link", now)
                 return
-        if len(self._neighbours) >= self.config.max_neighbours and peer != self.source_id:
+        # A standby watching its source, and the source itself, get a link even when the set
+        # is full (a few spare slots), so that failure detection does not depend on luck.
+        special = peer == self.source_id or bool((msg.hp2p or {}).get("standby"))
+        limit = self.config.max_neighbours + (_SPARE_SLOTS if special else 0)
+        if len(self._neighbours) >= limit:
             self._refuse(link, "mesh neighbour set full", now)
             return
         link.peer_id = peer
@@ -854,10 +861,10 @@ class MeshCore:
         linked = {x.peer_id for x in self._links.values()}
         pending = sum(1 for x in self._links.values() if x.state != "up")
         want = c.target_neighbours - len(self._neighbours) - pending
-        watch = self.standby and self._source_address and self.source_id not in linked
-        if watch and self._retry_after.get(self.source_id, 0.0) <= now:
-            assert self._source_address is not None
-            self._connect(self.source_id, self._source_address, now)
+        address = self._source_address or self._known.get(self.source_id)
+        watch = self.standby and address is not None and self.source_id not in linked
+        if watch and address is not None and self._retry_after.get(self.source_id, 0.0) <= now:
+            self._connect(self.source_id, address, now)
             linked.add(self.source_id)
         if want > 0:
             options = [
@@ -879,7 +886,9 @@ class MeshCore:
     def _watch_source(self, now: float) -> None:
         if not self.standby or self.is_source:
             return
-        if self.source_id in self._neighbours:
+        known = self._source_address or self._known.get(self.source_id)
+        if self.source_id in self._neighbours or known is None:
+            # linked to the source, or never told where it is: nothing to judge yet
             self._source_missing_since = None
             return
         if self._source_missing_since is None:

@@ -1,0 +1,167 @@
+"""The R3 bridge with real processes on 127.0.0.1: a CoreTree of 10 peers (9 ``hp2p peer`` + the
+bridge), a SubTree of 10 (the bridge's source + 9 ``hp2p peer --join``) and a SubMesh of 21
+(the bridge's source + 20 SubMesh peers). Every CoreTree message reaches every sub-overlay peer
+exactly once; a late SubMesh joiner gets the history; the HOMS shows the composition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from peer_procs import HomsProc, PeerProc
+from test_mesh_process import MeshProc
+
+pytestmark = pytest.mark.slow
+
+CORE_PEERS = 9  # + the bridge = 10
+SUBTREE_PEERS = 9  # + the bridge's SubTree source = 10
+SUBMESH_PEERS = 20
+SOURCES = 3
+PER_SOURCE = 4
+
+
+class BridgeProc:
+    def __init__(self, workdir: Path, homs_url: str, *args: str) -> None:
+        self.err_path = workdir / "bridge.err"
+        cmd = [sys.executable, "-m", "hp2p.apps.bridge", "--homs", homs_url, "--json-events"]
+        with self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [*cmd, *args], stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1
+            )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.put(json.loads(line))
+        self.events.put({"event": "eof"})
+
+    def next_event(self, kind: str, deadline: float) -> dict[str, Any]:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            try:
+                event = self.events.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                continue
+            if event["event"] == kind:
+                return event
+            if event["event"] == "eof":
+                raise AssertionError(f"bridge exited: {self.err_path.read_text()[-2000:]}")
+        raise AssertionError(f"bridge: no {kind} event within {deadline} s")
+
+    def stop(self) -> int | None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+
+
+def _deliveries(peer: PeerProc, count: int, deadline: float) -> list[dict[str, Any]]:
+    return [peer.next_event({"deliver"}, deadline) for _ in range(count)]
+
+
+def test_core_tree_feeds_a_subtree_and_a_submesh_exactly_once(tmp_path: Path) -> None:
+    homs = HomsProc(tmp_path)
+    procs: list[PeerProc] = []
+    bridge: BridgeProc | None = None
+    try:
+        root = PeerProc(tmp_path, homs.url, "c00", "--create", "chain")
+        procs.append(root)
+        core_id = root.wait_joined()["overlay_id"]
+        core = [root]
+        for i in range(1, CORE_PEERS):
+            core.append(PeerProc(tmp_path, homs.url, f"c{i:02d}", "--join", core_id))
+        procs.extend(core[1:])
+        for p in core[1:]:
+            p.wait_joined(deadline=90)
+        bridge = BridgeProc(
+            tmp_path,
+            homs.url,
+            "--core",
+            core_id,
+            "--id",
+            "b1",
+            "--subtree",
+            "live",
+            "--submesh",
+            "blocks",
+        )
+        joined = bridge.next_event("joined", 90)
+        ids = {t["title"]: t["overlay_id"] for t in joined["targets"]}
+        tree_peers = [
+            PeerProc(tmp_path, homs.url, f"t{i:02d}", "--join", ids["live"])
+            for i in range(SUBTREE_PEERS)
+        ]
+        mesh_peers = [
+            MeshProc(tmp_path, homs.url, f"m{i:02d}", "--join", ids["blocks"])
+            for i in range(SUBMESH_PEERS)
+        ]
+        procs.extend(tree_peers)
+        procs.extend(mesh_peers)
+        for p in [*tree_peers, *mesh_peers]:
+            p.wait_joined(deadline=120)
+
+        texts = []
+        for s in range(SOURCES):
+            for k in range(PER_SOURCE):
+                text = f"core message {k} from c{s:02d}"
+                texts.append(text)
+                core[s].command(f"publish {text}")
+        total = len(texts)
+        for _ in range(2 * total):  # each message is forwarded to both targets
+            bridge.next_event("forwarded", 60)
+
+        for p in tree_peers:
+            got = _deliveries(p, total, 60)
+            keys = Counter((d["source"], d["sequence"]) for d in got)
+            assert set(keys) == {("b1-live", n) for n in range(1, total + 1)}, p.name
+            assert max(keys.values()) == 1
+        wanted = Counter(hashlib.sha256(t.encode()).hexdigest() for t in texts)
+        for p in mesh_peers:
+            got = [p.next_event({"delivered"}, 60) for _ in range(total)]
+            assert Counter(d["sha256"] for d in got) == wanted, p.name
+        # nothing more arrives: a status round trip comes back with no extra delivery before it
+        for p in [*tree_peers[:3], *mesh_peers[:3]]:
+            p.command("status")
+            p.next_event({"status"}, 30)
+            assert not [e for e in p.seen if e["event"] in ("deliver", "delivered")], p.name
+
+        late = MeshProc(tmp_path, homs.url, "late", "--join", ids["blocks"])
+        procs.append(late)
+        late.wait_joined()
+        got = [late.next_event({"delivered"}, 60) for _ in range(total)]
+        assert Counter(d["sha256"] for d in got) == wanted
+
+        # the HOMS knows the composition: each sub-overlay names its parent and source
+        for title, kind in (("live", "tree"), ("blocks", "mesh")):
+            status = httpx.get(
+                f"{homs.url}/api/OverlayStatus", params={"overlay_id": ids[title]}, timeout=10
+            ).json()["overlay"]
+            assert status["type"] == "sub"
+            assert status["sub-type"] == kind
+            assert status["parent-overlay-id"] == core_id
+            assert status["source-peer-id"] == f"b1-{title}"
+    finally:
+        for p in procs:
+            p.leave()
+        codes = {p.name: p.stop() for p in procs}
+        bridge_code = bridge.stop() if bridge is not None else 0
+        homs.stop()
+    assert all(code == 0 for code in codes.values()), codes
+    assert bridge_code == 0
