@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,3 +146,56 @@ def test_stdin_commands_and_json_events(homs: HomsProc, tmp_path: Path) -> None:
             p.leave()
         codes = (child.stop(), root.stop())
     assert codes == (0, 0)
+
+
+def test_sigterm_while_still_joining_leaves_the_homs_at_once(homs: HomsProc) -> None:
+    """The only entry peer is unreachable, so the peer keeps trying; SIGTERM ends it cleanly."""
+    from hp2p.wire import homp
+
+    create = homp.CreateRequest(
+        overlay=homp.CreateOverlay(
+            title="ghost-town",
+            type="core",
+            sub_type="tree",
+            owner_id="ghost",
+            description="",
+            heartbeat_interval=1,
+            heartbeat_timeout=3,
+            auth=homp.CreateAuth(type="open", admin_key="admin-key"),
+        )
+    )
+    headers = {"content-type": "application/json"}
+    made = httpx.post(f"{homs.url}/homs", content=homp.encode(create), headers=headers)
+    overlay_id = made.json()["overlay"]["overlay-id"]
+    ghost = homp.JoinRequest(
+        overlay=homp.JoinOverlay(overlay_id=overlay_id, type="core", sub_type="tree"),
+        peer=homp.JoinPeer(
+            peer_id="ghost",
+            address=f"tcp://127.0.0.1:{_closed_port()}",
+            auth=homp.PeerAuth(password="secret-secret"),
+        ),
+    )
+    assert httpx.post(f"{homs.url}/peer", content=homp.encode(ghost), headers=headers).is_success
+    args = [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--join", overlay_id]
+    args += ["--id", "stuck", "--set", "join_timeout=120"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def members() -> list[str]:
+        status = httpx.get(
+            f"{homs.url}/api/OverlayStatus", params={"overlay_id": overlay_id}, timeout=10
+        ).json()
+        return sorted(p["peer-id"] for p in status["peers"])
+
+    try:
+        end = time.monotonic() + 60
+        while members() != ["ghost", "stuck"]:  # bounded poll: the HOMP join happened
+            assert time.monotonic() < end, "the peer never joined the HOMS"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)  # polling interval of a bounded loop, not a synchronisation point
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert members() == ["ghost"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

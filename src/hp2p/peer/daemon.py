@@ -19,6 +19,7 @@ Two ways for other programs to follow the peer without guessing or sleeping:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -84,8 +85,18 @@ async def run(settings: NodeSettings, config: PeerConfig, json_events: bool, std
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.ensure_future(node.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():  # SIGINT/SIGTERM while joining: give up the join, leave cleanly
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, NodeError):
+            await starting
+        await node.close()
+        return 0
     try:
-        await node.start()
+        starting.result()
     except NodeError as exc:
         print(f"hp2p peer: {exc}", file=sys.stderr, flush=True)
         return 1
