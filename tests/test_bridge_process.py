@@ -165,3 +165,76 @@ def test_core_tree_feeds_a_subtree_and_a_submesh_exactly_once(tmp_path: Path) ->
         homs.stop()
     assert all(code == 0 for code in codes.values()), codes
     assert bridge_code == 0
+
+
+def test_a_standby_bridge_takes_over_and_the_submesh_catches_up(tmp_path: Path) -> None:
+    homs = HomsProc(tmp_path)
+    procs: list[PeerProc] = []
+    bridges: list[BridgeProc] = []
+    try:
+        root = PeerProc(tmp_path, homs.url, "c00", "--create", "chain")
+        procs.append(root)
+        core_id = root.wait_joined()["overlay_id"]
+        other = PeerProc(tmp_path, homs.url, "c01", "--join", core_id)
+        procs.append(other)
+        other.wait_joined()
+        active = BridgeProc(
+            tmp_path, homs.url, "--core", core_id, "--id", "b1", "--submesh", "blocks"
+        )
+        bridges.append(active)
+        blocks = active.next_event("joined", 90)["targets"][0]["overlay_id"]
+        (tmp_path / "standby").mkdir()
+        standby = BridgeProc(
+            tmp_path / "standby",
+            homs.url,
+            "--core",
+            core_id,
+            "--id",
+            "b2",
+            "--standby-for",
+            "b1",
+            "--submesh",
+            "blocks",
+            "--takeover-after",
+            "1",
+        )
+        bridges.append(standby)
+        standby.next_event("joined", 90)
+        mesh = [MeshProc(tmp_path, homs.url, f"m{i}", "--join", blocks) for i in range(5)]
+        procs.extend(mesh)
+        for p in mesh:
+            p.wait_joined()
+        texts = [f"before {i}" for i in range(3)]
+        for t in texts:
+            root.command(f"publish {t}")
+        for _ in texts:
+            active.next_event("forwarded", 30)
+        for p in mesh:
+            for _ in texts:
+                p.next_event({"delivered"}, 30)
+        active.proc.kill()  # the active bridge dies with the SubMesh source in it
+        during = [f"during {i}" for i in range(2)]
+        for t in during:
+            other.command(f"publish {t}")
+        took_over = standby.next_event("active", 60)
+        assert took_over["replayed"] == len(during)  # only what the SubMesh lacked
+        after = [f"after {i}" for i in range(2)]
+        for t in after:
+            other.command(f"publish {t}")
+        everything = texts + during + after
+        wanted = Counter(hashlib.sha256(t.encode()).hexdigest() for t in everything)
+        for p in mesh:
+            got = [p.next_event({"delivered"}, 60) for _ in range(len(during) + len(after))]
+            early = [e for e in p.seen if e["event"] == "delivered"]
+            assert not early
+            seen = Counter(d["sha256"] for d in got)
+            seen.update(hashlib.sha256(t.encode()).hexdigest() for t in texts)
+            assert seen == wanted, p.name
+    finally:
+        for p in procs:
+            p.leave()
+        codes = {p.name: p.stop() for p in procs}
+        for b in bridges:
+            b.stop()
+        homs.stop()
+    assert all(code == 0 for code in codes.values()), codes
