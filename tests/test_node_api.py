@@ -86,5 +86,9 @@ async def test_local_api_http_and_websocket(homs_url: str) -> None:
             await ws.send("from a's websocket")
             (msg,) = await collect(inbox, 1, within=10)
             assert (msg.source, msg.data) == ("a", b"from a's websocket")
+        too_big = await http.post(f"{api_b.url}/publish", content=b"x" * (b.node.max_message + 1))
+        assert too_big.status_code == 413
+        assert "larger than" in too_big.json()["detail"]
+        assert b.status()["core"]["published"] == 1  # the refused message was not numbered
         tree = (await http.get(f"{api_b.url}/tree")).json()
         assert [[hop["peer_id"] for hop in path] for path in tree["paths"]] == [["a"]]

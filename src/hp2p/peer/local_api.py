@@ -25,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 
 from hp2p.peer.api import delivery_json, scan_json
-from hp2p.peer.node import NodeError, PeerNode
+from hp2p.peer.node import MessageTooLargeError, NodeError, PeerNode
 from hp2p.peer.settings import split_host_port
 
 
@@ -54,6 +54,8 @@ def build_app(node: PeerNode) -> FastAPI:
         body = await request.body()
         try:
             sequence = running().publish(body, app_id=app_id, payload_type=payload_type)
+        except MessageTooLargeError as exc:
+            raise HTTPException(413, str(exc)) from None
         except NodeError as exc:
             raise HTTPException(503, str(exc)) from None
         return {"source": node.peer_id, "sequence": sequence}

@@ -74,6 +74,14 @@ class NodeError(Exception):
     """The peer could not start or join; ``str(err)`` says what failed and what to do."""
 
 
+class MessageTooLargeError(NodeError):
+    """``publish`` was given more bytes than one R2 frame on a link may carry."""
+
+
+#: Room left in a frame for the R2 header and the extension header of a broadcast.
+_FRAME_OVERHEAD = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One broadcast message for the application (exactly once per source and sequence).
@@ -219,6 +227,7 @@ class PeerNode:
             attempts=settings.homs_attempts,
             rng=random.Random(settings.seed),
         )
+        self.max_message = min(tcp.DEFAULT_MAX_PAYLOAD, settings.send_queue_bytes) - _FRAME_OVERHEAD
         self.fault_plan = (
             FaultPlan.parse(settings.faults, settings.fault_seed) if settings.faults else None
         )
@@ -395,8 +404,17 @@ class PeerNode:
     def publish(
         self, data: bytes, app_id: str = "etri_data", payload_type: str = "text/plain"
     ) -> int:
-        """Broadcast ``data`` to every peer of the overlay; returns its sequence number."""
+        """Broadcast ``data`` to every peer of the overlay; returns its sequence number.
+
+        A message larger than a link can carry is refused here with :class:`MessageTooLargeError`
+        instead of being numbered and then refused by every link.
+        """
         core = self._running_core()
+        if len(data) > self.max_message:
+            raise MessageTooLargeError(
+                f"a message of {len(data)} bytes is larger than the {self.max_message} bytes a "
+                "link carries (R2 payload limit and send_queue_bytes); split it"
+            )
         sequence = core.publish(data, self._now(), app_id=app_id, payload_type=payload_type)
         self._emit("published", {"source": self.peer_id, "sequence": sequence, "t": time.time()})
         self._drain()
