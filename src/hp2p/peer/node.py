@@ -57,6 +57,7 @@ from hp2p.peer.effects import (
 )
 from hp2p.peer.homs_client import HomsClient, HomsError, Membership
 from hp2p.peer.settings import NodeSettings, split_host_port
+from hp2p.peer.subtree import NotSourceError, SourcePolicy, policy_for
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
 from hp2p.transport.faults import FaultPlan, FaultyLink
@@ -234,6 +235,8 @@ class PeerNode:
         self.core: PeerCore | None = None
         self.address = ""
         self.membership: Membership | None = None
+        # SubTree: only its source peer publishes (hp2p.peer.subtree); None on a CoreTree
+        self.source_policy: SourcePolicy | None = None
         self.joined = asyncio.Event()
         self.state = "starting"
         self.failure: str | None = None
@@ -318,6 +321,7 @@ class PeerNode:
         if overlay is None:
             overlay = await self._find_or_create()
             self._overlay = overlay
+            self.source_policy = policy_for(overlay)
         return await self.homs.join(
             overlay,
             peer_id=self.peer_id,
@@ -410,6 +414,11 @@ class PeerNode:
         instead of being numbered and then refused by every link.
         """
         core = self._running_core()
+        if self.source_policy is not None:
+            try:
+                self.source_policy.check_publish(self.peer_id)
+            except NotSourceError as exc:
+                raise NodeError(str(exc)) from None
         if len(data) > self.max_message:
             raise MessageTooLargeError(
                 f"a message of {len(data)} bytes is larger than the {self.max_message} bytes a "
@@ -456,6 +465,7 @@ class PeerNode:
             },
             "homs_client": asdict(self.homs.stats),
             "subscribers": len(self._subscribers),
+            "subtree_foreign_dropped": self.source_policy.dropped if self.source_policy else None,
         }
         if core is not None:
             costmap = core.paths.costmap()
@@ -512,6 +522,8 @@ class PeerNode:
         core = self.core
         if core is None or self._stopped:
             return
+        if self.source_policy is not None and not self.source_policy.admit(message):
+            return  # SubTree: data not from the source peer is dropped (and counted)
         core.receive(conn, message, self._now())
         self._drain()
 
@@ -556,7 +568,8 @@ class PeerNode:
         core = self.core
         core.connection_made(conn, self._now())
         for message in early:
-            core.receive(conn, message, self._now())
+            if self.source_policy is None or self.source_policy.admit(message):
+                core.receive(conn, message, self._now())
         self._drain()
 
     # === timer ===================================================================================
