@@ -54,6 +54,7 @@ removed at the end. See docs/demo.md.
 
 STARTUP_DEADLINE = 30.0
 DRAIN_DEADLINE = 5.0
+SCAN_LEAD = 3.5  # seconds: the peers' scan_timeout (3 s) plus a margin
 STOP_DEADLINE = 5.0
 
 
@@ -100,7 +101,7 @@ class Traffic:
     """Publish and delivery times by (source, sequence), for latency and exactly-once."""
 
     published_at: dict[tuple[str, int], float] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
+    delivered_at: list[tuple[tuple[str, int], float]] = field(default_factory=list)
     deliveries: int = 0
     duplicates: int = 0
 
@@ -134,6 +135,7 @@ class Demo:
         self.started = time.monotonic()
         self.target: int | None = None  # deliveries expected once publishing has ended
         self.all_delivered = asyncio.Event()
+        self.sent = 0  # publish commands given to the sources
 
     # --- processes --------------------------------------------------------------------------
     async def start_homs(self) -> None:
@@ -197,9 +199,7 @@ class Demo:
                 traffic.deliveries += 1
                 if peer.delivered[key] > 1:
                     traffic.duplicates += 1
-                sent = traffic.published_at.get(key)
-                if sent is not None:
-                    traffic.latencies.append(event["t"] - sent)
+                traffic.delivered_at.append((key, event["t"]))
                 if self.target is not None and traffic.deliveries >= self.target:
                     self.all_delivered.set()
             elif kind == "published":
@@ -316,9 +316,8 @@ class Demo:
             await self.wait_joined(others, STARTUP_DEADLINE * 2)
             attach_all = time.monotonic() - self.started
             self.phase = "publishing"
-            await self.publish(self.sources())
+            await self.publish(self.sources(), root)
             self.phase = "draining"
-            await self.command(root, "scan")
             self.target = self.expected_deliveries()
             if self.traffic.deliveries >= self.target:
                 self.all_delivered.set()
@@ -331,24 +330,35 @@ class Demo:
             self.phase = "done"
             return self.summary(scan, attach_all)
 
-    async def publish(self, sources: list[PeerProc]) -> None:
-        """Each source publishes ``rate`` messages per second for ``seconds`` seconds."""
+    async def publish(self, sources: list[PeerProc], root: PeerProc) -> None:
+        """Each source publishes ``rate`` messages per second for ``seconds`` seconds.
+
+        The root's SCAN_TREE is started ``SCAN_LEAD`` s before the end, so that its answer
+        (after the peer's scan timeout) arrives while the last messages drain.
+        """
         interval = 1.0 / self.rate
         rounds = max(1, int(self.seconds * self.rate))
         start = time.monotonic()
+        scanned = False
         for i in range(rounds):
             if self.dead.is_set():
                 raise DemoError(self.failure or "a peer died")
+            if not scanned and time.monotonic() >= start + self.seconds - SCAN_LEAD:
+                scanned = True
+                await self.command(root, "scan")
             for src in sources:
                 await self.command(src, f"publish {src.name}#{i}")
+                self.sent += 1
             # Pace the traffic; a peer dying meanwhile ends the wait at once.
             with contextlib.suppress(TimeoutError):
                 delay = max(0.0, start + (i + 1) * interval - time.monotonic())
                 await asyncio.wait_for(self.dead.wait(), delay)
+        if not scanned:
+            await self.command(root, "scan")
 
     def expected_deliveries(self) -> int:
-        """Every published message reaches every peer but its source."""
-        return len(self.traffic.published_at) * (self.n - 1)
+        """Every message a source was told to publish reaches every peer but its source."""
+        return self.sent * (self.n - 1)
 
     def summary(self, scan: dict[str, Any], attach_all: float) -> dict[str, Any]:
         t = self.traffic
@@ -356,14 +366,18 @@ class Demo:
         unique = sum(len(p.delivered) for p in self.peers)
         depths = [len(path) for path in scan.get("paths", [])]
         joined_depths = [p.depth for p in self.peers if isinstance(p.depth, int)]
-        p50, p99 = percentile(t.latencies, 0.5), percentile(t.latencies, 0.99)
+        # Matched at the end: a delivery line may be read before its source's 'published' line.
+        latencies = [
+            at - t.published_at[key] for key, at in t.delivered_at if key in t.published_at
+        ]
+        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
         rss = [r for r in (_rss_mb(p.proc.pid) for p in self.peers) if r is not None]
         return {
             "peers": self.n,
             "joined": sum(p.joined.is_set() for p in self.peers),
             "tree_depth": max(depths or joined_depths or [0]),
             "sources": self.n_sources,
-            "messages": len(t.published_at),
+            "messages": self.sent,
             "expected_deliveries": expected,
             "deliveries": t.deliveries,
             "delivery_ratio": round(unique / expected, 6) if expected else 1.0,
