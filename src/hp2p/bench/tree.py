@@ -103,11 +103,11 @@ def run_size(
     workdir: Path,
     progress: Progress,
     task: TaskID,
+    ladder: tuple[float, ...],
+    latency_messages: int,
+    step_s: float,
 ) -> dict[str, Any]:
     """One N: hp2p, then floor in hp2p's tree shape, then flood; ratios hp2p / baseline."""
-    ladder = QUICK_LADDER if quick else FULL_LADDER
-    latency_messages = 50 if quick else 100
-    step_s = 2.0 if quick else 3.0
 
     def advance(text: str) -> None:
         progress.update(task, description=f"N={peers} {text}", advance=1)
@@ -198,6 +198,16 @@ def tree(
     fanout: Annotated[int, typer.Option(help="Children per peer.")] = 4,
     payload: Annotated[int, typer.Option(help="Bytes per message.")] = 1024,
     seed: Annotated[int, typer.Option(help="Seed of the peers' random choices and the mesh.")] = 1,
+    messages: Annotated[
+        int | None, typer.Option(help="Messages of the 10 msg/s latency phase (default 100; 50).")
+    ] = None,
+    rates: Annotated[
+        str | None,
+        typer.Option(help="Throughput ladder, msg/s, comma-separated (default 50,…,600)."),
+    ] = None,
+    step: Annotated[
+        float | None, typer.Option(help="Seconds per ladder step (default 3; quick 2).")
+    ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the result file.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG plots into this folder.")] = None,
 ) -> None:
@@ -228,7 +238,11 @@ def tree(
         else:
             notes.append("gossipsub: py-libp2p is installed but its runner is not built yet")
             console.print(f"[yellow]{notes[-1]}[/]")
-    ladder = QUICK_LADDER if quick else FULL_LADDER
+    ladder = _ladder(rates, quick)
+    latency_messages = messages if messages is not None else (50 if quick else 100)
+    step_s = step if step is not None else (2.0 if quick else 3.0)
+    if not 1 <= latency_messages <= 10_000 or not 0.2 <= step_s <= 60:
+        _fail("--messages must be 1..10000 and --step 0.2..60 s")
     steps_per_size = 2 + len(ladder) + 1 + (len(relays) * (2 + len(ladder)))
     results = []
     with (
@@ -249,6 +263,9 @@ def tree(
                         workdir=Path(tmp),
                         progress=progress,
                         task=task,
+                        ladder=ladder,
+                        latency_messages=latency_messages,
+                        step_s=step_s,
                     )
                 )
             except ProcError as exc:
@@ -309,6 +326,18 @@ def _document(
         for r in results
     ]
     return document
+
+
+def _ladder(rates: str | None, quick: bool) -> tuple[float, ...]:
+    if rates is None:
+        return QUICK_LADDER if quick else FULL_LADDER
+    try:
+        ladder = tuple(float(v) for v in rates.split(",") if v.strip())
+    except ValueError:
+        ladder = ()
+    if not ladder or len(ladder) > 12 or any(not 1 <= r <= 20_000 for r in ladder):
+        _fail(f"--rates wants up to 12 comma-separated rates in 1..20000 msg/s, got {rates!r}")
+    return ladder
 
 
 def _sizes(peers: str | None, quick: bool) -> list[int]:

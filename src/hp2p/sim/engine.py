@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from heapq import heappush
 from typing import Any
 
 from hp2p.peer.config import PeerConfig
@@ -41,7 +42,7 @@ from hp2p.sim.network import MemoryHoms, Network, SimPeer
 from hp2p.wire.r2 import encode
 from hp2p.wire.r2.messages import BroadcastData, GetDataResponse, Message
 
-_PAYLOAD_TYPES = (BroadcastData, GetDataResponse)
+_RECV = _network._RECV
 
 
 @dataclass(slots=True)
@@ -122,25 +123,49 @@ class SimNetwork(Network):
         return cached[0]
 
     def _send(self, peer: SimPeer, effect: Send, now: float) -> None:
+        """Count the copies, then schedule them: inline for plain links, else the link model.
+
+        The plain path repeats ``Network._send``'s loop (without its BROADCAST_DATA loss, which
+        the link model replaces) so that a hop costs one pass over the connections.
+        """
         message = effect.message
+        traffic = self.traffic
+        kind = type(message)
+        payload = kind is BroadcastData or kind is GetDataResponse
+        if not self.links.plain:
+            copies = sum(1 for conn in effect.conns if (peer.peer_id, conn) in self._ends)
+            self._count_copies(message, payload, copies)
+            self._send_modelled(peer, effect, now, payload)
+            return
+        wire: Any = message if self._encode is None else self._encode(message)
         ends = self._ends
         name = peer.peer_id
-        copies = 0
+        heap = self._heap
+        seq = self._seq
         for conn in effect.conns:
-            if (name, conn) in ends:
-                copies += 1
-        traffic = self.traffic
-        payload = type(message) in _PAYLOAD_TYPES
+            end = ends.get((name, conn))
+            if end is None:
+                continue  # closed locally, or never opened: the core already knows
+            remote, rconn, latency = end
+            seq += 1
+            heappush(heap, (now + latency, seq, _RECV, remote, rconn, wire))
+        copies = seq - self._seq
+        self._seq = seq
         if payload:
             traffic.payload_copies += copies
             traffic.payload_bytes += copies * len(message.data)  # type: ignore[union-attr]
         elif copies:
             traffic.control_messages += copies
             traffic.control_bytes += copies * self._control_size(message)
-        if self.links.plain:
-            super()._send(peer, effect, now)
-            return
-        self._send_modelled(peer, effect, now, payload)
+
+    def _count_copies(self, message: Message, payload: bool, copies: int) -> None:
+        traffic = self.traffic
+        if payload:
+            traffic.payload_copies += copies
+            traffic.payload_bytes += copies * len(message.data)  # type: ignore[union-attr]
+        elif copies:
+            traffic.control_messages += copies
+            traffic.control_bytes += copies * self._control_size(message)
 
     def _send_modelled(self, peer: SimPeer, effect: Send, now: float, payload: bool) -> None:
         """Jitter, loss, bandwidth and partitions, message by message (the slow path)."""

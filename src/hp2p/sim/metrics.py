@@ -140,6 +140,11 @@ def analyse(record: RunRecord) -> dict[str, Any]:
         if record.traffic_wall_s > 0
         else None
     )
+    metrics["sim_deliveries_per_cpu_s"] = (
+        round(record.deliveries_in_window / record.traffic_cpu_s)
+        if record.traffic_cpu_s > 0
+        else None
+    )
     metrics["sim_events_per_s"] = round(record.events / record.wall_s) if record.wall_s else None
     metrics["wall_s"] = round(record.wall_s, 2)
     for depth, values in sorted(by_depth.items()):

@@ -59,13 +59,13 @@ class Observer:
         """The ``Network.on_effect`` hook: keeps deliveries and attachments, ignores the rest."""
         kind = type(effect)
         if kind is Deliver:
-            assert isinstance(effect, Deliver)
-            message = self.message_index.get((effect.source, effect.sequence))
+            message = self.message_index.get((effect.source, effect.sequence))  # type: ignore[union-attr]
             if message is None:
                 self.unknown_deliveries += 1
                 return
+            index = self.peer_index.get(peer.peer_id)
             self.d_message.append(message)
-            self.d_peer.append(self.index_of(peer.peer_id))
+            self.d_peer.append(self.index_of(peer.peer_id) if index is None else index)
             self.d_time.append(now)
             depth = peer.core.depth
             self.d_depth.append(-1 if depth is None else min(depth, 32_000))

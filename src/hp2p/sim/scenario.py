@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from hp2p.peer.config import PeerConfig
 from hp2p.sim.engine import SimNetwork, Traffic
-from hp2p.sim.links import LinkModel
+from hp2p.sim.links import LinkModel, Partition
 from hp2p.sim.network import MemoryHoms
 from hp2p.sim.observe import Observer
 
@@ -118,6 +118,7 @@ class RunRecord:
     traffic: Traffic  # during [traffic_start, end]
     wall_s: float  # whole run
     traffic_wall_s: float  # wall time of [traffic_start, end]
+    traffic_cpu_s: float  # CPU time of this process over the same window (noisy machines)
     events: int
     deliveries_in_window: int
     fault_time: float | None = None
@@ -136,7 +137,15 @@ def run_scenario(scenario: Scenario, seed: int, progress: Progress | None = None
     """Play ``scenario`` with ``seed``; ``progress`` is called about once per virtual second."""
     scenario.check()
     observer = Observer()
-    links = replace(scenario.links, seed=seed)
+    t0 = scenario.traffic_start
+    # Partitions are given relative to the start of traffic; the link model wants absolute times.
+    links = replace(
+        scenario.links,
+        seed=seed,
+        partitions=tuple(
+            Partition(p.start + t0, p.end + t0, p.fraction) for p in scenario.links.partitions
+        ),
+    )
     homs = MemoryHoms(
         heartbeat_interval=scenario.heartbeat_interval,
         heartbeat_timeout=scenario.heartbeat_timeout,
@@ -153,8 +162,7 @@ def run_scenario(scenario: Scenario, seed: int, progress: Progress | None = None
     wall0 = time.perf_counter()
     for i in range(scenario.peers):
         net.at(i * scenario.join_gap, lambda: observer.index_of(net.add_peer()))
-    record = RunRecord(scenario, seed, observer, Traffic(), 0.0, 0.0, 0, 0)
-    t0 = scenario.traffic_start
+    record = RunRecord(scenario, seed, observer, Traffic(), 0.0, 0.0, 0.0, 0, 0)
     _advance(net, t0, scenario, progress)
 
     # Snapshot of the tree when traffic starts.
@@ -205,13 +213,14 @@ def run_scenario(scenario: Scenario, seed: int, progress: Progress | None = None
         def start_partition(index: int = index) -> None:
             links.start_partition(index, sorted(p.peer_id for p in net.alive()))
 
-        net.at(t0 + part.start, start_partition)
+        net.at(part.start, start_partition)
 
     before = net.traffic.copy()
     delivered_before = len(observer.d_time)
-    wall1 = time.perf_counter()
+    wall1, cpu1 = time.perf_counter(), time.process_time()
     _advance(net, scenario.end, scenario, progress)
-    wall2 = time.perf_counter()
+    wall2, cpu2 = time.perf_counter(), time.process_time()
+    record.traffic_cpu_s = cpu2 - cpu1
     record.traffic = net.traffic.minus(before)
     record.traffic_wall_s = wall2 - wall1
     record.wall_s = wall2 - wall0
