@@ -61,10 +61,28 @@ def exec_daemon(
     os.execv(sys.executable, [sys.executable, "-m", "hp2p.peer.daemon"])
 
 
-def print_event(kind: str, fields: dict[str, Any]) -> None:
-    """One JSON line on stdout, flushed at once (a reader waits on it)."""
-    sys.stdout.write(_encoder.encode({"event": kind, **fields}).decode() + "\n")
-    sys.stdout.flush()
+class EventPrinter:
+    """Events as JSON lines on stdout, each flushed at once (a reader waits on it).
+
+    When the reader has gone (broken pipe) the events stop, with one warning; the peer itself
+    keeps serving the overlay until it is told to leave.
+    """
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.gone:
+            return
+        try:
+            sys.stdout.write(_encoder.encode({"event": kind, **fields}).decode() + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            self.gone = True
+            logging.getLogger("hp2p.peer.daemon").warning("stdout closed: JSON events stop")
+
+
+print_event = EventPrinter()
 
 
 async def run(settings: NodeSettings, config: PeerConfig, json_events: bool, stdin: bool) -> int:
