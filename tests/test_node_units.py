@@ -153,3 +153,18 @@ async def test_unknown_overlay_and_unreachable_homs_are_clear(tmp_path: Path) ->
     with pytest.raises(HomsUnreachableError, match=r"cannot connect.*after 2 attempt"):
         await nobody.find_overlay("x")
     await nobody.aclose()
+
+
+async def test_join_by_title_never_guesses_between_overlays(tmp_path: Path) -> None:
+    async with homs_app(tmp_path) as app:
+        client = client_for(app)
+        for title in ("chat", "chat", "news-eu"):
+            await client.create_overlay(
+                title, "o", "admin", heartbeat_interval=1, heartbeat_timeout=3
+            )
+        with pytest.raises(OverlayNotFoundError, match="matches several overlays"):
+            await client.find_overlay("chat")
+        assert (await client.find_overlay("news")).title == "news-eu"  # unique substring
+        by_id = await client.find_overlay((await client.find_overlay("news-eu")).overlay_id)
+        assert by_id.title == "news-eu"
+        await client.aclose()

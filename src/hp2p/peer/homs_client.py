@@ -208,7 +208,7 @@ class HomsClient:
         """The overlay whose id is ``key``, else the one whose title is ``key``.
 
         A title matches exactly first; a unique substring match is accepted too. Several
-        different overlays matching is an error, never a guess.
+        overlays matching (even with the same title) is an error, never a guess.
         """
         by_id = await self._query({"overlay-id": key})
         if by_id:
@@ -221,7 +221,7 @@ class HomsClient:
                 f"no overlay with id or title {key!r} on {self.url} "
                 "(create it with --create TITLE, or check the spelling)"
             )
-        if len(matches) > 1 and not exact:
+        if len(matches) > 1:
             titles = ", ".join(f"{o.title!r} ({o.overlay_id})" for o in matches[:5])
             raise OverlayNotFoundError(
                 f"{key!r} matches several overlays: {titles}; join by overlay-id instead"
