@@ -1,6 +1,6 @@
-"""The R3 bridge with real processes on 127.0.0.1: a CoreTree of 10 peers (9 ``hp2p peer`` + the
-bridge), a SubTree of 10 (the bridge's source + 9 ``hp2p peer --join``) and a SubMesh of 21
-(the bridge's source + 20 SubMesh peers). Every CoreTree message reaches every sub-overlay peer
+"""The R3 bridge with real processes on 127.0.0.1: a CoreTree (``hp2p peer`` processes + the
+bridge), a SubTree (the bridge's source + ``hp2p peer --join``) and a SubMesh (the bridge's
+source + SubMesh peers); sizes below. Every CoreTree message reaches every sub-overlay peer
 exactly once; a late SubMesh joiner gets the history; the HOMS shows the composition.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -26,9 +27,13 @@ from test_mesh_process import MeshProc
 
 pytestmark = pytest.mark.slow
 
-CORE_PEERS = 9  # + the bridge = 10
-SUBTREE_PEERS = 9  # + the bridge's SubTree source = 10
-SUBMESH_PEERS = 20
+# The issue's sizes (CoreTree 10, SubTree 10, SubMesh 20: 41 processes) take ~2 minutes on
+# this 2-core shared machine, over the suite's time box; by default the same test runs at half
+# size. HP2P_FULL_SUBOVERLAYS=1 runs the full sizes (passed in 122 s when it was written).
+FULL = os.environ.get("HP2P_FULL_SUBOVERLAYS") == "1"
+CORE_PEERS = 9 if FULL else 4  # + the bridge
+SUBTREE_PEERS = 9 if FULL else 4  # + the bridge's SubTree source
+SUBMESH_PEERS = 20 if FULL else 10
 SOURCES = 3
 PER_SOURCE = 4
 
@@ -141,6 +146,13 @@ def test_core_tree_feeds_a_subtree_and_a_submesh_exactly_once(tmp_path: Path) ->
             p.command("status")
             p.next_event({"status"}, 30)
             assert not [e for e in p.seen if e["event"] in ("deliver", "delivered")], p.name
+
+        # a SubTree peer may not publish: a clear error, nothing sent, the peer keeps running
+        tree_peers[0].command("publish intruder")
+        error = tree_peers[0].next_event({"error"}, 30)
+        assert "only the source peer 'b1-live'" in error["reason"]
+        tree_peers[0].command("status")
+        assert tree_peers[0].next_event({"status"}, 30)["state"] == "attached"
 
         late = MeshProc(tmp_path, homs.url, "late", "--join", ids["blocks"])
         procs.append(late)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from hp2p.bench.mesh import run
 
@@ -25,36 +23,17 @@ def test_small_run_compares_the_mesh_with_the_tree_push():
 
 
 def test_command_writes_the_result_file_and_refuses_bad_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from hp2p.bench.cli import app
+
     out = tmp_path / "r" / "mesh.json"
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hp2p",
-            "bench",
-            "mesh",
-            "--peers",
-            "8",
-            "--size",
-            "100000",
-            "--seeds",
-            "1",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    runner = CliRunner()
+    ok = runner.invoke(
+        app, ["mesh", "--peers", "8", "--size", "100000", "--seeds", "1", "--json", str(out)]
     )
-    assert ok.returncode == 0, ok.stderr
+    assert ok.exit_code == 0, ok.output
     assert json.loads(out.read_text())["params"]["peers"] == 8
-    bad = subprocess.run(
-        [sys.executable, "-m", "hp2p", "bench", "mesh", "--seeds", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert bad.returncode == 2
-    assert "--seeds must be at least 1" in bad.stdout + bad.stderr
+    bad = runner.invoke(app, ["mesh", "--seeds", "0"])
+    assert bad.exit_code == 2
+    assert "--seeds must be at least 1" in bad.output

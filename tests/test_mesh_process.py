@@ -101,7 +101,7 @@ def _stop_all(procs: list[MeshProc]) -> dict[str, int | None]:
 def test_one_mib_to_10_processes_with_20_percent_killed_and_a_late_joiner(tmp_path, homs):
     source, receivers = _start_mesh(tmp_path, homs, 10)
     everyone = [source, *receivers]
-    late: MeshProc | None = None
+    late: PeerProc | None = None
     try:
         source.command(f"publish-random {MiB} 42")
         published = source.next_event({"published"}, 30)
@@ -117,8 +117,9 @@ def test_one_mib_to_10_processes_with_20_percent_killed_and_a_late_joiner(tmp_pa
             got = r.next_event({"delivered"}, 60)
             assert got["object"] == published["object"]
             assert got["sha256"] == expected
-        late = MeshProc(tmp_path, homs.url, "late", "--join", "blocks")
-        late.wait_joined()
+        # the late joiner is a plain `hp2p peer --join`: it finds out the overlay is a SubMesh
+        late = PeerProc(tmp_path, homs.url, "late", "--join", "blocks")
+        assert late.wait_joined()["mesh"] is True
         got = late.next_event({"delivered"}, 60)
         assert got["sha256"] == expected
         # a receiver may not publish: a clear error, and the peer keeps running

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import os
 import random
 import signal
 import sys
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             peer_id=args.peer_id,
             store=args.store,
             standby=args.standby,
-            access_key=args.access_key,
+            access_key=args.access_key or os.environ.pop(ACCESS_KEY_ENV, None),
             expires=args.expires,
             seed=args.seed,
             config=config,
@@ -232,6 +233,72 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hp2p peer: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(run(settings, args.json_events, args.stdin))
+
+
+ACCESS_KEY_ENV = "_HP2P_MESH_ACCESS_KEY"
+
+
+def submesh_of(homs_url: str, key: str, timeout: float = 5.0) -> str | None:
+    """The overlay-id if ``key`` (an overlay-id or exact title) names a SubMesh, else None.
+
+    One synchronous HOMP query, made by ``hp2p peer --join`` before it picks its runtime. Any
+    failure answers None: the tree runtime then reports the problem in its own words.
+    """
+    import httpx
+
+    try:
+        with httpx.Client(base_url=homs_url.rstrip("/"), timeout=timeout) as client:
+            for params in ({"overlay-id": key}, {"title": key}):
+                answer = client.get("/homs", params=params)
+                if answer.status_code != 200:
+                    continue
+                items = msgspec.json.decode(answer.content)
+                overlays = [i.get("overlay") for i in items if isinstance(i, dict)]
+                exact = [
+                    o
+                    for o in overlays
+                    if isinstance(o, dict) and key in (o.get("overlay-id"), o.get("title"))
+                ]
+                if len(exact) == 1:
+                    o = exact[0]
+                    if o.get("type") == "sub" and o.get("sub-type") == "mesh":
+                        overlay_id = o.get("overlay-id")
+                        return overlay_id if isinstance(overlay_id, str) else None
+                    return None
+    except (httpx.HTTPError, msgspec.DecodeError, OSError, AttributeError):
+        return None
+    return None
+
+
+def exec_if_submesh(settings: Any, *, json_events: bool, stdin: bool, log_level: str) -> None:
+    """``hp2p peer --join X``: when X is a SubMesh, become a SubMesh peer (does not return).
+
+    ``settings`` is the tree peer's ``NodeSettings``; the fields a SubMesh peer shares with it
+    (HOMS, listen, peer-id, expires, seed, access key) carry over. Tree-core settings do not
+    apply to a SubMesh and are ignored. The access key travels in the environment, not argv.
+    """
+    join = getattr(settings, "join", None)
+    if not join:
+        return
+    overlay_id = submesh_of(settings.homs, join, timeout=settings.homs_timeout)
+    if overlay_id is None:
+        return
+    argv = [sys.executable, "-m", "hp2p.peer.mesh_daemon", "--homs", settings.homs]
+    argv += ["--join", overlay_id, "--listen", settings.listen, "--expires", str(settings.expires)]
+    argv += ["--log-level", log_level.lower()]
+    if settings.peer_id:
+        argv += ["--id", settings.peer_id]
+    if settings.seed is not None:
+        argv += ["--seed", str(settings.seed)]
+    if json_events:
+        argv.append("--json-events")
+    if stdin:
+        argv.append("--stdin")
+    if settings.access_key:
+        os.environ[ACCESS_KEY_ENV] = settings.access_key
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 if __name__ == "__main__":
