@@ -28,6 +28,8 @@ Examples:
 
   hp2p peer --join chat --faults delay=0.02,loss=0.01 --fault-seed 7 --stdin
 
+  hp2p peer --join blocks       # a SubTree or SubMesh works too (docs/sub-overlays.md)
+
 With --api: curl -X POST --data-binary hi http://127.0.0.1:8700/publish ; GET /status,
 GET /tree, WebSocket /subscribe (docs/peer.md).
 """
@@ -147,6 +149,10 @@ def peer(
             FaultPlan.parse(node_settings.faults)
     except (SettingsError, ValueError) as exc:
         _fail(str(exc), 2)
+    if node_settings.join is not None:  # a SubMesh peer runs its own runtime (issue #7)
+        from hp2p.peer.mesh_daemon import exec_if_submesh
+
+        exec_if_submesh(node_settings, json_events=json_events, stdin=stdin, log_level=level)
     from hp2p.peer.daemon import exec_daemon
 
     exec_daemon(node_settings, core_config, json_events=json_events, stdin=stdin, log_level=level)
