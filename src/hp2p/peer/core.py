@@ -722,15 +722,18 @@ class PeerCore:
         if not isinstance(heads, dict) or len(heads) > 4 * _HEADS_MAX:
             return
         duplicates = self.duplicates
+        # Heads travel on every path, candidates included, and a candidate nearer the source
+        # may simply be ahead of me: wait longer than for a hole before calling it a loss.
+        wait = max(self.config.gap_wait, self.config.heartbeat_interval / 2)
         for source, newest in heads.items():
             if not isinstance(newest, int) or isinstance(newest, bool) or source == self.peer_id:
                 continue
             win = duplicates.sources.get(source)
             if win is None:
                 if 1 <= newest <= _NEW_SOURCE_BACKFILL and self._settled(now):
-                    self._live_gap(source, 1, newest, now)
+                    self._live_gap(source, 1, newest, now, wait)
             elif win.newest < newest <= win.newest + duplicates.max_ahead:
-                self._live_gap(source, win.newest + 1, newest, now)
+                self._live_gap(source, win.newest + 1, newest, now, wait)
 
     def _advertise(self) -> None:
         """Tell the neighbours at once when my depth or free-slot depth changed.
@@ -917,6 +920,11 @@ class PeerCore:
                 self._select(now)  # no new volunteer, but a known candidate may have room now
             else:
                 self._attempt_failed("no volunteer", now)
+            return
+        if self._recovering:
+            # An orphan's subtree receives nothing until it is attached again: rank the
+            # volunteers by depth alone rather than spend a PROBE round on RTTs.
+            self._select(now)
             return
         self.phase = Phase.PROBING
         for link in self._offers:
@@ -1429,10 +1437,13 @@ class PeerCore:
             self.config.heartbeat_timeout
         )
 
-    def _live_gap(self, source: str, first: int, last: int, now: float) -> None:
+    def _live_gap(
+        self, source: str, first: int, last: int, now: float, wait: float | None = None
+    ) -> None:
         """A hole on the live path: pull it after the reordering tolerance."""
-        self.recovery.want_range(source, first, last, now)
-        when = now + self.config.gap_wait
+        wait = self.config.gap_wait if wait is None else wait
+        self.recovery.want_range(source, first, last, now + wait - self.config.gap_wait)
+        when = now + wait
         if self._pull_at is None or when < self._pull_at:
             self._pull_at = when
             self._timers.arm(_T_PULL, when)

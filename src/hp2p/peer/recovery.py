@@ -121,13 +121,18 @@ def lacking(
 
 
 def missing_from(
-    duplicates: DuplicateFilter, theirs: Sequence[BuffermapEntry], me: str
+    duplicates: DuplicateFilter,
+    theirs: Sequence[BuffermapEntry],
+    me: str,
+    new_source: int = 64,
 ) -> list[tuple[str, int]]:
     """``(source, sequence)`` listed in a holder's buffermap that this peer never accepted.
 
     For a source this peer knows, sequences inside its window from its first one on (holes
     and the tail published while it was detached); for a source it never heard of, all that
-    are listed (it started publishing while this peer was detached). Its own messages never.
+    are listed if the holder still has its first ones (``new_source`` or below: the source
+    started while this peer was detached) — an old source's history is not pulled. Its own
+    messages never.
     """
     out: list[tuple[str, int]] = []
     for entry in theirs:
@@ -135,6 +140,8 @@ def missing_from(
         if source == me:
             continue
         win = duplicates.sources.get(source)
+        if win is None and (not entry.sequences or min(entry.sequences) > new_source):
+            continue
         for sequence in entry.sequences:
             if win is not None:
                 if sequence < win.first or sequence <= win.newest - duplicates.window:
