@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import typer
+
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.homs_client import HomsError, OverlayNotFoundError
 from hp2p.peer.mesh_config import MeshConfig
@@ -443,6 +445,18 @@ def main(argv: list[str] | None = None) -> int:
             await bridge.close()
 
     return asyncio.run(run())
+
+
+#: How ``hp2p`` mounts :func:`command`: the options and ``--help`` are argparse's (``main``).
+COMMAND_SETTINGS: dict[str, Any] = {
+    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+    "add_help_option": False,
+}
+
+
+def command(ctx: typer.Context) -> None:
+    """R3 bridge: forward selected CoreTree messages to SubTree/SubMesh sources (--help)."""
+    raise typer.Exit(main(list(ctx.args)))
 
 
 if __name__ == "__main__":
