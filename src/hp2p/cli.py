@@ -70,6 +70,9 @@ def build_app() -> typer.Typer:
     full.command(name="sim", epilog=sim_cli.EPILOG)(sim_cli.sim)
     full.command(name="homs", epilog=homs_cli.EPILOG)(homs_cli.homs)
     full.add_typer(bench_app, name="bench")
+    from hp2p.apps import bridge as bridge_cli
+
+    full.command(name="bridge", **bridge_cli.COMMAND_SETTINGS)(bridge_cli.command)
     return full
 
 
