@@ -344,3 +344,24 @@ def test_tls_serves_https_only(tmp_path: Path) -> None:
             httpx.get(f"http://127.0.0.1:{homs.port}/homs", timeout=5.0)
     finally:
         homs.stop()
+
+
+async def test_listening_sockets_give_connections_without_nagle_delay() -> None:
+    """Accepted connections have TCP_NODELAY: headers and body are two writes, and with
+    Nagle on, the body would wait ~40 ms for the client's delayed ACK on every response."""
+    from hp2p.homs.cli import _listen
+
+    listener = _listen("127.0.0.1", 0)
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def on_connect(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, sock=listener)
+    async with server:
+        port = listener.getsockname()[1]
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(accepted, 10.0) != 0
+        writer.close()

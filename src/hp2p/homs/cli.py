@@ -228,9 +228,13 @@ async def _serve(settings: HomsSettings, database: str) -> int:
 def _listen(host: str, port: int) -> socket.socket:
     """A bound listening socket, so that both --port and --ws-port are served by one server."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and without it every response (headers and body are two writes) waits ~40 ms for a
+    # delayed ACK (Nagle). Set it here as well; accepted sockets inherit it.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(2048)
         sock.setblocking(False)
