@@ -115,6 +115,7 @@ _T_SCAN = "scan"
 _T_PULL = "pull"
 _T_REFILL = "refill"
 _REFILL_TRIES = 3
+_RECOVERY_WINDOW = 0.05
 _NEW_SOURCE_BACKFILL = 64
 _HEADS_MAX = 64
 _FAULTS = frozenset({"connection closed", "heartbeat timeout"})
@@ -900,7 +901,12 @@ class PeerCore:
         self._drop(link, "", now)  # the HELLO link is short-lived (reference §7.3)
         if self.phase is Phase.HELLO and not self._hello_accepted:
             self._hello_accepted = True
-            self._timers.arm(_T_WINDOW, now + self.config.estab_window)
+            window = self.config.estab_window
+            if self._recovering:
+                # An orphan takes the first volunteers: a late ESTAB is still taken (WAITING
+                # accepts it), while every ms here is a ms its whole subtree is cut off.
+                window = min(window, _RECOVERY_WINDOW)
+            self._timers.arm(_T_WINDOW, now + window)
 
     def _hello_link_gone(self, conn: int, now: float) -> None:
         self._hellos_out.discard(conn)
