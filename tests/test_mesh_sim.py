@@ -252,3 +252,17 @@ def test_bad_input_is_refused_with_a_reason_and_never_raises():
     core.receive(conn, GetDataResponse("src", 65537, b"junk"), 0.6)
     assert core.counters.unsolicited == 1
     assert core.objects() == []
+
+
+def test_a_long_history_is_pulled_through_a_bounded_window_without_starving_live_data():
+    config = MeshConfig(fetch_window=3, piece_size=4096)
+    net = _mesh(6, config=config)
+    history = [net.publish(_blob(10_000, seed=s)) for s in range(40)]
+    assert net.run_until(lambda: net.all_have(history[-1]), deadline=net.now + 30)
+    late = net.add_peer("late")
+    net.run(net.now + 0.02)
+    live = net.publish(_blob(10_000, seed=99))
+    assert net.run_until(lambda: live in late.received, deadline=net.now + 10)
+    assert len(late.received) < len(history)  # live data did not wait for the whole history
+    assert net.run_until(lambda: set(history) <= set(late.received), deadline=net.now + 60)
+    assert late.duplicates == 0

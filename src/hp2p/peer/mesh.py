@@ -40,6 +40,8 @@ from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_objects import (
     MANIFEST_APP_ID,
     MAX_OBJECT,
+    PIECE_BITS,
+    PIECE_MASK,
     Manifest,
     ManifestError,
     decode_manifest,
@@ -211,7 +213,9 @@ class MeshCore:
         self._bytes = 0
         self._floor = 1  # objects below are never fetched again (evicted or not wanted)
         self._delivered: set[int] = set()
-        self._availability: dict[int, int] = {}  # sequence I lack -> neighbours holding it
+        # object -> {sequence I lack -> neighbours holding it}: grouped by object so that a
+        # scheduling pass looks at a bounded window of objects, not at the whole history
+        self._availability: dict[int, dict[int, int]] = {}
         self._requests: dict[int, _Request] = {}
         self._tried: dict[int, set[str]] = {}
         self._news: list[int] = []
@@ -522,12 +526,7 @@ class MeshCore:
         if peer is not None and self._neighbours.get(peer) is link:
             del self._neighbours[peer]
             for seq in link.have:
-                count = self._availability.get(seq)
-                if count is not None:
-                    if count <= 1:
-                        del self._availability[seq]
-                    else:
-                        self._availability[seq] = count - 1
+                self._avail_less(seq)
             for seq, req in list(self._requests.items()):
                 if req.peer_id == peer:
                     self._end_request(seq, req)
@@ -590,7 +589,8 @@ class MeshCore:
                     continue
                 link.have.add(seq)
                 if seq not in self._have:
-                    self._availability[seq] = self._availability.get(seq, 0) + 1
+                    counts = self._availability.setdefault(obj, {})
+                    counts[seq] = counts.get(seq, 0) + 1
 
     def _on_get_data(self, link: _Link, msg: GetData, now: float) -> None:
         seq = msg.sequence
@@ -683,12 +683,7 @@ class MeshCore:
     def _forget_holder(self, link: _Link, seq: int) -> None:
         if seq in link.have:
             link.have.discard(seq)
-            count = self._availability.get(seq)
-            if count is not None:
-                if count <= 1:
-                    del self._availability[seq]
-                else:
-                    self._availability[seq] = count - 1
+            self._avail_less(seq)
         if link.peer_id is not None:
             self._tried.setdefault(seq, set()).add(link.peer_id)
 
@@ -722,7 +717,11 @@ class MeshCore:
         self._objects.setdefault(obj, set()).add(index)
         self._have.add(seq)
         self._bytes += len(data)
-        self._availability.pop(seq, None)
+        counts = self._availability.get(obj)
+        if counts is not None:
+            counts.pop(seq, None)
+            if not counts:
+                del self._availability[obj]
         self._news.append(seq)
 
     def _discard_object(self, obj: int) -> None:
@@ -747,9 +746,10 @@ class MeshCore:
             self._floor = max(self._floor, oldest + 1)
             self._delivered.discard(oldest)
         if self._floor > 1:
-            stale = [s for s in self._availability if split_sequence(s)[0] < self._floor]
-            for seq in stale:
-                del self._availability[seq]
+            for obj in [o for o in self._availability if o < self._floor]:
+                del self._availability[obj]
+            for seq in [q for q in self._tried if split_sequence(q)[0] < self._floor]:
+                del self._tried[seq]
             self._delivered = {o for o in self._delivered if o >= self._floor}
 
     def _load_store(self) -> None:
@@ -807,13 +807,15 @@ class MeshCore:
         if not any(n.inflight < c.max_requests_per_neighbour for n in self._neighbours.values()):
             return
         candidates: list[tuple[bool, int, float, int]] = []
-        for seq, count in self._availability.items():
-            if seq in self._requests:
-                continue
-            obj, index = split_sequence(seq)
-            if index != 0 and obj not in self._manifests:
-                continue
-            candidates.append((index != 0, count, self.rng.random(), seq))
+        for obj in self._window():
+            known = obj in self._manifests
+            for seq, count in self._availability[obj].items():
+                if seq in self._requests:
+                    continue
+                index = seq & PIECE_MASK
+                if index != 0 and not known:
+                    continue
+                candidates.append((index != 0, count, self.rng.random(), seq))
         candidates.sort()
         neighbours = list(self._neighbours.values())
         for _, _, _, seq in candidates:
@@ -833,6 +835,34 @@ class MeshCore:
             pick = self.rng.choice([n for n in fresh if n.inflight == best])
             self._send_get(pick, seq, now)
             free -= 1
+
+    def _window(self) -> list[int]:
+        """Objects a pass may pull from: the oldest ``fetch_window`` and the newest two.
+
+        A late joiner with a long history works through it oldest first, while the newest
+        objects (live data) are never starved behind it; either way a pass costs a bounded
+        number of pieces, not the whole history.
+        """
+        objects = sorted(self._availability)
+        size = self.config.fetch_window
+        if len(objects) <= size + 2:
+            return objects
+        return objects[:size] + objects[-2:]
+
+    def _avail_less(self, seq: int) -> None:
+        obj = seq >> PIECE_BITS
+        counts = self._availability.get(obj)
+        if counts is None:
+            return
+        count = counts.get(seq)
+        if count is None:
+            return
+        if count <= 1:
+            del counts[seq]
+            if not counts:
+                del self._availability[obj]
+        else:
+            counts[seq] = count - 1
 
     # === periodic work ===========================================================================
     def _maintain(self, now: float) -> None:
@@ -907,7 +937,7 @@ class MeshCore:
             raise NotSourceError(
                 f"peer {self.peer_id!r} is not a standby of {self.source_id!r}; it cannot take over"
             )
-        heard = [split_sequence(s)[0] for s in self._availability]
+        heard = list(self._availability)
         highest = max([*self._objects, *heard, self._next_object - 1])
         self._next_object = highest + 1
         self.is_source = True

@@ -68,6 +68,10 @@ class MeshConfig:
         default=4, metadata=_doc("GET_DATA requests in flight to one neighbour.")
     )
     max_requests: int = field(default=16, metadata=_doc("GET_DATA requests in flight in total."))
+    fetch_window: int = field(
+        default=16,
+        metadata=_doc("Oldest incomplete objects pulled at once (plus the newest two)."),
+    )
     max_strikes: int = field(
         default=3, metadata=_doc("Forged pieces/manifests before a neighbour is dropped for good.")
     )
@@ -90,6 +94,7 @@ class MeshConfig:
             "buffermap_chunk",
             "max_requests_per_neighbour",
             "max_requests",
+            "fetch_window",
             "max_strikes",
             "max_banned",
             "store_bytes",
