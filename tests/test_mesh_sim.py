@@ -11,10 +11,18 @@ import pytest
 from hp2p.peer.effects import Close, Send
 from hp2p.peer.mesh import MeshCore, MeshJoinInfo, NotSourceError
 from hp2p.peer.mesh_config import MeshConfig
-from hp2p.peer.mesh_objects import sequence_of, split_sequence
+from hp2p.peer.mesh_objects import make_object, sequence_of, split_sequence
 from hp2p.peer.mesh_store import DiskPieceStore
 from hp2p.sim.mesh import MeshNetwork
-from hp2p.wire.r2.messages import GetData, GetDataResponse, Hello, HelloResponse, Release
+from hp2p.wire.r2.messages import (
+    BuffermapEntry,
+    BuffermapResponse,
+    GetData,
+    GetDataResponse,
+    Hello,
+    HelloResponse,
+    Release,
+)
 
 MiB = 1 << 20
 BANDWIDTH = 12.5e6  # 100 Mbit/s uplinks: a transfer takes long enough to fail in the middle
@@ -266,3 +274,39 @@ def test_a_long_history_is_pulled_through_a_bounded_window_without_starving_live
     assert len(late.received) < len(history)  # live data did not wait for the whole history
     assert net.run_until(lambda: set(history) <= set(late.received), deadline=net.now + 60)
     assert late.duplicates == 0
+
+
+def _linked_core(config: MeshConfig) -> tuple[MeshCore, int]:
+    core = MeshCore(config, "me", "mem://me", random.Random(0))
+    core.start(MeshJoinInfo("ov", "src", 1, ()), 0.0)
+    conn = core.accept(0.0)
+    core.receive(conn, Hello("ov", "liar", "mem://liar", 2, hp2p={"mesh": 1}), 0.1)
+    core.take_effects()
+    return core, conn
+
+
+def test_a_flood_of_announcements_is_bounded_and_reported():
+    core, conn = _linked_core(MeshConfig(max_announced=5))
+    flood = [sequence_of(1, i) for i in range(50)]
+    core.receive(conn, BuffermapResponse("ov", [BuffermapEntry("src", flood)]), 0.2)
+    assert len(core._neighbours["liar"].have) == 5
+    assert core.counters.protocol_errors == 1
+    assert any(
+        "announced more than 5" in e.reason for e in core.take_effects() if hasattr(e, "reason")
+    )
+
+
+def test_pieces_an_object_does_not_have_are_never_requested():
+    core, conn = _linked_core(MeshConfig())
+    manifest, _ = make_object(1, b"x" * 100, 64)  # two pieces
+    announced = [sequence_of(1, 0), sequence_of(1, 1), sequence_of(1, 2), sequence_of(1, 9)]
+    core.receive(conn, BuffermapResponse("ov", [BuffermapEntry("src", announced)]), 0.2)
+    core.receive(conn, GetDataResponse("src", sequence_of(1, 0), manifest.encode()), 0.3)
+    asked = [
+        e.message.sequence
+        for e in core.take_effects()
+        if isinstance(e, Send) and isinstance(e.message, GetData)
+    ]
+    # the manifest first, then only the two pieces it lists; never the announced piece 9
+    assert asked == [sequence_of(1, 0), *sorted(asked[1:])]
+    assert sorted(asked[1:]) == [sequence_of(1, 1), sequence_of(1, 2)]

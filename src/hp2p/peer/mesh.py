@@ -584,6 +584,16 @@ class MeshCore:
             for seq in entry.sequences:
                 if seq in link.have:
                     continue
+                if len(link.have) >= self.config.max_announced:
+                    self.counters.protocol_errors += 1
+                    self._effects.append(
+                        ProtocolError(
+                            link.conn,
+                            f"{link.peer_id}: announced more than {self.config.max_announced} "
+                            "pieces; the rest of its buffermap is ignored",
+                        )
+                    )
+                    return
                 obj, _ = split_sequence(seq)
                 if obj < 1 or obj < self._floor:
                     continue
@@ -808,13 +818,13 @@ class MeshCore:
             return
         candidates: list[tuple[bool, int, float, int]] = []
         for obj in self._window():
-            known = obj in self._manifests
+            manifest = self._manifests.get(obj)
             for seq, count in self._availability[obj].items():
                 if seq in self._requests:
                     continue
                 index = seq & PIECE_MASK
-                if index != 0 and not known:
-                    continue
+                if index != 0 and (manifest is None or index > manifest.count):
+                    continue  # no manifest yet, or a piece the object does not have
                 candidates.append((index != 0, count, self.rng.random(), seq))
         candidates.sort()
         neighbours = list(self._neighbours.values())
@@ -888,6 +898,8 @@ class MeshCore:
     def _fill(self, now: float) -> None:
         """Keep ``target_neighbours`` links; below the low-water mark, ask the HOMS (PLM FE)."""
         c = self.config
+        for peer in [p for p, t in self._retry_after.items() if t <= now]:
+            del self._retry_after[peer]  # bounded: only back-offs still running are kept
         linked = {x.peer_id for x in self._links.values()}
         pending = sum(1 for x in self._links.values() if x.state != "up")
         want = c.target_neighbours - len(self._neighbours) - pending

@@ -68,6 +68,10 @@ class MeshConfig:
         default=4, metadata=_doc("GET_DATA requests in flight to one neighbour.")
     )
     max_requests: int = field(default=16, metadata=_doc("GET_DATA requests in flight in total."))
+    max_announced: int = field(
+        default=65_536,
+        metadata=_doc("Pieces remembered per neighbour's buffermap (more is refused)."),
+    )
     fetch_window: int = field(
         default=16,
         metadata=_doc("Oldest incomplete objects pulled at once (plus the newest two)."),
@@ -95,6 +99,7 @@ class MeshConfig:
             "max_requests_per_neighbour",
             "max_requests",
             "fetch_window",
+            "max_announced",
             "max_strikes",
             "max_banned",
             "store_bytes",
