@@ -127,7 +127,8 @@ class HpOverlay:
 
 
 class RelayOverlay:
-    """N relay processes as a tree (``children``) or as a random mesh of degree ``degree``."""
+    """N baseline processes: relays as a tree (``children``) or a random mesh (flood), or
+    gossipsub nodes (``mode="gossipsub"``, run by ``python``, which must have py-libp2p)."""
 
     def __init__(
         self,
@@ -137,13 +138,15 @@ class RelayOverlay:
         children: dict[int, list[int]] | None = None,
         degree: int = 4,
         seed: int = 0,
+        python: str | None = None,
     ) -> None:
-        self.kind = "floor" if mode == "tree" else "flood"
+        self.kind = {"tree": "floor", "flood": "flood"}.get(mode, mode)
         self.workdir = workdir
         self.mode = mode
         self.fleet = Fleet()
         self.peers: list[Proc] = []
-        self.ports: list[int] = []
+        self.ports: list[str] = []
+        self._python = python or sys.executable
         self.depth: dict[str, int] = {}
         self._n = peers
         self._children = children
@@ -153,14 +156,20 @@ class RelayOverlay:
     def start(self, progress: Any = None) -> None:
         for i in range(self._n):
             name = f"{self.kind}-{i:04d}"
-            args = [sys.executable, "-m", "hp2p.bench.relay", "--mode", self.mode]
+            if self.mode == "gossipsub":
+                args = [self._python, str(Path(__file__).with_name("gossipsub_node.py"))]
+            else:
+                args = [sys.executable, "-m", "hp2p.bench.relay", "--mode", self.mode]
             self.peers.append(self.fleet.start(name, args, self.workdir / f"{name}.err"))
+        # py-libp2p takes seconds of CPU to import; N of them at once on 2 cores take minutes.
+        timeout = 300.0 if self.mode == "gossipsub" else 60.0
         for proc in self.peers:
-            self.ports.append(int(proc.wait_event({"ready"}, 60)["port"]))
+            ready = proc.wait_event({"ready"}, timeout)
+            self.ports.append(str(ready.get("port", ready.get("addr"))))
         links = self._tree_links() if self.mode == "tree" else self._mesh_links()
         for i, targets in links.items():
             if targets:
-                self.peers[i].command("links " + ",".join(str(self.ports[j]) for j in targets))
+                self.peers[i].command("links " + ",".join(self.ports[j] for j in targets))
                 self.peers[i].wait_event({"linked"}, 30)
         self._depths(links)
         if progress is not None:
@@ -199,7 +208,7 @@ class RelayOverlay:
         for a, targets in links.items():
             for b in targets:
                 adjacency[a].add(b)
-                if self.mode == "flood":
+                if self.mode != "tree":
                     adjacency[b].add(a)
         hops = {0: 0}
         todo = deque([0])

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import importlib.util
 import statistics
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +40,7 @@ from hp2p.bench.results import result_document, write_result
 LATENCY_RATE = 10.0
 FULL_LADDER = (50.0, 100.0, 200.0, 300.0, 450.0, 600.0)
 QUICK_LADDER = (50.0, 100.0, 200.0)
+GOSSIPSUB_PEERS = 30
 GOSSIPSUB_SKIP = (
     "gossipsub baseline skipped: the optional extra hp2p[bench] (py-libp2p) is not installed "
     "here; see docs/benchmarks.md for why it is not part of the default set-up"
@@ -106,6 +109,7 @@ def run_size(
     ladder: tuple[float, ...],
     latency_messages: int,
     step_s: float,
+    gossipsub_python: str | None = None,
 ) -> dict[str, Any]:
     """One N: hp2p, then floor in hp2p's tree shape, then flood; ratios hp2p / baseline."""
 
@@ -143,18 +147,35 @@ def run_size(
     out["latencies_ms"]["hp2p"] = measured["latencies_ms"]
 
     for name in baselines:
-        mode = "tree" if name == "floor" else "flood"
+        if name == "gossipsub" and peers != GOSSIPSUB_PEERS:
+            continue
+        mode = {"floor": "tree", "flood": "flood"}.get(name, name)
         relay = RelayOverlay(
-            workdir / f"{name}-{peers}", peers, mode, children=tree, degree=fanout, seed=seed
+            workdir / f"{name}-{peers}",
+            peers,
+            mode,
+            children=tree,
+            degree=fanout,
+            seed=seed,
+            python=gossipsub_python,
         )
         (workdir / f"{name}-{peers}").mkdir(parents=True, exist_ok=True)
         try:
-            advance(f"{name}: starting {peers} relays")
+            advance(f"{name}: starting {peers} processes")
             relay.start()
+            if mode == "gossipsub":
+                settle(3.0)  # its heartbeats (1 s) build the mesh
             got = measure(relay, **common)  # type: ignore[arg-type]
-            got["metrics"]["control_overhead"] = 0.0  # by construction: data frames only
             copies, deliveries = relay.counters()
-            got["metrics"]["rmr"] = round(copies / deliveries - 1, 4) if deliveries else None
+            got["metrics"]["rmr"] = (
+                round(copies / deliveries - 1, 4) if deliveries and mode != "gossipsub" else None
+            )
+            if mode != "gossipsub":
+                got["metrics"]["control_overhead"] = 0.0  # by construction: data frames only
+        except ProcError as exc:
+            # A baseline that cannot run is reported as such; hp2p's figures still stand.
+            out["baselines"][name] = {"error": str(exc)[:300]}
+            continue
         finally:
             relay.close()
         out["baselines"][name] = got["metrics"]
@@ -210,6 +231,13 @@ def tree(
     ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the result file.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG plots into this folder.")] = None,
+    gossipsub_python: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HP2P_GOSSIPSUB_PYTHON",
+            help="Interpreter with py-libp2p for --baseline gossipsub (default: this one).",
+        ),
+    ] = None,
 ) -> None:
     """Latency per depth, throughput, CPU per hop, RSS: real peers vs floor and flood relays.
 
@@ -220,6 +248,9 @@ def tree(
       hp2p bench tree --peers 50,100,200 --json bench-results/tree.json --plots bench-results/tree
 
       hp2p bench tree --peers 20 --baseline floor
+
+      hp2p bench tree --peers 30 --baseline floor --baseline gossipsub \\
+          --gossipsub-python /opt/gossip/bin/python     # py-libp2p in its own venv
     """
     console = Console()
     sizes = _sizes(peers, quick)
@@ -231,13 +262,17 @@ def tree(
         _fail("--fanout must be 1..64 and --payload 0..60000 (one publish line)")
     relays = [b for b in chosen if b in ("floor", "flood")]
     notes: list[str] = []
+    gossip_python: str | None = None
     if "gossipsub" in chosen:
-        if importlib.util.find_spec("libp2p") is None:
-            notes.append(GOSSIPSUB_SKIP)
-            console.print(f"[yellow]{GOSSIPSUB_SKIP}[/]")
-        else:
-            notes.append("gossipsub: py-libp2p is installed but its runner is not built yet")
+        gossip_python, why = _find_libp2p(gossipsub_python)
+        if gossip_python is None:
+            notes.append(f"{GOSSIPSUB_SKIP} ({why})")
             console.print(f"[yellow]{notes[-1]}[/]")
+        else:
+            relays.append("gossipsub")
+            if GOSSIPSUB_PEERS not in sizes:
+                sizes.insert(0, GOSSIPSUB_PEERS)
+            notes.append(f"gossipsub measured at N={GOSSIPSUB_PEERS} only ({gossip_python})")
     ladder = _ladder(rates, quick)
     latency_messages = messages if messages is not None else (50 if quick else 100)
     step_s = step if step is not None else (2.0 if quick else 3.0)
@@ -266,6 +301,7 @@ def tree(
                         ladder=ladder,
                         latency_messages=latency_messages,
                         step_s=step_s,
+                        gossipsub_python=gossip_python,
                     )
                 )
             except ProcError as exc:
@@ -326,6 +362,22 @@ def _document(
         for r in results
     ]
     return document
+
+
+def _find_libp2p(python: str | None) -> tuple[str | None, str]:
+    """An interpreter that can import libp2p and trio, or None and the reason."""
+    candidate = python or sys.executable
+    if python is None and importlib.util.find_spec("libp2p") is None:
+        return None, "not importable here; give --gossipsub-python PATH"
+    try:
+        done = subprocess.run(
+            [candidate, "-c", "import libp2p, trio"], capture_output=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"{candidate}: {exc}"
+    if done.returncode != 0:
+        return None, f"{candidate} cannot import libp2p/trio"
+    return candidate, ""
 
 
 def _ladder(rates: str | None, quick: bool) -> tuple[float, ...]:
