@@ -47,7 +47,7 @@ SOURCES = 5
 RATE = 10.0  # messages per second, all sources together
 WARMUP = 2.0
 AFTER = 6.0  # publishing goes on this long after t0
-SETTLE = 5.0  # then recovery gets this long before counting
+SETTLE = 10.0  # then recovery gets this long before counting
 LIVE = 1.0  # "live" delivery: within this of publication
 HEARTBEAT = ("1", "2")  # overlay heartbeat interval / timeout, s (HOMP takes integers)
 START_DEADLINE = 90.0
@@ -536,8 +536,16 @@ def churn(
                     f"[red]cannot write {target}: {exc.strerror}; pick a writable path[/]"
                 )
                 raise typer.Exit(1) from None
+
+    def _interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # so that every peer process is killed on the way out
+
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         doc, results = run(quick, peers, seed, console)
+    except KeyboardInterrupt:
+        console.print("[red]hp2p bench churn: interrupted; every process it started was stopped[/]")
+        raise typer.Exit(130) from None
     except BenchError as exc:
         console.print(f"[red]hp2p bench churn: {exc}[/]")
         raise typer.Exit(1) from None

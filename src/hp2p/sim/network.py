@@ -10,7 +10,8 @@ Connections follow the reference TCP profile (etri-2023-protocol.md §7.3) witho
 ``accept`` at the remote after one latency, ``connection_made`` back at the opener after a second
 one; a close reaches the other end one latency later, after the data sent before it. A crashed
 peer's connections are reset (the others see ``connection_lost``); a *hung* peer's are not, so
-only heartbeats can find it.
+only heartbeats can find it, and new connections to it are accepted (by its kernel) and then
+never answered, as with SIGSTOP.
 
 ``loss`` drops BROADCAST_DATA frames (live data, not recovery traffic) with that probability on
 every link, and :meth:`Network.set_loss` sets it per link, from one seeded generator: the same
@@ -131,6 +132,7 @@ class SimPeer:
     address: str
     core: PeerCore
     alive: bool = True
+    hung: bool = False  # stopped (SIGSTOP): its kernel still accepts connections
     armed: float | None = None
     deliveries: int = 0
     received: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -229,11 +231,19 @@ class Network:
         peer.alive = False
         self.homs.leave(peer_id)
 
-    def crash(self, peer_id: str, hang: bool = False) -> None:
-        """Kill a peer. ``hang``: its connections stay open but silent (SIGSTOP)."""
+    def crash(self, peer_id: str, hang: bool = False, homs_expiry: float = 0.0) -> None:
+        """Kill a peer. ``hang``: its connections stay open but silent (SIGSTOP).
+
+        ``homs_expiry``: the HOMS keeps listing the dead peer for this long (a real HOMS
+        notices only when the peer stops refreshing), so recovery lists may name it.
+        """
         peer = self.peers[peer_id]
         peer.alive = False
-        self.homs.leave(peer_id)
+        peer.hung = hang
+        if homs_expiry > 0:
+            self.at(self.now + homs_expiry, lambda: self.homs.leave(peer_id))
+        else:
+            self.homs.leave(peer_id)
         for key in [k for k in self._ends if k[0] == peer_id]:
             remote, rconn, latency = self._ends.pop(key)
             if not hang:
@@ -424,6 +434,10 @@ class Network:
             opener: SimPeer = payload
             if (opener.peer_id, conn) not in self._pending:
                 return  # the opener gave up before the connection arrived
+            if peer.hung:
+                # A stopped process's kernel completes the handshake; nobody ever answers.
+                self._push(now + self._lat(peer, opener), _MADE, opener, conn, (peer, -1))
+                return
             if not peer.alive:
                 self._pending.discard((opener.peer_id, conn))
                 self._push(now + self._lat(peer, opener), _FAILED, opener, conn, None)
@@ -440,6 +454,11 @@ class Network:
                     self._push(now + self._lat(peer, remote), _LOST, remote, rconn, None)
                 return
             self._pending.discard((peer.peer_id, conn))
+            if remote.hung:
+                self._ends[(peer.peer_id, conn)] = (remote, rconn, self._lat(peer, remote))
+                peer.core.connection_made(conn, now)
+                self._drain(peer)
+                return
             if (remote.peer_id, rconn) not in self._ends:
                 # The acceptor closed it already; report the failure to the opener.
                 peer.core.connection_failed(conn, now)
