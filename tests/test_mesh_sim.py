@@ -19,6 +19,7 @@ from hp2p.wire.r2.messages import (
     BuffermapResponse,
     GetData,
     GetDataResponse,
+    Heartbeat,
     Hello,
     HelloResponse,
     Release,
@@ -310,3 +311,16 @@ def test_pieces_an_object_does_not_have_are_never_requested():
     # the manifest first, then only the two pieces it lists; never the announced piece 9
     assert asked[0] == sequence_of(1, 0)
     assert sorted(asked[1:]) == [sequence_of(1, 1), sequence_of(1, 2)]
+
+
+def test_a_neighbour_that_never_answers_costs_a_time_out_then_pieces_come_from_others():
+    net = _mesh(12)
+    silent = next(p for p in net.receivers() if "source" in p.core.neighbours)
+    # it keeps its links alive but swallows every piece it was asked for
+    net.tamper[silent.peer_id] = lambda m: Heartbeat() if isinstance(m, GetDataResponse) else m
+    data = _blob(MiB)
+    obj = net.publish(data)
+    others = [p for p in net.receivers() if p is not silent]
+    assert net.run_until(lambda: net.all_have(obj, others), deadline=net.now + 30)
+    assert all(p.data[obj] == data for p in others)
+    assert sum(p.core.counters.timeouts for p in others) > 0
