@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 FULL = os.environ.get("HP2P_FULL_SUBOVERLAYS") == "1"
 CORE_PEERS = 9 if FULL else 4  # + the bridge
 SUBTREE_PEERS = 9 if FULL else 4  # + the bridge's SubTree source
-SUBMESH_PEERS = 20 if FULL else 10
+SUBMESH_PEERS = 20 if FULL else 8
 SOURCES = 3
 PER_SOURCE = 4
 
