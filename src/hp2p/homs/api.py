@@ -18,7 +18,6 @@ from typing import Any
 
 import msgspec
 from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
 from hp2p.homs import registry
 from hp2p.homs.errors import AdmissionRefusedError, HompError
@@ -59,7 +58,7 @@ def _json(status: int, payload: msgspec.Struct | list[Any] | dict[str, Any]) -> 
     return Response(content=content, status_code=status, media_type=_JSON)
 
 
-def _is_json_type(content_type: str) -> bool:
+def is_json_type(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == _JSON or (media.startswith("application/") and media.endswith("+json"))
 
@@ -71,7 +70,7 @@ async def read_body(request: Request) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HompError(413, f"request body larger than {limit} bytes", "body")
     content_type = request.headers.get("content-type")
-    if content_type is not None and not _is_json_type(content_type):
+    if content_type is not None and not is_json_type(content_type):
         raise HompError(
             415, f"send the body as application/json, not {content_type!r}", "content-type"
         )
@@ -314,8 +313,8 @@ async def admin_remove_overlay(request: Request) -> Response:
     return _json(200, homp.AdminRemovalResponse(overlay_id=req.overlay_id))
 
 
-def _recovery_flag(request: Request) -> bool:
-    raw = request.query_params.get("recovery")
+def recovery_flag(raw: str | None) -> bool:
+    """``?recovery=``: only ``true``/``1``/``yes`` mean recovery (the reference: any value)."""
     if raw is None:
         return False
     value = raw.strip().lower()
@@ -324,6 +323,49 @@ def _recovery_flag(request: Request) -> bool:
     if value in ("false", "0", "no", ""):
         return False
     raise HompError(400, f"recovery must be true or false, not {raw!r}", "?recovery")
+
+
+async def join_answer(
+    store: HomsStore, recovery_param: str | None, body: bytes
+) -> tuple[int, bytes]:
+    """HybridOverlayJoin from the raw body: (status, JSON). Shared by the documented route and
+    the ASGI fast path (``hp2p.homs.fastpath``), so both answer exactly the same."""
+    recovery = recovery_flag(recovery_param)
+    req = homp.decode_join_request(body)
+    req.validate_semantics()
+    if recovery:
+        req.validate_recovery()
+        result = await store.recovery_join(req)
+    else:
+        result = await store.join(req)
+    status = 200 if result.overlay.is_mesh else 202
+    return status, homp.encode(_join_response(result))
+
+
+def error_answer(exc: Exception) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """(status, JSON body, extra headers) for a refusal: one mapping for every route."""
+    if isinstance(exc, AdmissionRefusedError):
+        # The body shape is fixed by the reference; the reason travels in a header.
+        return (
+            exc.status,
+            homp.encode(_overlay_ref(exc.overlay_id)),
+            [("X-HOMS-Error", exc.message)],
+        )
+    if isinstance(exc, HompError):
+        return exc.status, error_body(exc.message, exc.field), []
+    if isinstance(exc, WireError):
+        status = 413 if isinstance(exc, LimitExceeded) and exc.field == "body" else 400
+        return status, error_body(exc.reason, exc.field), []
+    log.exception("unexpected error while handling a request", exc_info=exc)
+    return 500, UNEXPECTED_BODY, []
+
+
+UNEXPECTED_BODY = msgspec.json.encode(
+    {
+        "error": "internal error in the HOMS (logged there); the request may not "
+        "have been applied: check its state and retry"
+    }
+)
 
 
 @router.post(
@@ -338,17 +380,10 @@ async def join(request: Request) -> Response:
     ``?recovery=true`` (only ``true``/``1``/``yes``; ``false`` means a normal join) asks for a
     recovery peer list for the ticket the HOMS issued to this peer.
     """
-    recovery = _recovery_flag(request)
-    req = homp.decode_join_request(await read_body(request))
-    req.validate_semantics()
-    store = _store(request)
-    if recovery:
-        req.validate_recovery()
-        result = await store.recovery_join(req)
-    else:
-        result = await store.join(req)
-    status = 200 if result.overlay.is_mesh else 202
-    return _json(status, _join_response(result))
+    status, content = await join_answer(
+        _store(request), request.query_params.get("recovery"), await read_body(request)
+    )
+    return Response(content=content, status_code=status, media_type=_JSON)
 
 
 @router.put(
@@ -552,32 +587,10 @@ async def health() -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     """Map every refusal to a JSON answer; nothing reaches the client as a bare 500."""
 
-    async def on_homp_error(_request: Request, exc: Exception) -> Response:
-        if isinstance(exc, AdmissionRefusedError):
-            resp = _json(exc.status, _overlay_ref(exc.overlay_id))
-            # The body shape is fixed by the reference; the reason travels in a header.
-            resp.headers["X-HOMS-Error"] = exc.message
-            return resp
-        assert isinstance(exc, HompError)
-        return Response(
-            error_body(exc.message, exc.field), status_code=exc.status, media_type=_JSON
-        )
+    async def on_error(_request: Request, exc: Exception) -> Response:
+        status, body, headers = error_answer(exc)
+        return Response(body, status_code=status, media_type=_JSON, headers=dict(headers))
 
-    async def on_wire_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, WireError)
-        status = 413 if isinstance(exc, LimitExceeded) and exc.field == "body" else 400
-        return Response(error_body(exc.reason, exc.field), status_code=status, media_type=_JSON)
-
-    async def on_unexpected(_request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error while handling a request", exc_info=exc)
-        return JSONResponse(
-            {
-                "error": "internal error in the HOMS (logged there); the request may not "
-                "have been applied: check its state and retry"
-            },
-            status_code=500,
-        )
-
-    app.add_exception_handler(HompError, on_homp_error)
-    app.add_exception_handler(WireError, on_wire_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(HompError, on_error)
+    app.add_exception_handler(WireError, on_error)
+    app.add_exception_handler(Exception, on_error)

@@ -21,6 +21,7 @@ from hp2p.homs import ws
 from hp2p.homs.api import install_error_handlers, router, schema_components
 from hp2p.homs.db import parse_database_url
 from hp2p.homs.fanout import PostgresFanout
+from hp2p.homs.fastpath import JoinFastPath
 from hp2p.homs.liveness import run_sweeper
 from hp2p.homs.settings import HomsSettings
 from hp2p.homs.signalling import Switchboard
@@ -108,6 +109,8 @@ def create_app(
     app.state.switchboard = board
     app.include_router(router)
     app.router.routes.extend(ws.routes())
+    # POST /peer (the join) answered as plain ASGI ahead of FastAPI's routing: same code.
+    app.add_middleware(JoinFastPath)
     install_error_handlers(app)
 
     def openapi() -> dict[str, Any]:

@@ -104,6 +104,16 @@ peer = Table(
     UniqueConstraint("overlay_id", "ticket"),
 )
 Index("ix_peer_expires_at", peer.c.expires_at)
+#: The active peers (last report had num_primary > 0) of an overlay in ticket order: what every
+#: tree join counts and reads a window of (migration 0002).
+Index(
+    "ix_peer_active",
+    peer.c.overlay_id,
+    peer.c.ticket,
+    peer.c.expires_at,
+    sqlite_where=peer.c.num_primary > 0,
+    postgresql_where=peer.c.num_primary > 0,
+)
 
 #: Closed overlays admitted by peer list: the listed peer-ids.
 auth_peer = Table(

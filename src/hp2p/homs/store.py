@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -42,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import BindParameter
 
-from hp2p.homs import monitor, peerlist, secrets
+from hp2p.homs import monitor, peerlist, secrets, sqlite_join
 from hp2p.homs.db import DatabaseTarget, auth_peer, overlay, peer, peer_info
 from hp2p.homs.errors import (
     AdmissionRefusedError,
@@ -53,7 +54,7 @@ from hp2p.homs.errors import (
 )
 from hp2p.homs.monitor import Event, MonitorHub
 from hp2p.homs.peerlist import PeerEntry
-from hp2p.homs.transactions import TransactionRunner, open_runner
+from hp2p.homs.transactions import SqliteRunner, TransactionRunner, open_runner
 from hp2p.wire import homp
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -88,6 +89,10 @@ _OVERLAY_COLS = (
 )
 
 
+_OVERLAY_NAMES = tuple(c.name for c in _OVERLAY_COLS)
+assert _OVERLAY_NAMES == sqlite_join.OVERLAY_COLUMNS, "keep sqlite_join's columns in step"
+
+
 @dataclass(frozen=True, slots=True)
 class OverlayRecord:
     """An overlay as stored, without secrets (what status, query and join answers show)."""
@@ -118,8 +123,16 @@ class OverlayRecord:
         return self.sub_type == "mesh"
 
 
+def record_from_values(values: Sequence[Any]) -> OverlayRecord:
+    """An :class:`OverlayRecord` from a plain row in the order of ``_OVERLAY_COLS``."""
+    return _record_from(dict(zip(_OVERLAY_NAMES, values, strict=True)))
+
+
 def _record(row: AnyRow, num_peers: int = 0) -> OverlayRecord:
-    m = row._mapping
+    return _record_from(row._mapping, num_peers)
+
+
+def _record_from(m: Any, num_peers: int = 0) -> OverlayRecord:
     cr = None
     if m["recovery_by"] is not None:
         cr = homp.CrPolicy(
@@ -571,6 +584,9 @@ class HomsStore:
         password_hash = secrets.hash_fast(p.auth.password)
         info = _registry_values(p.peer_id, [p.address, *addresses], p.capabilities, now)
 
+        if isinstance(self._db, SqliteRunner):
+            return await self._join_sqlite(self._db, req, now, expires, password_hash, info)
+
         def tx(conn: Connection) -> tuple[OverlayRecord, list[PeerEntry]]:
             row = conn.execute(_BUMP_TICKET, {"oid": o.overlay_id}).first()
             if row is None:
@@ -603,19 +619,60 @@ class HomsStore:
         try:
             ov, chosen = await self._db.write(tx)
         except IntegrityError as exc:
-            raise HompError(
-                409,
-                f"peer-id {p.peer_id!r} has already joined overlay {o.overlay_id!r}; "
-                "leave first or use another peer-id",
-                "$.peer.peer-id",
-            ) from exc
+            raise _duplicate_peer(o.overlay_id, p.peer_id) from exc
+        return self._joined(ov, p.peer_id, expires, chosen)
+
+    def _joined(
+        self, ov: OverlayRecord, peer_id: str, expires: int, chosen: list[PeerEntry]
+    ) -> JoinResult:
         self._publish(
             [
-                monitor.peer_added(o.overlay_id, p.peer_id, ov.last_ticket),
-                monitor.log(o.overlay_id, p.peer_id, "Overlay Join."),
+                monitor.peer_added(ov.overlay_id, peer_id, ov.last_ticket),
+                monitor.log(ov.overlay_id, peer_id, "Overlay Join."),
             ]
         )
-        return JoinResult(ov, p.peer_id, ov.last_ticket, expires, chosen)
+        return JoinResult(ov, peer_id, ov.last_ticket, expires, chosen)
+
+    async def _join_sqlite(
+        self,
+        runner: SqliteRunner,
+        req: homp.JoinRequest,
+        now: float,
+        expires: int,
+        password_hash: str,
+        info: dict[str, Any],
+    ) -> JoinResult:
+        """The same join on SQLite's plain connection (``hp2p.homs.sqlite_join``)."""
+        o, p = req.overlay, req.peer
+        access_key = o.auth.access_key if o.auth is not None else None
+
+        def check(row: tuple[Any, ...], listed: Callable[[], bool]) -> OverlayRecord:
+            ov = record_from_values(row)
+            _check_kind(ov, o.type, o.sub_type)
+            if ov.auth_type == "closed":
+                _admission(ov, listed(), access_key)
+            return ov
+
+        def mesh_choice(live: list[PeerEntry]) -> list[PeerEntry]:
+            return peerlist.mesh_neighbours(live, p.peer_id, self._rng, self.mesh_list_size)
+
+        def tx(conn: sqlite3.Connection) -> tuple[OverlayRecord, int, list[PeerEntry]]:
+            return sqlite_join.join_transaction(
+                conn,
+                overlay_id=o.overlay_id,
+                peer_id=p.peer_id,
+                member=(p.address, password_hash, expires, now),
+                info=(info["addresses"], info["capabilities"], now),
+                tree_list_size=self.tree_list_size,
+                check=check,
+                mesh_choice=mesh_choice,
+            )
+
+        try:
+            ov, _ticket, chosen = await runner.write_raw(tx)
+        except sqlite_join.DuplicatePeerError as exc:
+            raise _duplicate_peer(o.overlay_id, p.peer_id) from exc
+        return self._joined(ov, p.peer_id, expires, chosen)
 
     def _register(self, conn: Connection, values: dict[str, Any]) -> None:
         """PIR FE: remember what the peer said about itself, apart from membership."""
@@ -935,7 +992,11 @@ def _admit(conn: Connection, ov: OverlayRecord, peer_id: str, access_key: str | 
     """
     if ov.auth_type != "closed":
         return
-    listed = conn.scalar(_LISTED, {"oid": ov.overlay_id, "pid": peer_id})
+    _admission(ov, bool(conn.scalar(_LISTED, {"oid": ov.overlay_id, "pid": peer_id})), access_key)
+
+
+def _admission(ov: OverlayRecord, listed: bool, access_key: str | None) -> None:
+    """The closed-overlay rule, given whether the peer-id is on the overlay's peer list."""
     if listed:
         return
     if access_key is not None and ov.access_key_hash is not None:
@@ -1010,6 +1071,15 @@ def topology(members: Sequence[PeerStatus]) -> tuple[list[dict[str, Any]], list[
                 seen.add(pair)
                 links.append(link)
     return nodes, links
+
+
+def _duplicate_peer(overlay_id: str, peer_id: str) -> HompError:
+    return HompError(
+        409,
+        f"peer-id {peer_id!r} has already joined overlay {overlay_id!r}; "
+        "leave first or use another peer-id",
+        "$.peer.peer-id",
+    )
 
 
 def _duplicate_overlay(overlay_id: str) -> HompError:

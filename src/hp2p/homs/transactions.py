@@ -18,6 +18,7 @@ a join of seven statements then spends ~10 ms hopping between threads. Here:
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -41,6 +42,17 @@ class TransactionRunner(Protocol):
     async def close(self) -> None: ...
 
 
+#: WAL: readers never block the writer. synchronous=NORMAL is durable across a process crash
+#: (kill -9), the failure the HOMS must survive; a power cut may lose the last commits, which
+#: FULL would keep at ~4 ms of fsync per join.
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA foreign_keys=ON",
+)
+
+
 def _sqlite_engine(target: DatabaseTarget, begin_sql: str, pool_size: int) -> Engine:
     url = target.url.set(drivername="sqlite+pysqlite")
     engine = create_engine(
@@ -55,13 +67,8 @@ def _sqlite_engine(target: DatabaseTarget, begin_sql: str, pool_size: int) -> En
         # Take transaction control away from the driver so that BEGIN is ours (below).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # WAL: readers never block the writer. synchronous=NORMAL is durable across a
-        # process crash (kill -9), the failure the HOMS must survive; a power cut may lose
-        # the last commits, which FULL would keep at ~4 ms of fsync per join.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for pragma in _PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     def on_begin(conn: Connection) -> None:
@@ -73,13 +80,45 @@ def _sqlite_engine(target: DatabaseTarget, begin_sql: str, pool_size: int) -> En
 
 
 class SqliteRunner:
-    """One writer thread with one connection; a few reader threads with their own."""
+    """One writer thread with one connection; a few reader threads with their own.
+
+    The writer thread also owns a plain ``sqlite3`` connection for :meth:`write_raw`, the hot
+    join path (``hp2p.homs.sqlite_join``) that skips SQLAlchemy's per-statement overhead.
+    Both of the writer's connections are used by that one thread, one transaction at a time,
+    so they never wait on each other.
+    """
 
     def __init__(self, target: DatabaseTarget, readers: int = 2) -> None:
+        self._path = target.url.database or ""
         self._writer = _sqlite_engine(target, "BEGIN IMMEDIATE", 1)
         self._reader = _sqlite_engine(target, "BEGIN", readers)
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="hp2p-homs-sqlite-w")
         self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="hp2p-homs-sqlite-r")
+        self._raw: sqlite3.Connection | None = None
+
+    def _raw_connection(self) -> sqlite3.Connection:
+        if self._raw is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            for pragma in _PRAGMAS:
+                conn.execute(pragma)
+            self._raw = conn
+        return self._raw
+
+    def _in_raw_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._raw_connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def write_raw(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on the writer's plain ``sqlite3`` connection, in one transaction."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._write_pool, self._in_raw_transaction, work)
 
     @staticmethod
     def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
@@ -96,10 +135,16 @@ class SqliteRunner:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._read_pool, self._in_transaction, self._reader, work)
 
+    def _close_raw(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         # Dispose in the threads' executor so no connection is closed while in use.
         await loop.run_in_executor(self._write_pool, self._writer.dispose)
+        await loop.run_in_executor(self._write_pool, self._close_raw)
         await loop.run_in_executor(self._read_pool, self._reader.dispose)
         self._write_pool.shutdown(wait=True)
         self._read_pool.shutdown(wait=True)
