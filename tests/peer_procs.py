@@ -52,7 +52,7 @@ def _readline(proc: subprocess.Popen[str], deadline: float) -> str:
         return ""
 
 
-def _stop(proc: subprocess.Popen[str], grace: float = 10.0, term: bool = True) -> int | None:
+def _stop(proc: subprocess.Popen[str], grace: float = 20.0, term: bool = True) -> int | None:
     """Wait for the process to end (when it was asked to), then SIGTERM, then SIGKILL."""
     for step in ("wait", "term", "kill"):
         if step == "wait" and term:
