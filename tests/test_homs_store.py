@@ -218,6 +218,30 @@ async def test_failed_joins_burn_no_ticket_and_leave_no_peer(db_url: str, clock:
     assert members == ["x", "w"]
 
 
+async def test_concurrent_failures_fail_alone_in_a_group_commit(db_url: str, clock: Clock) -> None:
+    """Joins that arrive together share a transaction on SQLite (group commit); a refused
+    one (duplicate peer-id, closed overlay, unknown overlay) must not take the others with it
+    nor burn a ticket."""
+    async with open_store(db_url, clock) as store:
+        await store.create_overlay(create_spec("ov"))
+        await store.join(join_req("ov", "taken"))
+        requests = []
+        for i in range(30):
+            if i % 10 == 3:
+                requests.append(join_req("ov", "taken"))  # duplicate: 409
+            elif i % 10 == 7:
+                requests.append(join_req("no-such-overlay", f"q{i}"))  # 400
+            else:
+                requests.append(join_req("ov", f"p{i}"))
+        results = await asyncio.gather(*(store.join(r) for r in requests), return_exceptions=True)
+        members = await store.peers("ov")
+    refused = [r for r in results if isinstance(r, HompError)]
+    assert sorted(e.status for e in refused) == [400] * 3 + [409] * 3
+    tickets = sorted(r.ticket for r in results if not isinstance(r, BaseException))
+    assert tickets == list(range(2, 26))
+    assert len(members) == 25
+
+
 async def test_tickets_survive_reopening_the_database(tmp_path: Path, clock: Clock) -> None:
     url = f"sqlite:///{tmp_path / 'reopen.db'}"
     async with open_store(url, clock) as store:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -95,6 +95,8 @@ class SqliteRunner:
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="hp2p-homs-sqlite-w")
         self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="hp2p-homs-sqlite-r")
         self._raw: sqlite3.Connection | None = None
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], Any]] = []
+        self._flushing = False
 
     def _raw_connection(self) -> sqlite3.Connection:
         if self._raw is None:
@@ -104,21 +106,73 @@ class SqliteRunner:
             self._raw = conn
         return self._raw
 
-    def _in_raw_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _run_batch(
+        self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]]
+    ) -> list[tuple[bool, Any]]:
+        """One transaction for a batch of works, each in its own savepoint (group commit).
+
+        A work that raises is rolled back to its savepoint alone; the others commit together.
+        If the COMMIT itself fails, the exception reaches every caller (nothing was applied).
+        """
         conn = self._raw_connection()
         conn.execute("BEGIN IMMEDIATE")
+        results: list[tuple[bool, Any]] = []
         try:
-            result = work(conn)
+            for work, _future in batch:
+                conn.execute("SAVEPOINT hp2p_work")
+                try:
+                    results.append((True, work(conn)))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO hp2p_work")
+                    results.append((False, exc))
+                conn.execute("RELEASE hp2p_work")
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
-        return result
+        return results
 
     async def write_raw(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` on the writer's plain ``sqlite3`` connection, in one transaction."""
+        """Run ``work`` on the writer's plain ``sqlite3`` connection, in one transaction.
+
+        Group commit: works submitted while the writer thread is busy are run together in
+        the next transaction, so concurrent joins share one thread hop and one COMMIT
+        (with 8 concurrent clients the hop, not the SQL, was most of a join's cost). Each
+        work still succeeds or fails alone (savepoints); its caller resumes after COMMIT.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._write_pool, self._in_raw_transaction, work)
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((work, future))
+        if not self._flushing:
+            self._flushing = True
+            self._flush(loop)
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._pending = self._pending, []
+        done = self._write_pool.submit(self._run_batch, batch)
+        done.add_done_callback(lambda f: loop.call_soon_threadsafe(self._settle, loop, batch, f))
+
+    def _settle(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]],
+        done: Future[list[tuple[bool, Any]]],
+    ) -> None:
+        error = done.exception()
+        results = done.result() if error is None else [(False, error)] * len(batch)
+        for (_work, future), (ok, value) in zip(batch, results, strict=True):
+            if future.done():  # the caller was cancelled; the work itself was applied
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        if self._pending:
+            self._flush(loop)
+        else:
+            self._flushing = False
 
     @staticmethod
     def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
