@@ -229,9 +229,12 @@ class PeerNode:
             rng=random.Random(settings.seed),
         )
         self.max_message = min(tcp.DEFAULT_MAX_PAYLOAD, settings.send_queue_bytes) - _FRAME_OVERHEAD
-        self.fault_plan = (
-            FaultPlan.parse(settings.faults, settings.fault_seed) if settings.faults else None
-        )
+        try:
+            self.fault_plan = (
+                FaultPlan.parse(settings.faults, settings.fault_seed) if settings.faults else None
+            )
+        except ValueError as exc:
+            raise NodeError(f"faults: {exc}") from None
         self.core: PeerCore | None = None
         self.address = ""
         self.membership: Membership | None = None
