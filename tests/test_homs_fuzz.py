@@ -177,3 +177,75 @@ def test_no_raw_bytes_or_query_gives_a_server_error(
         q = client.get("/homs", params=query)
         assert q.status_code in (200, 400), q.text
         assert isinstance(q.json(), list if q.status_code == 200 else dict)
+
+
+GET_ROUTES = [
+    "/api/OverlayStatus",
+    "/api/OverlayTopology",
+    "/api/OverlayCostMap",
+    "/api/PeerInfo",
+    "/api/InitData",
+    "/api/SignallingStatus",
+    "/health",
+    "/homs",
+]
+query_values = st.text(max_size=40) | st.sampled_from(["fz", "p", "true", "false", ""])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    route=st.sampled_from(GET_ROUTES),
+    query=st.dictionaries(
+        st.sampled_from(["overlay_id", "peer_id", "overlay-id", "title", "x"]),
+        query_values,
+        max_size=3,
+    ),
+    recovery=st.none() | query_values,
+)
+def test_no_query_on_any_route_gives_a_server_error(
+    homs_url: str, route: str, query: dict[str, str], recovery: str | None
+) -> None:
+    """Every GET route, and the join fast path's own query parsing (``?recovery=``)."""
+    with httpx.Client(base_url=homs_url, timeout=10.0) as client:
+        r = client.get(route, params=query)
+        assert r.status_code in (200, 400, 404), (route, query, r.text)
+        r.json()
+        params = {} if recovery is None else {"recovery": recovery}
+        j = client.post("/peer", params=params, json=VALID_JOIN)
+        # p is already a member: a normal join is a duplicate (409); a recovery join lacks
+        # its ticket (400); a malformed flag is 400.
+        assert j.status_code in (400, 409), (recovery, j.text)
+        assert isinstance(j.json()["error"], str)
+
+
+ws_messages = (
+    json_values.map(json.dumps)
+    | mutated({"action": "hello", "peer-id": "p", "password": "pw"}).map(json.dumps)
+    | mutated({"fromid": "p", "toid": "p", "type": "offer", "sdp": {"type": "offer"}}).map(
+        json.dumps
+    )
+    | mutated({"server": "ui", "action": "get", "overlay_id": "fz"}).map(json.dumps)
+    | st.text(max_size=80)
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages=st.lists(ws_messages, min_size=1, max_size=4))
+def test_no_websocket_message_breaks_the_socket(homs_url: str, messages: list[str]) -> None:
+    """Arbitrary messages on the signalling socket: answered with JSON errors (secure
+    profile), relayed or ignored, and the socket keeps working (no close, no internal
+    error): a cost-map request sent after them is still answered."""
+    from websockets.sync.client import connect
+
+    ws_url = homs_url.replace("http://", "ws://") + "/ws"
+    with connect(ws_url, open_timeout=10) as ws:
+        for message in messages:
+            ws.send(message)
+        ws.send(json.dumps({"server": "ui", "action": "get", "overlay_id": "fz"}))
+        for _ in range(4 * len(messages) + 50):  # errors, relays, events, then the cost map
+            answer = json.loads(ws.recv(timeout=10))
+            assert isinstance(answer, dict), answer
+            if answer.get("action") == "current_cost_map" and answer["overlay_id"] == "fz":
+                break
+        else:
+            raise AssertionError("the cost map never came back")
