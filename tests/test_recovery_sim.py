@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.control import CrPolicy
-from hp2p.peer.effects import Effect, PeerLost
+from hp2p.peer.effects import Effect, JoinFailed, PeerLost
 from hp2p.sim.network import MemoryHoms, Network, SimPeer
 
 FAST = PeerConfig(heartbeat_interval=0.5, heartbeat_timeout=1.5)
@@ -219,5 +219,26 @@ def test_random_failures_never_lose_or_duplicate(
 
         net.at(t0 + when, fault)
     net.run(t0 + 20.0)
+    assert_tree(net)
+    check_exactly_once(net, pub)
+
+
+def test_orphans_outlast_a_homs_that_still_lists_the_dead() -> None:
+    failed: list[str] = []
+
+    def watch(peer: SimPeer, effect: Effect, now: float) -> None:
+        if isinstance(effect, JoinFailed):
+            failed.append(peer.peer_id)
+
+    net = build(60, seed=14, on_effect=watch)
+    root = net.roots()[0]
+    sources = ["p00005", "p00021"]
+    t0 = net.now + 1.0
+    pub = Publisher(net, sources, period=0.1, stop=t0 + 4.0)
+    victims = pick_victims(net, 0.8, seed=3, keep=[root, *sources])
+    # The HOMS keeps listing the dead for 10 s, as a real one does until they miss a refresh.
+    net.at(t0, lambda: [net.crash(v, homs_expiry=10.0) for v in victims])
+    net.run(t0 + 30.0)
+    assert not failed  # no orphan gave up (and released its subtree) before the HOMS caught up
     assert_tree(net)
     check_exactly_once(net, pub)

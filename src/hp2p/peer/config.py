@@ -110,6 +110,10 @@ class PeerConfig:
         default=4,
         metadata=_doc("Join/recovery attempts before JoinFailed (the shell then rejoins)."),
     )
+    recovery_attempts: int = field(
+        default=12,
+        metadata=_doc("An orphan's attempts before JoinFailed (outlasting stale HOMS lists)."),
+    )
     backoff_initial: float = field(
         default=0.2, metadata=_doc("First retry delay; doubles per attempt (with jitter).")
     )

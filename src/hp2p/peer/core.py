@@ -1059,12 +1059,19 @@ class PeerCore:
         self._timers.cancel(_T_HELLO)
         self._timers.cancel(_T_WINDOW)
         self._timers.cancel(_T_PROBE)
-        if self._attempt >= self.config.join_attempts:
+        # An orphan carries its whole subtree: it tries for longer than a joiner does,
+        # long enough for the HOMS to stop listing the peers that died with its parent.
+        limit = self.config.recovery_attempts if self._recovering else self.config.join_attempts
+        if self._attempt >= limit:
             self.phase = Phase.FAILED
             self._effects.append(JoinFailed(f"{reason} after {self._attempt} attempt(s)"))
             return
         self.phase = Phase.WAITING
         delay = backoff_delay(self._attempt, self.config, self.rng)
+        if self._recovering:
+            # The HOMS's picture of who is alive changes on the scale of a heartbeat time-out
+            # (the survivors' reports); an orphan asks again at least that often.
+            delay = min(delay, self.config.heartbeat_timeout)
         self._timers.arm(_T_RETRY, now + delay)
 
     def _become_root(self, now: float) -> None:
