@@ -43,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import BindParameter
 
-from hp2p.homs import monitor, peerlist, secrets, sqlite_join
+from hp2p.homs import monitor, peerlist, pg_join, secrets, sqlite_join
 from hp2p.homs.db import DatabaseTarget, auth_peer, overlay, peer, peer_info
 from hp2p.homs.errors import (
     AdmissionRefusedError,
@@ -54,7 +54,12 @@ from hp2p.homs.errors import (
 )
 from hp2p.homs.monitor import Event, MonitorHub
 from hp2p.homs.peerlist import PeerEntry
-from hp2p.homs.transactions import SqliteRunner, TransactionRunner, open_runner
+from hp2p.homs.transactions import (
+    PostgresRunner,
+    SqliteRunner,
+    TransactionRunner,
+    open_runner,
+)
 from hp2p.wire import homp
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -584,8 +589,8 @@ class HomsStore:
         password_hash = secrets.hash_fast(p.auth.password)
         info = _registry_values(p.peer_id, [p.address, *addresses], p.capabilities, now)
 
-        if isinstance(self._db, SqliteRunner):
-            return await self._join_sqlite(self._db, req, now, expires, password_hash, info)
+        if isinstance(self._db, SqliteRunner | PostgresRunner):
+            return await self._join_direct(self._db, req, now, expires, password_hash, info)
 
         def tx(conn: Connection) -> tuple[OverlayRecord, list[PeerEntry]]:
             row = conn.execute(_BUMP_TICKET, {"oid": o.overlay_id}).first()
@@ -633,16 +638,17 @@ class HomsStore:
         )
         return JoinResult(ov, peer_id, ov.last_ticket, expires, chosen)
 
-    async def _join_sqlite(
+    async def _join_direct(
         self,
-        runner: SqliteRunner,
+        runner: SqliteRunner | PostgresRunner,
         req: homp.JoinRequest,
         now: float,
         expires: int,
         password_hash: str,
         info: dict[str, Any],
     ) -> JoinResult:
-        """The same join on SQLite's plain connection (``hp2p.homs.sqlite_join``)."""
+        """The same join on the driver's own connection, without SQLAlchemy
+        (``hp2p.homs.sqlite_join`` on SQLite, ``hp2p.homs.pg_join`` on PostgreSQL)."""
         o, p = req.overlay, req.peer
         access_key = o.auth.access_key if o.auth is not None else None
 
@@ -656,20 +662,27 @@ class HomsStore:
         def mesh_choice(live: list[PeerEntry]) -> list[PeerEntry]:
             return peerlist.mesh_neighbours(live, p.peer_id, self._rng, self.mesh_list_size)
 
+        args: dict[str, Any] = {
+            "overlay_id": o.overlay_id,
+            "peer_id": p.peer_id,
+            "member": (p.address, password_hash, expires, now),
+            "info": (info["addresses"], info["capabilities"], now),
+            "tree_list_size": self.tree_list_size,
+            "check": check,
+            "mesh_choice": mesh_choice,
+        }
+
         def tx(conn: sqlite3.Connection) -> tuple[OverlayRecord, int, list[PeerEntry]]:
-            return sqlite_join.join_transaction(
-                conn,
-                overlay_id=o.overlay_id,
-                peer_id=p.peer_id,
-                member=(p.address, password_hash, expires, now),
-                info=(info["addresses"], info["capabilities"], now),
-                tree_list_size=self.tree_list_size,
-                check=check,
-                mesh_choice=mesh_choice,
-            )
+            return sqlite_join.join_transaction(conn, **args)
+
+        async def pg_tx(conn: Any) -> tuple[OverlayRecord, int, list[PeerEntry]]:
+            return await pg_join.join_transaction(conn, **args)
 
         try:
-            ov, _ticket, chosen = await runner.write_raw(tx)
+            if isinstance(runner, SqliteRunner):
+                ov, _ticket, chosen = await runner.write_raw(tx)
+            else:
+                ov, _ticket, chosen = await runner.write_raw(pg_tx)
         except sqlite_join.DuplicatePeerError as exc:
             raise _duplicate_peer(o.overlay_id, p.peer_id) from exc
         return self._joined(ov, p.peer_id, expires, chosen)

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]  # no stubs published
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -211,6 +212,10 @@ class PostgresRunner:
         self._engine: AsyncEngine = create_async_engine(
             target.url, pool_size=pool_size, max_overflow=pool_size
         )
+        self._dsn = target.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pool_size = pool_size
+        self._pool: Any = None  # asyncpg.Pool (untyped), made on first use
+        self._pool_lock = asyncio.Lock()
 
     async def write(self, work: Callable[[Connection], T]) -> T:
         async with self._engine.begin() as conn:
@@ -218,7 +223,22 @@ class PostgresRunner:
 
     read = write
 
+    async def write_raw(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``await work(connection)`` on a plain asyncpg connection, in one transaction
+        (the join hot path, ``hp2p.homs.pg_join``)."""
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=1, max_size=self._pool_size
+                    )
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await work(conn)
+
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         await self._engine.dispose()
 
 
