@@ -27,6 +27,7 @@ from hp2p.sim.scenario import RunRecord
 
 DURING_WINDOW_S = 2.0
 TIMELINE_BIN_S = 0.5
+ON_TIME_S = 0.5  # the timeline also shows deliveries within this, which dip during a repair
 
 
 def quantile(values: Sequence[float], q: float) -> float | None:
@@ -64,6 +65,7 @@ def analyse(record: RunRecord) -> dict[str, Any]:
         due.append(count)
 
     got = [0] * len(pub)
+    on_time = [0] * len(pub)
     last = [0.0] * len(pub)
     latencies: list[float] = []
     by_depth: dict[int, list[float]] = {}
@@ -81,6 +83,8 @@ def analyse(record: RunRecord) -> dict[str, Any]:
             continue
         got[m] += 1
         latency = t - pub[m]
+        if latency <= ON_TIME_S:
+            on_time[m] += 1
         latencies.append(latency)
         if latency > last[m]:
             last[m] = latency
@@ -155,6 +159,7 @@ def analyse(record: RunRecord) -> dict[str, Any]:
         "latencies_ms": [round(v * 1000, 3) for v in latencies],
         "depths": depths,
         "timeline": _timeline(record, pub, got, due),
+        "timeline_on_time": _timeline(record, pub, on_time, due),
         "fault_time": None if fault is None else fault - record.scenario.traffic_start,
     }
     return {"metrics": metrics, "series": series}

@@ -65,10 +65,18 @@ def write_sim_plots(directory: Path, runs: list[dict[str, Any]], title: str) -> 
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
-        points = [(t, r) for t, r in run["series"]["timeline"] if r is not None]
-        ax.plot(
-            [t for t, _ in points], [r for _, r in points], marker=".", label=f"seed {run['seed']}"
-        )
+        for series, style, what in (
+            ("timeline", "-", "delivered"),
+            ("timeline_on_time", ":", "within 0.5 s"),
+        ):
+            points = [(t, r) for t, r in run["series"][series] if r is not None]
+            ax.plot(
+                [t for t, _ in points],
+                [r for _, r in points],
+                style,
+                marker=".",
+                label=f"seed {run['seed']}, {what}",
+            )
     fault = runs[0]["series"]["fault_time"] if runs else None
     if fault is not None:
         ax.axvline(fault, color="red", linestyle="--", label="failure")
@@ -77,7 +85,7 @@ def write_sim_plots(directory: Path, runs: list[dict[str, Any]], title: str) -> 
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"Delivery ratio over time — {title}")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     written.append(save_figure(fig, plt, directory / "delivery_over_time.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
