@@ -389,7 +389,23 @@ def _plot(results: list[CaseResult], path: Path) -> Path:
     return path
 
 
-def plan(quick: bool, sizes: list[int] | None) -> list[tuple[int, str, float]]:
+def parse_case(text: str) -> tuple[str, float]:
+    """``crash:80`` → ("crash", 0.8); a clear error for anything else."""
+    fault, _, percent = text.partition(":")
+    try:
+        share = float(percent) / 100
+    except ValueError:
+        share = -1.0
+    if fault not in ("crash", "hang") or not 0 < share < 1:
+        raise typer.BadParameter(
+            f"{text!r}: expected FAULT:PERCENT with FAULT crash or hang, e.g. crash:80"
+        )
+    return fault, share
+
+
+def plan(
+    quick: bool, sizes: list[int] | None, only: list[tuple[str, float]] | None = None
+) -> list[tuple[int, str, float]]:
     if quick:
         cases = [(50, "crash", 0.3), (50, "hang", 0.3)]
     else:
@@ -401,16 +417,21 @@ def plan(quick: bool, sizes: list[int] | None) -> list[tuple[int, str, float]]:
             (200, "crash", 0.3),
             (200, "hang", 0.3),
         ]
-    if sizes:
-        kinds = list(dict.fromkeys((fault, share) for _, fault, share in cases))
-        cases = [(n, fault, share) for n in sizes for fault, share in kinds]
+    if sizes or only:
+        kinds = only or list(dict.fromkeys((fault, share) for _, fault, share in cases))
+        ns = sizes or list(dict.fromkeys(n for n, _, _ in cases))
+        cases = [(n, fault, share) for n in ns for fault, share in kinds]
     return cases
 
 
 def run(
-    quick: bool, sizes: list[int] | None, seed: int, console: Console
+    quick: bool,
+    sizes: list[int] | None,
+    seed: int,
+    console: Console,
+    only: list[tuple[str, float]] | None = None,
 ) -> tuple[dict[str, Any], list[CaseResult]]:
-    cases = plan(quick, sizes)
+    cases = plan(quick, sizes, only)
     results: list[CaseResult] = []
     with Progress(console=console, transient=True, auto_refresh=False) as progress:
         for n in dict.fromkeys(n for n, _, _ in cases):
@@ -510,6 +531,12 @@ def churn(
         list[int] | None,
         typer.Option("--peers", metavar="N", help="Run the cases at these sizes instead."),
     ] = None,
+    case: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--case", metavar="FAULT:PERCENT", help="Only these failures, e.g. crash:80, hang:30."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the choice of sources and victims.")] = 1,
 ) -> None:
     """Metrics 1 and 2 of BENCHMARKS.md with real `hp2p homs` and `hp2p peer` processes:
@@ -525,7 +552,10 @@ def churn(
       hp2p bench churn --json bench-results/churn.json --plot bench-results/churn.png
 
       hp2p bench churn --peers 80 --seed 3
+
+      hp2p bench churn --peers 100 --case crash:80 --case hang:30
     """
+    only = [parse_case(c) for c in case] if case else None
     console = Console(width=None if sys.stdout.isatty() else 140)
     for target in (json_file, plot):
         if target is not None:
@@ -542,7 +572,7 @@ def churn(
 
     signal.signal(signal.SIGTERM, _interrupted)
     try:
-        doc, results = run(quick, peers, seed, console)
+        doc, results = run(quick, peers, seed, console, only)
     except KeyboardInterrupt:
         console.print("[red]hp2p bench churn: interrupted; every process it started was stopped[/]")
         raise typer.Exit(130) from None
