@@ -284,6 +284,9 @@ def run_case(
     metrics, series = _measure(start, t0, sources, survivors)
     metrics["victims"] = len(victims)
     metrics["survivors"] = len(survivors)
+    # Peers that were not failed but exited (hp2p peer exits after JoinFailed): not counted
+    # as survivors above, so they are reported here.
+    metrics["gave_up"] = sum(1 for p in alive if p.alive and p.ended.is_set())
     for victim in victims:  # heal: hung peers die now, the next case starts from n again
         with contextlib.suppress(ProcessLookupError):
             victim.proc.send_signal(signal.SIGKILL)
