@@ -230,7 +230,10 @@ class PostgresRunner:
             async with self._pool_lock:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=1, max_size=self._pool_size
+                        self._dsn,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        init=_join_session,
                     )
         async with self._pool.acquire() as conn, conn.transaction():
             return await work(conn)
@@ -240,6 +243,15 @@ class PostgresRunner:
             await self._pool.close()
             self._pool = None
         await self._engine.dispose()
+
+
+async def _join_session(conn: Any) -> None:
+    """Joins commit without waiting for the WAL flush, as SQLite's ``synchronous=NORMAL``:
+    durable across a crash of the HOMS process (the failure it must survive); a crash of the
+    PostgreSQL server itself may lose the last fraction of a second of joins, never corrupt
+    anything. Waiting for the flush kept each overlay's ticket row locked for a disk sync per
+    join, which serialised every join into one overlay behind it."""
+    await conn.execute("SET synchronous_commit = off")
 
 
 def open_runner(target: DatabaseTarget) -> TransactionRunner:
