@@ -229,7 +229,7 @@ ws_messages = (
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages=st.lists(ws_messages, min_size=1, max_size=4))
 def test_no_websocket_message_breaks_the_socket(homs_url: str, messages: list[str]) -> None:
     """Arbitrary messages on the signalling socket: answered with JSON errors (secure
@@ -243,9 +243,9 @@ def test_no_websocket_message_breaks_the_socket(homs_url: str, messages: list[st
             ws.send(message)
         ws.send(json.dumps({"server": "ui", "action": "get", "overlay_id": "fz"}))
         for _ in range(4 * len(messages) + 50):  # errors, relays, events, then the cost map
-            answer = json.loads(ws.recv(timeout=10))
+            answer = json.loads(ws.recv(timeout=30))  # generous: the machine is shared
             assert isinstance(answer, dict), answer
-            if answer.get("action") == "current_cost_map" and answer["overlay_id"] == "fz":
+            if answer.get("action") == "current_cost_map" and answer.get("overlay_id") == "fz":
                 break
         else:
             raise AssertionError("the cost map never came back")
