@@ -528,7 +528,7 @@ def churn(
         typer.Option("--plot", metavar="FILE", help="PNG of delivery ratio over time."),
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="N=50 only, crash and hang at 30 % (~2 minutes).")
+        bool, typer.Option("--quick", help="N=50 only, crash and hang at 30 % (a few minutes).")
     ] = False,
     peers: Annotated[
         list[int] | None,
