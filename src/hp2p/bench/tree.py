@@ -98,7 +98,6 @@ def _sim_redundancy(peers: int, fanout: int, payload: int, seed: int) -> dict[st
 def run_size(
     peers: int,
     *,
-    quick: bool,
     seed: int,
     fanout: int,
     payload: int,
@@ -290,7 +289,6 @@ def tree(
                 results.append(
                     run_size(
                         n,
-                        quick=quick,
                         seed=seed,
                         fanout=fanout,
                         payload=payload,
