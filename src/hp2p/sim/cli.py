@@ -75,7 +75,12 @@ def sim(
     jitter: Annotated[
         float, typer.Option(help="Extra delay per message, uniform in [0, MS].")
     ] = 0.0,
-    loss: Annotated[float, typer.Option(help="Message loss probability per link.")] = 0.0,
+    loss: Annotated[
+        float, typer.Option(help="Loss probability of live BROADCAST_DATA per link copy.")
+    ] = 0.0,
+    loss_all: Annotated[
+        bool, typer.Option(help="--loss hits every message (a datagram link), not only data.")
+    ] = False,
     bandwidth: Annotated[float, typer.Option(help="Bytes/s per link (0: unlimited).")] = 0.0,
     partition: Annotated[
         list[str] | None,
@@ -107,6 +112,7 @@ def sim(
             latency=LatencyModel.parse(latency),
             jitter=jitter / 1000,
             loss=loss,
+            loss_all=loss_all,
             bandwidth=bandwidth,
             partitions=tuple(Partition.parse(p) for p in partition or []),
         )
@@ -195,6 +201,7 @@ def _params(scenario: Scenario, seeds: list[int], latency: str) -> dict[str, Any
         "latency": latency,
         "jitter_s": links.jitter,
         "loss": links.loss,
+        "loss_all": links.loss_all,
         "bandwidth": links.bandwidth,
         "partitions": [[p.start, p.end, p.fraction] for p in links.partitions],
         "fail_fraction": scenario.fail_fraction,
