@@ -217,7 +217,10 @@ def tree(
     ] = None,
     fanout: Annotated[int, typer.Option(help="Children per peer.")] = 4,
     payload: Annotated[int, typer.Option(help="Bytes per message.")] = 1024,
-    seed: Annotated[int, typer.Option(help="Seed of the peers' random choices and the mesh.")] = 1,
+    seeds: Annotated[
+        str,
+        typer.Option(help="Comma-separated seeds (peers' choices, mesh); medians over them."),
+    ] = "1",
     messages: Annotated[
         int | None, typer.Option(help="Messages of the 10 msg/s latency phase (default 100; 50).")
     ] = None,
@@ -253,6 +256,7 @@ def tree(
     """
     console = Console()
     sizes = _sizes(peers, quick)
+    seed_list = _seed_list(seeds)
     chosen = baseline or ["floor", "flood"]
     unknown = sorted(set(chosen) - {"floor", "flood", "gossipsub"})
     if unknown:
@@ -283,31 +287,34 @@ def tree(
         tempfile.TemporaryDirectory(prefix="hp2p-bench-tree-") as tmp,
         Progress(console=console) as progress,
     ):
-        task = progress.add_task("bench tree", total=steps_per_size * len(sizes))
+        task = progress.add_task("bench tree", total=steps_per_size * len(sizes) * len(seed_list))
         for n in sizes:
-            try:
-                results.append(
-                    run_size(
-                        n,
-                        seed=seed,
-                        fanout=fanout,
-                        payload=payload,
-                        baselines=relays,
-                        workdir=Path(tmp),
-                        progress=progress,
-                        task=task,
-                        ladder=ladder,
-                        latency_messages=latency_messages,
-                        step_s=step_s,
-                        gossipsub_python=gossip_python,
+            per_seed = []
+            for seed in seed_list:
+                try:
+                    per_seed.append(
+                        run_size(
+                            n,
+                            seed=seed,
+                            fanout=fanout,
+                            payload=payload,
+                            baselines=relays,
+                            workdir=Path(tmp) / f"seed{seed}",
+                            progress=progress,
+                            task=task,
+                            ladder=ladder,
+                            latency_messages=latency_messages,
+                            step_s=step_s,
+                            gossipsub_python=gossip_python,
+                        )
                     )
-                )
-            except ProcError as exc:
-                _fail(f"N={n}: {exc}")
+                except ProcError as exc:
+                    _fail(f"N={n}, seed {seed}: {exc}")
+            results.append(_over_seeds(per_seed, seed_list))
     for result in results:
         _print(console, result)
     if json_file is not None:
-        document = _document(results, quick, fanout, payload, seed, chosen, notes)
+        document = _document(results, quick, fanout, payload, seed_list, chosen, notes)
         console.print(f"result file: {write_result(json_file, document)}")
     if plots is not None:
         from hp2p.bench.plots import tree_plots
@@ -320,7 +327,7 @@ def _document(
     quick: bool,
     fanout: int,
     payload: int,
-    seed: int,
+    seeds: list[int],
     chosen: list[str],
     notes: list[str],
 ) -> dict[str, Any]:
@@ -332,7 +339,7 @@ def _document(
             "peers": [r["peers"] for r in results],
             "payload": payload,
             "fanout": fanout,
-            "seeds": [seed],
+            "seeds": seeds,
             "quick": quick,
             "latency_rate": LATENCY_RATE,
             "baselines": chosen,
@@ -360,6 +367,51 @@ def _document(
         for r in results
     ]
     return document
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(seeds) > 10:
+        _fail(f"--seeds wants 1 to 10 comma-separated integers, got {text!r}")
+    return seeds
+
+
+def _over_seeds(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One N over several seeds: medians of every figure (sim.metrics.combine), ratios anew.
+
+    Steps and latency samples are kept per seed (``per_seed``) and pooled for the plots.
+    """
+    if len(runs) == 1:
+        return runs[0]
+    from hp2p.sim.metrics import combine
+
+    names = list(runs[0]["baselines"])
+    baselines = {
+        name: combine(
+            [
+                r["baselines"].get(name, {})
+                for r in runs
+                if "error" not in r["baselines"].get(name, {})
+            ]
+        )
+        for name in names
+    }
+    metrics = combine([r["metrics"] for r in runs])
+    latencies: dict[str, list[float]] = {}
+    for run in runs:
+        for name, values in run["latencies_ms"].items():
+            latencies.setdefault(name, []).extend(values)
+    return {
+        "peers": runs[0]["peers"],
+        "metrics": metrics,
+        "baselines": baselines,
+        "ratios": _ratios(metrics, baselines),
+        "steps": {f"seed{seed}": r["steps"] for seed, r in zip(seeds, runs, strict=True)},
+        "latencies_ms": latencies,
+    }
 
 
 def _find_libp2p(python: str | None) -> tuple[str | None, str]:
