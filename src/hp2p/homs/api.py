@@ -505,6 +505,7 @@ async def overlay_status(request: Request) -> Response:
         members = await store.peers(overlay_id)
     except HompError as exc:
         raise HompError(404, exc.message, "?overlay_id") from exc
+    subs = await store.query_overlays(parent_overlay_id=overlay_id)
     return _json(
         200,
         {
@@ -522,6 +523,7 @@ async def overlay_status(request: Request) -> Response:
                 "last-ticket": ov.last_ticket,
                 "num_peers": len(members),
                 "num_active": sum(1 for m in members if m.num_primary > 0),
+                "sub-overlays": [_sub_summary(sub) for sub in subs],
             },
             "peers": [
                 {
@@ -552,6 +554,51 @@ async def overlay_topology(request: Request) -> Response:
         raise HompError(404, exc.message, "?overlay_id") from exc
     nodes, links = topology(members)
     return _json(200, {"overlay-id": overlay_id, "nodes": nodes, "links": links})
+
+
+def _sub_summary(ov: OverlayRecord) -> dict[str, object]:
+    return {
+        "overlay-id": ov.overlay_id,
+        "title": ov.title,
+        "type": ov.type,
+        "sub-type": ov.sub_type,
+        "source-peer-id": ov.source_peer_id,
+        "num_peers": ov.num_peers,
+    }
+
+
+@router.get("/api/OverlayComposition", summary="A CoreTree and its sub-overlays (R3)")
+async def overlay_composition(request: Request) -> Response:
+    """The whole composition an overlay belongs to: its CoreTree and every SubTree/SubMesh
+    fed from it (recursively), each with its source peer and current topology.
+
+    Any member of the composition may be named; the answer starts from the top overlay, so a
+    monitor shows the same picture whichever overlay it was looking at.
+    """
+    overlay_id = _required_query(request, "overlay_id")
+    store = _store(request)
+    try:
+        top = await store.get_overlay(overlay_id)
+        seen = {top.overlay_id}
+        while top.parent_overlay_id is not None and top.parent_overlay_id not in seen:
+            top = await store.get_overlay(top.parent_overlay_id)
+            seen.add(top.overlay_id)
+    except HompError as exc:
+        raise HompError(404, exc.message, "?overlay_id") from exc
+
+    async def describe(ov: OverlayRecord, depth: int) -> dict[str, object]:
+        nodes, links = topology(await store.peers(ov.overlay_id))
+        entry: dict[str, object] = {
+            **_sub_summary(ov),
+            "parent-overlay-id": ov.parent_overlay_id,
+            "nodes": nodes,
+            "links": links,
+        }
+        subs = [] if depth >= 8 else await store.query_overlays(parent_overlay_id=ov.overlay_id)
+        entry["sub-overlays"] = [await describe(sub, depth + 1) for sub in subs]
+        return entry
+
+    return _json(200, {"composition": await describe(top, 0)})
 
 
 @router.get("/api/PeerInfo", summary="Peer information registrar (PIR FE)")

@@ -421,11 +421,15 @@ class HomsStore:
         overlay_id: str | None = None,
         title: str | None = None,
         description: str | None = None,
+        *,
+        parent_overlay_id: str | None = None,
     ) -> list[OverlayRecord]:
         """HybridOverlayQuery: one filter, precedence overlay-id > title > description.
 
         Title and description match as case-insensitive substrings, like the reference's
         ``LIKE %x%`` under MySQL's default collation; results in creation order.
+        ``parent_overlay_id`` (not a HOMP filter) narrows to the SubTree/SubMesh overlays fed
+        from that overlay, for the composition views.
         """
         counts = (
             select(peer.c.overlay_id, func.count().label("n"))
@@ -441,6 +445,8 @@ class HomsStore:
             stmt = stmt.where(overlay.c.title.icontains(title, autoescape=True))
         elif description is not None:
             stmt = stmt.where(overlay.c.description.icontains(description, autoescape=True))
+        if parent_overlay_id is not None:
+            stmt = stmt.where(overlay.c.parent_overlay_id == parent_overlay_id)
         stmt = stmt.order_by(overlay.c.created_at, overlay.c.overlay_id)
 
         def tx(conn: Connection) -> list[OverlayRecord]:
