@@ -33,6 +33,7 @@ import msgspec
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.node import NodeError, PeerNode
 from hp2p.peer.settings import NodeSettings
+from hp2p.peer.stdio import print_event, stdin_commands
 
 ENV_VAR = "_HP2P_PEER_RUN"
 
@@ -77,30 +78,6 @@ def exec_daemon(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)
-
-
-class EventPrinter:
-    """Events as JSON lines on stdout, each flushed at once (a reader waits on it).
-
-    When the reader has gone (broken pipe) the events stop, with one warning; the peer itself
-    keeps serving the overlay until it is told to leave.
-    """
-
-    def __init__(self) -> None:
-        self.gone = False
-
-    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
-        if self.gone:
-            return
-        try:
-            sys.stdout.write(_encoder.encode({"event": kind, **fields}).decode() + "\n")
-            sys.stdout.flush()
-        except (BrokenPipeError, ValueError):
-            self.gone = True
-            logging.getLogger("hp2p.peer.daemon").warning("stdout closed: JSON events stop")
-
-
-print_event = EventPrinter()
 
 
 async def run(settings: NodeSettings, config: PeerConfig, json_events: bool, stdin: bool) -> int:
@@ -191,19 +168,7 @@ async def serve_commands(node: PeerNode) -> None:
     """``--stdin`` commands until ``leave`` or end of input; answers are JSON lines."""
     from hp2p.peer.api import scan_json
 
-    reader = asyncio.StreamReader(limit=1 << 20)
-    loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while True:
-        try:
-            raw = await reader.readline()
-        except ValueError:
-            print_event("error", {"reason": "a command line longer than 1 MiB was ignored"})
-            continue
-        if not raw:
-            return
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        command, _, argument = line.partition(" ")
+    async for command, argument, line in stdin_commands():
         try:
             if command == "publish":
                 node.publish(argument.encode("utf-8"))

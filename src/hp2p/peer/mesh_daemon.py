@@ -31,8 +31,7 @@ import msgspec
 from hp2p.peer.mesh import NotSourceError
 from hp2p.peer.mesh_config import MeshConfig, MeshConfigError
 from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
-
-_encoder = msgspec.json.Encoder()
+from hp2p.peer.stdio import print_event, stdin_commands
 
 EPILOG = """
 Examples:
@@ -50,15 +49,6 @@ Examples:
 Mesh settings (--set KEY=VALUE): see hp2p.peer.mesh_config.MeshConfig, e.g. piece_size,
 target_neighbours, low_water, max_requests, request_timeout, store_bytes.
 """
-
-
-def print_event(kind: str, fields: dict[str, Any]) -> None:
-    """One JSON line on stdout, flushed; a reader that went away is not an error here."""
-    try:
-        sys.stdout.write(_encoder.encode({"event": kind, **fields}).decode() + "\n")
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
-        pass
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -166,19 +156,7 @@ async def run(settings: MeshSettings, json_events: bool, stdin: bool) -> int:
 
 
 async def serve_commands(node: MeshNode) -> None:
-    reader = asyncio.StreamReader(limit=1 << 20)
-    loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while True:
-        try:
-            raw = await reader.readline()
-        except ValueError:
-            print_event("error", {"reason": "a command line longer than 1 MiB was ignored"})
-            continue
-        if not raw:
-            return
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        command, _, argument = line.partition(" ")
+    async for command, argument, _line in stdin_commands():
         try:
             data: bytes | None = None
             if command == "publish":
