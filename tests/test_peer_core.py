@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import pytest
+
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.control import JoinInfo
 from hp2p.peer.core import PeerCore
@@ -412,3 +414,13 @@ def test_status_is_a_plain_snapshot() -> None:
     c.publish(b"x", 3.0)
     assert snap["cache"]["messages"] == 0  # a snapshot, not a live view
     assert c.status()["cache"]["messages"] == 1
+
+
+def test_a_standby_continues_a_sources_numbering_and_never_goes_back() -> None:
+    c = root()
+    c.continue_as_source(41)
+    assert c.publish(b"x", 1.0) == 42
+    c.continue_as_source(10)  # an older figure never rewinds: sequences stay unique
+    assert c.publish(b"y", 2.0) == 43
+    with pytest.raises(ValueError, match="≥ 0"):
+        c.continue_as_source(-1)

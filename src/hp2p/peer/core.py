@@ -483,6 +483,17 @@ class PeerCore:
         self.counters.published += 1
         return self._sequence
 
+    def continue_as_source(self, last_sequence: int) -> None:
+        """Publish on after ``last_sequence``: a standby taking over a source's peer-id.
+
+        Every peer's duplicate filter already holds the failed source's sequences, so a
+        takeover that numbered from 1 again would be refused as old or duplicate data; the
+        standby learns the last sequence it saw from that source and goes on from there.
+        """
+        if last_sequence < 0:
+            raise ValueError(f"last_sequence must be ≥ 0, got {last_sequence}")
+        self._sequence = max(self._sequence, last_sequence)
+
     def scan_tree(self, now: float) -> int:
         """Start SCAN_TREE over the primary paths; ``ScanResult`` comes at the timeout."""
         self._scan_cseq += 1
