@@ -5,6 +5,9 @@ Python, in the same process as the peer::
     async with Peer(homs="http://127.0.0.1:8081", create="chat") as p:
         await p.publish(b"hello")
         async for msg in p.messages():
+            if isinstance(msg, Gap):  # lost for good: no peer could serve them
+                print(f"lost {msg.first}..{msg.last} of {msg.source}")
+                continue
             print(msg.source, msg.data)
 
 Other processes reach a running ``hp2p peer --api 127.0.0.1:PORT`` over HTTP and WebSocket:
@@ -16,16 +19,17 @@ from __future__ import annotations
 import base64
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.effects import ScanResult
-from hp2p.peer.node import Delivery, NodeError, PeerNode, Subscription
+from hp2p.peer.node import NodeError, PeerNode
 from hp2p.peer.settings import NodeSettings
+from hp2p.peer.subscription import Delivery, Gap, Subscription
 
 log = logging.getLogger("hp2p.peer.api")
 
-__all__ = ["Delivery", "NodeError", "Peer", "delivery_json", "scan_json"]
+__all__ = ["Delivery", "Gap", "NodeError", "Peer", "delivery_json", "gap_json", "scan_json"]
 
 
 class Peer:
@@ -80,13 +84,32 @@ class Peer:
         """
         return self.node.publish(bytes(data), app_id=app_id, payload_type=payload_type)
 
-    def messages(self, maxsize: int | None = None) -> Subscription:
-        """Deliveries from the other peers, each once; iterate with ``async for``.
+    @overload
+    def messages(
+        self, maxsize: int | None = None, *, gaps: Literal[True] = True
+    ) -> Subscription[Delivery | Gap]: ...
+
+    @overload
+    def messages(
+        self, maxsize: int | None = None, *, gaps: Literal[False]
+    ) -> Subscription[Delivery]: ...
+
+    def messages(
+        self, maxsize: int | None = None, *, gaps: bool = True
+    ) -> Subscription[Delivery | Gap] | Subscription[Delivery]:
+        """Deliveries from the other peers, each once, and gaps; iterate with ``async for``.
 
         Subscribe before you expect messages: a subscription sees what arrives after it was
         made. A reader slower than the traffic loses the oldest queued messages and learns how
         many from ``Delivery.lost``.
+
+        A :class:`Gap` (``source``, ``first``, ``last``) says that messages ``first..last`` of
+        ``source`` are lost for good: data recovery asked every holder and none had them. It
+        comes in its place in the stream, so an application never skips data without knowing;
+        ``gaps=False`` gives deliveries only, for a reader that takes gaps from elsewhere.
         """
+        if gaps:
+            return self.node.subscribe_with_gaps(maxsize)
         return self.node.subscribe(maxsize)
 
     async def scan_tree(self) -> ScanResult:
@@ -114,6 +137,11 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
     if delivery.recovered:
         out["recovered"] = True
     return out
+
+
+def gap_json(gap: Gap) -> dict[str, Any]:
+    """A gap as JSON, told apart from a delivery by its ``gap`` key."""
+    return {"gap": {"source": gap.source, "first": gap.first, "last": gap.last}}
 
 
 def scan_json(result: ScanResult) -> dict[str, Any]:

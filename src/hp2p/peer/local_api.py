@@ -7,8 +7,9 @@ API on every interface with no authentication, etri-2023-protocol.md §9.1):
 ``GET  /status``           the peer's status (ids, ticket, paths, counters)
 ``POST /publish``          body = the message bytes; ``?app_id=…&payload_type=…``; → sequence
 ``GET  /tree``             SCAN_TREE from this peer: the leaf paths it sees
-``WS   /subscribe``        one JSON text frame per delivery; frames sent by the client are
-                           published (binary as is, text as UTF-8)
+``WS   /subscribe``        one JSON text frame per delivery, and ``{"gap": {source, first,
+                           last}}`` for messages no peer could serve; frames sent by the
+                           client are published (binary as is, text as UTF-8)
 =========================  =====================================================================
 
 This module imports the web stack (FastAPI, uvicorn) and is itself imported only when the API
@@ -24,9 +25,10 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 
-from hp2p.peer.api import delivery_json, scan_json
+from hp2p.peer.api import delivery_json, gap_json, scan_json
 from hp2p.peer.node import MessageTooLargeError, NodeError, PeerNode
 from hp2p.peer.settings import split_host_port
+from hp2p.peer.subscription import Gap
 
 
 def build_app(node: PeerNode) -> FastAPI:
@@ -71,13 +73,17 @@ def build_app(node: PeerNode) -> FastAPI:
 
     @app.websocket("/subscribe")
     async def subscribe(ws: WebSocket) -> None:
-        """Deliveries as JSON text frames; frames from the client are published."""
+        """Deliveries (and gaps, as ``{"gap": {...}}``) as JSON text frames; frames from the
+        client are published."""
         await ws.accept()
-        sub = node.subscribe()
+        sub = node.subscribe_with_gaps()
 
         async def pump_out() -> None:
-            async for delivery in sub:
-                await ws.send_json(delivery_json(delivery))
+            async for item in sub:
+                if isinstance(item, Gap):
+                    await ws.send_json(gap_json(item))
+                else:
+                    await ws.send_json(delivery_json(item))
 
         sender = asyncio.create_task(pump_out())
         try:

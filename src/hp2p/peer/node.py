@@ -29,8 +29,7 @@ import random
 import secrets
 import string
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,6 +56,8 @@ from hp2p.peer.effects import (
 )
 from hp2p.peer.homs_client import HomsClient, HomsError, Membership
 from hp2p.peer.settings import NodeSettings, split_host_port
+from hp2p.peer.subscription import Delivery as Delivery
+from hp2p.peer.subscription import Subscription as Subscription
 from hp2p.peer.subtree import NotSourceError, SourcePolicy, policy_for
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
@@ -81,98 +82,6 @@ class MessageTooLargeError(NodeError):
 
 #: Room left in a frame for the R2 header and the extension header of a broadcast.
 _FRAME_OVERHEAD = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One broadcast message for the application (exactly once per source and sequence).
-
-    ``lost`` counts the messages this subscriber missed just before this one because it read
-    too slowly (its queue was full).
-    """
-
-    source: str
-    sequence: int
-    data: bytes
-    app_id: str | None
-    payload_type: str
-    recovered: bool = False
-    lost: int = 0
-
-
-class Subscription:
-    """A bounded queue of deliveries; iterate it with ``async for``.
-
-    The peer puts without waiting: when the queue is full the oldest message is dropped and
-    counted, so a slow reader costs itself messages but never stalls the tree.
-    """
-
-    def __init__(self, maxsize: int, on_close: Callable[[Subscription], None]) -> None:
-        self.maxsize = maxsize
-        self.dropped = 0
-        self._queue: deque[Delivery] = deque()
-        self._lost_before: deque[int] = deque()
-        self._lost_pending = 0
-        self._ready = asyncio.Event()
-        self._closed = False
-        self._on_close = on_close
-
-    def put(self, delivery: Delivery) -> None:
-        if self._closed:
-            return
-        if len(self._queue) >= self.maxsize:
-            self._queue.popleft()
-            lost = self._lost_before.popleft() + 1
-            self.dropped += 1
-            if self._lost_before:
-                self._lost_before[0] += lost
-            else:
-                self._lost_pending += lost
-        self._queue.append(delivery)
-        self._lost_before.append(self._lost_pending)
-        self._lost_pending = 0
-        self._ready.set()
-
-    def get_nowait(self) -> Delivery | None:
-        if not self._queue:
-            return None
-        delivery = self._queue.popleft()
-        lost = self._lost_before.popleft()
-        if not self._queue:
-            self._ready.clear()
-        if lost:
-            delivery = Delivery(
-                delivery.source,
-                delivery.sequence,
-                delivery.data,
-                delivery.app_id,
-                delivery.payload_type,
-                delivery.recovered,
-                lost,
-            )
-        return delivery
-
-    async def get(self) -> Delivery:
-        """The next delivery; raises ``StopAsyncIteration`` once the subscription is closed."""
-        while True:
-            delivery = self.get_nowait()
-            if delivery is not None:
-                return delivery
-            if self._closed:
-                raise StopAsyncIteration
-            await self._ready.wait()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._ready.set()
-            self._on_close(self)
-
-    def __aiter__(self) -> AsyncIterator[Delivery]:
-        return self
-
-    async def __anext__(self) -> Delivery:
-        return await self.get()
 
 
 @dataclass
@@ -250,7 +159,7 @@ class PeerNode:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._subscribers: list[Subscription] = []
+        self._subscribers: list[Subscription[Any]] = []
         self._scans: dict[int, asyncio.Future[ScanResult]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
@@ -445,10 +354,24 @@ class PeerNode:
         finally:
             self._scans.pop(cseq, None)
 
-    def subscribe(self, maxsize: int | None = None) -> Subscription:
-        sub = Subscription(maxsize or self.settings.subscriber_queue, self._subscribers.remove)
+    def subscribe(self, maxsize: int | None = None) -> Subscription[Delivery]:
+        """Deliveries only: for applications that learn of gaps elsewhere (events, status)."""
+        sub: Subscription[Delivery] = Subscription(
+            maxsize or self.settings.subscriber_queue, self._unsubscribe
+        )
         self._subscribers.append(sub)
         return sub
+
+    def subscribe_with_gaps(self, maxsize: int | None = None) -> Subscription[Delivery | Gap]:
+        """Deliveries and, in their place in the stream, the ranges no peer could serve."""
+        sub: Subscription[Delivery | Gap] = Subscription(
+            maxsize or self.settings.subscriber_queue, self._unsubscribe, gaps=True
+        )
+        self._subscribers.append(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription[Any]) -> None:
+        self._subscribers.remove(sub)
 
     def status(self) -> dict[str, Any]:
         """A JSON-ready snapshot for the local API, ``hp2p peer`` and tests."""
@@ -670,6 +593,8 @@ class PeerNode:
                 effect.source,
             )
             self._emit("gap", {"source": effect.source, "first": effect.first, "last": effect.last})
+            for sub in self._subscribers:
+                sub.put_gap(effect)
         elif isinstance(effect, PeerLost):
             self.stats.peers_lost += 1
             log.info("neighbour %s (%s) lost: %s", effect.peer_id, effect.role, effect.reason)
