@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 import pytest
 
 from hp2p.peer.config import PeerConfig
-from hp2p.peer.control import JoinInfo
+from hp2p.peer.control import JoinInfo, Phase
 from hp2p.peer.core import PeerCore
 from hp2p.peer.effects import (
     Close,
@@ -424,3 +424,21 @@ def test_a_standby_continues_a_sources_numbering_and_never_goes_back() -> None:
     assert c.publish(b"y", 2.0) == 43
     with pytest.raises(ValueError, match="≥ 0"):
         c.continue_as_source(-1)
+
+
+def test_restart_releases_every_path_and_starts_over_under_the_new_ticket() -> None:
+    c = root(ticket=3)
+    child = c.accept(1.0)
+    c.receive(child, hello("kid", ticket=9), 1.0)
+    c.take_effects()
+    c.restart(JoinInfo(OV, 12, peers=(("entry", "mem://entry"),)), 2.0)
+    effects = c.take_effects()
+    assert Close(child) in effects
+    assert of(effects, Connect)[0].address == "mem://entry"  # HELLO to the new peer list
+    assert c.ticket == 12
+    assert c.phase is not Phase.ATTACHED
+    c.leave(3.0)
+    c.take_effects()
+    c.restart(JoinInfo(OV, 13, root=True), 4.0)  # after leave: refused, nothing sent
+    assert of(c.take_effects(), Connect) == []
+    assert c.phase is Phase.LEFT

@@ -355,6 +355,20 @@ class PeerCore:
             return
         self._begin_attempt(tuple(peers), now)
 
+    def restart(self, info: JoinInfo, now: float) -> None:
+        """Start over under a new HOMP membership (a new ticket), from any phase but LEFT.
+
+        The shell calls this when the HOMS forgot the peer and it joined again: a younger
+        ticket keeps the ticket rule only with every path released first. The duplicate
+        filter and the cache stay, so nothing is delivered twice and neighbours can still
+        pull from this peer.
+        """
+        if self.phase is Phase.LEFT:
+            self._error(None, "restart() after leave")
+            return
+        self._reset(now)
+        self.start(info, now)
+
     def leave(self, now: float) -> None:
         """RELEASE every path, close every connection, then ``Left``."""
         if self.phase is Phase.LEFT:

@@ -23,7 +23,7 @@ import logging
 import random
 import ssl
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -53,6 +53,14 @@ class HomsError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PeerForgottenError(HomsError):
+    """The HOMS no longer knows this peer (it expired there, or the HOMS lost its records).
+
+    The tree may still hold the peer, but the HOMS will not list it, count it or take its
+    reports until it joins again: :class:`~hp2p.peer.node.PeerNode` does so (a new ticket).
+    """
 
 
 class HomsUnreachableError(HomsError):
@@ -102,6 +110,7 @@ class HomsClientStats:
     report_failures: int = 0
     refreshes: int = 0
     refresh_failures: int = 0
+    forgotten: int = 0  # refresh or report answered "not a member": the HOMS lost this peer
     last_error: str | None = None
 
 
@@ -109,6 +118,16 @@ def _cr_policy(policy: homp.CrPolicy | None) -> CrPolicy:
     if policy is None:
         return CrPolicy()
     return CrPolicy(policy.mN_Cache, policy.mD_Cache, policy.recovery_by)
+
+
+def _error_field(response: httpx.Response) -> str | None:
+    """The JSON path hp2p's HOMS names in a refusal (``{"error", "field"}``), if any."""
+    try:
+        body: Any = msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        return None
+    field = body.get("field") if isinstance(body, dict) else None
+    return field if isinstance(field, str) else None
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -168,6 +187,8 @@ class HomsClient:
         self._pending_report: Costmap | None = None
         self._report_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
+        #: Told when a refresh or report finds the HOMS no longer knows this peer.
+        self.on_forgotten: Callable[[Membership, PeerForgottenError], None] | None = None
 
     # --- overlays --------------------------------------------------------------------------
     async def create_overlay(
@@ -365,6 +386,10 @@ class HomsClient:
                     "POST", "/peer/report", request, homp.OverlayRefResponse, what="report"
                 )
                 self.stats.reports_sent += 1
+            except PeerForgottenError as exc:
+                self.stats.report_failures += 1
+                self._forgotten(exc)
+                return
             except HomsError as exc:
                 self.stats.report_failures += 1
                 log.warning("HOMS report failed: %s", exc)
@@ -385,6 +410,10 @@ class HomsClient:
             await asyncio.sleep(0.8 * max(1, self.membership.expires))
             try:
                 await self.refresh()
+            except PeerForgottenError as exc:
+                self.stats.refresh_failures += 1
+                self._forgotten(exc)
+                return
             except HomsError as exc:
                 self.stats.refresh_failures += 1
                 log.warning("HOMS refresh failed (will retry at the next period): %s", exc)
@@ -419,6 +448,23 @@ class HomsClient:
         if self._refresh_task is not None:
             self._refresh_task.cancel()
             self._refresh_task = None
+
+    def _forgotten(self, exc: PeerForgottenError) -> None:
+        """Stop refreshing and reporting a membership the HOMS no longer has; tell the owner.
+
+        Called once per membership: refresh and report stop here, and only a new join
+        (a new :attr:`membership`) starts them again.
+        """
+        if self._refresh_task is not None and self._refresh_task is not asyncio.current_task():
+            self._refresh_task.cancel()
+        self._refresh_task = None
+        self._pending_report = None
+        lost, self.membership = self.membership, None
+        if lost is None:
+            return  # a refresh and a report both found out: the owner was told once
+        log.warning("the HOMS forgot this peer: %s", exc)
+        if self.on_forgotten is not None:
+            self.on_forgotten(lost, exc)
 
     def _member(self) -> Membership:
         if self.membership is None:
@@ -485,9 +531,11 @@ class HomsClient:
                 if not idempotent and status != 503:
                     break
                 continue
-            raise self._fail(
-                HomsError(f"the HOMS refused to {what} ({status}): {_error_text(response)}", status)
-            )
+            text = f"the HOMS refused to {what} ({status}): {_error_text(response)}"
+            if status == 400 and _error_field(response) == "$.peer.peer-id":
+                self.stats.forgotten += 1
+                raise self._fail(PeerForgottenError(text, status))
+            raise self._fail(HomsError(text, status))
         raise self._fail(
             HomsUnreachableError(
                 f"{last}; gave up after {self.attempts} attempt(s). "

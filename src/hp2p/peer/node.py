@@ -54,7 +54,7 @@ from hp2p.peer.effects import (
     ScanResult,
     Send,
 )
-from hp2p.peer.homs_client import HomsClient, HomsError, Membership
+from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError
 from hp2p.peer.settings import NodeSettings, split_host_port
 from hp2p.peer.subscription import Delivery as Delivery
 from hp2p.peer.subscription import Subscription as Subscription
@@ -103,6 +103,7 @@ class NodeStats:
     rejoins: int = 0  # fresh HOMP joins after JoinFailed (new ticket)
     gaps: int = 0  # messages no peer could serve any more (data recovery gave up)
     peers_lost: int = 0  # neighbours that died (not RELEASEd)
+    forgotten: int = 0  # the HOMS no longer knew this peer: joined again (new ticket)
 
 
 def _random_peer_id() -> str:
@@ -137,6 +138,7 @@ class PeerNode:
             attempts=settings.homs_attempts,
             rng=random.Random(settings.seed),
         )
+        self.homs.on_forgotten = self._forgotten
         self.max_message = min(tcp.DEFAULT_MAX_PAYLOAD, settings.send_queue_bytes) - _FRAME_OVERHEAD
         try:
             self.fault_plan = (
@@ -679,13 +681,30 @@ class PeerNode:
         log.error("could not attach to the tree: %s", effect.reason)
         self.failed.set()
 
-    async def _rejoin(self) -> None:
+    def _forgotten(self, lost: Membership, exc: PeerForgottenError) -> None:
+        """The HOMS lost this peer (it expired there while hung, or the HOMS lost its data).
+
+        Staying in the tree unknown to the HOMS would leave a member no peer list offers,
+        no status shows and whose reports are refused, so the peer joins again. The old
+        ticket cannot be reclaimed (the HOMS would have to trust the peer's word for it), and
+        a new, younger ticket keeps the ticket rule only if the peer also takes a new place
+        in the tree: the same path as after ``JoinFailed``, not counted against ``rejoins``.
+        """
+        self.stats.forgotten += 1
+        self._emit("forgotten", {"reason": str(exc), "ticket": lost.ticket})
+        if self._stopped or self.state == "rejoining":
+            return
+        self.state = "rejoining"
+        self._spawn(self._rejoin(counted=False), "hp2p-rejoin")
+
+    async def _rejoin(self, counted: bool = True) -> None:
         """HOMP leave, then a new join (a new ticket), then ``core.start`` again.
 
         A second join under the same peer-id is refused while the first membership lives,
         hence the leave first. The core releases every path itself before it starts over.
         """
-        self.stats.rejoins += 1
+        if counted:
+            self.stats.rejoins += 1
         try:
             with contextlib.suppress(HomsError):
                 await self.homs.leave()
@@ -700,7 +719,11 @@ class PeerNode:
         if core is None or self._stopped:
             return
         self.homs.start_refresh()
-        core.start(self._join_info(self.membership), self._now())
+        info = self._join_info(self.membership)
+        if counted:
+            core.start(info, self._now())  # after JoinFailed: the core is in phase FAILED
+        else:
+            core.restart(info, self._now())  # forgotten: the core may still be attached
         self._drain()
 
     def _scan_done(self, effect: ScanResult) -> None:
