@@ -89,6 +89,14 @@ VALID_CREATE: dict[str, Any] = {
         "auth": {"type": "open", "admin_key": "k"},
     }
 }
+# The query test's own overlay and peer, with keys the mutating test never sends: that test
+# may legitimately remove or modify fz (it holds fz's admin key) and remove p.
+QUERY_CREATE: dict[str, Any] = copy.deepcopy(VALID_CREATE)
+QUERY_CREATE["overlay"].update({"overlay-id": "fq", "title": "fuzz-query"})
+QUERY_CREATE["overlay"]["auth"] = {"type": "open", "admin_key": "query-admin-key-not-fuzzed"}
+QUERY_JOIN: dict[str, Any] = copy.deepcopy(VALID_JOIN)
+QUERY_JOIN["overlay"]["overlay-id"] = "fq"
+QUERY_JOIN["peer"].update({"peer-id": "q", "auth": {"password": "query-password-not-fuzzed"}})
 ENDPOINTS = [
     ("POST", "/homs"),
     ("PUT", "/homs"),
@@ -136,6 +144,8 @@ def homs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with httpx.Client(base_url=homs.url) as c:
             assert c.post("/homs", json=VALID_CREATE).status_code == 200
             assert c.post("/peer", json=VALID_JOIN).status_code == 202
+            assert c.post("/homs", json=QUERY_CREATE).status_code == 200
+            assert c.post("/peer", json=QUERY_JOIN).status_code == 202
         yield homs.url
     finally:
         homs.stop()
@@ -189,7 +199,7 @@ GET_ROUTES = [
     "/health",
     "/homs",
 ]
-query_values = st.text(max_size=40) | st.sampled_from(["fz", "p", "true", "false", ""])
+query_values = st.text(max_size=40) | st.sampled_from(["fz", "fq", "p", "q", "true", "false", ""])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -207,17 +217,17 @@ def test_no_query_on_any_route_gives_a_server_error(
 ) -> None:
     """Every GET route, and the join fast path's own query parsing (``?recovery=``)."""
     with httpx.Client(base_url=homs_url, timeout=10.0) as client:
-        # Make p a member first: an earlier fuzz example may have removed it (a mutated
-        # DELETE /peer that kept its id and password) or it may have expired (60 s) on a
-        # slow machine; this precondition is what the join below relies on.
-        member = client.post("/peer", json=VALID_JOIN)
+        # q is a member of its own overlay, which the mutating fuzz test cannot reach (it
+        # knows only fz's keys and p's password); re-join in case q expired (60 s) on a slow
+        # machine: this precondition is what the join below relies on.
+        member = client.post("/peer", json=QUERY_JOIN)
         assert member.status_code in (202, 409), member.text
         r = client.get(route, params=query)
         assert r.status_code in (200, 400, 404), (route, query, r.text)
         r.json()
         params = {} if recovery is None else {"recovery": recovery}
-        j = client.post("/peer", params=params, json=VALID_JOIN)
-        # p is already a member: a normal join is a duplicate (409); a recovery join lacks
+        j = client.post("/peer", params=params, json=QUERY_JOIN)
+        # q is already a member: a normal join is a duplicate (409); a recovery join lacks
         # its ticket (400); a malformed flag is 400.
         assert j.status_code in (400, 409), (recovery, j.text)
         assert isinstance(j.json()["error"], str)
