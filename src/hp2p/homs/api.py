@@ -167,6 +167,7 @@ def _join_response(result: JoinResult) -> homp.JoinResponse:
             cr_policy=ov.cr_policy,
             parent_overlay_id=ov.parent_overlay_id,
             source_peer_id=ov.source_peer_id,
+            source_key=ov.source_key,
         ),
         peer=homp.JoinResponsePeer(
             peer_id=result.peer_id, ticket_id=result.ticket, expires=result.expires
@@ -189,6 +190,7 @@ def _query_item(ov: OverlayRecord) -> homp.QueryItem:
             cr_policy=ov.cr_policy,
             parent_overlay_id=ov.parent_overlay_id,
             source_peer_id=ov.source_peer_id,
+            source_key=ov.source_key,
         )
     )
 
@@ -233,6 +235,7 @@ async def create_overlay(request: Request) -> Response:
                 parent_overlay_id=o.parent_overlay_id,
                 source_peer_id=o.source_peer_id,
                 delete_when_empty=o.delete_when_empty,
+                source_key=rec.source_key,
             )
         ),
     )
@@ -280,6 +283,7 @@ async def modify_overlay(request: Request) -> Response:
                 owner_id=res.owner_id,
                 description=res.description,
                 auth=auth,
+                source_key=req.overlay.source_key,
             )
         ),
     )
@@ -333,9 +337,15 @@ async def join_answer(
     recovery = recovery_flag(recovery_param)
     req = homp.decode_join_request(body)
     req.validate_semantics()
+    declared = req.overlay.source_key
     if recovery:
         req.validate_recovery()
         result = await store.recovery_join(req)
+    elif declared is not None:
+        # the source declares its key: checked before, recorded after the admitted join
+        await store.check_source_key(req.overlay.overlay_id, req.peer.peer_id, declared)
+        result = await store.join(req)
+        result = await store.claim_source_key(result, declared)
     else:
         result = await store.join(req)
     status = 200 if result.overlay.is_mesh else 202
@@ -519,6 +529,7 @@ async def overlay_status(request: Request) -> Response:
                 "auth-type": ov.auth_type,
                 "parent-overlay-id": ov.parent_overlay_id,
                 "source-peer-id": ov.source_peer_id,
+                "source-key": ov.source_key,
                 "delete-when-empty": ov.delete_when_empty,
                 "last-ticket": ov.last_ticket,
                 "num_peers": len(members),
@@ -563,6 +574,7 @@ def _sub_summary(ov: OverlayRecord) -> dict[str, object]:
         "type": ov.type,
         "sub-type": ov.sub_type,
         "source-peer-id": ov.source_peer_id,
+        "source-key": ov.source_key,
         "num_peers": ov.num_peers,
     }
 

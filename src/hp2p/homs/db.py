@@ -35,6 +35,8 @@ from sqlalchemy.engine import URL, make_url
 #: a database error (the reference answers 500 beyond its 50-character columns).
 ID_LEN = 256
 TEXT_LEN = 1024
+#: ``ed25519:`` and 64 hex digits, with room for a longer algorithm name later.
+SOURCE_KEY_LEN = 128
 
 metadata = MetaData(
     naming_convention={
@@ -69,6 +71,9 @@ overlay = Table(
     #: SubTree/SubMesh: the overlay it belongs to and its single source peer (R3 bridge).
     Column("parent_overlay_id", String(ID_LEN), nullable=True),
     Column("source_peer_id", String(ID_LEN), nullable=True),
+    #: SubMesh: the source's Ed25519 public key (``ed25519:<hex>``) peers verify manifests
+    #: with; set at creation by the owner, or by the source's own first join (migration 0003).
+    Column("source_key", String(SOURCE_KEY_LEN), nullable=True),
     Column("delete_when_empty", Boolean, nullable=False, default=False),
     #: The last ticket issued; bumped with UPDATE … RETURNING inside each join transaction.
     Column("last_ticket", Integer, nullable=False, default=0),

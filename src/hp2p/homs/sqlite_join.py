@@ -53,6 +53,7 @@ OVERLAY_COLUMNS = (
     "recovery_by",
     "parent_overlay_id",
     "source_peer_id",
+    "source_key",
     "delete_when_empty",
     "last_ticket",
     "created_at",

@@ -18,6 +18,7 @@ and the benchmarks call. Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import sqlite3
@@ -88,6 +89,7 @@ _OVERLAY_COLS = (
     overlay.c.recovery_by,
     overlay.c.parent_overlay_id,
     overlay.c.source_peer_id,
+    overlay.c.source_key,
     overlay.c.delete_when_empty,
     overlay.c.last_ticket,
     overlay.c.created_at,
@@ -117,6 +119,7 @@ class OverlayRecord:
     cr_policy: homp.CrPolicy | None
     parent_overlay_id: str | None
     source_peer_id: str | None
+    source_key: str | None
     delete_when_empty: bool
     last_ticket: int
     created_at: float
@@ -159,6 +162,7 @@ def _record_from(m: Any, num_peers: int = 0) -> OverlayRecord:
         cr_policy=cr,
         parent_overlay_id=m["parent_overlay_id"],
         source_peer_id=m["source_peer_id"],
+        source_key=m["source_key"],
         delete_when_empty=bool(m["delete_when_empty"]),
         last_ticket=m["last_ticket"],
         created_at=m["created_at"],
@@ -378,6 +382,7 @@ class HomsStore:
             "recovery_by": cr.recovery_by if cr else None,
             "parent_overlay_id": spec.parent_overlay_id,
             "source_peer_id": spec.source_peer_id,
+            "source_key": spec.source_key,
             "delete_when_empty": spec.delete_when_empty,
             "last_ticket": 0,
             "created_at": now,
@@ -490,6 +495,8 @@ class HomsStore:
             values["title"] = o.title
         if o.description is not None:
             values["description"] = o.description
+        if o.source_key is not None:
+            values["source_key"] = o.source_key
         new_owner = o.owner_id
         if req.ownership is not None:
             if req.ownership.owner_id is not None:
@@ -696,6 +703,56 @@ class HomsStore:
     def _register(self, conn: Connection, values: dict[str, Any]) -> None:
         """PIR FE: remember what the peer said about itself, apart from membership."""
         conn.execute(self._upsert_info, values)
+
+    async def check_source_key(self, overlay_id: str, peer_id: str, key: str) -> None:
+        """Before a join that declares ``source-key``: may this peer declare this key?
+
+        Only the sub-overlay's source peer may, and only the key already recorded if there is
+        one (409 otherwise: a new key is the owner's decision, ``PUT /homs``). Checked before
+        the join so that a refused declaration leaves no member behind.
+        """
+        ov = await self.get_overlay(overlay_id)
+        if ov.type != "sub" or ov.source_peer_id != peer_id:
+            raise HompError(
+                400,
+                f"only the source peer {ov.source_peer_id!r} of a sub-overlay may declare "
+                f"`source-key`; {peer_id!r} may not",
+                "$.overlay.source-key",
+            )
+        if ov.source_key is not None and ov.source_key != key:
+            raise HompError(
+                409,
+                f"sub-overlay {overlay_id!r} records another source key for {peer_id!r}: "
+                "start the source with the key file it was first started with, or have the "
+                "owner replace the key (PUT /homs with `source-key`)",
+                "$.overlay.source-key",
+            )
+
+    async def claim_source_key(self, result: JoinResult, key: str) -> JoinResult:
+        """After the source's (authenticated, admitted) join: record its key if none is.
+
+        The UPDATE only fills an empty key, so of two racing claims the first wins; the answer
+        carries the key the HOMS actually records, and a source whose key lost sees that.
+        """
+        overlay_id = result.overlay.overlay_id
+
+        def tx(conn: Connection) -> str | None:
+            conn.execute(
+                update(overlay)
+                .where(overlay.c.overlay_id == overlay_id, overlay.c.source_key.is_(None))
+                .values(source_key=key, updated_at=self._clock())
+            )
+            recorded: str | None = conn.scalar(
+                select(overlay.c.source_key).where(overlay.c.overlay_id == overlay_id)
+            )
+            return recorded
+
+        recorded = await self._db.write(tx)
+        if recorded != result.overlay.source_key:
+            self._publish([monitor.log(overlay_id, result.peer_id, "Source Key Recorded.")])
+        return dataclasses.replace(
+            result, overlay=dataclasses.replace(result.overlay, source_key=recorded)
+        )
 
     async def recovery_join(self, req: homp.JoinRequest) -> JoinResult:
         """HybridOverlayJoin with ``?recovery=true``: a peer lost its parent.

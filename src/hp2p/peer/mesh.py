@@ -26,6 +26,18 @@ Everything is bounded: neighbours, known peers, requests in flight (per neighbou
 the piece store (bytes and objects, oldest objects evicted whole), banned peers. A piece that
 does not match its manifest is counted, its sender gets a strike (dropped and banned after
 ``max_strikes``) and the piece is pulled again from another neighbour.
+
+Signed manifests (issue #7): the piece hashes are only as good as the manifest that lists
+them, so when the source's public key is known (HOMS ``source-key`` or pinned by the
+operator) a manifest is accepted only with a valid signature of the source
+(:mod:`hp2p.peer.mesh_objects`). A refused manifest is counted (``bad_signatures`` or
+``unsigned_refused``), reported as a protocol error, earns its sender a strike, and that
+neighbour is never asked for it again: the manifest comes from another holder. Without a key
+the mesh behaves as before signing existed (``manifests_unverified`` counts what was taken on
+trust), unless ``require_signatures`` is set: then no manifest is even requested until a key
+is known. A peer that meets a signed manifest without knowing a key asks its shell once for
+the HOMS's record (``SourceKeyWanted``) before it takes anything on trust, which closes the
+window where a peer joined before the source recorded its key.
 """
 
 from __future__ import annotations
@@ -34,6 +46,8 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hp2p.peer.effects import Close, Connect, Costmap, HomsReport, ProtocolError, Send
 from hp2p.peer.mesh_config import MeshConfig
@@ -44,12 +58,18 @@ from hp2p.peer.mesh_objects import (
     PIECE_MASK,
     Manifest,
     ManifestError,
+    ManifestSigner,
+    SignatureError,
     decode_manifest,
     make_object,
     object_ok,
+    parse_public_key,
     piece_ok,
+    public_key_text,
     sequence_of,
     split_sequence,
+    split_signature,
+    verify_piece0,
 )
 from hp2p.peer.mesh_store import MemoryPieceStore, PieceStore
 from hp2p.wire.r2.messages import (
@@ -97,6 +117,15 @@ class PeerListWanted:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceKeyWanted:
+    """The core needs the source's public key: ask the HOMS (``GET /homs``, ``source-key``).
+
+    Answer with ``MeshCore.set_source_key(key_or_None, now)``; an unanswered request is given
+    up after ``request_timeout`` (then the core goes on as if the HOMS had no key).
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class BecameSource:
     """A standby took over from an unreachable source; its first object number follows."""
 
@@ -111,6 +140,7 @@ MeshEffect = (
     | HomsReport
     | ObjectReceived
     | PeerListWanted
+    | SourceKeyWanted
     | BecameSource
 )
 
@@ -126,6 +156,8 @@ class MeshJoinInfo:
     #: Standby for the source: watch ``source_address`` and publish in its place when gone.
     standby: bool = False
     source_address: str | None = None
+    #: The source's Ed25519 public key (``ed25519:<hex>``) from the HOMS or pinned; None: none.
+    source_key: str | None = None
 
 
 @dataclass
@@ -139,6 +171,11 @@ class MeshCounters:
     timeouts: int = 0
     misses: int = 0  # 11404 received
     forged: int = 0  # pieces or manifests that failed verification
+    bad_signatures: int = 0  # signed manifests whose signature is malformed or wrong
+    unsigned_refused: int = 0  # manifests without a signature while a key is known/required
+    manifests_verified: int = 0  # signature checked against the source key
+    manifests_unverified: int = 0  # accepted without a key to check (interoperable mode)
+    key_requests: int = 0  # SourceKeyWanted asked of the shell
     bad_objects: int = 0  # every piece matched but the object hash did not
     unsolicited: int = 0
     foreign_source: int = 0  # buffermap/data for a source that is not the overlay's
@@ -184,6 +221,7 @@ class MeshCore:
         rng: random.Random,
         *,
         store: PieceStore | None = None,
+        signer: ManifestSigner | None = None,
     ) -> None:
         self.config = config
         self.peer_id = peer_id
@@ -225,6 +263,16 @@ class MeshCore:
         self._next_buffermap = 0.0
         self._next_maintenance: float | None = None
         self._reported: tuple[str, ...] | None = None
+        #: The source's private key: used only while this peer publishes (source, or standby
+        #: after take-over); None: manifests go out unsigned.
+        self.signer = signer
+        self.source_key: Ed25519PublicKey | None = None
+        self._key_asked = False  # the shell was asked once, answered or timed out
+        self._key_deadline: float | None = None  # asking now; gives up at this time
+        self._next_key_request = 0.0
+        # peer-id -> manifests (sequences) it served with a bad or missing signature: never
+        # asked of it again (bounded like the ban list, each set by max_announced)
+        self._refused_manifests: OrderedDict[str, set[int]] = OrderedDict()
 
     # === outputs =================================================================================
     def take_effects(self) -> list[MeshEffect]:
@@ -234,6 +282,8 @@ class MeshCore:
     def next_timer(self) -> float | None:
         """The earliest time ``handle_timer`` must run (None: nothing pending)."""
         times = [r.deadline for r in self._requests.values()]
+        if self._key_deadline is not None:
+            times.append(self._key_deadline)
         if self._next_maintenance is not None:
             times.append(self._next_maintenance)
         return min(times) if times else None
@@ -279,6 +329,12 @@ class MeshCore:
             "store-bytes": self._bytes,
             "requests-in-flight": len(self._requests),
             "floor": self._floor,
+            "signatures": {
+                "source-key": public_key_text(self.source_key) if self.source_key else None,
+                "required": self.config.require_signatures,
+                "signing": self.signer.public_text if self.signer else None,
+                "waiting-for-key": self._awaiting_key(),
+            },
             "counters": dict(vars(self.counters)),
         }
 
@@ -294,11 +350,49 @@ class MeshCore:
         self.is_source = info.source_id == self.peer_id
         self.standby = info.standby and not self.is_source
         self._source_address = info.source_address
+        if info.source_key is not None:
+            self.source_key = parse_public_key(info.source_key)
+            self._key_asked = True
+        signer, key = self.signer, self.source_key
+        if self.is_source and signer and key and signer.public_text != public_key_text(key):
+            raise ValueError(
+                f"this source's key {signer.public_text} is not the key the SubMesh records "
+                f"for it ({public_key_text(key)}): peers would refuse every manifest. Use the "
+                "key file the source was first started with."
+            )
+        if self.is_source and self.signer is not None and self.source_key is None:
+            self.source_key = self.signer.public_key  # re-check its own store on restart
         self._load_store()
         self._learn(info.peers)
         self._next_buffermap = now + self.config.buffermap_interval
         self._maintain(now)
         self._after(now)
+
+    def set_source_key(self, key: str | None, now: float) -> None:
+        """The source's public key, learnt after start (HOMS answer to ``SourceKeyWanted``).
+
+        ``None`` means "the HOMS records none". A key once known is never dropped or replaced
+        here: replacing a trust root is an operator decision (restart with ``--source-key``).
+        """
+        self._key_deadline = None
+        self._key_asked = True
+        if key is not None and self.source_key is None:
+            self.source_key = parse_public_key(key)
+        self._after(now)
+
+    def _awaiting_key(self) -> bool:
+        return self.source_key is None and (
+            self._key_deadline is not None or self.config.require_signatures
+        )
+
+    def _want_key(self, now: float) -> None:
+        """Ask the shell for the HOMS's key, at most once per ``peer_list_interval``."""
+        if self._key_deadline is not None or now < self._next_key_request:
+            return
+        self._next_key_request = now + self.config.peer_list_interval
+        self._key_deadline = now + self.config.request_timeout
+        self.counters.key_requests += 1
+        self._effects.append(SourceKeyWanted())
 
     def homs_result(self, peers: list[tuple[str, str]], now: float) -> None:
         """A HOMS peer list (join or recovery): new addresses to fill the neighbour set from."""
@@ -404,7 +498,10 @@ class MeshCore:
         )
         self._next_object += 1
         self._manifests[number] = manifest
-        self._keep(sequence_of(number, 0), manifest.encode())
+        piece0 = manifest.encode()
+        if self.signer is not None:
+            piece0 = self.signer.sign(piece0, self.overlay_id, self.source_id)
+        self._keep(sequence_of(number, 0), piece0)
         for index, piece in enumerate(pieces, 1):
             self._keep(sequence_of(number, index), piece)
         self._delivered.add(number)
@@ -413,6 +510,10 @@ class MeshCore:
         return number
 
     def handle_timer(self, now: float) -> None:
+        if self._key_deadline is not None and self._key_deadline <= now:
+            # the shell never answered: go on as if the HOMS had no key
+            self._key_deadline = None
+            self._key_asked = True
         for seq, req in list(self._requests.items()):
             if req.deadline <= now:
                 self.counters.timeouts += 1
@@ -577,12 +678,13 @@ class MeshCore:
         if msg.overlay_id != self.overlay_id:
             self.counters.foreign_source += 1
             return
+        refused = self._refused_manifests.get(link.peer_id or "", ())
         for entry in msg.buffermap:
             if entry.source_peer_id != self.source_id:
                 self.counters.foreign_source += 1
                 continue
             for seq in entry.sequences:
-                if seq in link.have:
+                if seq in link.have or seq in refused:
                     continue
                 if len(link.have) >= self.config.max_announced:
                     self.counters.protocol_errors += 1
@@ -659,17 +761,8 @@ class MeshCore:
         if obj < self._floor or seq in self._have:
             return
         if index == 0:
-            try:
-                manifest = decode_manifest(msg.data, obj, self.config.max_piece_size)
-                if manifest.size > self.config.max_object_size:
-                    raise ManifestError(
-                        f"object of {manifest.size} bytes exceeds max_object_size "
-                        f"{self.config.max_object_size}"
-                    )
-            except ManifestError as exc:
-                self.counters.forged += 1
-                self._forget_holder(link, seq)
-                self._strike(link, f"bad manifest for object {obj}: {exc}", now)
+            manifest = self._take_manifest(link, seq, msg.data, now)
+            if manifest is None:
                 return
             self._manifests[obj] = manifest
             self._manifest_from[obj] = link.peer_id or ""
@@ -683,6 +776,60 @@ class MeshCore:
                 return
             self._accept_piece(seq, msg.data)
         self._complete(obj, now)
+
+    def _take_manifest(self, link: _Link, seq: int, data: bytes, now: float) -> Manifest | None:
+        """Piece 0 from ``link``: the manifest if it may be trusted, else None (and why)."""
+        obj = seq >> PIECE_BITS
+        key = self.source_key
+        try:
+            if key is not None:
+                unsigned = verify_piece0(data, key, self.overlay_id, self.source_id)
+            else:
+                signature, unsigned = split_signature(data)
+                if self.config.require_signatures or (
+                    signature is not None and not self._key_asked
+                ):
+                    # No key to check it with: ask the HOMS first; the holder did nothing
+                    # wrong, so it stays a holder and the manifest is pulled after the answer.
+                    self._want_key(now)
+                    return None
+            manifest = decode_manifest(unsigned, obj, self.config.max_piece_size)
+            if manifest.size > self.config.max_object_size:
+                raise ManifestError(
+                    f"object of {manifest.size} bytes exceeds max_object_size "
+                    f"{self.config.max_object_size}"
+                )
+        except SignatureError as exc:
+            self.counters.forged += 1
+            if exc.missing:
+                self.counters.unsigned_refused += 1
+            else:
+                self.counters.bad_signatures += 1
+            self._refuse_from(link, seq)
+            self._strike(link, f"manifest of object {obj} refused: {exc}", now)
+            return None
+        except ManifestError as exc:
+            self.counters.forged += 1
+            self._forget_holder(link, seq)
+            self._strike(link, f"bad manifest for object {obj}: {exc}", now)
+            return None
+        if key is not None:
+            self.counters.manifests_verified += 1
+        else:
+            self.counters.manifests_unverified += 1
+        return manifest
+
+    def _refuse_from(self, link: _Link, seq: int) -> None:
+        """Never ask this neighbour for this manifest again, even if it announces it anew."""
+        self._forget_holder(link, seq)
+        if link.peer_id is None:
+            return
+        refused = self._refused_manifests.setdefault(link.peer_id, set())
+        self._refused_manifests.move_to_end(link.peer_id)
+        if len(refused) < self.config.max_announced:
+            refused.add(seq)
+        while len(self._refused_manifests) > self.config.max_banned:
+            self._refused_manifests.popitem(last=False)
 
     def _accept_piece(self, seq: int, data: bytes) -> None:
         self.counters.pieces_received += 1
@@ -774,7 +921,13 @@ class MeshCore:
             try:
                 if raw is None:
                     raise ManifestError("no manifest")
-                manifest = decode_manifest(raw, obj, self.config.max_piece_size)
+                if self.source_key is not None:
+                    unsigned = verify_piece0(raw, self.source_key, self.overlay_id, self.source_id)
+                elif self.config.require_signatures:
+                    raise SignatureError("no source key to check a stored manifest with")
+                else:
+                    unsigned = split_signature(raw)[1]
+                manifest = decode_manifest(unsigned, obj, self.config.max_piece_size)
             except ManifestError:
                 self.store.drop_object(obj)
                 continue
@@ -817,6 +970,7 @@ class MeshCore:
         if not any(n.inflight < c.max_requests_per_neighbour for n in self._neighbours.values()):
             return
         candidates: list[tuple[bool, int, float, int]] = []
+        hold_manifests = self._awaiting_key()
         for obj in self._window():
             manifest = self._manifests.get(obj)
             for seq, count in self._availability[obj].items():
@@ -825,6 +979,8 @@ class MeshCore:
                 index = seq & PIECE_MASK
                 if index != 0 and (manifest is None or index > manifest.count):
                     continue  # no manifest yet, or a piece the object does not have
+                if index == 0 and hold_manifests:
+                    continue  # no key yet to check it with (asked of the HOMS)
                 candidates.append((index != 0, count, self.rng.random(), seq))
         candidates.sort()
         neighbours = list(self._neighbours.values())
@@ -891,6 +1047,8 @@ class MeshCore:
             self._next_buffermap = now + c.buffermap_interval
             for link in self._neighbours.values():
                 self._send(link, Buffermap(self.overlay_id), now)
+        if self.config.require_signatures and self.source_key is None and self._availability:
+            self._want_key(now)
         self._fill(now)
         self._watch_source(now)
         self._bump_maintenance(now + min(c.heartbeat_interval, c.connect_timeout) / 2)

@@ -82,6 +82,13 @@ class MeshConfig:
     max_banned: int = field(default=1024, metadata=_doc("Banned peer-ids remembered."))
     store_bytes: int = field(default=256 * MiB, metadata=_doc("Piece store bound in bytes."))
     store_objects: int = field(default=10_000, metadata=_doc("Piece store bound in objects."))
+    require_signatures: bool = field(
+        default=False,
+        metadata=_doc(
+            "Accept only manifests signed by the source's key (from the HOMS or pinned); "
+            "without a known key nothing is accepted. Off: unsigned SubMeshes still work."
+        ),
+    )
     takeover_after: float = field(
         default=3.0,
         metadata=_doc("Standby only: source unreachable this long -> publish in its place."),

@@ -62,6 +62,12 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         if not hasattr(defaults, key):
             raise MeshConfigError(f"unknown mesh setting {key!r}")
         kind = type(getattr(defaults, key))
+        if kind is bool:
+            # bool("false") is True: spell the two values out instead
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise MeshConfigError(f"{key} must be true or false, got {raw!r}")
+            values[key] = raw.lower() in ("true", "1", "yes", "on")
+            continue
         try:
             values[key] = kind(raw)
         except ValueError:

@@ -23,9 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from typing import Any
 
 import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 #: Bits of the sequence that hold the piece index: up to 65,535 data pieces per object.
 PIECE_BITS = 16
@@ -41,8 +48,113 @@ MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+#: How piece 0 of a signed manifest begins; the 128 hex digits and ``",`` follow.
+SIGNATURE_PREFIX = b'{"signature":"'
+_SIG_HEX = 128
+_SIGNED_HEAD = len(SIGNATURE_PREFIX) + _SIG_HEX + 2
+#: Domain separation: these bytes start every signed message, so a signature made for a
+#: manifest can never be taken for a signature over anything else the key may sign.
+SIGNATURE_CONTEXT = b"hp2p/submesh-manifest/v1"
+#: How a source public key is written (HOMS ``source-key``, ``--source-key``, status).
+KEY_PREFIX = "ed25519:"
+_KEY_TEXT = re.compile(r"ed25519:[0-9a-f]{64}")
+_HEX_BYTES = re.compile(rb"[0-9a-f]{128}")
+
+
 class ManifestError(ValueError):
     """A manifest is malformed or inconsistent; the message says which field and why."""
+
+
+class SignatureError(ManifestError):
+    """A manifest's signature is missing, malformed or does not verify; the message says which."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def public_key_text(key: Ed25519PublicKey) -> str:
+    """``ed25519:<64 hex>``: the one spelling of a source key in hp2p."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return KEY_PREFIX + raw.hex()
+
+
+def parse_public_key(text: str) -> Ed25519PublicKey:
+    """The key written as ``ed25519:<64 hex>``; ``ValueError`` says what is wrong."""
+    if not isinstance(text, str) or not _KEY_TEXT.fullmatch(text):
+        shown = text[:80] if isinstance(text, str) else type(text).__name__
+        raise ValueError(
+            f"a source key is written ed25519:<64 lower-case hex digits>, not {shown!r}"
+        )
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text[len(KEY_PREFIX) :]))
+
+
+def signed_message(overlay_id: str, source_id: str, unsigned: bytes) -> bytes:
+    """What the signature covers: context, overlay-id, source peer-id, the manifest bytes.
+
+    Every part is length-prefixed, so no choice of ids can make two different triples
+    produce the same message.
+    """
+    parts = [SIGNATURE_CONTEXT, overlay_id.encode(), source_id.encode(), unsigned]
+    return b"".join(struct.pack(">I", len(p)) + p for p in parts)
+
+
+class ManifestSigner:
+    """The source's private key, and the one operation it is used for (piece 0 bytes)."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key = private_key.public_key()
+        self.public_text = public_key_text(self.public_key)
+
+    @classmethod
+    def generate(cls) -> ManifestSigner:
+        return cls(Ed25519PrivateKey.generate())
+
+    def sign(self, unsigned: bytes, overlay_id: str, source_id: str) -> bytes:
+        """Piece 0 of a signed manifest: the signature as the first JSON member."""
+        if len(unsigned) < 3 or not unsigned.startswith(b"{") or unsigned.startswith(b"{}"):
+            raise ValueError("only a non-empty JSON object manifest can be signed")
+        signature = self._key.sign(signed_message(overlay_id, source_id, unsigned))
+        return SIGNATURE_PREFIX + signature.hex().encode() + b'",' + unsigned[1:]
+
+
+def split_signature(data: bytes) -> tuple[bytes | None, bytes]:
+    """``(signature, unsigned bytes)`` of piece 0; no signature member: ``(None, data)``.
+
+    Raises :class:`SignatureError` for a piece that starts like a signed manifest but whose
+    signature member is malformed (a forgery or damage, never something to guess around).
+    """
+    if not data.startswith(SIGNATURE_PREFIX):
+        return None, data
+    head = data[len(SIGNATURE_PREFIX) : _SIGNED_HEAD]
+    if not _HEX_BYTES.fullmatch(head[:_SIG_HEX]):
+        raise SignatureError("the manifest's signature is not 128 lower-case hex digits")
+    if head[_SIG_HEX:] != b'",' or len(data) == _SIGNED_HEAD:
+        raise SignatureError("the manifest's signature member is not followed by more members")
+    return bytes.fromhex(head[:_SIG_HEX].decode()), b"{" + data[_SIGNED_HEAD:]
+
+
+def verify_piece0(data: bytes, key: Ed25519PublicKey, overlay_id: str, source_id: str) -> bytes:
+    """The unsigned manifest bytes of piece 0 if its signature verifies; else SignatureError.
+
+    Checked before the JSON is parsed, so a forger cannot make a peer parse megabytes.
+    """
+    if len(data) > MAX_MANIFEST_BYTES + _SIGNED_HEAD:
+        raise ManifestError(f"manifest of {len(data)} bytes exceeds {MAX_MANIFEST_BYTES}")
+    signature, unsigned = split_signature(data)
+    if signature is None:
+        raise SignatureError(
+            "the manifest carries no signature, but the source's key is known", missing=True
+        )
+    try:
+        key.verify(signature, signed_message(overlay_id, source_id, unsigned))
+    except InvalidSignature:
+        raise SignatureError(
+            f"the manifest's signature does not verify against the source key "
+            f"{public_key_text(key)[:24]}… (forged or altered manifest)"
+        ) from None
+    return unsigned
 
 
 def sequence_of(object_number: int, piece_index: int) -> int:

@@ -139,6 +139,10 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 CacheItems = Annotated[int, msgspec.Meta(ge=0, le=MAX_CACHE_ITEMS)]
 CacheMinutes = Annotated[int, msgspec.Meta(ge=0, le=MAX_CACHE_MINUTES)]
 PeerList = Annotated[list[Id], msgspec.Meta(max_length=MAX_PEERLIST)]
+#: A SubMesh source's Ed25519 public key (hp2p extension ``source-key``): strict in requests,
+#: so the HOMS stores only keys a peer can use; responses only bound its length.
+SourceKey = Annotated[str, msgspec.Meta(pattern=r"^ed25519:[0-9a-f]{64}$")]
+SourceKeyText = Annotated[str, msgspec.Meta(max_length=MAX_KEY_LEN)]
 CostmapIds = Annotated[list[Id], msgspec.Meta(max_length=MAX_COSTMAP_ENTRIES)]
 
 OverlayType = Literal["core", "sub"]
@@ -223,9 +227,11 @@ class CreateAuth(_Model):
 class CreateOverlay(_Model):
     """The overlay being created.
 
-    ``parent-overlay-id``, ``source-peer-id`` and ``delete-when-empty`` are
-    hp2p extensions (reference HOMSs ignore them): a sub-overlay (SubTree or
-    SubMesh, Q.4100) hangs off a parent overlay and has a single source peer.
+    ``parent-overlay-id``, ``source-peer-id``, ``source-key`` and
+    ``delete-when-empty`` are hp2p extensions (reference HOMSs ignore them): a
+    sub-overlay (SubTree or SubMesh, Q.4100) hangs off a parent overlay and has
+    a single source peer, whose Ed25519 public key (``source-key``) SubMesh
+    peers verify manifests with.
     """
 
     title: Title
@@ -242,6 +248,7 @@ class CreateOverlay(_Model):
     parent_overlay_id: Id | None = msgspec.field(default=None, name="parent-overlay-id")
     source_peer_id: Id | None = msgspec.field(default=None, name="source-peer-id")
     delete_when_empty: bool = msgspec.field(default=False, name="delete-when-empty")
+    source_key: SourceKey | None = msgspec.field(default=None, name="source-key")
 
 
 class CreateRequest(_Model):
@@ -263,9 +270,9 @@ class CreateRequest(_Model):
             )
         if o.type == "core" and o.sub_type != "tree":
             raise HeaderError("a core overlay must have sub-type `tree`", "$.overlay.sub-type")
-        if o.type == "core" and (o.parent_overlay_id or o.source_peer_id):
+        if o.type == "core" and (o.parent_overlay_id or o.source_peer_id or o.source_key):
             raise HeaderError(
-                "`parent-overlay-id`/`source-peer-id` are only for sub-overlays",
+                "`parent-overlay-id`/`source-peer-id`/`source-key` are only for sub-overlays",
                 "$.overlay.type",
             )
         if o.type == "sub" and o.parent_overlay_id is None:
@@ -296,6 +303,7 @@ class CreateResponseOverlay(_Model):
     parent_overlay_id: Id | None = msgspec.field(default=None, name="parent-overlay-id")
     source_peer_id: Id | None = msgspec.field(default=None, name="source-peer-id")
     delete_when_empty: bool = msgspec.field(default=False, name="delete-when-empty")
+    source_key: SourceKeyText | None = msgspec.field(default=None, name="source-key")
 
 
 class CreateResponse(_Model):
@@ -370,6 +378,7 @@ class QueryOverlay(_Model):
     cr_policy: CrPolicy | None = msgspec.field(default=None, name="cr-policy")
     parent_overlay_id: Id | None = msgspec.field(default=None, name="parent-overlay-id")
     source_peer_id: Id | None = msgspec.field(default=None, name="source-peer-id")
+    source_key: SourceKeyText | None = msgspec.field(default=None, name="source-key")
 
 
 class QueryItem(_Model):
@@ -392,13 +401,18 @@ class ModifyAuth(_Model):
 
 
 class ModifyOverlay(_Model):
-    """The overlay being modified; ``title``/``description`` only when changed."""
+    """The overlay being modified; ``title``/``description`` only when changed.
+
+    ``source-key`` (hp2p extension) lets the owner set or replace a sub-overlay's source key,
+    e.g. after the source lost its key file.
+    """
 
     overlay_id: Id = msgspec.field(name="overlay-id")
     owner_id: Id = msgspec.field(name="owner-id")
     auth: ModifyAuth
     title: Title | None = None
     description: Description | None = None
+    source_key: SourceKey | None = msgspec.field(default=None, name="source-key")
 
 
 class Ownership(_Model):
@@ -440,6 +454,7 @@ class ModifyResponseOverlay(_Model, kw_only=True):
     owner_id: Id = msgspec.field(name="owner-id")
     description: Description | None = None
     auth: ModifyResponseAuth | None = None
+    source_key: SourceKeyText | None = msgspec.field(default=None, name="source-key")
 
 
 class ModifyResponse(_Model):
@@ -491,12 +506,17 @@ class AdminRemovalResponse(_Model):
 
 
 class JoinOverlay(_Model):
-    """``overlay`` on join."""
+    """``overlay`` on join.
+
+    ``source-key`` (hp2p extension) is sent only by a sub-overlay's source peer: its public
+    key, which the HOMS records if none is recorded yet (and refuses the join if another is).
+    """
 
     overlay_id: Id = msgspec.field(name="overlay-id")
     type: OverlayType
     sub_type: SubType = msgspec.field(name="sub-type")
     auth: OverlayAccessAuth | None = None
+    source_key: SourceKey | None = msgspec.field(default=None, name="source-key")
 
 
 def json_depth_within(value: Any, limit: int) -> bool:
@@ -584,6 +604,7 @@ class JoinResponseOverlay(_Model):
     cr_policy: CrPolicy | None = msgspec.field(default=None, name="cr-policy")
     parent_overlay_id: Id | None = msgspec.field(default=None, name="parent-overlay-id")
     source_peer_id: Id | None = msgspec.field(default=None, name="source-peer-id")
+    source_key: SourceKeyText | None = msgspec.field(default=None, name="source-key")
 
 
 class JoinResponsePeer(_Model):
