@@ -30,14 +30,46 @@ def test_bad_configurations_say_what_is_wrong():
         BridgeTarget("ring", "x", "y")
     with pytest.raises(BridgeError, match="at least one target"):
         Bridge("http://127.0.0.1:1", "core", [])
-    with pytest.raises(BridgeError, match="SubMesh targets only"):
-        Bridge("http://127.0.0.1:1", "core", [BridgeTarget("tree", "t", "s")], standby=True)
+    mesh = BridgeTarget("mesh", "m", "s")
+    with pytest.raises(BridgeError, match="SubTree targets only"):
+        Bridge("http://127.0.0.1:1", "core", [mesh], standby=True, rank=2)
+    with pytest.raises(BridgeError, match="rank starts at 1"):
+        Bridge("http://127.0.0.1:1", "core", [mesh], standby=True, rank=0)
+    with pytest.raises(BridgeError, match="source key is empty"):
+        Bridge("http://127.0.0.1:1", "core", [mesh], source_key="")
+    with pytest.raises(BridgeError, match="takeover-after must be > 0"):
+        Bridge("http://127.0.0.1:1", "core", [mesh], takeover_after=0)
 
 
-def test_the_command_refuses_a_standby_for_a_subtree(capsys):
-    code = main(["--core", "c", "--id", "b2", "--standby-for", "b1", "--subtree", "live"])
+def test_a_standby_for_a_subtree_is_accepted_with_its_rank_and_key():
+    tree = BridgeTarget.parse("tree", "live", "b1")
+    bridge = Bridge(
+        "http://127.0.0.1:1",
+        "core",
+        [tree],
+        bridge_id="b3",
+        standby=True,
+        rank=2,
+        source_key="k",
+        takeover_after=1.5,
+    )
+    assert (bridge.rank, bridge.source_key, bridge.takeover_after) == (2, "k", 1.5)
+    assert tree.source_id == "b1-live"  # the standby publishes under the active bridge's id
+
+
+def test_the_command_refuses_several_standbys_for_a_submesh(capsys):
+    argv = ["--core", "c", "--id", "b3", "--standby-for", "b1", "--standby-rank", "2"]
+    code = main([*argv, "--submesh", "blocks"])
     assert code == 2
-    assert "SubMesh targets only" in capsys.readouterr().err
+    assert "SubTree targets only" in capsys.readouterr().err
+
+
+def test_the_source_key_comes_from_the_environment(monkeypatch):
+    from hp2p.apps.bridge import build_parser
+
+    monkeypatch.setenv("HP2P_BRIDGE_SOURCE_KEY", "shared")
+    args = build_parser().parse_args(["--core", "c", "--id", "b2", "--subtree", "live"])
+    assert args.source_key == "shared"
 
 
 def test_the_command_has_help_with_examples(capsys):
@@ -47,3 +79,5 @@ def test_the_command_has_help_with_examples(capsys):
     out = capsys.readouterr().out
     assert "Examples:" in out
     assert "--standby-for" in out
+    assert "--standby-rank 2 --subtree live:iot" in out
+    assert "--source-key" in out

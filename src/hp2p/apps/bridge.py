@@ -12,7 +12,7 @@ app-id and/or a filter function; each selected message is published once on the 
 SubMesh objects carry ``meta = {"core-source", "core-sequence"}`` so that any SubMesh peer (and
 a standby bridge) can tell which CoreTree message an object is.
 
-**Standby.** A standby bridge (``standby=True``, SubMesh targets) is also a CoreTree peer, so it
+**Standby for a SubMesh.** A standby bridge (``standby=True``) is also a CoreTree peer, so it
 receives every CoreTree message, and keeps the selected ones in a bounded buffer. It joins each
 SubMesh as an ordinary peer in *standby* mode: its mesh core keeps a link to the source and, when
 the source has been unreachable for ``takeover_after`` seconds, becomes the publisher under the
@@ -20,6 +20,16 @@ same source id, numbering after the last object it has heard of. The bridge then
 ``settle`` seconds for the objects already announced to be pulled, and re-publishes from its
 buffer every selected CoreTree message that the SubMesh does not hold yet (known by ``meta``),
 then forwards live. SubMesh peers catch up by pulling, as always.
+
+**Standby for a SubTree.** A tree has no standby mode and its data carries no ``meta``, so the
+bridge does it (:mod:`hp2p.apps.bridge_standby`): the standby joins the SubTree as an ordinary
+member (the *watcher*, peer-id ``ID-TITLE``) and keeps a ledger of the selected CoreTree
+messages the SubTree does not carry yet, matched by content, plus the source's last sequence.
+It pings the source with a ticket-0 HELLO; after ``rank × takeover_after`` seconds without an
+answer it waits ``settle`` seconds (messages in flight around the failure reach the watcher by
+the tree's own recovery), removes the dead source's HOMS membership with the group's shared
+``source_key``, joins the SubTree under the source's peer-id, numbers on after the last
+sequence (``PeerCore.continue_as_source``), replays what the ledger holds, and forwards live.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -35,6 +46,7 @@ from typing import Any
 
 import typer
 
+from hp2p.apps.bridge_standby import AbsenceClock, ForwardLedger, source_answers
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.homs_client import HomsError, OverlayNotFoundError
 from hp2p.peer.mesh_config import MeshConfig
@@ -103,6 +115,12 @@ class _Running:
     mesh: MeshNode | None = None
     active: bool = True
     buffer: deque[Delivery] = field(default_factory=deque)
+    watcher: PeerNode | None = None  # a SubTree standby's ordinary membership
+    ledger: ForwardLedger | None = None
+
+
+#: How many times a SubTree standby goes back to watching after another peer became the source.
+_TAKEOVER_ROUNDS = 100
 
 
 class Bridge:
@@ -116,6 +134,11 @@ class Bridge:
         *,
         bridge_id: str | None = None,
         standby: bool = False,
+        rank: int = 1,
+        source_key: str | None = None,
+        takeover_after: float | None = None,
+        probe_interval: float = 0.5,
+        source_wait: float = 60.0,
         buffer: int = 10_000,
         settle: float = 1.0,
         mesh_config: MeshConfig | None = None,
@@ -125,21 +148,38 @@ class Bridge:
     ) -> None:
         if not targets:
             raise BridgeError("give at least one target (--subtree TITLE or --submesh TITLE)")
-        if standby and any(t.kind == "tree" for t in targets):
+        if rank < 1:
+            raise BridgeError("the standby rank starts at 1 (the first standby to take over)")
+        if standby and rank > 1 and any(t.kind == "mesh" for t in targets):
             raise BridgeError(
-                "a standby bridge takes over SubMesh targets only: a SubTree source cannot be "
-                "replaced under the same source id yet (docs/sub-overlays.md)"
+                "several standbys (--standby-rank above 1) work for SubTree targets only: a "
+                "SubMesh takes one standby per bridge (docs/sub-overlays.md); drop the "
+                "--submesh targets or the rank"
             )
         if buffer < 1:
             raise BridgeError("buffer must be at least 1 message")
+        if probe_interval <= 0 or source_wait <= 0 or settle < 0:
+            raise BridgeError("probe interval and source wait must be > 0, settle >= 0 seconds")
+        if source_key is not None and not source_key:
+            raise BridgeError("the source key is empty; give the bridge group's shared key")
+        mesh_config = mesh_config or MeshConfig()
+        self.takeover_after = (
+            mesh_config.takeover_after if takeover_after is None else takeover_after
+        )
+        if self.takeover_after <= 0:
+            raise BridgeError("takeover-after must be > 0 seconds")
         self.homs_url = homs
         self.core_overlay = core_overlay
         self.targets = list(targets)
         self.bridge_id = bridge_id or f"bridge-{secrets.token_hex(3)}"
         self.standby = standby
+        self.rank = rank
+        self.source_key = source_key
+        self.probe_interval = probe_interval
+        self.source_wait = source_wait
         self.buffer = buffer
         self.settle = settle
-        self.mesh_config = mesh_config or MeshConfig()
+        self.mesh_config = mesh_config
         self.core_config = core_config
         self.on_event = on_event
         self.create_missing = create_missing
@@ -193,6 +233,8 @@ class Bridge:
                 await running.mesh.close()
             if running.tree is not None:
                 await running.tree.close()
+            if running.watcher is not None:
+                await running.watcher.close()
         if self.core is not None:
             await self.core.close()
         await self._homs.aclose()
@@ -208,7 +250,16 @@ class Bridge:
                     "kind": r.target.kind,
                     "overlay_id": r.overlay_id,
                     "active": r.active,
-                    "buffered": len(r.buffer),
+                    "buffered": len(r.buffer) if r.ledger is None else r.ledger.waiting,
+                    **(
+                        {}
+                        if r.ledger is None
+                        else {
+                            "last_sequence": r.ledger.last_sequence,
+                            "matched": r.ledger.matched,
+                            "dropped": r.ledger.dropped,
+                        }
+                    ),
                 }
                 for r in self._running
             ],
@@ -246,9 +297,10 @@ class Bridge:
     async def _start_target(self, running: _Running) -> None:
         target = running.target
         if target.kind == "tree":
-            running.tree = PeerNode(
-                NodeSettings(homs=self.homs_url, join=running.overlay_id, peer_id=target.source_id)
-            )
+            if self.standby:
+                await self._start_tree_standby(running)
+                return
+            running.tree = self._source_node(running)
             await running.tree.start()
             return
         settings = MeshSettings(
@@ -272,6 +324,8 @@ class Bridge:
                     self.stats.selected += 1
                     if running.active:
                         self._forward(running, delivery)
+                    elif running.ledger is not None:
+                        running.ledger.core_message(delivery)
                     else:
                         running.buffer.append(delivery)
                         if len(running.buffer) > self.buffer:
@@ -289,7 +343,9 @@ class Bridge:
                 where: dict[str, Any] = {"object": number}
             elif running.tree is not None:
                 sequence = running.tree.publish(
-                    delivery.data, app_id=delivery.app_id or "etri_data"
+                    delivery.data,
+                    app_id=delivery.app_id or "etri_data",
+                    payload_type=delivery.payload_type,
                 )
                 where = {"sequence": sequence}
             else:
@@ -334,6 +390,154 @@ class Bridge:
                 self._forward(running, delivery, replay=True)
         self._emit("active", {"target": running.target.title, "replayed": self.stats.replayed})
 
+    # === SubTree standby (hp2p.apps.bridge_standby) ==============================================
+    def _source_node(self, running: _Running) -> PeerNode:
+        """The SubTree's source peer; with a group key, joined with the shared password."""
+        return PeerNode(
+            NodeSettings(
+                homs=self.homs_url, join=running.overlay_id, peer_id=running.target.source_id
+            ),
+            homs_client=SubOverlayHomsClient(self.homs_url, source_password=self.source_key),
+        )
+
+    async def _start_tree_standby(self, running: _Running) -> None:
+        target = running.target
+        running.ledger = ForwardLedger(target.source_id, self.buffer)
+        running.watcher = PeerNode(
+            NodeSettings(
+                homs=self.homs_url,
+                join=running.overlay_id,
+                peer_id=f"{self.bridge_id}-{target.title}",
+            )
+        )
+        subscription = running.watcher.subscribe()  # before start: not one message missed
+        await running.watcher.start()
+        self._spawn(self._watch_tree(running, subscription), "hp2p-bridge-watch")
+        self._spawn(self._tree_takeover(running), "hp2p-bridge-tree-takeover")
+
+    async def _watch_tree(self, running: _Running, deliveries: Any) -> None:
+        ledger = running.ledger
+        assert ledger is not None
+        async for delivery in deliveries:
+            ledger.tree_message(delivery)
+
+    async def _probe(self, running: _Running, address: str) -> bool:
+        watcher = running.watcher
+        assert watcher is not None
+        return await source_answers(
+            address,
+            overlay_id=running.overlay_id,
+            prober_id=watcher.peer_id,
+            prober_address=watcher.address,
+            limit=self.probe_interval,
+        )
+
+    async def _source_address(self, running: _Running) -> str | None:
+        try:
+            return await self._homs.peer_address(running.overlay_id, running.target.source_id)
+        except HomsError as exc:
+            log.warning("cannot read the SubTree source's address (will retry): %s", exc)
+            return None
+
+    async def _until_source_gone(self, running: _Running) -> None:
+        """Return once the source has not answered for ``rank × takeover_after`` seconds.
+
+        The clock starts only after the source has answered once: a standby started before
+        its active bridge must not take a source over that has not come up yet.
+        """
+        loop = asyncio.get_running_loop()
+        clock = AbsenceClock(self.takeover_after, self.rank)
+        seen = False
+        address: str | None = None
+        while True:  # ends when the source is gone, or with the bridge (task cancelled)
+            answered = False
+            if address is not None:
+                answered = await self._probe(running, address)
+            if not answered:
+                address = await self._source_address(running) or address
+                if address is not None:
+                    answered = await self._probe(running, address)
+            seen = seen or answered
+            if seen and clock.observe(answered, loop.time()):
+                return
+            await asyncio.sleep(self.probe_interval)  # the probe period
+
+    async def _join_as_source(self, running: _Running) -> PeerNode | None:
+        """Become the SubTree's source peer; None when another peer answers as the source."""
+        target = running.target
+        loop = asyncio.get_running_loop()
+        address = await self._source_address(running)
+        if address is not None and await self._probe(running, address):
+            return None  # another standby (or the bridge, back) is the source now
+        if self.source_key is not None and address is not None:
+            try:
+                await self._homs.remove_member(
+                    running.overlay_id, target.source_id, self.source_key
+                )
+            except HomsError as exc:
+                self._emit(
+                    "warning",
+                    {
+                        "target": target.title,
+                        "reason": f"cannot remove the dead source's membership ({exc}); "
+                        "waiting for the HOMS to expire it (is --source-key the active "
+                        "bridge's?)",
+                    },
+                )
+        deadline = loop.time() + self.source_wait
+        while address is not None:  # bounded by source_wait
+            if loop.time() >= deadline:
+                self._emit(
+                    "error",
+                    {
+                        "target": target.title,
+                        "reason": f"the HOMS still lists source {target.source_id!r} after "
+                        f"{self.source_wait:g} s; give every bridge of the group the same "
+                        "--source-key so that a standby can remove a dead source at once",
+                    },
+                )
+                return None
+            await asyncio.sleep(self.probe_interval)  # the HOMS expiry is not announced
+            address = await self._source_address(running)
+            if address is not None and await self._probe(running, address):
+                return None
+        node = self._source_node(running)
+        try:
+            await node.start()
+        except NodeError as exc:
+            self._emit("error", {"target": target.title, "reason": f"takeover failed: {exc}"})
+            return None
+        return node
+
+    async def _tree_takeover(self, running: _Running) -> None:
+        ledger = running.ledger
+        assert ledger is not None
+        for _ in range(_TAKEOVER_ROUNDS):
+            await self._until_source_gone(running)
+            self._emit("source_lost", {"target": running.target.title, "rank": self.rank})
+            await asyncio.sleep(self.settle)  # in-flight data reaches the watcher (bounded)
+            node = await self._join_as_source(running)
+            if node is not None:
+                break
+        else:
+            return
+        assert node.core is not None
+        node.core.continue_as_source(ledger.last_sequence)
+        running.tree = node
+        running.active = True
+        pending = ledger.unforwarded()
+        replayed = self.stats.replayed
+        for delivery in pending:
+            self._forward(running, delivery, replay=True)
+        self._emit(
+            "active",
+            {
+                "target": running.target.title,
+                "replayed": self.stats.replayed - replayed,
+                "first_sequence": ledger.last_sequence + 1,
+            },
+        )
+
     # === helpers =================================================================================
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -360,8 +564,17 @@ Examples:
   # bridge b2 stands by for the SubMesh targets of bridge b1
   hp2p bridge --core chain --id b2 --standby-for b1 --submesh blocks:blockchain
 
+  # a SubTree with two standbys: the group shares one source key (here from the environment)
+  export HP2P_BRIDGE_SOURCE_KEY=$(python -c 'import secrets; print(secrets.token_hex(16))')
+  hp2p bridge --core chain --id b1 --subtree live:iot
+  hp2p bridge --core chain --id b2 --standby-for b1 --subtree live:iot
+  hp2p bridge --core chain --id b3 --standby-for b1 --standby-rank 2 --subtree live:iot
+
 A target is TITLE[:APP-ID,…]; without app-ids it takes every CoreTree message. The
 sub-overlay is created under the CoreTree (source peer-id ID-TITLE) when it does not exist.
+A standby takes over when the source has not answered for RANK x --takeover-after seconds;
+for a SubTree it joins under the source's peer-id, which needs the same --source-key as the
+active bridge (without it, the takeover waits for the HOMS to expire the dead source).
 """
 
 
@@ -381,9 +594,28 @@ def build_parser() -> Any:
     p.add_argument("--subtree", action="append", default=[], help="SubTree target TITLE[:APP-IDS]")
     p.add_argument("--submesh", action="append", default=[], help="SubMesh target TITLE[:APP-IDS]")
     p.add_argument(
-        "--standby-for", metavar="ID", help="stand by for bridge ID (SubMesh targets only)"
+        "--standby-for", metavar="ID", help="stand by for bridge ID (take over its sources)"
     )
-    p.add_argument("--takeover-after", type=float, default=3.0, help="seconds (standby)")
+    p.add_argument(
+        "--standby-rank",
+        type=int,
+        default=1,
+        metavar="N",
+        help="order among several standbys of one bridge: N waits N x --takeover-after "
+        "(SubTree targets; default 1)",
+    )
+    p.add_argument(
+        "--source-key",
+        default=os.environ.get("HP2P_BRIDGE_SOURCE_KEY"),
+        help="the bridge group's shared password of the SubTree source peer-ids (default "
+        "$HP2P_BRIDGE_SOURCE_KEY); lets a standby remove a dead source and take its peer-id",
+    )
+    p.add_argument(
+        "--takeover-after",
+        type=float,
+        default=3.0,
+        help="seconds without the source before a standby takes over (default 3)",
+    )
     p.add_argument("--buffer", type=int, default=10_000, help="messages kept by a standby")
     p.add_argument("--json-events", action="store_true", help="JSON lines on stdout")
     p.add_argument("--log-level", default="warning", help="error, warning, info or debug")
@@ -420,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
             targets,
             bridge_id=args.bridge_id,
             standby=args.standby_for is not None,
+            rank=args.standby_rank,
+            source_key=args.source_key,
+            takeover_after=args.takeover_after,
             buffer=args.buffer,
             mesh_config=MeshConfig(takeover_after=args.takeover_after),
             on_event=on_event,

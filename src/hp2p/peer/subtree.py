@@ -14,6 +14,12 @@ The same module gives the HOMS client the one HOMP call the CoreTree client does
 creating a sub-overlay with the hp2p extension fields ``parent-overlay-id`` and
 ``source-peer-id``, and finding a member's address in the overlay status (a standby watching
 its source).
+
+**A shared source credential.** A SubTree's source peer-id belongs to a *bridge group*: the
+active bridge and its standbys. Given the group's ``source_password``, the client joins with
+it instead of the peer's random per-process password, so a standby that takes over can remove
+the dead source's membership at once (:meth:`SubOverlayHomsClient.remove_member`) and join
+under the same peer-id, instead of waiting for the HOMS to expire it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from hp2p.peer.homs_client import HomsClient, HomsError
+from hp2p.peer.homs_client import HomsClient, HomsError, Membership
 from hp2p.peer.mesh import NotSourceError
 from hp2p.wire import homp
 from hp2p.wire.r2.messages import BroadcastData, GetDataResponse, Message
@@ -70,7 +76,54 @@ def policy_for(overlay: homp.QueryOverlay | None) -> SourcePolicy | None:
 
 
 class SubOverlayHomsClient(HomsClient):
-    """:class:`HomsClient` plus sub-overlay creation and member look-up (R1, HOMP)."""
+    """:class:`HomsClient` plus sub-overlay creation and member look-up (R1, HOMP).
+
+    ``source_password``: the bridge group's shared password for a source peer-id (see above);
+    every join through this client uses it.
+    """
+
+    def __init__(self, url: str, *, source_password: str | None = None, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        if source_password is not None and not source_password:
+            raise ValueError("a source password must not be empty")
+        self.source_password = source_password
+
+    async def join(
+        self,
+        overlay: homp.QueryOverlay,
+        *,
+        peer_id: str,
+        address: str,
+        password: str,
+        expires: int,
+        access_key: str | None = None,
+    ) -> Membership:
+        return await super().join(
+            overlay,
+            peer_id=peer_id,
+            address=address,
+            password=self.source_password or password,
+            expires=expires,
+            access_key=access_key,
+        )
+
+    async def remove_member(
+        self, overlay_id: str, peer_id: str, password: str, access_key: str | None = None
+    ) -> None:
+        """HybridOverlayLeave on behalf of a member that died, with the password it joined with.
+
+        Raises :class:`HomsError` when the HOMS refuses (not a member, or another password).
+        """
+        request = homp.LeaveRequest(
+            overlay=homp.OverlayAccess(
+                overlay_id=overlay_id,
+                auth=homp.OverlayAccessAuth(access_key=access_key) if access_key else None,
+            ),
+            peer=homp.LeavePeer(peer_id=peer_id, auth=homp.PeerAuth(password=password)),
+        )
+        await self._call(
+            "DELETE", "/peer", request, homp.OverlayRefResponse, what="remove the dead source"
+        )
 
     async def create_sub_overlay(
         self,

@@ -1,0 +1,206 @@
+"""A standby bridge takes over a SubTree source, with real processes and TCP on 127.0.0.1.
+
+A HOMS, a CoreTree (two ``hp2p peer`` processes), an active bridge b1 whose SubTree source is
+``b1-live``, a standby bridge b2 (``--standby-for b1``, same ``--source-key``) and a SubTree of
+four member processes. c00 publishes without pause, paced only by the CoreTree delivery at c01;
+b1 is SIGKILLed mid-stream; publishing goes on through the takeover and after it. Every SubTree
+member must get every CoreTree message exactly once, by content, from ``b1-live`` numbered
+1 … N without a hole: the standby numbered on after the failed source and replayed only what
+the SubTree lacked.
+
+The SubTree members are small Python processes around :class:`~hp2p.peer.node.PeerNode` (not
+``hp2p peer``) because the test needs each message's bytes, which ``hp2p peer --json-events``
+does not print.
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peer_procs import HomsProc, PeerProc
+from test_bridge_process import BridgeProc
+
+pytestmark = pytest.mark.slow
+
+MEMBERS = 4
+BEFORE_KILL = 15  # CoreTree messages before b1 is killed
+AFTER_TAKEOVER = 15  # and after the standby says it is active
+MAX_MESSAGES = 3000  # the publishing loop's bound
+KEY = "group-secret-for-the-test"
+
+MEMBER = r"""
+import asyncio, hashlib, json, sys
+from hp2p.peer.node import PeerNode
+from hp2p.peer.settings import NodeSettings
+
+def show(kind, **fields):
+    print(json.dumps({"event": kind, **fields}), flush=True)
+
+async def main():
+    node = PeerNode(NodeSettings(homs=sys.argv[1], join=sys.argv[2], peer_id=sys.argv[3]))
+    sub = node.subscribe(1_000_000)
+    await node.start()
+    show("joined", peer_id=node.peer_id)
+
+    def out(d):
+        show("deliver", source=d.source, sequence=d.sequence, app_id=d.app_id,
+             text=d.data.decode(), sha256=hashlib.sha256(d.data).hexdigest())
+
+    async def pump():
+        async for d in sub:
+            out(d)
+
+    task = asyncio.ensure_future(pump())
+    loop = asyncio.get_running_loop()
+    while True:
+        line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+        if line == "status":
+            while (d := sub.get_nowait()) is not None:
+                out(d)
+            show("status", state=node.state)
+        else:
+            break
+    task.cancel()
+    await node.close()
+
+asyncio.run(main())
+"""
+
+
+class MemberProc(PeerProc):
+    """A SubTree member printing every delivery with its bytes (see the module docstring)."""
+
+    def __init__(self, workdir: Path, homs_url: str, name: str, overlay: str) -> None:
+        self.name = name
+        self.err_path = workdir / f"{name}.err"
+        with self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", MEMBER, homs_url, overlay, name],
+                stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                bufsize=1,
+            )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.joined: dict[str, Any] | None = None
+        self.seen: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True, name=f"read-{name}").start()
+
+
+def _standby_event(standby: BridgeProc, kinds: set[str], wait: float) -> dict[str, Any] | None:
+    """The standby's next event of ``kinds`` within ``wait`` s (others are noted), or None."""
+    end = time.monotonic() + wait
+    while (left := end - time.monotonic()) > 0:
+        try:
+            event = standby.events.get(timeout=left)
+        except queue.Empty:
+            return None
+        if event["event"] == "eof":
+            raise AssertionError(f"standby exited: {standby.err_path.read_text()[-2000:]}")
+        if event["event"] in kinds:
+            return event
+    return None
+
+
+def test_a_standby_bridge_takes_over_a_subtree_exactly_once(tmp_path: Path) -> None:
+    homs = HomsProc(tmp_path)
+    procs: list[PeerProc] = []
+    bridges: list[BridgeProc] = []
+    try:
+        root = PeerProc(tmp_path, homs.url, "c00", "--create", "chain")
+        procs.append(root)
+        core_id = root.wait_joined()["overlay_id"]
+        other = PeerProc(tmp_path, homs.url, "c01", "--join", core_id)
+        procs.append(other)
+        other.wait_joined()
+        common = ["--core", core_id, "--subtree", "live", "--source-key", KEY]
+        active = BridgeProc(tmp_path, homs.url, "--id", "b1", *common)
+        bridges.append(active)
+        live = active.next_event("joined", 90)["targets"][0]["overlay_id"]
+        (tmp_path / "standby").mkdir()
+        standby = BridgeProc(
+            tmp_path / "standby",
+            homs.url,
+            "--id",
+            "b2",
+            "--standby-for",
+            "b1",
+            "--takeover-after",
+            "1",
+            *common,
+        )
+        bridges.append(standby)
+        assert _standby_event(standby, {"joined"}, 90) is not None, "standby did not join"
+        members = [MemberProc(tmp_path, homs.url, f"t{i}", live) for i in range(MEMBERS)]
+        procs.extend(members)
+        for m in members:
+            m.wait_joined(90)
+
+        texts: list[str] = []
+        killed_at = active_at = None
+        took_over: dict[str, Any] | None = None
+        after = 0
+        for n in range(MAX_MESSAGES):
+            text = f"reading {n:05d} from c00"
+            texts.append(text)
+            root.command(f"publish {text}")
+            other.next_event({"deliver"}, 30)  # paced by the CoreTree itself
+            if n + 1 == BEFORE_KILL:
+                active.proc.kill()  # the SubTree source dies with the bridge
+                killed_at = time.monotonic()
+            elif killed_at is not None and took_over is None:
+                # between publishes, listen for the takeover (this is also the pacing)
+                took_over = _standby_event(standby, {"active", "error"}, 0.02)
+                if took_over is not None:
+                    active_at = time.monotonic()
+                    assert took_over["event"] == "active", took_over
+            elif took_over is not None:
+                after += 1
+                if after == AFTER_TAKEOVER:
+                    break
+        assert took_over is not None
+        assert killed_at is not None
+        assert active_at is not None
+        total = len(texts)
+        assert total > BEFORE_KILL + AFTER_TAKEOVER  # publishing went on during the takeover
+
+        wanted = set(texts)
+        for m in members:
+            got: list[dict[str, Any]] = []
+            have: set[str] = set()
+            while have != wanted:  # bounded: next_event fails after its deadline
+                d = m.next_event({"deliver"}, 60)
+                got.append(d)
+                have.add(d["text"])
+            m.command("status")
+            m.next_event({"status"}, 30)
+            got += [e for e in m.seen if e["event"] == "deliver"]
+            counts = Counter(d["text"] for d in got)
+            assert counts == Counter(texts), (m.name, counts.most_common(3))
+            assert {d["source"] for d in got} == {"b1-live"}, m.name
+            sequences = sorted(d["sequence"] for d in got)
+            assert sequences == list(range(1, total + 1)), m.name  # no hole, none twice
+        print(
+            f"\nSubTree takeover: {total} messages, kill -> active {active_at - killed_at:.2f} s "
+            f"(--takeover-after 1), replayed {took_over['replayed']}, "
+            f"first new sequence {took_over['first_sequence']}"
+        )
+        assert took_over["first_sequence"] >= 1
+    finally:
+        for p in procs:
+            p.leave()
+        codes = {p.name: p.stop() for p in procs}
+        for b in bridges:
+            b.stop()
+        homs.stop()
+    assert all(code == 0 for code in codes.values()), codes

@@ -1,0 +1,177 @@
+"""SubTree standby logic without processes: the forward ledger, the absence clock, the
+HELLO probe (against a tiny R2 server on 127.0.0.1), and the shared source credential."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from hp2p.apps.bridge_standby import AbsenceClock, ForwardLedger, content_key, source_answers
+from hp2p.peer.node import Delivery
+from hp2p.peer.subtree import SubOverlayHomsClient
+from hp2p.transport import tcp
+from hp2p.transport.base import Link, LinkEvents
+from hp2p.wire.r2 import encode
+from hp2p.wire.r2.messages import Hello, HelloResponse, Message
+
+
+def core(source: str, sequence: int, data: bytes, app_id: str | None = "iot") -> Delivery:
+    return Delivery(source, sequence, data, app_id, "text/plain")
+
+
+def tree(sequence: int, data: bytes, app_id: str = "iot", source: str = "b1-live") -> Delivery:
+    return Delivery(source, sequence, data, app_id, "text/plain")
+
+
+def test_what_the_subtree_carried_is_not_replayed_and_the_rest_is_in_core_order():
+    ledger = ForwardLedger("b1-live")
+    for n in range(1, 6):
+        ledger.core_message(core("c0", n, f"m{n}".encode()))
+    ledger.tree_message(tree(1, b"m1"))
+    ledger.tree_message(tree(2, b"m3"))  # the active bridge's order may differ from ours
+    assert ledger.last_sequence == 2
+    assert ledger.waiting == 3
+    assert [d.sequence for d in ledger.unforwarded()] == [2, 4, 5]
+    assert ledger.unforwarded() == []  # taken once
+
+
+def test_a_subtree_message_ahead_of_its_core_copy_waits_for_it():
+    ledger = ForwardLedger("b1-live")
+    ledger.tree_message(tree(1, b"early"))
+    ledger.core_message(core("c0", 7, b"early"))
+    ledger.core_message(core("c0", 8, b"late"))
+    assert [d.data for d in ledger.unforwarded()] == [b"late"]
+    assert ledger.matched == 1
+
+
+def test_equal_contents_are_counted_not_merged():
+    ledger = ForwardLedger("b1-live")
+    for n in range(3):
+        ledger.core_message(core("c0", n + 1, b"same"))
+    ledger.tree_message(tree(1, b"same"))
+    assert len(ledger.unforwarded()) == 2  # three sent, one carried: two to replay
+
+
+def test_app_id_and_payload_type_are_part_of_the_identity():
+    ledger = ForwardLedger("b1-live")
+    ledger.core_message(core("c0", 1, b"x", app_id="iot"))
+    ledger.core_message(core("c0", 2, b"x", app_id=None))
+    ledger.tree_message(tree(1, b"x", app_id="etri_data"))  # the bridge's default app-id
+    assert [d.sequence for d in ledger.unforwarded()] == [1]
+    assert content_key(None, "a", b"x") != content_key(None, "b", b"x")
+
+
+def test_only_the_source_moves_the_numbering():
+    ledger = ForwardLedger("b1-live")
+    ledger.core_message(core("c0", 1, b"a"))
+    ledger.tree_message(tree(40, b"a", source="intruder"))
+    assert ledger.last_sequence == 0
+    assert ledger.waiting == 1
+    ledger.tree_message(tree(5, b"a"))
+    ledger.tree_message(tree(3, b"b"))  # a recovered, older message never lowers it
+    assert ledger.last_sequence == 5
+
+
+def test_the_ledger_is_bounded_both_ways():
+    ledger = ForwardLedger("b1-live", limit=3)
+    for n in range(1, 6):
+        ledger.core_message(core("c0", n, f"m{n}".encode()))
+    assert ledger.dropped == 2
+    assert [d.sequence for d in ledger.unforwarded()] == [3, 4, 5]
+    for n in range(1, 6):
+        ledger.tree_message(tree(n, f"t{n}".encode()))
+    assert ledger.orphans == 2
+    for n in range(1, 6):  # the two forgotten ones come back as unforwarded
+        ledger.core_message(core("c0", n, f"t{n}".encode()))
+    assert [d.data for d in ledger.unforwarded()] == [b"t1", b"t2"]
+    with pytest.raises(ValueError, match="at least 1"):
+        ForwardLedger("s", limit=0)
+
+
+def test_a_long_run_of_matches_keeps_the_ledger_small():
+    ledger = ForwardLedger("b1-live", limit=4)
+    ledger.core_message(core("c0", 0, b"never forwarded"))
+    for n in range(1, 200):
+        ledger.core_message(core("c0", n, f"m{n}".encode()))
+        ledger.tree_message(tree(n, f"m{n}".encode()))
+    assert ledger.waiting == 1
+    assert len(ledger._pending) <= 2 * ledger.limit + 1
+    assert [d.sequence for d in ledger.unforwarded()] == [0]
+
+
+def test_the_absence_clock_waits_its_rank_and_resets_on_an_answer():
+    first, second = AbsenceClock(1.0), AbsenceClock(1.0, rank=2)
+    assert not first.observe(False, 10.0)
+    assert not first.observe(False, 10.9)
+    assert first.observe(False, 11.0)
+    assert not second.observe(False, 10.0)
+    assert not second.observe(False, 11.5)
+    assert not second.observe(True, 11.6)  # the first standby took over: the id answers again
+    assert not second.observe(False, 12.0)
+    assert not second.observe(False, 13.9)
+    assert second.observe(False, 14.0)
+    with pytest.raises(ValueError, match="rank"):
+        AbsenceClock(1.0, rank=0)
+    with pytest.raises(ValueError, match="> 0"):
+        AbsenceClock(0.0)
+
+
+async def _r2_server(answer: bool) -> tuple[asyncio.Server, list[Message]]:
+    heard: list[Message] = []
+
+    def on_accept(link: tcp.TcpLink) -> LinkEvents:
+        def on_message(lk: Link, message: Message) -> None:
+            heard.append(message)
+            if answer:
+                lk.send_frame(encode(HelloResponse()))
+
+        return LinkEvents(on_message=on_message, on_closed=lambda lk, exc: None)
+
+    return await tcp.listen("127.0.0.1", 0, on_accept), heard
+
+
+def _address(server: asyncio.Server) -> str:
+    return tcp.format_tcp_address("127.0.0.1", server.sockets[0].getsockname()[1])
+
+
+async def test_the_probe_is_a_ticket_0_hello_and_needs_the_1202():
+    server, heard = await _r2_server(answer=True)
+    try:
+        ok = await source_answers(
+            _address(server),
+            overlay_id="o",
+            prober_id="b2-live",
+            prober_address="tcp://127.0.0.1:9",
+            limit=5.0,
+        )
+    finally:
+        server.close()
+    assert ok
+    assert len(heard) == 1
+    hello = heard[0]
+    assert isinstance(hello, Hello)
+    assert (hello.overlay_id, hello.peer_id, hello.ticket_id) == ("o", "b2-live", 0)
+
+
+async def test_a_silent_or_dead_source_does_not_answer():
+    server, heard = await _r2_server(answer=False)
+    try:
+        silent = await source_answers(
+            _address(server), overlay_id="o", prober_id="p", prober_address="", limit=0.3
+        )
+    finally:
+        server.close()
+    assert not silent
+    assert heard  # it was asked
+    with socket.socket() as s:  # a port nobody listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        closed = tcp.format_tcp_address("127.0.0.1", s.getsockname()[1])
+    dead = await source_answers(closed, overlay_id="o", prober_id="p", prober_address="", limit=2)
+    assert not dead
+
+
+def test_the_source_client_refuses_an_empty_password():
+    with pytest.raises(ValueError, match="must not be empty"):
+        SubOverlayHomsClient("http://127.0.0.1:1", source_password="")
