@@ -99,11 +99,20 @@ def test_bench_homs_writes_a_complete_result_file(tmp_path: Path) -> None:
     assert doc["benchmark"] == "homs"
     assert doc["params"]["databases"] == ["sqlite"]
     metrics = doc["metrics"]
-    for mode in ("seq", "c8"):
+    for mode in ("seq", "c2", "c4", "c8"):
         assert metrics[f"sqlite_{mode}_joins_per_s"] > 0
         assert 0 < metrics[f"sqlite_{mode}_join_p50_ms"] <= metrics[f"sqlite_{mode}_join_p99_ms"]
         assert doc["baselines"]["floor"][f"sqlite_{mode}_health_per_s"] > 0
         assert doc["ratios"][f"sqlite_{mode}_joins_per_s_vs_health"] > 0
         assert [r["n"] for r in doc["params"]["runs"][f"sqlite_{mode}"]["joins"]] == [40]
-    assert metrics["joins_per_s"] == metrics["sqlite_c8_joins_per_s"]
+    # metric 6: the best rate among the loads whose p99 met 10 ms (none may have, on a busy box)
+    best = metrics["sqlite_joins_per_s_at_p99_target"]
+    within = [
+        metrics[f"sqlite_{m}_joins_per_s"]
+        for m in ("seq", "c2", "c4", "c8")
+        if metrics[f"sqlite_{m}_join_p99_ms"] <= 10.0
+    ]
+    assert best == (max(within) if within else None)
+    assert metrics["joins_per_s"] == best
+    assert doc["params"]["clients"] == [1, 2, 4, 8]
     assert metrics["attach_all_s"] is None  # --cold-peers 0 skips the cold start

@@ -50,6 +50,10 @@ from hp2p.bench.results import result_document, write_result
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 STARTUP_DEADLINE_S = 60.0
 CLIENTS = 8
+#: Concurrent keep-alive connections per timed mode: metric 6 is the highest join rate whose
+#: p99 stays within P99_TARGET_MS, so the load is swept instead of fixed.
+MODES: tuple[tuple[str, int], ...] = (("seq", 1), ("c2", 2), ("c4", 4), ("c8", CLIENTS))
+P99_TARGET_MS = 10.0
 
 #: Wide enough for the table when the output is not a terminal (rich would use 80).
 console = Console(width=max(110, Console().width))
@@ -350,7 +354,9 @@ def homs(
         ),
     ] = "",
 ) -> None:
-    """HOMS joins/s and p50/p99 latency, sequential and 8 concurrent, against GET /health.
+    """HOMS joins/s and p50/p99 latency at 1, 2, 4 and 8 connections, against GET /health.
+
+    Metric 6 is the best join rate whose p99 stays ≤ 10 ms, so the load is swept.
 
     Examples:
 
@@ -411,7 +417,7 @@ def _run(
     columns = ("db", "load", "what", "per s", "p50 ms", "p99 ms", "CPU µs", "× floor")
     for col in columns:
         table.add_column(col, justify="left" if col in ("db", "load", "what") else "right")
-    steps = len(kinds) * (2 * 2 * repeats + 1)
+    steps = len(kinds) * (2 * len(MODES) * repeats + 1)
     with (
         tempfile.TemporaryDirectory(prefix="hp2p-bench-homs-") as tmp,
         ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool,
@@ -425,7 +431,7 @@ def _run(
                 # Warm up the interpreter, the connection pools and the load generator.
                 bench.health(h, 200, CLIENTS)
                 bench.joins(h, 50, CLIENTS)
-                for mode, clients in (("seq", 1), ("c8", CLIENTS)):
+                for mode, clients in MODES:
                     h_runs, j_runs = [], []
                     for _ in range(repeats):
                         progress.update(task, description=f"{kind} {mode}: GET /health")
@@ -491,9 +497,16 @@ def _run(
                 "",
                 "",
             )
+    for kind in kinds:
+        best = _best_within_target(metrics, kind)
+        metrics[f"{kind}_joins_per_s_at_p99_target"] = best[1] if best else None
+        metrics[f"{kind}_clients_at_p99_target"] = best[0] if best else None
     if "sqlite_c8_joins_per_s" in metrics:
-        metrics["joins_per_s"] = metrics["sqlite_c8_joins_per_s"]
-        metrics["join_p99_ms"] = metrics["sqlite_c8_join_p99_ms"]
+        # Metric 6 as BENCHMARKS.md defines it: the best rate at p99 ≤ 10 ms (SQLite).
+        best = _best_within_target(metrics, "sqlite")
+        mode = f"c{best[0]}" if best and best[0] > 1 else "seq"
+        metrics["joins_per_s"] = metrics[f"sqlite_{mode}_joins_per_s"] if best else None
+        metrics["join_p99_ms"] = metrics[f"sqlite_{mode}_join_p99_ms"] if best else None
         metrics["attach_all_s"] = metrics.get("sqlite_attach_all_s")
     console.print(table)
     for kind, why in skipped.items():
@@ -502,13 +515,21 @@ def _run(
         "Target (BENCHMARKS.md #6): ≥ 2,000 joins/s at p99 ≤ 10 ms (SQLite, keep-alive); "
         "300 peers in ≤ 3 s. '× floor' = joins/s ÷ GET /health/s under the same load."
     )
+    for kind in kinds:
+        rate = metrics[f"{kind}_joins_per_s_at_p99_target"]
+        conns = metrics[f"{kind}_clients_at_p99_target"]
+        console.print(
+            f"{kind}: best join rate with p99 ≤ {P99_TARGET_MS:g} ms: "
+            + (f"{rate:,.0f}/s with {conns} connection(s)" if rate else "none (every load missed)")
+        )
     return result_document(
         "homs",
         params={
             "joins": joins,
             "repeats": repeats,
             "cold_peers": cold_peers,
-            "clients": [1, CLIENTS],
+            "clients": [clients for _, clients in MODES],
+            "p99_target_ms": P99_TARGET_MS,
             "databases": kinds,
             "skipped": skipped,
             "homs_args": list(extra),
@@ -519,6 +540,23 @@ def _run(
         baselines={"floor": floor},
         ratios=ratios,
     )
+
+
+def _best_within_target(
+    metrics: dict[str, float | int | str | None], kind: str
+) -> tuple[int, float] | None:
+    """(connections, joins/s) of the fastest mode whose join p99 met the target, if any."""
+    best: tuple[int, float] | None = None
+    for mode, clients in MODES:
+        rate, p99 = (
+            metrics.get(f"{kind}_{mode}_joins_per_s"),
+            metrics.get(f"{kind}_{mode}_join_p99_ms"),
+        )
+        if not isinstance(rate, int | float) or not isinstance(p99, int | float):
+            continue
+        if p99 <= P99_TARGET_MS and (best is None or rate > best[1]):
+            best = (clients, float(rate))
+    return best
 
 
 def _cold_start(
