@@ -71,6 +71,14 @@ def create_core_overlay(homs_url: str, title: str) -> str:
     return overlay_id
 
 
+@pytest.fixture(autouse=True)
+def key_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Sources create their signing key files here, not in the user's state directory."""
+    keys = tmp_path / "keys"
+    monkeypatch.setenv("HP2P_KEY_DIR", str(keys))
+    return keys
+
+
 @pytest.fixture
 def homs(tmp_path: Path) -> Iterator[HomsProc]:
     proc = HomsProc(tmp_path)
@@ -98,7 +106,7 @@ def _stop_all(procs: list[MeshProc]) -> dict[str, int | None]:
     return {p.name: p.stop() for p in procs}
 
 
-def test_one_mib_to_5_processes_with_20_percent_killed_and_a_late_joiner(tmp_path, homs):
+def test_one_mib_to_5_processes_with_20_percent_killed_and_a_late_joiner(tmp_path, homs, key_dir):
     source, receivers = _start_mesh(tmp_path, homs, 5)
     everyone = [source, *receivers]
     late: PeerProc | None = None
@@ -129,6 +137,11 @@ def test_one_mib_to_5_processes_with_20_percent_killed_and_a_late_joiner(tmp_pat
         survivors[0].command("status")
         status = survivors[0].next_event({"status"}, 30)
         assert status["mesh"]["counters"]["forged"] == 0
+        # the source signed with the key file it created, and every peer verified with it
+        assert source.joined is not None
+        assert list(key_dir.iterdir()) == [key_dir / "src.ed25519.pem"]
+        assert status["mesh"]["counters"]["manifests_verified"] == 1
+        assert status["source_key"] == source.joined["signing_key"]
     finally:
         for v in receivers[:1]:
             v.proc.kill()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hp2p.peer.effects import Send
 from hp2p.peer.mesh import MeshCore, MeshJoinInfo, SourceKeyWanted
 from hp2p.peer.mesh_config import MeshConfig
+from hp2p.peer.mesh_node import MeshNodeError, MeshSettings, default_key_path, load_signing_key
 from hp2p.peer.mesh_objects import (
     MAX_MANIFEST_BYTES,
     SIGNATURE_PREFIX,
@@ -388,3 +389,44 @@ def test_only_a_json_object_manifest_can_be_signed():
     for bad in (b"", b"{}", b"[1,2]"):
         with pytest.raises(ValueError, match="JSON object"):
             _SIGNER.sign(bad, OVERLAY, SOURCE)
+
+
+# === key files (the source's side of the shell) ==================================================
+def test_a_key_file_is_created_0600_on_first_use_and_the_same_key_is_loaded_again(tmp_path):
+    path = tmp_path / "keys" / "src.ed25519.pem"
+    assert load_signing_key(path, create=False) is None
+    first = load_signing_key(path, create=True)
+    assert first is not None
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = load_signing_key(path, create=True)
+    assert again is not None
+    assert again.public_text == first.public_text
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+
+
+def test_a_key_file_others_may_read_or_that_is_not_a_key_is_refused_clearly(tmp_path):
+    path = tmp_path / "k.pem"
+    assert load_signing_key(path, create=True) is not None
+    path.chmod(0o644)
+    with pytest.raises(MeshNodeError, match="chmod 600"):
+        load_signing_key(path, create=True)
+    path.write_bytes(b"not a key")
+    path.chmod(0o600)
+    with pytest.raises(MeshNodeError, match="not an unencrypted PEM private key"):
+        load_signing_key(path, create=True)
+    assert path.read_bytes() == b"not a key"  # never overwritten: the operator decides
+
+
+def test_the_default_key_path_is_per_source_id_and_safe_for_any_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("HP2P_KEY_DIR", str(tmp_path))
+    assert default_key_path("block-source") == tmp_path / "block-source.ed25519.pem"
+    odd = default_key_path("../../etc/passwd")
+    assert odd.parent == tmp_path
+    assert odd.name.endswith(".ed25519.pem")
+    assert "/" not in odd.name[: -len(".ed25519.pem")]
+
+
+def test_a_pinned_key_is_checked_when_the_settings_are_made():
+    with pytest.raises(MeshNodeError, match="--source-key"):
+        MeshSettings(join="blocks", source_key="ed25519:nothex")
+    assert MeshSettings(join="blocks", source_key=_SIGNER.public_text).source_key

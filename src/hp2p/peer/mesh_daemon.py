@@ -43,8 +43,19 @@ Examples:
   # an ordinary SubMesh peer that keeps its pieces on disk
   python -m hp2p.peer.mesh_daemon --join blocks --store ./pieces --json-events
 
-  # a standby for the source (publishes in its place when it is gone)
-  python -m hp2p.peer.mesh_daemon --join blocks --standby --set takeover_after=2
+  # a standby for the source (publishes in its place when it is gone); give it a copy of
+  # the source's key file so that what it publishes is signed as the source
+  python -m hp2p.peer.mesh_daemon --join blocks --standby --set takeover_after=2 \
+      --signing-key ./block-source.ed25519.pem
+
+  # a peer that trusts only this source key and refuses unsigned manifests
+  python -m hp2p.peer.mesh_daemon --join blocks --source-key ed25519:3b6a… --require-signatures
+
+Manifest signatures: the source signs every manifest with its Ed25519 key file (created 0600
+on first use: --signing-key PATH, default $HP2P_KEY_DIR or $XDG_STATE_HOME/hp2p/submesh-keys/
+<source-id>.ed25519.pem) and records the public key at the HOMS with its create/join. Peers
+verify with the HOMS's record or the pinned --source-key. A SubMesh without a recorded key
+works unsigned, as before, unless --require-signatures.
 
 Mesh settings (--set KEY=VALUE): see hp2p.peer.mesh_config.MeshConfig, e.g. piece_size,
 target_neighbours, low_water, max_requests, request_timeout, store_bytes.
@@ -92,6 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="directory of a persistent piece store (default: memory)")
     p.add_argument("--standby", action="store_true", help="standby for the source")
     p.add_argument("--access-key", help="access key of a closed overlay")
+    p.add_argument(
+        "--signing-key",
+        metavar="PATH",
+        help="source (or standby): Ed25519 key file that signs manifests, created 0600 if absent",
+    )
+    p.add_argument(
+        "--unsigned", action="store_true", help="source: publish unsigned manifests (old peers)"
+    )
+    p.add_argument(
+        "--source-key",
+        metavar="ed25519:HEX",
+        help="pin the source's public key (else the key the HOMS records is trusted)",
+    )
+    p.add_argument(
+        "--require-signatures",
+        action="store_true",
+        help="accept only manifests signed by the source key (none known: accept none)",
+    )
     p.add_argument("--expires", type=int, default=30, help="HOMP expires in seconds")
     p.add_argument("--seed", type=int, help="seed of the core's random choices")
     p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE")
@@ -123,6 +152,8 @@ async def run(settings: MeshSettings, json_events: bool, stdin: bool) -> int:
         "source_id": node.source_id,
         "r2": node.address,
         "mesh": True,
+        "source_key": node.source_key,
+        "signing_key": node.signer.public_text if node.signer else None,
     }
     if json_events:
         print_event("joined", info)
@@ -198,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = MeshConfig.from_dict(parse_sets(args.sets))
+        sets = parse_sets(args.sets)
+        if args.require_signatures:
+            sets["require_signatures"] = True
+        config = MeshConfig.from_dict(sets)
         settings = MeshSettings(
             homs=args.homs,
             join=args.join,
@@ -212,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             expires=args.expires,
             seed=args.seed,
             config=config,
+            signing_key=args.signing_key,
+            sign=not args.unsigned,
+            source_key=args.source_key,
         )
     except (MeshConfigError, MeshNodeError, ValueError) as exc:
         print(f"hp2p peer: {exc}", file=sys.stderr)

@@ -12,20 +12,34 @@ as the peer's primary paths, so the HOMS topology endpoints draw the mesh.
 
 A source may create its SubMesh first (``create`` + ``parent``): HOMP create with the hp2p
 extension fields ``parent-overlay-id`` and ``source-peer-id``.
+
+Manifest signing keys (issue #7). The source signs manifests with an Ed25519 key kept in a key
+file (:func:`load_signing_key`: created 0600 on first use, so a restarted source keeps its
+key). Its public key reaches the HOMS with the source's own HOMP create or join (hp2p field
+``source-key``), and every peer takes the key from the HOMS's answer, or from the operator
+(``source_key``, pinned), never from the neighbour that sends a manifest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 import random
+import re
 import secrets
 import string
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hp2p.peer.effects import Close, Connect, HomsReport, ProtocolError, Send
 from hp2p.peer.homs_client import HomsError
@@ -37,13 +51,16 @@ from hp2p.peer.mesh import (
     NotSourceError,
     ObjectReceived,
     PeerListWanted,
+    SourceKeyWanted,
 )
 from hp2p.peer.mesh_config import MeshConfig
+from hp2p.peer.mesh_objects import ManifestSigner, parse_public_key
 from hp2p.peer.mesh_store import DiskPieceStore, MemoryPieceStore, PieceStore
 from hp2p.peer.settings import split_host_port
 from hp2p.peer.subtree import SubOverlayHomsClient
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
+from hp2p.wire import homp
 from hp2p.wire.errors import WireError
 from hp2p.wire.r2 import encode
 from hp2p.wire.r2.messages import Message
@@ -52,11 +69,153 @@ log = logging.getLogger("hp2p.peer.mesh")
 
 EventSink = Callable[[str, dict[str, Any]], None]
 
-__all__ = ["MeshDelivery", "MeshNode", "MeshNodeError", "MeshSettings", "NotSourceError"]
+__all__ = [
+    "MeshDelivery",
+    "MeshNode",
+    "MeshNodeError",
+    "MeshSettings",
+    "NotSourceError",
+    "default_key_path",
+    "load_signing_key",
+]
+
+T = TypeVar("T")
+
+#: Where source key files live when no path is given: ``$HP2P_KEY_DIR``, else
+#: ``$XDG_STATE_HOME/hp2p/submesh-keys``, else ``~/.local/state/hp2p/submesh-keys``.
+KEY_DIR_ENV = "HP2P_KEY_DIR"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 class MeshNodeError(Exception):
     """The SubMesh peer could not start or join; ``str(err)`` says what and what to do."""
+
+
+def default_key_path(source_id: str) -> Path:
+    """The key file of source ``source_id`` when none is configured (one per source id).
+
+    Per source id, not per process, so a restarted source, and a standby on the same host
+    taking over the same source id, find the same key.
+    """
+    base = os.environ.get(KEY_DIR_ENV)
+    if not base:
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        base = str(Path(state) / "hp2p" / "submesh-keys")
+    name = (
+        source_id
+        if _SAFE_NAME.fullmatch(source_id)
+        else hashlib.sha256(source_id.encode()).hexdigest()[:32]
+    )
+    return Path(base) / f"{name}.ed25519.pem"
+
+
+def load_signing_key(path: str | os.PathLike[str], *, create: bool) -> ManifestSigner | None:
+    """The source's Ed25519 key from ``path`` (PKCS#8 PEM); created 0600 if absent and asked.
+
+    Returns None when the file is absent and ``create`` is false. A file other users may read
+    is refused, as ssh does: a leaked private key lets anyone sign manifests as the source.
+    Creation is atomic (written under a temporary name, then hard-linked into place), so two
+    processes starting at once end up with one key, never a half-written file.
+    """
+    target = Path(path)
+    for _ in range(3):  # bounded: absent -> created (or lost the race) -> read
+        try:
+            return _read_key(target)
+        except FileNotFoundError:
+            if not create:
+                return None
+        _create_key(target)
+    raise MeshNodeError(f"cannot create or read the signing key file {target}")
+
+
+def _read_key(path: Path) -> ManifestSigner:
+    with path.open("rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        data = f.read(64 * 1024)
+    if mode & 0o077:
+        raise MeshNodeError(
+            f"signing key file {path} may be read by other users (mode {mode & 0o777:o}); "
+            f"it is the source's private key: chmod 600 {path}"
+        )
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise MeshNodeError(
+            f"signing key file {path} is not an unencrypted PEM private key ({exc}); "
+            "move it away to let the source create a new one (its public key then changes: "
+            "the SubMesh owner must record it at the HOMS)"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise MeshNodeError(f"signing key file {path} holds a {type(key).__name__}, not Ed25519")
+    return ManifestSigner(key)
+
+
+def _create_key(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise MeshNodeError(
+            f"cannot create the directory of the signing key file {path}: "
+            f"{exc.strerror or exc} (choose another path with --signing-key)"
+        ) from None
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process was first: use its key
+            os.link(tmp, path)
+    except OSError as exc:
+        raise MeshNodeError(
+            f"cannot write the signing key file {path}: {exc.strerror or exc} "
+            "(choose another path with --signing-key)"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+class MeshHomsClient(SubOverlayHomsClient):
+    """The sub-overlay HOMS client, plus the SubMesh source key on R1.
+
+    ``declared_key`` (the source's public key) is added to this peer's HOMP create and its
+    normal join as the hp2p field ``source-key``; ``recorded_key`` is what the last join
+    answer said the HOMS records. Done on the request bodies, so every join path of the
+    parent classes carries it.
+    """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.declared_key: str | None = None
+        self.recorded_key: str | None = None
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: msgspec.Struct | None,
+        answer_type: type[T],
+        **kwargs: Any,
+    ) -> T:
+        key = self.declared_key
+        declares = isinstance(body, homp.CreateRequest) or (
+            isinstance(body, homp.JoinRequest) and not body.peer.ticket_id
+        )
+        if key is not None and declares and isinstance(body, homp.CreateRequest | homp.JoinRequest):
+            body = msgspec.structs.replace(
+                body, overlay=msgspec.structs.replace(body.overlay, source_key=key)
+            )
+        answer = await super()._call(method, path, body, answer_type, **kwargs)
+        if isinstance(answer, homp.JoinResponse):
+            self.recorded_key = answer.overlay.source_key
+        return answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +241,13 @@ class MeshSettings:
     send_queue_bytes: int = 16 * 1024 * 1024
     seed: int | None = None
     config: MeshConfig = field(default_factory=MeshConfig)
+    #: The source's key file (created 0600 on first use); None: :func:`default_key_path`.
+    #: A standby reads it (never creates it) to sign in the source's place after take-over.
+    signing_key: str | None = None
+    #: Source only: sign manifests (off: publish unsigned, as hp2p did before issue #7).
+    sign: bool = True
+    #: Pin the source's public key (``ed25519:<hex>``) instead of trusting the HOMS record.
+    source_key: str | None = None
 
     def __post_init__(self) -> None:
         if (self.create is None) == (self.join is None):
@@ -91,6 +257,11 @@ class MeshSettings:
         split_host_port(self.listen, "listen")
         if self.expires <= 0 or self.subscriber_queue <= 0 or self.send_queue_bytes <= 0:
             raise MeshNodeError("expires, subscriber_queue and send_queue_bytes must be > 0")
+        if self.source_key is not None:
+            try:
+                parse_public_key(self.source_key)
+            except ValueError as exc:
+                raise MeshNodeError(f"--source-key: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +360,7 @@ class MeshNode:
         self.peer_id = settings.peer_id or f"peer-{secrets.token_hex(4)}"
         self.on_event = on_event
         self.stats = MeshNodeStats()
-        self.homs = SubOverlayHomsClient(
+        self.homs = MeshHomsClient(
             settings.homs,
             timeout=settings.homs_timeout,
             attempts=settings.homs_attempts,
@@ -214,7 +385,10 @@ class MeshNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
         self._asking_homs = False
+        self._asking_key = False
         self.became_source = asyncio.Event()
+        self.signer: ManifestSigner | None = None
+        self.source_key: str | None = None  # the key manifests are verified with
 
     # === life cycle ==============================================================================
     async def start(self) -> None:
@@ -235,6 +409,7 @@ class MeshNode:
         try:
             if s.create is not None:
                 assert s.parent is not None
+                self._become_signer(self.peer_id)
                 overlay_id = await self.homs.create_sub_overlay(
                     s.create,
                     sub_type="mesh",
@@ -256,6 +431,13 @@ class MeshNode:
                 )
             if not overlay.source_peer_id:
                 raise MeshNodeError(f"SubMesh {overlay.overlay_id!r} names no source peer")
+            if overlay.source_peer_id == self.peer_id and self.signer is None:
+                self._become_signer(self.peer_id)
+            elif s.standby:
+                # ready to sign in the source's place, if the operator gave us its key
+                self.signer = load_signing_key(
+                    s.signing_key or default_key_path(overlay.source_peer_id), create=False
+                )
             membership = await self.homs.join(
                 overlay,
                 peer_id=self.peer_id,
@@ -269,13 +451,21 @@ class MeshNode:
                 source_address = await self.homs.peer_address(
                     overlay.overlay_id, overlay.source_peer_id
                 )
+            self.source_key = self._trusted_key(
+                overlay.source_peer_id, self.homs.recorded_key or overlay.source_key
+            )
         except (HomsError, MeshNodeError) as exc:
             await self._shutdown_io()
             raise MeshNodeError(str(exc)) from None
         self.overlay_id = overlay.overlay_id
         self.source_id = overlay.source_peer_id
         self.core = MeshCore(
-            s.config, self.peer_id, self.address, random.Random(s.seed), store=self._store
+            s.config,
+            self.peer_id,
+            self.address,
+            random.Random(s.seed),
+            store=self._store,
+            signer=self.signer,
         )
         self.homs.start_refresh()
         self.core.start(
@@ -286,11 +476,58 @@ class MeshNode:
                 peers=tuple(p for p in membership.peers if p[0] != self.peer_id),
                 standby=s.standby,
                 source_address=source_address,
+                source_key=self.source_key,
             ),
             self._now(),
         )
         self.state = "running"
         self._drain()
+
+    def _become_signer(self, source_id: str) -> None:
+        """This peer is the source: load (or create) its key and declare it to the HOMS."""
+        if not self.settings.sign:
+            return
+        self.signer = load_signing_key(
+            self.settings.signing_key or default_key_path(source_id), create=True
+        )
+        assert self.signer is not None
+        self.homs.declared_key = self.signer.public_text
+
+    def _trusted_key(self, source_id: str, recorded: str | None) -> str | None:
+        """The key manifests are verified with: the pinned one, else the HOMS's record."""
+        pinned = self.settings.source_key
+        if recorded is not None:
+            try:
+                parse_public_key(recorded)
+            except ValueError as exc:
+                raise MeshNodeError(f"the HOMS records an unusable source-key: {exc}") from None
+        if pinned is not None and recorded is not None and pinned != recorded:
+            self._emit(
+                "error",
+                {
+                    "reason": f"the pinned source key {pinned} is not the one the HOMS records "
+                    f"({recorded}); manifests are verified with the pinned key"
+                },
+            )
+        key = pinned or recorded
+        signer = self.signer
+        if signer is not None and key is not None and signer.public_text != key:
+            if source_id == self.peer_id:
+                raise MeshNodeError(
+                    f"this source's signing key {signer.public_text} is not the key the SubMesh "
+                    f"records for {source_id!r} ({key}); peers would refuse every manifest. "
+                    "Start it with the key file it was first started with (--signing-key), or "
+                    "have the owner record the new key (HOMP PUT /homs with source-key)."
+                )
+            self._emit(
+                "error",
+                {
+                    "reason": f"the standby's key file holds {signer.public_text}, not the "
+                    f"source's key {key}: after a take-over its manifests would be refused"
+                },
+            )
+            self.signer = None
+        return key
 
     async def close(self) -> None:
         """Leave cleanly, bounded by ``leave_timeout``: RELEASE every link, HOMP leave."""
@@ -364,6 +601,8 @@ class MeshNode:
             "homs": self.homs.url,
             "overlay_id": self.overlay_id,
             "source_id": self.source_id,
+            "source_key": self.source_key,
+            "signing_key": self.signer.public_text if self.signer else None,
             "node": asdict(self.stats),
         }
         if self.core is not None:
@@ -509,6 +748,10 @@ class MeshNode:
             self.stats.protocol_errors += 1
             log.info("mesh protocol error on connection %s: %s", effect.conn, effect.reason)
             self._emit("error", {"conn": effect.conn, "reason": effect.reason})
+        elif isinstance(effect, SourceKeyWanted):
+            if not self._asking_key:
+                self._asking_key = True
+                self._spawn(self._fetch_source_key(), "hp2p-mesh-source-key")
         elif isinstance(effect, BecameSource):
             self.became_source.set()
             self._emit("became_source", {"first_object": effect.first_object})
@@ -563,6 +806,28 @@ class MeshNode:
             self._asking_homs = False
         if self.core is not None and not self._stopped:
             self.core.homs_result(peers, self._now())
+            self._drain()
+
+    async def _fetch_source_key(self) -> None:
+        """The HOMS's record of the source key, for a core that met a manifest without one."""
+        try:
+            overlay = await self.homs.find_overlay(self.overlay_id)
+            key = overlay.source_key
+            if key is not None:
+                parse_public_key(key)
+        except HomsError as exc:
+            log.warning("asking the HOMS for the source key failed: %s", exc)
+            return  # unanswered: the core gives up after its time-out
+        except ValueError as exc:
+            self._emit("error", {"reason": f"the HOMS records an unusable source-key: {exc}"})
+            key = None
+        finally:
+            self._asking_key = False
+        if self.core is not None and not self._stopped:
+            if key is not None and self.source_key is None:
+                self.source_key = key
+                self._emit("source_key", {"source_key": key})
+            self.core.set_source_key(key, self._now())
             self._drain()
 
     def _spawn(self, coro: Any, name: str) -> None:
