@@ -510,6 +510,12 @@ class MeshNode:
                 },
             )
         key = pinned or recorded
+        if source_id == self.peer_id and self.signer is None and key is not None:
+            raise MeshNodeError(
+                f"SubMesh source {source_id!r} would publish unsigned manifests (--unsigned), "
+                f"but its key {key} is recorded: peers would refuse every manifest. Sign with "
+                "the source's key file (--signing-key): drop --unsigned."
+            )
         signer = self.signer
         if signer is not None and key is not None and signer.public_text != key:
             if source_id == self.peer_id:
