@@ -147,3 +147,69 @@ async def test_honest_peers_refuse_an_impostors_manifests_and_complete_verified(
     )  # fmt: skip
     assert other.returncode == 1
     assert "records another source key" in other.stderr
+
+
+async def test_a_peer_that_joined_before_the_source_recorded_its_key_asks_the_homs(tmp_path, homs):
+    """The R3 bridge's order: the SubMesh is created without a key, members may join before
+    its source does; the source's own join records the key. The early peer meets a signed
+    manifest without a key, asks the HOMS once, and verifies. A peer pinned to another key
+    is told at start that the HOMS records a different one, and refuses the source's
+    manifests."""
+    core = create_core_overlay(homs.url, "core-for-late-key")
+    body = {
+        "overlay": {
+            "overlay-id": "blocks",
+            "title": "blocks",
+            "type": "sub",
+            "sub-type": "mesh",
+            "owner-id": "bridge",
+            "description": "",
+            "heartbeat-interval": 1,
+            "heartbeat-timeout": 3,
+            "auth": {"type": "open", "admin_key": "admin-key-1234"},
+            "parent-overlay-id": core,
+            "source-peer-id": "src",
+        }
+    }
+    async with httpx.AsyncClient(base_url=homs.url) as client:
+        assert (await client.post("/homs", json=body)).status_code == 200
+    wrong = ManifestSigner.generate().public_text
+    early = MeshProc(tmp_path, homs.url, "early", "--join", "blocks")
+    procs = [early]
+    try:
+        assert (await asyncio.to_thread(early.wait_joined))["source_key"] is None
+        source = MeshProc(
+            tmp_path, homs.url, "src", "--join", "blocks",
+            "--signing-key", str(tmp_path / "src.pem"),
+        )  # fmt: skip
+        procs.append(source)
+        key = (await asyncio.to_thread(source.wait_joined))["signing_key"]
+        pinned = MeshProc(tmp_path, homs.url, "pinned", "--join", "blocks", "--source-key", wrong)
+        procs.append(pinned)
+        assert (await asyncio.to_thread(pinned.wait_joined))["source_key"] == wrong
+        told = await _event(pinned, {"error"})
+        assert (
+            f"pinned source key {wrong} is not the one the HOMS records ({key})" in (told["reason"])
+        )
+        source.command(f"publish-random {SIZE} 5")
+        published = await _event(source, {"published"})
+        assert (await _event(early, {"source_key"}))["source_key"] == key
+        got = await _event(early, {"delivered"})
+        assert got["sha256"] == published["sha256"]
+        early.command("status")
+        counters = (await _event(early, {"status"}))["mesh"]["counters"]
+        assert counters["key_requests"] == 1
+        assert counters["manifests_verified"] == 1
+        assert counters["manifests_unverified"] == 0
+        # the pinned peer refuses the source's manifest: it does not verify with the pin
+        error = await _refused_by(pinned)
+        assert "does not verify" in error["reason"]
+        pinned.command("status")
+        status = await _event(pinned, {"status"})
+        assert status["mesh"]["objects"] == 0
+        assert status["mesh"]["counters"]["bad_signatures"] >= 1
+    finally:
+        for proc in procs:
+            proc.leave()
+        codes = {p.name: await asyncio.to_thread(p.stop) for p in procs}
+    assert all(code == 0 for code in codes.values()), codes
