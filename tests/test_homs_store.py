@@ -489,3 +489,24 @@ async def test_secrets_are_stored_only_as_salted_hashes(tmp_path: Path, clock: C
         a, b = [r[0] for r in conn.execute("SELECT password_hash FROM peer ORDER BY ticket")]
     assert a != b  # salted: equal passwords give different hashes
     assert a.startswith("sha256$")
+
+
+async def test_every_postgresql_join_connection_commits_without_waiting_for_the_flush() -> None:
+    """The join pool's session setting must outlive the pool's reset between acquires (a
+    ``SET`` after connecting did not: every join after the first waited ~3 ms for a disk
+    sync while holding its overlay's ticket row)."""
+    if not PG_URL:
+        pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
+    from hp2p.homs.transactions import PostgresRunner
+
+    async with pg_database() as url:
+        runner = PostgresRunner(parse_database_url(url), pool_size=1)
+        try:
+
+            async def setting(conn: Any) -> str:
+                return str(await conn.fetchval("SHOW synchronous_commit"))
+
+            seen = [await runner.write_raw(setting) for _ in range(3)]  # one connection, reused
+        finally:
+            await runner.close()
+    assert seen == ["off", "off", "off"]
