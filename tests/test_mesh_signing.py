@@ -415,6 +415,8 @@ def test_a_key_file_others_may_read_or_that_is_not_a_key_is_refused_clearly(tmp_
     with pytest.raises(MeshNodeError, match="not an unencrypted PEM private key"):
         load_signing_key(path, create=True)
     assert path.read_bytes() == b"not a key"  # never overwritten: the operator decides
+    with pytest.raises(MeshNodeError, match="cannot read the signing key file"):
+        load_signing_key(tmp_path, create=True)  # a directory
 
 
 def test_the_default_key_path_is_per_source_id_and_safe_for_any_id(tmp_path, monkeypatch):

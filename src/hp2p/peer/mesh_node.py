@@ -129,9 +129,16 @@ def load_signing_key(path: str | os.PathLike[str], *, create: bool) -> ManifestS
 
 
 def _read_key(path: Path) -> ManifestSigner:
-    with path.open("rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        data = f.read(64 * 1024)
+    try:
+        with path.open("rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read(64 * 1024)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise MeshNodeError(
+            f"cannot read the signing key file {path}: {exc.strerror or exc}"
+        ) from None
     if mode & 0o077:
         raise MeshNodeError(
             f"signing key file {path} may be read by other users (mode {mode & 0o777:o}); "
