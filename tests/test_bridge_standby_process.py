@@ -1,12 +1,13 @@
 """A standby bridge takes over a SubTree source, with real processes and TCP on 127.0.0.1.
 
 A HOMS, a CoreTree (two ``hp2p peer`` processes), an active bridge b1 whose SubTree source is
-``b1-live``, a standby bridge b2 (``--standby-for b1``, same ``--source-key``) and a SubTree of
-four member processes. c00 publishes without pause, paced only by the CoreTree delivery at c01;
-b1 is SIGKILLed mid-stream; publishing goes on through the takeover and after it. Every SubTree
-member must get every CoreTree message exactly once, by content, from ``b1-live`` numbered
-1 … N without a hole: the standby numbered on after the failed source and replayed only what
-the SubTree lacked.
+``b1-live``, two standby bridges (``--standby-for b1``, the same ``--source-key``; b2 rank 1,
+b3 rank 2) and a SubTree of four member processes. c00 publishes without pause, paced only by
+the CoreTree delivery at c01. b1 is SIGKILLed mid-stream and b2 takes over (b3 stands by);
+then b2 is SIGKILLed and b3 takes over; publishing goes on through both takeovers. Every
+SubTree member must get every CoreTree message exactly once, by content, from ``b1-live``
+numbered 1 … N without a hole: each standby numbered on after the failed source and replayed
+only what the SubTree lacked.
 
 The SubTree members are small Python processes around :class:`~hp2p.peer.node.PeerNode` (not
 ``hp2p peer``) because the test needs each message's bytes, which ``hp2p peer --json-events``
@@ -32,9 +33,8 @@ from test_bridge_process import BridgeProc
 pytestmark = pytest.mark.slow
 
 MEMBERS = 4
-BEFORE_KILL = 15  # CoreTree messages before b1 is killed
-AFTER_TAKEOVER = 15  # and after the standby says it is active
-MAX_MESSAGES = 3000  # the publishing loop's bound
+STEADY = 15  # CoreTree messages before each kill, and after the last takeover
+MAX_MESSAGES = 3000  # the bound of each takeover's publishing loop
 KEY = "group-secret-for-the-test"
 
 MEMBER = r"""
@@ -97,6 +97,9 @@ class MemberProc(PeerProc):
         threading.Thread(target=self._read, daemon=True, name=f"read-{name}").start()
 
 
+HEARD: dict[int, list[dict[str, Any]]] = {}  # every event read from a bridge, for failures
+
+
 def _standby_event(standby: BridgeProc, kinds: set[str], wait: float) -> dict[str, Any] | None:
     """The standby's next event of ``kinds`` within ``wait`` s (others are noted), or None."""
     end = time.monotonic() + wait
@@ -105,6 +108,7 @@ def _standby_event(standby: BridgeProc, kinds: set[str], wait: float) -> dict[st
             event = standby.events.get(timeout=left)
         except queue.Empty:
             return None
+        HEARD.setdefault(standby.proc.pid, []).append(event)
         if event["event"] == "eof":
             raise AssertionError(f"standby exited: {standby.err_path.read_text()[-2000:]}")
         if event["event"] in kinds:
@@ -112,7 +116,7 @@ def _standby_event(standby: BridgeProc, kinds: set[str], wait: float) -> dict[st
     return None
 
 
-def test_a_standby_bridge_takes_over_a_subtree_exactly_once(tmp_path: Path) -> None:
+def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: Path) -> None:
     homs = HomsProc(tmp_path)
     procs: list[PeerProc] = []
     bridges: list[BridgeProc] = []
@@ -128,51 +132,68 @@ def test_a_standby_bridge_takes_over_a_subtree_exactly_once(tmp_path: Path) -> N
         bridges.append(active)
         live = active.next_event("joined", 90)["targets"][0]["overlay_id"]
         (tmp_path / "standby").mkdir()
-        standby = BridgeProc(
-            tmp_path / "standby",
-            homs.url,
-            "--id",
-            "b2",
-            "--standby-for",
-            "b1",
-            "--takeover-after",
-            "1",
-            *common,
-        )
-        bridges.append(standby)
-        assert _standby_event(standby, {"joined"}, 90) is not None, "standby did not join"
+        standbys = []
+        for name, rank in (("b2", "1"), ("b3", "2")):
+            (tmp_path / name).mkdir()
+            standbys.append(
+                BridgeProc(
+                    tmp_path / name,
+                    homs.url,
+                    "--id",
+                    name,
+                    "--standby-for",
+                    "b1",
+                    "--standby-rank",
+                    rank,
+                    "--takeover-after",
+                    "1",
+                    "--log-level",
+                    "info",
+                    *common,
+                )
+            )
+            bridges.append(standbys[-1])
+        for b in standbys:
+            assert _standby_event(b, {"joined"}, 90) is not None, "a standby did not join"
         members = [MemberProc(tmp_path, homs.url, f"t{i}", live) for i in range(MEMBERS)]
         procs.extend(members)
         for m in members:
             m.wait_joined(90)
 
         texts: list[str] = []
-        killed_at = active_at = None
-        took_over: dict[str, Any] | None = None
-        after = 0
-        for n in range(MAX_MESSAGES):
-            text = f"reading {n:05d} from c00"
+
+        def publish() -> None:
+            text = f"reading {len(texts):05d} from c00"
             texts.append(text)
             root.command(f"publish {text}")
             other.next_event({"deliver"}, 30)  # paced by the CoreTree itself
-            if n + 1 == BEFORE_KILL:
-                active.proc.kill()  # the SubTree source dies with the bridge
-                killed_at = time.monotonic()
-            elif killed_at is not None and took_over is None:
+
+        takeovers: list[tuple[float, dict[str, Any]]] = []
+        for victim, heir in ((active, standbys[0]), (standbys[0], standbys[1])):
+            for _ in range(STEADY):
+                publish()
+            victim.proc.kill()  # the SubTree source dies with its bridge
+            killed_at = time.monotonic()
+            for _ in range(MAX_MESSAGES):  # publishing goes on through the takeover
+                publish()
                 # between publishes, listen for the takeover (this is also the pacing)
-                took_over = _standby_event(standby, {"active", "error"}, 0.02)
-                if took_over is not None:
-                    active_at = time.monotonic()
-                    assert took_over["event"] == "active", took_over
-            elif took_over is not None:
-                after += 1
-                if after == AFTER_TAKEOVER:
+                event = _standby_event(heir, {"active", "error"}, 0.02)
+                if event is not None:
                     break
-        assert took_over is not None
-        assert killed_at is not None
-        assert active_at is not None
+            else:
+                heard = HEARD.get(heir.proc.pid, [])[-20:]
+                raise AssertionError(f"no takeover after {MAX_MESSAGES} messages: {heard}")
+            assert event["event"] == "active", event
+            takeovers.append((time.monotonic() - killed_at, event))
+            if heir is standbys[0]:  # the rank-2 standby stood by: it watched b2 take over
+                while not standbys[1].events.empty():
+                    early = standbys[1].events.get_nowait()
+                    HEARD.setdefault(standbys[1].proc.pid, []).append(early)
+                    assert early["event"] not in ("active", "error"), early
+        for _ in range(STEADY):
+            publish()
         total = len(texts)
-        assert total > BEFORE_KILL + AFTER_TAKEOVER  # publishing went on during the takeover
+        assert total > 3 * STEADY + 2  # messages were published during both takeovers
 
         wanted = set(texts)
         for m in members:
@@ -190,12 +211,12 @@ def test_a_standby_bridge_takes_over_a_subtree_exactly_once(tmp_path: Path) -> N
             assert {d["source"] for d in got} == {"b1-live"}, m.name
             sequences = sorted(d["sequence"] for d in got)
             assert sequences == list(range(1, total + 1)), m.name  # no hole, none twice
-        print(
-            f"\nSubTree takeover: {total} messages, kill -> active {active_at - killed_at:.2f} s "
-            f"(--takeover-after 1), replayed {took_over['replayed']}, "
-            f"first new sequence {took_over['first_sequence']}"
-        )
-        assert took_over["first_sequence"] >= 1
+        for seconds, event in takeovers:
+            print(
+                f"\nSubTree takeover: kill -> active {seconds:.2f} s, replayed "
+                f"{event['replayed']}, first new sequence {event['first_sequence']}"
+            )
+        print(f"{total} messages, each delivered once to each of {MEMBERS} SubTree members")
     finally:
         for p in procs:
             p.leave()

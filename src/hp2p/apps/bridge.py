@@ -53,6 +53,7 @@ from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
 from hp2p.peer.node import Delivery, NodeError, PeerNode
 from hp2p.peer.settings import NodeSettings
+from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
 
 log = logging.getLogger("hp2p.apps.bridge")
@@ -116,6 +117,8 @@ class _Running:
     active: bool = True
     buffer: deque[Delivery] = field(default_factory=deque)
     watcher: PeerNode | None = None  # a SubTree standby's ordinary membership
+    watching: Subscription[Delivery] | None = None  # its deliveries, until the takeover
+    source_seen: bool = False  # the source answered a probe once
     ledger: ForwardLedger | None = None
 
 
@@ -411,6 +414,7 @@ class Bridge:
             )
         )
         subscription = running.watcher.subscribe()  # before start: not one message missed
+        running.watching = subscription
         await running.watcher.start()
         self._spawn(self._watch_tree(running, subscription), "hp2p-bridge-watch")
         self._spawn(self._tree_takeover(running), "hp2p-bridge-tree-takeover")
@@ -439,37 +443,46 @@ class Bridge:
             log.warning("cannot read the SubTree source's address (will retry): %s", exc)
             return None
 
-    async def _until_source_gone(self, running: _Running) -> None:
-        """Return once the source has not answered for ``rank × takeover_after`` seconds.
+    async def _until_source_gone(self, running: _Running) -> str | None:
+        """Wait until the source has not answered for ``rank × takeover_after`` seconds.
 
-        The clock starts only after the source has answered once: a standby started before
-        its active bridge must not take a source over that has not come up yet.
+        Returns the address that stopped answering (None if the HOMS no longer lists any).
+        The clock starts only after the source has answered once (in this bridge's life, not
+        this round's: a source that took over and died before this standby probed it still
+        counts): a standby started before its active bridge must not take over a source that
+        has not come up yet.
         """
         loop = asyncio.get_running_loop()
         clock = AbsenceClock(self.takeover_after, self.rank)
-        seen = False
         address: str | None = None
         while True:  # ends when the source is gone, or with the bridge (task cancelled)
             answered = False
             if address is not None:
                 answered = await self._probe(running, address)
             if not answered:
-                address = await self._source_address(running) or address
-                if address is not None:
+                listed = await self._source_address(running)
+                if listed is not None and listed != address:
+                    address = listed  # a new source (another standby took over): ask it
                     answered = await self._probe(running, address)
-            seen = seen or answered
-            if seen and clock.observe(answered, loop.time()):
-                return
+            running.source_seen = running.source_seen or answered
+            if running.source_seen and clock.observe(answered, loop.time()):
+                return address
             await asyncio.sleep(self.probe_interval)  # the probe period
 
-    async def _join_as_source(self, running: _Running) -> PeerNode | None:
-        """Become the SubTree's source peer; None when another peer answers as the source."""
+    async def _join_as_source(self, running: _Running, dead: str | None) -> PeerNode | None:
+        """Become the SubTree's source peer; None when another peer became it first.
+
+        Only the membership at the ``dead`` address is removed: a different address means
+        another standby has just taken over (its listener may not answer for the overlay yet),
+        and this one goes back to watching. When two standbys still race, the HOMS admits one
+        of them under the source peer-id and refuses the other (409).
+        """
         target = running.target
         loop = asyncio.get_running_loop()
-        address = await self._source_address(running)
-        if address is not None and await self._probe(running, address):
-            return None  # another standby (or the bridge, back) is the source now
-        if self.source_key is not None and address is not None:
+        current = await self._source_address(running)
+        if current is not None and (current != dead or await self._probe(running, current)):
+            return None
+        if self.source_key is not None and current is not None:
             try:
                 await self._homs.remove_member(
                     running.overlay_id, target.source_id, self.source_key
@@ -485,10 +498,10 @@ class Bridge:
                     },
                 )
         deadline = loop.time() + self.source_wait
-        while address is not None:  # bounded by source_wait
+        while current is not None:  # bounded by source_wait
             if loop.time() >= deadline:
                 self._emit(
-                    "error",
+                    "warning",
                     {
                         "target": target.title,
                         "reason": f"the HOMS still lists source {target.source_id!r} after "
@@ -498,14 +511,17 @@ class Bridge:
                 )
                 return None
             await asyncio.sleep(self.probe_interval)  # the HOMS expiry is not announced
-            address = await self._source_address(running)
-            if address is not None and await self._probe(running, address):
+            current = await self._source_address(running)
+            if current is not None and current != dead:
                 return None
         node = self._source_node(running)
         try:
             await node.start()
         except NodeError as exc:
-            self._emit("error", {"target": target.title, "reason": f"takeover failed: {exc}"})
+            self._emit(
+                "warning",
+                {"target": target.title, "reason": f"could not join as the source: {exc}"},
+            )
             return None
         return node
 
@@ -513,18 +529,27 @@ class Bridge:
         ledger = running.ledger
         assert ledger is not None
         for _ in range(_TAKEOVER_ROUNDS):
-            await self._until_source_gone(running)
+            dead = await self._until_source_gone(running)
             self._emit("source_lost", {"target": running.target.title, "rank": self.rank})
             await asyncio.sleep(self.settle)  # in-flight data reaches the watcher (bounded)
-            node = await self._join_as_source(running)
+            node = await self._join_as_source(running, dead)
             if node is not None:
                 break
         else:
+            self._emit(
+                "error",
+                {
+                    "target": running.target.title,
+                    "reason": f"gave up taking over after {_TAKEOVER_ROUNDS} rounds",
+                },
+            )
             return
         assert node.core is not None
         node.core.continue_as_source(ledger.last_sequence)
         running.tree = node
         running.active = True
+        if running.watching is not None:
+            running.watching.close()  # from now on this bridge is the source it watched
         pending = ledger.unforwarded()
         replayed = self.stats.replayed
         for delivery in pending:
