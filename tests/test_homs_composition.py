@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from hp2p.homs.app import create_app
 from hp2p.homs.settings import HomsSettings
+from hp2p.wire import homp
+from hp2p.wire.errors import WireError
 from test_homs_api import join, overlay
 
 
@@ -159,3 +165,26 @@ async def test_the_source_records_its_key_on_its_own_join_and_nobody_else_can(
         "/peer", json=_declare(join("blocks", "src", type="sub", sub_type="mesh"), KEY_B)
     )
     assert r.status_code == 200
+
+
+@settings(max_examples=200, deadline=None)
+@example(KEY_A)
+@example(KEY_A + "\n")  # `$` would let a trailing newline through
+@given(
+    st.one_of(
+        st.text(max_size=80),
+        st.builds(lambda h: "ed25519:" + h, st.text("0123456789abcdefABCDEF", max_size=70)),
+    )
+)
+def test_fuzz_source_key_is_accepted_exactly_when_it_is_a_well_formed_key(key: str) -> None:
+    body = msgspec.json.encode(_submesh("blocks", "src", **{"source-key": key}))
+    well_formed = re.fullmatch(r"ed25519:[0-9a-f]{64}", key) is not None
+    for decode in (homp.decode_create_request, homp.decode_join_request):
+        if decode is homp.decode_join_request:
+            body = msgspec.json.encode(_declare(join("blocks", "src", type="sub"), key))
+        if well_formed:
+            assert decode(body).overlay.source_key == key
+        else:
+            with pytest.raises(WireError) as info:
+                decode(body)
+            assert info.value.field == "$.overlay.source-key"

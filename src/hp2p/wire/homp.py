@@ -141,7 +141,11 @@ CacheMinutes = Annotated[int, msgspec.Meta(ge=0, le=MAX_CACHE_MINUTES)]
 PeerList = Annotated[list[Id], msgspec.Meta(max_length=MAX_PEERLIST)]
 #: A SubMesh source's Ed25519 public key (hp2p extension ``source-key``): strict in requests,
 #: so the HOMS stores only keys a peer can use; responses only bound its length.
-SourceKey = Annotated[str, msgspec.Meta(pattern=r"^ed25519:[0-9a-f]{64}$")]
+SourceKey = Annotated[
+    # the exact length keeps out the trailing newline `$` would let through
+    str,
+    msgspec.Meta(pattern=r"^ed25519:[0-9a-f]{64}$", min_length=72, max_length=72),
+]
 SourceKeyText = Annotated[str, msgspec.Meta(max_length=MAX_KEY_LEN)]
 CostmapIds = Annotated[list[Id], msgspec.Meta(max_length=MAX_COSTMAP_ENTRIES)]
 
