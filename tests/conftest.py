@@ -1,9 +1,11 @@
-"""Shared test set-up: hypothesis profiles and the PostgreSQL switch."""
+"""Shared test set-up: hypothesis profiles, the PostgreSQL switch, a scratch key directory."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("dev", deadline=None)
@@ -11,3 +13,21 @@ settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _submesh_keys_stay_in_a_temporary_directory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """A SubMesh source writes its signing key to ``$HP2P_KEY_DIR`` (default: the user's state
+    directory); the tests and the processes they start keep theirs in a temporary one. The
+    source processes a test starts inherit it, so a standby on the same machine finds the key
+    of the source it replaces, as it would on the user's host."""
+    keys = tmp_path_factory.mktemp("submesh-keys")
+    before = os.environ.get("HP2P_KEY_DIR")
+    os.environ["HP2P_KEY_DIR"] = str(keys)
+    yield
+    if before is None:
+        os.environ.pop("HP2P_KEY_DIR", None)
+    else:
+        os.environ["HP2P_KEY_DIR"] = before

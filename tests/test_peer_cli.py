@@ -199,3 +199,49 @@ def test_sigterm_while_still_joining_leaves_the_homs_at_once(homs: HomsProc) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_submesh_signature_options_are_refused_on_a_coretree() -> None:
+    refused = _run("--create", "a", "--require-signatures", "--homs", "http://127.0.0.1:1")
+    assert refused.returncode == 2
+    assert "apply to a SubMesh only" in refused.stderr
+
+
+def test_hp2p_peer_hands_the_pinned_source_key_to_the_submesh_runtime(
+    homs: HomsProc, tmp_path: Path
+) -> None:
+    core = httpx.post(
+        f"{homs.url}/homs",
+        json={"overlay": {"title": "core", "type": "core", "sub-type": "tree", "owner-id": "o",
+                          "description": "", "heartbeat-interval": 1, "heartbeat-timeout": 3,
+                          "auth": {"type": "open", "admin_key": "admin-key-1234"}}},
+        timeout=10,
+    )  # fmt: skip
+    assert core.status_code == 200, core.text
+    sub = httpx.post(
+        f"{homs.url}/homs",
+        json={"overlay": {"overlay-id": "blocks", "title": "blocks", "type": "sub",
+                          "sub-type": "mesh", "owner-id": "o", "description": "",
+                          "heartbeat-interval": 1, "heartbeat-timeout": 3,
+                          "auth": {"type": "open", "admin_key": "admin-key-1234"},
+                          "parent-overlay-id": core.json()["overlay"]["overlay-id"],
+                          "source-peer-id": "src"}},
+        timeout=10,
+    )  # fmt: skip
+    assert sub.status_code == 200, sub.text
+    pinned = "ed25519:" + "ab" * 32
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--join", "blocks",
+         "--id", "m1", "--json-events", "--stdin", "--require-signatures",
+         "--source-key", pinned],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        joined = json.loads(_readline(proc, 60))
+        assert joined["event"] == "joined"
+        assert joined["mesh"] is True
+        assert joined["source_key"] == pinned
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()  # end of input: the peer leaves
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""

@@ -13,7 +13,13 @@ from typing import Annotated, Any
 
 import typer
 
-from hp2p.peer.settings import SettingsError, merge, parse_assignments, settings_table
+from hp2p.peer.settings import (
+    SettingsError,
+    SubMeshSigning,
+    merge,
+    parse_assignments,
+    settings_table,
+)
 
 EXAMPLES = """
 Examples:
@@ -29,6 +35,8 @@ Examples:
   hp2p peer --join chat --faults delay=0.02,loss=0.01 --fault-seed 7 --stdin
 
   hp2p peer --join blocks       # a SubTree or SubMesh works too (docs/sub-overlays.md)
+
+  hp2p peer --join blocks --require-signatures --source-key ed25519:3b6a…   # pinned source
 
 With --api: curl -X POST --data-binary hi http://127.0.0.1:8700/publish ; GET /status,
 GET /tree, WebSocket /subscribe (docs/peer.md).
@@ -117,6 +125,29 @@ def peer(
     log_level: Annotated[
         str, typer.Option("--log-level", help="Log level on stderr: error, warning, info, debug.")
     ] = "warning",
+    source_key: Annotated[
+        str | None,
+        typer.Option(
+            "--source-key",
+            metavar="ed25519:HEX",
+            help="SubMesh only: pin the source's public key (else the key the HOMS records).",
+        ),
+    ] = None,
+    require_signatures: Annotated[
+        bool,
+        typer.Option(
+            "--require-signatures",
+            help="SubMesh only: accept only manifests signed by the source's key.",
+        ),
+    ] = False,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--signing-key",
+            metavar="PATH",
+            help="SubMesh source only: the Ed25519 key file that signs its manifests.",
+        ),
+    ] = None,
 ) -> None:
     """Run a hybrid peer: join (or create) an overlay, attach to its tree, relay and deliver.
 
@@ -149,10 +180,24 @@ def peer(
             FaultPlan.parse(node_settings.faults)
     except (SettingsError, ValueError) as exc:
         _fail(str(exc), 2)
+    signing = SubMeshSigning(
+        source_key=source_key,
+        require_signatures=require_signatures,
+        signing_key=str(signing_key) if signing_key else None,
+    )
     if node_settings.join is not None:  # a SubMesh peer runs its own runtime (issue #7)
         from hp2p.peer.mesh_daemon import exec_if_submesh
 
-        exec_if_submesh(node_settings, json_events=json_events, stdin=stdin, log_level=level)
+        exec_if_submesh(
+            node_settings, json_events=json_events, stdin=stdin, log_level=level, signing=signing
+        )
+    if signing.given:
+        _fail(
+            "--source-key, --require-signatures and --signing-key apply to a SubMesh only; "
+            f"{node_settings.join or node_settings.create!r} is not one (drop them, or "
+            "check --join)",
+            2,
+        )
     from hp2p.peer.daemon import exec_daemon
 
     exec_daemon(node_settings, core_config, json_events=json_events, stdin=stdin, log_level=level)

@@ -31,6 +31,7 @@ import msgspec
 from hp2p.peer.mesh import NotSourceError
 from hp2p.peer.mesh_config import MeshConfig, MeshConfigError
 from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
+from hp2p.peer.settings import SubMeshSigning
 from hp2p.peer.stdio import print_event, stdin_commands
 
 EPILOG = """
@@ -291,7 +292,14 @@ def submesh_of(homs_url: str, key: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def exec_if_submesh(settings: Any, *, json_events: bool, stdin: bool, log_level: str) -> None:
+def exec_if_submesh(
+    settings: Any,
+    *,
+    json_events: bool,
+    stdin: bool,
+    log_level: str,
+    signing: SubMeshSigning | None = None,
+) -> None:
     """``hp2p peer --join X``: when X is a SubMesh, become a SubMesh peer (does not return).
 
     ``settings`` is the tree peer's ``NodeSettings``; the fields a SubMesh peer shares with it
@@ -315,6 +323,8 @@ def exec_if_submesh(settings: Any, *, json_events: bool, stdin: bool, log_level:
         argv.append("--json-events")
     if stdin:
         argv.append("--stdin")
+    if signing is not None:
+        argv += signing.argv()
     if settings.access_key:
         os.environ[ACCESS_KEY_ENV] = settings.access_key
     sys.stdout.flush()

@@ -238,3 +238,27 @@ def settings_table() -> list[tuple[str, str, str]]:
     rows = [(k, repr(d), doc) for k, (d, doc) in NodeSettings.describe().items()]
     rows += [(k, repr(d), doc) for k, (d, doc) in PeerConfig.describe().items()]
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class SubMeshSigning:
+    """``hp2p peer`` options that only a SubMesh peer takes (manifest signatures)."""
+
+    source_key: str | None = None
+    require_signatures: bool = False
+    signing_key: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return bool(self.source_key or self.require_signatures or self.signing_key)
+
+    def argv(self) -> list[str]:
+        """The same options for ``python -m hp2p.peer.mesh_daemon``."""
+        out: list[str] = []
+        if self.source_key:
+            out += ["--source-key", self.source_key]
+        if self.require_signatures:
+            out.append("--require-signatures")
+        if self.signing_key:
+            out += ["--signing-key", self.signing_key]
+        return out
