@@ -118,3 +118,17 @@ def test_the_local_api_tells_a_gap_from_a_delivery() -> None:
 
     assert gap_json(Gap("s", 4, 6)) == {"gap": {"source": "s", "first": 4, "last": 6}}
     assert "gap" not in delivery_json(_d(1))
+
+
+def test_a_submesh_subscription_counts_lost_objects_the_same_way() -> None:
+    from hp2p.peer.mesh_node import MeshDelivery, MeshSubscription
+
+    sub = MeshSubscription(2, lambda s: None)
+    for n in range(1, 6):  # objects 1..5 into a queue of 2: 1, 2, 3 are dropped
+        sub.put(MeshDelivery(n, b"o", None, None))
+    got = [sub.get_nowait(), sub.get_nowait(), sub.get_nowait()]
+    assert got == [
+        MeshDelivery(4, b"o", None, None, lost=3),
+        MeshDelivery(5, b"o", None, None),
+        None,
+    ]

@@ -31,8 +31,7 @@ import random
 import re
 import secrets
 import string
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +56,7 @@ from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_objects import ManifestSigner, parse_public_key
 from hp2p.peer.mesh_store import DiskPieceStore, MemoryPieceStore, PieceStore
 from hp2p.peer.settings import split_host_port
+from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
@@ -282,56 +282,8 @@ class MeshDelivery:
     lost: int = 0
 
 
-class MeshSubscription:
-    """A bounded queue of objects; a slow reader loses the oldest, never stalls the mesh."""
-
-    def __init__(self, maxsize: int, on_close: Callable[[MeshSubscription], None]) -> None:
-        self.maxsize = maxsize
-        self.dropped = 0
-        self._queue: deque[MeshDelivery] = deque()
-        self._ready = asyncio.Event()
-        self._closed = False
-        self._lost = 0
-        self._on_close = on_close
-
-    def put(self, delivery: MeshDelivery) -> None:
-        if self._closed:
-            return
-        if len(self._queue) >= self.maxsize:
-            self._queue.popleft()
-            self.dropped += 1
-            self._lost += 1
-        if self._lost:
-            delivery = MeshDelivery(
-                delivery.object_number, delivery.data, delivery.app_id, delivery.meta, self._lost
-            )
-            self._lost = 0
-        self._queue.append(delivery)
-        self._ready.set()
-
-    async def get(self) -> MeshDelivery:
-        """The next object; ``StopAsyncIteration`` once closed and drained."""
-        while True:
-            if self._queue:
-                item = self._queue.popleft()
-                if not self._queue:
-                    self._ready.clear()
-                return item
-            if self._closed:
-                raise StopAsyncIteration
-            await self._ready.wait()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._ready.set()
-            self._on_close(self)
-
-    def __aiter__(self) -> AsyncIterator[MeshDelivery]:
-        return self
-
-    async def __anext__(self) -> MeshDelivery:
-        return await self.get()
+#: A SubMesh peer's bounded queue of whole objects (:class:`hp2p.peer.subscription.Subscription`).
+MeshSubscription = Subscription[MeshDelivery]
 
 
 @dataclass

@@ -41,14 +41,16 @@ class Delivery:
     lost: int = 0
 
 
-ItemT = TypeVar("ItemT", Delivery, Delivery | Gap)
+ItemT = TypeVar("ItemT")
 
 
 class Subscription(Generic[ItemT]):
     """A bounded queue of deliveries (and gaps, when asked for); iterate it with ``async for``.
 
     ``Subscription[Delivery]`` is what the peer's own applications (bridge, local tools) use;
-    ``Subscription[Delivery | Gap]`` is what :meth:`hp2p.peer.api.Peer.messages` gives.
+    ``Subscription[Delivery | Gap]`` is what :meth:`hp2p.peer.api.Peer.messages` gives; a
+    SubMesh peer's is ``Subscription[MeshDelivery]``. A delivery type is a dataclass with a
+    ``lost`` field, which the queue sets on the first delivery after a drop.
     """
 
     def __init__(
@@ -65,7 +67,7 @@ class Subscription(Generic[ItemT]):
         self.dropped = 0
         self.gaps_merged = 0
         self.gaps_dropped = 0
-        self._queue: deque[Delivery] = deque()
+        self._queue: deque[Any] = deque()
         self._lost_before: deque[int] = deque()
         self._lost_pending = 0
         # Each queued gap with the count of deliveries put before it: it is due once that
@@ -77,7 +79,7 @@ class Subscription(Generic[ItemT]):
         self._closed = False
         self._on_close: Callable[[Subscription[ItemT]], None] = on_close
 
-    def put(self, delivery: Delivery) -> None:
+    def put(self, delivery: ItemT) -> None:
         if self._closed:
             return
         if len(self._queue) >= self.maxsize:
