@@ -50,6 +50,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hp2p.peer.effects import Close, Connect, Costmap, HomsReport, ProtocolError, Send
+from hp2p.peer.errors import NotSourceError as NotSourceError
 from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_objects import (
     MANIFEST_APP_ID,
@@ -91,10 +92,6 @@ from hp2p.wire.r2.messages import (
 
 #: Extra neighbour slots for the source and for standbys watching it.
 _SPARE_SLOTS = 4
-
-
-class NotSourceError(PermissionError):
-    """Only the overlay's source peer may publish on a SubMesh/SubTree (Q.4100 §6)."""
 
 
 # --- effects only the mesh core emits (the shared ones come from hp2p.peer.effects) ----------

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from hp2p.peer.mesh import NotSourceError
+from hp2p.peer.errors import NotSourceError
 from hp2p.peer.mesh_config import MeshConfig, MeshConfigError
 from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
 from hp2p.peer.settings import SubMeshSigning
