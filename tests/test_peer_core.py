@@ -442,3 +442,96 @@ def test_restart_releases_every_path_and_starts_over_under_the_new_ticket() -> N
     c.restart(JoinInfo(OV, 13, root=True), 4.0)  # after leave: refused, nothing sent
     assert of(c.take_effects(), Connect) == []
     assert c.phase is Phase.LEFT
+
+
+# --- an old orphan and a full top (issue #5: survivors outside the tree) -----------------------
+def full_root() -> PeerCore:
+    c = root(max_children=2, recovery_children=0)
+    c.paths.add(Link(100, Role.CHILD, peer_id="c30", ticket=30))
+    c.paths.add(Link(101, Role.CHILD, peer_id="c40", ticket=40))
+    return c
+
+
+def orphan_hello(peer: str, ticket: int, displace: bool) -> Hello:
+    extra = {"displace": True} if displace else None
+    return hello(peer, ticket=ticket, recovery=True, hp2p=extra)
+
+
+def test_a_full_peer_volunteers_to_an_older_orphan_only_when_it_asks_to_displace() -> None:
+    c = full_root()
+    c.receive(c.accept(1.0), orphan_hello("o1", 10, displace=False), 1.0)
+    assert not of(c.take_effects(), Connect)  # full: the plain rule
+    c.receive(c.accept(1.0), orphan_hello("young", 50, displace=True), 1.0)
+    assert not of(c.take_effects(), Connect)  # no child is younger than the joiner
+    c.receive(c.accept(1.0), orphan_hello("o2", 10, displace=True), 1.0)
+    connect = of(c.take_effects(), Connect)
+    assert [x.address for x in connect] == ["mem://o2"]
+    c.connection_made(connect[0].conn, 1.1)
+    estab = sends(c.take_effects(), Estab)[0].message
+    assert estab.hp2p == {"depth": 0, "displace": True}
+
+
+def test_set_primary_from_an_older_orphan_releases_the_youngest_child_of_a_full_peer() -> None:
+    c = full_root()
+    c.receive(c.accept(1.0), orphan_hello("o", 10, displace=True), 1.0)
+    conn = of(c.take_effects(), Connect)[0].conn
+    c.connection_made(conn, 1.1)
+    c.receive(conn, EstabResponse(ESTAB_YES), 1.2)
+    c.take_effects()
+    c.receive(conn, SetPrimary(hp2p={"recovery": True, "displace": True}), 1.3)
+    out = c.take_effects()
+    assert [s.conns for s in sends(out, Release)] == [(101,)]  # c40: the youngest child
+    assert Close(101) in out
+    assert sends(out, SetPrimaryResponse)[0].message.code == PRIMARY_YES
+    assert sends(out, Release)[0].position < sends(out, SetPrimaryResponse)[0].position
+    assert sorted(link.peer_id for link in c.paths.with_role(Role.CHILD)) == ["c30", "o"]
+
+
+def test_set_primary_without_displace_from_an_orphan_is_refused_by_a_full_peer() -> None:
+    c = full_root()
+    c.paths.add(Link(102, Role.IN_CANDIDATE, peer_id="o", ticket=10))
+    c.receive(102, SetPrimary(hp2p={"recovery": True}), 1.0)
+    out = c.take_effects()
+    assert sends(out, SetPrimaryResponse)[0].message.code == PRIMARY_NO
+    assert not sends(out, Release)
+    assert c.paths.children == 2
+
+
+def test_an_orphan_asks_its_candidates_again_when_the_homs_lists_only_them() -> None:
+    c, conns = attached()
+    c.receive(conns["parent"], Release(), 3.0)
+    assert sends(c.take_effects(), SetPrimary)[0].conns == (conns["gp"],)
+    c.receive(conns["gp"], SetPrimaryResponse(code=PRIMARY_NO), 3.1)
+    assert sends(c.take_effects(), SetPrimary)[0].conns == (conns["cand"],)
+    c.receive(conns["cand"], SetPrimaryResponse(code=PRIMARY_NO), 3.2)
+    assert of(c.take_effects(), HomsRecoveryJoin)
+    # The HOMS lists the orphan's nearest older peers: its candidates, which may have room now.
+    c.homs_result([("gp", "mem://gp"), ("cand", "mem://cand")], 3.3)
+    out = c.take_effects()
+    assert not of(out, Connect)  # no HELLO: a second path to a candidate would be refused
+    asks = sends(out, SetPrimary)
+    assert [s.conns for s in asks] == [(conns["gp"],)]
+    assert asks[0].message.hp2p is not None
+    assert asks[0].message.hp2p["displace"] is True  # the second attempt may displace
+    c.receive(conns["gp"], SetPrimaryResponse(hp2p={"depth": 0}), 3.4)
+    assert of(c.take_effects(), Joined) == [Joined("gp", 1, True)]
+
+
+def test_an_orphan_ranks_a_volunteer_that_must_displace_after_a_free_slot() -> None:
+    c = core("j")
+    c.start(JoinInfo(OV, 50, peers=(("entry", "mem://entry"),)), 0.0)
+    connect = of(c.take_effects(), Connect)[0]
+    c.connection_made(connect.conn, 0.01)
+    c.receive(connect.conn, HelloResponse(), 0.02)
+    c.take_effects()
+    shallow = c.accept(0.03)
+    c.receive(
+        shallow,
+        Estab(overlay_id=OV, peer_id="top", ticket_id=1, hp2p={"depth": 0, "displace": True}),
+        0.03,
+    )
+    deep = c.accept(0.03)
+    c.receive(deep, Estab(overlay_id=OV, peer_id="deep", ticket_id=7, hp2p={"depth": 3}), 0.03)
+    c.take_effects()
+    out = probe_all(c, 1.0, {shallow: 0.001, deep: 0.001})
+    assert [s.conns for s in sends(out, SetPrimary)] == [(deep,)]

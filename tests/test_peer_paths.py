@@ -103,3 +103,16 @@ def test_costmap_lists_peers_by_role() -> None:
     assert cm.primary == ("p", "c")
     assert cm.outgoing_candidate == ("o",)
     assert cm.incoming_candidate == ("i",)
+
+
+def test_displaceable_is_the_youngest_child_younger_than_the_orphan() -> None:
+    table = PathTable(max_children=3, max_out=2, max_in=2)
+    table.add(Link(1, Role.CHILD, peer_id="a", ticket=30))
+    table.add(Link(2, Role.CHILD, peer_id="b", ticket=50))
+    table.add(Link(3, Role.IN_CANDIDATE, peer_id="c", ticket=90))  # not a child
+    table.add(Link(4, Role.CHILD, peer_id="d", ticket=40))
+    found = table.displaceable(10)
+    assert found is not None
+    assert found.peer_id == "b"
+    assert table.displaceable(50) is None  # no child is younger than ticket 50
+    assert table.displaceable(35) is found

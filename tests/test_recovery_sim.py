@@ -86,6 +86,33 @@ def assert_tree(net: Network) -> None:
     assert None not in net.depths().values()
 
 
+@pytest.mark.parametrize("seed", [0, 6, 7, 11, 13, 20, 24, 29])
+def test_old_orphans_find_a_place_when_the_oldest_peers_are_full(seed: int) -> None:
+    """Issue #5: survivors outside the root's tree after a mass failure, still fed by pulls.
+
+    With the two oldest peers after the root gone, their orphans may attach only below the
+    few older peers left (ticket rule), whose slots young orphans fill first; and the HOMS
+    lists an orphan's nearest older peers, which are its candidate paths already. Before the
+    fix such an orphan loitered through every attempt with its subtree outside the tree (its
+    children pulled every message over their candidate paths and passed it up, so nothing
+    looked lost). Each seed here left one or more peers outside for over 8 s.
+    """
+    config = PeerConfig(
+        heartbeat_interval=0.5, heartbeat_timeout=1.5, max_children=2, recovery_children=1
+    )
+    net = build(20, seed=seed, config=config)
+    assert net.tree_problems() == []
+    before = {p.peer_id: (p.core.ticket, p.join_failures) for p in net.alive()}
+    net.crash("p00002")
+    net.crash("p00003")
+    net.run(net.now + 8.0)
+    assert net.tree_problems() == []
+    assert net.loop_free()
+    # Repaired in place: no orphan had to give up and join again under a new ticket.
+    after = {p.peer_id: (p.core.ticket, p.join_failures) for p in net.alive()}
+    assert after == {k: v for k, v in before.items() if k not in ("p00002", "p00003")}
+
+
 def pick_victims(net: Network, share: float, seed: int, keep: list[str]) -> list[str]:
     candidates = sorted(p for p in net.peers if p not in keep)
     rng = random.Random(seed)

@@ -90,6 +90,23 @@ def may_volunteer(
     return conn_num >= 1 and paths.can_volunteer(recovery, now, hold)
 
 
+def may_displace(
+    own_ticket: int, joiner_ticket: int, paths: PathTable, conn_num: int, vertical: bool
+) -> Link | None:
+    """The child to displace for a full peer to volunteer to an older orphan, if any.
+
+    Asked only when :func:`may_volunteer` said no and the orphan asked for it (hp2p
+    ``displace``: its earlier attempt found no free slot). The ticket rule still holds for
+    both: the orphan is younger than this peer, the displaced child younger than the orphan,
+    so every chain of displacements climbs in ticket order and ends.
+    """
+    if vertical or conn_num < 1 or joiner_ticket <= own_ticket:
+        return None
+    if not paths.in_candidate_slot_free():
+        return None
+    return paths.displaceable(joiner_ticket)
+
+
 def relay_conn_num(conn_num: int, children: int) -> int:
     """``conn_num`` each relayed HELLO carries: the remaining volunteers split among children."""
     if conn_num <= 0 or children <= 0:
@@ -115,6 +132,11 @@ def recovery_rank(link: Link) -> tuple[int, float, float, int]:
     """Sort key for recovery: the grandparent (vertical candidate) first, then as a parent."""
     depth, rtt, ticket = parent_rank(link)
     return (0 if link.vertical else 1, depth, rtt, ticket)
+
+
+def offer_rank(link: Link) -> tuple[bool, float, float, int]:
+    """Sort key for volunteers: a free slot before one that must displace a child first."""
+    return (link.displace, *parent_rank(link))
 
 
 def backoff_delay(attempt: int, config: PeerConfig, rng: random.Random) -> float:

@@ -34,7 +34,9 @@ from hp2p.peer.control import (
     JoinInfo,
     Phase,
     backoff_delay,
+    may_displace,
     may_volunteer,
+    offer_rank,
     parent_rank,
     recovery_rank,
     relay_conn_num,
@@ -301,6 +303,16 @@ class PeerCore:
         quickly; without the spare slots such a peer could retry until it gives up.
         """
         return self._recovering or self._attempt > 1
+
+    @property
+    def _displacing(self) -> bool:
+        """An orphan whose first attempt found no free slot asks full older peers to make one.
+
+        Only older peers are legal parents (ticket rule); with the oldest levels full, an old
+        orphan would otherwise wait out every attempt and take a new ticket, releasing its
+        whole subtree (docs/recovery.md, "an old orphan and a full top").
+        """
+        return self._recovering and self._attempt >= 2
 
     @property
     def parent(self) -> str | None:
@@ -615,10 +627,8 @@ class PeerCore:
             return  # the same HELLO again by another route: one answer per peer
         vertical = bool(msg.vertical_candidate)
         conn_num = msg.conn_num
-        if (
-            self.phase is Phase.ATTACHED
-            and self.paths.by_peer(msg.peer_id, pending=True) is None
-            and may_volunteer(
+        if self.phase is Phase.ATTACHED and self.paths.by_peer(msg.peer_id, pending=True) is None:
+            if may_volunteer(
                 self.ticket,
                 msg.ticket_id,
                 self.paths,
@@ -627,10 +637,16 @@ class PeerCore:
                 bool(msg.recovery),
                 now,
                 self.config.offer_hold,
-            )
-        ):
-            conn_num -= 1
-            self._volunteer(msg, vertical, now)
+            ):
+                conn_num -= 1
+                self._volunteer(msg, vertical, now)
+            elif (
+                extra.get("displace") is True
+                and msg.recovery
+                and may_displace(self.ticket, msg.ticket_id, self.paths, conn_num, vertical)
+            ):
+                conn_num -= 1
+                self._volunteer(msg, vertical, now, displace=True)
         if vertical:
             return
         parent = self.paths.parent
@@ -792,14 +808,19 @@ class PeerCore:
             self._hello_seen.popitem(last=False)
         return True
 
-    def _volunteer(self, hello: Hello, vertical: bool, now: float) -> None:
+    def _volunteer(self, hello: Hello, vertical: bool, now: float, displace: bool = False) -> None:
         conn = self._new_conn()
+        extra: dict[str, Any] = {}
+        if self.depth is not None:
+            extra["depth"] = self.depth
+        if displace:
+            extra["displace"] = True  # the joiner ranks me after every free slot
         estab = Estab(
             overlay_id=self.overlay_id,
             peer_id=self.peer_id,
             ticket_id=self.ticket,
             allow_primary_req=not vertical,
-            hp2p=None if self.depth is None else {"depth": self.depth},
+            hp2p=extra or None,
         )
         link = Link(
             conn,
@@ -836,6 +857,7 @@ class PeerCore:
         link.ticket = msg.ticket_id
         link.depth = _hp2p_depth(msg.hp2p)
         link.allow_primary = msg.allow_primary_req
+        link.displace = bool(msg.hp2p and msg.hp2p.get("displace") is True)
         gp = self.grandparent
         link.vertical = gp is not None and gp.peer_id == msg.peer_id
         if self.phase is Phase.ATTACHED or not msg.allow_primary_req:
@@ -891,6 +913,11 @@ class PeerCore:
         self.phase = Phase.HELLO
         self._hello_accepted = False
         self._hellos_out.clear()
+        extra: dict[str, Any] = {}
+        if self.config.hello_up > 0:
+            extra = {"up": self.config.hello_up, "attempt": self._attempt}
+        if self._displacing:
+            extra["displace"] = True
         for peer_id, address in peers:
             if peer_id == self.peer_id or self.paths.by_peer(peer_id) is not None:
                 continue
@@ -903,9 +930,7 @@ class PeerCore:
                 conn_num=self.config.conn_num,
                 ttl=self.config.hello_ttl,
                 recovery=True if self._needs_spare_slot else None,
-                hp2p={"up": self.config.hello_up, "attempt": self._attempt}
-                if self.config.hello_up > 0
-                else None,
+                hp2p=dict(extra) if extra else None,
             )
             link = Link(
                 conn, Role.CONNECTING, peer_id=peer_id, address=address, opened=now, last_rx=now
@@ -915,6 +940,12 @@ class PeerCore:
             self._hellos_out.add(conn)
             self._effects.append(Connect(conn, address))
         if not self._hellos_out and not self._offers:
+            if self.paths.out_candidates:
+                # Every listed peer is a candidate path already (the HOMS lists an orphan's
+                # nearest older peers, which are its candidates): a HELLO would be refused as
+                # a second path, so ask them again; orphans among them may have re-attached.
+                self._select(now)
+                return
             self._attempt_failed("no entry peer to HELLO", now)
             return
         self._timers.arm(_T_HELLO, now + self.config.hello_timeout)
@@ -980,7 +1011,7 @@ class PeerCore:
         """Try SET_PRIMARY on the volunteers (join) or candidates (recovery), best first."""
         self.phase = Phase.SELECTING
         offers = [link for link in self._offers if link.allow_primary]
-        offers.sort(key=parent_rank)
+        offers.sort(key=offer_rank)
         candidates = self.paths.with_role(Role.OUT_CANDIDATE)  # disjoint from the offers
         if self._recovering:
             # A candidate silent for longer than a heartbeat period may have died with the
@@ -1002,6 +1033,8 @@ class PeerCore:
             extra: dict[str, Any] | None = None
             if self._needs_spare_slot:
                 extra = {"recovery": True}
+                if self._displacing:
+                    extra["displace"] = True
             buffermap = None
             if self._detached_at is not None and self.recovery_by == "push":
                 # Push recovery: my buffermap rides on SET_PRIMARY, the parent's on 4200.
@@ -1125,6 +1158,18 @@ class PeerCore:
             self._effects.append(Send((link.conn,), SetPrimaryResponse(code=PRIMARY_NO)))
             return
         recovery = bool(msg.hp2p and msg.hp2p.get("recovery") is True)
+        if (
+            recovery
+            and msg.hp2p is not None
+            and msg.hp2p.get("displace") is True
+            and self.phase is Phase.ATTACHED
+            and link.ticket > self.ticket
+            and not self.paths.child_slot_free(recovery)
+        ):
+            victim = self.paths.displaceable(link.ticket)
+            if victim is not None:
+                # An older orphan has no other legal place; my youngest child has many.
+                self._release(victim, "displaced by an older orphan", now)
         if (
             self.phase is Phase.ATTACHED
             and link.ticket > self.ticket

@@ -67,6 +67,7 @@ class Link:
     vertical: bool = False  # the grandparent, reached by a vertical-candidate HELLO
     allow_primary: bool = True
     offer_pending: bool = False  # I volunteered; the joiner has not settled the offer yet
+    displace: bool = False  # the volunteer is full and would displace a younger child for me
     purpose: object = None  # what to send once an outgoing connection is made
 
 
@@ -143,6 +144,24 @@ class PathTable:
                 if link.offer_pending and link.role in _IN_GROUP and now - link.opened < hold:
                     held += 1
         return self.children + held < limit
+
+    def displaceable(self, ticket: int) -> Link | None:
+        """The youngest child younger than ``ticket``: what an older orphan may take the slot of.
+
+        The ticket rule lets an orphan attach only below older peers. When every older peer
+        is full (spare slots included, often taken by young orphans that had plenty of other
+        choices), the old orphan has no legal place at all; the youngest child has the most
+        (every older peer) and repairs through its own candidates.
+        """
+        best: Link | None = None
+        for link in self.links.values():
+            if (
+                link.role is Role.CHILD
+                and link.ticket > ticket
+                and (best is None or link.ticket > best.ticket)
+            ):
+                best = link
+        return best
 
     # --- records ------------------------------------------------------------------------------
     def add(self, link: Link) -> Link:

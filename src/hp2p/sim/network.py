@@ -54,6 +54,7 @@ from hp2p.peer.effects import (
     ProtocolError,
     Send,
 )
+from hp2p.peer.paths import Role
 from hp2p.wire.r2.messages import BroadcastData, Message
 
 _RECV = 0
@@ -325,6 +326,49 @@ class Network:
                 seen.add(node)
                 node = parents[node]
         return True
+
+    def tree_problems(self) -> list[str]:
+        """What keeps the live peers from being one tree: each problem as a sentence.
+
+        A primary path is sound when both ends agree on it (my parent counts me as its child
+        and the other way round); the tree is whole when every live peer is reached from the
+        root over sound primary paths. ``depths`` trusts each peer's own idea of its parent;
+        this is what SCAN_TREE would see, so a half-open path or an island shows here.
+        """
+        problems: list[str] = []
+        sound: dict[str, list[str]] = {}
+        for peer in self.alive():
+            for conn, link in peer.core.paths.links.items():
+                if link.role is not Role.PARENT and link.role is not Role.CHILD:
+                    continue
+                end = self._ends.get((peer.peer_id, conn))
+                other = None
+                if end is not None and end[0].alive:
+                    other = end[0].core.paths.get(end[1])
+                want = Role.CHILD if link.role is Role.PARENT else Role.PARENT
+                if other is None or other.role is not want:
+                    seen = "nothing" if other is None else other.role.value
+                    problems.append(
+                        f"{peer.peer_id} has {link.peer_id} as {link.role.value}, which sees {seen}"
+                    )
+                elif link.role is Role.CHILD:
+                    sound.setdefault(peer.peer_id, []).append(link.peer_id)
+        roots = self.roots()
+        if len(roots) != 1:
+            problems.append(f"{len(roots)} roots: {roots}")
+        reached: set[str] = set()
+        todo = roots[:1]
+        for _ in range(len(self.peers) + 1):  # bounded: each peer is expanded once
+            if not todo:
+                break
+            here = todo.pop()
+            if here not in reached:
+                reached.add(here)
+                todo.extend(sound.get(here, ()))
+        outside = sorted(p.peer_id for p in self.alive() if p.peer_id not in reached)
+        if outside:
+            problems.append(f"outside the root's tree: {outside}")
+        return problems
 
     def roots(self) -> list[str]:
         return [p.peer_id for p in self.alive() if p.core.attached and p.core.parent is None]
