@@ -1,7 +1,7 @@
 """A standby bridge takes over a SubTree source, with real processes and TCP on 127.0.0.1.
 
 A HOMS, a CoreTree (two ``hp2p peer`` processes), an active bridge b1 whose SubTree source is
-``b1-live``, two standby bridges (``--standby-for b1``, the same ``--source-key``; b2 rank 1,
+``b1-live``, two standby bridges (``--standby-for b1``, the same ``--group-key``; b2 rank 1,
 b3 rank 2) and a SubTree of four member processes. c00 publishes without pause, paced only by
 the CoreTree delivery at c01. b1 is SIGKILLed mid-stream and b2 takes over (b3 stands by);
 then b2 is SIGKILLed and b3 takes over; publishing goes on through both takeovers. Every
@@ -46,7 +46,13 @@ def show(kind, **fields):
     print(json.dumps({"event": kind, **fields}), flush=True)
 
 async def main():
-    node = PeerNode(NodeSettings(homs=sys.argv[1], join=sys.argv[2], peer_id=sys.argv[3]))
+    def note(kind, fields):  # the tree's view, on stderr, for a failure's post-mortem
+        if kind != "deliver":
+            print(json.dumps({"event": kind, **fields}, default=str), file=sys.stderr, flush=True)
+
+    node = PeerNode(
+        NodeSettings(homs=sys.argv[1], join=sys.argv[2], peer_id=sys.argv[3]), on_event=note
+    )
     sub = node.subscribe(1_000_000)
     await node.start()
     show("joined", peer_id=node.peer_id)
@@ -127,7 +133,7 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
         other = PeerProc(tmp_path, homs.url, "c01", "--join", core_id)
         procs.append(other)
         other.wait_joined()
-        common = ["--core", core_id, "--subtree", "live", "--source-key", KEY]
+        common = ["--core", core_id, "--subtree", "live", "--group-key", KEY]
         active = BridgeProc(tmp_path, homs.url, "--id", "b1", *common)
         bridges.append(active)
         live = active.next_event("joined", 90)["targets"][0]["overlay_id"]
@@ -168,10 +174,25 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
             root.command(f"publish {text}")
             other.next_event({"deliver"}, 30)  # paced by the CoreTree itself
 
+        got: dict[str, list[dict[str, Any]]] = {m.name: [] for m in members}
+
+        def everyone_has_everything() -> None:
+            """Each member has every text so far (then the next source is killed)."""
+            for m in members:
+                have = {d["text"] for d in got[m.name]}
+                for _ in range(len(texts) - len(have) + 100):  # bounded; duplicates allowed
+                    if have >= set(texts):
+                        break
+                    d = m.next_event({"deliver"}, 60)
+                    got[m.name].append(d)
+                    have.add(d["text"])
+                assert have >= set(texts), (m.name, sorted(set(texts) - have)[:5])
+
         takeovers: list[tuple[float, dict[str, Any]]] = []
         for victim, heir in ((active, standbys[0]), (standbys[0], standbys[1])):
             for _ in range(STEADY):
                 publish()
+            everyone_has_everything()  # the current source reaches the whole SubTree
             victim.proc.kill()  # the SubTree source dies with its bridge
             killed_at = time.monotonic()
             for _ in range(MAX_MESSAGES):  # publishing goes on through the takeover
@@ -195,21 +216,15 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
         total = len(texts)
         assert total > 3 * STEADY + 2  # messages were published during both takeovers
 
-        wanted = set(texts)
+        everyone_has_everything()
         for m in members:
-            got: list[dict[str, Any]] = []
-            have: set[str] = set()
-            while have != wanted:  # bounded: next_event fails after its deadline
-                d = m.next_event({"deliver"}, 60)
-                got.append(d)
-                have.add(d["text"])
             m.command("status")
             m.next_event({"status"}, 30)
-            got += [e for e in m.seen if e["event"] == "deliver"]
-            counts = Counter(d["text"] for d in got)
+            mine = got[m.name] + [e for e in m.seen if e["event"] == "deliver"]
+            counts = Counter(d["text"] for d in mine)
             assert counts == Counter(texts), (m.name, counts.most_common(3))
-            assert {d["source"] for d in got} == {"b1-live"}, m.name
-            sequences = sorted(d["sequence"] for d in got)
+            assert {d["source"] for d in mine} == {"b1-live"}, m.name
+            sequences = sorted(d["sequence"] for d in mine)
             assert sequences == list(range(1, total + 1)), m.name  # no hole, none twice
         for seconds, event in takeovers:
             print(

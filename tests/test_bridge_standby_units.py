@@ -175,3 +175,61 @@ async def test_a_silent_or_dead_source_does_not_answer():
 def test_the_source_client_refuses_an_empty_password():
     with pytest.raises(ValueError, match="must not be empty"):
         SubOverlayHomsClient("http://127.0.0.1:1", source_password="")
+
+
+@pytest.fixture
+async def homs_app(tmp_path):
+    from hp2p.homs.app import create_app
+    from hp2p.homs.settings import HomsSettings
+
+    settings = HomsSettings(database=f"sqlite:///{tmp_path / 'h.db'}", admin_key_cost=2**4)
+    app = create_app(settings, run_expiry_sweep=False)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+def _client(app, password: str | None) -> SubOverlayHomsClient:
+    import httpx
+
+    return SubOverlayHomsClient(
+        "http://homs", source_password=password, transport=httpx.ASGITransport(app=app)
+    )
+
+
+async def test_the_group_key_lets_a_standby_replace_a_dead_source_at_the_homs(homs_app):
+    from hp2p.peer.homs_client import HomsError
+
+    active, standby, stranger = (_client(homs_app, p) for p in ("k", "k", "wrong"))
+    try:
+        core = await active.create_overlay(
+            "chain", "b1", "admin", heartbeat_interval=1, heartbeat_timeout=3
+        )
+        live = await active.create_sub_overlay(
+            "live",
+            sub_type="tree",
+            parent_overlay_id=core,
+            source_peer_id="b1-live",
+            owner_id="b1",
+            admin_key="admin",
+        )
+        overlay = await active.find_overlay(live)
+        # the peer shell passes its own random password: the group key replaces it
+        await active.join(
+            overlay, peer_id="b1-live", address="tcp://127.0.0.1:1", password="r1", expires=30
+        )
+        assert await standby.peer_address(live, "b1-live") == "tcp://127.0.0.1:1"
+        with pytest.raises(HomsError):  # the dead source still holds the peer-id
+            await standby.join(
+                overlay, peer_id="b1-live", address="tcp://127.0.0.1:2", password="r2", expires=30
+            )
+        with pytest.raises(HomsError):  # without the group key it cannot be removed
+            await stranger.remove_member(live, "b1-live", "wrong")
+        await standby.remove_member(live, "b1-live", "k")
+        assert await standby.peer_address(live, "b1-live") is None
+        await standby.join(
+            overlay, peer_id="b1-live", address="tcp://127.0.0.1:2", password="r2", expires=30
+        )
+        assert await stranger.peer_address(live, "b1-live") == "tcp://127.0.0.1:2"
+    finally:
+        for c in (active, standby, stranger):
+            await c.aclose()

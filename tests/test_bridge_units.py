@@ -35,8 +35,10 @@ def test_bad_configurations_say_what_is_wrong():
         Bridge("http://127.0.0.1:1", "core", [mesh], standby=True, rank=2)
     with pytest.raises(BridgeError, match="rank starts at 1"):
         Bridge("http://127.0.0.1:1", "core", [mesh], standby=True, rank=0)
-    with pytest.raises(BridgeError, match="source key is empty"):
-        Bridge("http://127.0.0.1:1", "core", [mesh], source_key="")
+    with pytest.raises(BridgeError, match="group key is empty"):
+        Bridge("http://127.0.0.1:1", "core", [mesh], group_key="")
+    with pytest.raises(BridgeError, match="--settle"):
+        Bridge("http://127.0.0.1:1", "core", [mesh], settle=-1)
     with pytest.raises(BridgeError, match="takeover-after must be > 0"):
         Bridge("http://127.0.0.1:1", "core", [mesh], takeover_after=0)
 
@@ -50,10 +52,10 @@ def test_a_standby_for_a_subtree_is_accepted_with_its_rank_and_key():
         bridge_id="b3",
         standby=True,
         rank=2,
-        source_key="k",
+        group_key="k",
         takeover_after=1.5,
     )
-    assert (bridge.rank, bridge.source_key, bridge.takeover_after) == (2, "k", 1.5)
+    assert (bridge.rank, bridge.group_key, bridge.takeover_after) == (2, "k", 1.5)
     assert tree.source_id == "b1-live"  # the standby publishes under the active bridge's id
 
 
@@ -64,12 +66,12 @@ def test_the_command_refuses_several_standbys_for_a_submesh(capsys):
     assert "SubTree targets only" in capsys.readouterr().err
 
 
-def test_the_source_key_comes_from_the_environment(monkeypatch):
+def test_the_group_key_comes_from_the_environment(monkeypatch):
     from hp2p.apps.bridge import build_parser
 
-    monkeypatch.setenv("HP2P_BRIDGE_SOURCE_KEY", "shared")
+    monkeypatch.setenv("HP2P_BRIDGE_GROUP_KEY", "shared")
     args = build_parser().parse_args(["--core", "c", "--id", "b2", "--subtree", "live"])
-    assert args.source_key == "shared"
+    assert args.group_key == "shared"
 
 
 def test_the_command_has_help_with_examples(capsys):
@@ -80,4 +82,4 @@ def test_the_command_has_help_with_examples(capsys):
     assert "Examples:" in out
     assert "--standby-for" in out
     assert "--standby-rank 2 --subtree live:iot" in out
-    assert "--source-key" in out
+    assert "--group-key" in out

@@ -28,7 +28,7 @@ messages the SubTree does not carry yet, matched by content, plus the source's l
 It pings the source with a ticket-0 HELLO; after ``rank × takeover_after`` seconds without an
 answer it waits ``settle`` seconds (messages in flight around the failure reach the watcher by
 the tree's own recovery), removes the dead source's HOMS membership with the group's shared
-``source_key``, joins the SubTree under the source's peer-id, numbers on after the last
+``group_key``, joins the SubTree under the source's peer-id, numbers on after the last
 sequence (``PeerCore.continue_as_source``), replays what the ledger holds, and forwards live.
 """
 
@@ -138,7 +138,7 @@ class Bridge:
         bridge_id: str | None = None,
         standby: bool = False,
         rank: int = 1,
-        source_key: str | None = None,
+        group_key: str | None = None,
         takeover_after: float | None = None,
         probe_interval: float = 0.5,
         source_wait: float = 60.0,
@@ -161,10 +161,12 @@ class Bridge:
             )
         if buffer < 1:
             raise BridgeError("buffer must be at least 1 message")
-        if probe_interval <= 0 or source_wait <= 0 or settle < 0:
-            raise BridgeError("probe interval and source wait must be > 0, settle >= 0 seconds")
-        if source_key is not None and not source_key:
-            raise BridgeError("the source key is empty; give the bridge group's shared key")
+        if settle < 0:
+            raise BridgeError(f"settle (--settle) must be 0 or more seconds, not {settle:g}")
+        if probe_interval <= 0 or source_wait <= 0:
+            raise BridgeError("the probe interval and the source wait must be > 0 seconds")
+        if group_key is not None and not group_key:
+            raise BridgeError("the group key is empty; give the bridge group's shared key")
         mesh_config = mesh_config or MeshConfig()
         self.takeover_after = (
             mesh_config.takeover_after if takeover_after is None else takeover_after
@@ -177,7 +179,7 @@ class Bridge:
         self.bridge_id = bridge_id or f"bridge-{secrets.token_hex(3)}"
         self.standby = standby
         self.rank = rank
-        self.source_key = source_key
+        self.group_key = group_key
         self.probe_interval = probe_interval
         self.source_wait = source_wait
         self.buffer = buffer
@@ -400,7 +402,7 @@ class Bridge:
             NodeSettings(
                 homs=self.homs_url, join=running.overlay_id, peer_id=running.target.source_id
             ),
-            homs_client=SubOverlayHomsClient(self.homs_url, source_password=self.source_key),
+            homs_client=SubOverlayHomsClient(self.homs_url, source_password=self.group_key),
         )
 
     async def _start_tree_standby(self, running: _Running) -> None:
@@ -482,18 +484,16 @@ class Bridge:
         current = await self._source_address(running)
         if current is not None and (current != dead or await self._probe(running, current)):
             return None
-        if self.source_key is not None and current is not None:
+        if self.group_key is not None and current is not None:
             try:
-                await self._homs.remove_member(
-                    running.overlay_id, target.source_id, self.source_key
-                )
+                await self._homs.remove_member(running.overlay_id, target.source_id, self.group_key)
             except HomsError as exc:
                 self._emit(
                     "warning",
                     {
                         "target": target.title,
                         "reason": f"cannot remove the dead source's membership ({exc}); "
-                        "waiting for the HOMS to expire it (is --source-key the active "
+                        "waiting for the HOMS to expire it (is --group-key the active "
                         "bridge's?)",
                     },
                 )
@@ -506,7 +506,7 @@ class Bridge:
                         "target": target.title,
                         "reason": f"the HOMS still lists source {target.source_id!r} after "
                         f"{self.source_wait:g} s; give every bridge of the group the same "
-                        "--source-key so that a standby can remove a dead source at once",
+                        "--group-key so that a standby can remove a dead source at once",
                     },
                 )
                 return None
@@ -589,8 +589,8 @@ Examples:
   # bridge b2 stands by for the SubMesh targets of bridge b1
   hp2p bridge --core chain --id b2 --standby-for b1 --submesh blocks:blockchain
 
-  # a SubTree with two standbys: the group shares one source key (here from the environment)
-  export HP2P_BRIDGE_SOURCE_KEY=$(python -c 'import secrets; print(secrets.token_hex(16))')
+  # a SubTree with two standbys: the bridge group shares one key (here from the environment)
+  export HP2P_BRIDGE_GROUP_KEY=$(python -c 'import secrets; print(secrets.token_hex(16))')
   hp2p bridge --core chain --id b1 --subtree live:iot
   hp2p bridge --core chain --id b2 --standby-for b1 --subtree live:iot
   hp2p bridge --core chain --id b3 --standby-for b1 --standby-rank 2 --subtree live:iot
@@ -598,7 +598,7 @@ Examples:
 A target is TITLE[:APP-ID,…]; without app-ids it takes every CoreTree message. The
 sub-overlay is created under the CoreTree (source peer-id ID-TITLE) when it does not exist.
 A standby takes over when the source has not answered for RANK x --takeover-after seconds;
-for a SubTree it joins under the source's peer-id, which needs the same --source-key as the
+for a SubTree it joins under the source's peer-id, which needs the same --group-key as the
 active bridge (without it, the takeover waits for the HOMS to expire the dead source).
 """
 
@@ -630,16 +630,22 @@ def build_parser() -> Any:
         "(SubTree targets; default 1)",
     )
     p.add_argument(
-        "--source-key",
-        default=os.environ.get("HP2P_BRIDGE_SOURCE_KEY"),
+        "--group-key",
+        default=os.environ.get("HP2P_BRIDGE_GROUP_KEY"),
         help="the bridge group's shared password of the SubTree source peer-ids (default "
-        "$HP2P_BRIDGE_SOURCE_KEY); lets a standby remove a dead source and take its peer-id",
+        "$HP2P_BRIDGE_GROUP_KEY); lets a standby remove a dead source and take its peer-id",
     )
     p.add_argument(
         "--takeover-after",
         type=float,
         default=3.0,
         help="seconds without the source before a standby takes over (default 3)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds a standby lets data in flight arrive before it takes over (default 1)",
     )
     p.add_argument("--buffer", type=int, default=10_000, help="messages kept by a standby")
     p.add_argument("--json-events", action="store_true", help="JSON lines on stdout")
@@ -678,9 +684,10 @@ def main(argv: list[str] | None = None) -> int:
             bridge_id=args.bridge_id,
             standby=args.standby_for is not None,
             rank=args.standby_rank,
-            source_key=args.source_key,
+            group_key=args.group_key,
             takeover_after=args.takeover_after,
             buffer=args.buffer,
+            settle=args.settle,
             mesh_config=MeshConfig(takeover_after=args.takeover_after),
             on_event=on_event,
         )
