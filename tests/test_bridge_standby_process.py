@@ -34,6 +34,7 @@ pytestmark = pytest.mark.slow
 
 MEMBERS = 4
 STEADY = 15  # CoreTree messages before each kill, and after the last takeover
+BURST = 5  # published right before each kill, without waiting for any delivery
 MAX_MESSAGES = 3000  # the bound of each takeover's publishing loop
 KEY = "group-secret-for-the-test"
 
@@ -172,7 +173,7 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
             text = f"reading {len(texts):05d} from c00"
             texts.append(text)
             root.command(f"publish {text}")
-            other.next_event({"deliver"}, 30)  # paced by the CoreTree itself
+            other.next_event({"deliver"}, 30)  # paced by the CoreTree (a burst lags it by 5)
 
         got: dict[str, list[dict[str, Any]]] = {m.name: [] for m in members}
 
@@ -193,7 +194,14 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
             for _ in range(STEADY):
                 publish()
             everyone_has_everything()  # the current source reaches the whole SubTree
-            victim.proc.kill()  # the SubTree source dies with its bridge
+            burst = len(texts)
+            for _ in range(BURST):  # around the kill: forwarded to all, to some or to none
+                texts.append(f"reading {len(texts):05d} from c00")
+                root.command(f"publish {texts[-1]}")
+            for _ in range(MAX_MESSAGES):  # c00's k-th message (from 0) is its sequence k + 1
+                if victim.next_event("forwarded", 30)["core_sequence"] >= burst + 2:
+                    break
+            victim.proc.kill()  # mid-burst: the SubTree source dies with its bridge
             killed_at = time.monotonic()
             for _ in range(MAX_MESSAGES):  # publishing goes on through the takeover
                 publish()

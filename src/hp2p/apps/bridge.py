@@ -415,7 +415,8 @@ class Bridge:
                 peer_id=f"{self.bridge_id}-{target.title}",
             )
         )
-        subscription = running.watcher.subscribe()  # before start: not one message missed
+        # before start: not one message missed; as deep as the ledger, so none is dropped
+        subscription = running.watcher.subscribe(max(self.buffer, 10_000))
         running.watching = subscription
         await running.watcher.start()
         self._spawn(self._watch_tree(running, subscription), "hp2p-bridge-watch")
