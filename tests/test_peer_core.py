@@ -535,3 +535,23 @@ def test_an_orphan_ranks_a_volunteer_that_must_displace_after_a_free_slot() -> N
     c.take_effects()
     out = probe_all(c, 1.0, {shallow: 0.001, deep: 0.001})
     assert [s.conns for s in sends(out, SetPrimary)] == [(deep,)]
+
+
+def test_an_orphan_takes_the_first_free_slot_offered_without_waiting_for_the_window() -> None:
+    c, conns = attached()
+    c.receive(conns["parent"], Release(), 3.0)
+    c.receive(conns["gp"], SetPrimaryResponse(code=PRIMARY_NO), 3.1)
+    c.receive(conns["cand"], SetPrimaryResponse(code=PRIMARY_NO), 3.2)
+    c.take_effects()
+    c.homs_result([("older", "mem://older")], 3.3)
+    hello_conn = of(c.take_effects(), Connect)[0].conn
+    c.connection_made(hello_conn, 3.31)
+    c.receive(hello_conn, HelloResponse(), 3.32)
+    c.take_effects()
+    offer = c.accept(3.33)
+    c.receive(offer, Estab(overlay_id=OV, peer_id="older", ticket_id=4, hp2p={"depth": 3}), 3.33)
+    asks = sends(c.take_effects(), SetPrimary)
+    # At once, and before the candidates that refused a moment ago.
+    assert [s.conns for s in asks] == [(offer,)]
+    c.receive(offer, SetPrimaryResponse(hp2p={"depth": 3}), 3.34)
+    assert of(c.take_effects(), Joined) == [Joined("older", 4, True)]

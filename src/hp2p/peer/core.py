@@ -871,7 +871,11 @@ class PeerCore:
             self._offers.append(link)
             self._effects.append(Send((link.conn,), EstabResponse(ESTAB_YES)))
             self._note_path(link, now)
-            if self.phase is Phase.SELECTING:
+            if self.phase is Phase.HELLO and self._recovering and not link.displace:
+                # An orphan takes the first free slot offered: its whole subtree is cut off
+                # until it is attached, and a later, shallower offer is not worth the wait.
+                self._end_window(now)
+            elif self.phase is Phase.SELECTING:
                 self._selection.append(link)
             elif self.phase is Phase.WAITING:
                 self._timers.cancel(_T_RETRY)
@@ -1018,9 +1022,18 @@ class PeerCore:
             # parent (a mass failure, or a hang only heartbeats reveal): ask the fresh first.
             stale = now - 1.5 * self.config.heartbeat_interval
             candidates.sort(key=lambda c: (c.last_rx < stale, *recovery_rank(c)))
+            if offers:
+                # The candidates refused this orphan moments ago (that is why it asked the
+                # HOMS); a volunteer has a slot for it now. One that must displace a child
+                # for it comes last.
+                free = [link for link in offers if not link.displace]
+                displacing = [link for link in offers if link.displace]
+                self._selection = free + candidates + displacing
+            else:
+                self._selection = candidates
         else:
             candidates.sort(key=recovery_rank)
-        self._selection = candidates + offers if self._recovering else offers + candidates
+            self._selection = offers + candidates
         self._ask_next(now)
 
     def _ask_next(self, now: float) -> None:
