@@ -555,3 +555,48 @@ def test_an_orphan_takes_the_first_free_slot_offered_without_waiting_for_the_win
     assert [s.conns for s in asks] == [(offer,)]
     c.receive(offer, SetPrimaryResponse(hp2p={"depth": 3}), 3.34)
     assert of(c.take_effects(), Joined) == [Joined("older", 4, True)]
+
+
+def orphan_with_a_younger_asker() -> tuple[PeerCore, dict[str, int]]:
+    """An orphan in its candidate round, and a younger orphan asking it to be its parent."""
+    c, conns = attached()
+    c.paths.add(Link(88, Role.IN_CANDIDATE, peer_id="o", ticket=70, last_rx=2.5))
+    c.receive(conns["parent"], Release(), 3.0)
+    assert sends(c.take_effects(), SetPrimary)[0].conns == (conns["gp"],)
+    c.receive(88, SetPrimary(hp2p={"recovery": True}), 3.01)
+    assert not sends(c.take_effects(), SetPrimaryResponse)  # held, not refused
+    return c, conns
+
+
+def test_an_orphan_holds_a_younger_orphans_ask_and_takes_it_once_attached_again() -> None:
+    c, conns = orphan_with_a_younger_asker()
+    c.receive(conns["gp"], SetPrimaryResponse(hp2p={"depth": 0}), 3.02)
+    out = c.take_effects()
+    assert of(out, Joined) == [Joined("gp", 1, True)]
+    answer = [s for s in sends(out, SetPrimaryResponse) if s.conns == (88,)]
+    assert [s.message.code for s in answer] == [PRIMARY_YES]
+    assert c.paths.get(88) is not None
+    assert c.paths.get(88).role is Role.CHILD  # type: ignore[union-attr]
+
+
+def test_a_held_ask_is_refused_when_the_orphan_must_go_to_the_homs() -> None:
+    c, conns = orphan_with_a_younger_asker()
+    c.receive(conns["gp"], SetPrimaryResponse(code=PRIMARY_NO), 3.02)
+    c.take_effects()
+    c.receive(conns["cand"], SetPrimaryResponse(code=PRIMARY_NO), 3.03)
+    out = c.take_effects()
+    assert of(out, HomsRecoveryJoin)
+    assert [s.message.code for s in sends(out, SetPrimaryResponse)] == [PRIMARY_NO]
+
+
+def test_a_held_ask_is_refused_before_the_askers_own_time_out() -> None:
+    c, _ = orphan_with_a_younger_asker()
+    limit = 3.01 + c.config.recovery_ask_timeout  # the asker gives up on me at this point
+    answers: list[Sent[SetPrimaryResponse]] = []
+    for _ in range(20):  # bounded: the timers due before the asker's time-out
+        deadline = c.next_timer()
+        if deadline is None or deadline >= limit or answers:
+            break
+        c.handle_timer(deadline)
+        answers = [s for s in sends(c.take_effects(), SetPrimaryResponse) if s.conns == (88,)]
+    assert [s.message.code for s in answers] == [PRIMARY_NO]

@@ -116,6 +116,7 @@ _T_VERTICAL = "vertical"
 _T_SCAN = "scan"
 _T_PULL = "pull"
 _T_REFILL = "refill"
+_T_DEFER = "defer"
 _REFILL_TRIES = 3
 _RECOVERY_WINDOW = 0.05
 _NEW_SOURCE_BACKFILL = 64
@@ -203,6 +204,8 @@ class PeerCore:
         self._offers: list[Link] = []
         self._selection: list[Link] = []
         self._asking: Link | None = None
+        self._deferred: list[tuple[Link, SetPrimary]] = []
+        self._holding = False  # my own candidate round runs: SET_PRIMARYs wait for its end
         self._hellos_out: set[int] = set()
         self._hello_accepted = False
         self._recovering = False
@@ -409,12 +412,15 @@ class PeerCore:
         self._selection.clear()
         self._hellos_out.clear()
         self._asking = None
+        self._deferred.clear()
+        self._holding = False
         self._attempt = 0
         self._recovering = False
         self._candidates_only = False
         self._homs_pending = False
         self._dirty = True
         for name in (
+            _T_DEFER,
             _T_HELLO,
             _T_WINDOW,
             _T_PROBE,
@@ -1064,6 +1070,7 @@ class PeerCore:
         if self._candidates_only:
             # Recovery: no candidate took us; the HOMS is asked at once, not after a back-off.
             self._candidates_only = False
+            self._answer_deferred(now)
             self._ask_homs()
             return
         self._attempt_failed("no volunteer accepted SET_PRIMARY", now)
@@ -1100,6 +1107,7 @@ class PeerCore:
         self._attempt = 0
         self.phase = Phase.ATTACHED
         self._effects.append(Joined(link.peer_id, self.depth, repaired))
+        self._answer_deferred(now)
         if self._attached_at is None:
             self._attached_at = now
         gp = self.grandparent
@@ -1170,6 +1178,12 @@ class PeerCore:
             self._error(link.conn, f"SET_PRIMARY on a {link.role.value} connection")
             self._effects.append(Send((link.conn,), SetPrimaryResponse(code=PRIMARY_NO)))
             return
+        if self._holding and link.ticket > self.ticket:
+            # I lost my parent too and my own candidates are answering: a moment from now I
+            # am attached again (YES) or on my way to the HOMS (NO). Saying NO now would send
+            # this orphan to the HOMS, a round trip that costs more than the wait.
+            self._deferred.append((link, msg))
+            return
         recovery = bool(msg.hp2p and msg.hp2p.get("recovery") is True)
         if (
             recovery
@@ -1200,6 +1214,15 @@ class PeerCore:
                 self._push(link, msg.buffermap, start, now)
         else:
             self._effects.append(Send((link.conn,), SetPrimaryResponse(code=PRIMARY_NO)))
+
+    def _answer_deferred(self, now: float) -> None:
+        """Answer the SET_PRIMARYs held while my own candidate round ran (bounded wait)."""
+        self._holding = False
+        self._timers.cancel(_T_DEFER)
+        held, self._deferred = self._deferred, []
+        for link, request in held:
+            if self.paths.get(link.conn) is link:
+                self._on_set_primary(link, request, now)
 
     def _primary_yes(self, request: SetPrimary, now: float) -> SetPrimaryResponse:
         parent = self.paths.parent
@@ -1299,6 +1322,9 @@ class PeerCore:
             self._attempt = 1
             self.counters.attempts += 1
             self._candidates_only = True
+            # Hold what younger orphans ask me meanwhile, for less than their ask time-out.
+            self._holding = True
+            self._timers.arm(_T_DEFER, now + self.config.recovery_ask_timeout / 2)
             self._select(now)
         else:
             self._ask_homs()
@@ -1344,6 +1370,8 @@ class PeerCore:
             self._pump(now)
         elif name == _T_REFILL:
             self._refill(now)
+        elif name == _T_DEFER:
+            self._answer_deferred(now)
 
     def _vertical_hello(self, now: float) -> None:
         """HELLO the grandparent for a vertical candidate path; retried a bounded number of times.
