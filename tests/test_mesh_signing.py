@@ -307,6 +307,44 @@ def test_a_signed_manifest_without_a_key_is_taken_on_trust_when_the_homs_never_a
     assert core.counters.manifests_unverified == 1
 
 
+def test_signed_manifests_taken_on_trust_keep_asking_the_homs_until_it_records_a_key():
+    """The bridge's order can record the key after a member asked: that member must not stay
+    unverified for ever, so a later signed manifest asks again (rate-limited)."""
+    signer = ManifestSigner.generate()
+    core, conn = _core()
+    core.take_effects()
+    first, _ = make_object(1, b"payload", 1024)
+    _answer(core, conn, sequence_of(1, 0), signer.sign(first.encode(), OVERLAY, SOURCE), 0.2)
+    core.take_effects()
+    core.set_source_key(None, 0.3)  # the HOMS records no key yet
+    core.take_effects()
+    _answer(core, conn, sequence_of(1, 0), signer.sign(first.encode(), OVERLAY, SOURCE), 0.4)
+    assert core.counters.manifests_unverified == 1  # taken on trust
+    assert core.counters.key_requests == 1  # too soon to ask again
+    later = 0.4 + core.config.peer_list_interval
+    second, _ = make_object(2, b"payload 2", 1024)
+    core.receive(
+        conn, BuffermapResponse(OVERLAY, [BuffermapEntry(SOURCE, [sequence_of(2, 0)])]), later
+    )
+    core.take_effects()
+    _answer(core, conn, sequence_of(2, 0), signer.sign(second.encode(), OVERLAY, SOURCE), later)
+    assert any(isinstance(e, SourceKeyWanted) for e in core.take_effects())
+    assert core.counters.key_requests == 2
+    core.set_source_key(signer.public_text, later + 0.1)  # recorded since
+    third, _ = make_object(3, b"payload 3", 1024)
+    core.receive(
+        conn,
+        BuffermapResponse(OVERLAY, [BuffermapEntry(SOURCE, [sequence_of(3, 0)])]),
+        later + 0.2,
+    )
+    core.take_effects()
+    _answer(
+        core, conn, sequence_of(3, 0), signer.sign(third.encode(), OVERLAY, SOURCE), later + 0.3
+    )
+    assert core.counters.manifests_verified == 1
+    assert core.manifest(3) is not None
+
+
 def test_a_source_whose_key_is_not_the_recorded_one_refuses_to_start():
     recorded, other = ManifestSigner.generate(), ManifestSigner.generate()
     core = MeshCore(MeshConfig(), SOURCE, "mem://s", random.Random(0), signer=other)

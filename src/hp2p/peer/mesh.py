@@ -790,6 +790,11 @@ class MeshCore:
                     # wrong, so it stays a holder and the manifest is pulled after the answer.
                     self._want_key(now)
                     return None
+                if signature is not None:
+                    # Signed, but the HOMS recorded no key when asked: taken on trust, and
+                    # the HOMS is asked again now and then (at most once per
+                    # peer_list_interval) in case the source has recorded its key since.
+                    self._want_key(now)
             manifest = decode_manifest(unsigned, obj, self.config.max_piece_size)
             if manifest.size > self.config.max_object_size:
                 raise ManifestError(
