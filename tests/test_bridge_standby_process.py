@@ -3,11 +3,12 @@
 A HOMS, a CoreTree (two ``hp2p peer`` processes), an active bridge b1 whose SubTree source is
 ``b1-live``, two standby bridges (``--standby-for b1``, the same ``--group-key``; b2 rank 1,
 b3 rank 2) and a SubTree of four member processes. c00 publishes without pause, paced only by
-the CoreTree delivery at c01. b1 is SIGKILLed mid-stream and b2 takes over (b3 stands by);
-then b2 is SIGKILLed and b3 takes over; publishing goes on through both takeovers. Every
-SubTree member must get every CoreTree message exactly once, by content, from ``b1-live``
-numbered 1 … N without a hole: each standby numbered on after the failed source and replayed
-only what the SubTree lacked.
+the CoreTree delivery at c01. b1 hangs (SIGSTOP) mid-burst and b2 takes over while b3 stands
+by; b1 wakes up (SIGCONT) with selected messages to forward and must fence itself instead.
+Then b2 is SIGKILLed mid-burst and b3 takes over. Publishing goes on through both takeovers.
+Every SubTree member must get every CoreTree message exactly once, by content, from
+``b1-live`` numbered 1 … N without a hole: each standby numbered on after the failed source
+and replayed only what the SubTree lacked, and the woken bridge published nothing.
 
 The SubTree members are small Python processes around :class:`~hp2p.peer.node.PeerNode` (not
 ``hp2p peer``) because the test needs each message's bytes, which ``hp2p peer --json-events``
@@ -17,6 +18,7 @@ does not print.
 from __future__ import annotations
 
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -201,7 +203,10 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
             for _ in range(MAX_MESSAGES):  # c00's k-th message (from 0) is its sequence k + 1
                 if victim.next_event("forwarded", 30)["core_sequence"] >= burst + 2:
                     break
-            victim.proc.kill()  # mid-burst: the SubTree source dies with its bridge
+            if victim is active:
+                victim.proc.send_signal(signal.SIGSTOP)  # mid-burst: b1 hangs
+            else:
+                victim.proc.kill()  # mid-burst: the SubTree source dies with its bridge
             killed_at = time.monotonic()
             for _ in range(MAX_MESSAGES):  # publishing goes on through the takeover
                 publish()
@@ -219,6 +224,11 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
                     early = standbys[1].events.get_nowait()
                     HEARD.setdefault(standbys[1].proc.pid, []).append(early)
                     assert early["event"] not in ("active", "error"), early
+                # b1 wakes up with selected messages to forward, but b2 holds its source
+                # peer-id: it must not publish one more message into the SubTree
+                active.proc.send_signal(signal.SIGCONT)
+                fenced = active.next_event("replaced", 30)
+                assert "another bridge of the group holds" in fenced["reason"], fenced
         for _ in range(STEADY):
             publish()
         total = len(texts)

@@ -102,20 +102,36 @@ def test_a_long_run_of_matches_keeps_the_ledger_small():
 
 
 def test_the_absence_clock_waits_its_rank_and_resets_on_an_answer():
-    first, second = AbsenceClock(1.0), AbsenceClock(1.0, rank=2)
+    first, second = AbsenceClock(1.0), AbsenceClock(1.0, rank=2, rank_gap=4.0)
+    assert second.wait == 5.0
     assert not first.observe(False, 10.0)
     assert not first.observe(False, 10.9)
     assert first.observe(False, 11.0)
     assert not second.observe(False, 10.0)
-    assert not second.observe(False, 11.5)
-    assert not second.observe(True, 11.6)  # the first standby took over: the id answers again
-    assert not second.observe(False, 12.0)
-    assert not second.observe(False, 13.9)
-    assert second.observe(False, 14.0)
+    assert not second.observe(False, 14.5)
+    assert not second.observe(True, 14.6)  # the first standby took over: the id answers again
+    assert not second.observe(False, 15.0)
+    assert not second.observe(False, 19.9)
+    assert second.observe(False, 20.0)
+    assert AbsenceClock(2.0, rank=3).wait == 6.0  # without a gap: one wait per rank
     with pytest.raises(ValueError, match="rank"):
         AbsenceClock(1.0, rank=0)
     with pytest.raises(ValueError, match="> 0"):
         AbsenceClock(0.0)
+    with pytest.raises(ValueError, match="rank_gap"):
+        AbsenceClock(1.0, rank=2, rank_gap=-1)
+
+
+def test_a_later_standby_waits_for_the_earlier_one_to_finish_its_takeover():
+    from hp2p.apps.bridge import Bridge, BridgeTarget
+
+    tree = [BridgeTarget.parse("tree", "live", "b1")]
+    b2 = Bridge("http://127.0.0.1:1", "c", tree, standby=True, takeover_after=1, settle=1)
+    b3 = Bridge("http://127.0.0.1:1", "c", tree, standby=True, rank=2, takeover_after=1, settle=1)
+    first = AbsenceClock(b2.takeover_after, b2.rank, b2.rank_gap).wait
+    second = AbsenceClock(b3.takeover_after, b3.rank, b3.rank_gap).wait
+    # b2 decides, settles, joins; b3's clock may have started one probe period earlier
+    assert second - first >= b2.settle + 2 * b2.probe_interval + 1.0
 
 
 async def _r2_server(answer: bool) -> tuple[asyncio.Server, list[Message]]:
@@ -196,7 +212,7 @@ def _client(app, password: str | None) -> SubOverlayHomsClient:
     )
 
 
-async def test_the_group_key_lets_a_standby_replace_a_dead_source_at_the_homs(homs_app):
+async def test_the_group_key_lets_a_standby_replace_a_source_and_fences_the_old_one(homs_app):
     from hp2p.peer.homs_client import HomsError
 
     active, standby, stranger = (_client(homs_app, p) for p in ("k", "k", "wrong"))
@@ -230,6 +246,14 @@ async def test_the_group_key_lets_a_standby_replace_a_dead_source_at_the_homs(ho
             overlay, peer_id="b1-live", address="tcp://127.0.0.1:2", password="r2", expires=30
         )
         assert await stranger.peer_address(live, "b1-live") == "tcp://127.0.0.1:2"
+        # the replaced bridge finds out, never refreshes its address back, never removes b2
+        assert await standby.holds_id()
+        assert not await active.holds_id()
+        with pytest.raises(HomsError, match="another bridge of the group"):
+            await active.refresh()
+        await active.leave()
+        assert await stranger.peer_address(live, "b1-live") == "tcp://127.0.0.1:2"
+        assert await standby.refresh() == 30  # the holder's own refresh goes through
     finally:
         for c in (active, standby, stranger):
             await c.aclose()

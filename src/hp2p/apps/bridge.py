@@ -25,11 +25,13 @@ then forwards live. SubMesh peers catch up by pulling, as always.
 bridge does it (:mod:`hp2p.apps.bridge_standby`): the standby joins the SubTree as an ordinary
 member (the *watcher*, peer-id ``ID-TITLE``) and keeps a ledger of the selected CoreTree
 messages the SubTree does not carry yet, matched by content, plus the source's last sequence.
-It pings the source with a ticket-0 HELLO; after ``rank × takeover_after`` seconds without an
-answer it waits ``settle`` seconds (messages in flight around the failure reach the watcher by
-the tree's own recovery), removes the dead source's HOMS membership with the group's shared
-``group_key``, joins the SubTree under the source's peer-id, numbers on after the last
-sequence (``PeerCore.continue_as_source``), replays what the ledger holds, and forwards live.
+It pings the source with a ticket-0 HELLO; after ``takeover_after`` seconds without an answer
+(more for a standby of a later ``rank``) it waits ``settle`` seconds (messages in flight around
+the failure reach the watcher by the tree's own recovery), removes the dead source's HOMS
+membership with the group's shared ``group_key``, joins the SubTree under the source's peer-id,
+numbers on after the last sequence (``PeerCore.continue_as_source``), replays what the ledger
+holds, and forwards live. A bridge whose source was replaced (it hung, then woke up) fences
+itself: it forwards only within a lease the HOMS renews (see ``_guard_source``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 from collections import deque
@@ -119,8 +122,15 @@ class _Running:
     watcher: PeerNode | None = None  # a SubTree standby's ordinary membership
     watching: Subscription[Delivery] | None = None  # its deliveries, until the takeover
     source_seen: bool = False  # the source answered a probe once
+    # SubTree source fencing: forward only while the HOMS confirmed, within the lease, that
+    # this bridge still holds the source peer-id; meanwhile hold (bounded) what is selected
+    lease_until: float = math.inf
+    held: deque[Delivery] = field(default_factory=deque)
     ledger: ForwardLedger | None = None
 
+
+#: Seconds a standby allows the one ranked before it for joining the SubTree as the source.
+_JOIN_ALLOWANCE = 2.0
 
 #: How many times a SubTree standby goes back to watching after another peer became the source.
 _TAKEOVER_ROUNDS = 100
@@ -181,6 +191,8 @@ class Bridge:
         self.rank = rank
         self.group_key = group_key
         self.probe_interval = probe_interval
+        #: What standby r-1 needs to take over before standby r may (AbsenceClock)
+        self.rank_gap = self.takeover_after + settle + 2 * probe_interval + _JOIN_ALLOWANCE
         self.source_wait = source_wait
         self.buffer = buffer
         self.settle = settle
@@ -307,6 +319,7 @@ class Bridge:
                 return
             running.tree = self._source_node(running)
             await running.tree.start()
+            self._guard(running)
             return
         settings = MeshSettings(
             homs=self.homs_url,
@@ -328,7 +341,7 @@ class Bridge:
                 if running.target.selects(delivery):
                     self.stats.selected += 1
                     if running.active:
-                        self._forward(running, delivery)
+                        self._offer(running, delivery)
                     elif running.ledger is not None:
                         running.ledger.core_message(delivery)
                     else:
@@ -336,6 +349,16 @@ class Bridge:
                         if len(running.buffer) > self.buffer:
                             running.buffer.popleft()
                             self.stats.buffered_dropped += 1
+
+    def _offer(self, running: _Running, delivery: Delivery) -> None:
+        """Forward now, or hold while a SubTree source's lease waits for the HOMS's word."""
+        if running.tree is not None and asyncio.get_running_loop().time() > running.lease_until:
+            running.held.append(delivery)
+            if len(running.held) > self.buffer:
+                running.held.popleft()
+                self.stats.buffered_dropped += 1
+            return
+        self._forward(running, delivery)
 
     def _forward(self, running: _Running, delivery: Delivery, replay: bool = False) -> None:
         try:
@@ -447,7 +470,7 @@ class Bridge:
             return None
 
     async def _until_source_gone(self, running: _Running) -> str | None:
-        """Wait until the source has not answered for ``rank × takeover_after`` seconds.
+        """Wait until the source has not answered for the rank's wait (:class:`AbsenceClock`).
 
         Returns the address that stopped answering (None if the HOMS no longer lists any).
         The clock starts only after the source has answered once (in this bridge's life, not
@@ -456,7 +479,7 @@ class Bridge:
         has not come up yet.
         """
         loop = asyncio.get_running_loop()
-        clock = AbsenceClock(self.takeover_after, self.rank)
+        clock = AbsenceClock(self.takeover_after, self.rank, self.rank_gap)
         address: str | None = None
         while True:  # ends when the source is gone, or with the bridge (task cancelled)
             answered = False
@@ -549,6 +572,7 @@ class Bridge:
         node.core.continue_as_source(ledger.last_sequence)
         running.tree = node
         running.active = True
+        self._guard(running)
         if running.watching is not None:
             running.watching.close()  # from now on this bridge is the source it watched
         pending = ledger.unforwarded()
@@ -564,12 +588,73 @@ class Bridge:
             },
         )
 
+    def _guard(self, running: _Running) -> None:
+        running.lease_until = asyncio.get_running_loop().time() + self.takeover_after
+        self._spawn(self._guard_source(running), "hp2p-bridge-source-guard")
+
+    async def _guard_source(self, running: _Running) -> None:
+        """Fence this bridge's SubTree source when another bridge of the group replaced it.
+
+        A bridge that hung longer than ``takeover_after`` has been replaced by a standby
+        publishing under the same peer-id and numbering; if it resumed forwarding, SubTree
+        peers would get two different messages under one sequence. So forwarding runs on a
+        lease of ``takeover_after`` seconds, renewed each time the HOMS still lists this
+        bridge's address for the source peer-id (checked every third of the lease). A
+        standby takes over only after ``takeover_after`` + ``settle`` seconds of silence, so
+        a hung bridge's lease has run out by then and, once resumed, it holds what it selects
+        until the HOMS answers: that it was replaced (the held messages are dropped and the
+        source peer closes, without removing the new holder's membership).
+        """
+        node = running.tree
+        assert node is not None
+        client = node.homs
+        assert isinstance(client, SubOverlayHomsClient)
+        loop = asyncio.get_running_loop()
+        reason: str | None = None
+        while reason is None:  # ends when replaced or failed, or with the bridge (cancelled)
+            asked = loop.time()
+            if node.failed.is_set():
+                reason = f"the SubTree source peer failed: {node.failure}"
+            elif not await client.holds_id():
+                reason = (
+                    f"another bridge of the group holds source peer-id "
+                    f"{running.target.source_id!r} now"
+                )
+            else:
+                running.lease_until = asked + self.takeover_after
+                held = list(running.held)
+                running.held.clear()
+                for delivery in held:
+                    self._forward(running, delivery)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(node.failed.wait(), self.takeover_after / 3)
+        running.active = False
+        dropped = len(running.held)
+        running.held.clear()
+        self._emit(
+            "replaced",
+            {
+                "target": running.target.title,
+                "reason": f"{reason}; this bridge stops feeding it",
+                "dropped": dropped,
+            },
+        )
+        await node.close()
+
     # === helpers =================================================================================
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A bridge task that dies of a bug must say so, not stop feeding a target silently."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("bridge task %s failed", task.get_name(), exc_info=exc)
+            self._emit("error", {"task": task.get_name(), "reason": repr(exc)})
 
     def _emit(self, kind: str, fields: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -598,7 +683,8 @@ Examples:
 
 A target is TITLE[:APP-ID,…]; without app-ids it takes every CoreTree message. The
 sub-overlay is created under the CoreTree (source peer-id ID-TITLE) when it does not exist.
-A standby takes over when the source has not answered for RANK x --takeover-after seconds;
+A standby takes over when the source has not answered for --takeover-after seconds (standby
+N waits (N-1) x (--takeover-after + --settle + 3 s) longer, so that N-1 goes first);
 for a SubTree it joins under the source's peer-id, which needs the same --group-key as the
 active bridge (without it, the takeover waits for the HOMS to expire the dead source).
 """
@@ -627,8 +713,8 @@ def build_parser() -> Any:
         type=int,
         default=1,
         metavar="N",
-        help="order among several standbys of one bridge: N waits N x --takeover-after "
-        "(SubTree targets; default 1)",
+        help="order among several standbys of one bridge (SubTree targets; default 1): "
+        "standby N waits (N-1) x (--takeover-after + --settle + 3 s) more than standby 1",
     )
     p.add_argument(
         "--group-key",

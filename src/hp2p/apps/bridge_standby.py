@@ -172,17 +172,23 @@ class ForwardLedger:
 class AbsenceClock:
     """Decides when the source has been gone long enough to take over.
 
-    ``rank`` orders a list of standbys for one bridge: standby *r* waits ``r × takeover_after``
-    of unbroken absence. When standby 1 has taken over, the source id answers again (at its
-    new address), which resets every later standby's clock, so only one of them takes over.
+    ``rank`` orders a list of standbys for one bridge: standby 1 waits ``takeover_after`` of
+    unbroken absence, standby *r* waits ``rank_gap`` more per rank. The gap must cover what
+    standby *r − 1* needs to take over (its settle time, a join, and the probe period by
+    which their clocks may differ): then the source id answers again at its new address,
+    which resets every later standby's clock, so only one of them takes over. (If two still
+    race, the HOMS admits one of them under the source peer-id: see the bridge.)
     """
 
-    def __init__(self, takeover_after: float, rank: int = 1) -> None:
+    def __init__(self, takeover_after: float, rank: int = 1, rank_gap: float | None = None):
         if takeover_after <= 0:
             raise ValueError("takeover_after must be > 0 seconds")
         if rank < 1:
             raise ValueError("the standby rank starts at 1 (the first to take over)")
-        self.wait = takeover_after * rank
+        gap = takeover_after if rank_gap is None else rank_gap
+        if gap < 0:
+            raise ValueError("rank_gap must be >= 0 seconds")
+        self.wait = takeover_after + (rank - 1) * gap
         self.missing_since: float | None = None
 
     def observe(self, answered: bool, now: float) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from hp2p.peer.homs_client import HomsClient, HomsError, Membership
+from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError
 from hp2p.peer.mesh import NotSourceError
 from hp2p.wire import homp
 from hp2p.wire.r2.messages import BroadcastData, GetDataResponse, Message
@@ -106,6 +106,54 @@ class SubOverlayHomsClient(HomsClient):
             expires=expires,
             access_key=access_key,
         )
+
+    async def holds_id(self) -> bool:
+        """Whether the HOMS still lists this membership's peer-id at this peer's address.
+
+        With a shared source password another bridge of the group can take the peer-id over;
+        the old holder finds out here. A HOMS that cannot answer is taken as "still held": a
+        standby cannot take over without the HOMS either.
+        """
+        m = self.membership
+        if m is None:
+            return False
+        try:
+            holder = await self.peer_address(m.overlay_id, m.peer_id)
+        except HomsError:
+            return True
+        return holder == m.address
+
+    async def refresh(self) -> int:
+        """Refresh, unless another bridge of the group holds the peer-id now.
+
+        A refresh carries the address, so with the shared password it would move the
+        membership back to this (replaced) peer; instead the membership counts as forgotten
+        (the peer shell then tries a new join, which the HOMS refuses while the id is held).
+        """
+        if self.source_password is not None and not await self.holds_id():
+            m = self.membership
+            raise PeerForgottenError(
+                f"another bridge of the group holds source peer-id "
+                f"{m.peer_id if m else '?'!r} now; this one stops"
+            )
+        return await super().refresh()
+
+    async def leave(self) -> None:
+        """Leave, unless another bridge of the group holds the peer-id now.
+
+        The shared password would let this leave remove the *new* holder's membership.
+        """
+        held_by_another = (
+            self.source_password is not None
+            and self.membership is not None
+            and not await self.holds_id()
+        )
+        if held_by_another:
+            self._stop_refresh()
+            self._pending_report = None
+            self.membership = None
+            return
+        await super().leave()
 
     async def remove_member(
         self, overlay_id: str, peer_id: str, password: str, access_key: str | None = None
