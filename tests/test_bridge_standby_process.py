@@ -136,7 +136,9 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
         other = PeerProc(tmp_path, homs.url, "c01", "--join", core_id)
         procs.append(other)
         other.wait_joined()
+        # the group shares its key and its timing (the active's lease is --takeover-after)
         common = ["--core", core_id, "--subtree", "live", "--group-key", KEY]
+        common += ["--takeover-after", "1"]
         active = BridgeProc(tmp_path, homs.url, "--id", "b1", *common)
         bridges.append(active)
         live = active.next_event("joined", 90)["targets"][0]["overlay_id"]
@@ -154,8 +156,6 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
                     "b1",
                     "--standby-rank",
                     rank,
-                    "--takeover-after",
-                    "1",
                     "--log-level",
                     "info",
                     *common,
@@ -229,6 +229,7 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
                 active.proc.send_signal(signal.SIGCONT)
                 fenced = active.next_event("replaced", 30)
                 assert "another bridge of the group holds" in fenced["reason"], fenced
+                print(f"\nb1 woke up and fenced itself, dropping {fenced['dropped']} held")
         for _ in range(STEADY):
             publish()
         total = len(texts)
