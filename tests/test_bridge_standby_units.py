@@ -257,3 +257,93 @@ async def test_the_group_key_lets_a_standby_replace_a_source_and_fences_the_old_
     finally:
         for c in (active, standby, stranger):
             await c.aclose()
+
+
+class _Client(SubOverlayHomsClient):
+    """The HOMS's word on who holds the source peer-id, scripted."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        super().__init__("http://127.0.0.1:1")
+        self.answers = answers
+
+    async def holds_id(self) -> bool:
+        return self.answers.pop(0) if self.answers else False
+
+
+class _SourceNode:
+    """What the bridge uses of its SubTree source peer."""
+
+    def __init__(self, client: _Client) -> None:
+        self.homs = client
+        self.failed = asyncio.Event()
+        self.failure: str | None = None
+        self.published: list[bytes] = []
+        self.closed = False
+
+    def publish(self, data: bytes, app_id: str, payload_type: str) -> int:
+        self.published.append(data)
+        return len(self.published)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _bridge_with_source(answers: list[bool]):
+    from hp2p.apps.bridge import Bridge, BridgeTarget, _Running
+
+    events: list[tuple[str, dict]] = []
+    target = BridgeTarget.parse("tree", "live", "b1")
+    bridge = Bridge(
+        "http://127.0.0.1:1",
+        "c",
+        [target],
+        takeover_after=0.3,
+        on_event=lambda kind, fields: events.append((kind, fields)),
+    )
+    node = _SourceNode(_Client(answers))
+    running = _Running(target, "ov", tree=node)  # type: ignore[arg-type]
+    bridge._running.append(running)
+    return bridge, running, node, events
+
+
+async def test_a_source_forwards_within_its_lease_and_holds_outside_it():
+    bridge, running, node, events = _bridge_with_source([True, True, False])
+    loop = asyncio.get_running_loop()
+    running.lease_until = loop.time() + 60
+    bridge._offer(running, core("c0", 1, b"live"))
+    assert node.published == [b"live"]
+    running.lease_until = loop.time() - 1  # e.g. woke up after a hang
+    bridge._offer(running, core("c0", 2, b"held 1"))
+    bridge._offer(running, core("c0", 3, b"held 2"))
+    assert node.published == [b"live"]
+    assert bridge.status()["targets"][0]["held"] == 2
+    # the HOMS says "still yours" twice (the held ones go out, in order), then "replaced"
+    await asyncio.wait_for(bridge._guard_source(running), 5)
+    assert node.published == [b"live", b"held 1", b"held 2"]
+    assert not running.active
+    assert node.closed
+    kind, fields = events[-1]
+    assert kind == "replaced"
+    assert "another bridge of the group holds source peer-id 'b1-live'" in fields["reason"]
+
+
+async def test_a_replaced_source_drops_what_it_held():
+    bridge, running, node, events = _bridge_with_source([False])
+    running.lease_until = asyncio.get_running_loop().time() - 1
+    for n in range(3):
+        bridge._offer(running, core("c0", n, f"m{n}".encode()))
+    await asyncio.wait_for(bridge._guard_source(running), 5)
+    assert node.published == []  # not one message under a sequence the new source uses
+    assert events[-1][0] == "replaced"
+    assert events[-1][1]["dropped"] == 3
+    bridge._offer(running, core("c0", 9, b"late"))  # the pump skips inactive targets anyway
+    assert running.held  # held, never published: the lease is not renewed again
+
+
+async def test_a_failed_source_peer_stops_the_target():
+    bridge, running, node, events = _bridge_with_source([True] * 100)
+    node.failure = "could not join the HOMS again"
+    node.failed.set()
+    await asyncio.wait_for(bridge._guard_source(running), 5)
+    assert not running.active
+    assert "could not join the HOMS again" in events[-1][1]["reason"]

@@ -268,6 +268,7 @@ class Bridge:
                     "overlay_id": r.overlay_id,
                     "active": r.active,
                     "buffered": len(r.buffer) if r.ledger is None else r.ledger.waiting,
+                    "held": len(r.held),
                     **(
                         {}
                         if r.ledger is None
