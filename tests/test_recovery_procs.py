@@ -280,7 +280,12 @@ def test_fifty_peers_lose_nothing_across_crash_hang_and_leave(overlay: Overlay) 
     # peers) were full used to stay outside with its subtree, fed by its children's pulls over
     # candidate paths (docs/recovery.md, "an old orphan and a full top").
     outside = sorted(alive_names - {root.name} - set(counts))
-    assert outside == [], f"survivors outside the root's tree: {outside}"
+    where = {}  # for the failure message: phase, ticket and parent of each one outside
+    for peer in overlay.alive():
+        if peer.name in outside:
+            core = peer.status()["core_status"]
+            where[peer.name] = (core["phase"], core["ticket"], core["parent"])
+    assert outside == [], f"survivors outside the root's tree: {where}"
     assert not set(counts) - alive_names, "SCAN_TREE found peers that are not alive"
     inner_name, below = max(
         ((n, c) for n, c in counts.items() if n not in {s.name for s in live_sources}),
