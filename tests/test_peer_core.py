@@ -104,7 +104,7 @@ def test_hello_is_answered_and_a_new_connection_carries_estab() -> None:
     estab = sends(c.take_effects(), Estab)[0]
     assert estab.conns == (connect.conn,)
     assert estab.message.allow_primary_req
-    assert estab.message.hp2p == {"depth": 0}
+    assert estab.message.hp2p == {"depth": 0, "address": "mem://root"}
     c.receive(connect.conn, EstabResponse(ESTAB_YES), 1.2)
     c.receive(connect.conn, SetPrimary(), 1.3)
     answer = sends(c.take_effects(), SetPrimaryResponse)[0].message
@@ -468,7 +468,7 @@ def test_a_full_peer_volunteers_to_an_older_orphan_only_when_it_asks_to_displace
     assert [x.address for x in connect] == ["mem://o2"]
     c.connection_made(connect[0].conn, 1.1)
     estab = sends(c.take_effects(), Estab)[0].message
-    assert estab.hp2p == {"depth": 0, "displace": True}
+    assert estab.hp2p == {"depth": 0, "displace": True, "address": "mem://root"}
 
 
 def test_set_primary_from_an_older_orphan_releases_the_youngest_child_of_a_full_peer() -> None:
@@ -600,3 +600,27 @@ def test_a_held_ask_is_refused_before_the_askers_own_time_out() -> None:
         c.handle_timer(deadline)
         answers = [s for s in sends(c.take_effects(), SetPrimaryResponse) if s.conns == (88,)]
     assert [s.message.code for s in answers] == [PRIMARY_NO]
+
+
+def test_the_volunteers_address_in_estab_reaches_the_grandchildren_in_4200() -> None:
+    # R2's ESTAB has no address and the joiner sees only the ephemeral end of the volunteer's
+    # connection; without hp2p "address", 4200's parent-peer (the grandparent of the asker)
+    # had an empty address and every vertical-candidate HELLO went nowhere.
+    c = core("j")
+    c.start(JoinInfo(OV, 50, peers=(("entry", "mem://entry"),)), 0.0)
+    connect = of(c.take_effects(), Connect)[0]
+    c.connection_made(connect.conn, 0.01)
+    c.receive(connect.conn, HelloResponse(), 0.02)
+    c.take_effects()
+    offer = c.accept(0.03)
+    extra = {"depth": 0, "address": "tcp://127.0.0.1:7001"}
+    c.receive(offer, Estab(overlay_id=OV, peer_id="p", ticket_id=2, hp2p=extra), 0.03)
+    c.take_effects()
+    probe_all(c, 1.0, {offer: 0.001})
+    c.receive(offer, SetPrimaryResponse(hp2p={"depth": 0}), 1.1)
+    assert of(c.take_effects(), Joined) == [Joined("p", 1, False)]
+    c.paths.add(Link(90, Role.IN_CANDIDATE, peer_id="kid", ticket=99, last_rx=1.2))
+    c.receive(90, SetPrimary(), 1.2)
+    answer = sends(c.take_effects(), SetPrimaryResponse)[0].message
+    assert answer.code == PRIMARY_YES
+    assert answer.parent_peer == PeerAddress("p", "tcp://127.0.0.1:7001")

@@ -121,6 +121,7 @@ _REFILL_TRIES = 3
 _RECOVERY_WINDOW = 0.05
 _NEW_SOURCE_BACKFILL = 64
 _HEADS_MAX = 64
+_ADDRESS_MAX = 256
 _FAULTS = frozenset({"connection closed", "heartbeat timeout"})
 
 
@@ -368,7 +369,13 @@ class PeerCore:
         if root:
             self._become_root(now)
             return
-        self._begin_attempt(tuple(peers), now)
+        entries = list(peers)
+        gp = self.grandparent
+        if self._recovering and gp is not None and all(p != gp.peer_id for p, _ in entries):
+            # The grandparent outlived my parent more often than not, and it is older than
+            # me: a HELLO to it climbs from there even when the HOMS still lists the dead.
+            entries.append((gp.peer_id, gp.address))
+        self._begin_attempt(tuple(entries), now)
 
     def restart(self, info: JoinInfo, now: float) -> None:
         """Start over under a new HOMP membership (a new ticket), from any phase but LEFT.
@@ -816,7 +823,10 @@ class PeerCore:
 
     def _volunteer(self, hello: Hello, vertical: bool, now: float, displace: bool = False) -> None:
         conn = self._new_conn()
-        extra: dict[str, Any] = {}
+        # My listening address: the joiner knows only the ephemeral end of my connection, and
+        # without it cannot tell its own children where their grandparent is (R2's ESTAB has
+        # no address; PeerAddress in 4200 and the vertical-candidate HELLO need it).
+        extra: dict[str, Any] = {"address": self.address}
         if self.depth is not None:
             extra["depth"] = self.depth
         if displace:
@@ -864,6 +874,9 @@ class PeerCore:
         link.depth = _hp2p_depth(msg.hp2p)
         link.allow_primary = msg.allow_primary_req
         link.displace = bool(msg.hp2p and msg.hp2p.get("displace") is True)
+        address = msg.hp2p.get("address") if msg.hp2p else None
+        if isinstance(address, str) and 0 < len(address) <= _ADDRESS_MAX:
+            link.address = address
         gp = self.grandparent
         link.vertical = gp is not None and gp.peer_id == msg.peer_id
         if self.phase is Phase.ATTACHED or not msg.allow_primary_req:
