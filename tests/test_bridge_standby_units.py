@@ -336,8 +336,17 @@ async def test_a_replaced_source_drops_what_it_held():
     assert node.published == []  # not one message under a sequence the new source uses
     assert events[-1][0] == "replaced"
     assert events[-1][1]["dropped"] == 3
-    bridge._offer(running, core("c0", 9, b"late"))  # the pump skips inactive targets anyway
-    assert running.held  # held, never published: the lease is not renewed again
+    assert running.retired
+    assert bridge.status()["targets"][0]["retired"]
+
+    async def later():
+        yield core("c0", 9, b"late")
+
+    await bridge._pump(later())  # selected, yet neither forwarded nor kept
+    assert bridge.stats.received == 1
+    assert node.published == []
+    assert not running.held
+    assert not running.buffer
 
 
 async def test_a_failed_source_peer_stops_the_target():

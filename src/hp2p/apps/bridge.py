@@ -126,11 +126,15 @@ class _Running:
     # this bridge still holds the source peer-id; meanwhile hold (bounded) what is selected
     lease_until: float = math.inf
     held: deque[Delivery] = field(default_factory=deque)
+    retired: bool = False  # replaced by another bridge of the group: this one feeds it no more
     ledger: ForwardLedger | None = None
 
 
 #: Seconds a standby allows the one ranked before it for joining the SubTree as the source.
 _JOIN_ALLOWANCE = 2.0
+
+#: How often (s) a settling standby looks whether its watcher still has data to pull.
+_SETTLE_POLL = 0.1
 
 #: How many times a SubTree standby goes back to watching after another peer became the source.
 _TAKEOVER_ROUNDS = 100
@@ -192,7 +196,7 @@ class Bridge:
         self.group_key = group_key
         self.probe_interval = probe_interval
         #: What standby r-1 needs to take over before standby r may (AbsenceClock)
-        self.rank_gap = self.takeover_after + settle + 2 * probe_interval + _JOIN_ALLOWANCE
+        self.rank_gap = self.takeover_after + 3 * settle + 2 * probe_interval + _JOIN_ALLOWANCE
         self.source_wait = source_wait
         self.buffer = buffer
         self.settle = settle
@@ -267,6 +271,7 @@ class Bridge:
                     "kind": r.target.kind,
                     "overlay_id": r.overlay_id,
                     "active": r.active,
+                    "retired": r.retired,
                     "buffered": len(r.buffer) if r.ledger is None else r.ledger.waiting,
                     "held": len(r.held),
                     **(
@@ -339,6 +344,8 @@ class Bridge:
         async for delivery in deliveries:
             self.stats.received += 1
             for running in self._running:
+                if running.retired:
+                    continue
                 if running.target.selects(delivery):
                     self.stats.selected += 1
                     if running.active:
@@ -550,13 +557,30 @@ class Bridge:
             return None
         return node
 
+    async def _settle(self, running: _Running) -> None:
+        """Let data in flight around the failure reach the watcher before its count is taken.
+
+        At least ``settle`` seconds; then, for up to twice that, until the watcher's data
+        recovery has nothing left to pull: a sequence it heard of (heads on heartbeats,
+        buffermaps) but does not hold yet would otherwise be numbered again by the new source.
+        """
+        await asyncio.sleep(self.settle)
+        watcher = running.watcher
+        core = watcher.core if watcher is not None else None
+        if core is None:
+            return
+        for _ in range(max(1, round(2 * self.settle / _SETTLE_POLL))):  # bounded: 2 x settle
+            if not len(core.recovery):
+                return
+            await asyncio.sleep(_SETTLE_POLL)
+
     async def _tree_takeover(self, running: _Running) -> None:
         ledger = running.ledger
         assert ledger is not None
         for _ in range(_TAKEOVER_ROUNDS):
             dead = await self._until_source_gone(running)
             self._emit("source_lost", {"target": running.target.title, "rank": self.rank})
-            await asyncio.sleep(self.settle)  # in-flight data reaches the watcher (bounded)
+            await self._settle(running)
             node = await self._join_as_source(running, dead)
             if node is not None:
                 break
@@ -630,6 +654,7 @@ class Bridge:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(node.failed.wait(), self.takeover_after / 3)
         running.active = False
+        running.retired = True
         dropped = len(running.held)
         running.held.clear()
         self._emit(
@@ -685,7 +710,7 @@ Examples:
 A target is TITLE[:APP-ID,…]; without app-ids it takes every CoreTree message. The
 sub-overlay is created under the CoreTree (source peer-id ID-TITLE) when it does not exist.
 A standby takes over when the source has not answered for --takeover-after seconds (standby
-N waits (N-1) x (--takeover-after + --settle + 3 s) longer, so that N-1 goes first);
+N waits (N-1) x (--takeover-after + 3 x --settle + 3 s) longer, so that N-1 goes first);
 for a SubTree it joins under the source's peer-id, which needs the same --group-key as the
 active bridge (without it, the takeover waits for the HOMS to expire the dead source).
 """
@@ -715,7 +740,7 @@ def build_parser() -> Any:
         default=1,
         metavar="N",
         help="order among several standbys of one bridge (SubTree targets; default 1): "
-        "standby N waits (N-1) x (--takeover-after + --settle + 3 s) more than standby 1",
+        "standby N waits (N-1) x (--takeover-after + 3 x --settle + 3 s) more than standby 1",
     )
     p.add_argument(
         "--group-key",
