@@ -29,8 +29,8 @@ from typing import Any
 
 import msgspec
 
+from hp2p.peer.errors import NotSourceError
 from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError
-from hp2p.peer.mesh import NotSourceError
 from hp2p.wire import homp
 from hp2p.wire.r2.messages import BroadcastData, GetDataResponse, Message
 
