@@ -27,13 +27,13 @@ from test_mesh_process import MeshProc
 
 pytestmark = pytest.mark.slow
 
-# The sizes (CoreTree 10, SubTree 10, SubMesh 20: 41 processes) take ~2 minutes on
-# this 2-core shared machine, over the suite's time box; by default the same test runs at half
-# size. HP2P_FULL_SUBOVERLAYS=1 runs the full sizes (passed in 137 s).
-FULL = os.environ.get("HP2P_FULL_SUBOVERLAYS") == "1"
-CORE_PEERS = 9 if FULL else 4  # + the bridge
-SUBTREE_PEERS = 9 if FULL else 4  # + the bridge's SubTree source
-SUBMESH_PEERS = 20 if FULL else 8
+# The sizes: CoreTree 10 (9 peers + the bridge), SubTree 10 (9 + the bridge's source),
+# SubMesh 20, plus a late SubMesh joiner: 42 processes, ~35 s on a quiet 2-core machine (137 s
+# under heavy load). HP2P_SMALL_SUBOVERLAYS=1 runs half the sizes (~10 s) for quick iteration.
+SMALL = os.environ.get("HP2P_SMALL_SUBOVERLAYS") == "1"
+CORE_PEERS = 4 if SMALL else 9  # + the bridge
+SUBTREE_PEERS = 4 if SMALL else 9  # + the bridge's SubTree source
+SUBMESH_PEERS = 8 if SMALL else 20
 SOURCES = 3
 PER_SOURCE = 4
 
@@ -156,9 +156,18 @@ def test_core_tree_feeds_a_subtree_and_a_submesh_exactly_once(tmp_path: Path) ->
 
         late = MeshProc(tmp_path, homs.url, "late", "--join", ids["blocks"])
         procs.append(late)
-        late.wait_joined()
+        # the bridge recorded its SubMesh source's manifest key when it created the SubMesh
+        recorded = httpx.get(
+            f"{homs.url}/api/OverlayStatus", params={"overlay_id": ids["blocks"]}, timeout=10
+        ).json()["overlay"]["source-key"]
+        assert recorded.startswith("ed25519:")
+        assert late.wait_joined()["source_key"] == recorded
         got = [late.next_event({"delivered"}, 60) for _ in range(total)]
         assert Counter(d["sha256"] for d in got) == wanted
+        late.command("status")
+        counters = late.next_event({"status"}, 30)["mesh"]["counters"]
+        assert counters["manifests_verified"] == total
+        assert counters["manifests_unverified"] == 0
 
         # the HOMS knows the composition: each sub-overlay names its parent and source
         for title, kind in (("live", "tree"), ("blocks", "mesh")):

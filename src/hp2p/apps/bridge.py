@@ -53,7 +53,13 @@ from hp2p.apps.bridge_standby import AbsenceClock, ForwardLedger, source_answers
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.homs_client import HomsError, OverlayNotFoundError
 from hp2p.peer.mesh_config import MeshConfig
-from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
+from hp2p.peer.mesh_node import (
+    MeshNode,
+    MeshNodeError,
+    MeshSettings,
+    default_key_path,
+    load_signing_key,
+)
 from hp2p.peer.node import Delivery, NodeError, PeerNode
 from hp2p.peer.settings import NodeSettings
 from hp2p.peer.subscription import Subscription
@@ -296,6 +302,10 @@ class Bridge:
         except OverlayNotFoundError:
             if self.standby or not self.create_missing:
                 raise
+            key = None
+            if target.kind == "mesh":  # the key its source will sign manifests with
+                signer = load_signing_key(default_key_path(target.source_id), create=True)
+                key = signer.public_text if signer is not None else None
             return await self._homs.create_sub_overlay(
                 target.title,
                 sub_type=target.kind,
@@ -303,6 +313,7 @@ class Bridge:
                 source_peer_id=target.source_id,
                 owner_id=self.bridge_id,
                 admin_key=secrets.token_urlsafe(16),
+                source_key=key,
             )
         if overlay.type != "sub" or overlay.sub_type != target.kind:
             raise BridgeError(

@@ -186,8 +186,13 @@ class SubOverlayHomsClient(HomsClient):
         heartbeat_timeout: int = 3,
         description: str = "",
         access_key: str | None = None,
+        source_key: str | None = None,
     ) -> str:
-        """HybridOverlayCreation of a SubTree/SubMesh hanging off ``parent_overlay_id``."""
+        """HybridOverlayCreation of a SubTree/SubMesh hanging off ``parent_overlay_id``.
+
+        ``source_key`` (a SubMesh's ``ed25519:…`` manifest key) recorded at creation leaves no
+        window in which another peer could claim the source's peer-id with its own key.
+        """
         if sub_type not in ("tree", "mesh"):
             raise ValueError(f"sub-type must be 'tree' or 'mesh', not {sub_type!r}")
         request = homp.CreateRequest(
@@ -206,6 +211,7 @@ class SubOverlayHomsClient(HomsClient):
                 ),
                 parent_overlay_id=parent_overlay_id,
                 source_peer_id=source_peer_id,
+                source_key=source_key,
             )
         )
         answer = await self._call(
