@@ -187,6 +187,25 @@ async def test_status_topology_and_registry(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/PeerInfo", params={"peer_id": "zz"})).status_code == 404
 
 
+async def test_one_member_is_shown_without_the_whole_overlay(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/homs", json=overlay("ov"))).status_code == 200
+    for pid in ("a", "b"):
+        assert (await client.post("/peer", json=join("ov", pid, expires=60))).status_code == 202
+    status = (await client.get("/api/OverlayStatus", params={"overlay_id": "ov"})).json()
+    member = await client.get("/api/OverlayMember", params={"overlay_id": "ov", "peer_id": "b"})
+    assert member.status_code == 200
+    assert member.json() == status["peers"][1]  # the same member, as OverlayStatus shows it
+    missing = {
+        ("ov", "zz"): "?peer_id",  # not a member
+        ("nope", "a"): "?overlay_id",  # no such overlay
+        ("ov", ""): "?peer_id",  # no member named
+    }
+    for (oid, pid), field in missing.items():
+        r = await client.get("/api/OverlayMember", params={"overlay_id": oid, "peer_id": pid})
+        assert r.status_code == 404
+        assert r.json()["field"] == field
+
+
 async def test_openapi_documents_the_request_bodies(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     join_body = spec["paths"]["/peer"]["post"]["requestBody"]["content"]["application/json"]

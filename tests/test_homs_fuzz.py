@@ -191,6 +191,7 @@ def test_no_raw_bytes_or_query_gives_a_server_error(
 
 GET_ROUTES = [
     "/api/OverlayStatus",
+    "/api/OverlayMember",
     "/api/OverlayTopology",
     "/api/OverlayCostMap",
     "/api/PeerInfo",

@@ -21,7 +21,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from hp2p.homs import registry
 from hp2p.homs.errors import AdmissionRefusedError, HompError
-from hp2p.homs.store import HomsStore, JoinResult, OverlayRecord, topology
+from hp2p.homs.store import HomsStore, JoinResult, OverlayRecord, PeerStatus, topology
 from hp2p.wire import homp
 from hp2p.wire.errors import LimitExceeded, WireError
 
@@ -536,23 +536,44 @@ async def overlay_status(request: Request) -> Response:
                 "num_active": sum(1 for m in members if m.num_primary > 0),
                 "sub-overlays": [_sub_summary(sub) for sub in subs],
             },
-            "peers": [
-                {
-                    "peer-id": m.peer_id,
-                    "ticket-id": m.ticket,
-                    "address": m.address,
-                    "expires": m.expires,
-                    "last_seen": m.last_seen,
-                    "expires_at": m.expires_at,
-                    "num_primary": m.num_primary,
-                    "num_out_candidate": m.num_out_candidate,
-                    "num_in_candidate": m.num_in_candidate,
-                    "costmap": m.costmap,
-                }
-                for m in members
-            ],
+            "peers": [_member_json(m) for m in members],
         },
     )
+
+
+def _member_json(m: PeerStatus) -> dict[str, Any]:
+    return {
+        "peer-id": m.peer_id,
+        "ticket-id": m.ticket,
+        "address": m.address,
+        "expires": m.expires,
+        "last_seen": m.last_seen,
+        "expires_at": m.expires_at,
+        "num_primary": m.num_primary,
+        "num_out_candidate": m.num_out_candidate,
+        "num_in_candidate": m.num_in_candidate,
+        "costmap": m.costmap,
+    }
+
+
+@router.get("/api/OverlayMember", summary="One member of an overlay, with its liveness")
+async def overlay_member(request: Request) -> Response:
+    """The member ``peer_id`` of ``overlay_id`` as in OverlayStatus, or 404.
+
+    For a program that watches one peer (the R3 bridge watching its sub-overlay's source)
+    without reading every member of a large overlay each time.
+    """
+    overlay_id = _required_query(request, "overlay_id")
+    peer_id = request.query_params.get("peer_id")
+    if not peer_id:
+        raise HompError(404, "give the member with ?peer_id=…", "?peer_id")
+    try:
+        members = await _store(request).peers(overlay_id, peer_id=peer_id)
+    except HompError as exc:
+        raise HompError(404, exc.message, "?overlay_id") from exc
+    if not members:
+        raise HompError(404, f"{peer_id!r} is not a member of {overlay_id!r}", "?peer_id")
+    return _json(200, _member_json(members[0]))
 
 
 @router.get("/api/OverlayTopology", summary="Current topology: nodes and links")

@@ -939,15 +939,17 @@ class HomsStore:
 
     # ------------------------------------------------------------------ status (OSM FE)
 
-    async def peers(self, overlay_id: str) -> list[PeerStatus]:
-        """Every member of an overlay in ticket order, with liveness and last report."""
+    async def peers(self, overlay_id: str, *, peer_id: str | None = None) -> list[PeerStatus]:
+        """Every member of an overlay in ticket order (or only ``peer_id``: [] or [it]), with
+        liveness and last report."""
 
         def tx(conn: Connection) -> list[PeerStatus]:
             if not conn.scalar(select(exists().where(overlay.c.overlay_id == overlay_id))):
                 raise unknown_overlay(overlay_id)
-            rows = conn.execute(
-                select(peer).where(peer.c.overlay_id == overlay_id).order_by(peer.c.ticket)
-            )
+            query = select(peer).where(peer.c.overlay_id == overlay_id)
+            if peer_id is not None:
+                query = query.where(peer.c.peer_id == peer_id)
+            rows = conn.execute(query.order_by(peer.c.ticket))
             return [
                 PeerStatus(
                     peer_id=r.peer_id,

@@ -237,10 +237,34 @@ class SubOverlayHomsClient(HomsClient):
         return body
 
     async def peer_address(self, overlay_id: str, peer_id: str) -> str | None:
-        """The R2 address a member registered, or None if it is not a member (now)."""
-        status = await self.overlay_status(overlay_id)
-        for member in status.get("peers", []):
-            if isinstance(member, dict) and member.get("peer-id") == peer_id:
-                address = member.get("address")
-                return address if isinstance(address, str) else None
-        return None
+        """The R2 address a member registered, or None if it is not a member (now).
+
+        One member (``/api/OverlayMember``), not the whole overlay: an active bridge asks
+        this several times a second-ish for its source, whatever the sub-overlay's size.
+        """
+        try:
+            response = await self._http.get(
+                "/api/OverlayMember", params={"overlay_id": overlay_id, "peer_id": peer_id}
+            )
+        except Exception as exc:
+            raise HomsError(f"cannot read member {peer_id!r} of {overlay_id!r}: {exc}") from None
+        if response.status_code == 404:
+            try:
+                where = msgspec.json.decode(response.content).get("field")
+            except (msgspec.DecodeError, AttributeError):
+                where = None
+            if where == "?peer_id":
+                return None  # not a member
+            raise HomsError(
+                f"the HOMS has no overlay {overlay_id!r} (or no /api/OverlayMember: an older "
+                "HOMS; upgrade it)",
+                404,
+            )
+        if response.status_code != 200:
+            raise HomsError(
+                f"the HOMS refused to show member {peer_id!r} ({response.status_code})",
+                response.status_code,
+            )
+        member: Any = msgspec.json.decode(response.content)
+        address = member.get("address") if isinstance(member, dict) else None
+        return address if isinstance(address, str) else None
