@@ -122,6 +122,7 @@ _RECOVERY_WINDOW = 0.05
 _NEW_SOURCE_BACKFILL = 64
 _HEADS_MAX = 64
 _ADDRESS_MAX = 256
+_HOLD_MAX = 0.05
 _FAULTS = frozenset({"connection closed", "heartbeat timeout"})
 
 
@@ -1335,9 +1336,13 @@ class PeerCore:
             self._attempt = 1
             self.counters.attempts += 1
             self._candidates_only = True
-            # Hold what younger orphans ask me meanwhile, for less than their ask time-out.
+            # Hold what younger orphans ask me meanwhile, for about a HOMS round trip and
+            # well within their ask time-out: after a mass crash the kernel may take a
+            # hundred milliseconds and more to close the dead peers' connections, and a
+            # round of mine that waits on one must not hold every orphan below me with it.
             self._holding = True
-            self._timers.arm(_T_DEFER, now + self.config.recovery_ask_timeout / 2)
+            hold = min(_HOLD_MAX, self.config.recovery_ask_timeout / 2)
+            self._timers.arm(_T_DEFER, now + hold)
             self._select(now)
         else:
             self._ask_homs()
