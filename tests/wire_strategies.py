@@ -23,6 +23,8 @@ _JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**31), 2**31) | st.te
 def _text(t: mi.StrType) -> st.SearchStrategy[str]:
     lo = t.min_length or 0
     hi = t.max_length if t.max_length is not None else _MAX_TEXT
+    if t.pattern is not None:  # e.g. a source-key: strings of the pattern, within the bounds
+        return st.from_regex(t.pattern, fullmatch=True).filter(lambda v: lo <= len(v) <= hi)
     # Mostly short strings, sometimes exactly at the limit.
     short = st.text(min_size=lo, max_size=max(lo, min(hi, _MAX_TEXT)))
     return short | st.text(min_size=hi, max_size=hi) if hi <= 2048 else short
