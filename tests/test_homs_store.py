@@ -391,6 +391,45 @@ async def test_reported_lost_neighbour_is_removed_only_if_it_stopped_refreshing(
         assert [m.peer_id for m in await store.peers("ov")] == ["a", "c"]
 
 
+async def test_a_neighbour_reported_gone_and_silent_is_no_longer_offered_until_it_talks(
+    db_url: str, clock: Clock
+) -> None:
+    """Suspects (heartbeat timeout 15 s here) stay members but leave the peer lists."""
+    async with open_store(db_url, clock) as store:
+        await store.create_overlay(create_spec("ov"))
+        for pid in ("a", "b", "c", "d"):
+            await store.join(join_req("ov", pid, expires=100))
+        await store.report(report_req("ov", "a", ["b", "c"]))
+        for pid in ("b", "c", "d"):
+            await store.report(report_req("ov", pid, ["a"]))
+        clock.now += 20  # past the heartbeat timeout, well inside the refresh period
+        await store.report(report_req("ov", "b", ["a"]))  # b moved and says so: alive
+        assert await store.report(report_req("ov", "a", [])) == []  # nobody evicted
+
+        def named(result: Any) -> list[str]:
+            return [e.peer_id for e in result.peer_list]
+
+        members = {m.peer_id: m for m in await store.peers("ov")}
+        assert set(members) == {"a", "b", "c", "d"}
+        assert members["c"].suspect_since == clock.now
+        assert members["b"].suspect_since is None
+        assert "c" not in named(await store.recovery_join(join_req("ov", "d", ticket=4)))
+        assert "c" not in named(await store.join(join_req("ov", "e")))
+        await store.refresh(
+            homp.RefreshRequest(
+                overlay=homp.OverlayAccess(overlay_id="ov"),
+                peer=homp.RefreshPeer(
+                    peer_id="c",
+                    address="tcp://127.0.0.1/c",
+                    auth=homp.PeerAuth(password="pw-c"),
+                    expires=100,
+                ),
+            )
+        )  # c was only slow: its refresh clears the mark
+        assert "c" in named(await store.recovery_join(join_req("ov", "d", ticket=4)))
+        assert {m.peer_id: m.suspect_since for m in await store.peers("ov")}["c"] is None
+
+
 async def test_events_follow_commits(db_url: str, clock: Clock) -> None:
     async with open_store(db_url, clock) as store:
         events: list[Event] = []

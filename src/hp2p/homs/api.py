@@ -553,6 +553,7 @@ def _member_json(m: PeerStatus) -> dict[str, Any]:
         "num_out_candidate": m.num_out_candidate,
         "num_in_candidate": m.num_in_candidate,
         "costmap": m.costmap,
+        "suspect_since": m.suspect_since,
     }
 
 

@@ -106,6 +106,10 @@ peer = Table(
     Column("costmap", Text, nullable=True),
     Column("report_time", Float, nullable=True),
     Column("created_at", Float, nullable=False),
+    #: When a neighbour last reported this peer gone while it had shown no life for a
+    #: heartbeat timeout; NULL again at its next refresh, report or recovery join. A suspect
+    #: stays a member but is left out of peer lists (migration 0004).
+    Column("suspect_since", Float, nullable=True),
     UniqueConstraint("overlay_id", "ticket"),
 )
 Index("ix_peer_expires_at", peer.c.expires_at)

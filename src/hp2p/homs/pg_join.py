@@ -39,16 +39,17 @@ UPSERT_INFO = (
     "capabilities = excluded.capabilities, updated_at = excluded.updated_at"
 )
 COUNT_ACTIVE = (
-    "SELECT count(*) FROM peer WHERE overlay_id = $1 AND expires_at >= $2 AND num_primary > 0"
+    "SELECT count(*) FROM peer WHERE overlay_id = $1 AND expires_at >= $2 "
+    "AND suspect_since IS NULL AND num_primary > 0"
 )
 ACTIVE_WINDOW = (
     "SELECT peer_id, address, ticket, num_primary FROM peer "
-    "WHERE overlay_id = $1 AND expires_at >= $2 AND num_primary > 0 "
+    "WHERE overlay_id = $1 AND expires_at >= $2 AND suspect_since IS NULL AND num_primary > 0 "
     "ORDER BY ticket LIMIT $3 OFFSET $4"
 )
 LIVE_PEERS = (
     "SELECT peer_id, address, ticket, num_primary FROM peer "
-    "WHERE overlay_id = $1 AND expires_at >= $2 ORDER BY ticket"
+    "WHERE overlay_id = $1 AND expires_at >= $2 AND suspect_since IS NULL ORDER BY ticket"
 )
 LOWEST_TICKET = LIVE_PEERS + " LIMIT 1"
 

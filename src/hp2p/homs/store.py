@@ -197,6 +197,8 @@ class PeerStatus:
     num_in_candidate: int
     costmap: dict[str, list[str]] | None
     report_time: float | None
+    #: Reported gone by a neighbour and silent since: left out of peer lists (see report).
+    suspect_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +264,10 @@ _P_PID: BindParameter[str] = bindparam("pid")
 _P_NOW: BindParameter[float] = bindparam("now")
 _ENTRY_COLS = (peer.c.peer_id, peer.c.address, peer.c.ticket, peer.c.num_primary)
 _THIS_PEER = and_(peer.c.overlay_id == _P_OID, peer.c.peer_id == _P_PID)
-_LIVE = and_(peer.c.overlay_id == _P_OID, peer.c.expires_at >= _P_NOW)
+#: Members a peer list may name: not expired, and not reported gone (``suspect_since``).
+_LIVE = and_(
+    peer.c.overlay_id == _P_OID, peer.c.expires_at >= _P_NOW, peer.c.suspect_since.is_(None)
+)
 _LIVE_ACTIVE = and_(_LIVE, peer.c.num_primary > 0)
 
 _BUMP_TICKET = (
@@ -623,6 +628,7 @@ class HomsStore:
                     "expires": expires,
                     "last_seen": now,
                     "expires_at": now + expires,
+                    "suspect_since": None,
                     "num_primary": 0,
                     "num_out_candidate": 0,
                     "num_in_candidate": 0,
@@ -788,6 +794,7 @@ class HomsStore:
                     "expires": expires,
                     "last_seen": now,
                     "expires_at": now + expires,
+                    "suspect_since": None,
                 },
             )
             return ov, expires, self._peer_list(conn, ov, p.peer_id, now, ticket)
@@ -815,6 +822,7 @@ class HomsStore:
                     "expires": expires,
                     "last_seen": now,
                     "expires_at": now + expires,
+                    "suspect_since": None,
                     "address": p.address,
                 },
             )
@@ -851,6 +859,9 @@ class HomsStore:
         cost map changed). A neighbour that disappears from the reporter's cost map is
         removed only if it has *also* stopped refreshing, i.e. it is past the time it would
         have refreshed (0.8 × its expires): one peer's word alone never evicts another.
+        Until then, if it has shown no life for the overlay's heartbeat timeout, it is a
+        *suspect*: still a member, but no longer named in peer lists, so orphans of a mass
+        failure are not sent to the dead; its own next refresh or report clears the mark.
         """
         o, p, st = req.overlay, req.peer, req.status
         now = self._clock()
@@ -858,7 +869,7 @@ class HomsStore:
         new_text = json.dumps(new_map)
 
         def tx(conn: Connection) -> tuple[bool, list[str]]:
-            _overlay(conn, o.overlay_id)
+            ov = _overlay(conn, o.overlay_id)
             member = _member(conn, o.overlay_id, p.peer_id, p.auth.password)
             old_map = _load_costmap(member.costmap)
             conn.execute(
@@ -873,6 +884,7 @@ class HomsStore:
                     "report_time": now,
                     "last_seen": now,
                     "expires_at": now + int(member.expires),
+                    "suspect_since": None,
                 },
             )
             # A peer that never reported has no links, as the reference sees it: a first
@@ -881,16 +893,33 @@ class HomsStore:
             dropped = _neighbours(old_map) - _neighbours(new_map) - {p.peer_id}
             if not dropped:
                 return changed, []
-            gone = conn.execute(
-                delete(peer)
+            gone = sorted(
+                r.peer_id
+                for r in conn.execute(
+                    delete(peer)
+                    .where(
+                        peer.c.overlay_id == o.overlay_id,
+                        peer.c.peer_id.in_(sorted(dropped)),
+                        peer.c.last_seen + peer.c.expires * REFRESH_FRACTION < now,
+                    )
+                    .returning(peer.c.peer_id)
+                )
+            )
+            # The others stay members but are no longer offered in peer lists, if they have
+            # shown no life (join, refresh, report) for a heartbeat timeout: a peer that just
+            # moved to another parent reported its new paths a moment ago, a dead one did not.
+            quiet_since = now - ov.heartbeat_timeout
+            conn.execute(
+                update(peer)
                 .where(
                     peer.c.overlay_id == o.overlay_id,
-                    peer.c.peer_id.in_(sorted(dropped)),
-                    peer.c.last_seen + peer.c.expires * REFRESH_FRACTION < now,
+                    peer.c.peer_id.in_(sorted(dropped - set(gone))),
+                    peer.c.last_seen < quiet_since,
+                    peer.c.suspect_since.is_(None),
                 )
-                .returning(peer.c.peer_id)
+                .values(suspect_since=now)
             )
-            return changed, sorted(r.peer_id for r in gone)
+            return changed, gone
 
         changed, lost = await self._db.write(tx)
         events: list[Event] = []
@@ -963,6 +992,7 @@ class HomsStore:
                     num_in_candidate=r.num_in_candidate,
                     costmap=_load_costmap(r.costmap),
                     report_time=r.report_time,
+                    suspect_since=r.suspect_since,
                 )
                 for r in rows
             ]
