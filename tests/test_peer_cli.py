@@ -126,8 +126,12 @@ def test_joined_line_api_and_clean_leave_on_sigterm(homs: HomsProc, tmp_path: Pa
 def test_stdin_commands_and_json_events(homs: HomsProc, tmp_path: Path) -> None:
     root = PeerProc(tmp_path, homs.url, "root", "--create", "events")
     assert root.wait_joined()["parent"] is None
+    before = time.time()
     child = PeerProc(tmp_path, homs.url, "child", "--join", "events")
     try:
+        # the root's path event for its new child carries the root's own time of it
+        path = root.next_event({"path"}, 60)
+        assert before <= path["t"] <= time.time()
         joined = child.wait_joined()
         assert joined["parent"] == "root"
         assert joined["depth"] == 1

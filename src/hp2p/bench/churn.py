@@ -10,7 +10,9 @@ peer prints one JSON line per delivery, which reader threads here timestamp and 
   published in [t0, t0+2 s], ``delivery_ratio_after`` after t0+2 s), and also within 1 s of
   publication (``live_ratio_*``: what the tree did before data recovery filled the holes);
 * **metric 2** — for each orphan (a survivor that printed ``detached`` after t0): from t0 to
-  its ``attached`` line, p50/p99 over orphans, for crash and hang separately.
+  its ``attached`` event, p50/p99 over orphans, for crash and hang separately. Both ends are
+  Unix times on this one machine: t0 just before the signals, ``attached`` from the event's
+  own ``t`` (the peer's clock when it re-attached, not when this reader read the line).
 
 One cluster serves every case of one N: after a case the hung peers are killed and new peers
 join until there are N again. Every wait has a deadline; every loop is bounded.
@@ -88,7 +90,8 @@ class Peer:
             elif kind == "published":
                 self.published[event["sequence"]] = float(event.get("t", now))
             elif kind in ("detached", "attached"):
-                self.timeline.append((now, kind))
+                # the peer's own time of the event, not when this reader got to the line
+                self.timeline.append((float(event.get("t", now)), kind))
             elif kind == "joined":
                 self.info = event
                 self.joined.set()
