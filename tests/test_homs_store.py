@@ -96,6 +96,18 @@ def report_req(overlay_id: str, peer_id: str, primary: list[str], **kw: list[str
     )
 
 
+def refresh_req(peer_id: str, overlay_id: str = "ov", expires: int = 100) -> Any:
+    return homp.RefreshRequest(
+        overlay=homp.OverlayAccess(overlay_id=overlay_id),
+        peer=homp.RefreshPeer(
+            peer_id=peer_id,
+            address=f"tcp://127.0.0.1/{peer_id}",
+            auth=homp.PeerAuth(password=f"pw-{peer_id}"),
+            expires=expires,
+        ),
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_store(url: str, clock: Clock, **kw: Any) -> AsyncIterator[HomsStore]:
     store = HomsStore(parse_database_url(url), clock=clock, admin_key_cost=2**4, **kw)
@@ -397,35 +409,29 @@ async def test_a_neighbour_reported_gone_and_silent_is_no_longer_offered_until_i
     """Suspects (heartbeat timeout 15 s here) stay members but leave the peer lists."""
     async with open_store(db_url, clock) as store:
         await store.create_overlay(create_spec("ov"))
-        for pid in ("a", "b", "c", "d"):
+        for pid in ("a", "b", "c", "d", "e"):
             await store.join(join_req("ov", pid, expires=100))
-        await store.report(report_req("ov", "a", ["b", "c"]))
-        for pid in ("b", "c", "d"):
+        for pid in ("b", "c", "d", "e"):
             await store.report(report_req("ov", pid, ["a"]))
-        clock.now += 20  # past the heartbeat timeout, well inside the refresh period
-        await store.report(report_req("ov", "b", ["a"]))  # b moved and says so: alive
+        clock.now += 1
+        await store.report(report_req("ov", "a", ["b", "c", "e"]))
+        clock.now += 19  # past the heartbeat timeout, well inside the refresh period
+        await store.refresh(refresh_req("e"))  # e refreshed just before it died
+        await store.report(report_req("ov", "b", ["d"]))  # b moved and says so: alive
         assert await store.report(report_req("ov", "a", [])) == []  # nobody evicted
 
         def named(result: Any) -> list[str]:
             return [e.peer_id for e in result.peer_list]
 
         members = {m.peer_id: m for m in await store.peers("ov")}
-        assert set(members) == {"a", "b", "c", "d"}
-        assert members["c"].suspect_since == clock.now
+        assert set(members) == {"a", "b", "c", "d", "e"}
+        assert members["c"].suspect_since == clock.now  # silent for 20 s
+        assert members["e"].suspect_since == clock.now  # alive 0 s ago, but no report of
+        # its own about a path that changed: a dead end cannot report
         assert members["b"].suspect_since is None
         assert "c" not in named(await store.recovery_join(join_req("ov", "d", ticket=4)))
-        assert "c" not in named(await store.join(join_req("ov", "e")))
-        await store.refresh(
-            homp.RefreshRequest(
-                overlay=homp.OverlayAccess(overlay_id="ov"),
-                peer=homp.RefreshPeer(
-                    peer_id="c",
-                    address="tcp://127.0.0.1/c",
-                    auth=homp.PeerAuth(password="pw-c"),
-                    expires=100,
-                ),
-            )
-        )  # c was only slow: its refresh clears the mark
+        assert "c" not in named(await store.join(join_req("ov", "f")))
+        await store.refresh(refresh_req("c"))  # c was only slow: its refresh clears the mark
         assert "c" in named(await store.recovery_join(join_req("ov", "d", ticket=4)))
         assert {m.peer_id: m.suspect_since for m in await store.peers("ov")}["c"] is None
 

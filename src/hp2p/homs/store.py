@@ -37,6 +37,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -288,9 +289,9 @@ _ACTIVE_WINDOW = (
 )
 _LIVE_PEERS = select(*_ENTRY_COLS).where(_LIVE).order_by(peer.c.ticket)
 _LOWEST_TICKET = select(*_ENTRY_COLS).where(_LIVE).order_by(peer.c.ticket).limit(1)
-_MEMBER = select(peer.c.ticket, peer.c.password_hash, peer.c.expires, peer.c.costmap).where(
-    _THIS_PEER
-)
+_MEMBER = select(
+    peer.c.ticket, peer.c.password_hash, peer.c.expires, peer.c.costmap, peer.c.report_time
+).where(_THIS_PEER)
 _LISTED = select(exists().where(auth_peer.c.overlay_id == _P_OID, auth_peer.c.peer_id == _P_PID))
 _UPDATE_PEER = update(peer).where(_THIS_PEER)
 _DELETE_PEER = delete(peer).where(_THIS_PEER)
@@ -905,16 +906,24 @@ class HomsStore:
                     .returning(peer.c.peer_id)
                 )
             )
-            # The others stay members but are no longer offered in peer lists, if they have
-            # shown no life (join, refresh, report) for a heartbeat timeout: a peer that just
-            # moved to another parent reported its new paths a moment ago, a dead one did not.
+            # The others stay members but are no longer offered in peer lists if they look
+            # gone: no sign of life (join, refresh, report) for a heartbeat timeout, or no
+            # report of their own since the reporter's previous one, which still named them
+            # (both ends of a path that really changed report it; a dead end cannot). A
+            # healthy peer whose own report is still on its way is marked for that moment
+            # only: that report clears the mark.
             quiet_since = now - ov.heartbeat_timeout
+            previous = member.report_time if member.report_time is not None else now
             conn.execute(
                 update(peer)
                 .where(
                     peer.c.overlay_id == o.overlay_id,
                     peer.c.peer_id.in_(sorted(dropped - set(gone))),
-                    peer.c.last_seen < quiet_since,
+                    or_(
+                        peer.c.last_seen < quiet_since,
+                        peer.c.report_time.is_(None),
+                        peer.c.report_time < previous,
+                    ),
                     peer.c.suspect_since.is_(None),
                 )
                 .values(suspect_since=now)
