@@ -56,14 +56,11 @@ from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_objects import ManifestSigner, parse_public_key
 from hp2p.peer.mesh_store import DiskPieceStore, MemoryPieceStore, PieceStore
 from hp2p.peer.settings import split_host_port
+from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
 from hp2p.transport import tcp
-from hp2p.transport.base import Link, LinkEvents
 from hp2p.wire import homp
-from hp2p.wire.errors import WireError
-from hp2p.wire.r2 import encode
-from hp2p.wire.r2.messages import Message
 
 log = logging.getLogger("hp2p.peer.mesh")
 
@@ -287,16 +284,7 @@ MeshSubscription = Subscription[MeshDelivery]
 
 
 @dataclass
-class MeshNodeStats:
-    frames_sent: int = 0
-    frames_refused: int = 0
-    sends_to_gone: int = 0
-    encode_errors: int = 0
-    connects: int = 0
-    connect_failures: int = 0
-    accepted: int = 0
-    wire_errors: int = 0
-    protocol_errors: int = 0
+class MeshNodeStats(LinkStats):
     deliveries: int = 0
     peer_list_requests: int = 0
 
@@ -305,8 +293,11 @@ def _password() -> str:
     return "".join(secrets.choice(string.ascii_letters) for _ in range(16))
 
 
-class MeshNode:
+class MeshNode(CoreShell[MeshCore]):
     """One SubMesh peer process: ``await start()``, publish/subscribe, ``await close()``."""
+
+    stats: MeshNodeStats
+    connect_task_name = "hp2p-mesh-connect"
 
     def __init__(
         self,
@@ -333,16 +324,8 @@ class MeshNode:
         self.overlay_id = ""
         self.source_id = ""
         self.state = "starting"
-        self._server: asyncio.Server | None = None
-        self._links: dict[int, Link] = {}
-        self._connecting: dict[int, list[Message]] = {}
-        self._closing: set[int] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._init_shell(settings.send_queue_bytes)
         self._subscribers: list[MeshSubscription] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped = False
         self._asking_homs = False
         self._asking_key = False
         self.became_source = asyncio.Event()
@@ -516,22 +499,7 @@ class MeshNode:
         self._emit("left", {})
 
     async def _shutdown_io(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for link in list(self._links.values()):
-            link.close()
-        self._links.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            self._server = None
+        await self._stop_io()
         for sub in list(self._subscribers):
             sub.close()
         await self.homs.aclose()
@@ -580,128 +548,16 @@ class MeshNode:
         return self.core
 
     # === transport ===============================================================================
-    def _on_accept(self, link: tcp.TcpLink) -> LinkEvents:
-        core = self.core
-        if core is None or self._stopped:
-            link.close()
-            return LinkEvents(on_message=lambda _l, _m: None, on_closed=lambda _l, _e: None)
-        conn = core.accept(self._now())
-        self.stats.accepted += 1
-        self._links[conn] = link
-        self._drain()
-        return self._events(conn)
-
-    def _events(self, conn: int) -> LinkEvents:
-        return LinkEvents(
-            on_message=lambda _link, message: self._on_message(conn, message),
-            on_closed=lambda _link, _exc: self._on_closed(conn),
-            on_protocol_error=lambda _link, err: self._on_wire_error(conn, err),
-        )
-
-    def _on_message(self, conn: int, message: Message) -> None:
-        pending = self._connecting.get(conn)
-        if pending is not None:
-            pending.append(message)
-            return
-        if self.core is None or self._stopped:
-            return
-        self.core.receive(conn, message, self._now())
-        self._drain()
-
-    def _on_closed(self, conn: int) -> None:
-        self._links.pop(conn, None)
-        if conn in self._closing:
-            self._closing.discard(conn)
-            return
-        if self.core is None or self._stopped:
-            return
-        self.core.connection_lost(conn, self._now())
-        self._drain()
-
-    def _on_wire_error(self, conn: int, err: WireError) -> None:
-        self.stats.wire_errors += 1
-        self._emit("error", {"conn": conn, "reason": f"malformed R2 stream: {err}"})
-
-    async def _connect(self, conn: int, address: str) -> None:
-        self.stats.connects += 1
-        try:
-            link = await tcp.connect(
-                address, self._events(conn), max_queue_bytes=self.settings.send_queue_bytes
-            )
-        except (OSError, TimeoutError, ValueError) as exc:
-            self._connecting.pop(conn, None)
-            self.stats.connect_failures += 1
-            log.debug("connect %s failed: %s", address, exc)
-            if self.core is not None and not self._stopped and conn not in self._closing:
-                self.core.connection_failed(conn, self._now())
-                self._drain()
-            self._closing.discard(conn)
-            return
-        early = self._connecting.pop(conn, [])
-        if conn in self._closing or self._stopped or self.core is None:
-            self._closing.add(conn)
-            link.close()
-            return
-        self._links[conn] = link
-        self.core.connection_made(conn, self._now())
-        for message in early:
-            self.core.receive(conn, message, self._now())
-        self._drain()
-
     # === timer and effects =======================================================================
-    def _now(self) -> float:
-        return (self._loop or asyncio.get_running_loop()).time()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        if self.core is None or self._stopped:
-            return
-        self.core.handle_timer(self._now())
-        self._drain()
-
-    def _rearm(self) -> None:
-        core = self.core
-        if core is None or self._loop is None or self._stopped:
-            return
-        when = core.next_timer()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _drain(self) -> None:
-        self._drain_effects()
-        self._rearm()
-
-    def _drain_effects(self) -> None:
-        core = self.core
-        if core is None:
-            return
-        while True:
-            effects = core.take_effects()
-            if not effects:
-                return
-            for effect in effects:
-                try:
-                    self._execute(effect)
-                except Exception:  # a shell bug must not take the peer down silently
-                    log.exception("executing %s failed", type(effect).__name__)
-
     def _execute(self, effect: MeshEffect) -> None:
         if isinstance(effect, Send):
             self._send(effect)
         elif isinstance(effect, ObjectReceived):
             self._deliver(effect)
         elif isinstance(effect, Connect):
-            self._connecting[effect.conn] = []
-            self._spawn(self._connect(effect.conn, effect.address), "hp2p-mesh-connect")
+            self._start_connect(effect.conn, effect.address)
         elif isinstance(effect, Close):
-            self._close(effect.conn)
+            self._close(effect)
         elif isinstance(effect, HomsReport):
             self.homs.report(effect.costmap)
         elif isinstance(effect, PeerListWanted):
@@ -720,31 +576,6 @@ class MeshNode:
         elif isinstance(effect, BecameSource):
             self.became_source.set()
             self._emit("became_source", {"first_object": effect.first_object})
-
-    def _send(self, effect: Send) -> None:
-        try:
-            frame = encode(effect.message)
-        except (WireError, ValueError, TypeError) as exc:
-            self.stats.encode_errors += 1
-            log.error("cannot encode %s: %s", type(effect.message).__name__, exc)
-            return
-        for conn in effect.conns:
-            link = self._links.get(conn)
-            if link is None:
-                self.stats.sends_to_gone += 1
-            elif link.send_frame(frame):
-                self.stats.frames_sent += 1
-            else:
-                self.stats.frames_refused += 1
-
-    def _close(self, conn: int) -> None:
-        if conn in self._connecting:
-            self._closing.add(conn)
-            return
-        link = self._links.get(conn)
-        if link is not None:
-            self._closing.add(conn)
-            link.close()
 
     def _deliver(self, effect: ObjectReceived) -> None:
         self.stats.deliveries += 1
@@ -794,16 +625,3 @@ class MeshNode:
                 self._emit("source_key", {"source_key": key})
             self.core.set_source_key(key, self._now())
             self._drain()
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _emit(self, kind: str, fields: dict[str, Any]) -> None:
-        if self.on_event is not None:
-            try:
-                self.on_event(kind, fields)
-            except Exception:
-                log.exception("event callback failed on %s", kind)

@@ -5,6 +5,8 @@ closed link, the timer, a HOMS answer, an application call) is handed to the san
 :class:`~hp2p.peer.core.PeerCore` with ``loop.time()`` as ``now``; then the core's effects are
 executed in order and the single timer is re-armed to ``core.next_timer()``. That is the whole
 contract (ARCHITECTURE.md, rule 2), and the in-memory simulator drives the same core the same way.
+The connection table, the timer and the effect loop are :class:`hp2p.peer.shell.CoreShell`,
+shared with the SubMesh shell; this module adds what only a tree peer does.
 
 Effects and how they are executed:
 
@@ -56,15 +58,14 @@ from hp2p.peer.effects import (
 )
 from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError
 from hp2p.peer.settings import NodeSettings, split_host_port
+from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Delivery as Delivery
 from hp2p.peer.subscription import Subscription as Subscription
 from hp2p.peer.subtree import NotSourceError, SourcePolicy, policy_for
 from hp2p.transport import tcp
-from hp2p.transport.base import Link, LinkEvents
+from hp2p.transport.base import Link
 from hp2p.transport.faults import FaultPlan, FaultyLink
 from hp2p.wire import homp
-from hp2p.wire.errors import WireError
-from hp2p.wire.r2 import encode
 from hp2p.wire.r2.messages import Message
 
 log = logging.getLogger("hp2p.peer.node")
@@ -85,18 +86,9 @@ _FRAME_OVERHEAD = 4096
 
 
 @dataclass
-class NodeStats:
+class NodeStats(LinkStats):
     """What the shell counted; the core's own counters are in ``PeerCore.counters``."""
 
-    frames_sent: int = 0
-    frames_refused: int = 0  # a link's bounded send queue was full, or it had closed
-    sends_to_gone: int = 0  # the core named a connection the shell no longer has
-    encode_errors: int = 0
-    connects: int = 0
-    connect_failures: int = 0
-    accepted: int = 0
-    wire_errors: int = 0  # malformed R2 streams (the link was closed)
-    protocol_errors: int = 0  # the core's ProtocolError effects
     deliveries: int = 0
     subscriber_drops: int = 0
     recovery_joins: int = 0
@@ -114,8 +106,10 @@ def _password() -> str:
     return "".join(secrets.choice(string.ascii_letters) for _ in range(16))
 
 
-class PeerNode:
+class PeerNode(CoreShell[PeerCore]):
     """One hybrid peer process: ``await start()``, use it, ``await close()``."""
+
+    stats: NodeStats
 
     def __init__(
         self,
@@ -154,17 +148,9 @@ class PeerNode:
         self.joined = asyncio.Event()
         self.state = "starting"
         self.failure: str | None = None
-        self._server: asyncio.Server | None = None
-        self._links: dict[int, Link] = {}
-        self._connecting: dict[int, list[Message]] = {}
-        self._closing: set[int] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._init_shell(settings.send_queue_bytes)
         self._subscribers: list[Subscription[Any]] = []
         self._scans: dict[int, asyncio.Future[ScanResult]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped = False
         self.failed = asyncio.Event()
         self._overlay: homp.QueryOverlay | None = None
         self._links_changed = asyncio.Event()
@@ -295,22 +281,7 @@ class PeerNode:
                 await asyncio.wait_for(self._links_changed.wait(), deadline - self._now())
 
     async def _shutdown_io(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for link in list(self._links.values()):
-            link.close()
-        self._links.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            self._server = None
+        await self._stop_io()
         for sub in list(self._subscribers):
             sub.close()
         for fut in self._scans.values():
@@ -419,142 +390,29 @@ class PeerNode:
         return self.core
 
     # === transport inputs ========================================================================
-    def _on_accept(self, link: tcp.TcpLink) -> LinkEvents:
-        core = self.core
-        if core is None or self._stopped:
-            link.close()
-            return LinkEvents(on_message=lambda _l, _m: None, on_closed=lambda _l, _e: None)
-        conn = core.accept(self._now())
-        self.stats.accepted += 1
-        self._links[conn] = self._wrap(link, link.remote)
-        self._drain()
-        return self._events(conn)
+    def _admit(self, message: Message) -> bool:
+        # SubTree: data not from the source peer is dropped (and counted)
+        return self.source_policy is None or self.source_policy.admit(message)
 
-    def _events(self, conn: int) -> LinkEvents:
-        return LinkEvents(
-            on_message=lambda _link, message: self._on_message(conn, message),
-            on_closed=lambda _link, _exc: self._on_closed(conn),
-            on_protocol_error=lambda _link, err: self._on_wire_error(conn, err),
-        )
+    def _link_closed(self) -> None:
+        self._links_changed.set()
 
     def _wrap(self, link: Link, remote: str) -> Link:
         if self.fault_plan is None:
             return link
         return FaultyLink(link, self.fault_plan, local=self.address, remote=remote)
 
-    def _on_message(self, conn: int, message: Message) -> None:
-        pending = self._connecting.get(conn)
-        if pending is not None:
-            pending.append(message)  # arrived before connect() returned: keep the order
-            return
-        core = self.core
-        if core is None or self._stopped:
-            return
-        if self.source_policy is not None and not self.source_policy.admit(message):
-            return  # SubTree: data not from the source peer is dropped (and counted)
-        core.receive(conn, message, self._now())
-        self._drain()
-
-    def _on_closed(self, conn: int) -> None:
-        self._links.pop(conn, None)
-        self._links_changed.set()
-        if conn in self._closing:
-            self._closing.discard(conn)
-            return  # the core closed it: it already knows
-        core = self.core
-        if core is None or self._stopped:
-            return
-        core.connection_lost(conn, self._now())
-        self._drain()
-
-    def _on_wire_error(self, conn: int, err: WireError) -> None:
-        self.stats.wire_errors += 1
-        log.info("malformed R2 stream on connection %d: %s", conn, err)
-        self._emit("error", {"conn": conn, "reason": f"malformed R2 stream: {err}"})
-
-    async def _connect(self, conn: int, address: str) -> None:
-        self.stats.connects += 1
-        try:
-            link = await tcp.connect(
-                address, self._events(conn), max_queue_bytes=self.settings.send_queue_bytes
-            )
-        except (OSError, TimeoutError, ValueError) as exc:
-            self._connecting.pop(conn, None)
-            self.stats.connect_failures += 1
-            log.debug("connect %s failed: %s", address, exc)
-            if self.core is not None and not self._stopped and conn not in self._closing:
-                self.core.connection_failed(conn, self._now())
-                self._drain()
-            self._closing.discard(conn)
-            return
-        early = self._connecting.pop(conn, [])
-        if conn in self._closing or self._stopped or self.core is None:
-            self._closing.add(conn)
-            link.close()
-            return
-        self._links[conn] = self._wrap(link, address)
-        core = self.core
-        core.connection_made(conn, self._now())
-        for message in early:
-            if self.source_policy is None or self.source_policy.admit(message):
-                core.receive(conn, message, self._now())
-        self._drain()
-
     # === timer ===================================================================================
-    def _now(self) -> float:
-        loop = self._loop or asyncio.get_running_loop()
-        return loop.time()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        core = self.core
-        if core is None or self._stopped:
-            return
-        core.handle_timer(self._now())
-        self._drain()
-
-    def _rearm(self) -> None:
-        core = self.core
-        if core is None or self._loop is None or self._stopped:
-            return
-        when = core.next_timer()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
-
     # === effects =================================================================================
-    def _drain(self) -> None:
-        """Execute every effect the core produced, in order, then re-arm the timer."""
-        core = self.core
-        if core is None:
-            return
-        while True:
-            effects = core.take_effects()
-            if not effects:
-                break
-            for effect in effects:
-                try:
-                    self._execute(effect)
-                except Exception:  # a shell bug must not take the peer down silently
-                    log.exception("executing %s failed", type(effect).__name__)
-        self._rearm()
-
     def _execute(self, effect: Effect) -> None:
         if isinstance(effect, Send):
             self._send(effect)
         elif isinstance(effect, Deliver):
             self._deliver(effect)
         elif isinstance(effect, Connect):
-            self._connecting[effect.conn] = []
-            self._spawn(self._connect(effect.conn, effect.address), "hp2p-connect")
+            self._start_connect(effect.conn, effect.address)
         elif isinstance(effect, Close):
-            self._close(effect.conn)
+            self._close(effect)
         elif isinstance(effect, HomsReport):
             self.homs.report(effect.costmap)
         elif isinstance(effect, HomsRecoveryJoin):
@@ -605,33 +463,6 @@ class PeerNode:
             )
         elif isinstance(effect, Left):
             self.state = "left"
-
-    def _send(self, effect: Send) -> None:
-        try:
-            frame = encode(effect.message)
-        except (WireError, ValueError, TypeError) as exc:
-            self.stats.encode_errors += 1
-            log.error("cannot encode %s: %s", type(effect.message).__name__, exc)
-            self._emit("error", {"reason": f"cannot encode {type(effect.message).__name__}"})
-            return
-        links = self._links
-        for conn in effect.conns:
-            link = links.get(conn)
-            if link is None:
-                self.stats.sends_to_gone += 1
-            elif link.send_frame(frame):
-                self.stats.frames_sent += 1
-            else:
-                self.stats.frames_refused += 1
-
-    def _close(self, conn: int) -> None:
-        if conn in self._connecting:
-            self._closing.add(conn)  # _connect closes it when (if) it opens
-            return
-        link = self._links.get(conn)
-        if link is not None:
-            self._closing.add(conn)
-            link.close()
 
     def _deliver(self, effect: Deliver) -> None:
         self.stats.deliveries += 1
@@ -744,19 +575,6 @@ class PeerNode:
         self._drain()
 
     # === helpers =================================================================================
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _emit(self, kind: str, fields: dict[str, Any]) -> None:
-        if self.on_event is not None:
-            try:
-                self.on_event(kind, fields)
-            except Exception:
-                log.exception("event callback failed on %s", kind)
-
     def joined_info(self) -> dict[str, Any]:
         """The facts of the one 'joined' line: ids, ticket, addresses, place in the tree."""
         core = self.core

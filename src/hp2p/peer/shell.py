@@ -1,0 +1,291 @@
+"""The asyncio half that every sans-IO peer core needs, written once for the tree and the mesh.
+
+Both :class:`~hp2p.peer.node.PeerNode` (CoreTree, SubTree) and
+:class:`~hp2p.peer.mesh_node.MeshNode` (SubMesh) drive a core with the same contract: every
+input (an accepted or opened TCP connection, a decoded R2 message, a closed link, the timer)
+goes to the core with ``loop.time()`` as ``now``; then the core's effects are executed in
+order and one timer is re-armed to ``core.next_timer()``. What differs between them is only
+which effects exist beyond the transport ones, so this class owns the connection table, the
+timer and the effect loop, and a subclass supplies :meth:`CoreShell._execute` for the rest.
+
+Two details of the connection table matter for correctness:
+
+* frames that arrive on a connection the shell opened, before ``tcp.connect`` returned, are
+  held and fed to the core right after ``connection_made``, in order;
+* a ``Close`` for a connection still being opened is remembered and applied when (if) it
+  opens; a link the core closed itself is not reported back to it as lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from hp2p.peer.effects import Close, Send
+from hp2p.transport import tcp
+from hp2p.transport.base import Link, LinkEvents
+from hp2p.wire.errors import WireError
+from hp2p.wire.r2 import encode
+from hp2p.wire.r2.messages import Message
+
+log = logging.getLogger("hp2p.peer.shell")
+
+
+class DrivenCore(Protocol):
+    """The inputs a sans-IO core takes and the outputs it gives (ARCHITECTURE.md, rule 2)."""
+
+    def accept(self, now: float) -> int: ...
+    def connection_made(self, conn: int, now: float) -> None: ...
+    def connection_failed(self, conn: int, now: float) -> None: ...
+    def connection_lost(self, conn: int, now: float) -> None: ...
+    def receive(self, conn: int, message: Message, now: float) -> None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def next_timer(self) -> float | None: ...
+    def take_effects(self) -> Sequence[Any]: ...
+
+
+CoreT = TypeVar("CoreT", bound=DrivenCore)
+
+
+@dataclass
+class LinkStats:
+    """What the transport side of a shell counted; the shells add their own counters."""
+
+    frames_sent: int = 0
+    frames_refused: int = 0  # a link's bounded send queue was full, or it had closed
+    sends_to_gone: int = 0  # the core named a connection the shell no longer has
+    encode_errors: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    accepted: int = 0
+    wire_errors: int = 0  # malformed R2 streams (the link was closed)
+    protocol_errors: int = 0  # the core's ProtocolError effects
+
+
+class CoreShell(Generic[CoreT]):
+    """Connection table, timer and effect loop around one core; see the module docstring."""
+
+    core: CoreT | None
+    stats: LinkStats
+    on_event: Any  # EventSink | None
+    #: Task name of the connection attempts (visible in asyncio debugging).
+    connect_task_name = "hp2p-connect"
+
+    def _init_shell(self, send_queue_bytes: int) -> None:
+        self._send_queue_bytes = send_queue_bytes
+        self._server: asyncio.Server | None = None
+        self._links: dict[int, Link] = {}
+        self._connecting: dict[int, list[Message]] = {}
+        self._closing: set[int] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+
+    # === hooks for subclasses ====================================================================
+    def _execute(self, effect: Any) -> None:
+        """Carry out one effect the core produced."""
+        raise NotImplementedError
+
+    def _wrap(self, link: Link, remote: str) -> Link:
+        """The link the shell sends on (a fault-injecting wrapper, say)."""
+        return link
+
+    def _admit(self, message: Message) -> bool:
+        """Whether a decoded message goes to the core at all (a SubTree's source rule)."""
+        return True
+
+    def _link_closed(self) -> None:
+        """A link left the table (the tree shell waits on this when leaving)."""
+
+    # === transport inputs ========================================================================
+    def _on_accept(self, link: tcp.TcpLink) -> LinkEvents:
+        core = self.core
+        if core is None or self._stopped:
+            link.close()
+            return LinkEvents(on_message=lambda _l, _m: None, on_closed=lambda _l, _e: None)
+        conn = core.accept(self._now())
+        self.stats.accepted += 1
+        self._links[conn] = self._wrap(link, link.remote)
+        self._drain()
+        return self._events(conn)
+
+    def _events(self, conn: int) -> LinkEvents:
+        return LinkEvents(
+            on_message=lambda _link, message: self._on_message(conn, message),
+            on_closed=lambda _link, _exc: self._on_closed(conn),
+            on_protocol_error=lambda _link, err: self._on_wire_error(conn, err),
+        )
+
+    def _on_message(self, conn: int, message: Message) -> None:
+        pending = self._connecting.get(conn)
+        if pending is not None:
+            pending.append(message)  # arrived before connect() returned: keep the order
+            return
+        core = self.core
+        if core is None or self._stopped or not self._admit(message):
+            return
+        core.receive(conn, message, self._now())
+        self._drain()
+
+    def _on_closed(self, conn: int) -> None:
+        self._links.pop(conn, None)
+        self._link_closed()
+        if conn in self._closing:
+            self._closing.discard(conn)
+            return  # the core closed it: it already knows
+        core = self.core
+        if core is None or self._stopped:
+            return
+        core.connection_lost(conn, self._now())
+        self._drain()
+
+    def _on_wire_error(self, conn: int, err: WireError) -> None:
+        self.stats.wire_errors += 1
+        log.info("malformed R2 stream on connection %d: %s", conn, err)
+        self._emit("error", {"conn": conn, "reason": f"malformed R2 stream: {err}"})
+
+    def _start_connect(self, conn: int, address: str) -> None:
+        self._connecting[conn] = []
+        self._spawn(self._connect(conn, address), self.connect_task_name)
+
+    async def _connect(self, conn: int, address: str) -> None:
+        self.stats.connects += 1
+        try:
+            link = await tcp.connect(
+                address, self._events(conn), max_queue_bytes=self._send_queue_bytes
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            self._connecting.pop(conn, None)
+            self.stats.connect_failures += 1
+            log.debug("connect %s failed: %s", address, exc)
+            if self.core is not None and not self._stopped and conn not in self._closing:
+                self.core.connection_failed(conn, self._now())
+                self._drain()
+            self._closing.discard(conn)
+            return
+        early = self._connecting.pop(conn, [])
+        core = self.core
+        if conn in self._closing or self._stopped or core is None:
+            self._closing.add(conn)
+            link.close()
+            return
+        self._links[conn] = self._wrap(link, address)
+        core.connection_made(conn, self._now())
+        for message in early:
+            if self._admit(message):
+                core.receive(conn, message, self._now())
+        self._drain()
+
+    # === timer ===================================================================================
+    def _now(self) -> float:
+        return (self._loop or asyncio.get_running_loop()).time()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        core = self.core
+        if core is None or self._stopped:
+            return
+        core.handle_timer(self._now())
+        self._drain()
+
+    def _rearm(self) -> None:
+        core = self.core
+        if core is None or self._loop is None or self._stopped:
+            return
+        when = core.next_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    # === effects =================================================================================
+    def _drain(self) -> None:
+        """Execute every effect the core produced, in order, then re-arm the timer."""
+        self._drain_effects()
+        self._rearm()
+
+    def _drain_effects(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        while True:
+            effects = core.take_effects()
+            if not effects:
+                return
+            for effect in effects:
+                try:
+                    self._execute(effect)
+                except Exception:  # a shell bug must not take the peer down silently
+                    log.exception("executing %s failed", type(effect).__name__)
+
+    def _send(self, effect: Send) -> None:
+        try:
+            frame = encode(effect.message)
+        except (WireError, ValueError, TypeError) as exc:
+            self.stats.encode_errors += 1
+            log.error("cannot encode %s: %s", type(effect.message).__name__, exc)
+            self._emit("error", {"reason": f"cannot encode {type(effect.message).__name__}"})
+            return
+        links = self._links
+        for conn in effect.conns:
+            link = links.get(conn)
+            if link is None:
+                self.stats.sends_to_gone += 1
+            elif link.send_frame(frame):
+                self.stats.frames_sent += 1
+            else:
+                self.stats.frames_refused += 1
+
+    def _close(self, effect: Close) -> None:
+        conn = effect.conn
+        if conn in self._connecting:
+            self._closing.add(conn)  # _connect closes it when (if) it opens
+            return
+        link = self._links.get(conn)
+        if link is not None:
+            self._closing.add(conn)
+            link.close()
+
+    # === plumbing ================================================================================
+    async def _stop_io(self) -> None:
+        """Cancel the timer, close every link, end every task and the listening server."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for link in list(self._links.values()):
+            link.close()
+        self._links.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, fields)
+            except Exception:
+                log.exception("event callback failed on %s", kind)
