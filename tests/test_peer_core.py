@@ -98,7 +98,7 @@ def test_hello_is_answered_and_a_new_connection_carries_estab() -> None:
     out = c.take_effects()
     assert sends(out, HelloResponse)[0].conns == (conn,)
     connect = of(out, Connect)[0]
-    assert connect.address == "mem://j"
+    assert connect.addresses == ("mem://j",)
     assert connect.conn != conn
     c.connection_made(connect.conn, 1.1)
     estab = sends(c.take_effects(), Estab)[0]
@@ -258,7 +258,7 @@ def attached(**settings: Any) -> tuple[PeerCore, dict[str, int]]:
     c.handle_timer(2.2)  # vertical_candidate_delay after attaching: HELLO to the grandparent
     connect = of(c.take_effects(), Connect)
     assert connect
-    assert connect[0].address == "mem://gp"
+    assert connect[0].addresses == ("mem://gp",)
     vconn = c.accept(2.5)
     estab = Estab(overlay_id=OV, peer_id="gp", ticket_id=1, allow_primary_req=False)
     c.receive(vconn, estab, 2.5)
@@ -323,7 +323,7 @@ def test_parent_release_with_no_candidate_accepting_asks_the_homs() -> None:
     assert of(c.take_effects(), HomsRecoveryJoin) == [HomsRecoveryJoin(50)]
     c.homs_result([("older", "mem://older")], 3.3)
     connect = of(c.take_effects(), Connect)
-    assert [x.address for x in connect] == ["mem://older"]
+    assert [x.addresses[0] for x in connect] == ["mem://older"]
     c.connection_made(connect[0].conn, 3.4)
     assert sends(c.take_effects(), Hello)[0].message.recovery is True
 
@@ -434,7 +434,7 @@ def test_restart_releases_every_path_and_starts_over_under_the_new_ticket() -> N
     c.restart(JoinInfo(OV, 12, peers=(("entry", "mem://entry"),)), 2.0)
     effects = c.take_effects()
     assert Close(child) in effects
-    assert of(effects, Connect)[0].address == "mem://entry"  # HELLO to the new peer list
+    assert of(effects, Connect)[0].addresses == ("mem://entry",)  # HELLO to the new peer list
     assert c.ticket == 12
     assert c.phase is not Phase.ATTACHED
     c.leave(3.0)
@@ -465,7 +465,7 @@ def test_a_full_peer_volunteers_to_an_older_orphan_only_when_it_asks_to_displace
     assert not of(c.take_effects(), Connect)  # no child is younger than the joiner
     c.receive(c.accept(1.0), orphan_hello("o2", 10, displace=True), 1.0)
     connect = of(c.take_effects(), Connect)
-    assert [x.address for x in connect] == ["mem://o2"]
+    assert [x.addresses[0] for x in connect] == ["mem://o2"]
     c.connection_made(connect[0].conn, 1.1)
     estab = sends(c.take_effects(), Estab)[0].message
     assert estab.hp2p == {"depth": 0, "displace": True, "address": "mem://root"}

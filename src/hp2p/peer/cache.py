@@ -15,8 +15,22 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from hp2p.wire.r2.messages import BroadcastData, BuffermapEntry
+from hp2p.peer.paths import PATH_ROLES, Link
+from hp2p.peer.recovery import summarise
+from hp2p.wire.r2.messages import (
+    GET_DATA_MISSING,
+    BroadcastData,
+    Buffermap,
+    BuffermapEntry,
+    BuffermapResponse,
+    GetData,
+    GetDataResponse,
+)
+
+if TYPE_CHECKING:
+    from hp2p.peer.core import PeerCore
 
 
 @dataclass(slots=True)
@@ -146,3 +160,45 @@ class MessageCache:
             out.append(self._sources[source][sequence])
         out.reverse()
         return out
+
+
+class CacheServer:
+    """The CM FE's answers to neighbours: my buffermap (BUFFERMAP) and cached data (GET_DATA).
+
+    Only paths are served: a connection that is not a path has no business pulling.
+    """
+
+    def __init__(self, core: PeerCore) -> None:
+        self.core = core
+
+    def buffermap(self, now: float) -> list[BuffermapEntry]:
+        """My buffermap, cut to the newest sequences that fit an R2 header."""
+        return summarise(self.core.cache.buffermap(now), self.core.config.buffermap_bytes)
+
+    def on_buffermap(self, link: Link, msg: Buffermap, now: float) -> None:
+        core = self.core
+        if link.role not in PATH_ROLES:
+            core.error(link.conn, "BUFFERMAP on a connection that is not a path")
+            return
+        response = BuffermapResponse(overlay_id=core.overlay_id, buffermap=self.buffermap(now))
+        core.send((link.conn,), response)
+
+    def on_get_data(self, link: Link, msg: GetData, now: float) -> None:
+        core = self.core
+        if link.role not in PATH_ROLES:
+            core.error(link.conn, "GET_DATA on a connection that is not a path")
+            return
+        cached = core.cache.get(msg.source_id, msg.sequence, now)
+        if cached is None:
+            response = GetDataResponse(
+                source=msg.source_id, sequence=msg.sequence, data=b"", code=GET_DATA_MISSING
+            )
+        else:
+            response = GetDataResponse(
+                source=cached.source,
+                sequence=cached.sequence,
+                data=cached.data,
+                ext_header=cached.ext_header,
+                payload_type=cached.payload_type,
+            )
+        core.send((link.conn,), response)

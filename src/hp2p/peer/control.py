@@ -27,10 +27,27 @@ from __future__ import annotations
 import enum
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from hp2p.peer.config import PeerConfig
-from hp2p.peer.paths import Link, PathTable
+from hp2p.peer.effects import Detached, HomsRecoveryJoin, Joined, JoinFailed
+from hp2p.peer.paths import Link, PathTable, Role
+from hp2p.wire.r2.messages import (
+    ESTAB_YES,
+    PRIMARY_YES,
+    EstabResponse,
+    Hello,
+    HelloResponse,
+    Probe,
+    SetCandidate,
+    SetPrimary,
+    SetPrimaryResponse,
+)
+
+if TYPE_CHECKING:
+    from hp2p.peer.core import PeerCore
 
 
 class Phase(enum.Enum):
@@ -144,3 +161,522 @@ def backoff_delay(attempt: int, config: PeerConfig, rng: random.Random) -> float
     growth = 2.0 ** max(0, attempt - 1)
     base: float = min(config.backoff_max, config.backoff_initial * growth)
     return base * (1.0 - config.backoff_jitter * rng.random())
+
+
+# --- the join / tree-recovery state machine ---------------------------------------------------
+class Event(enum.Enum):
+    """What moves the POC FE from one phase to the next (the keys of :data:`TRANSITIONS`)."""
+
+    ROOT = "root"  # the HOMS knows no older active peer: become the root
+    HELLO = "hello"  # an attempt starts: HELLO the entry peers
+    PROBE = "probe"  # the ESTAB window closed with volunteers: PROBE them
+    SELECT = "select"  # ask volunteers / candidates SET_PRIMARY, best first
+    ATTACH = "attach"  # a SET_PRIMARY was answered 4200
+    RETRY = "retry"  # an attempt failed: back off before the next
+    GIVE_UP = "give_up"  # the last allowed attempt failed
+    ASK_HOMS = "ask_homs"  # no candidate took this orphan: ask the HOMS for a peer list
+    RESET = "reset"  # every path released (a new ticket follows)
+    LEAVE = "leave"
+
+
+_ANY = frozenset(Phase) - {Phase.LEFT}
+
+#: ``(phase, event) -> phase``: every move the POC FE makes. A move that is not here is a
+#: bug in the procedures, reported as an internal protocol error (the core never raises).
+TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
+    (Phase.IDLE, Event.ROOT): Phase.ATTACHED,
+    (Phase.WAITING, Event.ROOT): Phase.ATTACHED,
+    (Phase.IDLE, Event.HELLO): Phase.HELLO,
+    (Phase.WAITING, Event.HELLO): Phase.HELLO,
+    (Phase.HELLO, Event.PROBE): Phase.PROBING,
+    (Phase.HELLO, Event.SELECT): Phase.SELECTING,
+    (Phase.PROBING, Event.SELECT): Phase.SELECTING,
+    (Phase.WAITING, Event.SELECT): Phase.SELECTING,
+    (Phase.ATTACHED, Event.SELECT): Phase.SELECTING,  # parent lost: candidates first
+    (Phase.SELECTING, Event.ATTACH): Phase.ATTACHED,
+    (Phase.HELLO, Event.RETRY): Phase.WAITING,
+    (Phase.SELECTING, Event.RETRY): Phase.WAITING,
+    (Phase.HELLO, Event.GIVE_UP): Phase.FAILED,
+    (Phase.SELECTING, Event.GIVE_UP): Phase.FAILED,
+    (Phase.ATTACHED, Event.ASK_HOMS): Phase.WAITING,  # parent lost, no candidate at all
+    (Phase.SELECTING, Event.ASK_HOMS): Phase.WAITING,  # no candidate took me
+    (Phase.WAITING, Event.ASK_HOMS): Phase.WAITING,  # back-off over: ask again
+    **{(phase, Event.RESET): Phase.IDLE for phase in _ANY},
+    **{(phase, Event.LEAVE): Phase.LEFT for phase in _ANY},
+}
+
+
+def transition(phase: Phase, event: Event) -> Phase | None:
+    """The phase after ``event`` in ``phase``; None when the table has no such move."""
+    return TRANSITIONS.get((phase, event))
+
+
+# Timer names of the POC FE.
+T_HELLO = "hello"
+T_WINDOW = "window"
+T_PROBE = "probe"
+T_ASK = "set_primary"
+T_RETRY = "retry"
+_RECOVERY_WINDOW = 0.05
+_HOLD_MAX = 0.05
+
+
+class Control:
+    """The POC FE's procedures: join, attempts, choosing a parent, tree recovery, leaving.
+
+    Owns the phase (moved only through :data:`TRANSITIONS`) and the state of the attempt in
+    progress; everything else it reaches through the core it belongs to.
+    """
+
+    def __init__(self, core: PeerCore) -> None:
+        self.core = core
+        self.phase = Phase.IDLE
+        self.attempt = 0
+        self.recovering = False
+        self.candidates_only = False
+        self.homs_pending = False
+        self.offers: list[Link] = []
+        self.selection: list[Link] = []
+        self.asking: Link | None = None
+        self.hellos_out: set[int] = set()
+        self.hello_accepted = False
+
+    def to(self, event: Event) -> None:
+        nxt = transition(self.phase, event)
+        if nxt is None:
+            self.core.error(None, f"internal: no {event.value} move from {self.phase.value}")
+            return
+        self.phase = nxt
+
+    @property
+    def needs_spare_slot(self) -> bool:
+        """Orphans and joiners whose first attempt failed may take the spare child slots.
+
+        A low ticket can attach only below the few older peers, which later joiners fill
+        quickly; without the spare slots such a peer could retry until it gives up.
+        """
+        return self.recovering or self.attempt > 1
+
+    @property
+    def displacing(self) -> bool:
+        """An orphan whose first attempt found no free slot asks full older peers to make one.
+
+        Only older peers are legal parents (ticket rule); with the oldest levels full, an old
+        orphan would otherwise wait out every attempt and take a new ticket, releasing its
+        whole subtree (docs/recovery.md, "an old orphan and a full top").
+        """
+        return self.recovering and self.attempt >= 2
+
+    # === life cycle ==============================================================================
+    def start(self, info: JoinInfo, now: float) -> None:
+        core = self.core
+        if self.phase is Phase.FAILED:
+            core.reset(now)
+        elif self.phase is not Phase.IDLE:
+            core.error(None, f"start() in phase {self.phase.value}")
+            return
+        core.overlay_id = info.overlay_id
+        core.ticket = info.ticket
+        policy = info.cr_policy
+        core.recovery_by = policy.recovery_by
+        core.apply_overlay(info, now)
+        if info.root:
+            self.become_root(now)
+            return
+        self.begin_attempt(info.peers, now)
+
+    def homs_result(self, peers: list[tuple[str, str]], now: float, root: bool) -> None:
+        if not self.homs_pending:
+            return  # a stale answer: the peer attached (or left) meanwhile
+        self.homs_pending = False
+        if self.phase is not Phase.WAITING:
+            return
+        if root:
+            self.become_root(now)
+            return
+        entries = list(peers)
+        gp = self.core.grandparent
+        if self.recovering and gp is not None and all(p != gp.peer_id for p, _ in entries):
+            # The grandparent outlived my parent more often than not, and it is older than
+            # me: a HELLO to it climbs from there even when the HOMS still lists the dead.
+            entries.append((gp.peer_id, gp.address))
+        self.begin_attempt(tuple(entries), now)
+
+    def reset(self) -> None:
+        """Forget the procedure state (the core released every path)."""
+        self.to(Event.RESET)
+        self.offers.clear()
+        self.selection.clear()
+        self.hellos_out.clear()
+        self.asking = None
+        self.attempt = 0
+        self.recovering = False
+        self.candidates_only = False
+        self.homs_pending = False
+
+    # === an attempt: HELLO, window, PROBE ========================================================
+    def begin_attempt(self, peers: tuple[tuple[str, str], ...], now: float) -> None:
+        core = self.core
+        self.attempt += 1
+        core.counters.attempts += 1
+        self.to(Event.HELLO)
+        self.hello_accepted = False
+        self.hellos_out.clear()
+        for peer_id, address in peers:
+            if peer_id == core.peer_id or core.paths.by_peer(peer_id) is not None:
+                continue
+            hello = self._hello()
+            self.hellos_out.add(core.open_link(peer_id, address, hello, now))
+        if not self.hellos_out and not self.offers:
+            if core.paths.out_candidates:
+                # Every listed peer is a candidate path already (the HOMS lists an orphan's
+                # nearest older peers, which are its candidates): a HELLO would be refused as
+                # a second path, so ask them again; orphans among them may have re-attached.
+                self.select(now)
+                return
+            self.attempt_failed("no entry peer to HELLO", now)
+            return
+        core.timers.arm(T_HELLO, now + core.config.hello_timeout)
+
+    def _hello(self) -> Hello:
+        core = self.core
+        extra: dict[str, Any] = {}
+        if core.config.hello_up > 0:
+            extra = {"up": core.config.hello_up, "attempt": self.attempt}
+        if self.displacing:
+            extra["displace"] = True
+        return Hello(
+            overlay_id=core.overlay_id,
+            peer_id=core.peer_id,
+            address=core.address,
+            ticket_id=core.ticket,
+            conn_num=core.config.conn_num,
+            ttl=core.config.hello_ttl,
+            recovery=True if self.needs_spare_slot else None,
+            hp2p=extra or None,
+        )
+
+    def on_hello_response(self, link: Link, msg: HelloResponse, now: float) -> None:
+        if link.conn not in self.hellos_out:
+            return  # a relayed HELLO answered by a child: nothing to do
+        self.hellos_out.discard(link.conn)
+        self.core.drop(link, "", now)  # the HELLO link is short-lived (reference §7.3)
+        if self.phase is Phase.HELLO and not self.hello_accepted:
+            self.hello_accepted = True
+            window = self.core.config.estab_window
+            if self.recovering:
+                # An orphan takes the first volunteers: a late ESTAB is still taken (WAITING
+                # accepts it), while every ms here is a ms its whole subtree is cut off.
+                window = min(window, _RECOVERY_WINDOW)
+            self.core.timers.arm(T_WINDOW, now + window)
+
+    def hello_link_gone(self, conn: int, now: float) -> None:
+        self.hellos_out.discard(conn)
+        if (
+            self.phase is Phase.HELLO
+            and not self.hellos_out
+            and not self.hello_accepted
+            and not self.offers
+        ):
+            self.end_window(now)  # no volunteer can come; known candidates may still do
+
+    def offered(self, link: Link, now: float) -> None:
+        """An ESTAB that may become my parent arrived while I look for one."""
+        core = self.core
+        if len(self.offers) >= core.config.estab_max:
+            core.ppm.refuse(link, now)
+            return
+        core.paths.set_role(link, Role.OFFERED)
+        self.offers.append(link)
+        core.send((link.conn,), EstabResponse(ESTAB_YES))
+        core.note_path(link, now)
+        if self.phase is Phase.HELLO and self.recovering and not link.displace:
+            # An orphan takes the first free slot offered: its whole subtree is cut off
+            # until it is attached, and a later, shallower offer is not worth the wait.
+            self.end_window(now)
+        elif self.phase is Phase.SELECTING:
+            self.selection.append(link)
+        elif self.phase is Phase.WAITING:
+            core.timers.cancel(T_RETRY)
+            self.select(now)
+
+    def end_window(self, now: float) -> None:
+        core = self.core
+        core.timers.cancel(T_HELLO)
+        core.timers.cancel(T_WINDOW)
+        if not self.offers:
+            if core.paths.out_candidates:
+                self.select(now)  # no new volunteer, but a known candidate may have room now
+            else:
+                self.attempt_failed("no volunteer", now)
+            return
+        if self.recovering:
+            # An orphan's subtree receives nothing until it is attached again: rank the
+            # volunteers by depth alone rather than spend a PROBE round on RTTs.
+            self.select(now)
+            return
+        self.to(Event.PROBE)
+        for link in self.offers:
+            token = core.psp.rtt.start(link.conn, now)
+            core.send((link.conn,), Probe(ntp_time=token))
+        core.timers.arm(T_PROBE, now + core.config.probe_timeout)
+
+    def probed(self, now: float) -> None:
+        """A PROBE answer came (or an offer went): select once every RTT is in."""
+        if self.phase is Phase.PROBING and self.core.psp.rtt.outstanding() == 0:
+            self.core.timers.cancel(T_PROBE)
+            self.select(now)
+
+    # === SET_PRIMARY, best first =================================================================
+    def select(self, now: float) -> None:
+        """Try SET_PRIMARY on the volunteers (join) or candidates (recovery), best first."""
+        self.to(Event.SELECT)
+        offers = [link for link in self.offers if link.allow_primary]
+        offers.sort(key=offer_rank)
+        candidates = self.core.paths.with_role(Role.OUT_CANDIDATE)  # disjoint from the offers
+        if self.recovering:
+            # A candidate silent for longer than a heartbeat period may have died with the
+            # parent (a mass failure, or a hang only heartbeats reveal): ask the fresh first.
+            stale = now - 1.5 * self.core.config.heartbeat_interval
+            candidates.sort(key=lambda c: (c.last_rx < stale, *recovery_rank(c)))
+            if offers:
+                # The candidates refused this orphan moments ago (that is why it asked the
+                # HOMS); a volunteer has a slot for it now. One that must displace a child
+                # for it comes last.
+                free = [link for link in offers if not link.displace]
+                displacing = [link for link in offers if link.displace]
+                self.selection = free + candidates + displacing
+            else:
+                self.selection = candidates
+        else:
+            candidates.sort(key=recovery_rank)
+            self.selection = offers + candidates
+        self.ask_next(now)
+
+    def ask_next(self, now: float) -> None:
+        core = self.core
+        self.asking = None
+        while self.selection:
+            link = self.selection.pop(0)
+            if core.paths.get(link.conn) is not link:
+                continue
+            self.asking = link
+            core.send((link.conn,), self._set_primary(now))
+            timeout = core.config.set_primary_timeout
+            if self.candidates_only:
+                timeout = min(timeout, core.config.recovery_ask_timeout)
+            core.timers.arm(T_ASK, now + timeout)
+            return
+        core.timers.cancel(T_ASK)
+        self.settle_offers(now)
+        if self.candidates_only:
+            # Recovery: no candidate took us; the HOMS is asked at once, not after a back-off.
+            self.candidates_only = False
+            core.ppm.answer_deferred(now)
+            self.ask_homs()
+            return
+        self.attempt_failed("no volunteer accepted SET_PRIMARY", now)
+
+    def _set_primary(self, now: float) -> SetPrimary:
+        core = self.core
+        extra: dict[str, Any] | None = None
+        if self.needs_spare_slot:
+            extra = {"recovery": True}
+            if self.displacing:
+                extra["displace"] = True
+        buffermap = None
+        if core.dr.detached_at is not None and core.recovery_by == "push":
+            # Push recovery: my buffermap rides on SET_PRIMARY, the parent's on 4200.
+            buffermap = core.cm.buffermap(now)
+            extra = {**(extra or {}), "since": round(core.dr.outage(now), 3)}
+        return SetPrimary(buffermap=buffermap, hp2p=extra)
+
+    def on_set_primary_response(self, link: Link, msg: SetPrimaryResponse, now: float) -> None:
+        core = self.core
+        if link is not self.asking:
+            core.error(link.conn, "SET_PRIMARY answer that was not asked for")
+            return
+        core.timers.cancel(T_ASK)
+        if msg.code != PRIMARY_YES:
+            self.ask_next(now)
+            return
+        self.asking = None
+        self.selection.clear()
+        depth = hp2p_depth(msg.hp2p)
+        if depth is not None:
+            link.depth = depth
+        if link.role is Role.OUT_CANDIDATE or link.role is Role.OFFERED:
+            core.paths.set_role(link, Role.PARENT)
+        else:
+            core.error(link.conn, f"SET_PRIMARY accepted on a {link.role.value} connection")
+            return
+        core.depth = None if link.depth is None else link.depth + 1
+        core.grandparent = msg.parent_peer
+        if link in self.offers:
+            self.offers.remove(link)
+        self.settle_offers(now)
+        core.emit_path(link, "role")
+        self._attached(link, msg, now)
+
+    def _attached(self, parent: Link, msg: SetPrimaryResponse, now: float) -> None:
+        core = self.core
+        repaired = self.recovering
+        if repaired:
+            core.counters.repairs += 1
+        self.recovering = False
+        self.candidates_only = False
+        self.attempt = 0
+        self.to(Event.ATTACH)
+        core.effects.append(Joined(parent.peer_id, core.depth, repaired))
+        core.ppm.answer_deferred(now)
+        if core.dr.attached_at is None:
+            core.dr.attached_at = now
+        gp = core.grandparent
+        if gp is not None and core.paths.by_peer(gp.peer_id) is None:
+            core.ppm.arm_vertical(now)
+        if core.dr.detached_at is not None:
+            core.dr.after_repair(parent, msg.buffermap, now)
+        if core.paths.out_candidates < core.config.max_outgoing_candidates:
+            core.ppm.arm_refill(now)
+        core.dr.pump(now)
+
+    def settle_offers(self, now: float) -> None:
+        """After the choice: best remaining volunteers become candidates, the rest released."""
+        core = self.core
+        offers = sorted(self.offers, key=parent_rank)
+        self.offers = []
+        for link in offers:
+            if core.paths.get(link.conn) is not link:
+                continue
+            if core.paths.out_candidate_slot_free():
+                core.paths.set_role(link, Role.OUT_CANDIDATE)
+                core.send((link.conn,), SetCandidate())
+                core.emit_path(link, "role")
+            else:
+                core.release(link, "surplus volunteer", now)
+
+    def attempt_failed(self, reason: str, now: float) -> None:
+        core = self.core
+        core.timers.cancel(T_HELLO)
+        core.timers.cancel(T_WINDOW)
+        core.timers.cancel(T_PROBE)
+        # An orphan carries its whole subtree: it tries for longer than a joiner does,
+        # long enough for the HOMS to stop listing the peers that died with its parent.
+        config = core.config
+        limit = config.recovery_attempts if self.recovering else config.join_attempts
+        if self.attempt >= limit:
+            self.to(Event.GIVE_UP)
+            core.effects.append(JoinFailed(f"{reason} after {self.attempt} attempt(s)"))
+            return
+        self.to(Event.RETRY)
+        delay = backoff_delay(self.attempt, config, core.rng)
+        if self.recovering:
+            # The HOMS's picture of who is alive changes on the scale of a heartbeat time-out
+            # (the survivors' reports); an orphan asks again at least that often.
+            delay = min(delay, config.heartbeat_timeout)
+        core.timers.arm(T_RETRY, now + delay)
+
+    def become_root(self, now: float) -> None:
+        core = self.core
+        if core.dr.attached_at is None:
+            core.dr.attached_at = now
+        self.to(Event.ROOT)
+        core.depth = 0
+        self.recovering = False
+        self.attempt = 0
+        core.grandparent = None
+        core.dr.detached_at = None
+        core.dirty = True
+        core.effects.append(Joined(None, 0, False))
+
+    # === tree recovery ===========================================================================
+    def parent_lost(self, reason: str, now: float) -> None:
+        """Tree recovery: candidates first (grandparent first), then the HOMS."""
+        core = self.core
+        self.recovering = True
+        core.depth = None
+        self.attempt = 0
+        if core.dr.detached_at is None:
+            core.dr.detached_at = now
+        core.effects.append(Detached(reason))
+        core.ppm.cancel_vertical()
+        if core.paths.out_candidates:
+            self.attempt = 1
+            core.counters.attempts += 1
+            self.candidates_only = True
+            # Hold what younger orphans ask me meanwhile, for about a HOMS round trip and
+            # well within their ask time-out: after a mass crash the kernel may take a
+            # hundred milliseconds and more to close the dead peers' connections, and a
+            # round of mine that waits on one must not hold every orphan below me with it.
+            core.ppm.hold(now + min(_HOLD_MAX, core.config.recovery_ask_timeout / 2))
+            self.select(now)
+        else:
+            self.ask_homs()
+
+    def ask_homs(self) -> None:
+        self.to(Event.ASK_HOMS)
+        self.homs_pending = True
+        self.core.effects.append(HomsRecoveryJoin(self.core.ticket))
+
+    def link_gone(self, link: Link, reason: str, now: float) -> None:
+        """A connection the procedure may be using is gone."""
+        if link.conn in self.hellos_out:
+            self.hello_link_gone(link.conn, now)
+        if link in self.offers:
+            self.offers.remove(link)
+            self.probed(now)
+        if link is self.asking:
+            self.core.timers.cancel(T_ASK)
+            self.ask_next(now)
+        if link.role is Role.PARENT and self.phase is Phase.ATTACHED:
+            self.parent_lost(reason or "parent lost", now)
+
+    # === timers ==================================================================================
+    def on_hello_timer(self, now: float) -> None:
+        if self.phase is Phase.HELLO and not self.hello_accepted:
+            for conn in list(self.hellos_out):
+                link = self.core.paths.get(conn)
+                if link is not None:
+                    self.core.drop(link, "", now)
+            self.hellos_out.clear()
+            if self.phase is Phase.HELLO:
+                self.end_window(now)
+
+    def on_window_timer(self, now: float) -> None:
+        if self.phase is Phase.HELLO:
+            self.end_window(now)
+
+    def on_probe_timer(self, now: float) -> None:
+        if self.phase is Phase.PROBING:
+            self.select(now)
+
+    def on_ask_timer(self, now: float) -> None:
+        link = self.asking
+        if link is not None:
+            self.asking = None
+            self.core.drop(link, "no answer to SET_PRIMARY", now)
+            if self.asking is None and self.phase is Phase.SELECTING:
+                self.ask_next(now)
+
+    def on_retry_timer(self, now: float) -> None:
+        if self.phase is Phase.WAITING:
+            self.ask_homs()
+
+    def timers(self) -> dict[str, Callable[[float], None]]:
+        return {
+            T_HELLO: self.on_hello_timer,
+            T_WINDOW: self.on_window_timer,
+            T_PROBE: self.on_probe_timer,
+            T_ASK: self.on_ask_timer,
+            T_RETRY: self.on_retry_timer,
+        }
+
+
+def hp2p_depth(extra: dict[str, Any] | None) -> int | None:
+    """The hp2p depth extension, if present and sane (a reference peer sends none)."""
+    if not extra:
+        return None
+    depth = extra.get("depth")
+    if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth < 1_000_000:
+        return depth
+    return None

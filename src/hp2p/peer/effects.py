@@ -16,10 +16,16 @@ from hp2p.wire.r2.messages import Message
 
 @dataclass(frozen=True, slots=True)
 class Connect:
-    """Open a connection to ``address``; answer with connection_made/connection_failed(conn)."""
+    """Reach ``peer_id`` as connection ``conn``; answer with connection_made/connection_failed.
+
+    Peers are addressed by peer-id: ``addresses`` are the ways it advertised to be reached
+    (``tcp://host:port`` today), tried in order by whichever transport of the shell's
+    registry serves each address scheme.
+    """
 
     conn: int
-    address: str
+    peer_id: str
+    addresses: tuple[str, ...]
 
 
 # Send and Deliver are made once per broadcast hop: not frozen, because a frozen dataclass

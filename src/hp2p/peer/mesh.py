@@ -548,7 +548,7 @@ class MeshCore:
         conn = self._new_conn()
         link = _Link(conn, outgoing=True, opened_at=now, peer_id=peer_id, address=address)
         self._links[conn] = link
-        self._effects.append(Connect(conn, address))
+        self._effects.append(Connect(conn, peer_id, (address,)))
         self._bump_maintenance(now + self.config.connect_timeout)
 
     def _on_hello(self, link: _Link, msg: Hello, now: float) -> None:

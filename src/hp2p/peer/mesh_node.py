@@ -555,7 +555,7 @@ class MeshNode(CoreShell[MeshCore]):
         elif isinstance(effect, ObjectReceived):
             self._deliver(effect)
         elif isinstance(effect, Connect):
-            self._start_connect(effect.conn, effect.address)
+            self._start_connect(effect)
         elif isinstance(effect, Close):
             self._close(effect)
         elif isinstance(effect, HomsReport):

@@ -410,7 +410,7 @@ class PeerNode(CoreShell[PeerCore]):
         elif isinstance(effect, Deliver):
             self._deliver(effect)
         elif isinstance(effect, Connect):
-            self._start_connect(effect.conn, effect.address)
+            self._start_connect(effect)
         elif isinstance(effect, Close):
             self._close(effect)
         elif isinstance(effect, HomsReport):

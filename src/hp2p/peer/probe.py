@@ -18,7 +18,14 @@ echoed text is never parsed as a clock (the reference parses it in one time zone
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from hp2p.peer.control import Phase, hp2p_depth
 from hp2p.peer.paths import PATH_ROLES, Link, Role
+from hp2p.wire.r2.messages import Heartbeat, Probe, ProbeResponse
+
+if TYPE_CHECKING:
+    from hp2p.peer.core import PeerCore
 
 TRANSIENT_TIMEOUT_ROLES = (Role.CONNECTING, Role.INCOMING, Role.HELLO)
 
@@ -76,3 +83,144 @@ class RttProbe:
 
     def forget(self, conn: int) -> None:
         self._pending.pop(conn, None)
+
+
+_HEADS_MAX = 64
+
+
+class PathProbe:
+    """The PSP FE's procedures: heartbeats out, liveness in, PROBE/RTT, depth adverts.
+
+    A HEARTBEAT also carries (hp2p extension) my depth, the shallowest free child slot in my
+    subtree, and my *heads*: the newest sequence per source, for the sources that moved
+    since the last heartbeat. A message lost on a link is noticed by the next one of its
+    source (n+2 after n), but the *last* message of a burst, or of a source that just died,
+    has no next one: the neighbour's heads reveal it within a heartbeat interval. Data and
+    heartbeats share the connection, so the heads never run ahead of the data sent on it.
+    """
+
+    def __init__(self, core: PeerCore) -> None:
+        self.core = core
+        config = core.config
+        self.rtt = RttProbe()
+        self.deadlines = LivenessDeadlines(
+            config.heartbeat_timeout, config.idle_link_timeout, config.estab_timeout
+        )
+        self.next_heartbeat: float | None = None
+        self.next_check: float | None = None
+        self.advert_dirty = False
+        self._advertised: tuple[int | None, int | None] = (None, None)
+        self._heads_sent: dict[str, int] = {}
+
+    def stop(self) -> None:
+        self.next_heartbeat = None
+        self.next_check = None
+
+    def watch(self, link: Link) -> None:
+        """``link`` was added or became a path: look at it again by its deadline."""
+        deadline = self.deadlines.deadline(link)
+        if self.next_check is None or deadline < self.next_check:
+            self.next_check = deadline
+
+    def next_time(self) -> float | None:
+        a, b = self.next_heartbeat, self.next_check
+        if a is None:
+            return b
+        return a if b is None or a < b else b
+
+    def tick(self, now: float) -> None:
+        """Heartbeats due, and every link whose liveness deadline passed is dropped."""
+        core = self.core
+        if self.next_heartbeat is not None and now >= self.next_heartbeat:
+            self.next_heartbeat = now + core.config.heartbeat_interval
+            conns = tuple(link.conn for link in core.paths.paths())
+            if conns:
+                core.send(conns, self.heartbeat())
+        if self.next_check is not None and now >= self.next_check:
+            for link in self.deadlines.expired(list(core.paths.links.values()), now):
+                reason = "heartbeat timeout" if link.role in PATH_ROLES else "timeout"
+                core.drop(link, reason, now)
+            self.next_check = self.deadlines.next_check(list(core.paths.links.values()))
+
+    def heartbeat(self) -> Heartbeat:
+        """A HEARTBEAT carrying my depth, the shallowest free slot below me and my heads."""
+        depth = self.core.depth
+        slot = self.slot_depth()
+        self._advertised = (depth, slot)
+        self.advert_dirty = False
+        extra: dict[str, Any] = {}
+        if depth is not None:
+            extra["depth"] = depth
+            if slot is not None:
+                extra["slot"] = slot
+        heads = self._heads()
+        if heads:
+            extra["heads"] = heads
+        return Heartbeat(hp2p=extra or None)
+
+    def _heads(self) -> dict[str, int]:
+        sources = self.core.duplicates.sources
+        sent = self._heads_sent
+        heads: dict[str, int] = {}
+        for source, win in sources.items():
+            if sent.get(source) != win.newest:
+                heads[source] = win.newest
+                if len(heads) >= _HEADS_MAX:
+                    break
+        sent.update(heads)
+        if len(sent) > 4 * _HEADS_MAX and len(sent) > 2 * len(sources):
+            self._heads_sent = {s: n for s, n in sent.items() if s in sources}
+        return heads
+
+    def advertise(self) -> None:
+        """Tell the neighbours at once when my depth or free-slot depth changed.
+
+        Waiting for the next heartbeat would leave the slot hints a heartbeat interval stale
+        per level, and fast joins would all be steered to the same, by then full, peer.
+        """
+        core = self.core
+        self.advert_dirty = False
+        if core.phase is Phase.LEFT or (core.depth, self.slot_depth()) == self._advertised:
+            return
+        conns = tuple(link.conn for link in core.paths.paths())
+        if conns:
+            core.send(conns, self.heartbeat())
+
+    def slot_depth(self) -> int | None:
+        """The depth of the shallowest free child slot in my subtree, as far as I know."""
+        core = self.core
+        if core.depth is None:
+            return None
+        if core.paths.child_slot_free():
+            return core.depth
+        slots = [c.slot for c in core.paths.with_role(Role.CHILD) if c.slot is not None]
+        return min(slots) if slots else None
+
+    def on_heartbeat(self, link: Link, msg: Heartbeat, now: float) -> None:
+        core = self.core
+        if msg.hp2p is not None and "heads" in msg.hp2p:
+            core.dr.check_heads(msg.hp2p["heads"], now)
+        depth = hp2p_depth(msg.hp2p)
+        if depth is None:
+            return
+        link.depth = depth
+        slot = msg.hp2p.get("slot") if msg.hp2p else None
+        slot = slot if isinstance(slot, int) and not isinstance(slot, bool) else None
+        if slot != link.slot:
+            link.slot = slot
+            if link.role is Role.CHILD:
+                self.advert_dirty = True
+        if link.role is Role.PARENT and core.depth != depth + 1:
+            core.depth = depth + 1
+            self.advert_dirty = True
+
+    def on_probe(self, link: Link, msg: Probe, now: float) -> None:
+        self.core.send((link.conn,), ProbeResponse(ntp_time=msg.ntp_time))
+
+    def on_probe_response(self, link: Link, msg: ProbeResponse, now: float) -> None:
+        rtt = self.rtt.answer(link.conn, msg.ntp_time, now)
+        if rtt is None:
+            self.core.error(link.conn, "PROBE answer that matches no PROBE")
+            return
+        link.rtt = rtt
+        self.core.poc.probed(now)

@@ -30,14 +30,30 @@ duplicate window, and turns its ``PullRequest``s into GET_DATA sends.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from hp2p.peer.broadcast import DuplicateFilter
-from hp2p.peer.cache import MessageCache
-from hp2p.wire.r2.messages import BroadcastData, BuffermapEntry
+from hp2p.peer.control import Phase, recovery_rank
+from hp2p.peer.effects import Gap
+from hp2p.peer.paths import PATH_ROLES, Link, Role
+from hp2p.wire.r2.messages import (
+    GET_DATA_OK,
+    BroadcastData,
+    Buffermap,
+    BuffermapEntry,
+    BuffermapResponse,
+    GetData,
+    GetDataResponse,
+)
+
+if TYPE_CHECKING:
+    from hp2p.peer.broadcast import DuplicateFilter
+    from hp2p.peer.cache import MessageCache
+    from hp2p.peer.config import PeerConfig
+    from hp2p.peer.core import PeerCore
 
 _JSON = msgspec.json.Encoder()
 # JSON bytes of one buffermap element besides its id and its numbers:
@@ -382,3 +398,198 @@ class PullQueue:
         else:
             self.inflight.pop(conn, None)
         self.total_inflight -= 1
+
+
+T_PULL = "pull"
+_NEW_SOURCE_BACKFILL = 64
+_HEADS_MAX = 64
+
+
+def pull_settings(config: PeerConfig) -> PullSettings:
+    return PullSettings(
+        gap_wait=config.gap_wait,
+        timeout=config.pull_timeout,
+        rounds=config.pull_rounds,
+        round_delay=config.pull_round_delay,
+        per_peer=config.pull_per_peer,
+        total=config.pull_total,
+        max_wanted=config.pull_max_wanted,
+    )
+
+
+class DataRecovery:
+    """The DR FE's procedures: buffermap exchange after a repair, live gaps, GET_DATA pulls.
+
+    See the module docstring for the rules; this class feeds :class:`PullQueue` from the
+    core's inputs and turns its requests into GET_DATA sends and its give-ups into ``Gap``.
+    """
+
+    def __init__(self, core: PeerCore) -> None:
+        self.core = core
+        self.queue = PullQueue(pull_settings(core.config))
+        self.buffermaps: dict[str, list[BuffermapEntry]] = {}  # last buffermap per peer
+        self.detached_at: float | None = None
+        self.attached_at: float | None = None
+        self._pull_since: float | None = None
+        self._pull_at: float | None = None
+
+    # === answers from neighbours =================================================================
+    def on_buffermap_response(self, link: Link, msg: BuffermapResponse, now: float) -> None:
+        if link.role not in PATH_ROLES:
+            self.core.error(link.conn, "BUFFERMAP answer on a connection that is not a path")
+            return
+        self.queue.counters.buffermaps += 1
+        self.buffermaps[link.peer_id] = msg.buffermap
+        if link.role is Role.PARENT and self._pull_since is not None:
+            # Pull recovery still pushes up what the new parent lacks (etri §4.7): the rest of
+            # the tree can get what my subtree published while detached from nobody else.
+            self.push(link, msg.buffermap, self._pull_since, now)
+            self._pull_since = None
+        self._want_from(link, msg.buffermap, now, now)
+
+    def on_get_data_response(self, link: Link, msg: GetDataResponse, now: float) -> None:
+        core = self.core
+        if msg.code == GET_DATA_OK:
+            recovered = BroadcastData(
+                source=msg.source,
+                sequence=msg.sequence,
+                data=msg.data,
+                ext_header=msg.ext_header,
+                payload_type=msg.payload_type,
+                hp2p=RECOVERED,
+            )
+            core.db.on_data(link, recovered, now, True)
+        found = core.duplicates.seen(msg.source, msg.sequence)
+        self.queue.answered(link.conn, msg.source, msg.sequence, found, now)
+        self.pump(now)
+
+    def check_heads(self, heads: object, now: float) -> None:
+        """A neighbour's heads: a newer sequence than mine is a hole at my tail."""
+        if not isinstance(heads, dict) or len(heads) > 4 * _HEADS_MAX:
+            return
+        core = self.core
+        duplicates = core.duplicates
+        # Heads travel on every path, candidates included, and a candidate nearer the source
+        # may simply be ahead of me: wait longer than for a hole before calling it a loss.
+        wait = max(core.config.gap_wait, core.config.heartbeat_interval / 2)
+        for source, newest in heads.items():
+            if not isinstance(newest, int) or isinstance(newest, bool) or source == core.peer_id:
+                continue
+            win = duplicates.sources.get(source)
+            if win is None:
+                if 1 <= newest <= _NEW_SOURCE_BACKFILL and self.settled(now):
+                    self.live_gap(source, 1, newest, now, wait)
+            elif win.newest < newest <= win.newest + duplicates.max_ahead:
+                self.live_gap(source, win.newest + 1, newest, now, wait)
+
+    # === across a repair =========================================================================
+    def outage(self, now: float) -> float:
+        """How far back my missed and unshared messages may go: the outage plus detection."""
+        start = now if self.detached_at is None else self.detached_at
+        return now - start + self.core.config.heartbeat_timeout
+
+    def after_repair(self, parent: Link, theirs: list[BuffermapEntry] | None, now: float) -> None:
+        """A new primary path after a loss: exchange buffermaps with the new parent.
+
+        Push (4200 carried the parent's buffermap): the parent already pushes what I lack; I
+        push what it lacks and want the rest a little later, once the push had its chance.
+        Pull, or a parent that sent no buffermap: BUFFERMAP to the parent and every candidate.
+        """
+        core = self.core
+        since = now - self.outage(now)
+        self.detached_at = None
+        if theirs is not None and core.recovery_by == "push":
+            self.buffermaps[parent.peer_id] = theirs
+            self.push(parent, theirs, since, now)
+            self._want_from(parent, theirs, now + core.config.pull_timeout, now)
+            return
+        self._pull_since = since
+        targets = (parent.conn, *(c.conn for c in core.paths.with_role(Role.OUT_CANDIDATE)))
+        core.send(targets, Buffermap(overlay_id=core.overlay_id))
+
+    def push(
+        self, link: Link, theirs: list[BuffermapEntry], since: float | None, now: float
+    ) -> None:
+        """Send ``link`` the cached messages its buffermap lacks, flagged as recovered."""
+        core = self.core
+        core.cache.expire(now)
+        for message in lacking(core.cache, theirs, since, core.config.push_max):
+            pushed = msgspec.structs.replace(message, hp2p=RECOVERED, ack=False)
+            core.send((link.conn,), pushed)
+            self.queue.counters.pushed += 1
+
+    def _want_from(self, link: Link, theirs: list[BuffermapEntry], when: float, now: float) -> None:
+        for source, sequence in missing_from(self.core.duplicates, theirs, self.core.peer_id):
+            self.queue.want(source, sequence, when, hint=link.conn)
+        self.pump(now)
+
+    # === on the live path ========================================================================
+    def settled(self, now: float) -> bool:
+        """Attached for a while: a source first heard of at sequence 2..64 lost its first ones.
+
+        Sequences start at 1. A peer that has been in the tree for a heartbeat time-out would
+        have got a new source's first messages; a peer that just joined simply came late, and
+        what was published before it joined is not its gap.
+        """
+        return self.attached_at is not None and now - self.attached_at > (
+            self.core.config.heartbeat_timeout
+        )
+
+    def live_gap(
+        self, source: str, first: int, last: int, now: float, wait: float | None = None
+    ) -> None:
+        """A hole on the live path: pull it after the reordering tolerance."""
+        gap_wait = self.core.config.gap_wait
+        wait = gap_wait if wait is None else wait
+        self.queue.want_range(source, first, last, now + wait - gap_wait)
+        when = now + wait
+        if self._pull_at is None or when < self._pull_at:
+            self._pull_at = when
+            self.core.timers.arm(T_PULL, when)
+
+    # === pulling =================================================================================
+    def _holders(self) -> list[int]:
+        """Who to ask, in order: the parent, the candidates (best first), then the children."""
+        paths = self.core.paths
+        out: list[int] = []
+        parent = paths.parent
+        if parent is not None:
+            out.append(parent.conn)
+        candidates = paths.with_role(Role.OUT_CANDIDATE)
+        candidates.sort(key=recovery_rank)
+        out.extend(c.conn for c in candidates)
+        out.extend(c.conn for c in paths.with_role(Role.IN_CANDIDATE, Role.CHILD))
+        return out
+
+    def pump(self, now: float) -> None:
+        """Send the GET_DATA requests due, report given-up misses as gaps, re-arm the timer."""
+        core = self.core
+        queue = self.queue
+        attached = core.phase is Phase.ATTACHED
+        if attached:
+            for req in queue.pump(now, self._holders(), core.duplicates):
+                core.send((req.conn,), GetData(core.overlay_id, req.source, req.sequence))
+        if queue.has_failed():
+            for source, first, last in queue.take_failed(now, core.duplicates):
+                core.effects.append(Gap(source, first, last))
+        when = queue.next_deadline()
+        if when is None or not attached:
+            core.timers.cancel(T_PULL)
+            self._pull_at = None
+        else:
+            self._pull_at = when
+            core.timers.arm(T_PULL, when)
+
+    def on_pull_timer(self, now: float) -> None:
+        self._pull_at = None
+        self.pump(now)
+
+    def link_gone(self, link: Link, now: float) -> None:
+        self.queue.conn_lost(link.conn)
+        if link.role in PATH_ROLES:
+            self.buffermaps.pop(link.peer_id, None)
+            if self.queue.total_inflight or len(self.queue):
+                self.pump(now)
+
+    def timers(self) -> dict[str, Callable[[float], None]]:
+        return {T_PULL: self.on_pull_timer}

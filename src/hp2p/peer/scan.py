@@ -12,9 +12,20 @@ These functions only compute the next messages; the core sends them.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from hp2p.peer.effects import ScanPath, ScanResult
+from hp2p.peer.paths import Link, Role
 from hp2p.wire.r2.messages import SCAN_TREE_LEAF, SCAN_TREE_NON_LEAF, ScanTree, ScanTreeResponse
+
+if TYPE_CHECKING:
+    from hp2p.peer.core import PeerCore
+
+_SCAN_MEMORY = 64
+T_SCAN = "scan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +109,88 @@ def on_leaf_response(
         path=[[me, str(my_ticket), my_address], *resp.path],
     )
     return ScanForward(rest[0][0], forwarded)
+
+
+class TreeScan:
+    """SCAN_TREE as initiator (collect leaf paths until the timeout) and as a hop."""
+
+    def __init__(self, core: PeerCore) -> None:
+        self.core = core
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._cseq = 0
+        self._paths: list[ScanPath] | None = None
+
+    def start(self, now: float) -> int:
+        core = self.core
+        self._cseq += 1
+        cseq = self._cseq
+        self._paths = []
+        self._remember(core.peer_id, str(cseq))
+        targets = core.paths.primary
+        if targets:
+            msg = ScanTree(
+                cseq=cseq,
+                overlay_id=core.overlay_id,
+                peer_id=core.peer_id,
+                address=core.address,
+                ticket_id=core.ticket,
+                via=[[core.peer_id, core.address]],
+            )
+            core.send(targets, msg)
+            core.timers.arm(T_SCAN, now + core.config.scan_timeout)
+        else:
+            self.finish(now)
+        return cseq
+
+    def _remember(self, initiator: str, cseq: str) -> bool:
+        key = (initiator, cseq)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > _SCAN_MEMORY:
+            self._seen.popitem(last=False)
+        return True
+
+    def on_scan(self, link: Link, msg: ScanTree, now: float) -> None:
+        core = self.core
+        if link.role not in (Role.PARENT, Role.CHILD):
+            core.error(link.conn, "SCAN_TREE on a connection that is not a primary path")
+            return
+        if not self._remember(msg.peer_id, str(msg.cseq)):
+            return
+        others = tuple(conn for conn in core.paths.primary if conn != link.conn)
+        step = on_scan_request(msg, core.peer_id, core.ticket, core.address, bool(others))
+        core.send((link.conn,), step.response)
+        if step.relay is not None:
+            core.send(others, step.relay)
+
+    def on_scan_response(self, link: Link, msg: ScanTreeResponse, now: float) -> None:
+        core = self.core
+        if msg.code != SCAN_TREE_LEAF:
+            return
+        outcome = on_leaf_response(msg, core.peer_id, core.ticket, core.address)
+        if isinstance(outcome, ScanDone):
+            if self._paths is not None and str(msg.cseq) == str(self._cseq):
+                hops = tuple(
+                    (hop[0], hop[1], hop[2]) if len(hop) >= 3 else (hop[0], "", "")
+                    for hop in outcome.path
+                    if hop
+                )
+                self._paths.append(ScanPath(hops))
+        elif isinstance(outcome, ScanForward):
+            target = core.paths.by_peer(outcome.next_peer)
+            if target is None or target.role not in (Role.PARENT, Role.CHILD):
+                core.error(link.conn, "SCAN_TREE answer towards a peer with no primary path")
+                return
+            core.send((target.conn,), outcome.response)
+        else:
+            core.error(link.conn, outcome.reason)
+
+    def finish(self, now: float) -> None:
+        self.core.timers.cancel(T_SCAN)
+        paths = self._paths or []
+        self._paths = None
+        self.core.effects.append(ScanResult(self._cseq, tuple(paths)))
+
+    def timers(self) -> dict[str, Callable[[float], None]]:
+        return {T_SCAN: self.finish}

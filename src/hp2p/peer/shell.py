@@ -25,9 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from hp2p.peer.effects import Close, Send
+from hp2p.peer.effects import Close, Connect, Send
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
+from hp2p.transport.registry import TransportRegistry, default_registry
 from hp2p.wire.errors import WireError
 from hp2p.wire.r2 import encode
 from hp2p.wire.r2.messages import Message
@@ -75,8 +76,12 @@ class CoreShell(Generic[CoreT]):
     #: Task name of the connection attempts (visible in asyncio debugging).
     connect_task_name = "hp2p-connect"
 
-    def _init_shell(self, send_queue_bytes: int) -> None:
+    def _init_shell(
+        self, send_queue_bytes: int, transports: TransportRegistry | None = None
+    ) -> None:
         self._send_queue_bytes = send_queue_bytes
+        #: How a ``Connect`` reaches a peer: one dialer per address scheme.
+        self.transports = transports if transports is not None else default_registry()
         self._server: asyncio.Server | None = None
         self._links: dict[int, Link] = {}
         self._connecting: dict[int, list[Message]] = {}
@@ -150,20 +155,21 @@ class CoreShell(Generic[CoreT]):
         log.info("malformed R2 stream on connection %d: %s", conn, err)
         self._emit("error", {"conn": conn, "reason": f"malformed R2 stream: {err}"})
 
-    def _start_connect(self, conn: int, address: str) -> None:
-        self._connecting[conn] = []
-        self._spawn(self._connect(conn, address), self.connect_task_name)
+    def _start_connect(self, effect: Connect) -> None:
+        self._connecting[effect.conn] = []
+        self._spawn(self._connect(effect), self.connect_task_name)
 
-    async def _connect(self, conn: int, address: str) -> None:
+    async def _connect(self, effect: Connect) -> None:
+        conn = effect.conn
         self.stats.connects += 1
         try:
-            link = await tcp.connect(
-                address, self._events(conn), max_queue_bytes=self._send_queue_bytes
+            link, address = await self.transports.dial(
+                effect.peer_id, effect.addresses, self._events(conn), self._send_queue_bytes
             )
         except (OSError, TimeoutError, ValueError) as exc:
             self._connecting.pop(conn, None)
             self.stats.connect_failures += 1
-            log.debug("connect %s failed: %s", address, exc)
+            log.debug("connect to %s failed: %s", effect.peer_id, exc)
             if self.core is not None and not self._stopped and conn not in self._closing:
                 self.core.connection_failed(conn, self._now())
                 self._drain()

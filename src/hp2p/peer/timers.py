@@ -29,6 +29,11 @@ class Timers:
     def cancel(self, name: str) -> None:
         self._live.pop(name, None)
 
+    def clear(self) -> None:
+        """Cancel every timer (the peer released everything and starts over)."""
+        self._live.clear()
+        self._heap.clear()
+
     def armed(self, name: str) -> bool:
         return name in self._live
 

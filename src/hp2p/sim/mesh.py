@@ -304,7 +304,10 @@ class MeshNetwork:
                 if self.keep_data:
                     peer.data[effect.object_number] = effect.data
             elif isinstance(effect, Connect):
-                remote = self._by_address.get(effect.address)
+                remote = next(
+                    (self._by_address[a] for a in effect.addresses if a in self._by_address),
+                    None,
+                )
                 self._pending.add((peer.peer_id, effect.conn))
                 if remote is None:
                     self._push(now + self.latency[1], _FAILED, peer, effect.conn, None)

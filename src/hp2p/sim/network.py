@@ -454,8 +454,16 @@ class Network:
             return True
         return False
 
+    def _resolve(self, effect: Connect) -> SimPeer | None:
+        """The in-memory transport: the first advertised address some peer listens on."""
+        for address in effect.addresses:
+            remote = self._by_address.get(address)
+            if remote is not None:
+                return remote
+        return None
+
     def _connect(self, peer: SimPeer, effect: Connect) -> None:
-        remote = self._by_address.get(effect.address)
+        remote = self._resolve(effect)
         self._pending.add((peer.peer_id, effect.conn))
         if remote is None:
             self._push(self.now + self.latency[1], _FAILED, peer, effect.conn, None)
