@@ -153,7 +153,7 @@ def test_requests_in_flight_stay_bounded():
         nonlocal worst_total, worst_link
         for p in net.alive():
             worst_total = max(worst_total, p.core.status()["requests-in-flight"])
-            worst_link = max([worst_link, *(x.inflight for x in p.core._neighbours.values())])
+            worst_link = max([worst_link, *(x.inflight for x in p.core.links.neighbours.values())])
         return net.all_have(obj)
 
     assert net.run_until(check, deadline=net.now + 30, step=0.005)
@@ -191,8 +191,8 @@ def test_a_disk_store_survives_a_restart_and_drops_damaged_pieces(tmp_path):
     again = MeshCore(MeshConfig(), "keeper3", "mem://k3", random.Random(1), store=store)
     again.start(MeshJoinInfo("sim-mesh", "source", 99, ()), 0.0)
     assert not again.holds(obj)
-    assert sequence_of(obj, 2) not in again._have
-    assert sequence_of(obj, 1) in again._have
+    assert sequence_of(obj, 2) not in again.holdings.have
+    assert sequence_of(obj, 1) in again.holdings.have
 
 
 def test_a_standby_takes_over_when_the_source_dies_and_numbering_continues():
@@ -290,7 +290,7 @@ def test_a_flood_of_announcements_is_bounded_and_reported():
     core, conn = _linked_core(MeshConfig(max_announced=5))
     flood = [sequence_of(1, i) for i in range(50)]
     core.receive(conn, BuffermapResponse("ov", [BuffermapEntry("src", flood)]), 0.2)
-    assert len(core._neighbours["liar"].have) == 5
+    assert len(core.links.neighbours["liar"].have) == 5
     assert core.counters.protocol_errors == 1
     assert any(
         "announced more than 5" in e.reason for e in core.take_effects() if hasattr(e, "reason")
