@@ -202,7 +202,7 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.SELECTING, Event.ASK_HOMS): Phase.WAITING,  # no candidate took me
     (Phase.WAITING, Event.ASK_HOMS): Phase.WAITING,  # back-off over: ask again
     **{(phase, Event.RESET): Phase.IDLE for phase in _ANY},
-    **{(phase, Event.LEAVE): Phase.LEFT for phase in _ANY},
+    (Phase.IDLE, Event.LEAVE): Phase.LEFT,  # leave() releases everything (RESET) first
 }
 
 
