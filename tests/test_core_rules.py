@@ -159,9 +159,9 @@ def _sizes(kind: type[ast.AST]) -> list[tuple[str, int]]:
                 continue
             body = list(getattr(node, "body", []))
             first = body[0] if body else None
-            if len(body) > 1 and isinstance(first, ast.Expr):
-                if isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-                    body = body[1:]
+            docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            if len(body) > 1 and docstring:
+                body = body[1:]
             size = (getattr(node, "end_lineno", 0) or 0) - body[0].lineno + 1
             out.append((f"{path.stem}.{getattr(node, 'name', '?')}", size))
     return out
