@@ -60,6 +60,7 @@ from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
 from hp2p.transport import tcp
+from hp2p.transport.registry import TransportRegistry
 from hp2p.wire import homp
 
 log = logging.getLogger("hp2p.peer.mesh")
@@ -305,6 +306,7 @@ class MeshNode(CoreShell[MeshCore]):
         *,
         on_event: EventSink | None = None,
         store: PieceStore | None = None,
+        transports: TransportRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.peer_id = settings.peer_id or f"peer-{secrets.token_hex(4)}"
@@ -324,7 +326,7 @@ class MeshNode(CoreShell[MeshCore]):
         self.overlay_id = ""
         self.source_id = ""
         self.state = "starting"
-        self._init_shell(settings.send_queue_bytes)
+        self._init_shell(settings.send_queue_bytes, transports)
         self._subscribers: list[MeshSubscription] = []
         self._asking_homs = False
         self._asking_key = False

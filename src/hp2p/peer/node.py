@@ -65,6 +65,7 @@ from hp2p.peer.subtree import NotSourceError, SourcePolicy, policy_for
 from hp2p.transport import tcp
 from hp2p.transport.base import Link
 from hp2p.transport.faults import FaultPlan, FaultyLink
+from hp2p.transport.registry import TransportRegistry
 from hp2p.wire import homp
 from hp2p.wire.r2.messages import Message
 
@@ -118,6 +119,7 @@ class PeerNode(CoreShell[PeerCore]):
         *,
         on_event: EventSink | None = None,
         homs_client: HomsClient | None = None,
+        transports: TransportRegistry | None = None,
     ) -> None:
         if settings.create is None and settings.join is None:
             raise NodeError("say what to do: create an overlay (title) or join one (id or title)")
@@ -148,7 +150,7 @@ class PeerNode(CoreShell[PeerCore]):
         self.joined = asyncio.Event()
         self.state = "starting"
         self.failure: str | None = None
-        self._init_shell(settings.send_queue_bytes)
+        self._init_shell(settings.send_queue_bytes, transports)
         self._subscribers: list[Subscription[Any]] = []
         self._scans: dict[int, asyncio.Future[ScanResult]] = {}
         self.failed = asyncio.Event()
