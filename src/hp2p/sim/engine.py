@@ -25,15 +25,7 @@ from typing import Any
 
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.effects import (
-    Close,
-    Connect,
-    Deliver,
     Effect,
-    Gap,
-    HomsRecoveryJoin,
-    HomsReport,
-    JoinFailed,
-    ProtocolError,
     Send,
 )
 from hp2p.sim import network as _network
@@ -200,56 +192,6 @@ class SimNetwork(Network):
                 when = max(when, self._last_arrival.get(key, 0.0))  # a stream keeps its order
                 self._last_arrival[key] = when
             self._push(when, _network._RECV, remote, rconn, wire)
-
-    # --- the hot path ----------------------------------------------------------------------
-    def _drain(self, peer: SimPeer) -> None:
-        """``Network._drain`` with a fast path for the per-hop effects (Send, Deliver).
-
-        A broadcast hop yields one ``Send`` and one ``Deliver``; dispatching them by exact
-        type before the general chain saves the isinstance tests and the per-effect callback
-        (the observer only wants deliveries and attachments). Any other effect goes through
-        the parent's handling unchanged, one effect at a time, via ``_other_effect``.
-        """
-        core = peer.core
-        now = self.now
-        observe = self.on_effect
-        for effect in core.take_effects():
-            kind = type(effect)
-            if kind is Send:
-                self._send(peer, effect, now)  # type: ignore[arg-type]
-            elif kind is Deliver:
-                peer.deliveries += 1
-                peer.recovered += effect.recovered  # type: ignore[union-attr]
-                if observe is not None:
-                    observe(peer, effect, now)
-            else:
-                self._other_effect(peer, effect, now)
-        when = core.next_timer()
-        if when is not None and (peer.armed is None or when < peer.armed):
-            when = max(when, now)
-            peer.armed = when
-            self._push(when, _network._TIMER, peer, 0, None)
-
-    def _other_effect(self, peer: SimPeer, effect: Effect, now: float) -> None:
-        """Connections, HOMS traffic and errors: the same handling as ``Network._drain``."""
-        if isinstance(effect, Connect):
-            self._connect(peer, effect)
-        elif isinstance(effect, Close):
-            self._close(peer, effect.conn, now)
-        elif isinstance(effect, HomsReport):
-            self.homs.report(peer.peer_id, effect.costmap)
-        elif isinstance(effect, HomsRecoveryJoin):
-            self._push(now + self.homs_latency, _network._HOMS, peer, 0, None)
-        elif isinstance(effect, ProtocolError):
-            peer.errors.append(effect.reason)
-        elif isinstance(effect, Gap):
-            peer.gaps.append((effect.source, effect.first, effect.last))
-        elif isinstance(effect, JoinFailed):
-            peer.join_failures += 1
-            if self.rejoin:
-                self._push(now + self.homs_latency, _network._REJOIN, peer, 0, None)
-        if self.on_effect is not None:
-            self.on_effect(peer, effect, now)
 
     # --- faults ------------------------------------------------------------------------------
     def crash_many(self, names: Iterable[str], hang: bool = False) -> None:

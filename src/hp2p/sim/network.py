@@ -387,40 +387,58 @@ class Network:
         return value
 
     def _drain(self, peer: SimPeer) -> None:
+        """Carry out a core's effects: the simulator's one effect dispatcher.
+
+        A broadcast hop yields one ``Send`` and one ``Deliver``; they are dispatched by exact
+        type first, the rest through :meth:`_other_effect`. The observer (``on_effect``) sees
+        every effect but ``Send``.
+        """
         core = peer.core
         now = self.now
+        observe = self.on_effect
         for effect in core.take_effects():
-            if isinstance(effect, Send):
-                self._send(peer, effect, now)
-            elif isinstance(effect, Deliver):
-                peer.deliveries += 1
-                peer.recovered += effect.recovered
-                if self.record:
-                    key = (effect.source, effect.sequence)
-                    peer.received[key] = peer.received.get(key, 0) + 1
-            elif isinstance(effect, Connect):
-                self._connect(peer, effect)
-            elif isinstance(effect, Close):
-                self._close(peer, effect.conn, now)
-            elif isinstance(effect, HomsReport):
-                self.homs.report(peer.peer_id, effect.costmap)
-            elif isinstance(effect, HomsRecoveryJoin):
-                self._push(now + self.homs_latency, _HOMS, peer, 0, None)
-            elif isinstance(effect, ProtocolError):
-                peer.errors.append(effect.reason)
-            elif isinstance(effect, Gap):
-                peer.gaps.append((effect.source, effect.first, effect.last))
-            elif isinstance(effect, JoinFailed):
-                peer.join_failures += 1
-                if self.rejoin:
-                    self._push(now + self.homs_latency, _REJOIN, peer, 0, None)
-            if self.on_effect is not None:
-                self.on_effect(peer, effect, now)
+            kind = type(effect)
+            if kind is Send:
+                self._send(peer, effect, now)  # type: ignore[arg-type]
+            elif kind is Deliver:
+                self._deliver(peer, effect, now)  # type: ignore[arg-type]
+                if observe is not None:
+                    observe(peer, effect, now)
+            else:
+                self._other_effect(peer, effect, now)
         when = core.next_timer()
         if when is not None and (peer.armed is None or when < peer.armed):
             when = max(when, now)
             peer.armed = when
             self._push(when, _TIMER, peer, 0, None)
+
+    def _deliver(self, peer: SimPeer, effect: Deliver, now: float) -> None:
+        peer.deliveries += 1
+        peer.recovered += effect.recovered
+        if self.record:
+            key = (effect.source, effect.sequence)
+            peer.received[key] = peer.received.get(key, 0) + 1
+
+    def _other_effect(self, peer: SimPeer, effect: Effect, now: float) -> None:
+        """Connections, HOMS traffic and errors."""
+        if isinstance(effect, Connect):
+            self._connect(peer, effect)
+        elif isinstance(effect, Close):
+            self._close(peer, effect.conn, now)
+        elif isinstance(effect, HomsReport):
+            self.homs.report(peer.peer_id, effect.costmap)
+        elif isinstance(effect, HomsRecoveryJoin):
+            self._push(now + self.homs_latency, _HOMS, peer, 0, None)
+        elif isinstance(effect, ProtocolError):
+            peer.errors.append(effect.reason)
+        elif isinstance(effect, Gap):
+            peer.gaps.append((effect.source, effect.first, effect.last))
+        elif isinstance(effect, JoinFailed):
+            peer.join_failures += 1
+            if self.rejoin:
+                self._push(now + self.homs_latency, _REJOIN, peer, 0, None)
+        if self.on_effect is not None:
+            self.on_effect(peer, effect, now)
 
     def _send(self, peer: SimPeer, effect: Send, now: float) -> None:
         payload: Any = effect.message
