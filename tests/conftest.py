@@ -1,12 +1,15 @@
-"""Shared test set-up: hypothesis profiles, the PostgreSQL switch, a scratch key directory."""
+"""Shared test set-up: hypothesis profiles, a scratch key directory, a HOMS process."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from hp2p.homs.launch import HomsProcess, start_homs
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile(
@@ -31,3 +34,10 @@ def _submesh_keys_stay_in_a_temporary_directory(
         os.environ.pop("HP2P_KEY_DIR", None)
     else:
         os.environ["HP2P_KEY_DIR"] = before
+
+
+@pytest.fixture
+def homs(tmp_path: Path) -> Iterator[HomsProcess]:
+    """A real ``hp2p homs`` process on a fresh SQLite file in the test's folder."""
+    with start_homs(tmp_path) as proc:
+        yield proc

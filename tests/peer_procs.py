@@ -1,50 +1,33 @@
-"""Real ``hp2p homs`` and ``hp2p peer`` processes on 127.0.0.1, followed through their output.
+"""Real ``hp2p peer`` (and other JSON-event) processes on 127.0.0.1, followed through their output.
 
-Nothing here sleeps to synchronise: a HOMS is up when it prints its serving line, a peer has
-joined when it prints its ``joined`` JSON event, and every wait has a deadline.
+Nothing here sleeps to synchronise: a HOMS is up when it prints its serving line
+(:mod:`hp2p.homs.launch`, the ``homs`` fixture of ``conftest.py``), a peer has joined when it
+prints its ``joined`` JSON event (:mod:`hp2p.bench.events`), and every wait has a deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import signal
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+
+import httpx
+
+from hp2p.bench.events import Event, EventInbox, NoEventError, follow
 
 DEADLINE = 60.0
 
 
-class HomsProc:
-    """``hp2p homs --port 0`` with a fresh SQLite file; the URL comes from its start-up line."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.err_path = workdir / "homs.err"
-        args = [sys.executable, "-m", "hp2p", "homs", "--port", "0", "--log-level", "warning"]
-        args += ["--database", f"sqlite:///{workdir / 'homs.db'}"]
-        with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
-        assert self.proc.stdout is not None
-        line = _readline(self.proc, DEADLINE)
-        if "serving " not in line:
-            self.stop()
-            raise AssertionError(f"HOMS did not start: {line!r} {self.err_path.read_text()}")
-        self.url = line.split("serving ", 1)[1].split()[0]
-
-    def stop(self) -> None:
-        _stop(self.proc)
-
-
-def _readline(proc: subprocess.Popen[str], deadline: float) -> str:
-    """One stdout line, read on a thread so that the wait is bounded."""
+def readline(proc: subprocess.Popen[str], deadline: float) -> str:
+    """One stdout line of ``proc`` ("" at its end or after ``deadline`` seconds)."""
     box: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
     stdout = proc.stdout
+    assert stdout is not None
     threading.Thread(target=lambda: box.put(stdout.readline()), daemon=True).start()
     try:
         return box.get(timeout=deadline)
@@ -52,7 +35,27 @@ def _readline(proc: subprocess.Popen[str], deadline: float) -> str:
         return ""
 
 
-def _stop(proc: subprocess.Popen[str], grace: float = 20.0, term: bool = True) -> int | None:
+def create_core_overlay(homs_url: str, title: str) -> str:
+    """A CoreTree for sub-overlays to hang off (HOMP create over HTTP); its overlay-id."""
+    body = {
+        "overlay": {
+            "title": title,
+            "type": "core",
+            "sub-type": "tree",
+            "owner-id": "owner",
+            "description": "",
+            "heartbeat-interval": 1,
+            "heartbeat-timeout": 3,
+            "auth": {"type": "open", "admin_key": "admin-key-1234"},
+        }
+    }
+    answer = httpx.post(f"{homs_url}/homs", json=body, timeout=10)
+    answer.raise_for_status()
+    overlay_id: str = answer.json()["overlay"]["overlay-id"]
+    return overlay_id
+
+
+def stop_process(proc: subprocess.Popen[str], grace: float = 20.0, term: bool = True) -> int | None:
     """Wait for the process to end (when it was asked to), then SIGTERM, then SIGKILL."""
     for step in ("wait", "term", "kill"):
         if step == "wait" and term:
@@ -68,67 +71,56 @@ def _stop(proc: subprocess.Popen[str], grace: float = 20.0, term: bool = True) -
     return proc.returncode
 
 
-class PeerProc:
-    """``hp2p peer --json-events --stdin``; a thread turns its stdout into a queue of events."""
+class EventProc:
+    """A child process printing JSON event lines, with commands on its stdin.
 
-    def __init__(self, workdir: Path, homs_url: str, name: str, *args: str) -> None:
+    A thread reads its stdout into :attr:`inbox`; :meth:`next_event` waits for a kind, and
+    the events of other kinds read meanwhile stay in :attr:`seen` for the test to look at.
+    """
+
+    def __init__(self, workdir: Path, name: str, cmd: Sequence[str]) -> None:
         self.name = name
         self.err_path = workdir / f"{name}.err"
-        cmd = [sys.executable, "-m", "hp2p", "peer", "--homs", homs_url, "--id", name]
-        cmd += ["--json-events", "--stdin", "--log-level", "warning", *args]
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                cmd,
+                list(cmd),
                 stdout=subprocess.PIPE,
                 stdin=subprocess.PIPE,
                 stderr=err,
                 text=True,
                 bufsize=1,
             )
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.joined: dict[str, Any] | None = None
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True, name=f"read-{name}").start()
-
-    def _read(self) -> None:
+        self.joined: Event | None = None
+        self.inbox = EventInbox(name)
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.events.put(json.loads(line))
-            except ValueError:
-                self.events.put({"event": "garbage", "line": line})
-        self.events.put({"event": "eof"})
+        follow(self.proc.stdout, self.inbox.put, name)
 
-    def next_event(self, kinds: set[str], deadline: float) -> dict[str, Any]:
-        """The next event of one of ``kinds``; the others are kept in ``seen``."""
-        for i, kept in enumerate(self.seen):
-            if kept["event"] in kinds:
-                return self.seen.pop(i)
-        end = time.monotonic() + deadline
-        while True:
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{self.name}: no {kinds} event within {deadline} s")
-            try:
-                event = self.events.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if event["event"] in kinds:
-                return event
-            if event["event"] == "eof":
-                raise AssertionError(
-                    f"{self.name} exited ({self.proc.wait(timeout=10)}): "
-                    f"{self.err_path.read_text()[-2000:]}"
-                )
-            self.on_other(event)
+    @property
+    def seen(self) -> list[Event]:
+        """Events read while waiting for others, oldest first."""
+        return self.inbox.kept
 
-    def on_other(self, event: dict[str, Any]) -> None:
-        """Events read while waiting for others; kept for the test to look at."""
-        self.seen.append(event)
+    def next_event(self, kinds: str | Collection[str], deadline: float) -> Event:
+        """The next event of ``kinds``; the others are kept in :attr:`seen`."""
+        try:
+            return self.inbox.next(kinds, deadline)
+        except NoEventError as exc:
+            if not self.inbox.ended:
+                raise AssertionError(str(exc)) from None
+            raise AssertionError(
+                f"{self.name} exited ({self.proc.wait(timeout=10)}): "
+                f"{self.err_path.read_text()[-2000:]}"
+            ) from None
 
-    def wait_joined(self, deadline: float = DEADLINE) -> dict[str, Any]:
-        self.joined = self.next_event({"joined"}, deadline)
+    def wait_joined(self, deadline: float = DEADLINE) -> Event:
+        self.joined = self.next_event("joined", deadline)
         return self.joined
+
+    @property
+    def overlay_id(self) -> str:
+        """The overlay it joined, from its ``joined`` event."""
+        assert self.joined is not None, f"{self.name} has not joined"
+        return str(self.joined["overlay_id"])
 
     def command(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -136,10 +128,67 @@ class PeerProc:
         self.proc.stdin.flush()
 
     def leave(self) -> None:
-        """Ask the peer to leave (``leave`` on stdin); :meth:`stop` then waits for it."""
+        """Ask the process to leave (``leave`` on stdin); :meth:`stop` then waits for it."""
         with contextlib.suppress(BrokenPipeError, OSError, ValueError):  # it has gone already
             self.command("leave")
 
     def stop(self) -> int | None:
-        """Wait for a peer that was asked to leave; SIGTERM (then SIGKILL) if it does not."""
-        return _stop(self.proc, term=False)
+        """Wait for a process that was asked to leave; SIGTERM (then SIGKILL) if it does not."""
+        return stop_process(self.proc, term=False)
+
+    def terminate(self) -> int | None:
+        """SIGTERM now (then SIGKILL if it does not end)."""
+        return stop_process(self.proc)
+
+
+class PeerProc(EventProc):
+    """``hp2p peer --json-events --stdin``."""
+
+    def __init__(self, workdir: Path, homs_url: str, name: str, *args: str) -> None:
+        cmd = [sys.executable, "-m", "hp2p", "peer", "--homs", homs_url, "--id", name]
+        cmd += ["--json-events", "--stdin", "--log-level", "warning", *args]
+        super().__init__(workdir, name, cmd)
+
+
+class MeshProc(EventProc):
+    """A SubMesh peer process (``python -m hp2p.peer.mesh_daemon``)."""
+
+    def __init__(self, workdir: Path, homs_url: str, name: str, *args: str) -> None:
+        cmd = [sys.executable, "-m", "hp2p.peer.mesh_daemon", "--homs", homs_url, "--id", name]
+        cmd += ["--json-events", "--stdin", "--seed", "1", *args]
+        super().__init__(workdir, name, cmd)
+
+
+class BridgeProc(EventProc):
+    """The R3 bridge (``python -m hp2p.apps.bridge --json-events``); stopped by SIGTERM."""
+
+    def __init__(self, workdir: Path, homs_url: str, *args: str) -> None:
+        cmd = [sys.executable, "-m", "hp2p.apps.bridge", "--homs", homs_url, "--json-events"]
+        super().__init__(workdir, "bridge", [*cmd, *args])
+
+    def stop(self) -> int | None:
+        return self.terminate()
+
+
+class Procs(list[EventProc]):
+    """The processes a test started, so that one ``finally`` stops them all."""
+
+    def start_tree(
+        self, workdir: Path, homs_url: str, names: Sequence[str], title: str, deadline: float = 90
+    ) -> list[PeerProc]:
+        """``hp2p peer`` processes: the first creates overlay ``title``, the others join it."""
+        root = PeerProc(workdir, homs_url, names[0], "--create", title)
+        self.append(root)
+        root.wait_joined()
+        joined = ("--join", root.overlay_id)
+        others = [PeerProc(workdir, homs_url, name, *joined) for name in names[1:]]
+        self.extend(others)
+        for peer in others:
+            peer.wait_joined(deadline)
+        return [root, *others]
+
+    def stop_all(self) -> dict[str, int | None]:
+        """Ask every process to leave, then wait for each; their exit statuses by name."""
+        for proc in self:
+            proc.leave()
+        return {proc.name: proc.stop() for proc in self}

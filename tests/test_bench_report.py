@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import typer
 from typer.testing import CliRunner
 
 from hp2p.bench import cli as bench_cli
-from hp2p.bench.all import available
+from hp2p.bench.all import FAMILIES, available
 from hp2p.bench.report import report
 from hp2p.bench.results import result_document, write_result
 
@@ -58,10 +60,20 @@ def test_report_writes_a_file_and_refuses_bad_input(tmp_path: Path) -> None:
     assert "no folder" in result.output
 
 
-def test_bench_all_runs_built_families_and_skips_stubs() -> None:
+def test_bench_all_runs_every_family_with_its_quick_size() -> None:
     found = available()
     assert "tree" in found
     assert "--quick" in found["tree"]
     assert "wire" in found
-    for stub in bench_cli._STUBS:
-        assert stub not in found
+    assert set(found) == set(FAMILIES)
+    assert all("--quick" in options for options in found.values())
+    # `hp2p bench` mounts exactly these families, plus `all` and `report`
+    group = typer.main.get_command(bench_cli.app)
+    assert set(getattr(group, "commands", {})) == {*FAMILIES, "all", "report"}
+
+
+def test_bench_all_does_not_import_the_bench_command_line() -> None:
+    """No import circle: ``hp2p.bench.cli`` mounts ``hp2p.bench.all``, never the reverse."""
+    probe = "import sys, hp2p.bench.all; print('hp2p.bench.cli' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr

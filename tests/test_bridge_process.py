@@ -7,14 +7,7 @@ exactly once; a late SubMesh joiner gets the history; the HOMS shows the composi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from peer_procs import HomsProc, PeerProc
-from test_mesh_process import MeshProc
+from hp2p.homs.launch import HomsProcess
+from peer_procs import BridgeProc, MeshProc, PeerProc, Procs
 
 pytestmark = pytest.mark.slow
 
@@ -38,63 +31,19 @@ SOURCES = 3
 PER_SOURCE = 4
 
 
-class BridgeProc:
-    def __init__(self, workdir: Path, homs_url: str, *args: str) -> None:
-        self.err_path = workdir / "bridge.err"
-        cmd = [sys.executable, "-m", "hp2p.apps.bridge", "--homs", homs_url, "--json-events"]
-        with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [*cmd, *args], stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1
-            )
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.events.put(json.loads(line))
-        self.events.put({"event": "eof"})
-
-    def next_event(self, kind: str, deadline: float) -> dict[str, Any]:
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            try:
-                event = self.events.get(timeout=max(0.01, end - time.monotonic()))
-            except queue.Empty:
-                continue
-            if event["event"] == kind:
-                return event
-            if event["event"] == "eof":
-                raise AssertionError(f"bridge exited: {self.err_path.read_text()[-2000:]}")
-        raise AssertionError(f"bridge: no {kind} event within {deadline} s")
-
-    def stop(self) -> int | None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=10)
-
-
 def _deliveries(peer: PeerProc, count: int, deadline: float) -> list[dict[str, Any]]:
     return [peer.next_event({"deliver"}, deadline) for _ in range(count)]
 
 
-def test_core_tree_feeds_a_subtree_and_a_submesh_exactly_once(tmp_path: Path) -> None:
-    homs = HomsProc(tmp_path)
-    procs: list[PeerProc] = []
+def test_core_tree_feeds_a_subtree_and_a_submesh_exactly_once(
+    tmp_path: Path, homs: HomsProcess
+) -> None:
+    procs = Procs()
     bridge: BridgeProc | None = None
     try:
-        root = PeerProc(tmp_path, homs.url, "c00", "--create", "chain")
-        procs.append(root)
-        core_id = root.wait_joined()["overlay_id"]
-        core = [root]
-        for i in range(1, CORE_PEERS):
-            core.append(PeerProc(tmp_path, homs.url, f"c{i:02d}", "--join", core_id))
-        procs.extend(core[1:])
-        for p in core[1:]:
-            p.wait_joined(deadline=90)
+        names = [f"c{i:02d}" for i in range(CORE_PEERS)]
+        core = procs.start_tree(tmp_path, homs.url, names, "chain")
+        core_id = core[0].overlay_id
         bridge = BridgeProc(
             tmp_path,
             homs.url,
@@ -179,26 +128,20 @@ def test_core_tree_feeds_a_subtree_and_a_submesh_exactly_once(tmp_path: Path) ->
             assert status["parent-overlay-id"] == core_id
             assert status["source-peer-id"] == f"b1-{title}"
     finally:
-        for p in procs:
-            p.leave()
-        codes = {p.name: p.stop() for p in procs}
+        codes = procs.stop_all()
         bridge_code = bridge.stop() if bridge is not None else 0
-        homs.stop()
     assert all(code == 0 for code in codes.values()), codes
     assert bridge_code == 0
 
 
-def test_a_standby_bridge_takes_over_and_the_submesh_catches_up(tmp_path: Path) -> None:
-    homs = HomsProc(tmp_path)
-    procs: list[PeerProc] = []
+def test_a_standby_bridge_takes_over_and_the_submesh_catches_up(
+    tmp_path: Path, homs: HomsProcess
+) -> None:
+    procs = Procs()
     bridges: list[BridgeProc] = []
     try:
-        root = PeerProc(tmp_path, homs.url, "c00", "--create", "chain")
-        procs.append(root)
-        core_id = root.wait_joined()["overlay_id"]
-        other = PeerProc(tmp_path, homs.url, "c01", "--join", core_id)
-        procs.append(other)
-        other.wait_joined()
+        root, other = procs.start_tree(tmp_path, homs.url, ["c00", "c01"], "chain")
+        core_id = root.overlay_id
         active = BridgeProc(
             tmp_path, homs.url, "--core", core_id, "--id", "b1", "--submesh", "blocks"
         )
@@ -252,10 +195,7 @@ def test_a_standby_bridge_takes_over_and_the_submesh_catches_up(tmp_path: Path) 
             seen.update(hashlib.sha256(t.encode()).hexdigest() for t in texts)
             assert seen == wanted, p.name
     finally:
-        for p in procs:
-            p.leave()
-        codes = {p.name: p.stop() for p in procs}
+        codes = procs.stop_all()
         for b in bridges:
             b.stop()
-        homs.stop()
     assert all(code == 0 for code in codes.values()), codes

@@ -17,11 +17,8 @@ does not print.
 
 from __future__ import annotations
 
-import queue
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,8 +26,9 @@ from typing import Any
 
 import pytest
 
-from peer_procs import HomsProc, PeerProc
-from test_bridge_process import BridgeProc
+from hp2p.bench.events import Event
+from hp2p.homs.launch import HomsProcess
+from peer_procs import BridgeProc, EventProc, Procs
 
 pytestmark = pytest.mark.slow
 
@@ -85,37 +83,22 @@ asyncio.run(main())
 """
 
 
-class MemberProc(PeerProc):
+class MemberProc(EventProc):
     """A SubTree member printing every delivery with its bytes (see the module docstring)."""
 
     def __init__(self, workdir: Path, homs_url: str, name: str, overlay: str) -> None:
-        self.name = name
-        self.err_path = workdir / f"{name}.err"
-        with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", MEMBER, homs_url, overlay, name],
-                stdout=subprocess.PIPE,
-                stdin=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                bufsize=1,
-            )
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.joined: dict[str, Any] | None = None
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True, name=f"read-{name}").start()
+        super().__init__(workdir, name, [sys.executable, "-c", MEMBER, homs_url, overlay, name])
 
 
-HEARD: dict[int, list[dict[str, Any]]] = {}  # every event read from a bridge, for failures
+HEARD: dict[int, list[Event]] = {}  # every event read from a bridge, for failures
 
 
-def _standby_event(standby: BridgeProc, kinds: set[str], wait: float) -> dict[str, Any] | None:
+def _standby_event(standby: BridgeProc, kinds: set[str], wait: float) -> Event | None:
     """The standby's next event of ``kinds`` within ``wait`` s (others are noted), or None."""
     end = time.monotonic() + wait
     while (left := end - time.monotonic()) > 0:
-        try:
-            event = standby.events.get(timeout=left)
-        except queue.Empty:
+        event = standby.inbox.get(left)
+        if event is None:
             return None
         HEARD.setdefault(standby.proc.pid, []).append(event)
         if event["event"] == "eof":
@@ -125,17 +108,14 @@ def _standby_event(standby: BridgeProc, kinds: set[str], wait: float) -> dict[st
     return None
 
 
-def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: Path) -> None:
-    homs = HomsProc(tmp_path)
-    procs: list[PeerProc] = []
+def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(
+    tmp_path: Path, homs: HomsProcess
+) -> None:
+    procs = Procs()
     bridges: list[BridgeProc] = []
     try:
-        root = PeerProc(tmp_path, homs.url, "c00", "--create", "chain")
-        procs.append(root)
-        core_id = root.wait_joined()["overlay_id"]
-        other = PeerProc(tmp_path, homs.url, "c01", "--join", core_id)
-        procs.append(other)
-        other.wait_joined()
+        root, other = procs.start_tree(tmp_path, homs.url, ["c00", "c01"], "chain")
+        core_id = root.overlay_id
         # the group shares its key and its timing (the active's lease is --takeover-after)
         common = ["--core", core_id, "--subtree", "live", "--group-key", KEY]
         common += ["--takeover-after", "1"]
@@ -220,8 +200,7 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
             assert event["event"] == "active", event
             takeovers.append((time.monotonic() - killed_at, event))
             if heir is standbys[0]:  # the rank-2 standby stood by: it watched b2 take over
-                while not standbys[1].events.empty():
-                    early = standbys[1].events.get_nowait()
+                for early in standbys[1].inbox.drain():
                     HEARD.setdefault(standbys[1].proc.pid, []).append(early)
                     assert early["event"] not in ("active", "error"), early
                 # b1 wakes up with selected messages to forward, but b2 holds its source
@@ -252,10 +231,7 @@ def test_two_standby_bridges_take_over_a_subtree_in_turn_exactly_once(tmp_path: 
             )
         print(f"{total} messages, each delivered once to each of {MEMBERS} SubTree members")
     finally:
-        for p in procs:
-            p.leave()
-        codes = {p.name: p.stop() for p in procs}
+        codes = procs.stop_all()
         for b in bridges:
             b.stop()
-        homs.stop()
     assert all(code == 0 for code in codes.values()), codes

@@ -15,6 +15,7 @@ from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
 from hp2p.wire.r2 import encode
 from hp2p.wire.r2.messages import Hello, HelloResponse, Message
+from node_helpers import homs_app as in_process_homs
 
 
 def core(source: str, sequence: int, data: bytes, app_id: str | None = "iot") -> Delivery:
@@ -195,12 +196,7 @@ def test_the_source_client_refuses_an_empty_password():
 
 @pytest.fixture
 async def homs_app(tmp_path):
-    from hp2p.homs.app import create_app
-    from hp2p.homs.settings import HomsSettings
-
-    settings = HomsSettings(database=f"sqlite:///{tmp_path / 'h.db'}", admin_key_cost=2**4)
-    app = create_app(settings, run_expiry_sweep=False)
-    async with app.router.lifespan_context(app):
+    async with in_process_homs(tmp_path) as app:
         yield app
 
 

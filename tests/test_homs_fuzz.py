@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_homs_process import HomsProcess
+from hp2p.homs.launch import HomsProcess
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,77 +17,12 @@ import pytest
 from typer.testing import CliRunner
 
 from hp2p.cli import app as cli_app
+from hp2p.homs.launch import HomsProcess, free_port, running_homs
 from test_homs_conformance import (
     scratch_postgres_database,
 )
 
 pytestmark = pytest.mark.slow
-
-STARTUP_DEADLINE_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class HomsProcess:
-    """One ``hp2p homs`` child process listening on 127.0.0.1."""
-
-    def __init__(
-        self, cwd: Path, database: str, *extra: str, verify: bool | ssl.SSLContext = True
-    ) -> None:
-        self.port = free_port()
-        scheme = "https" if "--tls-cert" in extra else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.verify = verify
-        self.stdout = cwd / f"homs-{self.port}.out"
-        self.stderr = cwd / f"homs-{self.port}.err"
-        args = [sys.executable, "-m", "hp2p", "homs", "--port", str(self.port)]
-        args += ["--database", database, "--log-level", "warning", *extra]
-        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
-            self.proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err)
-
-    def wait_ready(self) -> None:
-        """Poll /health until it answers, the process dies, or the deadline passes."""
-        deadline = time.monotonic() + STARTUP_DEADLINE_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"hp2p homs exited early: {self.stderr.read_text()[-2000:]}")
-            try:
-                health = httpx.get(f"{self.url}/health", timeout=1.0, verify=self.verify)
-                if health.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)  # polling interval of a bounded readiness loop, not a sync point
-        raise AssertionError(f"hp2p homs not ready in {STARTUP_DEADLINE_S} s")
-
-    def kill9(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-@contextmanager
-def running_homs(cwd: Path, database: str, *extra: str) -> Iterator[HomsProcess]:
-    homs = HomsProcess(cwd, database, *extra)
-    try:
-        homs.wait_ready()
-        yield homs
-    finally:
-        homs.stop()
-
 
 # The HOMP replay against a real process runs in tests/test_homs_ws.py, with the WebSocket
 # monitor and signalling steps interleaved.
@@ -324,21 +256,14 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls_serves_https_only(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
-    homs = HomsProcess(
-        tmp_path,
-        "sqlite:///tls.db",
-        "--tls-cert",
-        str(cert),
-        "--tls-key",
-        str(key),
-        verify=ssl.create_default_context(cafile=str(cert)),
-    )
+    verify = ssl.create_default_context(cafile=str(cert))
+    homs = HomsProcess(tmp_path, "sqlite:///tls.db", "--tls-cert", str(cert), "--tls-key", str(key))
     try:
         homs.wait_ready()
-        assert homs.stdout.read_text().startswith(
+        assert homs.stdout_path.read_text().startswith(
             f"hp2p homs: serving https://127.0.0.1:{homs.port}"
         )
-        r = httpx.get(f"{homs.url}/homs", verify=homs.verify, timeout=5.0)
+        r = httpx.get(f"{homs.url}/homs", verify=verify, timeout=5.0)
         assert (r.status_code, r.json()) == (200, [])
         with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port is not served
             httpx.get(f"http://127.0.0.1:{homs.port}/homs", timeout=5.0)

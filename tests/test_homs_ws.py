@@ -26,6 +26,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from hp2p.homs.launch import HomsProcess, free_port
 from test_homs_conformance import (
     DIFFERENCES,
     GENERATED,
@@ -34,7 +35,6 @@ from test_homs_conformance import (
     assert_replay_ok,
     replay,
 )
-from test_homs_process import HomsProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -178,10 +178,10 @@ async def test_etri_profile_replays_the_recorded_signalling_and_pushes(
     homs = etri_homs
     ws_port: int = homs.ws_port  # type: ignore[attr-defined]
     bare = f"ws://127.0.0.1:{ws_port}"
-    first_line = homs.stdout.read_text().splitlines()[0]
+    first_line = homs.stdout_path.read_text().splitlines()[0]
     assert first_line == (
         f"hp2p homs: serving http://127.0.0.1:{homs.port} (database SQLite file "
-        f"{(homs.stdout.parent / 'ws-replay.db').resolve()}, WebSocket also on port {ws_port})"
+        f"{(homs.workdir / 'ws-replay.db').resolve()}, WebSocket also on port {ws_port})"
     )
     on_http_port = f"ws://127.0.0.1:{homs.port}/ws"
     pushes = expected_pushes()

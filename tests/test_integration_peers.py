@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from peer_procs import HomsProc, PeerProc
+from hp2p.homs.launch import HomsProcess
+from peer_procs import PeerProc, Procs
 
 pytestmark = pytest.mark.slow
 
@@ -24,24 +25,13 @@ MESSAGES_PER_SOURCE = 5
 
 
 @pytest.fixture
-def overlay(tmp_path: Path) -> Iterator[tuple[HomsProc, list[PeerProc]]]:
-    homs = HomsProc(tmp_path)
-    peers: list[PeerProc] = []
+def overlay(tmp_path: Path, homs: HomsProcess) -> Iterator[tuple[HomsProcess, list[PeerProc]]]:
+    procs = Procs()
     try:
-        root = PeerProc(tmp_path, homs.url, "n00", "--create", "thirty")
-        peers.append(root)
-        root.wait_joined()
-        overlay_id = root.joined["overlay_id"] if root.joined else ""
-        for i in range(1, N_PEERS):
-            peers.append(PeerProc(tmp_path, homs.url, f"n{i:02d}", "--join", overlay_id))
-        for peer in peers[1:]:
-            peer.wait_joined(deadline=120)
-        yield homs, peers
+        names = [f"n{i:02d}" for i in range(N_PEERS)]
+        yield homs, procs.start_tree(tmp_path, homs.url, names, "thirty", deadline=120)
     finally:
-        for peer in peers:
-            peer.leave()
-        codes = {peer.name: peer.stop() for peer in peers}
-        homs.stop()
+        codes = procs.stop_all()
         assert all(code == 0 for code in codes.values()), codes
 
 
@@ -72,7 +62,7 @@ def _assert_tree(parents: dict[str, str], root: str, everyone: set[str]) -> int:
 
 
 def test_thirty_peers_form_a_loop_free_tree_and_deliver_exactly_once(
-    overlay: tuple[HomsProc, list[PeerProc]],
+    overlay: tuple[HomsProcess, list[PeerProc]],
 ) -> None:
     homs, peers = overlay
     names = {p.name for p in peers}

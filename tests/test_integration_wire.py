@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from peer_procs import HomsProc, PeerProc
+from hp2p.homs.launch import HomsProcess
+from peer_procs import PeerProc
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +47,7 @@ def read_frame(sock: socket.socket) -> dict[str, Any]:
 
 
 @pytest.fixture
-def peer(tmp_path: Path) -> Iterator[PeerProc]:
-    homs = HomsProc(tmp_path)
+def peer(tmp_path: Path, homs: HomsProcess) -> Iterator[PeerProc]:
     proc = PeerProc(tmp_path, homs.url, "hp2p-root", "--create", "conformance")
     try:
         proc.wait_joined()
@@ -55,7 +55,6 @@ def peer(tmp_path: Path) -> Iterator[PeerProc]:
     finally:
         proc.leave()
         proc.stop()
-        homs.stop()
 
 
 def test_raw_hello_gets_1202_and_an_estab_on_a_new_connection(peer: PeerProc) -> None:

@@ -14,61 +14,16 @@ import hashlib
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from peer_procs import HomsProc, PeerProc
+from hp2p.homs.launch import HomsProcess
+from peer_procs import MeshProc, PeerProc, Procs, create_core_overlay
 
 pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
-
-
-class MeshProc(PeerProc):
-    """A SubMesh peer process followed through its JSON event lines."""
-
-    def __init__(self, workdir: Path, homs_url: str, name: str, *args: str) -> None:
-        self.name = name
-        self.err_path = workdir / f"{name}.err"
-        cmd = [sys.executable, "-m", "hp2p.peer.mesh_daemon", "--homs", homs_url, "--id", name]
-        cmd += ["--json-events", "--stdin", "--seed", "1", *args]
-        with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=err, text=True, bufsize=1
-            )
-        self._start_reader()
-
-    def _start_reader(self) -> None:
-        import queue
-        import threading
-
-        self.events = queue.Queue()
-        self.joined = None
-        self.seen = []
-        threading.Thread(target=self._read, daemon=True, name=f"read-{self.name}").start()
-
-
-def create_core_overlay(homs_url: str, title: str) -> str:
-    """A CoreTree for the sub-overlays to hang off (HOMP create over HTTP)."""
-    body = {
-        "overlay": {
-            "title": title,
-            "type": "core",
-            "sub-type": "tree",
-            "owner-id": "owner",
-            "description": "",
-            "heartbeat-interval": 1,
-            "heartbeat-timeout": 3,
-            "auth": {"type": "open", "admin_key": "admin-key-1234"},
-        }
-    }
-    answer = httpx.post(f"{homs_url}/homs", json=body, timeout=10)
-    answer.raise_for_status()
-    overlay_id: str = answer.json()["overlay"]["overlay-id"]
-    return overlay_id
 
 
 @pytest.fixture(autouse=True)
@@ -79,16 +34,7 @@ def key_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return keys
 
 
-@pytest.fixture
-def homs(tmp_path: Path) -> Iterator[HomsProc]:
-    proc = HomsProc(tmp_path)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-def _start_mesh(tmp_path: Path, homs: HomsProc, peers: int) -> tuple[MeshProc, list[MeshProc]]:
+def _start_mesh(tmp_path: Path, homs: HomsProcess, peers: int) -> tuple[MeshProc, list[MeshProc]]:
     core = create_core_overlay(homs.url, "core-for-mesh")
     source = MeshProc(tmp_path, homs.url, "src", "--create", "blocks", "--parent", core)
     source.wait_joined()
@@ -98,12 +44,6 @@ def _start_mesh(tmp_path: Path, homs: HomsProc, peers: int) -> tuple[MeshProc, l
     for r in receivers:
         r.wait_joined(deadline=90)
     return source, receivers
-
-
-def _stop_all(procs: list[MeshProc]) -> dict[str, int | None]:
-    for p in procs:
-        p.leave()
-    return {p.name: p.stop() for p in procs}
 
 
 def test_one_mib_to_5_processes_with_20_percent_killed_and_a_late_joiner(tmp_path, homs, key_dir):
@@ -147,7 +87,7 @@ def test_one_mib_to_5_processes_with_20_percent_killed_and_a_late_joiner(tmp_pat
             v.proc.kill()
             v.proc.wait(timeout=30)
         alive = [p for p in everyone if p not in receivers[:1]]
-        codes = _stop_all(alive + ([late] if late else []))
+        codes = Procs([*alive, *([late] if late else [])]).stop_all()
     assert all(code == 0 for code in codes.values()), codes
 
 

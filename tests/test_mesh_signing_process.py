@@ -16,28 +16,17 @@ import hashlib
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
 from hp2p.peer.mesh_node import MeshNode, MeshSettings
 from hp2p.peer.mesh_objects import ManifestSigner
-from peer_procs import HomsProc
-from test_mesh_process import MeshProc, create_core_overlay
+from peer_procs import MeshProc, create_core_overlay
 
 pytestmark = pytest.mark.slow
 
 SIZE = 300_000
-
-
-@pytest.fixture
-def homs(tmp_path: Path):
-    proc = HomsProc(tmp_path)
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 async def _event(proc: MeshProc, kinds: set[str], deadline: float = 60) -> dict:

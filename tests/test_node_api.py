@@ -5,28 +5,24 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from hp2p.homs.launch import running_homs
 from hp2p.peer.api import Peer
 from hp2p.peer.local_api import LocalApi
 from hp2p.peer.node import NodeError
 from node_helpers import FAST, collect
-from peer_procs import HomsProc
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def homs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    homs = HomsProc(Path(tmp_path_factory.mktemp("homs")))
-    try:
+    with running_homs(tmp_path_factory.mktemp("homs")) as homs:
         yield homs.url
-    finally:
-        homs.stop()
 
 
 async def test_python_api_publish_subscribe_scan_status(homs_url: str) -> None:

@@ -8,13 +8,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from peer_procs import HomsProc, PeerProc, _readline
+from hp2p.homs.launch import HomsProcess
+from peer_procs import PeerProc, create_core_overlay, readline
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +27,6 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
-
-
-@pytest.fixture
-def homs(tmp_path: Path) -> Iterator[HomsProc]:
-    proc = HomsProc(tmp_path)
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def _closed_port() -> int:
@@ -69,7 +60,7 @@ def test_unreachable_homs_is_one_clear_line_and_status_1() -> None:
     assert out.stdout == ""
 
 
-def test_unknown_overlay_is_one_clear_line_and_status_1(homs: HomsProc) -> None:
+def test_unknown_overlay_is_one_clear_line_and_status_1(homs: HomsProcess) -> None:
     out = _run("--homs", homs.url, "--join", "does-not-exist")
     assert out.returncode == 1
     assert out.stderr.strip() == (
@@ -91,13 +82,13 @@ def test_usage_errors_exit_2() -> None:
     assert "max_children: expected an integer" in bad.stderr
 
 
-def test_joined_line_api_and_clean_leave_on_sigterm(homs: HomsProc, tmp_path: Path) -> None:
+def test_joined_line_api_and_clean_leave_on_sigterm(homs: HomsProcess, tmp_path: Path) -> None:
     """The human line names ids, ticket and addresses; the local API works; SIGTERM leaves."""
     args = [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--create", "cli"]
     args += ["--id", "alice", "--api", "127.0.0.1:0"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = _readline(proc, 60)
+        line = readline(proc, 60)
         assert line.startswith("hp2p peer: joined peer-id=alice overlay-id="), line
         fields = dict(item.split("=", 1) for item in line.split()[3:])
         assert fields["ticket"] == "1"
@@ -123,7 +114,7 @@ def test_joined_line_api_and_clean_leave_on_sigterm(homs: HomsProc, tmp_path: Pa
             proc.wait(timeout=10)
 
 
-def test_stdin_commands_and_json_events(homs: HomsProc, tmp_path: Path) -> None:
+def test_stdin_commands_and_json_events(homs: HomsProcess, tmp_path: Path) -> None:
     root = PeerProc(tmp_path, homs.url, "root", "--create", "events")
     assert root.wait_joined()["parent"] is None
     before = time.time()
@@ -152,7 +143,7 @@ def test_stdin_commands_and_json_events(homs: HomsProc, tmp_path: Path) -> None:
     assert codes == (0, 0)
 
 
-def test_sigterm_while_still_joining_leaves_the_homs_at_once(homs: HomsProc) -> None:
+def test_sigterm_while_still_joining_leaves_the_homs_at_once(homs: HomsProcess) -> None:
     """The only entry peer is unreachable, so the peer keeps trying; SIGTERM ends it cleanly."""
     from hp2p.wire import homp
 
@@ -212,40 +203,31 @@ def test_submesh_signature_options_are_refused_on_a_coretree() -> None:
 
 
 def test_hp2p_peer_hands_the_pinned_source_key_to_the_submesh_runtime(
-    homs: HomsProc, tmp_path: Path
+    homs: HomsProcess, tmp_path: Path
 ) -> None:
-    core = httpx.post(
-        f"{homs.url}/homs",
-        json={"overlay": {"title": "core", "type": "core", "sub-type": "tree", "owner-id": "o",
-                          "description": "", "heartbeat-interval": 1, "heartbeat-timeout": 3,
-                          "auth": {"type": "open", "admin_key": "admin-key-1234"}}},
-        timeout=10,
-    )  # fmt: skip
-    assert core.status_code == 200, core.text
+    core = create_core_overlay(homs.url, "core")
     sub = httpx.post(
         f"{homs.url}/homs",
         json={"overlay": {"overlay-id": "blocks", "title": "blocks", "type": "sub",
                           "sub-type": "mesh", "owner-id": "o", "description": "",
                           "heartbeat-interval": 1, "heartbeat-timeout": 3,
                           "auth": {"type": "open", "admin_key": "admin-key-1234"},
-                          "parent-overlay-id": core.json()["overlay"]["overlay-id"],
+                          "parent-overlay-id": core,
                           "source-peer-id": "src"}},
         timeout=10,
     )  # fmt: skip
     assert sub.status_code == 200, sub.text
     pinned = "ed25519:" + "ab" * 32
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--join", "blocks",
-         "--id", "m1", "--json-events", "--stdin", "--require-signatures",
-         "--source-key", pinned],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    peer = PeerProc(
+        tmp_path, homs.url, "m1", "--join", "blocks", "--require-signatures",
+        "--source-key", pinned,
     )  # fmt: skip
     try:
-        joined = json.loads(_readline(proc, 60))
+        joined = peer.inbox.get(60)
+        assert joined is not None
         assert joined["event"] == "joined"
         assert joined["mesh"] is True
         assert joined["source_key"] == pinned
     finally:
-        assert proc.stdin is not None
-        proc.stdin.close()  # end of input: the peer leaves
-        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+        peer.leave()
+        assert peer.stop() == 0, peer.err_path.read_text()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
-import pytest
-
 from hp2p.peer.effects import Effect, HomsRecoveryJoin, Joined, ScanResult
 from hp2p.sim.network import Network, SimPeer
 
@@ -161,9 +157,6 @@ def test_same_seed_same_trace() -> None:
 
 
 def test_messages_survive_a_codec_round_trip() -> None:
-    r2 = importlib.import_module("hp2p.wire.r2")
-    if not hasattr(r2, "encode") or not hasattr(r2, "decode"):
-        pytest.skip("the R2 codec has not landed")
     net = build(15, seed=8, codec=True)
     assert_one_tree(net)
     publish_and_check(net, ["p00001", "p00015"])

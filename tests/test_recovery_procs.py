@@ -15,7 +15,6 @@ Nothing sleeps to synchronise: every wait reads the peers' JSON event lines with
 
 from __future__ import annotations
 
-import queue
 import random
 import signal
 import threading
@@ -27,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from peer_procs import HomsProc, PeerProc
+from hp2p.homs.launch import start_homs
+from peer_procs import PeerProc
 
 pytestmark = pytest.mark.slow
 
@@ -48,17 +48,10 @@ class Tracked:
         self.last_status: dict[str, Any] | None = None
 
     def drain(self) -> None:
-        pending = self.proc.seen
-        self.proc.seen = []
-        for _ in range(1_000_000):  # bounded: what is queued now
-            try:
-                pending.append(self.proc.events.get_nowait())
-            except queue.Empty:
-                break
-        for event in pending:
-            kind = event["event"]
+        for event in self.proc.inbox.drain():
+            kind = event.kind
             if kind == "deliver":
-                self.got[(event["source"], event["sequence"])] += 1
+                self.got[event.message] += 1
             elif kind == "published":
                 self.published[event["sequence"]] = event["t"]
             elif kind == "status":
@@ -68,12 +61,11 @@ class Tracked:
         self.last_status = None
         self.proc.command("status")
         end = time.monotonic() + deadline
-        while self.last_status is None and time.monotonic() < end:
-            try:
-                self.proc.seen.append(self.proc.events.get(timeout=0.5))
-            except queue.Empty:
-                continue
-            self.drain()
+        while self.last_status is None and (left := end - time.monotonic()) > 0:
+            event = self.proc.inbox.get(left)
+            if event is not None:
+                self.proc.seen.append(event)
+                self.drain()
         assert self.last_status is not None, f"{self.name}: no status within {deadline} s"
         return self.last_status
 
@@ -81,7 +73,7 @@ class Tracked:
 class Overlay:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.homs = HomsProc(workdir)
+        self.homs = start_homs(workdir)
         self.peers: list[Tracked] = []
         self.overlay_id = ""
         self._n = 0

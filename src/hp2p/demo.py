@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -36,7 +34,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.tree import Tree
 
+from hp2p.bench.events import events_from
+from hp2p.bench.procs import rss_mb
 from hp2p.bench.results import result_document, write_result
+from hp2p.homs.launch import HomsProcess, HomsStartError, start_homs
 from hp2p.peer.daemon import launch
 from hp2p.peer.settings import SettingsError, merge
 from hp2p.transport.faults import FaultPlan
@@ -127,8 +128,7 @@ class Demo:
         self.faults = faults
         self.console = console
         self.workdir = Path(tempfile.mkdtemp(prefix="hp2p-demo-"))
-        self.homs: asyncio.subprocess.Process | None = None
-        self.homs_url = ""
+        self.homs: HomsProcess | None = None
         self.peers: list[PeerProc] = []
         self.traffic = Traffic()
         self.overlay_id = ""
@@ -143,30 +143,10 @@ class Demo:
 
     # --- processes --------------------------------------------------------------------------
     async def start_homs(self) -> None:
-        database = f"sqlite:///{self.workdir / 'homs.db'}"
-        err = (self.workdir / "homs.err").open("wb")
-        self.homs = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hp2p", "homs", "--port", "0", "--database", database,
-            "--log-level", "warning",
-            stdout=asyncio.subprocess.PIPE, stderr=err, stdin=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        err.close()
-        assert self.homs.stdout is not None
         try:
-            async with asyncio.timeout(STARTUP_DEADLINE):
-                while True:
-                    line = await self.homs.stdout.readline()
-                    if not line:
-                        raise DemoError(
-                            "the HOMS exited at start: "
-                            + (self.workdir / "homs.err").read_text(errors="replace")[-1500:]
-                        )
-                    text = line.decode(errors="replace")
-                    if "serving " in text:
-                        self.homs_url = text.split("serving ", 1)[1].split()[0]
-                        return
-        except TimeoutError:
-            raise DemoError(f"the HOMS did not start within {STARTUP_DEADLINE:g} s") from None
+            self.homs = await asyncio.to_thread(start_homs, self.workdir, deadline=STARTUP_DEADLINE)
+        except HomsStartError as exc:
+            raise DemoError(f"the HOMS did not start: {exc}") from None
 
     async def start_peer(self, index: int, first: bool) -> PeerProc:
         """One peer process, as ``hp2p peer … --json-events --stdin`` would run it.
@@ -176,7 +156,8 @@ class Demo:
         stack, which halves each peer's start-up CPU (the demo's start-up time on 2 cores).
         """
         name = f"demo-{index:02d}"
-        flags: dict[str, Any] = {"homs": self.homs_url, "peer_id": name}
+        assert self.homs is not None
+        flags: dict[str, Any] = {"homs": self.homs.url, "peer_id": name}
         if first:
             flags["create"] = f"hp2p-demo-{os.getpid()}"
         else:
@@ -207,17 +188,10 @@ class Demo:
     async def read_events(self, peer: PeerProc) -> None:
         assert peer.proc.stdout is not None
         traffic = self.traffic
-        while True:
-            line = await peer.proc.stdout.readline()
-            if not line:
-                break
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            kind = event.get("event")
+        async for event in events_from(peer.proc.stdout):
+            kind = event.kind
             if kind == "deliver":
-                key = (event["source"], event["sequence"])
+                key = event.message
                 peer.delivered[key] += 1
                 traffic.deliveries += 1
                 if peer.delivered[key] > 1:
@@ -226,7 +200,7 @@ class Demo:
                 if self.target is not None and traffic.deliveries >= self.target:
                     self.all_delivered.set()
             elif kind == "published":
-                traffic.published_at[(event["source"], event["sequence"])] = event["t"]
+                traffic.published_at[event.message] = event["t"]
                 peer.published += 1
             elif kind in ("joined", "attached"):
                 peer.parent, peer.depth = event.get("parent"), event.get("depth")
@@ -283,7 +257,7 @@ class Demo:
         procs = [p.proc for p in self.peers]
         await _reap(procs, STOP_DEADLINE)
         if self.homs is not None:
-            await _reap([self.homs], 0.0)
+            await asyncio.to_thread(self.homs.stop, STOP_DEADLINE)
         for peer in self.peers:
             if peer.reader is not None:
                 peer.reader.cancel()
@@ -394,7 +368,7 @@ class Demo:
             at - t.published_at[key] for key, at in t.delivered_at if key in t.published_at
         ]
         p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-        rss = [r for r in (_rss_mb(p.proc.pid) for p in self.peers) if r is not None]
+        rss = [r for r in (rss_mb(p.proc.pid) for p in self.peers) if r is not None]
         return {
             "peers": self.n,
             "joined": sum(p.joined.is_set() for p in self.peers),
@@ -412,16 +386,6 @@ class Demo:
             "rss_mb_max": round(max(rss), 1) if rss else None,
             "protocol_errors": sum(p.errors for p in self.peers),
         }
-
-
-def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 async def _reap(procs: list[asyncio.subprocess.Process], grace: float) -> None:

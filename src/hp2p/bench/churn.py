@@ -21,10 +21,8 @@ join until there are N again. Every wait has a deadline; every loop is bounded.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import queue
 import random
 import signal
 import subprocess
@@ -42,7 +40,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from hp2p.bench.events import EOF, Event, follow
 from hp2p.bench.results import result_document, write_result
+from hp2p.homs.launch import HomsStartError, start_homs
 
 PAYLOAD = 1024
 SOURCES = 5
@@ -74,28 +74,23 @@ class Peer:
     alive: bool = True
     ended: threading.Event = field(default_factory=threading.Event)
 
-    def read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            now = time.time()
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            kind = event.get("event")
-            if kind == "deliver":
-                key = (event["source"], event["sequence"])
-                self.got[key] += 1
-                self.first.setdefault(key, float(event.get("t", now)))
-            elif kind == "published":
-                self.published[event["sequence"]] = float(event.get("t", now))
-            elif kind in ("detached", "attached"):
-                # the peer's own time of the event, not when this reader got to the line
-                self.timeline.append((float(event.get("t", now)), kind))
-            elif kind == "joined":
-                self.info = event
-                self.joined.set()
-        self.ended.set()
+    def on_event(self, event: Event) -> None:
+        """One event line, on the reading thread (:func:`hp2p.bench.events.follow`)."""
+        # the peer's own time of the event, else when this reader got to the line
+        kind, t = event.kind, event.t_or(time.time())
+        if kind == "deliver":
+            key = event.message
+            self.got[key] += 1
+            self.first.setdefault(key, t)
+        elif kind == "published":
+            self.published[event.message[1]] = t
+        elif kind in ("detached", "attached"):
+            self.timeline.append((t, kind))
+        elif kind == "joined":
+            self.info = event
+            self.joined.set()
+        elif kind == EOF:
+            self.ended.set()
 
     def command(self, line: str) -> bool:
         try:
@@ -116,15 +111,11 @@ class Cluster:
         self.peers: dict[str, Peer] = {}
         self.overlay_id = ""
         self._count = 0
-        args = [sys.executable, "-m", "hp2p", "homs", "--port", "0", "--log-level", "error"]
-        args += ["--database", f"sqlite:///{workdir / 'homs.db'}"]
-        self._homs_err = (workdir / "homs.err").open("wb")
-        self.homs = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._homs_err, text=True)
-        line = _readline(self.homs, START_DEADLINE)
-        if "serving " not in line:
-            self.close()
-            raise BenchError(f"hp2p homs did not start: see {workdir / 'homs.err'}")
-        self.url = line.split("serving ", 1)[1].split()[0]
+        try:
+            self.homs = start_homs(workdir, deadline=START_DEADLINE, log_level="error")
+        except HomsStartError as exc:
+            raise BenchError(str(exc)) from None
+        self.url = self.homs.url
 
     def _spawn(self, *args: str) -> Peer:
         self._count += 1
@@ -139,7 +130,8 @@ class Cluster:
         )
         err.close()
         peer = Peer(name, proc)
-        threading.Thread(target=peer.read, daemon=True, name=f"read-{name}").start()
+        assert proc.stdout is not None
+        follow(proc.stdout, peer.on_event, name)
         self.peers[name] = peer
         return peer
 
@@ -186,24 +178,7 @@ class Cluster:
         for peer in self.peers.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 peer.proc.wait(timeout=10)
-        if self.homs.poll() is None:
-            self.homs.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.homs.wait(timeout=10)
-            if self.homs.poll() is None:
-                self.homs.kill()
-        self._homs_err.close()
-
-
-def _readline(proc: subprocess.Popen[str], deadline: float) -> str:
-    box: queue.Queue[str] = queue.Queue()
-    stdout = proc.stdout
-    assert stdout is not None
-    threading.Thread(target=lambda: box.put(stdout.readline()), daemon=True).start()
-    try:
-        return box.get(timeout=deadline)
-    except queue.Empty:
-        return ""
+        self.homs.stop()
 
 
 def _wait(flag: threading.Event, ended: threading.Event, deadline: float) -> bool:

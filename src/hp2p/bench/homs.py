@@ -23,10 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -45,7 +41,9 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from hp2p.bench.httpload import LoadResult, Request, load_in_process
+from hp2p.bench.procs import cpu_seconds
 from hp2p.bench.results import result_document, write_result
+from hp2p.homs.launch import HomsProcess, HomsStartError, start_homs
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 STARTUP_DEADLINE_S = 60.0
@@ -110,74 +108,22 @@ def _split(items: list[bytes], clients: int) -> list[list[bytes]]:
 # ---------------------------------------------------------------------------- the HOMS
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux ``/proc``); 0.0 where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-@dataclass
-class HomsUnderTest:
-    proc: subprocess.Popen[bytes]
-    port: int
-    spawned: float
-    ready_s: float = 0.0
-
-    def cpu_s(self) -> float:
-        return _proc_cpu_s(self.proc.pid)
-
-
 @contextlib.contextmanager
 def running_homs(
     database: str, workdir: Path, extra: tuple[str, ...] = ()
-) -> Iterator[HomsUnderTest]:
-    port = _free_port()
-    log = (workdir / f"homs-{port}.log").open("wb")
-    args = [sys.executable, "-m", "hp2p", "homs", "--port", str(port), "--database", database]
-    args += ["--log-level", "warning", *extra]
-    spawned = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-    homs = HomsUnderTest(proc, port, spawned)
+) -> Iterator[HomsProcess]:
+    """A fresh ``hp2p homs`` on ``database``; its ``ready_s`` is spawn to serving."""
     try:
-        _wait_ready(homs, workdir / f"homs-{port}.log")
-        homs.ready_s = time.perf_counter() - spawned
+        homs = start_homs(workdir, database, *extra, deadline=STARTUP_DEADLINE_S)
+    except HomsStartError as exc:
+        raise BenchError(str(exc)) from None
+    with homs:
         yield homs
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
-        log.close()
 
 
-def _wait_ready(homs: HomsUnderTest, log: Path) -> None:
-    deadline = time.perf_counter() + STARTUP_DEADLINE_S
-    while time.perf_counter() < deadline:
-        if homs.proc.poll() is not None:
-            raise BenchError(f"hp2p homs exited at start:\n{log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", homs.port), timeout=1.0) as s:
-                s.sendall(HEALTH)
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.01)  # readiness poll of a process we just spawned; bounded above
-    raise BenchError(f"hp2p homs not ready after {STARTUP_DEADLINE_S:.0f} s (log: {log})")
+def _cpu_s(homs: HomsProcess) -> float:
+    """The HOMS process's CPU seconds so far (0.0 where ``/proc`` says nothing)."""
+    return cpu_seconds(homs.pid) or 0.0
 
 
 def _post(port: int, raw: bytes) -> tuple[int, bytes]:
@@ -224,12 +170,12 @@ class Bench:
         self.pool = pool
 
     def load(
-        self, homs: HomsUnderTest, per_client: list[list[bytes]], keep: bool = False
+        self, homs: HomsProcess, per_client: list[list[bytes]], keep: bool = False
     ) -> tuple[Run, LoadResult]:
-        cpu0 = homs.cpu_s()
+        cpu0 = _cpu_s(homs)
         future = self.pool.submit(load_in_process, "127.0.0.1", homs.port, per_client, keep)
         result = future.result(timeout=600)
-        cpu = homs.cpu_s() - cpu0
+        cpu = _cpu_s(homs) - cpu0
         n = len(result.latencies)
         bad = [s for s in result.statuses if s >= 300 or s < 200]
         if bad:
@@ -245,7 +191,7 @@ class Bench:
         )
         return run, result
 
-    def joins(self, homs: HomsUnderTest, n: int, clients: int) -> Run:
+    def joins(self, homs: HomsProcess, n: int, clients: int) -> Run:
         overlay_id = f"bench-{uuid.uuid4().hex[:8]}"
         status, body = _post(
             homs.port, Request.build("POST", "/homs", _create_body(overlay_id)).raw
@@ -261,7 +207,7 @@ class Bench:
             raise BenchError(f"tickets are not 1..{n} without gaps or duplicates")
         return run
 
-    def health(self, homs: HomsUnderTest, n: int, clients: int) -> Run:
+    def health(self, homs: HomsProcess, n: int, clients: int) -> Run:
         run, _ = self.load(homs, _split([HEALTH] * n, clients))
         return run
 
@@ -571,4 +517,4 @@ def _cold_start(
     with database(kind, pg_base, workdir) as url, running_homs(url, workdir, extra) as h:
         start = time.perf_counter()
         bench.joins(h, peers, CLIENTS)
-        return h.ready_s, time.perf_counter() - start
+        return h.ready_s or 0.0, time.perf_counter() - start

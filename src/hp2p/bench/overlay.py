@@ -8,55 +8,18 @@ benchmark: a source to publish from, the processes (for CPU and RSS), and the de
 
 from __future__ import annotations
 
-import queue
 import random
-import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 from hp2p.bench.procs import Fleet, Proc, ProcError
+from hp2p.homs.launch import HomsProcess, HomsStartError, start_homs
 
 JOIN_TIMEOUT = 90.0
 START_BATCH = 8
-
-
-class HomsProcess:
-    """``hp2p homs --port 0`` on a fresh SQLite file; the URL comes from its start-up line."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.err_path = workdir / "homs.err"
-        args = [sys.executable, "-m", "hp2p", "homs", "--port", "0", "--log-level", "warning"]
-        args += ["--database", f"sqlite:///{workdir / 'homs.db'}"]
-        with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
-        box: queue.Queue[str] = queue.Queue()
-        stdout = self.proc.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: box.put(stdout.readline()), daemon=True).start()
-        try:
-            line = box.get(timeout=60)
-        except queue.Empty:
-            line = ""
-        if "serving " not in line:
-            self.stop()
-            raise ProcError(
-                f"hp2p homs did not start within 60 s: {line!r} "
-                f"{self.err_path.read_text(errors='replace')[-500:]}"
-            )
-        self.url = line.split("serving ", 1)[1].split()[0]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 class HpOverlay:
@@ -76,7 +39,10 @@ class HpOverlay:
         self._seed = seed
 
     def start(self, progress: Any = None) -> None:
-        self.homs = HomsProcess(self.workdir)
+        try:
+            self.homs = start_homs(self.workdir)
+        except HomsStartError as exc:
+            raise ProcError(str(exc)) from None
         title = f"bench-{self._n}-{self._seed}"
         for start in range(0, self._n, START_BATCH):
             batch = []

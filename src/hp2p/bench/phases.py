@@ -9,13 +9,13 @@ on this machine, so their ``time.time()`` clocks are the same clock.
 from __future__ import annotations
 
 import math
-import queue
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
 
+from hp2p.bench.events import NoEventError
 from hp2p.bench.procs import Fleet, Proc
 
 PASS_DELIVERY = 0.999
@@ -83,16 +83,13 @@ def run_phase(overlay: Overlay, rate: float, count: int, payload: int, drain_s: 
 def _collect_published(source: Proc, phase: Phase, count: int) -> None:
     """The source's ``published`` lines for this phase (bounded wait: they come right away)."""
     end = time.monotonic() + 10
-    while len(phase.published) < count and time.monotonic() < end:
+    while len(phase.published) < count and (left := end - time.monotonic()) > 0:
         try:
-            event = source.events.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        if event.get("event") == "published":
-            phase.published[int(event["sequence"])] = float(event["t"])
-            phase.source_name = str(event["source"])
-        else:
-            source.others.append(event)
+            event = source.inbox.next("published", left)
+        except NoEventError:
+            return
+        phase.source_name, sequence = event.message
+        phase.published[sequence] = float(event["t"])
 
 
 def quantile(values: list[float], q: float) -> float | None:

@@ -4,7 +4,8 @@ A process benchmark runs hundreds of ``hp2p peer`` (or relay) processes that eac
 JSON line per delivery. Reading them with a thread per process would put hundreds of threads
 on the GIL next to the timed work; here one thread multiplexes every pipe with ``selectors``,
 counts delivery lines as raw bytes (parsing waits until the run is over) and parses only the
-rare control lines (``joined``, ``status`` …), which it hands out through per-process queues.
+rare control lines (``joined``, ``status`` …), which it hands out through per-process
+:class:`~hp2p.bench.events.EventInbox` es.
 
 Per-process CPU time and RSS come from ``/proc/PID/stat`` and ``/proc/PID/status`` (Linux),
 so no dependency such as psutil is needed.
@@ -12,20 +13,39 @@ so no dependency such as psutil is needed.
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import selectors
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
 
-_DELIVER_PREFIX = b'{"event":"deliver"'
+from hp2p.bench.events import DELIVER_PREFIX, Event, EventInbox, NoEventError, parse_event
+
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux ``/proc``); None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process in MiB (Linux ``/proc``); None where unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 class ProcError(RuntimeError):
@@ -48,8 +68,7 @@ class Proc:
             )
         self.pid = self.popen.pid
         self.deliveries: list[bytes] = []  # raw delivery lines, parsed after the run
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.others: list[dict[str, Any]] = []  # control events nobody waited for
+        self.inbox = EventInbox(name)  # the other (control) events
         self._partial = b""
         self.stdout_bytes = 0
 
@@ -61,15 +80,11 @@ class Proc:
         self._partial = lines.pop()
         count = 0
         for line in lines:
-            if line.startswith(_DELIVER_PREFIX):
+            if line.startswith(DELIVER_PREFIX):
                 self.deliveries.append(line)
                 count += 1
-            elif line.strip():
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    event = {"event": "garbage", "line": line[:200].decode("utf-8", "replace")}
-                self.events.put(event)
+            elif (event := parse_event(line)) is not None:
+                self.inbox.put(event)
         return count
 
     def command(self, line: str) -> None:
@@ -81,26 +96,16 @@ class Proc:
         except (BrokenPipeError, OSError) as exc:
             raise ProcError(f"{self.name} is gone ({exc}); {self.tail()}") from exc
 
-    def wait_event(self, kinds: set[str], timeout: float) -> dict[str, Any]:
-        """The next event of one of ``kinds``; others are kept in ``others``."""
-        end = time.monotonic() + timeout
-        while True:
-            remaining = end - time.monotonic()
-            if remaining <= 0:
+    def wait_event(self, kinds: Collection[str], timeout: float) -> Event:
+        """The next event of one of ``kinds``; others are kept in the inbox."""
+        try:
+            return self.inbox.next(kinds, timeout)
+        except NoEventError as exc:
+            if self.inbox.ended:
                 raise ProcError(
-                    f"{self.name}: no {sorted(kinds)} within {timeout:g} s; {self.tail()}"
-                )
-            try:
-                event = self.events.get(timeout=min(remaining, 0.5))
-            except queue.Empty:
-                if self.popen.poll() is not None and self.events.empty():
-                    raise ProcError(
-                        f"{self.name} exited with status {self.popen.returncode}; {self.tail()}"
-                    ) from None
-                continue
-            if event.get("event") in kinds:
-                return event
-            self.others.append(event)
+                    f"{self.name} exited with status {self.popen.poll()}; {self.tail()}"
+                ) from None
+            raise ProcError(f"{exc}; {self.tail()}") from None
 
     def tail(self) -> str:
         try:
@@ -110,22 +115,10 @@ class Proc:
         return f"stderr: {text}" if text else "no stderr output"
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the process so far (None once it is gone)."""
-        try:
-            raw = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = raw.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return cpu_seconds(self.pid)
 
     def rss_mb(self) -> float | None:
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
+        return rss_mb(self.pid)
 
     def stop(self, grace: float = 5.0) -> None:
         """Close stdin (the programs leave on end of input), then SIGTERM, then SIGKILL."""
@@ -186,7 +179,7 @@ class Fleet:
                 if not chunk:
                     with self._lock:
                         self._selector.unregister(key.fileobj)
-                    proc.events.put({"event": "eof"})
+                    proc.inbox.close()
                     continue
                 count = proc.feed(chunk)
                 if count:

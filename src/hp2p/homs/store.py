@@ -41,11 +41,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import BindParameter
 
-from hp2p.homs import monitor, peerlist, pg_join, secrets, sqlite_join
+from hp2p.homs import join, monitor, peerlist, secrets
 from hp2p.homs.db import DatabaseTarget, auth_peer, overlay, peer, peer_info
 from hp2p.homs.errors import (
     AdmissionRefusedError,
@@ -57,9 +56,7 @@ from hp2p.homs.errors import (
 from hp2p.homs.monitor import Event, MonitorHub
 from hp2p.homs.peerlist import PeerEntry
 from hp2p.homs.transactions import (
-    PostgresRunner,
     SqliteRunner,
-    TransactionRunner,
     open_runner,
 )
 from hp2p.wire import homp
@@ -98,7 +95,7 @@ _OVERLAY_COLS = (
 
 
 _OVERLAY_NAMES = tuple(c.name for c in _OVERLAY_COLS)
-assert _OVERLAY_NAMES == sqlite_join.OVERLAY_COLUMNS, "keep sqlite_join's columns in step"
+assert _OVERLAY_NAMES == join.OVERLAY_COLUMNS, "keep hp2p.homs.join's columns in step"
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,26 +266,9 @@ _THIS_PEER = and_(peer.c.overlay_id == _P_OID, peer.c.peer_id == _P_PID)
 _LIVE = and_(
     peer.c.overlay_id == _P_OID, peer.c.expires_at >= _P_NOW, peer.c.suspect_since.is_(None)
 )
-_LIVE_ACTIVE = and_(_LIVE, peer.c.num_primary > 0)
 
-_BUMP_TICKET = (
-    update(overlay)
-    .where(overlay.c.overlay_id == _P_OID)
-    .values(last_ticket=overlay.c.last_ticket + 1)
-    .returning(*_OVERLAY_COLS)
-)
 _SELECT_OVERLAY = select(*_OVERLAY_COLS).where(overlay.c.overlay_id == _P_OID)
-_INSERT_PEER = insert(peer)
-_COUNT_ACTIVE = select(func.count()).select_from(peer).where(_LIVE_ACTIVE)
-_ACTIVE_WINDOW = (
-    select(*_ENTRY_COLS)
-    .where(_LIVE_ACTIVE)
-    .order_by(peer.c.ticket)
-    .offset(bindparam("skip"))
-    .limit(bindparam("take"))
-)
 _LIVE_PEERS = select(*_ENTRY_COLS).where(_LIVE).order_by(peer.c.ticket)
-_LOWEST_TICKET = select(*_ENTRY_COLS).where(_LIVE).order_by(peer.c.ticket).limit(1)
 _MEMBER = select(
     peer.c.ticket, peer.c.password_hash, peer.c.expires, peer.c.costmap, peer.c.report_time
 ).where(_THIS_PEER)
@@ -329,15 +309,7 @@ class HomsStore:
         self.default_expires = default_expires
         self.delete_empty_overlays = delete_empty_overlays
         self.admin_key_cost = admin_key_cost
-        self._db: TransactionRunner = open_runner(target)
-        upsert = (sqlite.insert if target.is_sqlite else postgresql.insert)(peer_info)
-        self._upsert_info = upsert.on_conflict_do_update(
-            index_elements=[peer_info.c.peer_id],
-            set_={
-                c: upsert.excluded[c]
-                for c in ("addresses", "capabilities", "preferences", "updated_at")
-            },
-        )
+        self._db = open_runner(target)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -579,28 +551,20 @@ class HomsStore:
 
     # ------------------------------------------------------------------ peers (OPM/PSM FE)
 
-    def _entry_points(self, conn: Connection, overlay_id: str, now: float) -> list[PeerEntry]:
-        """:func:`peerlist.tree_entry_points`, reading only the window it needs."""
-        live = {"oid": overlay_id, "now": now}
-        active = int(conn.scalar(_COUNT_ACTIVE, live) or 0)
-        offset, count = peerlist.entry_window(active, self.tree_list_size)
-        rows = conn.execute(_ACTIVE_WINDOW, {**live, "skip": offset, "take": count})
-        chosen = [PeerEntry(*r) for r in rows]
-        return chosen or _lowest_ticket(conn, overlay_id, now)
-
-    def _peer_list(
-        self, conn: Connection, ov: OverlayRecord, peer_id: str, now: float, ticket: int | None
+    def _recovery_list(
+        self, conn: Connection, ov: OverlayRecord, peer_id: str, now: float, ticket: int
     ) -> list[PeerEntry]:
-        if ov.is_mesh:
-            live = _live_entries(conn, ov.overlay_id, now)
-            return peerlist.mesh_neighbours(live, peer_id, self._rng, self.mesh_list_size)
-        if ticket is None:
-            return self._entry_points(conn, ov.overlay_id, now)
         live = _live_entries(conn, ov.overlay_id, now)
+        if ov.is_mesh:
+            return peerlist.mesh_neighbours(live, peer_id, self._rng, self.mesh_list_size)
         return peerlist.tree_recovery_points(live, ticket, self.tree_list_size)
 
     async def join(self, req: homp.JoinRequest, *, addresses: Sequence[str] = ()) -> JoinResult:
-        """HybridOverlayJoin (normal): a new ticket, a membership row and a peer list."""
+        """HybridOverlayJoin (normal): a new ticket, a membership row and a peer list.
+
+        The transaction is :func:`hp2p.homs.join.join_steps`, in plain SQL on the driver's own
+        connection (the hot path); the rules on the overlay row are this store's.
+        """
         o, p = req.overlay, req.peer
         now = self._clock()
         expires = p.expires if p.expires is not None else self.default_expires
@@ -608,108 +572,47 @@ class HomsStore:
         password_hash = secrets.hash_fast(p.auth.password)
         info = _registry_values(p.peer_id, [p.address, *addresses], p.capabilities, now)
 
-        if isinstance(self._db, SqliteRunner | PostgresRunner):
-            return await self._join_direct(self._db, req, now, expires, password_hash, info)
-
-        def tx(conn: Connection) -> tuple[OverlayRecord, list[PeerEntry]]:
-            row = conn.execute(_BUMP_TICKET, {"oid": o.overlay_id}).first()
-            if row is None:
-                raise unknown_overlay(o.overlay_id)
-            ov = _record(row)
-            _check_kind(ov, o.type, o.sub_type)
-            _admit(conn, ov, p.peer_id, access_key)
-            conn.execute(
-                _INSERT_PEER,
-                {
-                    "overlay_id": o.overlay_id,
-                    "peer_id": p.peer_id,
-                    "ticket": ov.last_ticket,
-                    "address": p.address,
-                    "password_hash": password_hash,
-                    "expires": expires,
-                    "last_seen": now,
-                    "expires_at": now + expires,
-                    "suspect_since": None,
-                    "num_primary": 0,
-                    "num_out_candidate": 0,
-                    "num_in_candidate": 0,
-                    "costmap": None,
-                    "report_time": None,
-                    "created_at": now,
-                },
-            )
-            self._register(conn, info)
-            return ov, self._peer_list(conn, ov, p.peer_id, now, None)
-
-        try:
-            ov, chosen = await self._db.write(tx)
-        except IntegrityError as exc:
-            raise _duplicate_peer(o.overlay_id, p.peer_id) from exc
-        return self._joined(ov, p.peer_id, expires, chosen)
-
-    def _joined(
-        self, ov: OverlayRecord, peer_id: str, expires: int, chosen: list[PeerEntry]
-    ) -> JoinResult:
-        self._publish(
-            [
-                monitor.peer_added(ov.overlay_id, peer_id, ov.last_ticket),
-                monitor.log(ov.overlay_id, peer_id, "Overlay Join."),
-            ]
-        )
-        return JoinResult(ov, peer_id, ov.last_ticket, expires, chosen)
-
-    async def _join_direct(
-        self,
-        runner: SqliteRunner | PostgresRunner,
-        req: homp.JoinRequest,
-        now: float,
-        expires: int,
-        password_hash: str,
-        info: dict[str, Any],
-    ) -> JoinResult:
-        """The same join on the driver's own connection, without SQLAlchemy
-        (``hp2p.homs.sqlite_join`` on SQLite, ``hp2p.homs.pg_join`` on PostgreSQL)."""
-        o, p = req.overlay, req.peer
-        access_key = o.auth.access_key if o.auth is not None else None
-
-        def check(row: tuple[Any, ...], listed: Callable[[], bool]) -> OverlayRecord:
+        def check(row: tuple[Any, ...], listed: bool) -> OverlayRecord:
             ov = record_from_values(row)
             _check_kind(ov, o.type, o.sub_type)
             if ov.auth_type == "closed":
-                _admission(ov, listed(), access_key)
+                _admission(ov, listed, access_key)
             return ov
 
         def mesh_choice(live: list[PeerEntry]) -> list[PeerEntry]:
             return peerlist.mesh_neighbours(live, p.peer_id, self._rng, self.mesh_list_size)
 
-        args: dict[str, Any] = {
-            "overlay_id": o.overlay_id,
-            "peer_id": p.peer_id,
-            "member": (p.address, password_hash, expires, now),
-            "info": (info["addresses"], info["capabilities"], now),
-            "tree_list_size": self.tree_list_size,
-            "check": check,
-            "mesh_choice": mesh_choice,
-        }
+        def steps() -> join.Steps[OverlayRecord]:
+            return join.join_steps(
+                overlay_id=o.overlay_id,
+                peer_id=p.peer_id,
+                member=(p.address, password_hash, expires, now),
+                info=(info["addresses"], info["capabilities"], now),
+                tree_list_size=self.tree_list_size,
+                check=check,
+                mesh_choice=mesh_choice,
+            )
 
-        def tx(conn: sqlite3.Connection) -> tuple[OverlayRecord, int, list[PeerEntry]]:
-            return sqlite_join.join_transaction(conn, **args)
+        def on_sqlite(conn: sqlite3.Connection) -> tuple[OverlayRecord, int, list[PeerEntry]]:
+            return join.run_on_sqlite(conn, steps())
 
-        async def pg_tx(conn: Any) -> tuple[OverlayRecord, int, list[PeerEntry]]:
-            return await pg_join.join_transaction(conn, **args)
+        async def on_postgres(conn: Any) -> tuple[OverlayRecord, int, list[PeerEntry]]:
+            return await join.run_on_postgres(conn, steps())
 
         try:
-            if isinstance(runner, SqliteRunner):
-                ov, _ticket, chosen = await runner.write_raw(tx)
+            if isinstance(self._db, SqliteRunner):
+                ov, _ticket, chosen = await self._db.write_raw(on_sqlite)
             else:
-                ov, _ticket, chosen = await runner.write_raw(pg_tx)
-        except sqlite_join.DuplicatePeerError as exc:
+                ov, _ticket, chosen = await self._db.write_raw(on_postgres)
+        except join.DuplicatePeerError as exc:
             raise _duplicate_peer(o.overlay_id, p.peer_id) from exc
-        return self._joined(ov, p.peer_id, expires, chosen)
-
-    def _register(self, conn: Connection, values: dict[str, Any]) -> None:
-        """PIR FE: remember what the peer said about itself, apart from membership."""
-        conn.execute(self._upsert_info, values)
+        self._publish(
+            [
+                monitor.peer_added(ov.overlay_id, p.peer_id, ov.last_ticket),
+                monitor.log(ov.overlay_id, p.peer_id, "Overlay Join."),
+            ]
+        )
+        return JoinResult(ov, p.peer_id, ov.last_ticket, expires, chosen)
 
     async def check_source_key(self, overlay_id: str, peer_id: str, key: str) -> None:
         """Before a join that declares ``source-key``: may this peer declare this key?
@@ -798,7 +701,7 @@ class HomsStore:
                     "suspect_since": None,
                 },
             )
-            return ov, expires, self._peer_list(conn, ov, p.peer_id, now, ticket)
+            return ov, expires, self._recovery_list(conn, ov, p.peer_id, now, ticket)
 
         ov, expires, chosen = await self._db.write(tx)
         self._publish([monitor.log(o.overlay_id, p.peer_id, "Overlay Recovery.")])
@@ -1078,11 +981,6 @@ class HomsStore:
 def _live_entries(conn: Connection, overlay_id: str, now: float) -> list[PeerEntry]:
     rows = conn.execute(_LIVE_PEERS, {"oid": overlay_id, "now": now})
     return [PeerEntry(*r) for r in rows]
-
-
-def _lowest_ticket(conn: Connection, overlay_id: str, now: float) -> list[PeerEntry]:
-    row = conn.execute(_LOWEST_TICKET, {"oid": overlay_id, "now": now}).first()
-    return [] if row is None else [PeerEntry(*row)]
 
 
 def _overlay(conn: Connection, overlay_id: str) -> OverlayRecord:

@@ -84,7 +84,7 @@ class SqliteRunner:
     """One writer thread with one connection; a few reader threads with their own.
 
     The writer thread also owns a plain ``sqlite3`` connection for :meth:`write_raw`, the hot
-    join path (``hp2p.homs.sqlite_join``) that skips SQLAlchemy's per-statement overhead.
+    join path (``hp2p.homs.join``) that skips SQLAlchemy's per-statement overhead.
     Both of the writer's connections are used by that one thread, one transaction at a time,
     so they never wait on each other.
     """
@@ -225,7 +225,7 @@ class PostgresRunner:
 
     async def write_raw(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``await work(connection)`` on a plain asyncpg connection, in one transaction
-        (the join hot path, ``hp2p.homs.pg_join``)."""
+        (the join hot path, ``hp2p.homs.join``)."""
         if self._pool is None:
             async with self._pool_lock:
                 if self._pool is None:
@@ -263,7 +263,7 @@ async def _keep_session(conn: Any) -> None:
     commit or a rollback. One round trip fewer per join."""
 
 
-def open_runner(target: DatabaseTarget) -> TransactionRunner:
+def open_runner(target: DatabaseTarget) -> SqliteRunner | PostgresRunner:
     if target.is_sqlite:
         return SqliteRunner(target)
     return PostgresRunner(target)
