@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hp2p.peer.effects import Deliver, Send
+from hp2p.peer.errors import NotSourceError
 from hp2p.peer.paths import PATH_ROLES, Link
 from hp2p.wire.r2.messages import BroadcastData, BroadcastDataResponse
 
@@ -160,13 +161,26 @@ class Broadcaster:
         self.counters = core.counters
         self.effects = core.effects
         self.sequence = 0
+        #: SubTree (Q.4100 §6): the only source whose data this overlay carries; None on a
+        #: CoreTree. Checked here, in the core, so the simulator enforces it as daemons do.
+        self.source_only: str | None = None
 
     def publish(
         self, data: bytes, now: float, app_id: str, payload_type: str, candidate_path: bool
     ) -> int:
-        """Broadcast ``data`` from this peer (CoreTree is multi-source); returns its sequence."""
-        self.sequence += 1
+        """Broadcast ``data`` from this peer (CoreTree is multi-source); returns its sequence.
+
+        On a SubTree only the source peer may: any other raises :class:`NotSourceError`
+        before anything is sent.
+        """
         source = self.core.peer_id
+        if self.source_only is not None and source != self.source_only:
+            raise NotSourceError(
+                f"only the source peer {self.source_only!r} of SubTree {self.core.overlay_id!r} "
+                f"may publish; this peer is {source!r}. Publish at the source (or through an "
+                "R3 bridge that feeds it)."
+            )
+        self.sequence += 1
         message = BroadcastData(
             source=source,
             sequence=self.sequence,
@@ -197,6 +211,9 @@ class Broadcaster:
     def on_data(self, link: Link, msg: BroadcastData, now: float, recovered: bool) -> None:
         if link.role not in PATH_ROLES:
             self.core.error(link.conn, "BROADCAST_DATA on a connection that is not a path")
+            return
+        if self.source_only is not None and msg.source != self.source_only:
+            self.counters.foreign_dropped += 1  # neither delivered nor relayed
             return
         effects = self.effects
         if msg.ack:

@@ -81,6 +81,9 @@ class JoinInfo:
     heartbeat_timeout: float | None = None
     cr_policy: CrPolicy = field(default_factory=CrPolicy)
     root: bool = False
+    #: A SubTree's source peer: only it publishes, data of any other source is refused.
+    #: None on a CoreTree, where every member may publish.
+    source_peer_id: str | None = None
 
 
 def may_volunteer(

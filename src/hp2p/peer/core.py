@@ -99,6 +99,7 @@ class CoreCounters:
     attempts: int = 0
     repairs: int = 0
     paths_lost: int = 0
+    foreign_dropped: int = 0  # SubTree: data whose source is not the overlay's source peer
 
 
 class PeerCore(Kernel):
@@ -249,6 +250,7 @@ class PeerCore(Kernel):
             policy.cache_count,
             policy.cache_age_minutes,
         )
+        self.db.source_only = info.source_peer_id
         self.cache.max_count = config.cache_count
         self.cache.max_age = config.cache_age
         self.dr.queue.settings = pull_settings(config)

@@ -77,8 +77,11 @@ class MemoryHoms:
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 3.0,
         cr_policy: CrPolicy | None = None,
+        source_peer_id: str | None = None,
     ) -> None:
         self.overlay_id = overlay_id
+        #: A SubTree's source peer (only it publishes); None: a CoreTree.
+        self.source_peer_id = source_peer_id
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.cr_policy = cr_policy or CrPolicy()
@@ -101,6 +104,7 @@ class MemoryHoms:
             heartbeat_timeout=self.heartbeat_timeout,
             cr_policy=self.cr_policy,
             root=root,
+            source_peer_id=self.source_peer_id,
         )
 
     def recovery(self, peer_id: str, ticket: int) -> tuple[list[tuple[str, str]], bool]:
