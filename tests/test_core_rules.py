@@ -40,6 +40,7 @@ CORE_MODULES = (
     "mesh_pull",
     "mesh_objects",
     "mesh_config",
+    "mesh_trust",
 )
 
 FORBIDDEN_IMPORTS = {
