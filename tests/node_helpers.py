@@ -30,6 +30,14 @@ async def homs_app(tmp_path: Path) -> AsyncIterator[FastAPI]:
         yield app
 
 
+@contextlib.asynccontextmanager
+async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of ``app`` at ``http://homs`` (no socket: httpx's ASGI transport)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://homs") as client:
+        yield client
+
+
 def client_for(app: FastAPI) -> HomsClient:
     return HomsClient("http://homs", transport=httpx.ASGITransport(app=app), attempts=1)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from homp_bodies import create
 from hp2p.bench.events import Event, EventInbox, NoEventError, follow
 
 DEADLINE = 60.0
@@ -37,18 +38,8 @@ def readline(proc: subprocess.Popen[str], deadline: float) -> str:
 
 def create_core_overlay(homs_url: str, title: str) -> str:
     """A CoreTree for sub-overlays to hang off (HOMP create over HTTP); its overlay-id."""
-    body = {
-        "overlay": {
-            "title": title,
-            "type": "core",
-            "sub-type": "tree",
-            "owner-id": "owner",
-            "description": "",
-            "heartbeat-interval": 1,
-            "heartbeat-timeout": 3,
-            "auth": {"type": "open", "admin_key": "admin-key-1234"},
-        }
-    }
+    fast = {"heartbeat-interval": 1, "heartbeat-timeout": 3}
+    body = create(title=title, description="", **fast)
     answer = httpx.post(f"{homs_url}/homs", json=body, timeout=10)
     answer.raise_for_status()
     overlay_id: str = answer.json()["overlay"]["overlay-id"]

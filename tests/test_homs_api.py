@@ -4,63 +4,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from hp2p.homs.app import create_app
-from hp2p.homs.settings import HomsSettings
+from homp_bodies import create, join, report
+from node_helpers import asgi_client, homs_app
 
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = HomsSettings(database=f"sqlite:///{tmp_path / 'api.db'}", admin_key_cost=2**4)
-    app = create_app(settings, run_expiry_sweep=False)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://homs") as c,
-    ):
+    async with homs_app(tmp_path) as app, asgi_client(app) as c:
         yield c
 
 
-def overlay(overlay_id: str, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "overlay-id": overlay_id,
-        "title": "api test",
-        "type": "core",
-        "sub-type": "tree",
-        "owner-id": "owner",
-        "description": "d",
-        "heartbeat-interval": 10,
-        "heartbeat-timeout": 15,
-        "auth": {"type": "open", "admin_key": "admin"},
-    }
-    body.update(extra)
-    return {"overlay": body}
-
-
-def join(overlay_id: str, peer_id: str, **peer: Any) -> dict[str, Any]:
-    o = {"overlay-id": overlay_id, "type": peer.pop("type", "core")}
-    o["sub-type"] = peer.pop("sub_type", "tree")
-    if "access_key" in peer:
-        o["auth"] = {"access_key": peer.pop("access_key")}
-    return {
-        "overlay": o,
-        "peer": {
-            "peer-id": peer_id,
-            "address": "tcp://127.0.0.1:9",
-            "auth": {"password": "pw"},
-            **peer,
-        },
-    }
-
-
 async def test_errors_are_json_with_the_offending_field(client: httpx.AsyncClient) -> None:
-    r = await client.post("/homs", json=overlay("x", title="t" * 5000))
+    r = await client.post("/homs", json=create("x", title="t" * 5000))
     assert r.status_code == 400
     assert r.json()["field"] == "$.overlay.title"
-    r = await client.post("/homs", json=overlay("x", **{"heartbeat-interval": -1}))
+    r = await client.post("/homs", json=create("x", **{"heartbeat-interval": -1}))
     assert (r.status_code, r.json()["field"]) == (400, "$.overlay.heartbeat-interval")
     r = await client.post("/peer", json=join("x", "p", expires=0))
     assert (r.status_code, r.json()["field"]) == (400, "$.peer.expires")
@@ -85,14 +47,14 @@ async def test_body_limits_and_content_type(client: httpx.AsyncClient) -> None:
     assert r.status_code == 415
     r = await client.post(
         "/homs",
-        json=overlay("cs"),
+        json=create("cs"),
         headers={"content-type": "application/json; charset=utf-8"},
     )
     assert r.status_code == 200
 
 
 async def test_recovery_flag_values(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/homs", json=overlay("ov"))).status_code == 200
+    assert (await client.post("/homs", json=create("ov"))).status_code == 200
     r = await client.post("/peer?recovery=false", json=join("ov", "a", expires=30))
     assert (r.status_code, r.json()["peer"]["ticket-id"]) == (202, 1)
     r = await client.post("/peer?recovery=maybe", json=join("ov", "b"))
@@ -107,7 +69,7 @@ async def test_recovery_flag_values(client: httpx.AsyncClient) -> None:
 async def test_closed_overlay_refusal_is_407_with_the_reference_body(
     client: httpx.AsyncClient,
 ) -> None:
-    closed = overlay("c", auth={"type": "closed", "admin_key": "k", "peerlist": ["alice"]})
+    closed = create("c", auth={"type": "closed", "admin_key": "k", "peerlist": ["alice"]})
     assert (await client.post("/homs", json=closed)).status_code == 200
     r = await client.post("/peer", json=join("c", "mallory"))
     assert r.status_code == 407
@@ -117,7 +79,7 @@ async def test_closed_overlay_refusal_is_407_with_the_reference_body(
 
 
 async def test_admin_removal_needs_the_owner_credentials(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/homs", json=overlay("ov"))).status_code == 200
+    assert (await client.post("/homs", json=create("ov"))).status_code == 200
     r = await client.post("/api/HybridOverlayRemoval", json={"overlay-id": "ov"})
     assert r.status_code == 400
     wrong = {"overlay-id": "ov", "owner-id": "owner", "admin_key": "guess"}
@@ -130,8 +92,8 @@ async def test_admin_removal_needs_the_owner_credentials(client: httpx.AsyncClie
 
 
 async def test_submesh_join_answers_200_with_parent_and_source(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/homs", json=overlay("core"))).status_code == 200
-    sub = overlay(
+    assert (await client.post("/homs", json=create("core"))).status_code == 200
+    sub = create(
         "mesh",
         type="sub",
         **{"sub-type": "mesh", "parent-overlay-id": "core", "source-peer-id": "src"},
@@ -154,22 +116,13 @@ async def test_submesh_join_answers_200_with_parent_and_source(client: httpx.Asy
 
 
 async def test_status_topology_and_registry(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/homs", json=overlay("ov"))).status_code == 200
+    assert (await client.post("/homs", json=create("ov"))).status_code == 200
     caps = {"nat": "none", "uplink_kbps": 10000}
     for pid in ("a", "b"):
         r = await client.post("/peer", json=join("ov", pid, expires=60, capabilities=caps))
         assert r.status_code == 202
-    report = {
-        "overlay": {"overlay-id": "ov"},
-        "peer": {"peer-id": "b", "auth": {"password": "pw"}},
-        "status": {
-            "num_primary": 1,
-            "num_out_candidate": 0,
-            "num_in_candidate": 0,
-            "costmap": {"primary": ["a"], "outgoing_candidate": [], "incoming_candidate": []},
-        },
-    }
-    assert (await client.post("/peer/report", json=report)).status_code == 200
+    sent = report("ov", "b", "pw", ["a"])
+    assert (await client.post("/peer/report", json=sent)).status_code == 200
     topo = (await client.get("/api/OverlayTopology", params={"overlay_id": "ov"})).json()
     assert topo["nodes"] == [
         {"id": "a", "ticket_id": 1, "seeder": True},
@@ -188,7 +141,7 @@ async def test_status_topology_and_registry(client: httpx.AsyncClient) -> None:
 
 
 async def test_one_member_is_shown_without_the_whole_overlay(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/homs", json=overlay("ov"))).status_code == 200
+    assert (await client.post("/homs", json=create("ov"))).status_code == 200
     for pid in ("a", "b"):
         assert (await client.post("/peer", json=join("ov", pid, expires=60))).status_code == 202
     status = (await client.get("/api/OverlayStatus", params={"overlay_id": "ov"})).json()
@@ -219,7 +172,7 @@ async def test_openapi_documents_the_request_bodies(client: httpx.AsyncClient) -
 
 
 async def test_new_admission_data_replaces_the_old(client: httpx.AsyncClient) -> None:
-    closed = overlay("c", auth={"type": "closed", "admin_key": "k", "peerlist": ["alice"]})
+    closed = create("c", auth={"type": "closed", "admin_key": "k", "peerlist": ["alice"]})
     assert (await client.post("/homs", json=closed)).status_code == 200
     rotate = {
         "overlay": {

@@ -12,30 +12,24 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from hp2p.homs.app import create_app
-from hp2p.homs.settings import HomsSettings
+from homp_bodies import create, join
 from hp2p.wire import homp
 from hp2p.wire.errors import WireError
-from test_homs_api import join, overlay
+from node_helpers import asgi_client, homs_app
 
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = HomsSettings(database=f"sqlite:///{tmp_path / 'c.db'}", admin_key_cost=2**4)
-    app = create_app(settings, run_expiry_sweep=False)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://homs") as c,
-    ):
+    async with homs_app(tmp_path) as app, asgi_client(app) as c:
         yield c
 
 
 async def test_status_lists_sub_overlays_and_composition_starts_at_the_core_tree(
     client: httpx.AsyncClient,
 ) -> None:
-    assert (await client.post("/homs", json=overlay("core"))).status_code == 200
+    assert (await client.post("/homs", json=create("core"))).status_code == 200
     for oid, kind, source in (("live", "tree", "b1-live"), ("blocks", "mesh", "b1-blocks")):
-        body = overlay(
+        body = create(
             oid,
             type="sub",
             **{"sub-type": kind, "parent-overlay-id": "core", "source-peer-id": source},
@@ -77,7 +71,7 @@ KEY_B = "ed25519:" + "b2" * 32
 
 def _submesh(oid: str, source: str, **extra: object) -> dict[str, object]:
     fields = {"sub-type": "mesh", "parent-overlay-id": "core", "source-peer-id": source}
-    return overlay(oid, type="sub", **fields, **extra)
+    return create(oid, type="sub", **fields, **extra)
 
 
 def _declare(body: dict, key: str) -> dict:
@@ -93,7 +87,7 @@ async def _query_key(client: httpx.AsyncClient, oid: str) -> object:
 async def test_a_source_key_given_at_creation_is_returned_in_query_join_and_status(
     client: httpx.AsyncClient,
 ) -> None:
-    assert (await client.post("/homs", json=overlay("core"))).status_code == 200
+    assert (await client.post("/homs", json=create("core"))).status_code == 200
     r = await client.post("/homs", json=_submesh("blocks", "src", **{"source-key": KEY_A}))
     assert r.status_code == 200
     assert r.json()["overlay"]["source-key"] == KEY_A
@@ -103,7 +97,7 @@ async def test_a_source_key_given_at_creation_is_returned_in_query_join_and_stat
     status = (await client.get("/api/OverlayStatus", params={"overlay_id": "blocks"})).json()
     assert status["overlay"]["source-key"] == KEY_A
     # a CoreTree has no source, and a key must be spelled exactly
-    r = await client.post("/homs", json=overlay("c2", **{"source-key": KEY_A}))
+    r = await client.post("/homs", json=create("c2", **{"source-key": KEY_A}))
     assert (r.status_code, r.json()["field"]) == (400, "$.overlay.type")
     r = await client.post("/homs", json=_submesh("b2", "src", **{"source-key": "ed25519:XY"}))
     assert (r.status_code, r.json()["field"]) == (400, "$.overlay.source-key")
@@ -116,7 +110,7 @@ async def test_a_source_key_given_at_creation_is_returned_in_query_join_and_stat
 async def test_the_source_records_its_key_on_its_own_join_and_nobody_else_can(
     client: httpx.AsyncClient,
 ) -> None:
-    assert (await client.post("/homs", json=overlay("core"))).status_code == 200
+    assert (await client.post("/homs", json=create("core"))).status_code == 200
     assert (await client.post("/homs", json=_submesh("blocks", "src"))).status_code == 200
     # another peer may not declare a key for the source
     r = await client.post(

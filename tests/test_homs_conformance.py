@@ -9,31 +9,28 @@ orders same-second creations arbitrarily), except for the deliberate differences
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from hp2p.homs.app import create_app
+from hp2p.homs.db import scratch_database
 from hp2p.homs.liveness import sweep_once
 from hp2p.homs.settings import HomsSettings
+from recordings import HOMP_RECORDING, load, needs
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-HOMP_RECORDING = SHARED / "conformance" / "homp-etri-2023.jsonl"
 GENERATED = "<overlay-id-1>"
 
 
 def load_records() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in HOMP_RECORDING.read_text().splitlines() if line.strip()]
+    return load(HOMP_RECORDING)
 
 
 def _drop_ghost(body: Any) -> Any:
@@ -261,10 +258,7 @@ class FakeClock:
         return self.now
 
 
-requires_shared = pytest.mark.skipif(
-    not HOMP_RECORDING.is_file(),
-    reason=f"conformance recordings not found at {HOMP_RECORDING} (clone shared/ beside the repo)",
-)
+requires_shared = needs(HOMP_RECORDING)
 
 
 def replay_settings(database: str) -> HomsSettings:
@@ -315,32 +309,9 @@ async def test_replay_matches_recording_on_postgresql() -> None:
     base = os.environ.get("HP2P_TEST_POSTGRES_URL")
     if not base:
         pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
-    async with scratch_postgres_database(base) as url:
+    async with scratch_database(base, "hp2p_test") as url:
         result = await run_asgi_replay(url)
     assert_replay_ok(result)
-
-
-@contextlib.asynccontextmanager
-async def scratch_postgres_database(base: str) -> AsyncIterator[str]:
-    """A freshly created database with a random name on the test server, dropped afterwards."""
-    import asyncpg
-
-    name = f"hp2p_test_{uuid.uuid4().hex[:12]}"
-    admin_dsn = base.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = make_url(admin_dsn).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 def test_differences_are_documented() -> None:

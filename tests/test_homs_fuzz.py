@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from homp_bodies import create, join
 from hp2p.homs.launch import HomsProcess
 
 pytestmark = pytest.mark.slow
@@ -67,28 +68,8 @@ json_values = st.recursive(
     max_leaves=25,
 )
 
-VALID_JOIN: dict[str, Any] = {
-    "overlay": {"overlay-id": "fz", "type": "core", "sub-type": "tree"},
-    "peer": {
-        "peer-id": "p",
-        "address": "tcp://127.0.0.1:1",
-        "auth": {"password": "pw"},
-        "expires": 60,
-    },
-}
-VALID_CREATE: dict[str, Any] = {
-    "overlay": {
-        "overlay-id": "fz",
-        "title": "fuzz",
-        "type": "core",
-        "sub-type": "tree",
-        "owner-id": "o",
-        "description": "d",
-        "heartbeat-interval": 10,
-        "heartbeat-timeout": 15,
-        "auth": {"type": "open", "admin_key": "k"},
-    }
-}
+VALID_JOIN = join("fz", "p", address="tcp://127.0.0.1:1", expires=60)
+VALID_CREATE = create("fz", title="fuzz")
 # The query test's own overlay and peer, with keys the mutating test never sends: that test
 # may legitimately remove or modify fz (it holds fz's admin key) and remove p.
 QUERY_CREATE: dict[str, Any] = copy.deepcopy(VALID_CREATE)

@@ -16,11 +16,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from homp_bodies import create, join, report
 from hp2p.cli import app as cli_app
+from hp2p.homs.db import scratch_database
 from hp2p.homs.launch import HomsProcess, free_port, running_homs
-from test_homs_conformance import (
-    scratch_postgres_database,
-)
 
 pytestmark = pytest.mark.slow
 
@@ -28,33 +27,10 @@ pytestmark = pytest.mark.slow
 # monitor and signalling steps interleaved.
 
 
-def _create(overlay_id: str) -> dict[str, Any]:
-    return {
-        "overlay": {
-            "overlay-id": overlay_id,
-            "title": "restart test",
-            "type": "core",
-            "sub-type": "tree",
-            "owner-id": "owner",
-            "description": "survives kill -9",
-            "heartbeat-interval": 10,
-            "heartbeat-timeout": 15,
-            "auth": {"type": "open", "admin_key": "admin"},
-        }
-    }
-
-
 def _join(overlay_id: str, peer_id: str) -> dict[str, Any]:
     """A join whose password is ``pw-<peer-id>``."""
-    return {
-        "overlay": {"overlay-id": overlay_id, "type": "core", "sub-type": "tree"},
-        "peer": {
-            "peer-id": peer_id,
-            "address": "tcp://127.0.0.1:1",
-            "auth": {"password": f"pw-{peer_id}"},
-            "expires": 600,
-        },
-    }
+    pw = f"pw-{peer_id}"
+    return join(overlay_id, peer_id, password=pw, address="tcp://127.0.0.1:1", expires=600)
 
 
 async def test_kill9_mid_traffic_loses_nothing(tmp_path: Path) -> None:
@@ -65,25 +41,12 @@ async def test_kill9_mid_traffic_loses_nothing(tmp_path: Path) -> None:
     try:
         homs.wait_ready()
         async with httpx.AsyncClient(base_url=homs.url, timeout=5.0) as client:
-            assert (await client.post("/homs", json=_create("ov"))).status_code == 200
+            assert (await client.post("/homs", json=create("ov"))).status_code == 200
             r = await client.post("/peer", json=_join("ov", "root"))
             assert r.status_code == 202
             acked["root"] = r.json()["peer"]["ticket-id"]
-            report = {
-                "overlay": {"overlay-id": "ov"},
-                "peer": {"peer-id": "root", "auth": {"password": "pw-root"}},
-                "status": {
-                    "num_primary": 1,
-                    "num_out_candidate": 0,
-                    "num_in_candidate": 0,
-                    "costmap": {
-                        "primary": ["x"],
-                        "outgoing_candidate": [],
-                        "incoming_candidate": [],
-                    },
-                },
-            }
-            assert (await client.post("/peer/report", json=report)).status_code == 200
+            sent = report("ov", "root", "pw-root", ["x"])
+            assert (await client.post("/peer/report", json=sent)).status_code == 200
 
             async def traffic() -> None:
                 for i in range(10_000):  # bounded; the kill ends it long before
@@ -209,7 +172,7 @@ async def test_two_homs_processes_on_one_postgresql_issue_unique_tickets(tmp_pat
     base = os.environ.get("HP2P_TEST_POSTGRES_URL")
     if not base:
         pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
-    async with scratch_postgres_database(base) as url:
+    async with scratch_database(base, "hp2p_test") as url:
         # Both start (and migrate the empty database) at the same time.
         first, second = HomsProcess(tmp_path, url), HomsProcess(tmp_path, url)
         try:
@@ -219,7 +182,7 @@ async def test_two_homs_processes_on_one_postgresql_issue_unique_tickets(tmp_pat
                 httpx.AsyncClient(base_url=first.url, timeout=10.0) as a,
                 httpx.AsyncClient(base_url=second.url, timeout=10.0) as b,
             ):
-                assert (await a.post("/homs", json=_create("shared"))).status_code == 200
+                assert (await a.post("/homs", json=create("shared"))).status_code == 200
                 answers = await asyncio.gather(
                     *(
                         (a if i % 2 else b).post("/peer", json=_join("shared", f"p{i}"))

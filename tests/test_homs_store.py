@@ -7,7 +7,6 @@ import contextlib
 import os
 import random
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,10 @@ import msgspec
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy.engine import make_url
 
+from homp_bodies import create
 from hp2p.homs import peerlist
-from hp2p.homs.db import DatabaseUrlError, metadata, parse_database_url
+from hp2p.homs.db import DatabaseUrlError, metadata, parse_database_url, scratch_database
 from hp2p.homs.errors import AdmissionRefusedError, HompError
 from hp2p.homs.monitor import Event, MonitorHub, SubscriberLagged, Subscription
 from hp2p.homs.store import HomsStore
@@ -37,20 +36,8 @@ class Clock:
 
 
 def create_spec(overlay_id: str, **extra: Any) -> homp.CreateOverlay:
-    auth = extra.pop("auth", {"type": "open", "admin_key": "admin"})
-    body = {
-        "overlay-id": overlay_id,
-        "title": "t",
-        "type": "core",
-        "sub-type": "tree",
-        "owner-id": "owner",
-        "description": "d",
-        "heartbeat-interval": 10,
-        "heartbeat-timeout": 15,
-        "auth": auth,
-        **extra,
-    }
-    return homp.decode(msgspec.json.encode({"overlay": body}), homp.CreateRequest).overlay
+    body = create(overlay_id, **extra)
+    return homp.decode(msgspec.json.encode(body), homp.CreateRequest).overlay
 
 
 def join_req(
@@ -118,27 +105,6 @@ async def open_store(url: str, clock: Clock, **kw: Any) -> AsyncIterator[HomsSto
         await store.close()
 
 
-@contextlib.asynccontextmanager
-async def pg_database() -> AsyncIterator[str]:
-    import asyncpg
-
-    assert PG_URL is not None
-    name = f"hp2p_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_URL)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
@@ -146,7 +112,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         return
     if not PG_URL:
         pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
-    async with pg_database() as url:
+    async with scratch_database(PG_URL, "hp2p_test") as url:
         yield url
 
 
@@ -544,7 +510,7 @@ async def test_every_postgresql_join_connection_commits_without_waiting_for_the_
         pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
     from hp2p.homs.transactions import PostgresRunner
 
-    async with pg_database() as url:
+    async with scratch_database(PG_URL, "hp2p_test") as url:
         runner = PostgresRunner(parse_database_url(url), pool_size=1)
         try:
 

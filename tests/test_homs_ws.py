@@ -26,11 +26,12 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from homp_bodies import create, join
 from hp2p.homs.launch import HomsProcess, free_port
+from recordings import SIGNALLING_RECORDING, load, needs
 from test_homs_conformance import (
     DIFFERENCES,
     GENERATED,
-    HOMP_RECORDING,
     ReplayResult,
     assert_replay_ok,
     replay,
@@ -38,7 +39,6 @@ from test_homs_conformance import (
 
 pytestmark = pytest.mark.slow
 
-SIGNALLING_RECORDING = HOMP_RECORDING.with_name("signalling-etri-2023.jsonl")
 DEADLINE_S = 10.0
 
 #: Steps whose pushed events differ from the recording, and how (docs/homs.md lists them).
@@ -92,9 +92,7 @@ REMOVAL_TEXT_FIXES = {"leave_last_peer_closed_key": "Overlay Removal(Empty)."}
 
 
 def load_signalling() -> list[dict[str, Any]]:
-    return [
-        json.loads(line) for line in SIGNALLING_RECORDING.read_text().splitlines() if line.strip()
-    ]
+    return load(SIGNALLING_RECORDING)
 
 
 def expected_pushes() -> dict[str, list[dict[str, Any]]]:
@@ -169,9 +167,7 @@ def etri_homs(tmp_path: Path) -> Iterator[HomsProcess]:
         homs.stop()
 
 
-@pytest.mark.skipif(
-    not SIGNALLING_RECORDING.is_file(), reason=f"no recordings at {SIGNALLING_RECORDING}"
-)
+@needs(SIGNALLING_RECORDING)
 async def test_etri_profile_replays_the_recorded_signalling_and_pushes(
     etri_homs: HomsProcess,
 ) -> None:
@@ -254,7 +250,7 @@ async def test_etri_profile_replays_the_recorded_signalling_and_pushes(
         )
         assert_replay_ok(result)
         # Nothing more was pushed: the next event is the sentinel overlay's creation.
-        await client.post("/homs", json=_create("sentinel-overlay"))
+        await client.post("/homs", json=create("sentinel-overlay"))
         tail = await monitor.next()
         if tail != {"overlay_id": "sentinel-overlay", "type": "overlay", "action": "create"}:
             problems.append(f"pushed after the last step: {tail}")
@@ -273,32 +269,8 @@ def _wait_for_expiry(client: httpx.AsyncClient) -> Any:
     return wait
 
 
-def _create(overlay_id: str) -> dict[str, Any]:
-    return {
-        "overlay": {
-            "overlay-id": overlay_id,
-            "title": "ws test",
-            "type": "core",
-            "sub-type": "tree",
-            "owner-id": "owner",
-            "description": "signalling",
-            "heartbeat-interval": 10,
-            "heartbeat-timeout": 15,
-            "auth": {"type": "open", "admin_key": "admin"},
-        }
-    }
-
-
 def _join(overlay_id: str, peer_id: str, password: str) -> dict[str, Any]:
-    return {
-        "overlay": {"overlay-id": overlay_id, "type": "core", "sub-type": "tree"},
-        "peer": {
-            "peer-id": peer_id,
-            "address": "ws://127.0.0.1:8082",
-            "auth": {"password": password},
-            "expires": 600,
-        },
-    }
+    return join(overlay_id, peer_id, password=password, address="ws://127.0.0.1:8082", expires=600)
 
 
 # ---------------------------------------------------------------------------- secure profile
@@ -315,7 +287,7 @@ def secure_homs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomsProces
         homs.wait_ready()
         with httpx.Client(base_url=homs.url, timeout=10.0) as client:
             for overlay_id in ("ov-1", "ov-2"):
-                assert client.post("/homs", json=_create(overlay_id)).status_code == 200
+                assert client.post("/homs", json=create(overlay_id)).status_code == 200
             for overlay_id, peer_id in (("ov-1", "alice"), ("ov-1", "bob"), ("ov-2", "carol")):
                 joined = client.post("/peer", json=_join(overlay_id, peer_id, f"pw-{peer_id}"))
                 assert joined.status_code == 202

@@ -91,26 +91,20 @@ def test_one_mib_to_5_processes_with_20_percent_killed_and_a_late_joiner(tmp_pat
     assert all(code == 0 for code in codes.values()), codes
 
 
+def _mesh_daemon(*args: str) -> subprocess.CompletedProcess[str]:
+    """The SubMesh runtime run to its end, its output captured."""
+    cmd = [sys.executable, "-m", "hp2p.peer.mesh_daemon", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_joining_a_mesh_that_does_not_exist_says_so(tmp_path, homs):
-    proc = subprocess.run(
-        [sys.executable, "-m", "hp2p.peer.mesh_daemon", "--homs", homs.url, "--join", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _mesh_daemon("--homs", homs.url, "--join", "nope")
     assert proc.returncode == 1
     assert "no overlay with id or title 'nope'" in proc.stderr
 
 
 def test_help_has_examples():
-    proc = subprocess.run(
-        [sys.executable, "-m", "hp2p.peer.mesh_daemon", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _mesh_daemon("--help")
     assert proc.returncode == 0
     assert "Examples:" in proc.stdout
     assert "--standby" in proc.stdout

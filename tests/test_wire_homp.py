@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -11,24 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from homp_bodies import create, join, report
 from hp2p.wire import homp
 from hp2p.wire.errors import HeaderError, LimitExceeded, WireError
+from recordings import HOMP_RECORDING, load, needs
 from wire_strategies import EDITS, for_struct, json_values, mutate
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CORPUS = SHARED / "conformance" / "homp-etri-2023.jsonl"
-
-
-def _records() -> list[dict[str, Any]]:
-    if not CORPUS.is_file():
-        return []
-    return [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
-
-
-RECORDS = _records()
-needs_corpus = pytest.mark.skipif(
-    not RECORDS, reason=f"conformance corpus not found at {CORPUS} (shared/ beside the repo)"
-)
+RECORDS = load(HOMP_RECORDING)
+needs_corpus = needs(HOMP_RECORDING)
 
 REQUEST_MODEL: dict[tuple[str, str], type[Any]] = {
     ("POST", "/homs"): homp.CreateRequest,
@@ -213,29 +202,8 @@ def test_407_body_is_an_overlay_ref() -> None:
 # --------------------------------------------------------------------------
 
 
-def _create(**overlay: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "title": "t",
-        "type": "core",
-        "sub-type": "tree",
-        "owner-id": "o",
-        "description": "d",
-        "heartbeat-interval": 10,
-        "heartbeat-timeout": 15,
-        "auth": {"type": "open", "admin_key": "k"},
-    }
-    base.update(overlay)
-    return {"overlay": {k: v for k, v in base.items() if v is not None}}
-
-
 def _join(**peer: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "peer-id": "p;1",
-        "address": "ws://127.0.0.1:1",
-        "auth": {"password": "x"},
-    }
-    base.update(peer)
-    return {"overlay": {"overlay-id": "o", "type": "core", "sub-type": "tree"}, "peer": base}
+    return join("o", "p;1", password="x", address="ws://127.0.0.1:1", **peer)
 
 
 @pytest.mark.parametrize(
@@ -265,12 +233,12 @@ def _join(**peer: Any) -> dict[str, Any]:
 )
 def test_create_limits(overlay: dict[str, Any], field: str) -> None:
     with pytest.raises(HeaderError) as info:
-        homp.decode_create_request(json.dumps(_create(**overlay)))
+        homp.decode_create_request(json.dumps(create(**overlay)))
     assert info.value.field == field
 
 
 def test_create_null_description_is_refused() -> None:
-    body = _create()
+    body = create()
     body["overlay"]["description"] = None
     with pytest.raises(HeaderError) as info:
         homp.decode_create_request(json.dumps(body))
@@ -278,7 +246,7 @@ def test_create_null_description_is_refused() -> None:
 
 
 def test_create_limits_are_inclusive() -> None:
-    body = _create(
+    body = create(
         **{
             "title": "x" * 256,
             "description": "d" * 1024,
@@ -302,14 +270,14 @@ def test_create_limits_are_inclusive() -> None:
     ],
 )
 def test_create_semantics(overlay: dict[str, Any], field: str) -> None:
-    req = homp.decode_create_request(json.dumps(_create(**overlay)))
+    req = homp.decode_create_request(json.dumps(create(**overlay)))
     with pytest.raises(HeaderError) as info:
         req.validate_semantics()
     assert info.value.field == field
 
 
 def test_sub_overlay_extensions_round_trip() -> None:
-    body = _create(
+    body = create(
         **{
             "type": "sub",
             "sub-type": "mesh",
@@ -326,7 +294,7 @@ def test_sub_overlay_extensions_round_trip() -> None:
 
 
 def test_absent_optionals_are_omitted() -> None:
-    req = homp.decode_create_request(json.dumps(_create()))
+    req = homp.decode_create_request(json.dumps(create()))
     encoded = json.loads(homp.encode(req))["overlay"]
     for key in ("app-id", "cr-policy", "overlay-id", "delete-when-empty", "parent-overlay-id"):
         assert key not in encoded
@@ -462,7 +430,7 @@ def test_fuzz_random_bytes(decoder: Any, body: bytes) -> None:
 
 SEEDS = [
     json.dumps(
-        _create(
+        create(
             **{"app-id": "IoT", "cr-policy": {"mN_Cache": 1, "mD_Cache": 2, "recovery-by": "push"}}
         )
     ).encode(),
@@ -473,18 +441,7 @@ SEEDS = [
             "ownership": {"owner-id": "n"},
         }
     ).encode(),
-    json.dumps(
-        {
-            "overlay": {"overlay-id": "o"},
-            "peer": {"peer-id": "p", "auth": {"password": "x"}},
-            "status": {
-                "num_primary": 1,
-                "num_out_candidate": 0,
-                "num_in_candidate": 0,
-                "costmap": {"primary": ["a"], "outgoing_candidate": [], "incoming_candidate": []},
-            },
-        }
-    ).encode(),
+    json.dumps(report("o", "p", "x", ["a"])).encode(),
 ]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,22 +12,11 @@ from hypothesis import strategies as st
 
 from hp2p.wire import signalling as sig
 from hp2p.wire.errors import HeaderError, LimitExceeded, WireError
+from recordings import SIGNALLING_RECORDING, load, needs
 from wire_strategies import EDITS, for_struct, json_values, mutate
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CORPUS = SHARED / "conformance" / "signalling-etri-2023.jsonl"
-
-
-def _records() -> list[dict[str, Any]]:
-    if not CORPUS.is_file():
-        return []
-    return [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
-
-
-RECORDS = _records()
-needs_corpus = pytest.mark.skipif(
-    not RECORDS, reason=f"conformance corpus not found at {CORPUS} (shared/ beside the repo)"
-)
+RECORDS = load(SIGNALLING_RECORDING)
+needs_corpus = needs(SIGNALLING_RECORDING)
 
 #: How the reference treated each client step (from its observable behaviour
 #: and the recording notes).  ``None`` means ignored: hp2p raises WireError.

@@ -41,7 +41,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from hp2p.bench.events import EOF, Event, follow
-from hp2p.bench.results import result_document, write_result
+from hp2p.bench.results import check_writable, result_document, save_result
 from hp2p.homs.launch import HomsStartError, start_homs
 
 PAYLOAD = 1024
@@ -538,15 +538,7 @@ def churn(
     """
     only = [parse_case(c) for c in case] if case else None
     console = Console(width=None if sys.stdout.isatty() else 140)
-    for target in (json_file, plot):
-        if target is not None:
-            try:  # fail before minutes of measuring, not after
-                target.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                console.print(
-                    f"[red]cannot write {target}: {exc.strerror}; pick a writable path[/]"
-                )
-                raise typer.Exit(1) from None
+    check_writable(console, json_file, plot)
 
     def _interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # so that every peer process is killed on the way out
@@ -563,10 +555,4 @@ def churn(
     console.print(_table(results))
     if plot is not None:
         console.print(f"plot: {_plot(results, plot)}")
-    if json_file is not None:
-        try:
-            written = write_result(json_file, doc)
-        except OSError as exc:
-            console.print(f"[red]cannot write {json_file}: {exc.strerror}; pick a writable path[/]")
-            raise typer.Exit(1) from None
-        console.print(f"result file: {written}")
+    save_result(console, json_file, doc)

@@ -33,16 +33,15 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Annotated, Any
 
-import asyncpg  # type: ignore[import-untyped]  # no stubs published
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from sqlalchemy.engine import make_url
 
 from hp2p.bench.httpload import LoadResult, Request, load_in_process
 from hp2p.bench.procs import cpu_seconds
-from hp2p.bench.results import result_document, write_result
+from hp2p.bench.results import result_document, save_result
+from hp2p.homs.db import create_scratch_database, drop_scratch_database
 from hp2p.homs.launch import HomsProcess, HomsStartError, start_homs
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -219,25 +218,6 @@ def _median_run(runs: list[Run]) -> Run:
 # ---------------------------------------------------------------------------- databases
 
 
-async def _scratch_postgres(base: str) -> str:
-    name = f"hp2p_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncio.wait_for(asyncpg.connect(base), timeout=5)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return make_url(base).set(database=name).render_as_string(hide_password=False)
-
-
-async def _drop_postgres(base: str, url: str) -> None:
-    name = make_url(url).database
-    conn = await asyncio.wait_for(asyncpg.connect(base), timeout=5)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @contextlib.contextmanager
 def database(kind: str, base: str | None, workdir: Path) -> Iterator[str]:
     """A fresh database: a new SQLite file, or a scratch database on the PostgreSQL server."""
@@ -245,18 +225,18 @@ def database(kind: str, base: str | None, workdir: Path) -> Iterator[str]:
         yield f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
         return
     assert base is not None
-    url = asyncio.run(_scratch_postgres(base))
+    url = asyncio.run(create_scratch_database(base, "hp2p_bench"))
     try:
         yield url
     finally:
-        asyncio.run(_drop_postgres(base, url))
+        asyncio.run(drop_scratch_database(base, url))
 
 
 def postgres_reachable(base: str) -> str | None:
     """``None`` if a scratch database can be made on ``base``, else the reason why not."""
     try:
-        url = asyncio.run(_scratch_postgres(base))
-        asyncio.run(_drop_postgres(base, url))
+        url = asyncio.run(create_scratch_database(base, "hp2p_bench"))
+        asyncio.run(drop_scratch_database(base, url))
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -338,9 +318,7 @@ def homs(
     except BenchError as exc:
         console.print(f"[red]hp2p bench homs: {exc}[/red]")
         raise typer.Exit(1) from None
-    if json_path is not None:
-        written = write_result(json_path, doc)
-        console.print(f"result file: {written}")
+    save_result(console, json_path, doc)
 
 
 def _run(

@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hp2p.bench.results import result_document, write_result
+from hp2p.bench.results import check_writable, result_document, save_result
 from hp2p.peer.mesh_config import MeshConfig
 from hp2p.sim.mesh import MeshNetwork
 from hp2p.sim.network import Network
@@ -257,12 +257,7 @@ def mesh(
     if problems:
         console.print("[red]" + "; ".join(problems) + "[/]")
         raise typer.Exit(2)
-    if json_file is not None:
-        try:
-            json_file.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            console.print(f"[red]cannot write {json_file}: {exc.strerror}; pick a writable path[/]")
-            raise typer.Exit(1) from None
+    check_writable(console, json_file)
     seed_list = [1] if quick else list(range(1, seeds + 1))
     doc = run(n, size, seed_list, bandwidth, (latency_min, latency_max), piece_size, console)
     console.print(_table(doc))
@@ -271,5 +266,4 @@ def mesh(
         f"SubMesh / tree push: last delivery p50 {r['last_delivery_p50']:.2f}×, "
         f"wire {r['wire_amplification']:.2f}×"
     )
-    if json_file is not None:
-        console.print(f"result file: {write_result(json_file, doc)}")
+    save_result(console, json_file, doc)

@@ -31,11 +31,8 @@ def tree_plots(directory: Path, results: list[dict[str, Any]]) -> list[Path]:
             for q, style in (("p50", "-o"), ("p99", "--x")):
                 values = [metrics.get(f"latency_depth{d}_{q}_ms") for d in depths]
                 ax.plot(depths, values, style, label=f"{name} {q}")
-        ax.set_xlabel("hops from the source (tree depth)")
-        ax.set_ylabel("publish → deliver (ms)")
+        _finish(ax, "hops from the source (tree depth)", "publish → deliver (ms)")
         ax.set_title(f"Latency by depth, N={n}, 10 msg/s")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
         written.append(save_figure(fig, plt, directory / f"tree_latency_by_depth_n{n}.png"))
 
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -44,10 +41,15 @@ def tree_plots(directory: Path, results: list[dict[str, Any]]) -> list[Path]:
             if xs:
                 ax.plot(xs, ys, label=name)
         ax.set_xscale("log")
-        ax.set_xlabel("publish → deliver (ms)")
-        ax.set_ylabel("fraction of deliveries")
+        _finish(ax, "publish → deliver (ms)", "fraction of deliveries")
         ax.set_title(f"Latency CDF, N={n}, 10 msg/s")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
         written.append(save_figure(fig, plt, directory / f"tree_latency_cdf_n{n}.png"))
     return written
+
+
+def _finish(ax: Any, xlabel: str, ylabel: str) -> None:
+    """Axis labels, a light grid and the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import typer
+from rich.console import Console
 
 from hp2p import __version__
 
@@ -73,3 +75,30 @@ def write_result(path: str | os.PathLike[str], document: Mapping[str, Any]) -> P
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
     return target
+
+
+def _cannot_write(console: Console, path: Path, exc: OSError) -> typer.Exit:
+    console.print(f"[red]cannot write {path}: {exc.strerror}; pick a writable path[/]")
+    return typer.Exit(1)
+
+
+def check_writable(console: Console, *paths: Path | None) -> None:
+    """Before minutes of measuring, not after: the folder of each path given can be made
+    (else a red line and exit status 1)."""
+    for path in paths:
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _cannot_write(console, path, exc) from None
+
+
+def save_result(console: Console, path: Path | None, document: Mapping[str, Any]) -> None:
+    """Write the result file when one was asked for, and say where (exit 1 if it cannot)."""
+    if path is None:
+        return
+    try:
+        written = write_result(path, document)
+    except OSError as exc:
+        raise _cannot_write(console, path, exc) from None
+    console.print(f"result file: {written}")

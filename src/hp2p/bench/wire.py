@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from hp2p.bench.results import result_document, write_result
+from hp2p.bench.results import check_writable, result_document, save_result
 from hp2p.wire import r2
 
 _PREFIX = struct.Struct(">BBH")
@@ -286,12 +286,7 @@ def wire(
       hp2p bench wire --quick --json bench-results/wire.json
     """
     console = Console()
-    if json_file is not None:
-        try:  # fail before minutes of measuring, not after
-            json_file.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            console.print(f"[red]cannot write {json_file}: {exc.strerror}; pick a writable path[/]")
-            raise typer.Exit(1) from None
+    check_writable(console, json_file)
     doc = run(quick, console)
     console.print(_table(doc))
     m = doc["metrics"]
@@ -305,10 +300,4 @@ def wire(
         f"best repeat {m['encode_decode_us_best']:.2f} µs (target ≤ 3 µs); stdlib json "
         f"baseline {base['encode_decode_us']:.2f} / {base['encode_decode_us_best']:.2f} µs"
     )
-    if json_file is not None:
-        try:
-            written = write_result(json_file, doc)
-        except OSError as exc:
-            console.print(f"[red]cannot write {json_file}: {exc.strerror}; pick a writable path[/]")
-            raise typer.Exit(1) from None
-        console.print(f"result file: {written}")
+    save_result(console, json_file, doc)

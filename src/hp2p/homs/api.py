@@ -21,7 +21,14 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from hp2p.homs import registry
 from hp2p.homs.errors import AdmissionRefusedError, HompError
-from hp2p.homs.store import HomsStore, JoinResult, OverlayRecord, PeerStatus, topology
+from hp2p.homs.store import (
+    HomsStore,
+    JoinResult,
+    OverlayRecord,
+    PeerStatus,
+    cost_map,
+    topology,
+)
 from hp2p.wire import homp
 from hp2p.wire.errors import LimitExceeded, WireError
 
@@ -483,21 +490,9 @@ async def overlay_cost_map(request: Request) -> Response:
         members = await store.peers(overlay_id)
     except HompError as exc:
         raise HompError(404, exc.message, "?overlay_id") from exc
-    nodes, links = topology(members)
     return _json(
         200,
-        {
-            "overlay_id": overlay_id,
-            "type": "peer",
-            "action": "current_cost_map",
-            "data": {
-                "graph": [],
-                "nodes": nodes,
-                "links": links,
-                "directed": False,
-                "multigraph": True,
-            },
-        },
+        cost_map(overlay_id, members),
     )
 
 

@@ -12,6 +12,10 @@ module is the one description of it that the code and the migrations share.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,16 +85,22 @@ overlay = Table(
     Column("updated_at", Float, nullable=False),
 )
 
-#: OPM/PSM FE: overlay membership, ticket, liveness and the last report of each peer.
-peer = Table(
-    "peer",
-    metadata,
-    Column(
+
+def _overlay_key() -> Column[str]:
+    """The overlay a row belongs to: part of its key, deleted with the overlay."""
+    return Column(
         "overlay_id",
         String(ID_LEN),
         ForeignKey("overlay.overlay_id", ondelete="CASCADE"),
         primary_key=True,
-    ),
+    )
+
+
+#: OPM/PSM FE: overlay membership, ticket, liveness and the last report of each peer.
+peer = Table(
+    "peer",
+    metadata,
+    _overlay_key(),
     Column("peer_id", String(ID_LEN), primary_key=True),
     Column("ticket", Integer, nullable=False),
     Column("address", String(TEXT_LEN), nullable=False),
@@ -128,12 +138,7 @@ Index(
 auth_peer = Table(
     "auth_peer",
     metadata,
-    Column(
-        "overlay_id",
-        String(ID_LEN),
-        ForeignKey("overlay.overlay_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _overlay_key(),
     Column("peer_id", String(ID_LEN), primary_key=True),
 )
 
@@ -197,3 +202,42 @@ def parse_database_url(text: str) -> DatabaseTarget:
         f"unsupported database {backend!r} in {text!r}: use sqlite:///FILE.db or "
         "postgresql://USER@HOST:PORT/DB"
     )
+
+
+async def _admin(server: str, sql: str) -> None:
+    """Run one statement on the PostgreSQL ``server`` (outside any transaction)."""
+    import asyncpg  # type: ignore[import-untyped]  # no stubs published; only this needs it
+
+    conn = await asyncio.wait_for(asyncpg.connect(_plain(server)), timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def create_scratch_database(server: str, prefix: str = "hp2p_scratch") -> str:
+    """A new, empty database with a random name on the PostgreSQL ``server`` (a
+    ``postgresql://`` URL whose user may create databases), for a test or a benchmark; its
+    URL. :func:`drop_scratch_database` removes it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    await _admin(server, f'CREATE DATABASE "{name}"')
+    return make_url(_plain(server)).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_scratch_database(server: str, url: str) -> None:
+    """Drop a database :func:`create_scratch_database` made, whoever is still connected."""
+    await _admin(server, f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(server: str, prefix: str = "hp2p_scratch") -> AsyncIterator[str]:
+    """:func:`create_scratch_database` for the ``async with`` block, dropped after it."""
+    url = await create_scratch_database(server, prefix)
+    try:
+        yield url
+    finally:
+        await drop_scratch_database(server, url)

@@ -42,7 +42,7 @@ import msgspec
 
 from hp2p.homs.errors import HompError
 from hp2p.homs.monitor import MonitorHub, SubscriberLagged
-from hp2p.homs.store import HomsStore, topology
+from hp2p.homs.store import HomsStore, cost_map
 from hp2p.wire.errors import WireError
 from hp2p.wire.signalling import (
     MonitorGet,
@@ -363,20 +363,4 @@ class Switchboard:
             members = await self.store.peers(msg.overlay_id)
         except HompError as exc:
             raise HompError(404, exc.message, "$.overlay_id") from exc
-        nodes, links = topology(members)
-        session.send(
-            _text(
-                {
-                    "overlay_id": msg.overlay_id,
-                    "type": "peer",
-                    "action": "current_cost_map",
-                    "data": {
-                        "graph": [],
-                        "nodes": nodes,
-                        "links": links,
-                        "directed": False,
-                        "multigraph": True,
-                    },
-                }
-            )
-        )
+        session.send(_text(cost_map(msg.overlay_id, members)))

@@ -689,18 +689,7 @@ class HomsStore:
                     "$.peer.ticket-id",
                 )
             _admit(conn, ov, p.peer_id, access_key)
-            expires = p.expires if p.expires is not None else int(member.expires)
-            conn.execute(
-                _UPDATE_PEER,
-                {
-                    "oid": o.overlay_id,
-                    "pid": p.peer_id,
-                    "expires": expires,
-                    "last_seen": now,
-                    "expires_at": now + expires,
-                    "suspect_since": None,
-                },
-            )
+            expires = _renew(conn, o.overlay_id, p.peer_id, p.expires, member, now)
             return ov, expires, self._recovery_list(conn, ov, p.peer_id, now, ticket)
 
         ov, expires, chosen = await self._db.write(tx)
@@ -717,20 +706,7 @@ class HomsStore:
             ov = _overlay(conn, o.overlay_id)
             member = _member(conn, o.overlay_id, p.peer_id, p.auth.password)
             _admit(conn, ov, p.peer_id, access_key)
-            expires = p.expires if p.expires is not None else int(member.expires)
-            conn.execute(
-                _UPDATE_PEER,
-                {
-                    "oid": o.overlay_id,
-                    "pid": p.peer_id,
-                    "expires": expires,
-                    "last_seen": now,
-                    "expires_at": now + expires,
-                    "suspect_since": None,
-                    "address": p.address,
-                },
-            )
-            return expires
+            return _renew(conn, o.overlay_id, p.peer_id, p.expires, member, now, address=p.address)
 
         return await self._db.write(tx)
 
@@ -999,6 +975,25 @@ def _member(conn: Connection, overlay_id: str, peer_id: str, password: str) -> A
     return row
 
 
+def _renew(
+    conn: Connection,
+    overlay_id: str,
+    peer_id: str,
+    requested: int | None,
+    member: AnyRow,
+    now: float,
+    **also: Any,
+) -> int:
+    """A member proved it is alive: its ``expires`` (the requested one, else the stored one)
+    runs from ``now`` and it is no longer suspect; ``also`` are more columns to set."""
+    expires = requested if requested is not None else int(member.expires)
+    values = {"expires": expires, "last_seen": now, "expires_at": now + expires}
+    conn.execute(
+        _UPDATE_PEER, {"oid": overlay_id, "pid": peer_id, **values, "suspect_since": None, **also}
+    )
+    return expires
+
+
 def _admit(conn: Connection, ov: OverlayRecord, peer_id: str, access_key: str | None) -> None:
     """Closed-overlay admission: a listed peer-id, or the right access key; else 407.
 
@@ -1086,6 +1081,23 @@ def topology(members: Sequence[PeerStatus]) -> tuple[list[dict[str, Any]], list[
                 seen.add(pair)
                 links.append(link)
     return nodes, links
+
+
+def cost_map(overlay_id: str, members: Sequence[PeerStatus]) -> dict[str, Any]:
+    """The reference monitor's ``current_cost_map`` message (REST and WebSocket alike)."""
+    nodes, links = topology(members)
+    return {
+        "overlay_id": overlay_id,
+        "type": "peer",
+        "action": "current_cost_map",
+        "data": {
+            "graph": [],
+            "nodes": nodes,
+            "links": links,
+            "directed": False,
+            "multigraph": True,
+        },
+    }
 
 
 def _duplicate_peer(overlay_id: str, peer_id: str) -> HompError:

@@ -121,7 +121,6 @@ class SimNetwork(Network):
         the link model replaces) so that a hop costs one pass over the connections.
         """
         message = effect.message
-        traffic = self.traffic
         kind = type(message)
         payload = kind is BroadcastData or kind is GetDataResponse
         if not self.links.plain:
@@ -141,14 +140,8 @@ class SimNetwork(Network):
             remote, rconn, latency = end
             seq += 1
             heappush(heap, (now + latency, seq, _RECV, remote, rconn, wire))
-        copies = seq - self._seq
+        self._count_copies(message, payload, seq - self._seq)
         self._seq = seq
-        if payload:
-            traffic.payload_copies += copies
-            traffic.payload_bytes += copies * len(message.data)  # type: ignore[union-attr]
-        elif copies:
-            traffic.control_messages += copies
-            traffic.control_bytes += copies * self._control_size(message)
 
     def _count_copies(self, message: Message, payload: bool, copies: int) -> None:
         traffic = self.traffic
