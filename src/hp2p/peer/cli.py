@@ -32,9 +32,9 @@ Examples:
 
   hp2p peer --join blocks       # a SubTree or SubMesh works too (docs/sub-overlays.md)
 
-  hp2p peer --join blocks --store ./pieces --set piece_size=65536    # a SubMesh peer
+  hp2p peer --join blocks --store ./pieces --set target_neighbours=12    # a SubMesh peer
 
-  hp2p peer --create blocks --parent 7f3c…-coretree-id --id block-source --stdin  # its source
+  hp2p peer --create blocks --parent 7f3c…-coretree-id --id src --set piece_size=65536 --stdin
 
   hp2p peer --join blocks --standby --set takeover_after=2 --signing-key ./block-source.ed25519.pem
 
