@@ -33,18 +33,19 @@ matches. Every error of this module (and of the section classes) is :class:`Sett
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.errors import SettingsError
 from hp2p.peer.mesh_config import MeshConfig
-from hp2p.wire import homp
+
+if TYPE_CHECKING:
+    from hp2p.wire import homp
 
 __all__ = [
     "ENV_PREFIX",
@@ -294,6 +295,8 @@ def _targets(name: str) -> tuple[tuple[str, str], ...]:
 
 
 def _close(key: str) -> str:
+    import difflib  # only for a mistyped key
+
     matches = difflib.get_close_matches(key, list(_KEYS), n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(matches)}?)" if matches else ""
 
