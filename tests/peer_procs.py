@@ -141,13 +141,11 @@ class PeerProc(EventProc):
         super().__init__(workdir, name, cmd)
 
 
-class MeshProc(EventProc):
-    """A SubMesh peer process (``python -m hp2p.peer.mesh_daemon``)."""
+class MeshProc(PeerProc):
+    """A SubMesh peer process: ``hp2p peer`` (the one runtime) with a fixed seed."""
 
     def __init__(self, workdir: Path, homs_url: str, name: str, *args: str) -> None:
-        cmd = [sys.executable, "-m", "hp2p.peer.mesh_daemon", "--homs", homs_url, "--id", name]
-        cmd += ["--json-events", "--stdin", "--seed", "1", *args]
-        super().__init__(workdir, name, cmd)
+        super().__init__(workdir, homs_url, name, "--seed", "1", *args)
 
 
 class BridgeProc(EventProc):

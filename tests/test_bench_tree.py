@@ -59,8 +59,8 @@ def test_tiny_tree_run_writes_the_result_file_and_agrees_with_the_simulator(
     assert doc["per_size"][0]["steps"]["hp2p"][0]["rate"] == 40.0
     assert "latency_p50_ms_vs_floor" in doc["ratios"]
 
-    # Agreement: the same core in the simulator, same N and fan-out, makes the same kind of
-    # tree (one root, everyone attached, fan-out respected) and delivers everything.
+    # Agreement: the same core in the simulator, same N and max_children, makes the same kind
+    # of tree (one root, everyone attached, max_children respected) and delivers everything.
     sim = analyse(run_scenario(Scenario(peers=5, rate=10.0, duration=1.0), seed=1))["metrics"]
     assert sim["delivery_ratio"] == 1.0
     assert sim["unattached_at_start"] == 0

@@ -113,7 +113,6 @@ def test_every_peer_module_is_classified() -> None:
         "daemon",
         "homs_client",
         "local_api",
-        "mesh_daemon",
         "mesh_node",
         "mesh_store",
         "node",

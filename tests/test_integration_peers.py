@@ -79,7 +79,7 @@ def test_thirty_peers_form_a_loop_free_tree_and_deliver_exactly_once(
     scan = root.next_event({"scan"}, deadline=30)
     parents = _parents_from_scan(scan["paths"], root.name)
     depth = _assert_tree(parents, root.name, names)
-    assert depth <= 5, f"a 30-peer tree with fan-out 4 should be shallow, got depth {depth}"
+    assert depth <= 5, f"a 30-peer tree with max_children 4 should be shallow, got depth {depth}"
     for peer in peers[1:]:
         assert peer.joined is not None
         # ticket rule along every primary path: the parent is older than the child

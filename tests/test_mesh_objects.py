@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from hp2p.peer.mesh_config import MeshConfig, MeshConfigError
+from hp2p.peer.errors import SettingsError
+from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_objects import (
     MAX_PIECES,
     ManifestError,
@@ -92,9 +93,9 @@ def test_disk_store_refuses_an_unusable_directory(tmp_path):
 
 
 def test_config_checks_name_the_setting():
-    with pytest.raises(MeshConfigError, match="max_requests"):
+    with pytest.raises(SettingsError, match="max_requests"):
         MeshConfig(max_requests=0)
-    with pytest.raises(MeshConfigError, match="low_water"):
+    with pytest.raises(SettingsError, match="low_water"):
         MeshConfig(low_water=9, target_neighbours=8)
-    with pytest.raises(MeshConfigError, match="unknown mesh setting"):
+    with pytest.raises(SettingsError, match="unknown mesh setting"):
         MeshConfig.from_dict({"bogus": 1})

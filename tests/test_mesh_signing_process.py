@@ -1,5 +1,5 @@
 """Signed SubMesh manifests with real processes on 127.0.0.1: a ``hp2p homs``, a source and
-three SubMesh peers (``python -m hp2p.peer.mesh_daemon``), and one impostor.
+three SubMesh peers (``hp2p peer``), and one impostor.
 
 The impostor is a real SubMesh member over real TCP, run in the test process so that the test
 can make it lie: it claims to be the source and "publishes" objects 1-3 first, signed with its
@@ -129,7 +129,7 @@ async def test_honest_peers_refuse_an_impostors_manifests_and_complete_verified(
     other = await asyncio.to_thread(
         subprocess.run,
         [
-            sys.executable, "-m", "hp2p.peer.mesh_daemon", "--homs", homs.url,
+            sys.executable, "-m", "hp2p", "peer", "--homs", homs.url,
             "--join", "blocks", "--id", "src", "--signing-key", str(tmp_path / "other.pem"),
         ],
         capture_output=True, text=True, timeout=60, check=False,

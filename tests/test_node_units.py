@@ -28,7 +28,8 @@ def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
         'homs = "http://file:1"\nexpires = 60\n[core]\nmax_children = 6\nhello_ttl = 2\n'
     )
     env = {"HP2P_EXPIRES": "90", "HP2P_MAX_CHILDREN": "7", "HP2P_TEST_UNRELATED": "x"}
-    node, core = merge(file=toml, environ=env, flags={"max_children": "8", "join": "o"})
+    settings = merge(file=toml, environ=env, flags={"max_children": "8", "join": "o"})
+    node, core = settings.node, settings.tree
     assert node.homs == "http://file:1"  # file only
     assert node.expires == 90  # env beats file
     assert core.max_children == 8  # flag beats env
@@ -54,8 +55,10 @@ def test_unknown_or_badly_typed_settings_are_named(tmp_path: Path) -> None:
 
 def test_every_setting_is_documented() -> None:
     rows = settings_table()
-    assert {key for key, _, _ in rows} >= {"homs", "listen", "api", "max_children", "hello_ttl"}
-    assert all(doc for _, _, doc in rows)
+    keys = {key for _, key, _, _ in rows}
+    assert keys >= {"homs", "listen", "api", "max_children", "hello_ttl", "piece_size", "store"}
+    assert all(doc for _, _, _, doc in rows)
+    assert {section for section, _, _, _ in rows} == {"node", "tree", "mesh", "submesh"}
 
 
 # --- subscriptions ---------------------------------------------------------------------------

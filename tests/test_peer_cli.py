@@ -196,10 +196,17 @@ def test_sigterm_while_still_joining_leaves_the_homs_at_once(homs: HomsProcess) 
             proc.wait(timeout=10)
 
 
-def test_submesh_signature_options_are_refused_on_a_coretree() -> None:
+def test_submesh_options_are_refused_on_a_coretree() -> None:
     refused = _run("--create", "a", "--require-signatures", "--homs", "http://127.0.0.1:1")
     assert refused.returncode == 2
-    assert "apply to a SubMesh only" in refused.stderr
+    assert refused.stderr.startswith(
+        "hp2p peer: require_signatures is a SubMesh setting and --create makes a CoreTree "
+        "(no --parent): drop it"
+    )
+    refused = _run("--create", "a", "--store", "/tmp/x", "--set", "piece_size=2")
+    assert refused.returncode == 2
+    assert "piece_size is a SubMesh setting" in refused.stderr
+    assert "store is a SubMesh setting" in refused.stderr
 
 
 def test_hp2p_peer_hands_the_pinned_source_key_to_the_submesh_runtime(

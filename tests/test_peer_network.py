@@ -47,7 +47,7 @@ def test_hundred_sequential_joins_stay_close_to_log4() -> None:
     net = build(100, seed=2, gap=0.5)
     depths = assert_one_tree(net)
     deepest = max(depths.values())
-    print(f"N=100 fan-out 4: max depth {deepest}, mean {sum(depths.values()) / 100:.2f}")
+    print(f"N=100 max_children 4: max depth {deepest}, mean {sum(depths.values()) / 100:.2f}")
     assert deepest <= 5  # log4(100) ≈ 3.3; the minimum for 100 peers is 4
     publish_and_check(net, ["p00001", "p00050", "p00100"], count=3)
 

@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 
 from hp2p.peer.broadcast import DuplicateFilter
 from hp2p.peer.cache import MessageCache
-from hp2p.peer.config import ConfigError, PeerConfig
+from hp2p.peer.config import PeerConfig
 from hp2p.peer.control import JoinInfo
 from hp2p.peer.core import PeerCore
 from hp2p.peer.effects import Gap, Send
+from hp2p.peer.errors import SettingsError
 from hp2p.peer.paths import Link, Role
 from hp2p.peer.recovery import PullQueue, PullSettings, lacking, missing_from, summarise
 from hp2p.wire.errors import LimitExceeded
@@ -178,9 +179,9 @@ def test_over_the_wanted_bound_a_miss_is_a_gap_at_once_never_silent() -> None:
 
 
 def test_recovery_settings_are_validated() -> None:
-    with pytest.raises(ConfigError, match="buffermap_bytes"):
+    with pytest.raises(SettingsError, match="buffermap_bytes"):
         PeerConfig(buffermap_bytes=70_000)
-    with pytest.raises(ConfigError, match="pull_rounds"):
+    with pytest.raises(SettingsError, match="pull_rounds"):
         PeerConfig(pull_rounds=0)
 
 

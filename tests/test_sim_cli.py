@@ -60,3 +60,21 @@ def test_bad_options_exit_2_with_a_reason() -> None:
         result = runner.invoke(app, list(args))
         assert result.exit_code == 2, (args, result.output)
         assert needle in result.output, (args, result.output)
+
+
+def test_children_per_peer_is_max_children_and_fanout_is_a_deprecated_alias(
+    tmp_path: Path,
+) -> None:
+    """Issue #10: one name per thing; --fanout stays only as a hidden, warned alias."""
+    help_text = CliRunner().invoke(app, ["--help"]).output
+    assert "--max-children" in help_text
+    assert "--fanout" not in help_text
+    out = tmp_path / "sim.json"
+    args = ["--peers", "8", "--settle", "2", "--duration", "1", "--drain", "1", "--seeds", "1"]
+    result = CliRunner().invoke(app, [*args, "--max-children", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["params"]["max_children"] == 2
+    old = CliRunner().invoke(app, [*args, "--fanout", "3", "--json", str(out)])
+    assert old.exit_code == 0, old.output
+    assert "--fanout is deprecated: use --max-children" in old.output
+    assert json.loads(out.read_text())["params"]["max_children"] == 3

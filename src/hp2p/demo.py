@@ -165,12 +165,10 @@ class Demo:
         if self.faults:
             flags.update(faults=self.faults, fault_seed=index)
         try:
-            node_settings, core_config = merge(flags=flags)
+            settings = merge(flags=flags)
         except SettingsError as exc:
             raise DemoError(f"bad peer setting: {exc}") from None
-        argv, env = launch(
-            node_settings, core_config, json_events=True, stdin=True, log_level="WARNING"
-        )
+        argv, env = launch(settings, json_events=True, stdin=True, log_level="WARNING")
         stderr_path = self.workdir / f"{name}.err"
         with stderr_path.open("wb") as err:
             proc = await asyncio.create_subprocess_exec(

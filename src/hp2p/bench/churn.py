@@ -453,7 +453,7 @@ def run(
             "rate_msgs_per_s": RATE,
             "heartbeat_interval_s": int(HEARTBEAT[0]),
             "heartbeat_timeout_s": int(HEARTBEAT[1]),
-            "fanout": 4,
+            "max_children": 4,
             "seed": seed,
             "cpus": os.cpu_count(),
         },

@@ -27,7 +27,7 @@ class HpOverlay:
 
     kind = "hp2p"
 
-    def __init__(self, workdir: Path, peers: int, fanout: int, seed: int) -> None:
+    def __init__(self, workdir: Path, peers: int, max_children: int, seed: int) -> None:
         self.workdir = workdir
         self.fleet = Fleet()
         self.homs: HomsProcess | None = None
@@ -35,7 +35,7 @@ class HpOverlay:
         self.depth: dict[str, int] = {}
         self.parent: dict[str, str | None] = {}
         self._n = peers
-        self._fanout = fanout
+        self._max_children = max_children
         self._seed = seed
 
     def start(self, progress: Any = None) -> None:
@@ -51,7 +51,8 @@ class HpOverlay:
                 how = ["--create", title] if i == 0 else ["--join", title]
                 args = [sys.executable, "-m", "hp2p", "peer", "--homs", self.homs.url, "--id", name]
                 args += [*how, "--json-events", "--stdin", "--log-level", "warning"]
-                args += ["--set", f"max_children={self._fanout}", "--set", f"seed={self._seed + i}"]
+                args += ["--set", f"max_children={self._max_children}"]
+                args += ["--set", f"seed={self._seed + i}"]
                 proc = self.fleet.start(name, args, self.workdir / f"{name}.err")
                 batch.append(proc)
                 if i == 0:  # the root must exist before anyone joins
@@ -144,7 +145,7 @@ class RelayOverlay:
     def _tree_links(self) -> dict[int, list[int]]:
         if self._children is not None:
             return self._children
-        # A complete tree of the same fan-out: the shape hp2p aims for.
+        # A complete tree of 4 children per node (max_children's default): hp2p's aim.
         return {i: [c for c in range(i * 4 + 1, i * 4 + 5) if c < self._n] for i in range(self._n)}
 
     def _mesh_links(self) -> dict[int, list[int]]:

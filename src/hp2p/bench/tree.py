@@ -10,8 +10,9 @@ processes build their tree; the root publishes 1 KiB messages
 
 The same phases then run on the two baselines of :mod:`hp2p.bench.relay`, in the same run:
 **floor** (a bare relay in hp2p's own tree shape) and **flood** (a bare relay flooding a random
-mesh of degree ≈ fan-out; hp2p has no "tree off" switch). RMR for hp2p comes from the simulator
-running the same core at the same N, fan-out, payload and rate, and so does control overhead:
+mesh of average degree ``max_children``; hp2p has no "tree off" switch). RMR for hp2p comes
+from the simulator running the same core at the same N, ``max_children``, payload and rate, and
+so does control overhead:
 the peer shell exposes neither received copies nor bytes per message kind, and /proc cannot
 tell (``wchar`` does not count ``send()`` on sockets).
 """
@@ -83,13 +84,13 @@ def measure(
     return {"metrics": metrics, "steps": steps, "latencies_ms": base["_latencies_ms"]}
 
 
-def _sim_redundancy(peers: int, fanout: int, payload: int, seed: int) -> dict[str, Any]:
+def _sim_redundancy(peers: int, max_children: int, payload: int, seed: int) -> dict[str, Any]:
     """RMR and control overhead of the same core at the same N, from the simulator."""
     from hp2p.sim.metrics import analyse
     from hp2p.sim.scenario import Scenario, run_scenario
 
     scenario = Scenario(
-        peers=peers, rate=LATENCY_RATE, duration=10.0, payload=payload, fanout=fanout
+        peers=peers, rate=LATENCY_RATE, duration=10.0, payload=payload, max_children=max_children
     )
     metrics = analyse(run_scenario(scenario, seed))["metrics"]
     return {"rmr": metrics["rmr"], "control_overhead": metrics["control_overhead"]}
@@ -99,7 +100,7 @@ def run_size(
     peers: int,
     *,
     seed: int,
-    fanout: int,
+    max_children: int,
     payload: int,
     baselines: list[str],
     workdir: Path,
@@ -123,7 +124,7 @@ def run_size(
         "advance": advance,
     }
     out: dict[str, Any] = {"peers": peers, "baselines": {}, "steps": {}, "latencies_ms": {}}
-    hp = HpOverlay(workdir / f"hp2p-{peers}", peers, fanout, seed)
+    hp = HpOverlay(workdir / f"hp2p-{peers}", peers, max_children, seed)
     (workdir / f"hp2p-{peers}").mkdir(parents=True, exist_ok=True)
     try:
         advance(f"hp2p: starting HOMS and {peers} peers")
@@ -140,7 +141,7 @@ def run_size(
     metrics["mean_depth"] = round(statistics.fmean(depths), 3) if depths else None
     metrics["unattached"] = sum(1 for d in hp.depth.values() if d < 0)
     advance("simulator: RMR of the same core")
-    metrics.update(_sim_redundancy(peers, fanout, payload, seed))
+    metrics.update(_sim_redundancy(peers, max_children, payload, seed))
     out["metrics"] = metrics
     out["steps"]["hp2p"] = measured["steps"]
     out["latencies_ms"]["hp2p"] = measured["latencies_ms"]
@@ -154,7 +155,7 @@ def run_size(
             peers,
             mode,
             children=tree,
-            degree=fanout,
+            degree=max_children,  # the flood mesh: as many links per node as hp2p's children
             seed=seed,
             python=gossipsub_python,
         )
@@ -215,7 +216,12 @@ def tree(
         list[str] | None,
         typer.Option(help="Baselines: floor, flood, gossipsub (repeatable; default floor+flood)."),
     ] = None,
-    fanout: Annotated[int, typer.Option(help="Children per peer.")] = 4,
+    max_children: Annotated[
+        int, typer.Option("--max-children", help="Children per peer (setting max_children).")
+    ] = 4,
+    fanout: Annotated[
+        int | None, typer.Option("--fanout", hidden=True, help="Deprecated: --max-children.")
+    ] = None,
     payload: Annotated[int, typer.Option(help="Bytes per message.")] = 1024,
     seeds: Annotated[
         str,
@@ -261,8 +267,11 @@ def tree(
     unknown = sorted(set(chosen) - {"floor", "flood", "gossipsub"})
     if unknown:
         _fail(f"unknown baseline(s) {unknown}: use floor, flood or gossipsub")
-    if not 1 <= fanout <= 64 or not 0 <= payload <= 60_000:
-        _fail("--fanout must be 1..64 and --payload 0..60000 (one publish line)")
+    if fanout is not None:
+        console.print("[yellow]--fanout is deprecated: use --max-children[/]")
+        max_children = fanout
+    if not 1 <= max_children <= 64 or not 0 <= payload <= 60_000:
+        _fail("--max-children must be 1..64 and --payload 0..60000 (one publish line)")
     relays = [b for b in chosen if b in ("floor", "flood")]
     notes: list[str] = []
     gossip_python: str | None = None
@@ -296,7 +305,7 @@ def tree(
                         run_size(
                             n,
                             seed=seed,
-                            fanout=fanout,
+                            max_children=max_children,
                             payload=payload,
                             baselines=relays,
                             workdir=Path(tmp) / f"seed{seed}",
@@ -314,7 +323,7 @@ def tree(
     for result in results:
         _print(console, result)
     if json_file is not None:
-        document = _document(results, quick, fanout, payload, seed_list, chosen, notes)
+        document = _document(results, quick, max_children, payload, seed_list, chosen, notes)
         console.print(f"result file: {write_result(json_file, document)}")
     if plots is not None:
         from hp2p.bench.plots import tree_plots
@@ -325,7 +334,7 @@ def tree(
 def _document(
     results: list[dict[str, Any]],
     quick: bool,
-    fanout: int,
+    max_children: int,
     payload: int,
     seeds: list[int],
     chosen: list[str],
@@ -338,7 +347,7 @@ def _document(
         params={
             "peers": [r["peers"] for r in results],
             "payload": payload,
-            "fanout": fanout,
+            "max_children": max_children,
             "seeds": seeds,
             "quick": quick,
             "latency_rate": LATENCY_RATE,

@@ -1,9 +1,11 @@
 """``hp2p peer``: parse and check the options, then run the peer (:mod:`hp2p.peer.daemon`).
 
 This module is only the command line: options, their help, and the merge of TOML file,
-environment and flags (:mod:`hp2p.peer.settings`). Once everything is valid the process replaces
-itself with the lean runtime in :mod:`hp2p.peer.daemon`, which never loads the CLI stack
-(typer runs pydantic; together ~10 MB of RSS in every peer process, measured).
+environment and flags into the one settings object (:mod:`hp2p.peer.settings`). Once
+everything is valid the process replaces itself with the lean runtime in
+:mod:`hp2p.peer.daemon`, which never loads the CLI stack (typer runs pydantic; together ~10 MB
+of RSS in every peer process, measured). That runtime runs every overlay type: it asks the
+HOMS what ``--join`` names and runs a tree peer or a SubMesh peer in the same process.
 """
 
 from __future__ import annotations
@@ -13,13 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hp2p.peer.settings import (
-    SettingsError,
-    SubMeshSigning,
-    merge,
-    parse_assignments,
-    settings_table,
-)
+from hp2p.peer.settings import SettingsError, merge, parse_assignments, settings_table
 
 EXAMPLES = """
 Examples:
@@ -36,16 +32,38 @@ Examples:
 
   hp2p peer --join blocks       # a SubTree or SubMesh works too (docs/sub-overlays.md)
 
+  hp2p peer --join blocks --store ./pieces --set target_neighbours=12    # a SubMesh peer
+
+  hp2p peer --create blocks --parent 7f3c…-coretree-id --id src --set piece_size=65536 --stdin
+
+  hp2p peer --join blocks --standby --set takeover_after=2 --signing-key ./block-source.ed25519.pem
+
   hp2p peer --join blocks --require-signatures --source-key ed25519:3b6a…   # pinned source
 
 With --api: curl -X POST --data-binary hi http://127.0.0.1:8700/publish ; GET /status,
 GET /tree, WebSocket /subscribe (docs/peer.md).
+
+Which settings apply depends on the overlay: shell settings always, tree settings on a
+CoreTree or SubTree, SubMesh settings on a SubMesh. A setting given that does not apply is
+refused (status 2); SECTION.KEY (--set mesh.piece_size=65536, or a TOML table [tree], [mesh],
+[submesh]) applies only when its section does.
 """
+
+_HEADINGS = {
+    "node": "Shell settings (every peer)",
+    "tree": "Tree settings (CoreTree, SubTree)",
+    "mesh": "SubMesh settings (core)",
+    "submesh": "SubMesh settings (shell)",
+}
 
 
 def _epilog() -> str:
-    lines = [EXAMPLES, "Settings (TOML key, env HP2P_<KEY>, or --set KEY=VALUE; default):", ""]
-    for key, default, doc in settings_table():
+    lines = [EXAMPLES, "Settings (TOML key, env HP2P_<KEY>, or --set KEY=VALUE; default):"]
+    section = ""
+    for where, key, default, doc in settings_table():
+        if where != section:
+            section = where
+            lines += ["", f"{_HEADINGS[where]}:", ""]
         lines.append(f"  {key} = {default}: {doc}")
         lines.append("")
     return "\n".join(lines)
@@ -125,6 +143,34 @@ def peer(
     log_level: Annotated[
         str, typer.Option("--log-level", help="Log level on stderr: error, warning, info, debug.")
     ] = "warning",
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="Seed of the core's random choices (default: random)."),
+    ] = None,
+    parent: Annotated[
+        str | None,
+        typer.Option(
+            "--parent",
+            metavar="OVERLAY-ID",
+            help="With --create: make a SubMesh under this CoreTree, this peer its source.",
+        ),
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store", help="SubMesh only: directory of a persistent piece store (default: memory)."
+        ),
+    ] = None,
+    standby: Annotated[
+        bool,
+        typer.Option(
+            "--standby", help="SubMesh only: standby for the source (publishes when it is gone)."
+        ),
+    ] = False,
+    unsigned: Annotated[
+        bool,
+        typer.Option("--unsigned", help="SubMesh source only: publish unsigned manifests."),
+    ] = False,
     source_key: Annotated[
         str | None,
         typer.Option(
@@ -145,14 +191,16 @@ def peer(
         typer.Option(
             "--signing-key",
             metavar="PATH",
-            help="SubMesh source only: the Ed25519 key file that signs its manifests.",
+            help="SubMesh source (or standby): the Ed25519 key file that signs its manifests.",
         ),
     ] = None,
 ) -> None:
-    """Run a hybrid peer: join (or create) an overlay, attach to its tree, relay and deliver.
+    """Run a hybrid peer: join (or create) an overlay of any type and serve it.
 
-    Prints exactly one line once attached (peer-id, overlay-id, ticket, R2 and API addresses),
-    then runs until Ctrl-C / SIGTERM, when it releases its paths and leaves the HOMS.
+    On a CoreTree or SubTree it attaches to the tree, relays and delivers messages; on a
+    SubMesh it pulls and serves pieces and delivers whole verified objects. Prints exactly one
+    line once joined (peer-id, overlay-id, addresses …), then runs until Ctrl-C / SIGTERM, when
+    it leaves cleanly.
     """
     level = log_level.upper()
     if level not in ("ERROR", "WARNING", "INFO", "DEBUG"):
@@ -168,36 +216,30 @@ def peer(
         "expires": expires,
         "faults": faults,
         "fault_seed": fault_seed,
+        "seed": seed,
+        "parent": parent,
+        "store": str(store) if store else None,
+        "standby": True if standby else None,
+        "unsigned": True if unsigned else None,
+        "source_key": source_key,
+        "require_signatures": True if require_signatures else None,
+        "signing_key": str(signing_key) if signing_key else None,
     }
     try:
         flags.update(parse_assignments(set_ or []))
-        node_settings, core_config = merge(file=config, flags=flags)
-        if node_settings.create is None and node_settings.join is None:
+        settings = merge(file=config, flags=flags)
+        if settings.node.create is None and settings.node.join is None:
             raise SettingsError("give --create TITLE or --join OVERLAY-ID-OR-TITLE")
-        if node_settings.faults:
+        if settings.node.faults:
             from hp2p.transport.faults import FaultPlan
 
-            FaultPlan.parse(node_settings.faults)
+            FaultPlan.parse(settings.node.faults)
+        if settings.node.create is not None:  # known without asking the HOMS
+            runtime = settings.created_runtime()
+            kind = "a SubMesh (--parent)" if runtime == "mesh" else "a CoreTree (no --parent)"
+            settings.check(runtime, f"--create makes {kind}")
     except (SettingsError, ValueError) as exc:
         _fail(str(exc), 2)
-    signing = SubMeshSigning(
-        source_key=source_key,
-        require_signatures=require_signatures,
-        signing_key=str(signing_key) if signing_key else None,
-    )
-    if node_settings.join is not None:  # a SubMesh peer runs its own runtime (issue #7)
-        from hp2p.peer.mesh_daemon import exec_if_submesh
-
-        exec_if_submesh(
-            node_settings, json_events=json_events, stdin=stdin, log_level=level, signing=signing
-        )
-    if signing.given:
-        _fail(
-            "--source-key, --require-signatures and --signing-key apply to a SubMesh only; "
-            f"{node_settings.join or node_settings.create!r} is not one (drop them, or "
-            "check --join)",
-            2,
-        )
     from hp2p.peer.daemon import exec_daemon
 
-    exec_daemon(node_settings, core_config, json_events=json_events, stdin=stdin, log_level=level)
+    exec_daemon(settings, json_events=json_events, stdin=stdin, log_level=level)

@@ -1,9 +1,16 @@
 """Peer configuration (PC FE, Q.4100 §7.2.1.1): every knob of the sans-IO core, with defaults.
 
-The shell merges TOML, environment and flags into one plain ``dict`` and calls
-:meth:`PeerConfig.from_dict`; the core never reads files or the environment itself. Values that
-belong to the overlay (heartbeat interval/timeout, cr-policy) arrive with the HOMP join answer and
-override the local defaults through :meth:`PeerConfig.with_overlay`.
+This is the ``tree`` section of :class:`hp2p.peer.settings.Settings`: the shell merges TOML,
+environment and flags and calls :meth:`PeerConfig.from_dict`; the core never reads files or the
+environment itself. Values that belong to the overlay arrive with the HOMP join answer and are
+applied at ``start`` through :meth:`PeerConfig.with_overlay`:
+
+* the heartbeat interval/timeout apply only where the peer did not set its own: a value given
+  locally (TOML, ``HP2P_*``, ``--set``, or a non-default constructor argument) is *pinned* and
+  keeps its sub-second precision; HOMP carries whole seconds, so the overlay's value is only
+  the fallback, never read back over a local one;
+* the ``cr-policy`` cache bounds (mN_Cache, mD_Cache) are the overlay's recovery contract and
+  win over the local values.
 
 Defaults differ from the reference peer where the reference is known to be wrong
 (etri-2023-protocol.md §9.2): four children per peer instead of one, probing on, an enforced
@@ -16,9 +23,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from hp2p.peer.errors import SettingsError
 
-class ConfigError(ValueError):
-    """A setting has the wrong type or an impossible value; the message names the key."""
+#: Settings the overlay also has a value for (HOMP ``heartbeat-interval``/``-timeout``): the
+#: overlay's value applies unless the peer pinned its own (module docstring).
+OVERLAY_KEYS = ("heartbeat_interval", "heartbeat_timeout")
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -31,7 +40,7 @@ class PeerConfig:
 
     max_children: int = field(
         default=4,
-        metadata=_doc("Children per peer: incoming primary paths (tree fan-out)."),
+        metadata=_doc("Children per peer: incoming primary paths in the tree."),
     )
     recovery_children: int = field(
         default=2,
@@ -83,11 +92,12 @@ class PeerConfig:
         default=1.0, metadata=_doc("Delay after attaching before HELLO to the grandparent.")
     )
     heartbeat_interval: float = field(
-        default=1.0, metadata=_doc("HEARTBEAT period on every path (overlay value wins).")
+        default=1.0,
+        metadata=_doc("HEARTBEAT period on every path (unset: the overlay's value applies)."),
     )
     heartbeat_timeout: float = field(
         default=3.0,
-        metadata=_doc("A path with no frame for this long is dead (overlay value wins)."),
+        metadata=_doc("A path silent this long is dead (unset: the overlay's value applies)."),
     )
     cache_count: int = field(
         default=1024, metadata=_doc("Cached messages per source (cr-policy mN_Cache wins).")
@@ -160,35 +170,51 @@ class PeerConfig:
         default=48 * 1024,
         metadata=_doc("DR: a buffermap is cut to its newest sequences to fit this JSON size."),
     )
+    #: Which of :data:`OVERLAY_KEYS` the peer set itself (the overlay's values do not replace
+    #: them). Not a setting: filled by :meth:`from_dict` with the keys it is given, and by the
+    #: constructor with every overlay key whose value is not the default.
+    pinned: frozenset[str] = field(default=frozenset(), metadata={"internal": True})
 
     def __post_init__(self) -> None:
+        pinned = set(self.pinned)
         for f in dataclasses.fields(self):
+            if f.metadata.get("internal"):
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{f.name}: expected a number, got {value!r}")
+                raise SettingsError(f"{f.name}: expected a number, got {value!r}")
             if f.type == "int" and not isinstance(value, int):
-                raise ConfigError(f"{f.name}: expected an integer, got {value!r}")
+                raise SettingsError(f"{f.name}: expected an integer, got {value!r}")
             if value < 0:
-                raise ConfigError(f"{f.name}: must not be negative, got {value!r}")
+                raise SettingsError(f"{f.name}: must not be negative, got {value!r}")
+            if f.name in OVERLAY_KEYS and value != f.default:
+                pinned.add(f.name)
         if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= self.heartbeat_interval:
-            raise ConfigError("heartbeat_timeout must exceed heartbeat_interval > 0")
+            raise SettingsError("heartbeat_timeout must exceed heartbeat_interval > 0")
         if self.duplicate_window < 1 or self.max_ahead < 1:
-            raise ConfigError("duplicate_window and max_ahead must be at least 1")
+            raise SettingsError("duplicate_window and max_ahead must be at least 1")
         if self.pull_rounds < 1 or self.pull_per_peer < 1 or self.pull_total < 1:
-            raise ConfigError("pull_rounds, pull_per_peer and pull_total must be at least 1")
+            raise SettingsError("pull_rounds, pull_per_peer and pull_total must be at least 1")
         if not 1024 <= self.buffermap_bytes <= 60 * 1024:
-            raise ConfigError("buffermap_bytes must be within [1024, 61440] (R2 header limit)")
+            raise SettingsError("buffermap_bytes must be within [1024, 61440] (R2 header limit)")
         if self.backoff_jitter > 1:
-            raise ConfigError("backoff_jitter must be within [0, 1]")
+            raise SettingsError("backoff_jitter must be within [0, 1]")
+        unknown = pinned - set(OVERLAY_KEYS)
+        if unknown:
+            raise SettingsError(f"pinned: only {', '.join(OVERLAY_KEYS)}, not {sorted(unknown)}")
+        object.__setattr__(self, "pinned", frozenset(pinned))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PeerConfig:
-        """Build from merged TOML/env/flag values; unknown keys are an error, not ignored."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        """Build from merged TOML/env/flag values; unknown keys are an error, not ignored.
+
+        The overlay keys among ``values`` were set by the user: they are pinned.
+        """
+        known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ConfigError(f"unknown peer setting(s): {', '.join(unknown)}")
-        converted: dict[str, Any] = {}
+            raise SettingsError(f"unknown tree setting(s): {', '.join(unknown)}")
+        converted: dict[str, Any] = {"pinned": frozenset(set(values) & set(OVERLAY_KEYS))}
         for key, value in values.items():
             if (
                 known[key].type == "float"
@@ -202,7 +228,11 @@ class PeerConfig:
     @classmethod
     def describe(cls) -> dict[str, tuple[Any, str]]:
         """Every setting with its default and its doc, for ``--help`` and docs."""
-        return {f.name: (f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)}
+        return {
+            f.name: (f.default, f.metadata.get("doc", ""))
+            for f in dataclasses.fields(cls)
+            if not f.metadata.get("internal")
+        }
 
     def with_overlay(
         self,
@@ -213,21 +243,29 @@ class PeerConfig:
     ) -> PeerConfig:
         """Apply the overlay's values from the HOMP join answer.
 
-        A ``mN_Cache`` of 0 means "no cache" to the reference peer, which makes recovery
-        impossible; hp2p keeps its own bound instead (docs/peer-core.md, deviations).
+        The heartbeat values apply only where the peer pinned none of its own; when an overlay
+        value contradicts a pinned one (timeout not above interval), the other is derived from
+        the pinned one. A ``mN_Cache`` of 0 means "no cache" to the reference peer, which makes
+        recovery impossible; hp2p keeps its own bound instead (docs/peer-core.md, deviations).
         """
         changes: dict[str, Any] = {}
-        if heartbeat_interval and heartbeat_interval > 0:
-            changes["heartbeat_interval"] = float(heartbeat_interval)
-        if heartbeat_timeout and heartbeat_timeout > 0:
-            changes["heartbeat_timeout"] = float(heartbeat_timeout)
-        if "heartbeat_interval" in changes or "heartbeat_timeout" in changes:
-            interval = changes.get("heartbeat_interval", self.heartbeat_interval)
-            timeout = changes.get("heartbeat_timeout", self.heartbeat_timeout)
-            if timeout <= interval:
+        for key, value in (
+            ("heartbeat_interval", heartbeat_interval),
+            ("heartbeat_timeout", heartbeat_timeout),
+        ):
+            if value and value > 0 and key not in self.pinned:
+                changes[key] = float(value)
+        interval = changes.get("heartbeat_interval", self.heartbeat_interval)
+        timeout = changes.get("heartbeat_timeout", self.heartbeat_timeout)
+        if timeout <= interval:
+            if "heartbeat_timeout" in self.pinned:
+                changes["heartbeat_interval"] = timeout / 3
+            else:
                 changes["heartbeat_timeout"] = interval * 3
         if cache_count and cache_count > 0:
             changes["cache_count"] = int(cache_count)
         if cache_age_minutes and cache_age_minutes > 0:
             changes["cache_age"] = float(cache_age_minutes) * 60.0
-        return dataclasses.replace(self, **changes)
+        applied = dataclasses.replace(self, **changes)
+        object.__setattr__(applied, "pinned", self.pinned)  # the overlay's values stay unpinned
+        return applied

@@ -1,19 +1,31 @@
-"""The lean runtime of ``hp2p peer``: one node, its optional local API, events and commands.
+"""The lean runtime of ``hp2p peer``: one process for every overlay type.
 
-``hp2p peer`` (:mod:`hp2p.peer.cli`) validates everything, then calls :func:`exec_daemon`,
+``hp2p peer`` (:mod:`hp2p.peer.cli`) validates the options, then calls :func:`exec_daemon`,
 which replaces the process (same pid, same stdin/stdout, same signals) with
-``python -m hp2p.peer.daemon``. This module imports only the peer shell, so a peer process does
-not carry the command-line stack (typer, click, pydantic) for its whole life: per-process RSS
-is BENCHMARKS.md metric 7. The settings travel in an environment variable, not in argv, because
-argv is readable by every user of the machine and may hold an access or admin key.
+``python -m hp2p.peer.daemon``. This module never imports the command-line stack (typer, click,
+pydantic), so a peer process does not carry it for its whole life: per-process RSS is
+BENCHMARKS.md metric 7. The settings (:class:`hp2p.peer.settings.Settings`, every section)
+travel in an environment variable, not in argv, because argv is readable by every user of the
+machine and may hold an access or admin key.
+
+The runtime then picks the peer, in this process: a ``create`` makes a CoreTree (a SubMesh
+with ``parent``); a ``join`` first asks the HOMS what the overlay is (typed HOMP query,
+:meth:`hp2p.peer.homs_client.HomsClient.find_overlay`, :func:`hp2p.peer.settings.runtime_of`)
+and runs a :class:`~hp2p.peer.node.PeerNode` for a CoreTree or SubTree, a
+:class:`~hp2p.peer.mesh_node.MeshNode` for a SubMesh. Settings that do not apply to that
+overlay are refused before anything joins (:meth:`~hp2p.peer.settings.Settings.check`).
 
 Two ways for other programs to follow the peer without guessing or sleeping:
 
-* ``--json-events``: one JSON object per line on stdout (``joined``, ``deliver``, ``published``,
-  ``path``, ``attached``, ``detached``, ``join_failed``, ``gap``, ``peer_lost``, ``scan``,
-  ``status``, ``error``, ``left``; docs/peer.md describes each);
-* ``--stdin``: commands, one per line: ``publish TEXT``, ``scan``, ``status``, ``leave``; the
-  end of input leaves too (the controlling program is gone).
+* ``--json-events``: one JSON object per line on stdout. Tree peers: ``joined``, ``deliver``,
+  ``published``, ``path``, ``attached``, ``detached``, ``join_failed``, ``gap``,
+  ``peer_lost``, ``scan``, ``status``, ``error``, ``left``; SubMesh peers: ``joined`` (with
+  ``"mesh": true``), ``delivered`` (with the SHA-256 of the object), ``object``,
+  ``published``, ``became_source``, ``status``, ``error``, ``left``; docs/peer.md and
+  docs/sub-overlays.md describe each;
+* ``--stdin``: commands, one per line: ``publish TEXT``, ``scan`` (tree), ``publish-file
+  PATH`` and ``publish-random SIZE SEED`` (SubMesh), ``status``, ``leave``; the end of input
+  leaves too.
 """
 
 from __future__ import annotations
@@ -21,28 +33,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import importlib
 import logging
 import os
+import random
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from hp2p.peer.config import PeerConfig
-from hp2p.peer.node import NodeError, PeerNode
-from hp2p.peer.settings import NodeSettings
+from hp2p.peer.errors import NotSourceError, SettingsError
+from hp2p.peer.settings import NodeSettings, Runtime, Settings, overlay_kind, runtime_of
 from hp2p.peer.stdio import print_event, stdin_commands
+
+if TYPE_CHECKING:
+    from hp2p.peer.local_api import LocalApi
+    from hp2p.peer.mesh_node import MeshNode
+    from hp2p.peer.node import PeerNode
 
 ENV_VAR = "_HP2P_PEER_RUN"
 
 _encoder = msgspec.json.Encoder()
+T = TypeVar("T")
+
+
+class _ExitError(Exception):
+    """End the run with this status; the message (if any) has been printed."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _fail(message: str, status: int) -> _ExitError:
+    print(f"hp2p peer: {message}", file=sys.stderr, flush=True)
+    return _ExitError(status)
 
 
 def launch(
-    settings: NodeSettings,
-    config: PeerConfig,
+    settings: Settings | NodeSettings,
+    config: PeerConfig | None = None,
     *,
     json_events: bool,
     stdin: bool,
@@ -52,10 +88,12 @@ def launch(
 
     ``hp2p peer`` execs it; ``hp2p demo`` starts its peers with it directly, which spares each
     peer process the start-up of the command-line stack (about half of its start-up CPU).
+    A ``NodeSettings`` (with an optional ``PeerConfig``) is a tree peer's two sections.
     """
+    if isinstance(settings, NodeSettings):
+        settings = Settings(node=settings, tree=config or PeerConfig())
     document = {
-        "node": dataclasses.asdict(settings),
-        "core": dataclasses.asdict(config),
+        "settings": settings.to_document(),
         "json_events": json_events,
         "stdin": stdin,
         "log_level": log_level,
@@ -64,24 +102,131 @@ def launch(
     return argv, {ENV_VAR: _encoder.encode(document).decode()}
 
 
-def exec_daemon(
-    settings: NodeSettings,
-    config: PeerConfig,
-    *,
-    json_events: bool,
-    stdin: bool,
-    log_level: str,
-) -> None:
+def exec_daemon(settings: Settings, *, json_events: bool, stdin: bool, log_level: str) -> None:
     """Replace this process with the lean peer runtime (does not return)."""
-    argv, env = launch(settings, config, json_events=json_events, stdin=stdin, log_level=log_level)
+    argv, env = launch(settings, json_events=json_events, stdin=stdin, log_level=log_level)
     os.environ.update(env)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)
 
 
-async def run(settings: NodeSettings, config: PeerConfig, json_events: bool, stdin: bool) -> int:
+# === choosing the peer ==========================================================================
+
+
+async def choose(settings: Settings) -> tuple[Runtime, Settings]:
+    """Which peer to run, and the settings it runs with; refuses what does not apply.
+
+    Raises :class:`SettingsError` (a setting that does not apply to the overlay); a HOMS that
+    cannot say what the overlay is ends the run with status 1.
+    """
+    node = settings.node
+    if node.create is not None:
+        runtime = settings.created_runtime()
+        _load(runtime)
+        kind = "a SubMesh (--parent)" if runtime == "mesh" else "a CoreTree (no --parent)"
+        settings.check(runtime, f"--create makes {kind}")
+        return runtime, settings
+    if node.join is None:
+        raise SettingsError("give --create TITLE or --join OVERLAY-ID-OR-TITLE")
+    _load("tree")  # most joins are; a SubMesh peer loads its own stack after the answer
+    from hp2p.peer.homs_client import HomsClient, HomsError
+
+    client = HomsClient(
+        node.homs,
+        timeout=node.homs_timeout,
+        attempts=node.homs_attempts,
+        rng=random.Random(node.seed),
+    )
+    try:
+        overlay = await client.find_overlay(node.join)
+    except HomsError as exc:
+        raise _fail(str(exc), 1) from None
+    finally:
+        await client.aclose()
+    runtime = runtime_of(overlay)
+    _load(runtime)
+    settings.check(runtime, f"overlay {overlay.title!r} is a {overlay_kind(overlay)}")
+    # join by id from here on: the node finds the overlay again with one query
+    joined = dataclasses.replace(node, join=overlay.overlay_id)
+    return runtime, dataclasses.replace(settings, node=joined)
+
+
+def _load(runtime: Runtime) -> None:
+    """Import the peer's stack before the HOMP client (httpx) and before any request.
+
+    Measured: a peer shell imported after httpx, or after httpx's first request, leaves the
+    peer process 1-2 MB larger (where the allocator puts the modules' objects), so the stack
+    comes first, as it did when each runtime was its own module.
+    """
+    importlib.import_module("hp2p.peer.node" if runtime == "tree" else "hp2p.peer.mesh_node")
+
+
+async def run(settings: Settings, json_events: bool, stdin: bool) -> int:
+    """Choose the peer, run it until a signal, ``leave`` or failure, leave; the exit status."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            runtime, settings = await _until(stop, choose(settings))
+        except SettingsError as exc:
+            raise _fail(str(exc), 2) from None
+        if runtime == "tree":
+            return await run_tree(settings, json_events, stdin, stop)
+        return await run_mesh(settings, json_events, stdin, stop)
+    except _ExitError as exc:
+        return exc.status
+
+
+async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T:
+    """``work``'s result, or ``_ExitError(0)`` when a signal came first (``work`` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise _ExitError(0)
+    return task.result()
+
+
+async def _serve(
+    stop: asyncio.Event, failed: asyncio.Event | None, *others: Awaitable[Any]
+) -> None:
+    """Until a signal, ``failed``, or one of ``others`` ends (``leave``, end of stdin)."""
+    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+    if failed is not None:
+        waiters.append(asyncio.ensure_future(failed.wait()))
+    waiters += [asyncio.ensure_future(other) for other in others]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+
+
+async def _start_api(node: PeerNode | MeshNode, listen: str | None) -> tuple[LocalApi | None, str]:
+    if listen is None:
+        return None, ""
+    from hp2p.peer.local_api import LocalApi  # the web stack, only when asked for
+    from hp2p.peer.node import NodeError
+
+    local_api = LocalApi(node, listen)
+    try:
+        return local_api, await local_api.start()
+    except NodeError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+# === tree peer (CoreTree, SubTree) ==============================================================
+
+
+async def run_tree(settings: Settings, json_events: bool, stdin: bool, stop: asyncio.Event) -> int:
     """Join, print the one 'joined' line, serve until a signal, ``leave`` or failure; leave."""
+    from hp2p.peer.node import NodeError, PeerNode
+
     joined = False
     early: list[dict[str, Any]] = []
 
@@ -96,42 +241,20 @@ async def run(settings: NodeSettings, config: PeerConfig, json_events: bool, std
             early.append(fields)
 
     try:
-        node = PeerNode(settings, config, on_event=on_event if json_events else None)
+        node = PeerNode(settings.node, settings.tree, on_event=on_event if json_events else None)
     except NodeError as exc:
-        print(f"hp2p peer: {exc}", file=sys.stderr, flush=True)
-        return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    starting = asyncio.ensure_future(node.start())
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not starting.done():  # SIGINT/SIGTERM while joining: give up the join, leave cleanly
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, NodeError):
-            await starting
-        await node.close()
-        return 0
+        raise _fail(str(exc), 2) from None
     try:
-        starting.result()
+        await _until(stop, node.start())
+    except _ExitError:  # SIGINT/SIGTERM while joining: give up the join, leave cleanly
+        await node.close()
+        raise
     except NodeError as exc:
-        print(f"hp2p peer: {exc}", file=sys.stderr, flush=True)
-        return 1
+        raise _fail(str(exc), 1) from None
     local_api = None
     try:
-        api_url = None
-        if settings.api is not None:
-            from hp2p.peer.local_api import LocalApi  # the web stack, only when asked for
-
-            local_api = LocalApi(node, settings.api)
-            try:
-                api_url = await local_api.start()
-            except NodeError as exc:
-                print(f"hp2p peer: {exc}", file=sys.stderr, flush=True)
-                return 1
-        info = {**node.joined_info(), "api": api_url}
+        local_api, api_url = await _start_api(node, settings.node.api)
+        info = {**node.joined_info(), "api": api_url or None}
         joined = True
         if json_events:
             print_event("joined", info)
@@ -145,15 +268,8 @@ async def run(settings: NodeSettings, config: PeerConfig, json_events: bool, std
                 f"parent={info['parent'] or '-'} depth={info['depth']}",
                 flush=True,
             )
-        waiters: list[asyncio.Future[Any]] = [
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(node.failed.wait()),
-        ]
-        if stdin:
-            waiters.append(asyncio.ensure_future(serve_commands(node)))
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
+        commands = [serve_tree_commands(node)] if stdin else []
+        await _serve(stop, node.failed, *commands)
         if node.failed.is_set():
             print(
                 f"hp2p peer: lost the tree and could not re-attach: {node.failure}", file=sys.stderr
@@ -166,9 +282,17 @@ async def run(settings: NodeSettings, config: PeerConfig, json_events: bool, std
         await node.close()
 
 
-async def serve_commands(node: PeerNode) -> None:
+def _config_json(config: Any) -> dict[str, Any]:
+    values = dataclasses.asdict(config)
+    if "pinned" in values:
+        values["pinned"] = sorted(values["pinned"])
+    return values
+
+
+async def serve_tree_commands(node: PeerNode) -> None:
     """``--stdin`` commands until ``leave`` or end of input; answers are JSON lines."""
     from hp2p.peer.api import scan_json
+    from hp2p.peer.node import NodeError
 
     async for command, argument, line in stdin_commands():
         try:
@@ -177,7 +301,8 @@ async def serve_commands(node: PeerNode) -> None:
             elif command == "scan":
                 print_event("scan", {**scan_json(await node.scan_tree()), "t": time.time()})
             elif command == "status":
-                print_event("status", node.status())
+                config = node.core.config if node.core is not None else node.config
+                print_event("status", {**node.status(), "config": _config_json(config)})
             elif command == "leave":
                 return
             elif command:
@@ -193,6 +318,113 @@ async def serve_commands(node: PeerNode) -> None:
             print_event("error", {"reason": str(exc)})
 
 
+# === SubMesh peer ===============================================================================
+
+
+async def run_mesh(settings: Settings, json_events: bool, stdin: bool, stop: asyncio.Event) -> int:
+    """The same life as :func:`run_tree`, for a SubMesh peer (whole objects, not messages)."""
+    from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
+
+    def on_event(kind: str, fields: dict[str, Any]) -> None:
+        if json_events:
+            print_event(kind, {**fields, "t": time.time()})
+
+    try:
+        node = MeshNode(MeshSettings.from_settings(settings), on_event=on_event)
+    except MeshNodeError as exc:
+        raise _fail(str(exc), 2) from None
+    subscription = node.subscribe()
+    limit = settings.node.join_timeout
+    try:
+        await _until(stop, asyncio.wait_for(node.start(), limit))
+    except _ExitError:
+        await node.close()
+        raise
+    except MeshNodeError as exc:  # start() has released what it had opened
+        raise _fail(str(exc), 1) from None
+    except TimeoutError:
+        await node.close()
+        raise _fail(f"not joined to the SubMesh within {limit:g} s (join_timeout)", 1) from None
+    local_api = None
+    try:
+        local_api, api_url = await _start_api(node, settings.node.api)
+        info = {
+            "peer_id": node.peer_id,
+            "overlay_id": node.overlay_id,
+            "source_id": node.source_id,
+            "r2": node.address,
+            "api": api_url or None,
+            "mesh": True,
+            "source_key": node.source_key,
+            "signing_key": node.signer.public_text if node.signer else None,
+        }
+        if json_events:
+            print_event("joined", info)
+        else:
+            print(
+                f"hp2p peer: joined SubMesh peer-id={node.peer_id} overlay-id={node.overlay_id} "
+                f"source={node.source_id} r2={node.address} api={api_url or '-'}",
+                flush=True,
+            )
+
+        async def report_objects() -> None:
+            async for delivery in subscription:
+                if json_events:
+                    print_event(
+                        "delivered",
+                        {
+                            "object": delivery.object_number,
+                            "sha256": hashlib.sha256(delivery.data).hexdigest(),
+                            "lost": delivery.lost,
+                            "t": time.time(),
+                        },
+                    )
+
+        commands = [serve_mesh_commands(node)] if stdin else []
+        await _serve(stop, None, report_objects(), *commands)
+        return 0
+    finally:
+        if local_api is not None:
+            await local_api.stop()
+        await node.close()
+
+
+async def serve_mesh_commands(node: MeshNode) -> None:
+    """A SubMesh peer's ``--stdin`` commands; ``publish-*`` work on the source only."""
+    from hp2p.peer.mesh_node import MeshNodeError
+
+    async for command, argument, _line in stdin_commands():
+        try:
+            data: bytes | None = None
+            if command == "publish":
+                data = argument.encode("utf-8")
+            elif command == "publish-file":
+                data = await asyncio.to_thread(Path(argument).read_bytes)
+            elif command == "publish-random":
+                size, _, seed = argument.partition(" ")
+                data = random.Random(int(seed or 0)).randbytes(int(size))
+            elif command == "status":
+                config = _config_json(node.settings.config)
+                print_event("status", {**node.status(), "config": config})
+            elif command == "leave":
+                return
+            elif command:
+                print_event(
+                    "error",
+                    {
+                        "reason": f"unknown command {command!r}; use publish TEXT, publish-file "
+                        "PATH, publish-random SIZE SEED, status or leave",
+                    },
+                )
+            if data is not None:
+                node.publish(data)  # the node's 'published' event says which object
+        except (NotSourceError, MeshNodeError, ValueError, OSError) as exc:
+            print_event("error", {"reason": str(exc)})
+
+
+# === entry point ================================================================================
+
+
 def main() -> int:
     raw = os.environ.pop(ENV_VAR, None)
     if raw is None:
@@ -202,9 +434,13 @@ def main() -> int:
     logging.basicConfig(
         level=document["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = NodeSettings(**document["node"])
-    config = PeerConfig.from_dict(document["core"])
-    return asyncio.run(run(settings, config, document["json_events"], document["stdin"]))
+    try:
+        settings = Settings.from_document(document["settings"])
+    except (SettingsError, TypeError) as exc:
+        print(f"hp2p peer: {exc}", file=sys.stderr)
+        return 2
+    _load(settings.created_runtime() if settings.node.create is not None else "tree")
+    return asyncio.run(run(settings, document["json_events"], document["stdin"]))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,15 @@ runs the SubMesh code, does not load it (and its signature library) to name an e
 
 from __future__ import annotations
 
-__all__ = ["NotSourceError"]
+__all__ = ["NotSourceError", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A setting is unknown, badly typed, impossible, or does not apply to this overlay.
+
+    The one error of every settings section (shell, tree core, SubMesh core, SubMesh shell):
+    the message names the key, says what is wrong and what to do.
+    """
 
 
 class NotSourceError(PermissionError):

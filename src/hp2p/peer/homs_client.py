@@ -114,6 +114,12 @@ class HomsClientStats:
     last_error: str | None = None
 
 
+def homp_heartbeat(interval: float, timeout: float) -> tuple[int, int]:
+    """Heartbeat seconds as the HOMP fields carry them: whole, at least 1, timeout > interval."""
+    whole = max(1, round(interval))
+    return whole, max(whole + 1, round(timeout))
+
+
 def _cr_policy(policy: homp.CrPolicy | None) -> CrPolicy:
     if policy is None:
         return CrPolicy()
@@ -197,12 +203,17 @@ class HomsClient:
         owner_id: str,
         admin_key: str,
         *,
-        heartbeat_interval: int,
-        heartbeat_timeout: int,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
         description: str = "",
         access_key: str | None = None,
     ) -> str:
-        """HybridOverlayCreation (``POST /homs``) of a CoreTree; returns the new overlay-id."""
+        """HybridOverlayCreation (``POST /homs``) of a CoreTree; returns the new overlay-id.
+
+        HOMP carries the heartbeat in whole seconds: the values are rounded here, in the HOMP
+        field only (:func:`homp_heartbeat`); the peer keeps its own precise values.
+        """
+        interval, timeout = homp_heartbeat(heartbeat_interval, heartbeat_timeout)
         request = homp.CreateRequest(
             overlay=homp.CreateOverlay(
                 title=title,
@@ -210,8 +221,8 @@ class HomsClient:
                 sub_type="tree",
                 owner_id=owner_id,
                 description=description,
-                heartbeat_interval=heartbeat_interval,
-                heartbeat_timeout=heartbeat_timeout,
+                heartbeat_interval=interval,
+                heartbeat_timeout=timeout,
                 auth=homp.CreateAuth(
                     type="closed" if access_key else "open",
                     admin_key=admin_key,

@@ -1,7 +1,8 @@
 """The local API of a running peer: HTTP + WebSocket for other processes (AI FE, Q.4100).
 
 Served by ``hp2p peer --api HOST:PORT`` (127.0.0.1 by default: the reference served its local
-API on every interface with no authentication, etri-2023-protocol.md §9.1):
+API on every interface with no authentication, etri-2023-protocol.md §9.1). A tree peer
+(CoreTree, SubTree):
 
 =========================  =====================================================================
 ``GET  /status``           the peer's status (ids, ticket, paths, counters)
@@ -12,15 +13,21 @@ API on every interface with no authentication, etri-2023-protocol.md §9.1):
                            client are published (binary as is, text as UTF-8)
 =========================  =====================================================================
 
+A SubMesh peer serves the same routes for whole objects (:func:`build_mesh_app`): ``/publish``
+(source only, else 403) answers the object number, ``/subscribe`` sends one frame per verified
+object, and ``/tree`` answers 404 (SCAN_TREE is a tree procedure).
+
 This module imports the web stack (FastAPI, uvicorn) and is itself imported only when the API
 is served, so a peer without ``--api`` stays small. No ``from __future__ import annotations``
 here: FastAPI reads the route annotations at runtime.
 """
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
@@ -30,9 +37,14 @@ from hp2p.peer.node import MessageTooLargeError, NodeError, PeerNode
 from hp2p.peer.settings import split_host_port
 from hp2p.peer.subscription import Gap
 
+if TYPE_CHECKING:
+    from hp2p.peer.mesh_node import MeshDelivery, MeshNode
 
-def build_app(node: PeerNode) -> FastAPI:
-    """The local API as an ASGI app."""
+
+def build_app(node: Union[PeerNode, "MeshNode"]) -> FastAPI:
+    """The local API of ``node`` as an ASGI app (a tree peer's, or a SubMesh peer's)."""
+    if not isinstance(node, PeerNode):
+        return build_mesh_app(node)
     app = FastAPI(
         title="hp2p peer local API",
         summary="Publish to and subscribe from a running hybrid peer (AI FE of Q.4100)",
@@ -109,10 +121,104 @@ def build_app(node: PeerNode) -> FastAPI:
     return app
 
 
+def object_json(delivery: "MeshDelivery") -> dict[str, Any]:
+    """A SubMesh object as JSON: ``text`` when the bytes are UTF-8, else ``data_b64``."""
+    out: dict[str, Any] = {
+        "object": delivery.object_number,
+        "size": len(delivery.data),
+        "sha256": hashlib.sha256(delivery.data).hexdigest(),
+        "app_id": delivery.app_id,
+        "meta": delivery.meta,
+    }
+    try:
+        out["text"] = delivery.data.decode("utf-8")
+    except UnicodeDecodeError:
+        out["data_b64"] = base64.b64encode(delivery.data).decode("ascii")
+    if delivery.lost:
+        out["lost"] = delivery.lost
+    return out
+
+
+def build_mesh_app(node: "MeshNode") -> FastAPI:
+    """The local API of a SubMesh peer: the tree peer's routes, for whole objects."""
+    from hp2p.peer.errors import NotSourceError
+    from hp2p.peer.mesh_node import MeshNodeError
+
+    app = FastAPI(
+        title="hp2p SubMesh peer local API",
+        summary="Publish whole objects to and receive them from a running SubMesh peer",
+    )
+
+    def publish(data: bytes, app_id: str | None) -> int:
+        if node.state != "running":
+            raise HTTPException(503, f"the peer is {node.state}; retry when it has joined")
+        try:
+            return node.publish(data, app_id=app_id)
+        except NotSourceError as exc:
+            raise HTTPException(403, str(exc)) from None
+        except MeshNodeError as exc:
+            raise HTTPException(503, str(exc)) from None
+        except ValueError as exc:  # larger than the configured bounds
+            raise HTTPException(413, str(exc)) from None
+
+    @app.get("/status")
+    async def status() -> dict[str, Any]:
+        """The peer's status: ids, neighbours, store, counters."""
+        return node.status()
+
+    @app.post("/publish")
+    async def publish_object(request: Request, app_id: str | None = None) -> dict[str, Any]:
+        """Publish the request body (any bytes) as one object; the source peer only."""
+        number = publish(await request.body(), app_id)
+        return {"source": node.peer_id, "object": number}
+
+    @app.get("/tree")
+    async def tree() -> dict[str, Any]:
+        """Not on a SubMesh: SCAN_TREE is a tree procedure."""
+        raise HTTPException(
+            404,
+            "SCAN_TREE is a tree procedure and this peer is in a SubMesh; "
+            "GET /status shows its neighbours",
+        )
+
+    @app.websocket("/subscribe")
+    async def subscribe(ws: WebSocket) -> None:
+        """Whole verified objects as JSON text frames; frames from the client are published."""
+        await ws.accept()
+        sub = node.subscribe()
+
+        async def pump_out() -> None:
+            async for delivery in sub:
+                await ws.send_json(object_json(delivery))
+
+        sender = asyncio.create_task(pump_out())
+        try:
+            while True:
+                frame = await ws.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                data = frame.get("bytes")
+                if data is None:
+                    data = (frame.get("text") or "").encode("utf-8")
+                try:
+                    publish(data, None)
+                except HTTPException as exc:
+                    await ws.send_json({"error": exc.detail})
+        except WebSocketDisconnect:
+            pass
+        finally:
+            sub.close()
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+    return app
+
+
 class LocalApi:
     """Serves :func:`build_app` with uvicorn inside the peer's event loop."""
 
-    def __init__(self, node: PeerNode, listen: str) -> None:
+    def __init__(self, node: Union[PeerNode, "MeshNode"], listen: str) -> None:
         self.node = node
         self.host, self.port = split_host_port(listen, "api")
         self.url = ""

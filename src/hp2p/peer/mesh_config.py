@@ -1,5 +1,8 @@
 """Settings of the SubMesh core (PC FE for a ``sub``/``mesh`` overlay), with defaults and checks.
 
+This is the ``mesh`` section of :class:`hp2p.peer.settings.Settings` (TOML ``[mesh]``,
+``HP2P_<KEY>``, ``hp2p peer --set KEY=VALUE``).
+
 Every bound the issue asks for is a field here: neighbours (target, low-water mark, maximum),
 requests in flight (per neighbour and in total), time-outs, and the piece store (bytes and
 objects). Times are in seconds, sizes in bytes.
@@ -11,12 +14,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from hp2p.peer.errors import SettingsError
+
 KiB = 1024
 MiB = 1024 * KiB
-
-
-class MeshConfigError(ValueError):
-    """A mesh setting has an impossible value; the message names it."""
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -114,7 +115,7 @@ class MeshConfig:
         )
         for name in positive:
             if getattr(self, name) < 1:
-                raise MeshConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         timed = (
             "peer_list_interval",
             "connect_timeout",
@@ -127,13 +128,18 @@ class MeshConfig:
         )
         for name in timed:
             if getattr(self, name) <= 0:
-                raise MeshConfigError(f"{name} must be positive seconds, got {getattr(self, name)}")
+                raise SettingsError(f"{name} must be positive seconds, got {getattr(self, name)}")
         if self.piece_size > self.max_piece_size:
-            raise MeshConfigError("piece_size must not exceed max_piece_size")
+            raise SettingsError("piece_size must not exceed max_piece_size")
         if not 0 <= self.low_water <= self.target_neighbours <= self.max_neighbours:
-            raise MeshConfigError("need 0 <= low_water <= target_neighbours <= max_neighbours")
+            raise SettingsError("need 0 <= low_water <= target_neighbours <= max_neighbours")
         if self.heartbeat_timeout <= self.heartbeat_interval:
-            raise MeshConfigError("heartbeat_timeout must exceed heartbeat_interval")
+            raise SettingsError("heartbeat_timeout must exceed heartbeat_interval")
+
+    @classmethod
+    def describe(cls) -> dict[str, tuple[Any, str]]:
+        """Every setting with its default and its doc, for ``--help`` and docs."""
+        return {f.name: (f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MeshConfig:
@@ -141,5 +147,9 @@ class MeshConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise MeshConfigError(f"unknown mesh setting(s): {', '.join(unknown)}")
-        return cls(**values)
+            raise SettingsError(f"unknown mesh setting(s): {', '.join(unknown)}")
+        floats = {f.name for f in dataclasses.fields(cls) if f.type == "float"}
+        converted: dict[str, Any] = {
+            k: float(v) if k in floats and type(v) is int else v for k, v in values.items()
+        }
+        return cls(**converted)

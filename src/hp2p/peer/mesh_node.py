@@ -55,11 +55,13 @@ from hp2p.peer.mesh import (
 from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_objects import ManifestSigner, parse_public_key
 from hp2p.peer.mesh_store import DiskPieceStore, MemoryPieceStore, PieceStore
-from hp2p.peer.settings import split_host_port
+from hp2p.peer.settings import Settings, split_host_port
 from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
 from hp2p.transport import tcp
+from hp2p.transport.base import Link
+from hp2p.transport.faults import FaultPlan, FaultyLink
 from hp2p.transport.registry import TransportRegistry
 from hp2p.wire import homp
 
@@ -225,7 +227,13 @@ class MeshHomsClient(SubOverlayHomsClient):
 
 @dataclass(frozen=True, slots=True)
 class MeshSettings:
-    """Shell settings of a SubMesh peer (the core's are :class:`MeshConfig`)."""
+    """What :class:`MeshNode` takes: the shell settings of a SubMesh peer and its core's.
+
+    ``hp2p peer`` builds it from the one settings object (:meth:`from_settings`: the ``node``,
+    ``submesh`` and ``mesh`` sections of :class:`hp2p.peer.settings.Settings`); programs that
+    embed a SubMesh peer (the R3 bridge, tests) may build it directly. Defaults are those of
+    ``NodeSettings`` except ``send_queue_bytes`` (pieces are large).
+    """
 
     homs: str = "http://127.0.0.1:8081"
     join: str | None = None  # overlay-id or title of the SubMesh
@@ -253,6 +261,43 @@ class MeshSettings:
     sign: bool = True
     #: Pin the source's public key (``ed25519:<hex>``) instead of trusting the HOMS record.
     source_key: str | None = None
+    #: Fault injection on every link (``hp2p.transport.faults``), as on a tree peer.
+    faults: str = ""
+    fault_seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MeshSettings:
+        """The SubMesh peer that ``hp2p peer`` runs with ``settings``."""
+        n, m = settings.node, settings.submesh
+        queue = (
+            {"send_queue_bytes": n.send_queue_bytes} if "send_queue_bytes" in settings.given else {}
+        )
+        return cls(
+            homs=n.homs,
+            join=n.join,
+            create=n.create,
+            parent=m.parent,
+            listen=n.listen,
+            peer_id=n.peer_id,
+            store=m.store,
+            standby=m.standby,
+            access_key=n.access_key,
+            admin_key=n.admin_key,
+            description=n.description,
+            expires=n.expires,
+            homs_timeout=n.homs_timeout,
+            homs_attempts=n.homs_attempts,
+            leave_timeout=n.leave_timeout,
+            subscriber_queue=n.subscriber_queue,
+            seed=n.seed,
+            config=settings.mesh,
+            signing_key=m.signing_key,
+            sign=not m.unsigned,
+            source_key=m.source_key,
+            faults=n.faults,
+            fault_seed=n.fault_seed,
+            **queue,
+        )
 
     def __post_init__(self) -> None:
         if (self.create is None) == (self.join is None):
@@ -267,6 +312,11 @@ class MeshSettings:
                 parse_public_key(self.source_key)
             except ValueError as exc:
                 raise MeshNodeError(f"--source-key: {exc}") from None
+        if self.faults:
+            try:
+                FaultPlan.parse(self.faults, self.fault_seed)
+            except ValueError as exc:
+                raise MeshNodeError(f"faults: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +383,9 @@ class MeshNode(CoreShell[MeshCore]):
         self.became_source = asyncio.Event()
         self.signer: ManifestSigner | None = None
         self.source_key: str | None = None  # the key manifests are verified with
+        self.fault_plan = (
+            FaultPlan.parse(settings.faults, settings.fault_seed) if settings.faults else None
+        )
 
     # === life cycle ==============================================================================
     async def start(self) -> None:
@@ -550,6 +603,11 @@ class MeshNode(CoreShell[MeshCore]):
         return self.core
 
     # === transport ===============================================================================
+    def _wrap(self, link: Link, remote: str) -> Link:
+        if self.fault_plan is None:
+            return link
+        return FaultyLink(link, self.fault_plan, local=self.address, remote=remote)
+
     # === timer and effects =======================================================================
     def _execute(self, effect: MeshEffect) -> None:
         if isinstance(effect, Send):

@@ -238,15 +238,14 @@ class PeerNode(CoreShell[PeerCore]):
         if s.create is None:
             assert s.join is not None
             return await self.homs.find_overlay(s.join)
-        # HOMP carries whole seconds; the core's own (sub-second) values apply locally.
-        interval = max(1, round(self.config.heartbeat_interval))
-        timeout = max(interval + 1, round(self.config.heartbeat_timeout))
+        # HOMP carries whole seconds (rounded by the client, in the HOMP field only); the
+        # core keeps its own sub-second values (PeerConfig.with_overlay, pinned).
         overlay_id = await self.homs.create_overlay(
             s.create,
             owner_id=self.peer_id,
             admin_key=s.admin_key or secrets.token_urlsafe(16),
-            heartbeat_interval=interval,
-            heartbeat_timeout=timeout,
+            heartbeat_interval=self.config.heartbeat_interval,
+            heartbeat_timeout=self.config.heartbeat_timeout,
             description=s.description,
             access_key=s.access_key,
         )

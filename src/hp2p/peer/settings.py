@@ -1,17 +1,33 @@
-"""Peer configuration, shell side (PC FE, Q.4100 §7.2.1.1): TOML file + environment + flags.
+"""Peer settings (PC FE, Q.4100 §7.2.1.1): one object with sections, one pipeline, one error.
 
-Two kinds of settings reach a running peer:
+:class:`Settings` holds every parameter of ``hp2p peer``, in four sections:
 
-* :class:`NodeSettings`: what the asyncio shell needs (HOMS URL, listen address, local API,
-  peer-id, HOMP ``expires``, retries, fault injection …);
-* :class:`hp2p.peer.config.PeerConfig`: every knob of the sans-IO core.
+=========== ========================================= ===========================================
+section     class                                     applies to
+=========== ========================================= ===========================================
+``node``    :class:`NodeSettings`                     every peer's shell: HOMS, create/join,
+                                                      listen, local API, peer-id, HOMP, faults …
+``tree``    :class:`hp2p.peer.config.PeerConfig`      the CoreTree/SubTree core
+``mesh``    :class:`hp2p.peer.mesh_config.MeshConfig` the SubMesh core
+``submesh`` :class:`SubMeshSettings`                  the SubMesh shell (parent, store, standby,
+                                                      manifest keys)
+=========== ========================================= ===========================================
 
-Both are set the same way, in increasing precedence: defaults, a TOML file (flat keys, or the
-tables ``[node]`` and ``[core]``), environment variables ``HP2P_<KEY>`` (``HP2P_MAX_CHILDREN=8``)
-and command-line flags (``--set KEY=VALUE`` for any key). Keys of the two sets never collide, so
-one flat namespace names every parameter; an unknown key is an error that names the key, never
-silently ignored. Values from the environment and ``--set`` are strings and are converted to the
-type of the setting.
+They are set the same way, in increasing precedence: defaults, a TOML file, environment
+variables ``HP2P_<KEY>`` (``HP2P_MAX_CHILDREN=8``) and command-line flags (``--set KEY=VALUE``
+for any key, :func:`parse_assignments`, and the named options of ``hp2p peer``). One flat
+namespace names every key; a key two sections share (``heartbeat_interval``,
+``heartbeat_timeout``) sets both. ``SECTION.KEY`` (``--set mesh.heartbeat_timeout=6``, or a TOML
+table ``[tree]`` (alias ``[core]``), ``[mesh]``, ``[submesh]``) sets one section only and is
+*conditional*: it applies when that section does. A TOML ``[node]`` table is the same as flat
+keys. Values from the environment and ``--set`` are strings, converted to the key's type.
+
+Which sections apply depends on the overlay, known once the HOMS has said what it is
+(:func:`runtime_of` on the typed HOMP query answer): ``node`` + ``tree`` for a CoreTree or
+SubTree, ``node`` + ``mesh`` + ``submesh`` for a SubMesh. :meth:`Settings.check` then refuses
+every flat key the user gave that does not apply, with a message that says why and what to do:
+nothing given is ever silently ignored. An unknown key is an error that names it and its close
+matches. Every error of this module (and of the section classes) is :class:`SettingsError`.
 """
 
 from __future__ import annotations
@@ -22,33 +38,59 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from hp2p.peer.config import ConfigError, PeerConfig
+from hp2p.peer.config import PeerConfig
+from hp2p.peer.errors import SettingsError
+from hp2p.peer.mesh_config import MeshConfig
+
+if TYPE_CHECKING:
+    from hp2p.wire import homp
+
+__all__ = [
+    "ENV_PREFIX",
+    "NodeSettings",
+    "Runtime",
+    "Settings",
+    "SettingsError",
+    "SubMeshSettings",
+    "merge",
+    "overlay_kind",
+    "parse_assignments",
+    "runtime_of",
+    "settings_table",
+    "split_host_port",
+]
 
 ENV_PREFIX = "HP2P_"
 
+#: The two peer runtimes: the tree (CoreTree, SubTree) and the SubMesh.
+Runtime = Literal["tree", "mesh"]
 
-class SettingsError(ValueError):
-    """A setting is unknown, badly typed or impossible; the message names it."""
 
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
+def _doc(text: str, **extra: str) -> dict[str, str]:
+    return {"doc": text, **extra}
 
 
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
-    """Settings of the peer shell (``hp2p peer``); the core's own are in ``PeerConfig``."""
+    """The ``node`` section: the shell of every peer (tree or SubMesh)."""
 
     homs: str = field(
         default="http://127.0.0.1:8081", metadata=_doc("HOMS URL (R1, HOMP over HTTP).")
     )
     create: str | None = field(
-        default=None, metadata=_doc("Create a CoreTree overlay with this title, then join it.")
+        default=None,
+        metadata=_doc(
+            "Create an overlay with this title, then join it: a CoreTree, or with parent a "
+            "SubMesh whose source is this peer."
+        ),
     )
     join: str | None = field(
-        default=None, metadata=_doc("Join the overlay with this overlay-id or title.")
+        default=None,
+        metadata=_doc(
+            "Join the overlay with this overlay-id or title (CoreTree, SubTree, SubMesh)."
+        ),
     )
     listen: str = field(
         default="127.0.0.1:0",
@@ -61,13 +103,16 @@ class NodeSettings:
     peer_id: str | None = field(
         default=None, metadata=_doc("Peer-id (default: peer-<8 random hex digits>).")
     )
-    description: str = field(default="", metadata=_doc("Overlay description for --create."))
+    description: str = field(
+        default="", metadata=_doc("Overlay description for --create.", only="create")
+    )
     access_key: str | None = field(
         default=None,
         metadata=_doc("Access key: makes a created overlay closed; needed to join a closed one."),
     )
     admin_key: str | None = field(
-        default=None, metadata=_doc("Admin key of a created overlay (default: random).")
+        default=None,
+        metadata=_doc("Admin key of a created overlay (default: random).", only="create"),
     )
     expires: int = field(
         default=30, metadata=_doc("HOMP expires (s); the peer refreshes every 0.8 × expires.")
@@ -77,11 +122,16 @@ class NodeSettings:
         default=4, metadata=_doc("HOMP attempts per operation (exponential back-off, jitter).")
     )
     join_timeout: float = field(
-        default=30.0, metadata=_doc("Give up when the peer is not attached after this (s).")
+        default=30.0,
+        metadata=_doc(
+            "Give up when the peer is not attached (tree) or joined (SubMesh) after this (s)."
+        ),
     )
     rejoins: int = field(
         default=3,
-        metadata=_doc("Fresh HOMP joins (new ticket) after the core gave up re-attaching."),
+        metadata=_doc(
+            "Fresh HOMP joins (new ticket) after the tree core gave up re-attaching.", only="tree"
+        ),
     )
     leave_timeout: float = field(
         default=5.0, metadata=_doc("Bound on a clean leave: RELEASE, flush, HOMP leave (s).")
@@ -92,7 +142,10 @@ class NodeSettings:
     )
     send_queue_bytes: int = field(
         default=4 * 1024 * 1024,
-        metadata=_doc("Bytes queued per link before frames are refused (back-pressure)."),
+        metadata=_doc(
+            "Bytes queued per link before frames are refused (back-pressure); a SubMesh peer "
+            "that sets nothing takes 16 MiB (pieces are large)."
+        ),
     )
     faults: str = field(
         default="",
@@ -122,6 +175,48 @@ class NodeSettings:
         return {f.name: (f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)}
 
 
+@dataclass(frozen=True, slots=True)
+class SubMeshSettings:
+    """The ``submesh`` section: what only a SubMesh peer's shell takes."""
+
+    parent: str | None = field(
+        default=None,
+        metadata=_doc(
+            "With create: the parent CoreTree's overlay-id; the new overlay is a SubMesh "
+            "(sub/mesh) and this peer its source.",
+            only="create",
+        ),
+    )
+    store: str | None = field(
+        default=None, metadata=_doc("Directory of a persistent piece store (default: memory).")
+    )
+    standby: bool = field(
+        default=False,
+        metadata=_doc("Standby for the source: publish in its place when it is gone."),
+    )
+    signing_key: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Source (or standby): Ed25519 key file that signs manifests, created 0600 if "
+            "absent (default $HP2P_KEY_DIR or $XDG_STATE_HOME/hp2p/submesh-keys/<source-id>"
+            ".ed25519.pem)."
+        ),
+    )
+    unsigned: bool = field(
+        default=False, metadata=_doc("Source: publish unsigned manifests (for old peers).")
+    )
+    source_key: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Pin the source's public key (ed25519:HEX) instead of trusting the HOMS's record."
+        ),
+    )
+
+    @classmethod
+    def describe(cls) -> dict[str, tuple[Any, str]]:
+        return {f.name: (f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)}
+
+
 def split_host_port(value: str, name: str = "address") -> tuple[str, int]:
     """``HOST:PORT`` (IPv6 as ``[::1]:PORT``) into its parts, with a clear error."""
     host, sep, port = value.rpartition(":")
@@ -131,38 +226,213 @@ def split_host_port(value: str, name: str = "address") -> tuple[str, int]:
     return host, int(port)
 
 
-_NODE_FIELDS = {f.name: f for f in dataclasses.fields(NodeSettings)}
-_CORE_FIELDS = {f.name: f for f in dataclasses.fields(PeerConfig)}
-assert not set(_NODE_FIELDS) & set(_CORE_FIELDS), "node and core setting names must differ"
+# --- the sections and their keys ---------------------------------------------------------------
+
+_SECTIONS: dict[str, Any] = {
+    "node": NodeSettings,
+    "tree": PeerConfig,
+    "mesh": MeshConfig,
+    "submesh": SubMeshSettings,
+}
+#: TOML table and ``--set SECTION.KEY`` names of the sections (``core``: the older name).
+_SECTION_NAMES = {
+    "node": "node",
+    "tree": "tree",
+    "core": "tree",
+    "mesh": "mesh",
+    "submesh": "submesh",
+}
+_APPLIES: dict[Runtime, tuple[str, ...]] = {
+    "tree": ("node", "tree"),
+    "mesh": ("node", "mesh", "submesh"),
+}
+_LABEL = {
+    "node": "shell",
+    "tree": "tree (CoreTree/SubTree)",
+    "mesh": "SubMesh",
+    "submesh": "SubMesh",
+}
+
+
+def _fields(section: str) -> dict[str, dataclasses.Field[Any]]:
+    return {
+        f.name: f for f in dataclasses.fields(_SECTIONS[section]) if not f.metadata.get("internal")
+    }
+
+
+_FIELDS = {section: _fields(section) for section in _SECTIONS}
+#: key -> the sections that have it (two for the shared heartbeat keys)
+_KEYS: dict[str, tuple[str, ...]] = {}
+for _section, _names in _FIELDS.items():
+    for _name in _names:
+        _KEYS[_name] = (*_KEYS.get(_name, ()), _section)
+assert all(set(sections) <= {"tree", "mesh"} for sections in _KEYS.values() if len(sections) > 1), (
+    "only the two cores may share a key (it then means the same thing in both)"
+)
+
+
+def _targets(name: str) -> tuple[tuple[str, str], ...]:
+    """The (section, key) pairs that ``name`` (``KEY`` or ``SECTION.KEY``) sets."""
+    scope, _, key = name.rpartition(".")
+    if scope:
+        section = _SECTION_NAMES.get(scope)
+        if section is None:
+            raise SettingsError(
+                f"unknown section {scope!r} in {name!r}; sections are node, tree (or core), "
+                "mesh and submesh"
+            )
+        if key not in _FIELDS[section]:
+            where = _KEYS.get(key)
+            hint = f" (it is in {', '.join(where)})" if where else _close(key)
+            raise SettingsError(f"{key!r} is not a {section} setting{hint}")
+        return ((section, key),)
+    sections = _KEYS.get(key)
+    if sections is None:
+        raise SettingsError(
+            f"unknown setting {key!r}{_close(key)}; `hp2p peer --help` lists every setting"
+        )
+    return tuple((section, key) for section in sections)
+
+
+def _close(key: str) -> str:
+    import difflib  # only for a mistyped key
+
+    matches = difflib.get_close_matches(key, list(_KEYS), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(matches)}?)" if matches else ""
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 
 
 def _convert(name: str, declared: Any, raw: Any) -> Any:
     """Bring a TOML value or a string (environment, ``--set``) to the setting's type."""
-    kind = str(declared)
+    kind = str(declared).replace(" ", "")
+    optional = "|None" in kind
+    base = kind.split("|")[0]
     if raw is None:
-        return None
-    if isinstance(raw, str):
-        text = raw.strip()
-        if "None" in kind and text.lower() in ("", "none"):
+        if optional:
             return None
+        raise SettingsError(f"{name}: a value is required")
+    if isinstance(raw, str) and base != "str":
+        text = raw.strip()
+        if optional and text.lower() in ("", "none"):
+            return None
+        if base == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise SettingsError(f"{name}: expected true or false, got {raw!r}")
         try:
-            if kind.startswith("int"):
-                return int(text)
-            if kind.startswith("float"):
-                return float(text)
+            raw = int(text) if base == "int" else float(text)
         except ValueError:
-            expected = "an integer" if kind.startswith("int") else "a number"
+            expected = "an integer" if base == "int" else "a number"
             raise SettingsError(f"{name}: expected {expected}, got {raw!r}") from None
-        return raw
-    if kind.startswith("float") and isinstance(raw, int) and not isinstance(raw, bool):
+    if base == "bool" and not isinstance(raw, bool):
+        raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+    if base == "int" and (isinstance(raw, bool) or not isinstance(raw, int)):
+        raise SettingsError(f"{name}: expected an integer, got {raw!r}")
+    if base == "float":
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise SettingsError(f"{name}: expected a number, got {raw!r}")
         return float(raw)
-    if kind.startswith("str") and not isinstance(raw, str):
+    if base == "str" and not isinstance(raw, str):
         raise SettingsError(f"{name}: expected a string, got {raw!r}")
     return raw
 
 
+# --- the settings object -----------------------------------------------------------------------
+
+
+def overlay_kind(overlay: homp.QueryOverlay) -> str:
+    """``CoreTree``, ``SubTree`` or ``SubMesh``, from the typed HOMP query answer."""
+    if overlay.type == "core":
+        return "CoreTree"
+    return "SubMesh" if overlay.sub_type == "mesh" else "SubTree"
+
+
+def runtime_of(overlay: homp.QueryOverlay) -> Runtime:
+    """Which peer runtime joins ``overlay``: the SubMesh one for sub/mesh, else the tree one."""
+    return "mesh" if overlay_kind(overlay) == "SubMesh" else "tree"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of one peer, by section, and which keys the user gave (see the module)."""
+
+    node: NodeSettings = field(default_factory=NodeSettings)
+    tree: PeerConfig = field(default_factory=PeerConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    submesh: SubMeshSettings = field(default_factory=SubMeshSettings)
+    #: Keys as the user gave them (``max_children``, ``mesh.heartbeat_timeout``), from the
+    #: TOML file, the environment and the flags; what :meth:`check` looks at.
+    given: frozenset[str] = frozenset()
+
+    def created_runtime(self) -> Runtime:
+        """The runtime of a ``create``: a SubMesh with ``parent``, else a CoreTree."""
+        return "mesh" if self.submesh.parent else "tree"
+
+    def check(self, runtime: Runtime, overlay: str) -> None:
+        """Refuse every given key that does not apply to ``runtime``.
+
+        ``overlay`` says what the overlay is, for the message ("overlay 'blocks' is a
+        SubMesh"). Keys given as ``SECTION.KEY`` (or in a TOML section table) are conditional
+        and never refused: they apply when their section does.
+        """
+        creating = self.node.create is not None
+        problems: list[str] = []
+        for name in sorted(self.given):
+            if "." in name:
+                continue
+            sections = _KEYS[name]
+            applying = [s for s in sections if s in _APPLIES[runtime]]
+            only = _FIELDS[sections[0]][name].metadata.get("only")
+            if only == "create" and not creating:
+                problems.append(f"{name} applies to --create only, not to --join: drop it")
+            elif not applying:
+                label = _LABEL[sections[0]]
+                problems.append(
+                    f"{name} is a {label} setting and {overlay}: drop it, or give it as "
+                    f"{sections[0]}.{name} (TOML table [{sections[0]}]) to apply it to "
+                    f"{label} peers only"
+                )
+            elif only == "tree" and runtime != "tree":
+                problems.append(f"{name} applies to tree peers only and {overlay}: drop it")
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    # --- the lean runtime's copy (hp2p.peer.daemon) ------------------------------------------
+    def to_document(self) -> dict[str, Any]:
+        """Plain JSON-ready values; :meth:`from_document` rebuilds the same object."""
+        tree = dataclasses.asdict(self.tree)
+        tree["pinned"] = sorted(self.tree.pinned)
+        return {
+            "node": dataclasses.asdict(self.node),
+            "tree": tree,
+            "mesh": dataclasses.asdict(self.mesh),
+            "submesh": dataclasses.asdict(self.submesh),
+            "given": sorted(self.given),
+        }
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> Settings:
+        tree = dict(document["tree"])
+        tree["pinned"] = frozenset(tree.get("pinned", ()))
+        return cls(
+            node=NodeSettings(**document["node"]),
+            tree=PeerConfig(**tree),
+            mesh=MeshConfig.from_dict(document["mesh"]),
+            submesh=SubMeshSettings(**document["submesh"]),
+            given=frozenset(document.get("given", ())),
+        )
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """Flat keys of a TOML settings file; ``[node]`` and ``[core]`` tables are flattened."""
+    """Keys of a TOML settings file: flat, ``[node]`` flattened, section tables as SECTION.KEY."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -171,27 +441,33 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key in ("node", "core") and isinstance(value, dict):
+        if key == "node" and isinstance(value, dict):
             flat.update(value)
+        elif key in _SECTION_NAMES and isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, dict):
+            raise SettingsError(
+                f"config file {path}: unknown table [{key}]; tables are [node], [tree] (or "
+                "[core]), [mesh] and [submesh]"
+            )
         else:
             flat[key] = value
     return flat
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """``HP2P_<KEY>`` variables that name a setting (others, e.g. HP2P_TEST_*, are left alone)."""
-    known = set(_NODE_FIELDS) | set(_CORE_FIELDS)
+    """``HP2P_<KEY>`` variables that name a setting (others, e.g. HP2P_KEY_DIR, are left alone)."""
     found: dict[str, str] = {}
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX):
             key = name[len(ENV_PREFIX) :].lower()
-            if key in known:
+            if key in _KEYS:
                 found[key] = value
     return found
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
-    """``--set KEY=VALUE`` items."""
+    """``--set KEY=VALUE`` items (``KEY`` may be ``SECTION.KEY``); the one ``--set`` parser."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -206,59 +482,38 @@ def merge(
     file: Path | None = None,
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
-) -> tuple[NodeSettings, PeerConfig]:
-    """Defaults < TOML file < environment < flags; returns both typed setting objects."""
+) -> Settings:
+    """Defaults < TOML file < environment < flags (``None`` flags are "not given")."""
     layers: list[Mapping[str, Any]] = []
     if file is not None:
         layers.append(read_toml(file))
     layers.append(from_environment(os.environ if environ is None else environ))
     layers.append({k: v for k, v in (flags or {}).items() if v is not None})
-    node: dict[str, Any] = {}
-    core: dict[str, Any] = {}
+    values: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
+    given: set[str] = set()
     for layer in layers:
-        for key, value in layer.items():
-            if key in _NODE_FIELDS:
-                node[key] = _convert(key, _NODE_FIELDS[key].type, value)
-            elif key in _CORE_FIELDS:
-                core[key] = _convert(key, _CORE_FIELDS[key].type, value)
+        for name, raw in layer.items():
+            for section, key in _targets(name):
+                values[section][key] = _convert(key, _FIELDS[section][key].type, raw)
+            given.add(name)
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        try:
+            if hasattr(cls, "from_dict"):
+                sections[section] = cls.from_dict(values[section])
             else:
-                raise SettingsError(
-                    f"unknown setting {key!r}; `hp2p peer --help` lists every setting"
-                )
-    try:
-        return NodeSettings(**node), PeerConfig.from_dict(core)
-    except ConfigError as exc:
-        raise SettingsError(str(exc)) from None
-    except TypeError as exc:
-        raise SettingsError(f"bad setting: {exc}") from None
+                sections[section] = cls(**values[section])
+        except SettingsError as exc:
+            raise SettingsError(f"{exc} ({_LABEL[section]} settings)") from None
+        except TypeError as exc:
+            raise SettingsError(f"bad setting: {exc}") from None
+    return Settings(**sections, given=frozenset(given))
 
 
-def settings_table() -> list[tuple[str, str, str]]:
-    """(key, default, doc) of every setting, shell first, for --help and docs/peer.md."""
-    rows = [(k, repr(d), doc) for k, (d, doc) in NodeSettings.describe().items()]
-    rows += [(k, repr(d), doc) for k, (d, doc) in PeerConfig.describe().items()]
+def settings_table() -> list[tuple[str, str, str, str]]:
+    """(section, key, default, doc) of every setting, for ``--help`` and docs/peer.md."""
+    rows: list[tuple[str, str, str, str]] = []
+    for section, cls in _SECTIONS.items():
+        for key, (default, doc) in cls.describe().items():
+            rows.append((section, key, repr(default), doc))
     return rows
-
-
-@dataclass(frozen=True, slots=True)
-class SubMeshSigning:
-    """``hp2p peer`` options that only a SubMesh peer takes (manifest signatures)."""
-
-    source_key: str | None = None
-    require_signatures: bool = False
-    signing_key: str | None = None
-
-    @property
-    def given(self) -> bool:
-        return bool(self.source_key or self.require_signatures or self.signing_key)
-
-    def argv(self) -> list[str]:
-        """The same options for ``python -m hp2p.peer.mesh_daemon``."""
-        out: list[str] = []
-        if self.source_key:
-            out += ["--source-key", self.source_key]
-        if self.require_signatures:
-            out.append("--require-signatures")
-        if self.signing_key:
-            out += ["--signing-key", self.signing_key]
-        return out

@@ -63,7 +63,12 @@ def sim(
     drain: Annotated[float, typer.Option(help="Seconds simulated after the last publish.")] = 5.0,
     payload: Annotated[int, typer.Option(help="Payload bytes per broadcast.")] = 1024,
     sources: Annotated[str, typer.Option(help="root (latency by depth) or random.")] = "root",
-    fanout: Annotated[int, typer.Option(help="Children per peer (max_children).")] = 4,
+    max_children: Annotated[
+        int, typer.Option("--max-children", help="Children per peer (max_children).")
+    ] = 4,
+    fanout: Annotated[
+        int | None, typer.Option("--fanout", hidden=True, help="Deprecated: --max-children.")
+    ] = None,
     heartbeat: Annotated[float, typer.Option(help="Overlay heartbeat interval (s).")] = 1.0,
     heartbeat_timeout: Annotated[
         float | None, typer.Option(help="Heartbeat timeout (s); default 3 x --heartbeat.")
@@ -107,6 +112,9 @@ def sim(
     and how many simulated deliveries per wall second the simulator reached.
     """
     seed_list = _seeds(seeds)
+    if fanout is not None:
+        typer.echo("hp2p sim: --fanout is deprecated: use --max-children", err=True)
+        max_children = fanout
     try:
         links = LinkModel(
             latency=LatencyModel.parse(latency),
@@ -125,7 +133,7 @@ def sim(
             drain=drain,
             payload=payload,
             sources=sources,
-            fanout=fanout,
+            max_children=max_children,
             heartbeat_interval=heartbeat,
             heartbeat_timeout=heartbeat_timeout if heartbeat_timeout is not None else 3 * heartbeat,
             cache_count=cache_count,
@@ -193,7 +201,7 @@ def _params(scenario: Scenario, seeds: list[int], latency: str) -> dict[str, Any
         "rate": scenario.rate,
         "duration": scenario.duration,
         "payload": scenario.payload,
-        "fanout": scenario.fanout,
+        "max_children": scenario.max_children,
         "sources": scenario.sources,
         "heartbeat_interval": scenario.heartbeat_interval,
         "heartbeat_timeout": scenario.heartbeat_timeout,

@@ -43,7 +43,7 @@ class Scenario:
     drain: float = 5.0
     payload: int = 1024
     sources: str = "root"  # root | random
-    fanout: int = 4
+    max_children: int = 4  # children per peer (PeerConfig.max_children)
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 3.0
     cache_count: int = 1024
@@ -72,8 +72,8 @@ class Scenario:
             raise ScenarioError("payload must not be negative")
         if self.sources not in ("root", "random"):
             raise ScenarioError("sources must be 'root' or 'random'")
-        if self.fanout < 1:
-            raise ScenarioError("fanout must be at least 1")
+        if self.max_children < 1:
+            raise ScenarioError("max_children must be at least 1")
         if not 0 < self.heartbeat_interval < self.heartbeat_timeout:
             raise ScenarioError("need 0 < heartbeat_interval < heartbeat_timeout")
         if not 0.0 <= self.fail_fraction < 1.0:
@@ -102,7 +102,7 @@ class Scenario:
     def config(self) -> PeerConfig:
         # Big runs need small caches: 10,000 cores x 1024 cached 1 KiB messages is 10 GB.
         return PeerConfig(
-            max_children=self.fanout,
+            max_children=self.max_children,
             cache_count=self.cache_count,
             cache_bytes=max(self.cache_count * max(self.payload, 1) * 2, 1 << 16),
         )
