@@ -80,12 +80,15 @@ from hp2p.wire.r2.messages import (
     BuffermapEntry,
     BuffermapResponse,
     Estab,
+    EstabExt,
     EstabResponse,
     GetData,
     GetDataResponse,
     Heartbeat,
+    HeartbeatExt,
     HeartbeatResponse,
     Hello,
+    HelloExt,
     HelloResponse,
     Message,
     PeerAddress,
@@ -98,8 +101,11 @@ from hp2p.wire.r2.messages import (
     SetCandidate,
     SetCandidateResponse,
     SetPrimary,
+    SetPrimaryExt,
     SetPrimaryResponse,
+    SetPrimaryResponseExt,
 )
+from hp2p.wire.r2.schema import MAX_HOPS
 
 _DATA_ROLES = PATH_ROLES
 _SCAN_MEMORY = 64
@@ -121,7 +127,6 @@ _REFILL_TRIES = 3
 _RECOVERY_WINDOW = 0.05
 _NEW_SOURCE_BACKFILL = 64
 _HEADS_MAX = 64
-_ADDRESS_MAX = 256
 _HOLD_MAX = 0.05
 _FAULTS = frozenset({"connection closed", "heartbeat timeout"})
 
@@ -151,16 +156,6 @@ class CoreCounters:
     attempts: int = 0
     repairs: int = 0
     paths_lost: int = 0
-
-
-def _hp2p_depth(extra: dict[str, Any] | None) -> int | None:
-    """The hp2p depth extension, if present and sane (a reference peer sends none)."""
-    if not extra:
-        return None
-    depth = extra.get("depth")
-    if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth < 1_000_000:
-        return depth
-    return None
 
 
 class PeerCore:
@@ -594,7 +589,7 @@ class PeerCore:
                 self._live_gap(msg.source, previous + 1, msg.sequence - 1, now)
         elif 1 < msg.sequence <= _NEW_SOURCE_BACKFILL and self._settled(now):
             self._live_gap(msg.source, 1, msg.sequence - 1, now)
-        if msg.hp2p is not None and msg.hp2p.get("recovered") is True:
+        if msg.hp2p.recovered:
             recovered = True
         self.cache.put(msg, now)
         targets = self.paths.fanout(link.conn, msg.candidate_path)
@@ -633,10 +628,9 @@ class PeerCore:
         self._effects.append(Send((link.conn,), HelloResponse()))
         if msg.peer_id == self.peer_id or msg.ticket_id <= self.ticket:
             return  # the ticket rule: never volunteer to an older (or the same) peer
-        extra = msg.hp2p or {}
-        up = extra.get("up")
-        up = up if isinstance(up, int) and not isinstance(up, bool) and 0 < up < 64 else 0
-        attempt = extra.get("attempt")
+        extra = msg.hp2p  # typed and bounded at decode (hp2p.wire.r2.schema.HelloExt)
+        up = extra.up or 0
+        attempt = extra.attempt
         if attempt is not None and not self._remember_hello(msg.peer_id, msg.ticket_id, attempt):
             return  # the same HELLO again by another route: one answer per peer
         vertical = bool(msg.vertical_candidate)
@@ -655,7 +649,7 @@ class PeerCore:
                 conn_num -= 1
                 self._volunteer(msg, vertical, now)
             elif (
-                extra.get("displace") is True
+                extra.displace
                 and msg.recovery
                 and may_displace(self.ticket, msg.ticket_id, self.paths, conn_num, vertical)
             ):
@@ -664,13 +658,13 @@ class PeerCore:
         if vertical:
             return
         parent = self.paths.parent
-        down = extra.get("down")
-        if isinstance(down, int) and not isinstance(down, bool) and role is Role.PARENT:
-            if conn_num == msg.conn_num and 0 < down < 64:
+        down = extra.down
+        if down is not None and role is Role.PARENT:
+            if conn_num == msg.conn_num and down > 0:
                 self._descend(msg, extra, down - 1, link.conn)
             return
-        if "up" in extra and role is not Role.PARENT and (up == 0 or parent is None):
-            self._descend(msg, extra, self.config.hello_up, link.conn)
+        if extra.up is not None and role is not Role.PARENT and (up == 0 or parent is None):
+            self._descend(msg, extra, min(self.config.hello_up, MAX_HOPS), link.conn)
         if up > 0 and role is not Role.PARENT and parent is not None:
             climbing = Hello(
                 overlay_id=msg.overlay_id,
@@ -680,11 +674,11 @@ class PeerCore:
                 conn_num=1,
                 ttl=1,  # a reference parent volunteers but does not relay it down
                 recovery=msg.recovery,
-                hp2p={**extra, "up": up - 1},
+                hp2p=msgspec.structs.replace(extra, up=up - 1),
             )
             self._effects.append(Send((parent.conn,), climbing))
         ttl = msg.ttl - 1
-        if role is Role.CHILD and extra.get("cpm") is True:
+        if role is Role.CHILD and extra.cpm:
             ttl = 1  # a candidate refill: the siblings of the climb may volunteer too
         elif role is Role.CHILD or ttl <= 0 or conn_num <= 0:
             return
@@ -704,11 +698,11 @@ class PeerCore:
                 conn_num=per_child,
                 ttl=ttl,
                 recovery=msg.recovery,
-                hp2p={**extra, "up": 0} if extra else None,
+                hp2p=extra if extra == HelloExt() else msgspec.structs.replace(extra, up=0),
             )
             self._effects.append(Send(children, relayed))
 
-    def _descend(self, msg: Hello, extra: dict[str, Any], down: int, arrival: int) -> None:
+    def _descend(self, msg: Hello, extra: HelloExt, down: int, arrival: int) -> None:
         """Pass the HELLO to the child whose subtree reports the shallowest free child slot.
 
         Children report that depth in their heartbeats (hp2p ``slot``), so the peer where a
@@ -734,7 +728,7 @@ class PeerCore:
             conn_num=1,
             ttl=1,
             recovery=msg.recovery,
-            hp2p={**extra, "up": 0, "down": down},
+            hp2p=msgspec.structs.replace(extra, up=0, down=down),
         )
         self._effects.append(Send((best.conn,), descending))
 
@@ -750,15 +744,7 @@ class PeerCore:
         slot = self._slot_depth()
         self._advertised = (self.depth, slot)
         self._advert_dirty = False
-        extra: dict[str, Any] = {}
-        if self.depth is not None:
-            extra["depth"] = self.depth
-            if slot is not None:
-                extra["slot"] = slot
-        heads = self._heads()
-        if heads:
-            extra["heads"] = heads
-        return Heartbeat(hp2p=extra or None)
+        return Heartbeat(hp2p=HeartbeatExt(depth=self.depth, slot=slot, heads=self._heads()))
 
     def _heads(self) -> dict[str, int]:
         sent = self._heads_sent
@@ -773,16 +759,14 @@ class PeerCore:
             self._heads_sent = {s: n for s, n in sent.items() if s in self.duplicates.sources}
         return heads
 
-    def _check_heads(self, heads: object, now: float) -> None:
+    def _check_heads(self, heads: dict[str, int], now: float) -> None:
         """A neighbour's heads: a newer sequence than mine is a hole at my tail."""
-        if not isinstance(heads, dict) or len(heads) > 4 * _HEADS_MAX:
-            return
         duplicates = self.duplicates
         # Heads travel on every path, candidates included, and a candidate nearer the source
         # may simply be ahead of me: wait longer than for a hole before calling it a loss.
         wait = max(self.config.gap_wait, self.config.heartbeat_interval / 2)
         for source, newest in heads.items():
-            if not isinstance(newest, int) or isinstance(newest, bool) or source == self.peer_id:
+            if source == self.peer_id:
                 continue
             win = duplicates.sources.get(source)
             if win is None:
@@ -826,18 +810,14 @@ class PeerCore:
         conn = self._new_conn()
         # My listening address: the joiner knows only the ephemeral end of my connection, and
         # without it cannot tell its own children where their grandparent is (R2's ESTAB has
-        # no address; PeerAddress in 4200 and the vertical-candidate HELLO need it).
-        extra: dict[str, Any] = {"address": self.address}
-        if self.depth is not None:
-            extra["depth"] = self.depth
-        if displace:
-            extra["displace"] = True  # the joiner ranks me after every free slot
+        # no address; PeerAddress in 4200 and the vertical-candidate HELLO need it). With
+        # displace, the joiner ranks me after every free slot.
         estab = Estab(
             overlay_id=self.overlay_id,
             peer_id=self.peer_id,
             ticket_id=self.ticket,
             allow_primary_req=not vertical,
-            hp2p=extra or None,
+            hp2p=EstabExt(address=self.address, depth=self.depth, displace=displace),
         )
         link = Link(
             conn,
@@ -872,12 +852,11 @@ class PeerCore:
             return
         link.peer_id = msg.peer_id
         link.ticket = msg.ticket_id
-        link.depth = _hp2p_depth(msg.hp2p)
+        link.depth = msg.hp2p.depth
         link.allow_primary = msg.allow_primary_req
-        link.displace = bool(msg.hp2p and msg.hp2p.get("displace") is True)
-        address = msg.hp2p.get("address") if msg.hp2p else None
-        if isinstance(address, str) and 0 < len(address) <= _ADDRESS_MAX:
-            link.address = address
+        link.displace = msg.hp2p.displace
+        if msg.hp2p.address:
+            link.address = msg.hp2p.address
         gp = self.grandparent
         link.vertical = gp is not None and gp.peer_id == msg.peer_id
         if self.phase is Phase.ATTACHED or not msg.allow_primary_req:
@@ -937,11 +916,10 @@ class PeerCore:
         self.phase = Phase.HELLO
         self._hello_accepted = False
         self._hellos_out.clear()
-        extra: dict[str, Any] = {}
+        extra = HelloExt(displace=self._displacing)
         if self.config.hello_up > 0:
-            extra = {"up": self.config.hello_up, "attempt": self._attempt}
-        if self._displacing:
-            extra["displace"] = True
+            up = min(self.config.hello_up, MAX_HOPS)
+            extra = msgspec.structs.replace(extra, up=up, attempt=self._attempt)
         for peer_id, address in peers:
             if peer_id == self.peer_id or self.paths.by_peer(peer_id) is not None:
                 continue
@@ -954,7 +932,7 @@ class PeerCore:
                 conn_num=self.config.conn_num,
                 ttl=self.config.hello_ttl,
                 recovery=True if self._needs_spare_slot else None,
-                hp2p=dict(extra) if extra else None,
+                hp2p=extra,
             )
             link = Link(
                 conn, Role.CONNECTING, peer_id=peer_id, address=address, opened=now, last_rx=now
@@ -1063,16 +1041,14 @@ class PeerCore:
             if self.paths.get(link.conn) is not link:
                 continue
             self._asking = link
-            extra: dict[str, Any] | None = None
+            extra = SetPrimaryExt()
             if self._needs_spare_slot:
-                extra = {"recovery": True}
-                if self._displacing:
-                    extra["displace"] = True
+                extra = SetPrimaryExt(recovery=True, displace=self._displacing)
             buffermap = None
             if self._detached_at is not None and self.recovery_by == "push":
                 # Push recovery: my buffermap rides on SET_PRIMARY, the parent's on 4200.
                 buffermap = self._buffermap(now)
-                extra = {**(extra or {}), "since": round(self._outage(now), 3)}
+                extra = msgspec.structs.replace(extra, since=round(self._outage(now), 3))
             self._effects.append(Send((link.conn,), SetPrimary(buffermap=buffermap, hp2p=extra)))
             timeout = self.config.set_primary_timeout
             if self._candidates_only:
@@ -1099,7 +1075,7 @@ class PeerCore:
             return
         self._asking = None
         self._selection.clear()
-        depth = _hp2p_depth(msg.hp2p)
+        depth = msg.hp2p.depth
         if depth is not None:
             link.depth = depth
         if link.role is Role.OUT_CANDIDATE or link.role is Role.OFFERED:
@@ -1198,11 +1174,10 @@ class PeerCore:
             # this orphan to the HOMS, a round trip that costs more than the wait.
             self._deferred.append((link, msg))
             return
-        recovery = bool(msg.hp2p and msg.hp2p.get("recovery") is True)
+        recovery = msg.hp2p.recovery
         if (
             recovery
-            and msg.hp2p is not None
-            and msg.hp2p.get("displace") is True
+            and msg.hp2p.displace
             and self.phase is Phase.ATTACHED
             and link.ticket > self.ticket
             and not self.paths.child_slot_free(recovery)
@@ -1221,10 +1196,8 @@ class PeerCore:
             self._emit_path(link, "role")
             if msg.buffermap is not None:
                 # Push recovery, parent side: send the new child what its buffermap lacks.
-                since = msg.hp2p.get("since") if msg.hp2p else None
-                start = None
-                if isinstance(since, int | float) and not isinstance(since, bool):
-                    start = now - min(max(0.0, float(since)), self.config.cache_age)
+                since = msg.hp2p.since
+                start = None if since is None else now - min(since, self.config.cache_age)
                 self._push(link, msg.buffermap, start, now)
         else:
             self._effects.append(Send((link.conn,), SetPrimaryResponse(code=PRIMARY_NO)))
@@ -1244,7 +1217,7 @@ class PeerCore:
             code=PRIMARY_YES,
             buffermap=None if request.buffermap is None else self._buffermap(now),
             parent_peer=None if parent is None else PeerAddress(parent.peer_id, parent.address),
-            hp2p=None if self.depth is None else {"depth": self.depth},
+            hp2p=SetPrimaryResponseExt(depth=self.depth),
         )
 
     def _on_set_candidate(self, link: Link, msg: SetCandidate, now: float) -> None:
@@ -1259,14 +1232,14 @@ class PeerCore:
 
     # === liveness, release, loss (PSP FE, POC FE) ================================================
     def _on_heartbeat(self, link: Link, msg: Heartbeat, now: float) -> None:
-        if msg.hp2p is not None and "heads" in msg.hp2p:
-            self._check_heads(msg.hp2p["heads"], now)
-        depth = _hp2p_depth(msg.hp2p)
+        extra = msg.hp2p
+        if extra.heads:
+            self._check_heads(extra.heads, now)
+        depth = extra.depth
         if depth is None:
             return
         link.depth = depth
-        slot = msg.hp2p.get("slot") if msg.hp2p else None
-        slot = slot if isinstance(slot, int) and not isinstance(slot, bool) else None
+        slot = extra.slot
         if slot != link.slot:
             link.slot = slot
             if link.role is Role.CHILD:
@@ -1647,11 +1620,11 @@ class PeerCore:
             ticket_id=self.ticket,
             conn_num=deficit,
             ttl=1,
-            hp2p={
-                "up": max(1, self.config.hello_up),
-                "attempt": f"cpm-{self._refills}-{now:.3f}",
-                "cpm": True,
-            },
+            hp2p=HelloExt(
+                up=max(1, min(self.config.hello_up, MAX_HOPS)),
+                attempt=f"cpm-{self._refills}-{now:.3f}",
+                cpm=True,
+            ),
         )
         self._effects.append(Send((parent.conn,), hello))
         if self._refills < _REFILL_TRIES:

@@ -84,11 +84,14 @@ from hp2p.wire.r2.messages import (
     Heartbeat,
     HeartbeatResponse,
     Hello,
+    HelloExt,
     HelloResponse,
     Message,
     Release,
+    ReleaseExt,
     ReleaseResponse,
 )
+from hp2p.wire.r2.schema import MAX_TEXT
 
 #: Extra neighbour slots for the source and for standbys watching it.
 _SPARE_SLOTS = 4
@@ -205,6 +208,11 @@ class _Link:
 class _Request:
     peer_id: str
     deadline: float
+
+
+def _release(reason: str) -> Release:
+    """A RELEASE saying why, for the remote's log; cut to what the wire field allows."""
+    return Release(hp2p=ReleaseExt(reason=reason[:MAX_TEXT]))
 
 
 class MeshCore:
@@ -418,7 +426,7 @@ class MeshCore:
             ticket_id=self.ticket,
             conn_num=0,
             ttl=0,
-            hp2p={"mesh": 1, "standby": 1} if self.standby else {"mesh": 1},
+            hp2p=HelloExt(mesh=1, standby=1 if self.standby else 0),
         )
         self._send(link, hello, now)
         self._after(now)
@@ -525,7 +533,7 @@ class MeshCore:
         """Release every link and stop; the core ignores later inputs except ``take_effects``."""
         for link in list(self._links.values()):
             if link.state == "up":
-                self._send(link, Release(hp2p={"reason": "leaving"}), now)
+                self._send(link, _release("leaving"), now)
             self._effects.append(Close(link.conn))
         self._links.clear()
         self._neighbours.clear()
@@ -556,7 +564,7 @@ class MeshCore:
         if msg.overlay_id != self.overlay_id:
             self._refuse(link, f"overlay {msg.overlay_id!r} is not {self.overlay_id!r}", now)
             return
-        if not (msg.hp2p or {}).get("mesh"):
+        if not msg.hp2p.mesh:
             self._refuse(link, "this is a SubMesh: HELLO must carry hp2p.mesh", now)
             return
         if peer == self.peer_id or peer in self._banned:
@@ -577,7 +585,7 @@ class MeshCore:
                 return
         # A standby watching its source, and the source itself, get a link even when the set
         # is full (a few spare slots), so that failure detection does not depend on luck.
-        special = peer == self.source_id or bool((msg.hp2p or {}).get("standby"))
+        special = peer == self.source_id or bool(msg.hp2p.standby)
         limit = self.config.max_neighbours + (_SPARE_SLOTS if special else 0)
         if len(self._neighbours) >= limit:
             self._refuse(link, "mesh neighbour set full", now)
@@ -610,7 +618,7 @@ class MeshCore:
 
     def _refuse(self, link: _Link, reason: str, now: float) -> None:
         self.counters.refused_links += 1
-        self._send(link, Release(hp2p={"reason": reason}), now)
+        self._send(link, _release(reason), now)
         self._drop(link, now, backoff=False)
 
     def _drop(self, link: _Link, now: float, backoff: bool = True) -> None:
@@ -641,7 +649,7 @@ class MeshCore:
                 self._banned.popitem(last=False)
         self.counters.banned += 1
         self._error(link, f"dropped and banned: {reason}", now)
-        self._send(link, Release(hp2p={"reason": reason}), now)
+        self._send(link, _release(reason), now)
         self._drop(link, now)
 
     def _strike(self, link: _Link, reason: str, now: float) -> None:

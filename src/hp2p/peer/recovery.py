@@ -37,13 +37,14 @@ import msgspec
 
 from hp2p.peer.broadcast import DuplicateFilter
 from hp2p.peer.cache import MessageCache
-from hp2p.wire.r2.messages import BroadcastData, BuffermapEntry
+from hp2p.wire.r2.messages import BroadcastData, BroadcastExt, BuffermapEntry
 
 _JSON = msgspec.json.Encoder()
 # JSON bytes of one buffermap element besides its id and its numbers:
 # {"SourcePeerId":,"Sequence":[]}, plus a comma between elements.
 _ENTRY_OVERHEAD = 32
-RECOVERED = {"recovered": True}  # hp2p flag on a pushed BROADCAST_DATA: delivered as recovered
+RECOVERED = BroadcastExt(recovered=True)
+"""The hp2p flag on a pushed BROADCAST_DATA: the receiver delivers it as recovered."""
 
 
 def summarise(entries: Iterable[BuffermapEntry], budget: int) -> list[BuffermapEntry]:
