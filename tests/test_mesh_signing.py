@@ -42,6 +42,7 @@ from hp2p.wire.r2.messages import (
     GetData,
     GetDataResponse,
     Hello,
+    HelloExt,
 )
 
 OVERLAY = "sim-mesh"
@@ -212,7 +213,7 @@ def _core(config: MeshConfig | None = None, key: str | None = None, **kw) -> tup
     core = MeshCore(config or MeshConfig(), "me", "mem://me", random.Random(0), **kw)
     core.start(MeshJoinInfo(OVERLAY, SOURCE, 2, (), source_key=key), 0.0)
     conn = core.accept(0.0)
-    core.receive(conn, Hello(OVERLAY, "n1", "mem://n1", 1, 0, 0, hp2p={"mesh": 1}), 0.0)
+    core.receive(conn, Hello(OVERLAY, "n1", "mem://n1", 1, 0, 0, hp2p=HelloExt(mesh=1)), 0.0)
     core.take_effects()
     announce = BuffermapResponse(
         OVERLAY, [BuffermapEntry(SOURCE, [sequence_of(1, 0), sequence_of(1, 1)])]

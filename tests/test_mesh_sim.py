@@ -21,6 +21,7 @@ from hp2p.wire.r2.messages import (
     GetDataResponse,
     Heartbeat,
     Hello,
+    HelloExt,
     HelloResponse,
     Release,
 )
@@ -248,12 +249,12 @@ def test_bad_input_is_refused_with_a_reason_and_never_raises():
     assert any(isinstance(e, Close) and e.conn == conn for e in effects)
     assert core.counters.protocol_errors == 1
     conn = core.accept(0.2)
-    core.receive(conn, Hello("other", "x", "mem://x", 1, hp2p={"mesh": 1}), 0.3)
+    core.receive(conn, Hello("other", "x", "mem://x", 1, hp2p=HelloExt(mesh=1)), 0.3)
     sent = [e.message for e in core.take_effects() if isinstance(e, Send)]
     assert isinstance(sent[0], Release)
-    assert "overlay" in (sent[0].hp2p or {}).get("reason", "")
+    assert "overlay" in (sent[0].hp2p.reason or "")
     conn = core.accept(0.4)
-    core.receive(conn, Hello("ov", "x", "mem://x", 1, hp2p={"mesh": 1}), 0.5)
+    core.receive(conn, Hello("ov", "x", "mem://x", 1, hp2p=HelloExt(mesh=1)), 0.5)
     assert any(
         isinstance(e, Send) and isinstance(e.message, HelloResponse) for e in core.take_effects()
     )
@@ -281,7 +282,7 @@ def _linked_core(config: MeshConfig) -> tuple[MeshCore, int]:
     core = MeshCore(config, "me", "mem://me", random.Random(0))
     core.start(MeshJoinInfo("ov", "src", 1, ()), 0.0)
     conn = core.accept(0.0)
-    core.receive(conn, Hello("ov", "liar", "mem://liar", 2, hp2p={"mesh": 1}), 0.1)
+    core.receive(conn, Hello("ov", "liar", "mem://liar", 2, hp2p=HelloExt(mesh=1)), 0.1)
     core.take_effects()
     return core, conn
 

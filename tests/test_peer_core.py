@@ -25,6 +25,8 @@ from hp2p.peer.effects import (
     Send,
 )
 from hp2p.peer.paths import Link, Role
+from hp2p.wire.errors import HeaderError
+from hp2p.wire.r2 import decode, encode
 from hp2p.wire.r2.messages import (
     ESTAB_NO,
     ESTAB_YES,
@@ -35,11 +37,14 @@ from hp2p.wire.r2.messages import (
     Buffermap,
     BuffermapResponse,
     Estab,
+    EstabExt,
     EstabResponse,
     GetData,
     GetDataResponse,
     Heartbeat,
+    HeartbeatExt,
     Hello,
+    HelloExt,
     HelloResponse,
     PeerAddress,
     Probe,
@@ -47,7 +52,9 @@ from hp2p.wire.r2.messages import (
     Release,
     SetCandidate,
     SetPrimary,
+    SetPrimaryExt,
     SetPrimaryResponse,
+    SetPrimaryResponseExt,
 )
 
 OV = "ov"
@@ -104,12 +111,12 @@ def test_hello_is_answered_and_a_new_connection_carries_estab() -> None:
     estab = sends(c.take_effects(), Estab)[0]
     assert estab.conns == (connect.conn,)
     assert estab.message.allow_primary_req
-    assert estab.message.hp2p == {"depth": 0, "address": "mem://root"}
+    assert estab.message.hp2p == EstabExt(depth=0, address="mem://root")
     c.receive(connect.conn, EstabResponse(ESTAB_YES), 1.2)
     c.receive(connect.conn, SetPrimary(), 1.3)
     answer = sends(c.take_effects(), SetPrimaryResponse)[0].message
     assert answer.code == PRIMARY_YES
-    assert answer.hp2p == {"depth": 0}
+    assert answer.hp2p == SetPrimaryResponseExt(depth=0)
     assert c.paths.children == 1
 
 
@@ -169,7 +176,7 @@ def join_until_offers(c: PeerCore, offers: list[tuple[str, int, int | None]]) ->
     conns = {}
     for peer, ticket, depth in offers:
         conn = c.accept(0.03)
-        extra = None if depth is None else {"depth": depth}
+        extra = EstabExt(depth=depth)
         c.receive(conn, Estab(overlay_id=OV, peer_id=peer, ticket_id=ticket, hp2p=extra), 0.03)
         assert sends(c.take_effects(), EstabResponse)[0].message.code == ESTAB_YES
         conns[peer] = conn
@@ -196,7 +203,8 @@ def test_joiner_chooses_by_depth_then_rtt_and_keeps_the_rest_as_candidates() -> 
     ask = sends(c.take_effects(), SetPrimary)
     assert [s.conns for s in ask] == [(conns["slow"],)]
     gp = PeerAddress("gp", "mem://gp")
-    c.receive(conns["slow"], SetPrimaryResponse(parent_peer=gp, hp2p={"depth": 1}), 1.2)
+    yes = SetPrimaryResponse(parent_peer=gp, hp2p=SetPrimaryResponseExt(depth=1))
+    c.receive(conns["slow"], yes, 1.2)
     out = c.take_effects()
     assert of(out, Joined) == [Joined("slow", 2, False)]
     assert sorted(s.conns[0] for s in sends(out, SetCandidate)) == sorted(
@@ -253,7 +261,8 @@ def attached(**settings: Any) -> tuple[PeerCore, dict[str, int]]:
     conns = join_until_offers(c, [("parent", 2, 1), ("cand", 3, 2)])
     probe_all(c, 1.0, {conns["parent"]: 0.01, conns["cand"]: 0.01})
     gp = PeerAddress("gp", "mem://gp")
-    c.receive(conns["parent"], SetPrimaryResponse(parent_peer=gp, hp2p={"depth": 1}), 1.1)
+    yes = SetPrimaryResponse(parent_peer=gp, hp2p=SetPrimaryResponseExt(depth=1))
+    c.receive(conns["parent"], yes, 1.1)
     c.take_effects()
     c.handle_timer(2.2)  # vertical_candidate_delay after attaching: HELLO to the grandparent
     connect = of(c.take_effects(), Connect)
@@ -295,7 +304,7 @@ def test_heartbeat_timeout_kills_the_parent_and_the_grandparent_is_asked_first()
     for _ in range(6):  # bounded: the candidates talk, the parent is silent
         now += 0.5
         for peer in ("cand", "gp"):
-            c.receive(conns[peer], Heartbeat(hp2p={"depth": 1}), now)
+            c.receive(conns[peer], Heartbeat(hp2p=HeartbeatExt(depth=1)), now)
         c.receive(77, Heartbeat(), now)
         c.handle_timer(now)
     out = c.take_effects()
@@ -303,10 +312,9 @@ def test_heartbeat_timeout_kills_the_parent_and_the_grandparent_is_asked_first()
     assert of(out, Detached)
     asks = sends(out, SetPrimary)
     assert [s.conns for s in asks] == [(conns["gp"],)]
-    assert asks[0].message.hp2p is not None
-    assert asks[0].message.hp2p["recovery"] is True
+    assert asks[0].message.hp2p.recovery
     assert asks[0].message.buffermap == []  # push recovery (the default): my (empty) buffermap
-    c.receive(conns["gp"], SetPrimaryResponse(hp2p={"depth": 0}), now + 0.1)
+    c.receive(conns["gp"], SetPrimaryResponse(hp2p=SetPrimaryResponseExt(depth=0)), now + 0.1)
     joined = of(c.take_effects(), Joined)
     assert joined == [Joined("gp", 1, True)]
     assert c.paths.children == 1  # the subtree moved with the peer
@@ -372,24 +380,43 @@ def test_recovered_data_is_delivered_once_and_flagged() -> None:
     assert [(d.sequence, d.recovered) for d in delivered] == [(2, True)]
 
 
-def test_malformed_hp2p_extensions_are_ignored_not_fatal() -> None:
+@pytest.mark.parametrize(
+    "hp2p",
+    [
+        b'{"up":-1,"attempt":null,"down":"x"}',
+        b'{"up":true,"down":1000000000}',
+        b'{"attempt":{"n":1},"cpm":"yes"}',
+        b'{"up":1180591620717411303424}',
+    ],
+)
+def test_malformed_hp2p_extensions_are_refused_before_the_core(hp2p: bytes) -> None:
+    """What the core used to check with isinstance, the decoder refuses (a HeaderError)."""
+    header = encode(hello())[4:]
+    assert header.endswith(b"}}}")
+    header = header[:-2] + b',"hp2p":' + hp2p + b"}}"
+    with pytest.raises(HeaderError) as info:
+        decode(b"\x01\x01" + len(header).to_bytes(2, "big") + header)
+    assert info.value.field.startswith("$.req-params.hp2p.")
+
+
+def test_extensions_at_their_bounds_are_handled_without_error() -> None:
     c = root()
-    odd: list[dict[str, Any]] = [
-        {"up": -1, "attempt": None, "down": "x"},
-        {"up": True, "down": 10**9},
-        {"depth": "deep", "slot": True},
-        {"up": 2**70},
+    extremes = [
+        HelloExt(up=63, down=0, attempt=2**63 - 1),
+        HelloExt(up=0, down=63, attempt="x" * 255, cpm=True),
+        HelloExt(displace=True, mesh=1, standby=1),
+        HelloExt(),
     ]
-    for n, extra in enumerate(odd):
+    for n, extra in enumerate(extremes):
         c.receive(c.accept(1.0), hello(f"j{n}", ticket=10 + n, hp2p=extra), 1.0)
     c.paths.add(Link(50, Role.CHILD, peer_id="kid", ticket=60))
-    c.receive(50, Heartbeat(hp2p={"depth": -5, "slot": "x"}), 1.0)
-    c.receive(50, SetPrimary(hp2p={"recovery": "yes"}), 1.0)  # on a child: answered again
+    c.receive(50, Heartbeat(hp2p=HeartbeatExt(depth=999_999, slot=0, heads={"s": 2**63 - 1})), 1.0)
+    c.receive(50, SetPrimary(hp2p=SetPrimaryExt(recovery=True, since=1e9)), 1.0)  # on a child
     out = c.take_effects()
     assert len(of(out, Connect)) == 4  # every joiner still got its volunteer
     assert not of(out, ProtocolError)
     assert c.paths.get(50) is not None
-    assert c.paths.get(50).depth is None  # type: ignore[union-attr]
+    assert c.paths.get(50).depth == 999_999  # type: ignore[union-attr]
 
 
 def test_forged_far_future_sequence_does_not_silence_the_source() -> None:
@@ -453,8 +480,7 @@ def full_root() -> PeerCore:
 
 
 def orphan_hello(peer: str, ticket: int, displace: bool) -> Hello:
-    extra = {"displace": True} if displace else None
-    return hello(peer, ticket=ticket, recovery=True, hp2p=extra)
+    return hello(peer, ticket=ticket, recovery=True, hp2p=HelloExt(displace=displace))
 
 
 def test_a_full_peer_volunteers_to_an_older_orphan_only_when_it_asks_to_displace() -> None:
@@ -468,7 +494,7 @@ def test_a_full_peer_volunteers_to_an_older_orphan_only_when_it_asks_to_displace
     assert [x.addresses[0] for x in connect] == ["mem://o2"]
     c.connection_made(connect[0].conn, 1.1)
     estab = sends(c.take_effects(), Estab)[0].message
-    assert estab.hp2p == {"depth": 0, "displace": True, "address": "mem://root"}
+    assert estab.hp2p == EstabExt(depth=0, displace=True, address="mem://root")
 
 
 def test_set_primary_from_an_older_orphan_releases_the_youngest_child_of_a_full_peer() -> None:
@@ -478,7 +504,7 @@ def test_set_primary_from_an_older_orphan_releases_the_youngest_child_of_a_full_
     c.connection_made(conn, 1.1)
     c.receive(conn, EstabResponse(ESTAB_YES), 1.2)
     c.take_effects()
-    c.receive(conn, SetPrimary(hp2p={"recovery": True, "displace": True}), 1.3)
+    c.receive(conn, SetPrimary(hp2p=SetPrimaryExt(recovery=True, displace=True)), 1.3)
     out = c.take_effects()
     assert [s.conns for s in sends(out, Release)] == [(101,)]  # c40: the youngest child
     assert Close(101) in out
@@ -490,7 +516,7 @@ def test_set_primary_from_an_older_orphan_releases_the_youngest_child_of_a_full_
 def test_set_primary_without_displace_from_an_orphan_is_refused_by_a_full_peer() -> None:
     c = full_root()
     c.paths.add(Link(102, Role.IN_CANDIDATE, peer_id="o", ticket=10))
-    c.receive(102, SetPrimary(hp2p={"recovery": True}), 1.0)
+    c.receive(102, SetPrimary(hp2p=SetPrimaryExt(recovery=True)), 1.0)
     out = c.take_effects()
     assert sends(out, SetPrimaryResponse)[0].message.code == PRIMARY_NO
     assert not sends(out, Release)
@@ -511,9 +537,8 @@ def test_an_orphan_asks_its_candidates_again_when_the_homs_lists_only_them() -> 
     assert not of(out, Connect)  # no HELLO: a second path to a candidate would be refused
     asks = sends(out, SetPrimary)
     assert [s.conns for s in asks] == [(conns["gp"],)]
-    assert asks[0].message.hp2p is not None
-    assert asks[0].message.hp2p["displace"] is True  # the second attempt may displace
-    c.receive(conns["gp"], SetPrimaryResponse(hp2p={"depth": 0}), 3.4)
+    assert asks[0].message.hp2p.displace  # the second attempt may displace
+    c.receive(conns["gp"], SetPrimaryResponse(hp2p=SetPrimaryResponseExt(depth=0)), 3.4)
     assert of(c.take_effects(), Joined) == [Joined("gp", 1, True)]
 
 
@@ -527,11 +552,11 @@ def test_an_orphan_ranks_a_volunteer_that_must_displace_after_a_free_slot() -> N
     shallow = c.accept(0.03)
     c.receive(
         shallow,
-        Estab(overlay_id=OV, peer_id="top", ticket_id=1, hp2p={"depth": 0, "displace": True}),
+        Estab(overlay_id=OV, peer_id="top", ticket_id=1, hp2p=EstabExt(depth=0, displace=True)),
         0.03,
     )
     deep = c.accept(0.03)
-    c.receive(deep, Estab(overlay_id=OV, peer_id="deep", ticket_id=7, hp2p={"depth": 3}), 0.03)
+    c.receive(deep, Estab(overlay_id=OV, peer_id="deep", ticket_id=7, hp2p=EstabExt(depth=3)), 0.03)
     c.take_effects()
     out = probe_all(c, 1.0, {shallow: 0.001, deep: 0.001})
     assert [s.conns for s in sends(out, SetPrimary)] == [(deep,)]
@@ -549,11 +574,12 @@ def test_an_orphan_takes_the_first_free_slot_offered_without_waiting_for_the_win
     c.receive(hello_conn, HelloResponse(), 3.32)
     c.take_effects()
     offer = c.accept(3.33)
-    c.receive(offer, Estab(overlay_id=OV, peer_id="older", ticket_id=4, hp2p={"depth": 3}), 3.33)
+    estab = Estab(overlay_id=OV, peer_id="older", ticket_id=4, hp2p=EstabExt(depth=3))
+    c.receive(offer, estab, 3.33)
     asks = sends(c.take_effects(), SetPrimary)
     # At once, and before the candidates that refused a moment ago.
     assert [s.conns for s in asks] == [(offer,)]
-    c.receive(offer, SetPrimaryResponse(hp2p={"depth": 3}), 3.34)
+    c.receive(offer, SetPrimaryResponse(hp2p=SetPrimaryResponseExt(depth=3)), 3.34)
     assert of(c.take_effects(), Joined) == [Joined("older", 4, True)]
 
 
@@ -563,14 +589,14 @@ def orphan_with_a_younger_asker() -> tuple[PeerCore, dict[str, int]]:
     c.paths.add(Link(88, Role.IN_CANDIDATE, peer_id="o", ticket=70, last_rx=2.5))
     c.receive(conns["parent"], Release(), 3.0)
     assert sends(c.take_effects(), SetPrimary)[0].conns == (conns["gp"],)
-    c.receive(88, SetPrimary(hp2p={"recovery": True}), 3.01)
+    c.receive(88, SetPrimary(hp2p=SetPrimaryExt(recovery=True)), 3.01)
     assert not sends(c.take_effects(), SetPrimaryResponse)  # held, not refused
     return c, conns
 
 
 def test_an_orphan_holds_a_younger_orphans_ask_and_takes_it_once_attached_again() -> None:
     c, conns = orphan_with_a_younger_asker()
-    c.receive(conns["gp"], SetPrimaryResponse(hp2p={"depth": 0}), 3.02)
+    c.receive(conns["gp"], SetPrimaryResponse(hp2p=SetPrimaryResponseExt(depth=0)), 3.02)
     out = c.take_effects()
     assert of(out, Joined) == [Joined("gp", 1, True)]
     answer = [s for s in sends(out, SetPrimaryResponse) if s.conns == (88,)]
@@ -613,11 +639,11 @@ def test_the_volunteers_address_in_estab_reaches_the_grandchildren_in_4200() -> 
     c.receive(connect.conn, HelloResponse(), 0.02)
     c.take_effects()
     offer = c.accept(0.03)
-    extra = {"depth": 0, "address": "tcp://127.0.0.1:7001"}
+    extra = EstabExt(depth=0, address="tcp://127.0.0.1:7001")
     c.receive(offer, Estab(overlay_id=OV, peer_id="p", ticket_id=2, hp2p=extra), 0.03)
     c.take_effects()
     probe_all(c, 1.0, {offer: 0.001})
-    c.receive(offer, SetPrimaryResponse(hp2p={"depth": 0}), 1.1)
+    c.receive(offer, SetPrimaryResponse(hp2p=SetPrimaryResponseExt(depth=0)), 1.1)
     assert of(c.take_effects(), Joined) == [Joined("p", 1, False)]
     c.paths.add(Link(90, Role.IN_CANDIDATE, peer_id="kid", ticket=99, last_rx=1.2))
     c.receive(90, SetPrimary(), 1.2)

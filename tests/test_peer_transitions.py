@@ -23,6 +23,7 @@ from hp2p.wire.r2.messages import (
     Release,
     SetPrimary,
     SetPrimaryResponse,
+    SetPrimaryResponseExt,
 )
 from test_peer_core import attached, core, join_until_offers, of, probe_all, sends
 
@@ -140,13 +141,13 @@ def test_hello_probe_select_attach() -> None:
     assert c.phase is Phase.HELLO
     probe_all(c, 1.0, {conns["p"]: 0.01})  # window over: PROBE; the answer: SET_PRIMARY
     assert c.phase is Phase.SELECTING
-    c.receive(conns["p"], SetPrimaryResponse(hp2p={"depth": 1}), 1.2)
+    c.receive(conns["p"], SetPrimaryResponse(hp2p=SetPrimaryResponseExt(depth=1)), 1.2)
     assert c.phase is Phase.ATTACHED
 
 
 def test_probing_select_then_attach() -> None:
     c, conns = selecting()
-    c.receive(conns["p"], SetPrimaryResponse(hp2p={"depth": 1}), 1.5)
+    c.receive(conns["p"], SetPrimaryResponse(hp2p=SetPrimaryResponseExt(depth=1)), 1.5)
     assert c.phase is Phase.ATTACHED
     assert of(c.take_effects(), Joined)[0].parent == "p"
 
@@ -204,7 +205,7 @@ def test_a_parent_lost_with_no_candidate_goes_to_the_homs_at_once() -> None:
     c = core("j", max_outgoing_candidates=0)
     conns = join_until_offers(c, [("parent", 2, 1)])
     probe_all(c, 1.0, {conns["parent"]: 0.01})
-    c.receive(conns["parent"], SetPrimaryResponse(hp2p={"depth": 1}), 1.1)
+    c.receive(conns["parent"], SetPrimaryResponse(hp2p=SetPrimaryResponseExt(depth=1)), 1.1)
     assert c.phase is Phase.ATTACHED
     c.take_effects()
     c.receive(conns["parent"], Release(), 2.0)

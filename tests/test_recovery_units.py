@@ -22,11 +22,13 @@ from hp2p.wire.r2 import decode, encode
 from hp2p.wire.r2.messages import (
     GET_DATA_MISSING,
     BroadcastData,
+    BroadcastExt,
     BuffermapEntry,
     BuffermapResponse,
     GetData,
     GetDataResponse,
     Heartbeat,
+    HeartbeatExt,
 )
 
 
@@ -229,7 +231,7 @@ def test_a_recovered_message_is_delivered_once_and_forwarded_down_but_not_back()
     out = c.take_effects()
     forwards = [e for e in out if isinstance(e, Send) and type(e.message) is BroadcastData]
     assert [e.conns for e in forwards] == [(b,)]
-    assert forwards[0].message.hp2p == {"recovered": True}
+    assert forwards[0].message.hp2p == BroadcastExt(recovered=True)
     delivered = [e for e in out if type(e).__name__ == "Deliver"]
     assert len(delivered) == 1
     assert delivered[0].recovered  # type: ignore[attr-defined]
@@ -240,7 +242,7 @@ def test_a_recovered_message_is_delivered_once_and_forwarded_down_but_not_back()
 def test_heads_in_a_heartbeat_reveal_a_lost_last_message() -> None:
     c, a, _ = attached_core(gap_wait=0.1)
     c.receive(a, BroadcastData(source="s", sequence=1, data=b"1"), 1.0)
-    c.receive(a, Heartbeat(hp2p={"heads": {"s": 3, "me": 99, "bad": "x"}}), 1.5)
+    c.receive(a, Heartbeat(hp2p=HeartbeatExt(heads={"s": 3, "me": 99})), 1.5)
     c.take_effects()
     c.handle_timer(1.6)  # heads may race the data: half a heartbeat interval of patience
     assert not [e for e in c.take_effects() if isinstance(e, Send) and type(e.message) is GetData]

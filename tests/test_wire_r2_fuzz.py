@@ -23,9 +23,19 @@ from test_wire_r2_golden import GOLDEN
 
 MESSAGE_TYPES = tuple(get_args(r2.Request)) + tuple(get_args(r2.Response))
 SEEDS = [frame for _, frame, _ in GOLDEN] + [
-    r2.encode(r2.Heartbeat(hp2p={"sig": "x", "n": [1, {"a": None}]})),
+    r2.encode(r2.Heartbeat(hp2p=r2.HeartbeatExt(depth=2, slot=3, heads={"s": 7, "t": 1}))),
+    r2.encode(
+        r2.Hello("o", "p", "a", 5, hp2p=r2.HelloExt(up=8, attempt="cpm-1-2.000", displace=True))
+    ),
+    r2.encode(r2.Estab("o", "p", 1, hp2p=r2.EstabExt(address="tcp://a:1", depth=0))),
     r2.encode(r2.ScanTree(1, "o", "p", "a", 1, [["p", "a"]], [["q", "2", "b"]])),
-    r2.encode(r2.SetPrimary(buffermap=[r2.BuffermapEntry("s", [1, 2])], hp2p={"depth": 1})),
+    r2.encode(
+        r2.SetPrimary(
+            buffermap=[r2.BuffermapEntry("s", [1, 2])],
+            hp2p=r2.SetPrimaryExt(recovery=True, since=1.5),
+        )
+    ),
+    r2.encode(r2.BroadcastData("s", 3, b"x", hp2p=r2.BroadcastExt(recovered=True))),
     r2.encode(r2.Probe(ntp_time="2023-06-30 12:00:00.000")),
     r2.encode(r2.Release(ack=True)),
 ]

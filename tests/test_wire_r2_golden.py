@@ -177,8 +177,8 @@ def test_unknown_keys_are_ignored_and_hp2p_travels_inside_req_params() -> None:
         b'"req-params":{"hp2p":{"depth":2},"other":true}}'
     )
     frame = b"\x01\x01" + len(header).to_bytes(2, "big") + header
-    assert r2.decode(frame) == r2.Heartbeat(hp2p={"depth": 2})
-    assert r2.encode(r2.Heartbeat(hp2p={"depth": 2})) == (
+    assert r2.decode(frame) == r2.Heartbeat(hp2p=r2.HeartbeatExt(depth=2))
+    assert r2.encode(r2.Heartbeat(hp2p=r2.HeartbeatExt(depth=2))) == (
         b'\x01\x01\x00\x30{"req-code":8,"req-params":{"hp2p":{"depth":2}}}'
     )
 

@@ -36,6 +36,19 @@ def _int(t: mi.IntType) -> st.SearchStrategy[int]:
     return st.integers(lo, hi)
 
 
+def _float(t: mi.FloatType) -> st.SearchStrategy[float]:
+    lo = t.ge if t.ge is not None else t.gt
+    hi = t.le if t.le is not None else t.lt
+    return st.floats(
+        lo,
+        hi,
+        exclude_min=t.ge is None and t.gt is not None,
+        exclude_max=t.le is None and t.lt is not None,
+        allow_nan=False,
+        allow_infinity=False,
+    )
+
+
 def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
     """A strategy producing valid Python values for one msgspec type."""
     if isinstance(t, mi.StructType):
@@ -44,6 +57,8 @@ def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
         return _text(t)
     if isinstance(t, mi.IntType):
         return _int(t)
+    if isinstance(t, mi.FloatType):
+        return _float(t)
     if isinstance(t, mi.BoolType):
         return st.booleans()
     if isinstance(t, mi.NoneType):
@@ -55,11 +70,19 @@ def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
     if isinstance(t, mi.ListType):
         hi = min(t.max_length if t.max_length is not None else _MAX_LIST, _MAX_LIST)
         return st.lists(for_type(t.item_type), max_size=hi)
-    if isinstance(t, mi.DictType):
-        return st.dictionaries(st.text(max_size=8), _JSON_SCALARS, max_size=4)
+    if isinstance(t, mi.DictType):  # typed keys and values (hp2p heads); dict[str, Any] too
+        keys = st.text(max_size=8) if _unbounded_str(t.key_type) else for_type(t.key_type)
+        hi = min(t.max_length if t.max_length is not None else _MAX_LIST, _MAX_LIST)
+        return st.dictionaries(
+            keys, for_type(t.value_type), min_size=t.min_length or 0, max_size=hi
+        )
     if isinstance(t, mi.AnyType):
         return _JSON_SCALARS
     raise NotImplementedError(f"no strategy for {t!r}")
+
+
+def _unbounded_str(t: mi.Type) -> bool:
+    return isinstance(t, mi.StrType) and t.max_length is None and t.pattern is None
 
 
 @cache

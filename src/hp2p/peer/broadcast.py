@@ -228,7 +228,7 @@ class Broadcaster:
                 self.core.dr.live_gap(msg.source, previous + 1, msg.sequence - 1, now)
         elif 1 < msg.sequence <= _NEW_SOURCE_BACKFILL and self.core.dr.settled(now):
             self.core.dr.live_gap(msg.source, 1, msg.sequence - 1, now)
-        if msg.hp2p is not None and msg.hp2p.get("recovered") is True:
+        if msg.hp2p.recovered:
             recovered = True
         self.cache.put(msg, now)
         targets = self.paths.fanout(link.conn, msg.candidate_path)

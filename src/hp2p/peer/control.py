@@ -29,7 +29,9 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.effects import Detached, HomsRecoveryJoin, Joined, JoinFailed
@@ -39,12 +41,15 @@ from hp2p.wire.r2.messages import (
     PRIMARY_YES,
     EstabResponse,
     Hello,
+    HelloExt,
     HelloResponse,
     Probe,
     SetCandidate,
     SetPrimary,
+    SetPrimaryExt,
     SetPrimaryResponse,
 )
+from hp2p.wire.r2.schema import MAX_HOPS
 
 if TYPE_CHECKING:
     from hp2p.peer.core import PeerCore
@@ -343,11 +348,10 @@ class Control:
 
     def _hello(self) -> Hello:
         core = self.core
-        extra: dict[str, Any] = {}
+        extra = HelloExt(displace=self.displacing)
         if core.config.hello_up > 0:
-            extra = {"up": core.config.hello_up, "attempt": self.attempt}
-        if self.displacing:
-            extra["displace"] = True
+            up = min(core.config.hello_up, MAX_HOPS)
+            extra = msgspec.structs.replace(extra, up=up, attempt=self.attempt)
         return Hello(
             overlay_id=core.overlay_id,
             peer_id=core.peer_id,
@@ -356,7 +360,7 @@ class Control:
             conn_num=core.config.conn_num,
             ttl=core.config.hello_ttl,
             recovery=True if self.needs_spare_slot else None,
-            hp2p=extra or None,
+            hp2p=extra,
         )
 
     def on_hello_response(self, link: Link, msg: HelloResponse, now: float) -> None:
@@ -482,16 +486,14 @@ class Control:
 
     def _set_primary(self, now: float) -> SetPrimary:
         core = self.core
-        extra: dict[str, Any] | None = None
+        extra = SetPrimaryExt()
         if self.needs_spare_slot:
-            extra = {"recovery": True}
-            if self.displacing:
-                extra["displace"] = True
+            extra = SetPrimaryExt(recovery=True, displace=self.displacing)
         buffermap = None
         if core.dr.detached_at is not None and core.recovery_by == "push":
             # Push recovery: my buffermap rides on SET_PRIMARY, the parent's on 4200.
             buffermap = core.cm.buffermap(now)
-            extra = {**(extra or {}), "since": round(core.dr.outage(now), 3)}
+            extra = msgspec.structs.replace(extra, since=round(core.dr.outage(now), 3))
         return SetPrimary(buffermap=buffermap, hp2p=extra)
 
     def on_set_primary_response(self, link: Link, msg: SetPrimaryResponse, now: float) -> None:
@@ -505,7 +507,7 @@ class Control:
             return
         self.asking = None
         self.selection.clear()
-        depth = hp2p_depth(msg.hp2p)
+        depth = msg.hp2p.depth
         if depth is not None:
             link.depth = depth
         if link.role is Role.OUT_CANDIDATE or link.role is Role.OFFERED:
@@ -673,13 +675,3 @@ class Control:
             T_ASK: self.on_ask_timer,
             T_RETRY: self.on_retry_timer,
         }
-
-
-def hp2p_depth(extra: dict[str, Any] | None) -> int | None:
-    """The hp2p depth extension, if present and sane (a reference peer sends none)."""
-    if not extra:
-        return None
-    depth = extra.get("depth")
-    if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth < 1_000_000:
-        return depth
-    return None

@@ -21,10 +21,13 @@ from hp2p.wire.r2.messages import (
     BuffermapResponse,
     Heartbeat,
     Hello,
+    HelloExt,
     HelloResponse,
     Message,
     Release,
+    ReleaseExt,
 )
+from hp2p.wire.r2.schema import MAX_TEXT
 
 if TYPE_CHECKING:
     from hp2p.peer.mesh import MeshCore
@@ -46,6 +49,11 @@ class MeshLink:
     have: set[int] = field(default_factory=set)
     inflight: int = 0
     strikes: int = 0
+
+
+def _release(reason: str) -> Release:
+    """A RELEASE saying why, for the remote's log; cut to what the wire field allows."""
+    return Release(hp2p=ReleaseExt(reason=reason[:MAX_TEXT]))
 
 
 class MeshLinks:
@@ -106,7 +114,7 @@ class MeshLinks:
             ticket_id=core.ticket,
             conn_num=0,
             ttl=0,
-            hp2p={"mesh": 1, "standby": 1} if core.standby else {"mesh": 1},
+            hp2p=HelloExt(mesh=1, standby=1 if core.standby else 0),
         )
         self.send(link, hello, now)
 
@@ -116,7 +124,7 @@ class MeshLinks:
         if msg.overlay_id != core.overlay_id:
             self.refuse(link, f"overlay {msg.overlay_id!r} is not {core.overlay_id!r}", now)
             return
-        if not (msg.hp2p or {}).get("mesh"):
+        if not msg.hp2p.mesh:
             self.refuse(link, "this is a SubMesh: HELLO must carry hp2p.mesh", now)
             return
         if peer == core.peer_id or peer in self.banned:
@@ -137,7 +145,7 @@ class MeshLinks:
                 return
         # A standby watching its source, and the source itself, get a link even when the set
         # is full (a few spare slots), so that failure detection does not depend on luck.
-        special = peer == core.source_id or bool((msg.hp2p or {}).get("standby"))
+        special = peer == core.source_id or bool(msg.hp2p.standby)
         limit = core.config.max_neighbours + (SPARE_SLOTS if special else 0)
         if len(self.neighbours) >= limit:
             self.refuse(link, "mesh neighbour set full", now)
@@ -171,7 +179,7 @@ class MeshLinks:
 
     def refuse(self, link: MeshLink, reason: str, now: float) -> None:
         self.core.counters.refused_links += 1
-        self.send(link, Release(hp2p={"reason": reason}), now)
+        self.send(link, _release(reason), now)
         self.drop(link, now, backoff=False)
 
     def drop(self, link: MeshLink, now: float, backoff: bool = True) -> None:
@@ -200,7 +208,7 @@ class MeshLinks:
                 self.banned.popitem(last=False)
         core.counters.banned += 1
         core.link_error(link, f"dropped and banned: {reason}")
-        self.send(link, Release(hp2p={"reason": reason}), now)
+        self.send(link, _release(reason), now)
         self.drop(link, now)
 
     def strike(self, link: MeshLink, reason: str, now: float) -> None:
@@ -213,7 +221,7 @@ class MeshLinks:
         """Leaving: RELEASE every up link and close every connection."""
         for link in list(self.links.values()):
             if link.state == "up":
-                self.send(link, Release(hp2p={"reason": "leaving"}), now)
+                self.send(link, _release("leaving"), now)
             self.core.close(link.conn)
         self.links.clear()
         self.neighbours.clear()

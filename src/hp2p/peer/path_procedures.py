@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from hp2p.peer.control import (
     Phase,
-    hp2p_depth,
     may_displace,
     may_volunteer,
     parent_rank,
@@ -29,8 +30,10 @@ from hp2p.wire.r2.messages import (
     PRIMARY_NO,
     PRIMARY_YES,
     Estab,
+    EstabExt,
     EstabResponse,
     Hello,
+    HelloExt,
     HelloResponse,
     PeerAddress,
     Release,
@@ -39,7 +42,9 @@ from hp2p.wire.r2.messages import (
     SetCandidateResponse,
     SetPrimary,
     SetPrimaryResponse,
+    SetPrimaryResponseExt,
 )
+from hp2p.wire.r2.schema import MAX_HOPS
 
 if TYPE_CHECKING:
     from hp2p.peer.core import PeerCore
@@ -47,7 +52,6 @@ if TYPE_CHECKING:
 _HELLO_MEMORY = 256
 _VERTICAL_TRIES = 3
 _REFILL_TRIES = 3
-_ADDRESS_MAX = 256
 T_VERTICAL = "vertical"
 T_REFILL = "refill"
 T_DEFER = "defer"
@@ -95,15 +99,15 @@ class PathManager:
         core.send((link.conn,), HelloResponse())
         if msg.peer_id == core.peer_id or msg.ticket_id <= core.ticket:
             return  # the ticket rule: never volunteer to an older (or the same) peer
-        extra = msg.hp2p or {}
-        attempt = extra.get("attempt")
+        extra = msg.hp2p  # typed and bounded at decode (hp2p.wire.r2.schema.HelloExt)
+        attempt = extra.attempt
         if attempt is not None and not self._remember_hello(msg.peer_id, msg.ticket_id, attempt):
             return  # the same HELLO again by another route: one answer per peer
         conn_num = self._maybe_volunteer(msg, extra, now)
         if not msg.vertical_candidate:
             self._relay_hello(link, role, msg, extra, conn_num)
 
-    def _maybe_volunteer(self, msg: Hello, extra: dict[str, Any], now: float) -> int:
+    def _maybe_volunteer(self, msg: Hello, extra: HelloExt, now: float) -> int:
         """Volunteer if the rules allow; the ``conn_num`` left for the relayed HELLOs."""
         core = self.core
         vertical = bool(msg.vertical_candidate)
@@ -123,7 +127,7 @@ class PathManager:
             self._volunteer(msg, vertical, now)
             return conn_num - 1
         if (
-            extra.get("displace") is True
+            extra.displace
             and msg.recovery
             and may_displace(core.ticket, msg.ticket_id, core.paths, conn_num, vertical)
         ):
@@ -132,24 +136,24 @@ class PathManager:
         return conn_num
 
     def _relay_hello(
-        self, link: Link, role: Role, msg: Hello, extra: dict[str, Any], conn_num: int
+        self, link: Link, role: Role, msg: Hello, extra: HelloExt, conn_num: int
     ) -> None:
         core = self.core
-        up = extra.get("up")
-        up = up if isinstance(up, int) and not isinstance(up, bool) and 0 < up < 64 else 0
+        up = extra.up or 0
         parent = core.paths.parent
-        down = extra.get("down")
-        if isinstance(down, int) and not isinstance(down, bool) and role is Role.PARENT:
-            if conn_num == msg.conn_num and 0 < down < 64:
+        down = extra.down
+        if down is not None and role is Role.PARENT:
+            if conn_num == msg.conn_num and down > 0:
                 self._descend(msg, extra, down - 1, link.conn)
             return
-        if "up" in extra and role is not Role.PARENT and (up == 0 or parent is None):
-            self._descend(msg, extra, core.config.hello_up, link.conn)
+        if extra.up is not None and role is not Role.PARENT and (up == 0 or parent is None):
+            self._descend(msg, extra, min(core.config.hello_up, MAX_HOPS), link.conn)
         if up > 0 and role is not Role.PARENT and parent is not None:
             # a reference parent volunteers (ttl 1) but does not relay it down
-            core.send((parent.conn,), _relayed(msg, 1, 1, {**extra, "up": up - 1}))
+            climbing = msgspec.structs.replace(extra, up=up - 1)
+            core.send((parent.conn,), _relayed(msg, 1, 1, climbing))
         ttl = msg.ttl - 1
-        if role is Role.CHILD and extra.get("cpm") is True:
+        if role is Role.CHILD and extra.cpm:
             ttl = 1  # a candidate refill: the siblings of the climb may volunteer too
         elif role is Role.CHILD or ttl <= 0 or conn_num <= 0:
             return
@@ -161,10 +165,11 @@ class PathManager:
         )
         per_child = relay_conn_num(conn_num, len(children))
         if children and per_child > 0:
-            relayed = _relayed(msg, per_child, ttl, {**extra, "up": 0} if extra else None)
+            down_only = extra if extra == HelloExt() else msgspec.structs.replace(extra, up=0)
+            relayed = _relayed(msg, per_child, ttl, down_only)
             core.send(children, relayed)
 
-    def _descend(self, msg: Hello, extra: dict[str, Any], down: int, arrival: int) -> None:
+    def _descend(self, msg: Hello, extra: HelloExt, down: int, arrival: int) -> None:
         """Pass the HELLO to the child whose subtree reports the shallowest free child slot.
 
         Children report that depth in their heartbeats (hp2p ``slot``), so the peer where a
@@ -183,7 +188,7 @@ class PathManager:
         own = core.psp.slot_depth()
         if own is not None and own <= best.slot and core.paths.child_slot_free():
             return  # this peer is already the best place, and it volunteered
-        descending = _relayed(msg, 1, 1, {**extra, "up": 0, "down": down})
+        descending = _relayed(msg, 1, 1, msgspec.structs.replace(extra, up=0, down=down))
         core.send((best.conn,), descending)
 
     def _remember_hello(self, peer_id: str, ticket: int, attempt: object) -> bool:
@@ -200,18 +205,14 @@ class PathManager:
         conn = core.new_conn()
         # My listening address: the joiner knows only the ephemeral end of my connection, and
         # without it cannot tell its own children where their grandparent is (R2's ESTAB has
-        # no address; PeerAddress in 4200 and the vertical-candidate HELLO need it).
-        extra: dict[str, Any] = {"address": core.address}
-        if core.depth is not None:
-            extra["depth"] = core.depth
-        if displace:
-            extra["displace"] = True  # the joiner ranks me after every free slot
+        # no address; PeerAddress in 4200 and the vertical-candidate HELLO need it). With
+        # displace, the joiner ranks me after every free slot.
         estab = Estab(
             overlay_id=core.overlay_id,
             peer_id=core.peer_id,
             ticket_id=core.ticket,
             allow_primary_req=not vertical,
-            hp2p=extra or None,
+            hp2p=EstabExt(address=core.address, depth=core.depth, displace=displace),
         )
         link = Link(
             conn,
@@ -248,12 +249,11 @@ class PathManager:
             return
         link.peer_id = msg.peer_id
         link.ticket = msg.ticket_id
-        link.depth = hp2p_depth(msg.hp2p)
+        link.depth = msg.hp2p.depth
         link.allow_primary = msg.allow_primary_req
-        link.displace = bool(msg.hp2p and msg.hp2p.get("displace") is True)
-        address = msg.hp2p.get("address") if msg.hp2p else None
-        if isinstance(address, str) and 0 < len(address) <= _ADDRESS_MAX:
-            link.address = address
+        link.displace = msg.hp2p.displace
+        if msg.hp2p.address:
+            link.address = msg.hp2p.address
         gp = core.grandparent
         link.vertical = gp is not None and gp.peer_id == msg.peer_id
         if core.phase is Phase.ATTACHED or not msg.allow_primary_req:
@@ -312,8 +312,8 @@ class PathManager:
             # this orphan to the HOMS, a round trip that costs more than the wait.
             self.deferred.append((link, msg))
             return
-        recovery = bool(msg.hp2p and msg.hp2p.get("recovery") is True)
-        if recovery and msg.hp2p is not None and msg.hp2p.get("displace") is True:
+        recovery = msg.hp2p.recovery
+        if recovery and msg.hp2p.displace:
             self._displace_for(link, now)
         if (
             core.phase is Phase.ATTACHED
@@ -343,10 +343,8 @@ class PathManager:
         core.emit_path(link, "role")
         if msg.buffermap is not None:
             # Push recovery, parent side: send the new child what its buffermap lacks.
-            since = msg.hp2p.get("since") if msg.hp2p else None
-            start = None
-            if isinstance(since, int | float) and not isinstance(since, bool):
-                start = now - min(max(0.0, float(since)), core.config.cache_age)
+            since = msg.hp2p.since
+            start = None if since is None else now - min(since, core.config.cache_age)
             core.dr.push(link, msg.buffermap, start, now)
 
     def hold(self, until: float) -> None:
@@ -370,7 +368,7 @@ class PathManager:
             code=PRIMARY_YES,
             buffermap=None if request.buffermap is None else core.cm.buffermap(now),
             parent_peer=None if parent is None else PeerAddress(parent.peer_id, parent.address),
-            hp2p=None if core.depth is None else {"depth": core.depth},
+            hp2p=SetPrimaryResponseExt(depth=core.depth),
         )
 
     def on_set_candidate(self, link: Link, msg: SetCandidate, now: float) -> None:
@@ -419,11 +417,11 @@ class PathManager:
             ticket_id=core.ticket,
             conn_num=deficit,
             ttl=1,
-            hp2p={
-                "up": max(1, config.hello_up),
-                "attempt": f"cpm-{self.refills}-{now:.3f}",
-                "cpm": True,
-            },
+            hp2p=HelloExt(
+                up=max(1, min(config.hello_up, MAX_HOPS)),
+                attempt=f"cpm-{self.refills}-{now:.3f}",
+                cpm=True,
+            ),
         )
         core.send((parent.conn,), hello)
         if self.refills < _REFILL_TRIES:
@@ -474,7 +472,7 @@ class PathManager:
         }
 
 
-def _relayed(msg: Hello, conn_num: int, ttl: int, extra: dict[str, Any] | None) -> Hello:
+def _relayed(msg: Hello, conn_num: int, ttl: int, extra: HelloExt) -> Hello:
     """``msg`` passed on to another peer with its own ``conn_num``, ``ttl`` and extension."""
     return Hello(
         overlay_id=msg.overlay_id,

@@ -18,11 +18,11 @@ echoed text is never parsed as a clock (the reference parses it in one time zone
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from hp2p.peer.control import Phase, hp2p_depth
+from hp2p.peer.control import Phase
 from hp2p.peer.paths import PATH_ROLES, Link, Role
-from hp2p.wire.r2.messages import Heartbeat, Probe, ProbeResponse
+from hp2p.wire.r2.messages import Heartbeat, HeartbeatExt, Probe, ProbeResponse
 
 if TYPE_CHECKING:
     from hp2p.peer.core import PeerCore
@@ -148,15 +148,7 @@ class PathProbe:
         slot = self.slot_depth()
         self._advertised = (depth, slot)
         self.advert_dirty = False
-        extra: dict[str, Any] = {}
-        if depth is not None:
-            extra["depth"] = depth
-            if slot is not None:
-                extra["slot"] = slot
-        heads = self._heads()
-        if heads:
-            extra["heads"] = heads
-        return Heartbeat(hp2p=extra or None)
+        return Heartbeat(hp2p=HeartbeatExt(depth=depth, slot=slot, heads=self._heads()))
 
     def _heads(self) -> dict[str, int]:
         sources = self.core.duplicates.sources
@@ -198,14 +190,14 @@ class PathProbe:
 
     def on_heartbeat(self, link: Link, msg: Heartbeat, now: float) -> None:
         core = self.core
-        if msg.hp2p is not None and "heads" in msg.hp2p:
-            core.dr.check_heads(msg.hp2p["heads"], now)
-        depth = hp2p_depth(msg.hp2p)
+        extra = msg.hp2p
+        if extra.heads:
+            core.dr.check_heads(extra.heads, now)
+        depth = extra.depth
         if depth is None:
             return
         link.depth = depth
-        slot = msg.hp2p.get("slot") if msg.hp2p else None
-        slot = slot if isinstance(slot, int) and not isinstance(slot, bool) else None
+        slot = extra.slot
         if slot != link.slot:
             link.slot = slot
             if link.role is Role.CHILD:

@@ -42,6 +42,7 @@ from hp2p.peer.paths import PATH_ROLES, Link, Role
 from hp2p.wire.r2.messages import (
     GET_DATA_OK,
     BroadcastData,
+    BroadcastExt,
     Buffermap,
     BuffermapEntry,
     BuffermapResponse,
@@ -59,7 +60,8 @@ _JSON = msgspec.json.Encoder()
 # JSON bytes of one buffermap element besides its id and its numbers:
 # {"SourcePeerId":,"Sequence":[]}, plus a comma between elements.
 _ENTRY_OVERHEAD = 32
-RECOVERED = {"recovered": True}  # hp2p flag on a pushed BROADCAST_DATA: delivered as recovered
+RECOVERED = BroadcastExt(recovered=True)
+"""The hp2p flag on a pushed BROADCAST_DATA: the receiver delivers it as recovered."""
 
 
 def summarise(entries: Iterable[BuffermapEntry], budget: int) -> list[BuffermapEntry]:
@@ -402,7 +404,6 @@ class PullQueue:
 
 T_PULL = "pull"
 _NEW_SOURCE_BACKFILL = 64
-_HEADS_MAX = 64
 
 
 def pull_settings(config: PeerConfig) -> PullSettings:
@@ -463,17 +464,18 @@ class DataRecovery:
         self.queue.answered(link.conn, msg.source, msg.sequence, found, now)
         self.pump(now)
 
-    def check_heads(self, heads: object, now: float) -> None:
-        """A neighbour's heads: a newer sequence than mine is a hole at my tail."""
-        if not isinstance(heads, dict) or len(heads) > 4 * _HEADS_MAX:
-            return
+    def check_heads(self, heads: dict[str, int], now: float) -> None:
+        """A neighbour's heads: a newer sequence than mine is a hole at my tail.
+
+        ``heads`` was typed and bounded at decode (``HeartbeatExt``).
+        """
         core = self.core
         duplicates = core.duplicates
         # Heads travel on every path, candidates included, and a candidate nearer the source
         # may simply be ahead of me: wait longer than for a hole before calling it a loss.
         wait = max(core.config.gap_wait, core.config.heartbeat_interval / 2)
         for source, newest in heads.items():
-            if not isinstance(newest, int) or isinstance(newest, bool) or source == core.peer_id:
+            if source == core.peer_id:
                 continue
             win = duplicates.sources.get(source)
             if win is None:

@@ -162,7 +162,7 @@ class SimNetwork(Network):
             size = len(wire)
         name = peer.peer_id
         message = effect.message
-        live_data = type(message) is BroadcastData and message.hp2p is None
+        live_data = type(message) is BroadcastData and not message.hp2p.recovered
         for conn in effect.conns:
             end = self._ends.get((name, conn))
             if end is None:

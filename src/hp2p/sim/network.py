@@ -456,7 +456,7 @@ class Network:
         lossy = (
             (self.loss > 0 or bool(self._link_loss))
             and type(message) is BroadcastData
-            and message.hp2p is None  # a recovery push is not live data
+            and not message.hp2p.recovered  # a recovery push is not live data
         )
         for conn in effect.conns:
             end = ends.get((name, conn))

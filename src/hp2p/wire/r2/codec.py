@@ -9,12 +9,17 @@ BROADCAST_DATA is written from a byte template, which is several times cheaper t
 four nested Structs, and is proved equal to the Struct path by the tests. Everything else is
 validated on the way out by parsing the header it has just written, so ``encode`` cannot emit a
 frame that ``decode`` would refuse.
+
+hp2p's ``hp2p`` objects are typed Structs inside the wire Structs, so they are validated in the
+same pass as the rest of the header. The flat messages always hold one (the shared empty default
+when the frame had none), and ``encode`` leaves out an empty one: a message with nothing set has
+exactly the bytes a reference peer writes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 from msgspec import UNSET
@@ -32,6 +37,7 @@ from hp2p.wire.r2.framing import (
     check_prefix,
 )
 from hp2p.wire.r2.messages import (
+    LIVE,
     BroadcastData,
     BroadcastDataResponse,
     Buffermap,
@@ -57,6 +63,15 @@ from hp2p.wire.r2.messages import (
     SetCandidateResponse,
     SetPrimary,
     SetPrimaryResponse,
+)
+from hp2p.wire.r2.schema import (
+    EstabExt,
+    Extension,
+    HeartbeatExt,
+    HelloExt,
+    ReleaseExt,
+    SetPrimaryExt,
+    SetPrimaryResponseExt,
 )
 
 __all__ = ["RESPONSE_CODES", "decode", "encode", "parse_header"]
@@ -93,6 +108,9 @@ def _json_error(exc: Exception, where: str) -> WireError:
     reason, sep, path = text.partition(" - at `")
     if sep:
         path = path.rstrip("`")
+        key, in_map, container = path.partition("` in `")
+        if in_map:  # a bad key of a map, e.g. of hp2p.heads: "at `key` in `$.…`"
+            path, reason = container, f"{reason} (a {key} of this object)"
         if path in ("$.req-code", "$.rsp-code") and reason.startswith("Invalid value"):
             reason = f"unknown {path[2:]}{reason[len('Invalid value') :]} (see etri §3.3)"
         return HeaderError(reason, path if where == "header" else f"{where}:{path}")
@@ -178,7 +196,7 @@ def build_message(
                 payload_type=p.payload.payload_type,
                 ack=p.operation.ack,
                 candidate_path=p.operation.candidate_path,
-                hp2p=_extra(p.hp2p, max_depth),
+                hp2p=_ext(p.hp2p, LIVE),
             )
         if isinstance(header, w.GetDataOkRsp | w.GetDataMissingRsp):
             g = header.rsp_params
@@ -191,7 +209,7 @@ def build_message(
                 payload_type=g.payload.payload_type,
                 code=_code(header),
             )
-    return _FROM_WIRE[kind](header, max_depth)
+    return _FROM_WIRE[kind](header)
 
 
 _EXT_CACHE: dict[bytes, dict[str, Any]] = {}
@@ -216,17 +234,20 @@ def _extension(raw: bytes, max_depth: int) -> dict[str, Any]:
     return ext
 
 
-def _extra(raw: msgspec.Raw | msgspec.UnsetType, max_depth: int) -> dict[str, Any] | None:
-    """The free-form ``hp2p`` object, depth-checked before it is parsed."""
-    if raw is UNSET:
-        return None
-    text = bytes(raw)
-    check_depth(text, max_depth, "hp2p")
-    try:
-        value: dict[str, Any] | None = w.HP2P_DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:
-        raise _json_error(exc, "hp2p") from None
-    return value
+E = TypeVar("E", bound=Extension)
+
+# The extension a message holds when its frame had none (or ``"hp2p":null``): shared, frozen.
+_NO_HELLO: Final = HelloExt()
+_NO_ESTAB: Final = EstabExt()
+_NO_SET_PRIMARY: Final = SetPrimaryExt()
+_NO_PRIMARY_RESPONSE: Final = SetPrimaryResponseExt()
+_NO_RELEASE: Final = ReleaseExt()
+_NO_HEARTBEAT: Final = HeartbeatExt()
+
+
+def _ext(value: E | msgspec.UnsetType | None, empty: E) -> E:
+    """The decoded ``hp2p`` object, already typed and bounded by the header's Struct."""
+    return empty if value is UNSET or value is None else value
 
 
 # --- wire -> flat ------------------------------------------------------------------------------
@@ -251,7 +272,7 @@ def _opt_bool(value: bool | msgspec.UnsetType | None) -> bool | None:
     return None if value is UNSET else value
 
 
-def _hello(h: w.HelloReq, d: int) -> Hello:
+def _hello(h: w.HelloReq) -> Hello:
     op, peer = h.req_params.operation, h.req_params.peer
     return Hello(
         overlay_id=op.overlay_id,
@@ -262,43 +283,43 @@ def _hello(h: w.HelloReq, d: int) -> Hello:
         ttl=op.ttl,
         recovery=_opt_bool(op.recovery),
         vertical_candidate=_opt_bool(op.vertical_candidate),
-        hp2p=_extra(h.req_params.hp2p, d),
+        hp2p=_ext(h.req_params.hp2p, _NO_HELLO),
     )
 
 
-def _estab(h: w.EstabReq, d: int) -> Estab:
+def _estab(h: w.EstabReq) -> Estab:
     p = h.req_params
     return Estab(
         overlay_id=p.operation.overlay_id,
         peer_id=p.peer.peer_id,
         ticket_id=p.peer.ticket_id,
         allow_primary_req=p.allow_primary_req,
-        hp2p=_extra(p.hp2p, d),
+        hp2p=_ext(p.hp2p, _NO_ESTAB),
     )
 
 
-def _set_primary(h: w.SetPrimaryReq, d: int) -> SetPrimary:
+def _set_primary(h: w.SetPrimaryReq) -> SetPrimary:
     p = h.req_params
     if p is None or p is UNSET:
         return SetPrimary()
     p = p
-    return SetPrimary(buffermap=_opt_entries(p.buffermap), hp2p=_extra(p.hp2p, d))
+    return SetPrimary(buffermap=_opt_entries(p.buffermap), hp2p=_ext(p.hp2p, _NO_SET_PRIMARY))
 
 
-def _release(h: w.ReleaseReq, d: int) -> Release:
+def _release(h: w.ReleaseReq) -> Release:
     p = h.req_params
     if p is None or p is UNSET:
         return Release()
     p = p
     ack = False if p.operation is UNSET else p.operation.ack
-    return Release(ack=ack, hp2p=_extra(p.hp2p, d))
+    return Release(ack=ack, hp2p=_ext(p.hp2p, _NO_RELEASE))
 
 
-def _heartbeat(h: w.HeartbeatReq, d: int) -> Heartbeat:
+def _heartbeat(h: w.HeartbeatReq) -> Heartbeat:
     p = h.req_params
     if p is None or p is UNSET:
         return Heartbeat()
-    return Heartbeat(hp2p=_extra(p.hp2p, d))
+    return Heartbeat(hp2p=_ext(p.hp2p, _NO_HEARTBEAT))
 
 
 def _scan_fields(p: w.ScanParams) -> dict[str, Any]:
@@ -313,7 +334,7 @@ def _scan_fields(p: w.ScanParams) -> dict[str, Any]:
     }
 
 
-def _primary_response(h: w.PrimaryYesRsp | w.PrimaryNoRsp, d: int) -> SetPrimaryResponse:
+def _primary_response(h: w.PrimaryYesRsp | w.PrimaryNoRsp) -> SetPrimaryResponse:
     p = h.rsp_params
     if p is None or p is UNSET:
         return SetPrimaryResponse(code=_code(h))
@@ -327,40 +348,36 @@ def _primary_response(h: w.PrimaryYesRsp | w.PrimaryNoRsp, d: int) -> SetPrimary
             if parent is None or parent is UNSET
             else PeerAddress(parent.peer_id, parent.address)
         ),
-        hp2p=_extra(p.hp2p, d),
+        hp2p=_ext(p.hp2p, _NO_PRIMARY_RESPONSE),
     )
 
 
-_FROM_WIRE: Final[dict[type[Any], Callable[[Any, int], Message]]] = {
+_FROM_WIRE: Final[dict[type[Any], Callable[[Any], Message]]] = {
     w.HelloReq: _hello,
     w.EstabReq: _estab,
-    w.ProbeReq: lambda h, d: Probe(
-        ntp_time=h.req_params.operation.ntp_time, hp2p=_extra(h.req_params.hp2p, d)
-    ),
+    w.ProbeReq: lambda h: Probe(ntp_time=h.req_params.operation.ntp_time),
     w.SetPrimaryReq: _set_primary,
-    w.SetCandidateReq: lambda h, d: SetCandidate(),
+    w.SetCandidateReq: lambda h: SetCandidate(),
     w.ReleaseReq: _release,
     w.HeartbeatReq: _heartbeat,
-    w.ScanTreeReq: lambda h, d: ScanTree(**_scan_fields(h.req_params)),
-    w.BuffermapReq: lambda h, d: Buffermap(
-        overlay_id=h.req_params.overlay_id, hp2p=_extra(h.req_params.hp2p, d)
-    ),
-    w.GetDataReq: lambda h, d: GetData(
+    w.ScanTreeReq: lambda h: ScanTree(**_scan_fields(h.req_params)),
+    w.BuffermapReq: lambda h: Buffermap(overlay_id=h.req_params.overlay_id),
+    w.GetDataReq: lambda h: GetData(
         overlay_id=h.overlay_id, source_id=h.source_id, sequence=h.sequence
     ),
-    w.HelloRsp: lambda h, d: HelloResponse(code=_code(h)),
-    w.EstabYesRsp: lambda h, d: EstabResponse(code=_code(h)),
-    w.EstabNoRsp: lambda h, d: EstabResponse(code=_code(h)),
-    w.ProbeRsp: lambda h, d: ProbeResponse(ntp_time=h.rsp_params.operation.ntp_time),
+    w.HelloRsp: lambda h: HelloResponse(code=_code(h)),
+    w.EstabYesRsp: lambda h: EstabResponse(code=_code(h)),
+    w.EstabNoRsp: lambda h: EstabResponse(code=_code(h)),
+    w.ProbeRsp: lambda h: ProbeResponse(ntp_time=h.rsp_params.operation.ntp_time),
     w.PrimaryYesRsp: _primary_response,
     w.PrimaryNoRsp: _primary_response,
-    w.CandidateRsp: lambda h, d: SetCandidateResponse(code=_code(h)),
-    w.BroadcastRsp: lambda h, d: BroadcastDataResponse(code=_code(h)),
-    w.ReleaseRsp: lambda h, d: ReleaseResponse(code=_code(h)),
-    w.HeartbeatRsp: lambda h, d: HeartbeatResponse(code=_code(h)),
-    w.ScanNonLeafRsp: lambda h, d: ScanTreeResponse(code=_code(h), **_scan_fields(h.rsp_params)),
-    w.ScanLeafRsp: lambda h, d: ScanTreeResponse(code=_code(h), **_scan_fields(h.rsp_params)),
-    w.BuffermapRsp: lambda h, d: BuffermapResponse(
+    w.CandidateRsp: lambda h: SetCandidateResponse(code=_code(h)),
+    w.BroadcastRsp: lambda h: BroadcastDataResponse(code=_code(h)),
+    w.ReleaseRsp: lambda h: ReleaseResponse(code=_code(h)),
+    w.HeartbeatRsp: lambda h: HeartbeatResponse(code=_code(h)),
+    w.ScanNonLeafRsp: lambda h: ScanTreeResponse(code=_code(h), **_scan_fields(h.rsp_params)),
+    w.ScanLeafRsp: lambda h: ScanTreeResponse(code=_code(h), **_scan_fields(h.rsp_params)),
+    w.BuffermapRsp: lambda h: BuffermapResponse(
         overlay_id=h.rsp_params.overlay_id,
         buffermap=_entries(h.rsp_params.buffermap),
         code=_code(h),
@@ -462,8 +479,13 @@ def _payload_mismatch(header: Header, actual: int, announced: int) -> str:
 
 
 # --- flat -> wire ------------------------------------------------------------------------------
-def _hp2p(value: dict[str, Any] | None) -> msgspec.Raw | msgspec.UnsetType:
-    return UNSET if value is None else msgspec.Raw(_json(value, "hp2p"))
+def _hp2p(ext: E, empty: E) -> E | msgspec.UnsetType:
+    """Left out when nothing is set: a plain message keeps the reference's exact bytes."""
+    if type(ext) is not type(empty):
+        raise HeaderError(
+            f"hp2p must be a {type(empty).__name__}, not {type(ext).__name__}", "hp2p"
+        )
+    return UNSET if ext == empty else ext
 
 
 def _items(entries: list[BuffermapEntry]) -> list[w.BuffermapItem]:
@@ -486,28 +508,31 @@ def _scan_params(m: ScanTree | ScanTreeResponse) -> w.ScanParams:
     )
 
 
-def _only_hp2p(value: dict[str, Any] | None) -> w.Hp2pOnlyParams | msgspec.UnsetType:
-    return UNSET if value is None else w.Hp2pOnlyParams(hp2p=_hp2p(value))
+def _wire_heartbeat(m: Heartbeat) -> Header:
+    ext = _hp2p(m.hp2p, _NO_HEARTBEAT)
+    return w.HeartbeatReq(req_params=UNSET if ext is UNSET else w.HeartbeatParams(hp2p=ext))
 
 
 def _wire_set_primary(m: SetPrimary) -> Header:
-    if m.buffermap is None and m.hp2p is None:
+    ext = _hp2p(m.hp2p, _NO_SET_PRIMARY)
+    if m.buffermap is None and ext is UNSET:
         return w.SetPrimaryReq()
     return w.SetPrimaryReq(
-        req_params=w.SetPrimaryParams(buffermap=_opt_items(m.buffermap), hp2p=_hp2p(m.hp2p))
+        req_params=w.SetPrimaryParams(buffermap=_opt_items(m.buffermap), hp2p=ext)
     )
 
 
 def _wire_primary_response(m: SetPrimaryResponse) -> Header:
     cls = w.PrimaryYesRsp if m.code == 4200 else w.PrimaryNoRsp
-    if m.buffermap is None and m.parent_peer is None and m.hp2p is None:
+    ext = _hp2p(m.hp2p, _NO_PRIMARY_RESPONSE)
+    if m.buffermap is None and m.parent_peer is None and ext is UNSET:
         return cls()
     parent = m.parent_peer
     return cls(
         rsp_params=w.SetPrimaryRspParams(
             buffermap=_opt_items(m.buffermap),
             parent_peer=UNSET if parent is None else w.PeerRef(parent.peer_id, parent.address),
-            hp2p=_hp2p(m.hp2p),
+            hp2p=ext,
         )
     )
 
@@ -528,7 +553,7 @@ _TO_WIRE: Final[dict[type[Any], Callable[[Any], Header]]] = {
                 vertical_candidate=_opt(m.vertical_candidate),
             ),
             peer=w.HelloPeer(peer_id=m.peer_id, address=m.address, ticket_id=m.ticket_id),
-            hp2p=_hp2p(m.hp2p),
+            hp2p=_hp2p(m.hp2p, _NO_HELLO),
         )
     ),
     Estab: lambda m: w.EstabReq(
@@ -536,12 +561,10 @@ _TO_WIRE: Final[dict[type[Any], Callable[[Any], Header]]] = {
             operation=w.OverlayRef(m.overlay_id),
             allow_primary_req=m.allow_primary_req,
             peer=w.EstabPeer(peer_id=m.peer_id, ticket_id=m.ticket_id),
-            hp2p=_hp2p(m.hp2p),
+            hp2p=_hp2p(m.hp2p, _NO_ESTAB),
         )
     ),
-    Probe: lambda m: w.ProbeReq(
-        req_params=w.ProbeParams(operation=w.NtpOperation(m.ntp_time), hp2p=_hp2p(m.hp2p))
-    ),
+    Probe: lambda m: w.ProbeReq(req_params=w.ProbeParams(operation=w.NtpOperation(m.ntp_time))),
     SetPrimary: _wire_set_primary,
     SetCandidate: lambda m: w.SetCandidateReq(),
     BroadcastData: lambda m: w.BroadcastReq(
@@ -550,17 +573,17 @@ _TO_WIRE: Final[dict[type[Any], Callable[[Any], Header]]] = {
             peer=w.BroadcastPeer(peer_id=m.source, sequence=m.sequence),
             payload=w.PayloadInfo(length=len(m.data), payload_type=m.payload_type),
             ext_header_len=len(_ext_bytes(m.ext_header)),
-            hp2p=_hp2p(m.hp2p),
+            hp2p=_hp2p(m.hp2p, LIVE),
         )
     ),
     Release: lambda m: w.ReleaseReq(
-        req_params=w.ReleaseParams(operation=w.AckOperation(ack=m.ack), hp2p=_hp2p(m.hp2p))
+        req_params=w.ReleaseParams(
+            operation=w.AckOperation(ack=m.ack), hp2p=_hp2p(m.hp2p, _NO_RELEASE)
+        )
     ),
-    Heartbeat: lambda m: w.HeartbeatReq(req_params=_only_hp2p(m.hp2p)),
+    Heartbeat: _wire_heartbeat,
     ScanTree: lambda m: w.ScanTreeReq(req_params=_scan_params(m)),
-    Buffermap: lambda m: w.BuffermapReq(
-        req_params=w.BuffermapParams(overlay_id=m.overlay_id, hp2p=_hp2p(m.hp2p))
-    ),
+    Buffermap: lambda m: w.BuffermapReq(req_params=w.BuffermapParams(overlay_id=m.overlay_id)),
     GetData: lambda m: w.GetDataReq(
         overlay_id=m.overlay_id, source_id=m.source_id, sequence=m.sequence
     ),
@@ -683,7 +706,7 @@ def _encode_broadcast(m: BroadcastData, max_payload: int) -> bytes:
     head = _HEADS.get((m.source, m.ack, m.candidate_path))
     if (
         head is None
-        or m.hp2p is not None
+        or m.hp2p is not LIVE
         or type(seq) is not int
         or not 0 <= seq <= MAX_INT
         or type(data) is not bytes
@@ -707,7 +730,7 @@ def _encode_broadcast_checked(m: BroadcastData, max_payload: int) -> bytes:
     _check_payload(len(ext) + len(data), max_payload)
     header = _json(_TO_WIRE[BroadcastData](m), "header")
     parse_header(header)
-    if m.hp2p is None and len(_HEADS) < _CACHE_MAX and len(_TAILS) < _CACHE_MAX:
+    if m.hp2p is LIVE and len(_HEADS) < _CACHE_MAX and len(_TAILS) < _CACHE_MAX:
         _HEADS[(m.source, m.ack, m.candidate_path)] = _BROADCAST_HEAD % (
             _TRUE_FALSE[m.ack],
             _TRUE_FALSE[m.candidate_path],

@@ -34,9 +34,10 @@ MAX_HEADER: Final = 0xFFFF
 """The header length is a u16: the format itself cannot describe a longer header."""
 DEFAULT_MAX_PAYLOAD: Final = 16 * 1024 * 1024
 DEFAULT_MAX_DEPTH: Final = 32
-"""Nesting levels allowed in a JSON header or extension header.
+"""Nesting levels allowed in the free-form extension header (the JSON in front of the data).
 
-The deepest standard header (SCAN_TREE's ``path``) needs 5; the slack is for hp2p extensions.
+The header itself, ``hp2p`` object included, is typed and has a fixed shape (SCAN_TREE's
+``path``, the deepest, needs 5); unknown keys in it are skipped by the parser, not built.
 """
 MAX_INT: Final = 2**63 - 1
 """Sequences, tickets and lengths are Go ``int``/``int64`` on the reference peer."""

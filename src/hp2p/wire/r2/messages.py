@@ -10,14 +10,25 @@ one of the 3/4-digit response codes of §3.3 (request code followed by an HTTP-l
 
 hp2p's own optional fields (``hp2p`` on several messages) travel as an extra ``"hp2p"`` object in
 ``req-params``/``rsp-params``; reference peers ignore unknown keys, so they cost nothing in
-interop. They carry, e.g., the sender's tree depth or a HOMS-signed ticket token.
+interop. They carry, e.g., the sender's tree depth or the heads of its sources. Each message's
+``hp2p`` is a typed, bounded extension Struct from ``schema.py`` (validated when the frame is
+decoded), never a free-form dict: a message that carries none holds the shared empty default.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import msgspec
+
+from hp2p.wire.r2.schema import BroadcastExt as BroadcastExt
+from hp2p.wire.r2.schema import EstabExt as EstabExt
+from hp2p.wire.r2.schema import Extension as Extension
+from hp2p.wire.r2.schema import HeartbeatExt as HeartbeatExt
+from hp2p.wire.r2.schema import HelloExt as HelloExt
+from hp2p.wire.r2.schema import ReleaseExt as ReleaseExt
+from hp2p.wire.r2.schema import SetPrimaryExt as SetPrimaryExt
+from hp2p.wire.r2.schema import SetPrimaryResponseExt as SetPrimaryResponseExt
 
 # --- response codes (etri-2023-protocol.md §3.3) ---------------------------------------------
 HELLO_ACCEPTED = 1202
@@ -39,7 +50,9 @@ GET_DATA_MISSING = 11404  # hp2p: the peer does not hold that sequence (referenc
 # Extension header app-ids the reference peer knows (§3.4); any string is allowed on the wire.
 APP_IDS = ("chat", "etri_data", "iot", "blockchain", "media")
 
-Extra = dict[str, Any]
+LIVE: Final = BroadcastExt()
+"""A live broadcast's extension (nothing set), the default: shared, so the codec's fast paths
+recognise a plain BROADCAST_DATA by identity."""
 
 
 class PeerAddress(msgspec.Struct, frozen=True):
@@ -72,7 +85,7 @@ class Hello(msgspec.Struct):
     ttl: int = 3
     recovery: bool | None = None
     vertical_candidate: bool | None = None
-    hp2p: Extra | None = None
+    hp2p: HelloExt = HelloExt()
 
 
 class Estab(msgspec.Struct):
@@ -83,7 +96,7 @@ class Estab(msgspec.Struct):
     peer_id: str
     ticket_id: int
     allow_primary_req: bool = True
-    hp2p: Extra | None = None
+    hp2p: EstabExt = EstabExt()
 
 
 class Probe(msgspec.Struct):
@@ -91,7 +104,6 @@ class Probe(msgspec.Struct):
 
     REQ_CODE: ClassVar[int] = 3
     ntp_time: str
-    hp2p: Extra | None = None
 
 
 class SetPrimary(msgspec.Struct):
@@ -99,7 +111,7 @@ class SetPrimary(msgspec.Struct):
 
     REQ_CODE: ClassVar[int] = 4
     buffermap: list[BuffermapEntry] | None = None
-    hp2p: Extra | None = None
+    hp2p: SetPrimaryExt = SetPrimaryExt()
 
 
 class SetCandidate(msgspec.Struct):
@@ -119,11 +131,11 @@ class BroadcastData(msgspec.Struct):
     source: str
     sequence: int
     data: bytes
-    ext_header: Extra = msgspec.field(default_factory=lambda: {"app-id": "etri_data"})
+    ext_header: dict[str, Any] = msgspec.field(default_factory=lambda: {"app-id": "etri_data"})
     payload_type: str = "text/plain"
     ack: bool = False
     candidate_path: bool = False
-    hp2p: Extra | None = None
+    hp2p: BroadcastExt = LIVE
 
     @property
     def app_id(self) -> str | None:
@@ -136,14 +148,14 @@ class Release(msgspec.Struct):
 
     REQ_CODE: ClassVar[int] = 7
     ack: bool = False
-    hp2p: Extra | None = None
+    hp2p: ReleaseExt = ReleaseExt()
 
 
 class Heartbeat(msgspec.Struct):
     """HEARTBEAT (8): keeps a path alive (PSP FE)."""
 
     REQ_CODE: ClassVar[int] = 8
-    hp2p: Extra | None = None
+    hp2p: HeartbeatExt = HeartbeatExt()
 
 
 class ScanTree(msgspec.Struct):
@@ -168,7 +180,6 @@ class Buffermap(msgspec.Struct):
 
     REQ_CODE: ClassVar[int] = 10
     overlay_id: str
-    hp2p: Extra | None = None
 
 
 class GetData(msgspec.Struct):
@@ -198,7 +209,7 @@ class SetPrimaryResponse(msgspec.Struct):
     code: int = PRIMARY_YES
     buffermap: list[BuffermapEntry] | None = None
     parent_peer: PeerAddress | None = None
-    hp2p: Extra | None = None
+    hp2p: SetPrimaryResponseExt = SetPrimaryResponseExt()
 
 
 class SetCandidateResponse(msgspec.Struct):
@@ -242,7 +253,7 @@ class GetDataResponse(msgspec.Struct):
     source: str
     sequence: int
     data: bytes
-    ext_header: Extra = msgspec.field(default_factory=lambda: {"app-id": "etri_data"})
+    ext_header: dict[str, Any] = msgspec.field(default_factory=lambda: {"app-id": "etri_data"})
     payload_type: str = "text/plain"
     code: int = GET_DATA_OK
 

@@ -8,6 +8,12 @@ order of each Struct is the canonical key order hp2p writes (docs/wire-r2.md).
 Requests are a tagged union on ``req-code`` and responses one on ``rsp-code``, one class per
 code, so the code alone picks the shape. Where Go may write ``null`` for an empty slice
 (``via``, ``path``, ``Sequence``, ``buffermap``) ``null`` is accepted and read as empty.
+
+hp2p's own fields travel in an ``"hp2p"`` object inside ``req-params``/``rsp-params``. They are
+typed and bounded here like every other field (one Struct per message that carries any), so a
+peer that sends a wrong or oversized value is refused at decode with the JSON path of the field,
+and the peer core reads plain attributes. The same Structs are the ``hp2p`` attribute of the flat
+messages: they are already flat.
 """
 
 from __future__ import annotations
@@ -31,13 +37,111 @@ Int = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 Short = Annotated[str, Meta(max_length=MAX_SHORT)]
-Extra = dict[str, Any]
 Via = Annotated[
     list[Annotated[list[Text], Meta(min_length=2, max_length=2)]], Meta(max_length=MAX_ITEMS)
 ]
 Path = Annotated[
     list[Annotated[list[Text], Meta(min_length=3, max_length=3)]], Meta(max_length=MAX_ITEMS)
 ]
+
+
+# --- hp2p extensions (the "hp2p" object; docs/wire-r2.md has the table) -----------------------
+MAX_DEPTH: Final = 999_999
+"""A tree depth or a free-slot depth; deeper than any tree a HOMS can hand out."""
+MAX_HOPS: Final = 63
+"""Levels a HELLO climbs (``up``) or descends (``down``)."""
+MAX_HEADS: Final = 256
+"""Sources in one heartbeat's ``heads``; a peer sends at most 64 (the rest next time)."""
+MAX_SINCE: Final = 1e9
+"""Seconds of outage in ``since``; also keeps it finite."""
+
+Depth = Annotated[int, Meta(ge=0, le=MAX_DEPTH)]
+Hops = Annotated[int, Meta(ge=0, le=MAX_HOPS)]
+Flag = Annotated[int, Meta(ge=0, le=1)]
+"""A flag that hp2p peers have always written as ``1`` (SubMesh ``mesh``, ``standby``)."""
+Heads = Annotated[dict[Id, UInt], Meta(max_length=MAX_HEADS)]
+
+
+class Extension(Struct, frozen=True, omit_defaults=True, kw_only=True, gc=False):
+    """Base of the ``hp2p`` objects. Every field is optional with a default that is not written.
+
+    A reference peer sends no ``hp2p`` object, and a message with nothing set writes none, so
+    plain messages keep the reference's exact bytes. Unknown keys inside ``hp2p`` are ignored
+    (skipped by the parser, like unknown keys anywhere in a header) and are therefore not
+    forwarded when a peer relays a HELLO: a newer peer's field reaches only peers that know it.
+    Frozen: one instance (the default) is shared by every message that carries nothing. The
+    field order is the key order hp2p has always written (tests/test_wire_r2_extensions.py).
+    """
+
+
+class HelloExt(Extension, frozen=True):
+    """HELLO: the climb/descent of a join request and the SubMesh link flags."""
+
+    up: Hops | None = None
+    """Levels still to climb towards the root; present (even 0) on a climbing-aware HELLO."""
+    attempt: UInt | Short | None = None
+    """The joiner's attempt id: a peer answers one copy per (peer, ticket, attempt)."""
+    displace: bool = False
+    """An orphan with no legal free slot: a full older peer may displace its youngest child."""
+    cpm: bool = False
+    """A candidate refill (CPM FE): the parent also passes it to the climber's siblings."""
+    down: Hops | None = None
+    """Levels still to descend towards the shallowest free slot (from a parent only)."""
+    mesh: Flag = 0
+    """1: open a SubMesh link (a SubMesh peer refuses a HELLO without it)."""
+    standby: Flag = 0
+    """1: a standby watching the source; it gets one of the spare neighbour slots."""
+
+
+class EstabExt(Extension, frozen=True):
+    """ESTAB: what the joiner needs to rank the volunteer (R2's ESTAB has no address)."""
+
+    address: Text | None = None
+    """The volunteer's listening address (the joiner only sees the ephemeral end)."""
+    depth: Depth | None = None
+    """The volunteer's tree depth."""
+    displace: bool = False
+    """The volunteer must displace a child to take the joiner: rank it after free slots."""
+
+
+class SetPrimaryExt(Extension, frozen=True):
+    """SET_PRIMARY: an orphan asking for a slot, and the outage for push recovery."""
+
+    recovery: bool = False
+    """The asker is an orphan (it may use the spare recovery slot)."""
+    displace: bool = False
+    """The orphan may take the slot of the parent's youngest child (with ``recovery``)."""
+    since: Annotated[float, Meta(ge=0, le=MAX_SINCE)] | None = None
+    """Seconds of outage plus detection: how far back the parent pushes what the orphan lacks."""
+
+
+class SetPrimaryResponseExt(Extension, frozen=True):
+    """4200: the new parent's depth, so the child knows its own at once."""
+
+    depth: Depth | None = None
+
+
+class BroadcastExt(Extension, frozen=True):
+    """BROADCAST_DATA: a cached message pushed after a repair rather than live data."""
+
+    recovered: bool = False
+
+
+class HeartbeatExt(Extension, frozen=True):
+    """HEARTBEAT: depth and free-slot hints for HELLO descent, and heads for tail losses."""
+
+    depth: Depth | None = None
+    """The sender's tree depth (a child follows its parent's)."""
+    slot: Depth | None = None
+    """The depth of the shallowest free child slot in the sender's subtree, if known."""
+    heads: Heads = {}
+    """The newest sequence per source that moved since the sender's previous heartbeat."""
+
+
+class ReleaseExt(Extension, frozen=True):
+    """RELEASE: why a SubMesh peer refused or dropped the link (for the log)."""
+
+    reason: Text | None = None
 
 
 class _Wire(Struct, rename="kebab", gc=False):
@@ -77,7 +181,7 @@ class HelloPeer(_Wire):
 class HelloParams(_Wire):
     operation: HelloOperation
     peer: HelloPeer
-    hp2p: Raw | UnsetType = UNSET
+    hp2p: HelloExt | UnsetType | None = UNSET
 
 
 class OverlayRef(_Wire):
@@ -93,7 +197,7 @@ class EstabParams(_Wire, kw_only=True):
     operation: OverlayRef
     allow_primary_req: bool = True
     peer: EstabPeer
-    hp2p: Raw | UnsetType = UNSET
+    hp2p: EstabExt | UnsetType | None = UNSET
 
 
 class NtpOperation(_Wire):
@@ -102,7 +206,6 @@ class NtpOperation(_Wire):
 
 class ProbeParams(_Wire):
     operation: NtpOperation
-    hp2p: Raw | UnsetType = UNSET
 
 
 class ProbeRspParams(_Wire):
@@ -111,13 +214,13 @@ class ProbeRspParams(_Wire):
 
 class SetPrimaryParams(_Wire):
     buffermap: Buffermap | UnsetType | None = UNSET
-    hp2p: Raw | UnsetType = UNSET
+    hp2p: SetPrimaryExt | UnsetType | None = UNSET
 
 
 class SetPrimaryRspParams(_Wire):
     buffermap: Buffermap | UnsetType | None = UNSET
     parent_peer: PeerRef | UnsetType | None = UNSET
-    hp2p: Raw | UnsetType = UNSET
+    hp2p: SetPrimaryResponseExt | UnsetType | None = UNSET
 
 
 class BroadcastOperation(_Wire):
@@ -140,7 +243,7 @@ class BroadcastParams(_Wire):
     peer: BroadcastPeer
     payload: PayloadInfo
     ext_header_len: UInt = 0
-    hp2p: Raw | UnsetType = UNSET
+    hp2p: BroadcastExt | UnsetType | None = UNSET
 
 
 class AckOperation(_Wire):
@@ -149,11 +252,11 @@ class AckOperation(_Wire):
 
 class ReleaseParams(_Wire):
     operation: AckOperation | UnsetType = UNSET
-    hp2p: Raw | UnsetType = UNSET
+    hp2p: ReleaseExt | UnsetType | None = UNSET
 
 
-class Hp2pOnlyParams(_Wire):
-    hp2p: Raw | UnsetType = UNSET
+class HeartbeatParams(_Wire):
+    hp2p: HeartbeatExt | UnsetType | None = UNSET
 
 
 class ScanOverlay(_Wire):
@@ -170,7 +273,6 @@ class ScanParams(_Wire):
 
 class BuffermapParams(_Wire):
     overlay_id: Id
-    hp2p: Raw | UnsetType = UNSET
 
 
 class BuffermapRspParams(_Wire):
@@ -225,7 +327,7 @@ class ReleaseReq(Req, tag=7):
 
 
 class HeartbeatReq(Req, tag=8):
-    req_params: Hp2pOnlyParams | UnsetType | None = UNSET
+    req_params: HeartbeatParams | UnsetType | None = UNSET
 
 
 class ScanTreeReq(Req, tag=9):
@@ -365,5 +467,4 @@ RESPONSE_DECODER: Final = msgspec.json.Decoder(AnyRsp)
 BROADCAST_DECODER: Final = msgspec.json.Decoder(BroadcastOnly)
 ENVELOPE_DECODER: Final = msgspec.json.Decoder(Envelope)
 EXTENSION_DECODER: Final = msgspec.json.Decoder(dict[str, Any])
-HP2P_DECODER: Final = msgspec.json.Decoder(dict[str, Any] | None)
 ENCODER: Final = msgspec.json.Encoder()
