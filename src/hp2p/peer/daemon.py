@@ -348,24 +348,7 @@ async def run_mesh(settings: Settings, json_events: bool, stdin: bool, stop: asy
     local_api = None
     try:
         local_api, api_url = await _start_api(node, settings.node.api)
-        info = {
-            "peer_id": node.peer_id,
-            "overlay_id": node.overlay_id,
-            "source_id": node.source_id,
-            "r2": node.address,
-            "api": api_url or None,
-            "mesh": True,
-            "source_key": node.source_key,
-            "signing_key": node.signer.public_text if node.signer else None,
-        }
-        if json_events:
-            print_event("joined", info)
-        else:
-            print(
-                f"hp2p peer: joined SubMesh peer-id={node.peer_id} overlay-id={node.overlay_id} "
-                f"source={node.source_id} r2={node.address} api={api_url or '-'}",
-                flush=True,
-            )
+        _announce_mesh(node, api_url, json_events)
 
         async def report_objects() -> None:
             async for delivery in subscription:
@@ -387,6 +370,28 @@ async def run_mesh(settings: Settings, json_events: bool, stdin: bool, stop: asy
         if local_api is not None:
             await local_api.stop()
         await node.close()
+
+
+def _announce_mesh(node: MeshNode, api_url: str, json_events: bool) -> None:
+    """The one line (or ``joined`` event) a SubMesh peer prints once it has joined."""
+    info = {
+        "peer_id": node.peer_id,
+        "overlay_id": node.overlay_id,
+        "source_id": node.source_id,
+        "r2": node.address,
+        "api": api_url or None,
+        "mesh": True,
+        "source_key": node.source_key,
+        "signing_key": node.signer.public_text if node.signer else None,
+    }
+    if json_events:
+        print_event("joined", info)
+    else:
+        print(
+            f"hp2p peer: joined SubMesh peer-id={node.peer_id} overlay-id={node.overlay_id} "
+            f"source={node.source_id} r2={node.address} api={api_url or '-'}",
+            flush=True,
+        )
 
 
 async def serve_mesh_commands(node: MeshNode) -> None:

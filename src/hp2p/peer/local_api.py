@@ -27,6 +27,7 @@ import base64
 import contextlib
 import hashlib
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Union
 
 import uvicorn
@@ -87,36 +88,18 @@ def build_app(node: Union[PeerNode, "MeshNode"]) -> FastAPI:
     async def subscribe(ws: WebSocket) -> None:
         """Deliveries (and gaps, as ``{"gap": {...}}``) as JSON text frames; frames from the
         client are published."""
-        await ws.accept()
-        sub = node.subscribe_with_gaps()
 
-        async def pump_out() -> None:
-            async for item in sub:
-                if isinstance(item, Gap):
-                    await ws.send_json(gap_json(item))
-                else:
-                    await ws.send_json(delivery_json(item))
+        def to_json(item: Any) -> dict[str, Any]:
+            return gap_json(item) if isinstance(item, Gap) else delivery_json(item)
 
-        sender = asyncio.create_task(pump_out())
-        try:
-            while True:
-                frame = await ws.receive()
-                if frame["type"] == "websocket.disconnect":
-                    break
-                data = frame.get("bytes")
-                if data is None:
-                    data = (frame.get("text") or "").encode("utf-8")
-                try:
-                    running().publish(data)
-                except (NodeError, HTTPException) as exc:
-                    await ws.send_json({"error": str(exc)})
-        except WebSocketDisconnect:
-            pass
-        finally:
-            sub.close()
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+        def publish_frame(data: bytes) -> str | None:
+            try:
+                running().publish(data)
+            except (NodeError, HTTPException) as exc:
+                return str(exc)
+            return None
+
+        await _serve_subscription(ws, node.subscribe_with_gaps(), to_json, publish_frame)
 
     return app
 
@@ -184,35 +167,55 @@ def build_mesh_app(node: "MeshNode") -> FastAPI:
     @app.websocket("/subscribe")
     async def subscribe(ws: WebSocket) -> None:
         """Whole verified objects as JSON text frames; frames from the client are published."""
-        await ws.accept()
-        sub = node.subscribe()
 
-        async def pump_out() -> None:
-            async for delivery in sub:
-                await ws.send_json(object_json(delivery))
+        def publish_frame(data: bytes) -> str | None:
+            try:
+                publish(data, None)
+            except HTTPException as exc:
+                return str(exc.detail)
+            return None
 
-        sender = asyncio.create_task(pump_out())
-        try:
-            while True:
-                frame = await ws.receive()
-                if frame["type"] == "websocket.disconnect":
-                    break
-                data = frame.get("bytes")
-                if data is None:
-                    data = (frame.get("text") or "").encode("utf-8")
-                try:
-                    publish(data, None)
-                except HTTPException as exc:
-                    await ws.send_json({"error": exc.detail})
-        except WebSocketDisconnect:
-            pass
-        finally:
-            sub.close()
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+        await _serve_subscription(ws, node.subscribe(), object_json, publish_frame)
 
     return app
+
+
+async def _serve_subscription(
+    ws: WebSocket,
+    sub: Any,
+    to_json: Callable[[Any], dict[str, Any]],
+    publish: Callable[[bytes], str | None],
+) -> None:
+    """One subscription over a WebSocket: items out as JSON frames, frames in are published.
+
+    A frame that cannot be published is answered with ``{"error": ...}``; the subscription
+    ends (and is closed) when the client goes.
+    """
+    await ws.accept()
+
+    async def pump_out() -> None:
+        async for item in sub:
+            await ws.send_json(to_json(item))
+
+    sender = asyncio.create_task(pump_out())
+    try:
+        while True:
+            frame = await ws.receive()
+            if frame["type"] == "websocket.disconnect":
+                break
+            data = frame.get("bytes")
+            if data is None:
+                data = (frame.get("text") or "").encode("utf-8")
+            error = publish(data)
+            if error is not None:
+                await ws.send_json({"error": error})
+    except WebSocketDisconnect:
+        pass
+    finally:
+        sub.close()
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
 
 
 class LocalApi:

@@ -55,11 +55,11 @@ from hp2p.peer.mesh import (
 from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_objects import ManifestSigner, parse_public_key
 from hp2p.peer.mesh_store import DiskPieceStore, MemoryPieceStore, PieceStore
+from hp2p.peer.mesh_trust import TrustError, choose_source_key
 from hp2p.peer.settings import Settings, split_host_port
 from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
-from hp2p.transport import tcp
 from hp2p.transport.base import Link
 from hp2p.transport.faults import FaultPlan, FaultyLink
 from hp2p.transport.registry import TransportRegistry
@@ -392,48 +392,15 @@ class MeshNode(CoreShell[MeshCore]):
         """Listen on R2, create (source) or find the SubMesh, join it, open mesh links."""
         self._loop = asyncio.get_running_loop()
         s = self.settings
-        host, port = split_host_port(s.listen, "listen")
+        self.address = await self._listen_r2(s.listen, MeshNodeError)
         try:
-            self._server = await tcp.listen(
-                host, port, self._on_accept, max_queue_bytes=s.send_queue_bytes
-            )
-        except OSError as exc:
-            raise MeshNodeError(
-                f"cannot listen for R2 on {s.listen}: {exc.strerror or exc} "
-                "(is the port in use? use another --listen port, or port 0)"
-            ) from None
-        self.address = tcp.format_tcp_address(host, self._server.sockets[0].getsockname()[1])
-        try:
-            if s.create is not None:
-                assert s.parent is not None
-                self._become_signer(self.peer_id)
-                overlay_id = await self.homs.create_sub_overlay(
-                    s.create,
-                    sub_type="mesh",
-                    parent_overlay_id=s.parent,
-                    source_peer_id=self.peer_id,
-                    owner_id=self.peer_id,
-                    admin_key=s.admin_key or secrets.token_urlsafe(16),
-                    description=s.description,
-                    access_key=s.access_key,
-                )
-                overlay = await self.homs.find_overlay(overlay_id)
-            else:
-                assert s.join is not None
-                overlay = await self.homs.find_overlay(s.join)
-            if overlay.type != "sub" or overlay.sub_type != "mesh":
-                raise MeshNodeError(
-                    f"overlay {overlay.overlay_id!r} is a {overlay.type}/{overlay.sub_type}, "
-                    "not a SubMesh (sub/mesh); join it with `hp2p peer --join` instead"
-                )
-            if not overlay.source_peer_id:
-                raise MeshNodeError(f"SubMesh {overlay.overlay_id!r} names no source peer")
-            if overlay.source_peer_id == self.peer_id and self.signer is None:
+            overlay, source = await self._find_submesh()
+            if source == self.peer_id and self.signer is None:
                 self._become_signer(self.peer_id)
             elif s.standby:
                 # ready to sign in the source's place, if the operator gave us its key
                 self.signer = load_signing_key(
-                    s.signing_key or default_key_path(overlay.source_peer_id), create=False
+                    s.signing_key or default_key_path(source), create=False
                 )
             membership = await self.homs.join(
                 overlay,
@@ -445,17 +412,15 @@ class MeshNode(CoreShell[MeshCore]):
             )
             source_address = None
             if s.standby:
-                source_address = await self.homs.peer_address(
-                    overlay.overlay_id, overlay.source_peer_id
-                )
+                source_address = await self.homs.peer_address(overlay.overlay_id, source)
             self.source_key = self._trusted_key(
-                overlay.source_peer_id, self.homs.recorded_key or overlay.source_key
+                source, self.homs.recorded_key or overlay.source_key
             )
         except (HomsError, MeshNodeError) as exc:
             await self._shutdown_io()
             raise MeshNodeError(str(exc)) from None
         self.overlay_id = overlay.overlay_id
-        self.source_id = overlay.source_peer_id
+        self.source_id = source
         self.core = MeshCore(
             s.config,
             self.peer_id,
@@ -480,6 +445,36 @@ class MeshNode(CoreShell[MeshCore]):
         self.state = "running"
         self._drain()
 
+    async def _find_submesh(self) -> tuple[homp.QueryOverlay, str]:
+        """The SubMesh to join (created here: this peer is its source; or found at the HOMS)
+        and its source peer."""
+        s = self.settings
+        if s.create is not None:
+            assert s.parent is not None
+            self._become_signer(self.peer_id)
+            overlay_id = await self.homs.create_sub_overlay(
+                s.create,
+                sub_type="mesh",
+                parent_overlay_id=s.parent,
+                source_peer_id=self.peer_id,
+                owner_id=self.peer_id,
+                admin_key=s.admin_key or secrets.token_urlsafe(16),
+                description=s.description,
+                access_key=s.access_key,
+            )
+            overlay = await self.homs.find_overlay(overlay_id)
+        else:
+            assert s.join is not None
+            overlay = await self.homs.find_overlay(s.join)
+        if overlay.type != "sub" or overlay.sub_type != "mesh":
+            raise MeshNodeError(
+                f"overlay {overlay.overlay_id!r} is a {overlay.type}/{overlay.sub_type}, "
+                "not a SubMesh (sub/mesh); join it with `hp2p peer --join` instead"
+            )
+        if not overlay.source_peer_id:
+            raise MeshNodeError(f"SubMesh {overlay.overlay_id!r} names no source peer")
+        return overlay, overlay.source_peer_id
+
     def _become_signer(self, source_id: str) -> None:
         """This peer is the source: load (or create) its key and declare it to the HOMS."""
         if not self.settings.sign:
@@ -491,46 +486,23 @@ class MeshNode(CoreShell[MeshCore]):
         self.homs.declared_key = self.signer.public_text
 
     def _trusted_key(self, source_id: str, recorded: str | None) -> str | None:
-        """The key manifests are verified with: the pinned one, else the HOMS's record."""
-        pinned = self.settings.source_key
-        if recorded is not None:
-            try:
-                parse_public_key(recorded)
-            except ValueError as exc:
-                raise MeshNodeError(f"the HOMS records an unusable source-key: {exc}") from None
-        if pinned is not None and recorded is not None and pinned != recorded:
-            self._emit(
-                "error",
-                {
-                    "reason": f"the pinned source key {pinned} is not the one the HOMS records "
-                    f"({recorded}); manifests are verified with the pinned key"
-                },
-            )
-        key = pinned or recorded
-        if source_id == self.peer_id and self.signer is None and key is not None:
-            raise MeshNodeError(
-                f"SubMesh source {source_id!r} would publish unsigned manifests (--unsigned), "
-                f"but its key {key} is recorded: peers would refuse every manifest. Sign with "
-                "the source's key file (--signing-key): drop --unsigned."
-            )
+        """The key manifests are verified with (:func:`hp2p.peer.mesh_trust.choose_source_key`)."""
         signer = self.signer
-        if signer is not None and key is not None and signer.public_text != key:
-            if source_id == self.peer_id:
-                raise MeshNodeError(
-                    f"this source's signing key {signer.public_text} is not the key the SubMesh "
-                    f"records for {source_id!r} ({key}); peers would refuse every manifest. "
-                    "Start it with the key file it was first started with (--signing-key), or "
-                    "have the owner record the new key (HOMP PUT /homs with source-key)."
-                )
-            self._emit(
-                "error",
-                {
-                    "reason": f"the standby's key file holds {signer.public_text}, not the "
-                    f"source's key {key}: after a take-over its manifests would be refused"
-                },
+        try:
+            choice = choose_source_key(
+                source_id=source_id,
+                peer_id=self.peer_id,
+                pinned=self.settings.source_key,
+                recorded=recorded,
+                signer_key=signer.public_text if signer is not None else None,
             )
+        except TrustError as exc:
+            raise MeshNodeError(str(exc)) from None
+        for warning in choice.warnings:
+            self._emit("error", {"reason": warning})
+        if not choice.keep_signer:
             self.signer = None
-        return key
+        return choice.key
 
     async def close(self) -> None:
         """Leave cleanly, bounded by ``leave_timeout``: RELEASE every link, HOMP leave."""

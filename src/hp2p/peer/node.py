@@ -57,7 +57,7 @@ from hp2p.peer.effects import (
     Send,
 )
 from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError
-from hp2p.peer.settings import NodeSettings, split_host_port
+from hp2p.peer.settings import NodeSettings
 from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Delivery as Delivery
 from hp2p.peer.subscription import Subscription as Subscription
@@ -161,18 +161,7 @@ class PeerNode(CoreShell[PeerCore]):
     async def start(self) -> None:
         """Listen on R2, find or create the overlay, join it and wait until attached."""
         self._loop = asyncio.get_running_loop()
-        host, port = split_host_port(self.settings.listen, "listen")
-        try:
-            self._server = await tcp.listen(
-                host, port, self._on_accept, max_queue_bytes=self.settings.send_queue_bytes
-            )
-        except OSError as exc:
-            raise NodeError(
-                f"cannot listen for R2 on {self.settings.listen}: {exc.strerror or exc} "
-                "(is the port in use? use another --listen port, or port 0)"
-            ) from None
-        sock_port = self._server.sockets[0].getsockname()[1]
-        self.address = tcp.format_tcp_address(host, sock_port)
+        self.address = await self._listen_r2(self.settings.listen, NodeError)
         rng = random.Random(self.settings.seed)
         self.core = PeerCore(self.config, self.peer_id, self.address, rng)
         try:

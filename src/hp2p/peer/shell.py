@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from hp2p.peer.effects import Close, Connect, Send
+from hp2p.peer.settings import split_host_port
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
 from hp2p.transport.registry import TransportRegistry, default_registry
@@ -109,6 +110,20 @@ class CoreShell(Generic[CoreT]):
         """A link left the table (the tree shell waits on this when leaving)."""
 
     # === transport inputs ========================================================================
+    async def _listen_r2(self, listen: str, error: type[Exception]) -> str:
+        """Listen for R2 on ``listen`` (HOST:PORT); the ``tcp://`` address peers reach us at."""
+        host, port = split_host_port(listen, "listen")
+        try:
+            self._server = await tcp.listen(
+                host, port, self._on_accept, max_queue_bytes=self._send_queue_bytes
+            )
+        except OSError as exc:
+            raise error(
+                f"cannot listen for R2 on {listen}: {exc.strerror or exc} "
+                "(is the port in use? use another --listen port, or port 0)"
+            ) from None
+        return tcp.format_tcp_address(host, self._server.sockets[0].getsockname()[1])
+
     def _on_accept(self, link: tcp.TcpLink) -> LinkEvents:
         core = self.core
         if core is None or self._stopped:
