@@ -61,13 +61,12 @@ from hp2p.peer.settings import NodeSettings
 from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Delivery as Delivery
 from hp2p.peer.subscription import Subscription as Subscription
-from hp2p.peer.subtree import NotSourceError, SourcePolicy, policy_for
+from hp2p.peer.subtree import NotSourceError, subtree_source
 from hp2p.transport import tcp
 from hp2p.transport.base import Link
 from hp2p.transport.faults import FaultPlan, FaultyLink
 from hp2p.transport.registry import TransportRegistry
 from hp2p.wire import homp
-from hp2p.wire.r2.messages import Message
 
 log = logging.getLogger("hp2p.peer.node")
 
@@ -146,7 +145,7 @@ class PeerNode(CoreShell[PeerCore]):
         self.address = ""
         self.membership: Membership | None = None
         # SubTree: only its source peer publishes (hp2p.peer.subtree); None on a CoreTree
-        self.source_policy: SourcePolicy | None = None
+        self.subtree_source: str | None = None
         self.joined = asyncio.Event()
         self.state = "starting"
         self.failure: str | None = None
@@ -205,6 +204,7 @@ class PeerNode(CoreShell[PeerCore]):
             heartbeat_timeout=m.heartbeat_timeout,
             cr_policy=m.cr_policy,
             root=m.root,
+            source_peer_id=self.subtree_source,
         )
 
     async def _homp_join(self, overlay: homp.QueryOverlay | None = None) -> Membership:
@@ -212,7 +212,7 @@ class PeerNode(CoreShell[PeerCore]):
         if overlay is None:
             overlay = await self._find_or_create()
             self._overlay = overlay
-            self.source_policy = policy_for(overlay)
+            self.subtree_source = subtree_source(overlay)
         return await self.homs.join(
             overlay,
             peer_id=self.peer_id,
@@ -289,17 +289,15 @@ class PeerNode(CoreShell[PeerCore]):
         instead of being numbered and then refused by every link.
         """
         core = self._running_core()
-        if self.source_policy is not None:
-            try:
-                self.source_policy.check_publish(self.peer_id)
-            except NotSourceError as exc:
-                raise NodeError(str(exc)) from None
         if len(data) > self.max_message:
             raise MessageTooLargeError(
                 f"a message of {len(data)} bytes is larger than the {self.max_message} bytes a "
                 "link carries (R2 payload limit and send_queue_bytes); split it"
             )
-        sequence = core.publish(data, self._now(), app_id=app_id, payload_type=payload_type)
+        try:
+            sequence = core.publish(data, self._now(), app_id=app_id, payload_type=payload_type)
+        except NotSourceError as exc:  # a SubTree member that is not its source
+            raise NodeError(str(exc)) from None
         self._emit("published", {"source": self.peer_id, "sequence": sequence, "t": time.time()})
         self._drain()
         return sequence
@@ -354,7 +352,9 @@ class PeerNode(CoreShell[PeerCore]):
             },
             "homs_client": asdict(self.homs.stats),
             "subscribers": len(self._subscribers),
-            "subtree_foreign_dropped": self.source_policy.dropped if self.source_policy else None,
+            "subtree_foreign_dropped": (
+                core.counters.foreign_dropped if core and self.subtree_source else None
+            ),
         }
         if core is not None:
             costmap = core.paths.costmap()
@@ -380,10 +380,6 @@ class PeerNode(CoreShell[PeerCore]):
         return self.core
 
     # === transport inputs ========================================================================
-    def _admit(self, message: Message) -> bool:
-        # SubTree: data not from the source peer is dropped (and counted)
-        return self.source_policy is None or self.source_policy.admit(message)
-
     def _link_closed(self) -> None:
         self._links_changed.set()
 

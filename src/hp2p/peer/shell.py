@@ -102,10 +102,6 @@ class CoreShell(Generic[CoreT]):
         """The link the shell sends on (a fault-injecting wrapper, say)."""
         return link
 
-    def _admit(self, message: Message) -> bool:
-        """Whether a decoded message goes to the core at all (a SubTree's source rule)."""
-        return True
-
     def _link_closed(self) -> None:
         """A link left the table (the tree shell waits on this when leaving)."""
 
@@ -148,7 +144,7 @@ class CoreShell(Generic[CoreT]):
             pending.append(message)  # arrived before connect() returned: keep the order
             return
         core = self.core
-        if core is None or self._stopped or not self._admit(message):
+        if core is None or self._stopped:
             return
         core.receive(conn, message, self._now())
         self._drain()
@@ -199,8 +195,7 @@ class CoreShell(Generic[CoreT]):
         self._links[conn] = self._wrap(link, address)
         core.connection_made(conn, self._now())
         for message in early:
-            if self._admit(message):
-                core.receive(conn, message, self._now())
+            core.receive(conn, message, self._now())
         self._drain()
 
     # === timer ===================================================================================

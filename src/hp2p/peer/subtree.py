@@ -1,16 +1,14 @@
 """Sub-overlays on R1 and the SubTree's single-source rule (Q.4100 §6).
 
 A **SubTree** is a ``sub``/``tree`` overlay: the same push tree as the CoreTree, but only its
-source peer (recorded by the HOMS as ``source-peer-id``) may publish. Rather than fork the tree
-core, the rule is a small policy the peer shell consults at two points:
+source peer (recorded by the HOMS as ``source-peer-id``) may publish. The rule is enforced by
+the tree core itself (the DB FE, :mod:`hp2p.peer.broadcast`), so the simulator applies it as
+a daemon does: :func:`subtree_source` reads the source from the overlay the peer joins and the
+shell hands it to the core in ``JoinInfo.source_peer_id``; the core then refuses a publish on
+any other peer with :class:`NotSourceError`, and drops (and counts, ``foreign_dropped``) data
+of any other source before it is delivered or relayed.
 
-* ``check_publish``: the application's publish on any other peer is refused with a clear
-  :class:`NotSourceError` before anything is sent;
-* ``admit``: a received BROADCAST_DATA (or recovered GET_DATA answer) whose source is not the
-  overlay's source peer is dropped *before* the core sees it, so it is neither delivered nor
-  relayed, and counted (``dropped``), so a misbehaving peer shows up in the status.
-
-The same module gives the HOMS client the one HOMP call the CoreTree client does not make:
+This module also gives the HOMS client the one HOMP call the CoreTree client does not make:
 creating a sub-overlay with the hp2p extension fields ``parent-overlay-id`` and
 ``source-peer-id``, and finding a member's address in the overlay status (a standby watching
 its source).
@@ -24,7 +22,6 @@ under the same peer-id, instead of waiting for the HOMS to expire it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -32,47 +29,15 @@ import msgspec
 from hp2p.peer.errors import NotSourceError
 from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError
 from hp2p.wire import homp
-from hp2p.wire.r2.messages import BroadcastData, GetDataResponse, Message
 
-__all__ = ["NotSourceError", "SourcePolicy", "SubOverlayHomsClient", "policy_for"]
-
-
-@dataclass
-class SourcePolicy:
-    """Single-source enforcement for one SubTree (shell hook; the tree core is unchanged)."""
-
-    overlay_id: str
-    source_peer_id: str
-    dropped: int = 0
-
-    def check_publish(self, peer_id: str) -> None:
-        """Raise :class:`NotSourceError` unless ``peer_id`` is the overlay's source peer."""
-        if peer_id != self.source_peer_id:
-            raise NotSourceError(
-                f"only the source peer {self.source_peer_id!r} of SubTree {self.overlay_id!r} "
-                f"may publish; this peer is {peer_id!r}. Publish at the source (or through an "
-                "R3 bridge that feeds it)."
-            )
-
-    def admit(self, message: Message) -> bool:
-        """False (and counted) for data whose source is not the overlay's source peer."""
-        if isinstance(message, BroadcastData | GetDataResponse) and (
-            message.source != self.source_peer_id
-        ):
-            if isinstance(message, GetDataResponse) and not message.data:
-                return True  # an 11404 "not held" answer carries no data to refuse
-            self.dropped += 1
-            return False
-        return True
+__all__ = ["NotSourceError", "SubOverlayHomsClient", "subtree_source"]
 
 
-def policy_for(overlay: homp.QueryOverlay | None) -> SourcePolicy | None:
-    """The policy a peer of ``overlay`` must apply: one for a SubTree, None otherwise."""
+def subtree_source(overlay: homp.QueryOverlay | None) -> str | None:
+    """The only peer that may publish in ``overlay``: its source on a SubTree, else None."""
     if overlay is None or overlay.type != "sub" or overlay.sub_type != "tree":
         return None
-    if not overlay.source_peer_id:
-        return None
-    return SourcePolicy(overlay.overlay_id, overlay.source_peer_id)
+    return overlay.source_peer_id or None
 
 
 class SubOverlayHomsClient(HomsClient):
