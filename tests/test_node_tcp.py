@@ -198,10 +198,10 @@ async def test_join_failed_leads_to_a_bounded_fresh_join_then_a_clear_error(
         await owner.create_overlay("ghost", "o", "admin", heartbeat_interval=1, heartbeat_timeout=3)
         overlay = await owner.find_overlay("ghost")
         await owner.join(overlay, peer_id="ghost", address=dead, password="p" * 8, expires=30)
-        config = PeerConfig(join_attempts=1, hello_timeout=0.5, backoff_initial=0.01)
+        config = PeerConfig(join_attempts=1, rejoins=1, hello_timeout=0.5, backoff_initial=0.01)
         events: list[tuple[str, dict[str, object]]] = []
         node = PeerNode(
-            NodeSettings(homs="http://homs", join="ghost", rejoins=1, join_timeout=20),
+            NodeSettings(homs="http://homs", join="ghost", join_timeout=20),
             config,
             homs_client=client_for(app),
             on_event=lambda kind, fields: events.append((kind, fields)),

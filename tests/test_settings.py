@@ -162,7 +162,7 @@ def test_shell_settings_apply_to_both_but_tree_only_and_create_only_ones_do_not(
     s = _merge(api="127.0.0.1:0", faults="delay=0.01", expires="20", heartbeat_interval="0.5")
     s.check("tree", CORETREE)
     s.check("mesh", SUBMESH)
-    with pytest.raises(SettingsError, match="rejoins applies to tree peers only"):
+    with pytest.raises(SettingsError, match=r"rejoins is a tree \(CoreTree/SubTree\) setting"):
         _merge(rejoins="2").check("mesh", SUBMESH)
     with pytest.raises(SettingsError, match="description applies to --create only"):
         _merge(description="d").check("tree", CORETREE)

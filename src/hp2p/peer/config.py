@@ -118,7 +118,11 @@ class PeerConfig:
     )
     join_attempts: int = field(
         default=4,
-        metadata=_doc("Join/recovery attempts before JoinFailed (the shell then rejoins)."),
+        metadata=_doc("Join attempts before JoinFailed (then a fresh HOMP join, see rejoins)."),
+    )
+    rejoins: int = field(
+        default=3,
+        metadata=_doc("Fresh HOMP joins (new ticket) after the tree core gave up re-attaching."),
     )
     recovery_attempts: int = field(
         default=12,

@@ -248,6 +248,7 @@ class Control:
         self.asking: Link | None = None
         self.hellos_out: set[int] = set()
         self.hello_accepted = False
+        self.rejoins = 0  # fresh HOMP joins asked for after giving up (bounded by config)
 
     def to(self, event: Event) -> None:
         nxt = transition(self.phase, event)
@@ -571,7 +572,10 @@ class Control:
         limit = config.recovery_attempts if self.recovering else config.join_attempts
         if self.attempt >= limit:
             self.to(Event.GIVE_UP)
-            core.effects.append(JoinFailed(f"{reason} after {self.attempt} attempt(s)"))
+            rejoin = self.rejoins < config.rejoins
+            self.rejoins += rejoin
+            message = f"{reason} after {self.attempt} attempt(s)"
+            core.effects.append(JoinFailed(message, rejoin))
             return
         self.to(Event.RETRY)
         delay = backoff_delay(self.attempt, config, core.rng)

@@ -137,9 +137,16 @@ class Detached:
 
 @dataclass(frozen=True, slots=True)
 class JoinFailed:
-    """Every bounded join/recovery attempt failed; the shell may rejoin from scratch."""
+    """Every bounded join/recovery attempt failed.
+
+    ``rejoin``: the core's budget (``rejoins``) allows another try under a fresh HOMP
+    membership, so the shell does a HOMP leave and join and calls ``start`` with the new
+    ticket; False: the peer gives up for good. The core decides, so the simulator and the
+    daemon spend the same budget.
+    """
 
     reason: str
+    rejoin: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -488,7 +488,7 @@ class PeerNode(CoreShell[PeerCore]):
     def _join_failed(self, effect: JoinFailed) -> None:
         """The core gave up re-attaching: join the HOMS afresh (bounded), else fail."""
         self._emit("join_failed", {"reason": effect.reason})
-        if self.stats.rejoins < self.settings.rejoins and not self._stopped:
+        if effect.rejoin and not self._stopped:
             log.warning("could not attach to the tree (%s); joining the HOMS afresh", effect.reason)
             self.state = "rejoining"
             self._spawn(self._rejoin(), "hp2p-rejoin")

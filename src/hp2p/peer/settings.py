@@ -127,12 +127,6 @@ class NodeSettings:
             "Give up when the peer is not attached (tree) or joined (SubMesh) after this (s)."
         ),
     )
-    rejoins: int = field(
-        default=3,
-        metadata=_doc(
-            "Fresh HOMP joins (new ticket) after the tree core gave up re-attaching.", only="tree"
-        ),
-    )
     leave_timeout: float = field(
         default=5.0, metadata=_doc("Bound on a clean leave: RELEASE, flush, HOMP leave (s).")
     )

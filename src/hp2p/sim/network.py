@@ -439,7 +439,7 @@ class Network:
             peer.gaps.append((effect.source, effect.first, effect.last))
         elif isinstance(effect, JoinFailed):
             peer.join_failures += 1
-            if self.rejoin:
+            if self.rejoin and effect.rejoin:
                 self._push(now + self.homs_latency, _REJOIN, peer, 0, None)
         if self.on_effect is not None:
             self.on_effect(peer, effect, now)
