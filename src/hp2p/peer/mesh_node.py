@@ -40,12 +40,11 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hp2p.peer.effects import Close, Connect, HomsReport, ProtocolError, Send
+from hp2p.peer.effects import HomsReport
 from hp2p.peer.homs_client import HomsError
 from hp2p.peer.mesh import (
     BecameSource,
     MeshCore,
-    MeshEffect,
     MeshJoinInfo,
     NotSourceError,
     ObjectReceived,
@@ -581,33 +580,29 @@ class MeshNode(CoreShell[MeshCore]):
         return FaultyLink(link, self.fault_plan, local=self.address, remote=remote)
 
     # === timer and effects =======================================================================
-    def _execute(self, effect: MeshEffect) -> None:
-        if isinstance(effect, Send):
-            self._send(effect)
-        elif isinstance(effect, ObjectReceived):
-            self._deliver(effect)
-        elif isinstance(effect, Connect):
-            self._start_connect(effect)
-        elif isinstance(effect, Close):
-            self._close(effect)
-        elif isinstance(effect, HomsReport):
-            self.homs.report(effect.costmap)
-        elif isinstance(effect, PeerListWanted):
-            if not self._asking_homs:
-                self._asking_homs = True
-                self.stats.peer_list_requests += 1
-                self._spawn(self._peer_list(), "hp2p-mesh-peer-list")
-        elif isinstance(effect, ProtocolError):
-            self.stats.protocol_errors += 1
-            log.info("mesh protocol error on connection %s: %s", effect.conn, effect.reason)
-            self._emit("error", {"conn": effect.conn, "reason": effect.reason})
-        elif isinstance(effect, SourceKeyWanted):
-            if not self._asking_key:
-                self._asking_key = True
-                self._spawn(self._fetch_source_key(), "hp2p-mesh-source-key")
-        elif isinstance(effect, BecameSource):
-            self.became_source.set()
-            self._emit("became_source", {"first_object": effect.first_object})
+    def _effect_handlers(self) -> dict[type[Any], Callable[[Any], None]]:
+        return {
+            ObjectReceived: self._deliver,
+            HomsReport: lambda e: self.homs.report(e.costmap),
+            PeerListWanted: self._peer_list_wanted,
+            SourceKeyWanted: self._source_key_wanted,
+            BecameSource: self._became_source,
+        }
+
+    def _peer_list_wanted(self, effect: PeerListWanted) -> None:
+        if not self._asking_homs:
+            self._asking_homs = True
+            self.stats.peer_list_requests += 1
+            self._spawn(self._peer_list(), "hp2p-mesh-peer-list")
+
+    def _source_key_wanted(self, effect: SourceKeyWanted) -> None:
+        if not self._asking_key:
+            self._asking_key = True
+            self._spawn(self._fetch_source_key(), "hp2p-mesh-source-key")
+
+    def _became_source(self, effect: BecameSource) -> None:
+        self.became_source.set()
+        self._emit("became_source", {"first_object": effect.first_object})
 
     def _deliver(self, effect: ObjectReceived) -> None:
         self.stats.deliveries += 1

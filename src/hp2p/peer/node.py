@@ -39,11 +39,8 @@ from hp2p.peer.config import PeerConfig
 from hp2p.peer.control import JoinInfo
 from hp2p.peer.core import PeerCore
 from hp2p.peer.effects import (
-    Close,
-    Connect,
     Deliver,
     Detached,
-    Effect,
     Gap,
     HomsRecoveryJoin,
     HomsReport,
@@ -52,9 +49,7 @@ from hp2p.peer.effects import (
     Left,
     PathEvent,
     PeerLost,
-    ProtocolError,
     ScanResult,
-    Send,
 )
 from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError
 from hp2p.peer.settings import NodeSettings
@@ -390,65 +385,56 @@ class PeerNode(CoreShell[PeerCore]):
 
     # === timer ===================================================================================
     # === effects =================================================================================
-    def _execute(self, effect: Effect) -> None:
-        if isinstance(effect, Send):
-            self._send(effect)
-        elif isinstance(effect, Deliver):
-            self._deliver(effect)
-        elif isinstance(effect, Connect):
-            self._start_connect(effect)
-        elif isinstance(effect, Close):
-            self._close(effect)
-        elif isinstance(effect, HomsReport):
-            self.homs.report(effect.costmap)
-        elif isinstance(effect, HomsRecoveryJoin):
-            self.stats.recovery_joins += 1
-            self._spawn(self._recovery_join(), "hp2p-recovery-join")
-        elif isinstance(effect, ScanResult):
-            self._scan_done(effect)
-        elif isinstance(effect, PathEvent):
-            self._emit(
-                "path",
-                {
-                    "kind": effect.kind,
-                    "peer": effect.peer_id,
-                    "role": effect.role,
-                    "reason": effect.reason,
-                },
-            )
-        elif isinstance(effect, ProtocolError):
-            self.stats.protocol_errors += 1
-            log.info("protocol error on connection %s: %s", effect.conn, effect.reason)
-            self._emit("error", {"conn": effect.conn, "reason": effect.reason})
-        elif isinstance(effect, Joined):
-            self._joined(effect)
-        elif isinstance(effect, Detached):
-            self.state = "detached"
-            log.info("detached from the tree: %s", effect.reason)
-            self._emit("detached", {"reason": effect.reason})
-        elif isinstance(effect, JoinFailed):
-            self._join_failed(effect)
-        elif isinstance(effect, Gap):
-            lost = effect.last - effect.first + 1
-            self.stats.gaps += lost
-            log.warning(
-                "lost for good: %d message(s) %d..%d of %s",
-                lost,
-                effect.first,
-                effect.last,
-                effect.source,
-            )
-            self._emit("gap", {"source": effect.source, "first": effect.first, "last": effect.last})
-            for sub in self._subscribers:
-                sub.put_gap(effect)
-        elif isinstance(effect, PeerLost):
-            self.stats.peers_lost += 1
-            log.info("neighbour %s (%s) lost: %s", effect.peer_id, effect.role, effect.reason)
-            self._emit(
-                "peer_lost", {"peer": effect.peer_id, "role": effect.role, "reason": effect.reason}
-            )
-        elif isinstance(effect, Left):
-            self.state = "left"
+    def _effect_handlers(self) -> dict[type[Any], Callable[[Any], None]]:
+        return {
+            Deliver: self._deliver,
+            HomsReport: lambda e: self.homs.report(e.costmap),
+            HomsRecoveryJoin: self._recovery_wanted,
+            ScanResult: self._scan_done,
+            PathEvent: self._path_event,
+            Joined: self._joined,
+            Detached: self._detached,
+            JoinFailed: self._join_failed,
+            Gap: self._gap,
+            PeerLost: self._peer_lost,
+            Left: self._left,
+        }
+
+    def _recovery_wanted(self, effect: HomsRecoveryJoin) -> None:
+        self.stats.recovery_joins += 1
+        self._spawn(self._recovery_join(), "hp2p-recovery-join")
+
+    def _path_event(self, effect: PathEvent) -> None:
+        fields = {"kind": effect.kind, "peer": effect.peer_id, "role": effect.role}
+        self._emit("path", {**fields, "reason": effect.reason})
+
+    def _detached(self, effect: Detached) -> None:
+        self.state = "detached"
+        log.info("detached from the tree: %s", effect.reason)
+        self._emit("detached", {"reason": effect.reason})
+
+    def _gap(self, effect: Gap) -> None:
+        lost = effect.last - effect.first + 1
+        self.stats.gaps += lost
+        log.warning(
+            "lost for good: %d message(s) %d..%d of %s",
+            lost,
+            effect.first,
+            effect.last,
+            effect.source,
+        )
+        self._emit("gap", {"source": effect.source, "first": effect.first, "last": effect.last})
+        for sub in self._subscribers:
+            sub.put_gap(effect)
+
+    def _peer_lost(self, effect: PeerLost) -> None:
+        self.stats.peers_lost += 1
+        log.info("neighbour %s (%s) lost: %s", effect.peer_id, effect.role, effect.reason)
+        fields = {"peer": effect.peer_id, "role": effect.role, "reason": effect.reason}
+        self._emit("peer_lost", fields)
+
+    def _left(self, effect: Left) -> None:
+        self.state = "left"
 
     def _deliver(self, effect: Deliver) -> None:
         self.stats.deliveries += 1

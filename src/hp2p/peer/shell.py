@@ -21,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from hp2p.peer.effects import Close, Connect, Send
+from hp2p.peer.effects import Close, Connect, ProtocolError, Send
 from hp2p.peer.settings import split_host_port
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
@@ -92,11 +92,36 @@ class CoreShell(Generic[CoreT]):
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
+        self._handlers = self._effect_handlers()
 
     # === hooks for subclasses ====================================================================
-    def _execute(self, effect: Any) -> None:
-        """Carry out one effect the core produced."""
+    def _effect_handlers(self) -> dict[type[Any], Callable[[Any], None]]:
+        """The effects only this kind of peer has, and what carries each out."""
         raise NotImplementedError
+
+    def _execute(self, effect: Any) -> None:
+        """Carry out one effect: the transport ones here, the others through the subclass table.
+
+        A broadcast hop is one ``Send`` and one delivery, so those are dispatched by exact type
+        first; an effect that no table names is a bug in the shell, and is logged.
+        """
+        kind = type(effect)
+        if kind is Send:
+            self._send(effect)
+        elif kind is Connect:
+            self._start_connect(effect)
+        elif kind is Close:
+            self._close(effect)
+        elif kind is ProtocolError:
+            self.stats.protocol_errors += 1
+            log.info("protocol error on connection %s: %s", effect.conn, effect.reason)
+            self._emit("error", {"conn": effect.conn, "reason": effect.reason})
+        else:
+            handler = self._handlers.get(kind)
+            if handler is None:
+                log.error("no handler for the %s effect", kind.__name__)
+            else:
+                handler(effect)
 
     def _wrap(self, link: Link, remote: str) -> Link:
         """The link the shell sends on (a fault-injecting wrapper, say)."""
