@@ -99,6 +99,13 @@ class Membership:
         return [p for p, _ in self.peers] == [self.peer_id]
 
 
+def create_auth(admin_key: str, access_key: str | None) -> homp.CreateAuth:
+    """An overlay's auth at creation: closed when it has an access key, else open."""
+    return homp.CreateAuth(
+        type="closed" if access_key else "open", admin_key=admin_key, access_key=access_key
+    )
+
+
 @dataclass
 class HomsClientStats:
     """Counters shown in the peer's status: how the R1 side is doing."""
@@ -214,25 +221,22 @@ class HomsClient:
         field only (:func:`homp_heartbeat`); the peer keeps its own precise values.
         """
         interval, timeout = homp_heartbeat(heartbeat_interval, heartbeat_timeout)
-        request = homp.CreateRequest(
-            overlay=homp.CreateOverlay(
-                title=title,
-                type="core",
-                sub_type="tree",
-                owner_id=owner_id,
-                description=description,
-                heartbeat_interval=interval,
-                heartbeat_timeout=timeout,
-                auth=homp.CreateAuth(
-                    type="closed" if access_key else "open",
-                    admin_key=admin_key,
-                    access_key=access_key,
-                ),
-            )
+        overlay = homp.CreateOverlay(
+            title=title,
+            type="core",
+            sub_type="tree",
+            owner_id=owner_id,
+            description=description,
+            heartbeat_interval=interval,
+            heartbeat_timeout=timeout,
+            auth=create_auth(admin_key, access_key),
         )
-        answer = await self._call(
-            "POST", "/homs", request, homp.CreateResponse, what="create the overlay"
-        )
+        return await self._create(overlay, "create the overlay")
+
+    async def _create(self, overlay: homp.CreateOverlay, what: str) -> str:
+        """``POST /homs``: the new overlay's id."""
+        request = homp.CreateRequest(overlay=overlay)
+        answer = await self._call("POST", "/homs", request, homp.CreateResponse, what=what)
         overlay_id: str = answer.overlay.overlay_id
         return overlay_id
 

@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from hp2p.peer.errors import NotSourceError
-from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError
+from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError, create_auth
 from hp2p.wire import homp
 
 __all__ = ["NotSourceError", "SubOverlayHomsClient", "subtree_source"]
@@ -160,30 +160,20 @@ class SubOverlayHomsClient(HomsClient):
         """
         if sub_type not in ("tree", "mesh"):
             raise ValueError(f"sub-type must be 'tree' or 'mesh', not {sub_type!r}")
-        request = homp.CreateRequest(
-            overlay=homp.CreateOverlay(
-                title=title,
-                type="sub",
-                sub_type=sub_type,  # type: ignore[arg-type]
-                owner_id=owner_id,
-                description=description,
-                heartbeat_interval=heartbeat_interval,
-                heartbeat_timeout=heartbeat_timeout,
-                auth=homp.CreateAuth(
-                    type="closed" if access_key else "open",
-                    admin_key=admin_key,
-                    access_key=access_key,
-                ),
-                parent_overlay_id=parent_overlay_id,
-                source_peer_id=source_peer_id,
-                source_key=source_key,
-            )
+        overlay = homp.CreateOverlay(
+            title=title,
+            type="sub",
+            sub_type=sub_type,  # type: ignore[arg-type]
+            owner_id=owner_id,
+            description=description,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            auth=create_auth(admin_key, access_key),
+            parent_overlay_id=parent_overlay_id,
+            source_peer_id=source_peer_id,
+            source_key=source_key,
         )
-        answer = await self._call(
-            "POST", "/homs", request, homp.CreateResponse, what="create the sub-overlay"
-        )
-        overlay_id: str = answer.overlay.overlay_id
-        return overlay_id
+        return await self._create(overlay, "create the sub-overlay")
 
     async def overlay_status(self, overlay_id: str) -> dict[str, Any]:
         """``GET /api/OverlayStatus``: the overlay with its members (hp2p HOMS)."""
