@@ -120,6 +120,14 @@ class Peer:
         return self.node.status()
 
 
+def payload_json(data: bytes) -> dict[str, str]:
+    """Bytes in JSON: ``text`` when they are UTF-8, else ``data_b64``."""
+    try:
+        return {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"data_b64": base64.b64encode(data).decode("ascii")}
+
+
 def delivery_json(delivery: Delivery) -> dict[str, Any]:
     """A delivery as JSON: ``text`` when the bytes are UTF-8, else ``data_b64``."""
     out: dict[str, Any] = {
@@ -128,10 +136,7 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
         "app_id": delivery.app_id,
         "payload_type": delivery.payload_type,
     }
-    try:
-        out["text"] = delivery.data.decode("utf-8")
-    except UnicodeDecodeError:
-        out["data_b64"] = base64.b64encode(delivery.data).decode("ascii")
+    out |= payload_json(delivery.data)
     if delivery.lost:
         out["lost"] = delivery.lost
     if delivery.recovered:

@@ -271,6 +271,10 @@ class HomsClient:
         return [item.overlay for item in items]
 
     # --- membership ------------------------------------------------------------------------
+    def join_password(self, password: str) -> str:
+        """The password a join uses: the peer's own (a bridge group shares one, see subtree)."""
+        return password
+
     async def join(
         self,
         overlay: homp.QueryOverlay,
@@ -282,6 +286,7 @@ class HomsClient:
         access_key: str | None = None,
     ) -> Membership:
         """HybridOverlayJoin (``POST /peer``): ticket, entry peers and the overlay's policy."""
+        password = self.join_password(password)
         request = homp.JoinRequest(
             overlay=homp.JoinOverlay(
                 overlay_id=overlay.overlay_id,

@@ -23,7 +23,6 @@ here: FastAPI reads the route annotations at runtime.
 """
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import socket
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Union
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 
-from hp2p.peer.api import delivery_json, gap_json, scan_json
+from hp2p.peer.api import delivery_json, gap_json, payload_json, scan_json
 from hp2p.peer.node import MessageTooLargeError, NodeError, PeerNode
 from hp2p.peer.settings import split_host_port
 from hp2p.peer.subscription import Gap
@@ -113,10 +112,7 @@ def object_json(delivery: "MeshDelivery") -> dict[str, Any]:
         "app_id": delivery.app_id,
         "meta": delivery.meta,
     }
-    try:
-        out["text"] = delivery.data.decode("utf-8")
-    except UnicodeDecodeError:
-        out["data_b64"] = base64.b64encode(delivery.data).decode("ascii")
+    out |= payload_json(delivery.data)
     if delivery.lost:
         out["lost"] = delivery.lost
     return out

@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from hp2p.peer.errors import NotSourceError
-from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError, create_auth
+from hp2p.peer.homs_client import HomsClient, HomsError, PeerForgottenError, create_auth
 from hp2p.wire import homp
 
 __all__ = ["NotSourceError", "SubOverlayHomsClient", "subtree_source"]
@@ -53,24 +53,8 @@ class SubOverlayHomsClient(HomsClient):
             raise ValueError("a source password must not be empty")
         self.source_password = source_password
 
-    async def join(
-        self,
-        overlay: homp.QueryOverlay,
-        *,
-        peer_id: str,
-        address: str,
-        password: str,
-        expires: int,
-        access_key: str | None = None,
-    ) -> Membership:
-        return await super().join(
-            overlay,
-            peer_id=peer_id,
-            address=address,
-            password=self.source_password or password,
-            expires=expires,
-            access_key=access_key,
-        )
+    def join_password(self, password: str) -> str:
+        return self.source_password or password
 
     async def holds_id(self) -> bool:
         """Whether the HOMS still lists this membership's peer-id at this peer's address.
