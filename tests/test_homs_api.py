@@ -64,6 +64,20 @@ async def test_recovery_flag_values(client: httpx.AsyncClient) -> None:
     r = await client.post("/peer?recovery=1", json=join("ov", "a", **{"ticket-id": 1}))
     assert r.status_code == 202
     assert r.json()["peer"] == {"peer-id": "a", "ticket-id": 1, "expires": 30}
+    r = await client.post("/peer?recovery=true", json=join("ov", "a", **{"ticket-id": -1}))
+    assert (r.status_code, r.json()["field"]) == (400, "$.peer.ticket-id")
+
+
+async def test_a_reference_go_peer_joins_with_ticket_id_minus_one(
+    client: httpx.AsyncClient,
+) -> None:
+    """GO-2023 sends ``"ticket-id": -1`` on a normal join; the HOMS issues a real ticket."""
+    assert (await client.post("/homs", json=create("ov"))).status_code == 200
+    r = await client.post("/peer", json=join("ov", "go-1", **{"ticket-id": -1}))
+    assert r.status_code == 202
+    assert r.json()["peer"]["ticket-id"] == 1
+    r = await client.post("/peer", json=join("ov", "go-2", **{"ticket-id": -1}))
+    assert r.json()["peer"]["ticket-id"] == 2
 
 
 async def test_closed_overlay_refusal_is_407_with_the_reference_body(

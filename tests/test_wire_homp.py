@@ -164,6 +164,19 @@ def test_semantic_failures_are_refused_by_the_helper(step: str) -> None:
     assert info.value.field == SEMANTIC[step]
 
 
+@pytest.mark.parametrize("ticket", [-1, 0, 7])
+def test_a_normal_join_takes_any_ticket_id_a_recovery_only_a_real_one(ticket: int) -> None:
+    """The reference Go peer sends ``"ticket-id": -1`` on every normal join."""
+    join = homp.decode_join_request(json.dumps(_join(**{"ticket-id": ticket})))
+    assert join.peer.ticket_id == ticket
+    if ticket >= 1:
+        join.validate_recovery()
+    else:
+        with pytest.raises(HeaderError, match="ticket it recovers") as info:
+            join.validate_recovery()
+        assert info.value.field == "$.peer.ticket-id"
+
+
 @needs_corpus
 def test_recovery_join_without_ticket_is_refused() -> None:
     body = _request_bytes(_by_step("recovery_join_without_ticket"))
@@ -307,7 +320,7 @@ def test_absent_optionals_are_omitted() -> None:
     [
         ({"expires": 0}, "$.peer.expires"),
         ({"expires": 31 * 86_400 + 1}, "$.peer.expires"),
-        ({"ticket-id": 0}, "$.peer.ticket-id"),
+        ({"ticket-id": 10**20}, "$.peer.ticket-id"),
         ({"auth": {"password": ""}}, "$.peer.auth.password"),
         ({"capabilities": ["not", "an", "object"]}, "$.peer.capabilities"),
         ({"capabilities": {"a": "x" * 5000}}, "$.peer"),

@@ -132,6 +132,10 @@ StatusText = Annotated[str, msgspec.Meta(max_length=MAX_ID_LEN)]
 HeartbeatSeconds = Annotated[int, msgspec.Meta(ge=1, le=MAX_HEARTBEAT_S)]
 ExpiresSeconds = Annotated[int, msgspec.Meta(ge=1, le=MAX_EXPIRES_S)]
 TicketId = Annotated[int, msgspec.Meta(ge=1, le=MAX_TICKET)]
+#: ``ticket-id`` as a joiner sends it: the reference Go peer sends ``-1`` on every normal join
+#: (it has no ticket yet), so any bounded integer decodes; only a recovery join must name a
+#: real ticket (:meth:`JoinRequest.validate_recovery`).
+JoinTicket = Annotated[int, msgspec.Meta(ge=-MAX_TICKET, le=MAX_TICKET)]
 #: Responses come from a HOMS we may not control (the reference stores
 #: whatever it was given), so numbers in responses are only required to be
 #: non-negative.
@@ -540,7 +544,8 @@ def json_depth_within(value: Any, limit: int) -> bool:
 class JoinPeer(_Model):
     """``peer`` on join.
 
-    ``ticket-id`` is only meaningful for a recovery join.  ``capabilities`` is
+    ``ticket-id`` is only meaningful for a recovery join (a normal join's, such as the
+    reference Go peer's ``-1``, is ignored: the HOMS issues the ticket).  ``capabilities`` is
     an hp2p extension: a small free JSON object (e.g. bandwidth, NAT type,
     preferred parents) that the HOMS keeps in its peer information registry.
     """
@@ -549,7 +554,7 @@ class JoinPeer(_Model):
     address: Address
     auth: PeerAuth
     expires: ExpiresSeconds | None = None
-    ticket_id: TicketId | None = msgspec.field(default=None, name="ticket-id")
+    ticket_id: JoinTicket | None = msgspec.field(default=None, name="ticket-id")
     capabilities: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -577,9 +582,15 @@ class JoinRequest(_Model):
             raise HeaderError("a core overlay has sub-type `tree`", "$.overlay.sub-type")
 
     def validate_recovery(self) -> None:
-        """A recovery join (``?recovery=true``) must name the ticket it recovers."""
-        if self.peer.ticket_id is None:
+        """A recovery join (``?recovery=true``) must name the ticket it recovers (≥ 1)."""
+        ticket = self.peer.ticket_id
+        if ticket is None:
             raise HeaderError("a recovery join needs `ticket-id`", "$.peer.ticket-id")
+        if ticket < 1:
+            raise HeaderError(
+                f"a recovery join needs the ticket it recovers (≥ 1), not {ticket}",
+                "$.peer.ticket-id",
+            )
 
 
 class PeerInfo(_Model):
