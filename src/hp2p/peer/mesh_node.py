@@ -59,8 +59,7 @@ from hp2p.peer.settings import Settings, split_host_port
 from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
-from hp2p.transport.base import Link
-from hp2p.transport.faults import FaultPlan, FaultyLink
+from hp2p.transport.faults import FaultPlan
 from hp2p.transport.registry import TransportRegistry
 from hp2p.wire import homp
 
@@ -574,11 +573,6 @@ class MeshNode(CoreShell[MeshCore]):
         return self.core
 
     # === transport ===============================================================================
-    def _wrap(self, link: Link, remote: str) -> Link:
-        if self.fault_plan is None:
-            return link
-        return FaultyLink(link, self.fault_plan, local=self.address, remote=remote)
-
     # === timer and effects =======================================================================
     def _effect_handlers(self) -> dict[type[Any], Callable[[Any], None]]:
         return {

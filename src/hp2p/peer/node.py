@@ -58,8 +58,7 @@ from hp2p.peer.subscription import Delivery as Delivery
 from hp2p.peer.subscription import Subscription as Subscription
 from hp2p.peer.subtree import NotSourceError, subtree_source
 from hp2p.transport import tcp
-from hp2p.transport.base import Link
-from hp2p.transport.faults import FaultPlan, FaultyLink
+from hp2p.transport.faults import FaultPlan
 from hp2p.transport.registry import TransportRegistry
 from hp2p.wire import homp
 
@@ -377,11 +376,6 @@ class PeerNode(CoreShell[PeerCore]):
     # === transport inputs ========================================================================
     def _link_closed(self) -> None:
         self._links_changed.set()
-
-    def _wrap(self, link: Link, remote: str) -> Link:
-        if self.fault_plan is None:
-            return link
-        return FaultyLink(link, self.fault_plan, local=self.address, remote=remote)
 
     # === timer ===================================================================================
     # === effects =================================================================================

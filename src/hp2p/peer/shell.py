@@ -29,6 +29,7 @@ from hp2p.peer.effects import Close, Connect, ProtocolError, Send
 from hp2p.peer.settings import split_host_port
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
+from hp2p.transport.faults import FaultPlan, FaultyLink
 from hp2p.transport.registry import TransportRegistry, default_registry
 from hp2p.wire.errors import WireError
 from hp2p.wire.r2 import encode
@@ -73,6 +74,9 @@ class CoreShell(Generic[CoreT]):
 
     core: CoreT | None
     stats: LinkStats
+    address: str
+    #: Delay, loss and partitions injected on every link (``--faults``); None: none.
+    fault_plan: FaultPlan | None = None
     on_event: Any  # EventSink | None
     #: Task name of the connection attempts (visible in asyncio debugging).
     connect_task_name = "hp2p-connect"
@@ -124,8 +128,10 @@ class CoreShell(Generic[CoreT]):
                 handler(effect)
 
     def _wrap(self, link: Link, remote: str) -> Link:
-        """The link the shell sends on (a fault-injecting wrapper, say)."""
-        return link
+        """The link the shell sends on: wrapped in the fault injector when ``--faults`` is set."""
+        if self.fault_plan is None:
+            return link
+        return FaultyLink(link, self.fault_plan, local=self.address, remote=remote)
 
     def _link_closed(self) -> None:
         """A link left the table (the tree shell waits on this when leaving)."""
