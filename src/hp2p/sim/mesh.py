@@ -35,6 +35,7 @@ from hp2p.peer.mesh import (
 )
 from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_store import PieceStore
+from hp2p.sim.heap import EventHeap
 from hp2p.wire.r2 import decode, encode
 from hp2p.wire.r2.messages import Message
 
@@ -97,7 +98,7 @@ class MeshPeer:
     became_source: int | None = None
 
 
-class MeshNetwork:
+class MeshNetwork(EventHeap):
     """The event loop of a simulated SubMesh; all times are virtual seconds."""
 
     def __init__(
@@ -133,9 +134,7 @@ class MeshNetwork:
         self._ends: dict[tuple[str, int], tuple[MeshPeer, int, float]] = {}
         self._pipe_free: dict[tuple[str, int], float] = {}
         self._pending: set[tuple[str, int]] = set()
-        self._latencies: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[Any, ...]] = []
-        self._seq = 0
+        self._init_heap()
         self._count = 0
 
     # --- scenario API ------------------------------------------------------------------------
@@ -199,9 +198,6 @@ class MeshNetwork:
             remote, rconn, latency = self._ends.pop(key)
             self._push(self.now + latency, _LOST, remote, rconn, None)
 
-    def at(self, when: float, action: Callable[[], object]) -> None:
-        self._push(max(when, self.now), _CALL, None, 0, action)
-
     def run(self, until: float, max_events: int = 20_000_000) -> int:
         """Process events up to virtual time ``until`` (bounded by ``max_events``)."""
         done = 0
@@ -234,18 +230,6 @@ class MeshNetwork:
         return all(obj in p.received for p in (peers if peers is not None else self.receivers()))
 
     # --- internals -------------------------------------------------------------------------
-    def _push(self, when: float, kind: int, peer: MeshPeer | None, conn: int, payload: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, kind, peer, conn, payload))
-
-    def _lat(self, a: MeshPeer, b: MeshPeer) -> float:
-        key = (a.peer_id, b.peer_id) if a.peer_id < b.peer_id else (b.peer_id, a.peer_id)
-        value = self._latencies.get(key)
-        if value is None:
-            value = random.Random(f"{self.seed}:{key[0]}:{key[1]}").uniform(*self.latency)
-            self._latencies[key] = value
-        return value
-
     def _event(self, kind: int, peer: Any, conn: int, payload: Any) -> None:
         now = self.now
         if kind == _RECV:

@@ -55,6 +55,7 @@ from hp2p.peer.effects import (
     Send,
 )
 from hp2p.peer.paths import Role
+from hp2p.sim.heap import CALL, EventHeap
 from hp2p.wire.r2.messages import BroadcastData, Message
 
 _RECV = 0
@@ -64,7 +65,7 @@ _MADE = 3
 _FAILED = 4
 _LOST = 5
 _HOMS = 6
-_CALL = 7
+_CALL = CALL
 _REJOIN = 8
 
 
@@ -151,7 +152,7 @@ class SimPeer:
         return any(s == source and a <= sequence <= b for s, a, b in self.gaps)
 
 
-class Network:
+class Network(EventHeap):
     """The event loop of the simulation; all times are virtual seconds."""
 
     def __init__(
@@ -186,9 +187,7 @@ class Network:
         # (peer, conn) -> (remote peer, remote conn, one-way latency of the link)
         self._ends: dict[tuple[str, int], tuple[SimPeer, int, float]] = {}
         self._pending: set[tuple[str, int]] = set()
-        self._latencies: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[Any, ...]] = []
-        self._seq = 0
+        self._init_heap()
         self._count = 0
         self._encode: Callable[[Message], bytes] | None = None
         self._decode: Callable[[bytes], Message] | None = None
@@ -258,10 +257,6 @@ class Network:
         """Loss probability of BROADCAST_DATA on the link between peers ``a`` and ``b``."""
         key = (a, b) if a < b else (b, a)
         self._link_loss[key] = probability
-
-    def at(self, when: float, action: Callable[[], object]) -> None:
-        """Run ``action`` at virtual time ``when`` (scheduled publishes, faults …)."""
-        self._push(max(when, self.now), _CALL, None, 0, action)
 
     def run(self, until: float, max_events: int = 50_000_000) -> int:
         """Process events up to virtual time ``until`` (bounded by ``max_events``)."""
@@ -378,18 +373,6 @@ class Network:
         return [p.peer_id for p in self.alive() if p.core.attached and p.core.parent is None]
 
     # --- internals -------------------------------------------------------------------------
-    def _push(self, when: float, kind: int, peer: SimPeer | None, conn: int, payload: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, kind, peer, conn, payload))
-
-    def _lat(self, a: SimPeer, b: SimPeer) -> float:
-        key = (a.peer_id, b.peer_id) if a.peer_id < b.peer_id else (b.peer_id, a.peer_id)
-        value = self._latencies.get(key)
-        if value is None:
-            value = random.Random(f"{self.seed}:{key[0]}:{key[1]}").uniform(*self.latency)
-            self._latencies[key] = value
-        return value
-
     def _drain(self, peer: SimPeer) -> None:
         """Carry out a core's effects: the simulator's one effect dispatcher.
 
