@@ -368,7 +368,9 @@ class HomsClient:
                 expires=m.expires,
             ),
         )
-        answer = await self._call("PUT", "/peer", request, homp.RefreshResponse, what="refresh")
+        answer = await self._call(
+            "PUT", "/peer", request, homp.RefreshResponse, what="refresh", membership=True
+        )
         self.stats.refreshes += 1
         return answer.peer.expires
 
@@ -403,7 +405,12 @@ class HomsClient:
             )
             try:
                 await self._call(
-                    "POST", "/peer/report", request, homp.OverlayRefResponse, what="report"
+                    "POST",
+                    "/peer/report",
+                    request,
+                    homp.OverlayRefResponse,
+                    what="report",
+                    membership=True,
                 )
                 self.stats.reports_sent += 1
             except PeerForgottenError as exc:
@@ -509,8 +516,15 @@ class HomsClient:
         what: str,
         params: Mapping[str, str] | None = None,
         idempotent: bool = True,
+        membership: bool = False,
     ) -> T:
-        """One HOMP exchange with bounded retries; returns the decoded answer or raises."""
+        """One HOMP exchange with bounded retries; returns the decoded answer or raises.
+
+        ``membership``: a refresh or report, which only a member may make. Any refusal of one
+        (a 4xx other than 407) means the HOMS no longer counts this peer: the reference HOMS
+        answers an expired peer ``400 "BAD REQUEST"`` with no field, hp2p's names
+        ``$.peer.peer-id``. Either way the peer joins afresh (:class:`PeerForgottenError`).
+        """
         content = homp.encode(body) if body is not None else None
         last: str = ""
         for attempt in range(1, self.attempts + 1):
@@ -552,7 +566,7 @@ class HomsClient:
                     break
                 continue
             text = f"the HOMS refused to {what} ({status}): {_error_text(response)}"
-            if status == 400 and _error_field(response) == "$.peer.peer-id":
+            if membership or (status == 400 and _error_field(response) == "$.peer.peer-id"):
                 self.stats.forgotten += 1
                 raise self._fail(PeerForgottenError(text, status))
             raise self._fail(HomsError(text, status))
