@@ -93,6 +93,14 @@ def peer(
         str | None,
         typer.Option("--listen", help="HOST:PORT for R2 over TCP (default 127.0.0.1:0, any port)."),
     ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise",
+            help="tcp://HOST:PORT other peers dial to reach this one (default: from --listen; "
+            "never 0.0.0.0).",
+        ),
+    ] = None,
     api: Annotated[
         str | None,
         typer.Option(
@@ -210,6 +218,7 @@ def peer(
         "create": create,
         "join": join,
         "listen": listen,
+        "advertise": advertise,
         "api": api,
         "peer_id": peer_id,
         "access_key": access_key,

@@ -238,6 +238,7 @@ class MeshSettings:
     create: str | None = None  # title of a SubMesh to create (this peer is its source)
     parent: str | None = None  # parent overlay-id (CoreTree) for create
     listen: str = "127.0.0.1:0"
+    advertise: str | None = None  # tcp://HOST:PORT others dial (default: from listen)
     peer_id: str | None = None
     store: str | None = None  # directory of a persistent piece store
     standby: bool = False  # watch the source, publish in its place when it is gone
@@ -276,6 +277,7 @@ class MeshSettings:
             create=n.create,
             parent=m.parent,
             listen=n.listen,
+            advertise=n.advertise,
             peer_id=n.peer_id,
             store=m.store,
             standby=m.standby,
@@ -390,7 +392,7 @@ class MeshNode(CoreShell[MeshCore]):
         """Listen on R2, create (source) or find the SubMesh, join it, open mesh links."""
         self._loop = asyncio.get_running_loop()
         s = self.settings
-        self.address = await self._listen_r2(s.listen, MeshNodeError)
+        self.address = await self._listen_r2(s.listen, MeshNodeError, s.advertise)
         try:
             overlay, source = await self._find_submesh()
             if source == self.peer_id and self.signer is None:

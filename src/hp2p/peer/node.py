@@ -154,7 +154,8 @@ class PeerNode(CoreShell[PeerCore]):
     async def start(self) -> None:
         """Listen on R2, find or create the overlay, join it and wait until attached."""
         self._loop = asyncio.get_running_loop()
-        self.address = await self._listen_r2(self.settings.listen, NodeError)
+        s = self.settings
+        self.address = await self._listen_r2(s.listen, NodeError, s.advertise)
         rng = random.Random(self.settings.seed)
         self.core = PeerCore(self.config, self.peer_id, self.address, rng)
         try:

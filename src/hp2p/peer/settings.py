@@ -96,6 +96,13 @@ class NodeSettings:
         default="127.0.0.1:0",
         metadata=_doc("HOST:PORT for R2 (TCP); port 0 picks a free one. Sent as tcp://HOST:PORT."),
     )
+    advertise: str | None = field(
+        default=None,
+        metadata=_doc(
+            "tcp://HOST:PORT other peers reach this one at (a NAT's forwarded port, a public "
+            "name); default: the listening address, this host's address for 0.0.0.0."
+        ),
+    )
     api: str | None = field(
         default=None,
         metadata=_doc("HOST:PORT of the local HTTP + WebSocket API; off unless given."),
@@ -163,6 +170,19 @@ class NodeSettings:
             value = getattr(self, name)
             if value is not None:
                 split_host_port(value, name)
+        if self.advertise is not None:
+            host, _, rest = self.advertise.partition("://")
+            if host != "tcp" or not rest:
+                raise SettingsError(
+                    f"advertise must be tcp://HOST:PORT, got {self.advertise!r} "
+                    "(the address other peers dial to reach this one)"
+                )
+            split_host_port(rest, "advertise")
+            if rest.rsplit(":", 1)[0].strip("[]") in _ANY_HOST:
+                raise SettingsError(
+                    f"advertise {self.advertise!r} names no host: give the address other "
+                    "peers can reach, not 0.0.0.0"
+                )
 
     @classmethod
     def describe(cls) -> dict[str, tuple[Any, str]]:
@@ -209,6 +229,9 @@ class SubMeshSettings:
     @classmethod
     def describe(cls) -> dict[str, tuple[Any, str]]:
         return {f.name: (f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)}
+
+
+_ANY_HOST = ("0.0.0.0", "::", "")
 
 
 def split_host_port(value: str, name: str = "address") -> tuple[str, int]:

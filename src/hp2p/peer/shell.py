@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -36,6 +37,20 @@ from hp2p.wire.r2 import encode
 from hp2p.wire.r2.messages import Message
 
 log = logging.getLogger("hp2p.peer.shell")
+
+
+def host_address() -> str:
+    """This host's address for others: the first non-loopback address its name resolves to.
+
+    No packet is sent. A host whose name resolves only to loopback (or not at all) gets
+    127.0.0.1, which is right on one machine; across machines give ``--advertise``.
+    """
+    try:
+        _, _, addresses = socket.gethostbyname_ex(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+    usable = [a for a in addresses if not a.startswith("127.") and a != "0.0.0.0"]
+    return usable[0] if usable else "127.0.0.1"
 
 
 class DrivenCore(Protocol):
@@ -137,8 +152,15 @@ class CoreShell(Generic[CoreT]):
         """A link left the table (the tree shell waits on this when leaving)."""
 
     # === transport inputs ========================================================================
-    async def _listen_r2(self, listen: str, error: type[Exception]) -> str:
-        """Listen for R2 on ``listen`` (HOST:PORT); the ``tcp://`` address peers reach us at."""
+    async def _listen_r2(
+        self, listen: str, error: type[Exception], advertise: str | None = None
+    ) -> str:
+        """Listen for R2 on ``listen`` (HOST:PORT); the ``tcp://`` address peers reach us at.
+
+        That is ``advertise`` when given; else the listening address, except that a peer
+        listening on every interface (0.0.0.0) never advertises 0.0.0.0, which nobody can
+        dial: it names this host's own address (:func:`host_address`).
+        """
         host, port = split_host_port(listen, "listen")
         try:
             self._server = await tcp.listen(
@@ -149,6 +171,10 @@ class CoreShell(Generic[CoreT]):
                 f"cannot listen for R2 on {listen}: {exc.strerror or exc} "
                 "(is the port in use? use another --listen port, or port 0)"
             ) from None
+        if advertise is not None:
+            return advertise
+        if host in ("0.0.0.0", "::", ""):
+            host = host_address()
         return tcp.format_tcp_address(host, self._server.sockets[0].getsockname()[1])
 
     def _on_accept(self, link: tcp.TcpLink) -> LinkEvents:
