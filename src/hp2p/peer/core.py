@@ -48,7 +48,6 @@ from hp2p.peer.effects import (
     Left,
     PathEvent,
     PeerLost,
-    Send,
 )
 from hp2p.peer.kernel import Kernel
 from hp2p.peer.path_procedures import PathManager
@@ -447,6 +446,3 @@ class PeerCore(Kernel):
 
 def _ignore(link: Link, msg: Message, now: float) -> None:
     return
-
-
-__all__ = ["CoreCounters", "JoinInfo", "PeerCore", "Send"]

@@ -40,7 +40,6 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hp2p.peer.effects import HomsReport
 from hp2p.peer.homs_client import HomsError
 from hp2p.peer.mesh import (
     BecameSource,
@@ -348,6 +347,7 @@ class MeshNode(CoreShell[MeshCore]):
     """One SubMesh peer process: ``await start()``, publish/subscribe, ``await close()``."""
 
     stats: MeshNodeStats
+    homs: MeshHomsClient
     connect_task_name = "hp2p-mesh-connect"
 
     def __init__(
@@ -574,12 +574,10 @@ class MeshNode(CoreShell[MeshCore]):
             raise MeshNodeError("the SubMesh peer is not running (start it first, or it has left)")
         return self.core
 
-    # === transport ===============================================================================
-    # === timer and effects =======================================================================
+    # === effects =================================================================================
     def _effect_handlers(self) -> dict[type[Any], Callable[[Any], None]]:
         return {
             ObjectReceived: self._deliver,
-            HomsReport: lambda e: self.homs.report(e.costmap),
             PeerListWanted: self._peer_list_wanted,
             SourceKeyWanted: self._source_key_wanted,
             BecameSource: self._became_source,

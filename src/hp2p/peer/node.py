@@ -43,7 +43,6 @@ from hp2p.peer.effects import (
     Detached,
     Gap,
     HomsRecoveryJoin,
-    HomsReport,
     Joined,
     JoinFailed,
     Left,
@@ -378,12 +377,10 @@ class PeerNode(CoreShell[PeerCore]):
     def _link_closed(self) -> None:
         self._links_changed.set()
 
-    # === timer ===================================================================================
     # === effects =================================================================================
     def _effect_handlers(self) -> dict[type[Any], Callable[[Any], None]]:
         return {
             Deliver: self._deliver,
-            HomsReport: lambda e: self.homs.report(e.costmap),
             HomsRecoveryJoin: self._recovery_wanted,
             ScanResult: self._scan_done,
             PathEvent: self._path_event,

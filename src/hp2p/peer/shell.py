@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from hp2p.peer.effects import Close, Connect, ProtocolError, Send
+from hp2p.peer.effects import Close, Connect, HomsReport, ProtocolError, Send
+from hp2p.peer.homs_client import HomsClient
 from hp2p.peer.settings import split_host_port
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
@@ -89,6 +90,7 @@ class CoreShell(Generic[CoreT]):
 
     core: CoreT | None
     stats: LinkStats
+    homs: HomsClient
     address: str
     #: Delay, loss and partitions injected on every link (``--faults``); None: none.
     fault_plan: FaultPlan | None = None
@@ -131,6 +133,8 @@ class CoreShell(Generic[CoreT]):
             self._start_connect(effect)
         elif kind is Close:
             self._close(effect)
+        elif kind is HomsReport:
+            self.homs.report(effect.costmap)  # the path table (tree) or neighbours (mesh)
         elif kind is ProtocolError:
             self.stats.protocol_errors += 1
             log.info("protocol error on connection %s: %s", effect.conn, effect.reason)
