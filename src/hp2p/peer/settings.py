@@ -178,7 +178,7 @@ class NodeSettings:
                     "(the address other peers dial to reach this one)"
                 )
             split_host_port(rest, "advertise")
-            if rest.rsplit(":", 1)[0].strip("[]") in _ANY_HOST:
+            if rest.rsplit(":", 1)[0].strip("[]") in ANY_HOSTS:
                 raise SettingsError(
                     f"advertise {self.advertise!r} names no host: give the address other "
                     "peers can reach, not 0.0.0.0"
@@ -231,7 +231,7 @@ class SubMeshSettings:
         return {f.name: (f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)}
 
 
-_ANY_HOST = ("0.0.0.0", "::", "")
+ANY_HOSTS = ("0.0.0.0", "::", "")
 
 
 def split_host_port(value: str, name: str = "address") -> tuple[str, int]:

@@ -28,7 +28,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from hp2p.peer.effects import Close, Connect, HomsReport, ProtocolError, Send
 from hp2p.peer.homs_client import HomsClient
-from hp2p.peer.settings import split_host_port
+from hp2p.peer.settings import ANY_HOSTS, split_host_port
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
 from hp2p.transport.faults import FaultPlan, FaultyLink
@@ -50,7 +50,7 @@ def host_address() -> str:
         _, _, addresses = socket.gethostbyname_ex(socket.gethostname())
     except OSError:
         return "127.0.0.1"
-    usable = [a for a in addresses if not a.startswith("127.") and a != "0.0.0.0"]
+    usable = [a for a in addresses if not a.startswith("127.") and a not in ANY_HOSTS]
     return usable[0] if usable else "127.0.0.1"
 
 
@@ -121,10 +121,10 @@ class CoreShell(Generic[CoreT]):
         raise NotImplementedError
 
     def _execute(self, effect: Any) -> None:
-        """Carry out one effect: the transport ones here, the others through the subclass table.
+        """Carry out one effect: the ones every peer has here, the others by the subclass table.
 
-        A broadcast hop is one ``Send`` and one delivery, so those are dispatched by exact type
-        first; an effect that no table names is a bug in the shell, and is logged.
+        ``Send`` (most of a broadcast hop) is tested first, by exact type; an effect that no
+        table names is a bug in the shell, and is logged.
         """
         kind = type(effect)
         if kind is Send:
@@ -177,7 +177,7 @@ class CoreShell(Generic[CoreT]):
             ) from None
         if advertise is not None:
             return advertise
-        if host in ("0.0.0.0", "::", ""):
+        if host in ANY_HOSTS:
             host = host_address()
         return tcp.format_tcp_address(host, self._server.sockets[0].getsockname()[1])
 
