@@ -36,6 +36,7 @@ import msgspec
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.effects import Detached, HomsRecoveryJoin, Joined, JoinFailed
 from hp2p.peer.paths import Link, PathTable, Role
+from hp2p.trust.membership import Membership
 from hp2p.wire.r2.messages import (
     ESTAB_YES,
     PRIMARY_YES,
@@ -89,6 +90,9 @@ class JoinInfo:
     #: A SubTree's source peer: only it publishes, data of any other source is refused.
     #: None on a CoreTree, where every member may publish.
     source_peer_id: str | None = None
+    #: This peer's key and HOMS credential, and the HOMS keys to check others' (issue #11).
+    #: None: the overlay runs without credentials (a reference HOMS; docs/security.md).
+    membership: Membership | None = None
 
 
 def may_volunteer(

@@ -62,6 +62,7 @@ from hp2p.peer.mesh_objects import (
 )
 from hp2p.peer.mesh_pull import MeshPuller
 from hp2p.peer.mesh_store import MemoryPieceStore, PieceStore
+from hp2p.trust.membership import Membership
 from hp2p.wire.r2.messages import (
     Buffermap,
     BuffermapResponse,
@@ -138,6 +139,8 @@ class MeshJoinInfo:
     source_address: str | None = None
     #: The source's Ed25519 public key (``ed25519:<hex>``) from the HOMS or pinned; None: none.
     source_key: str | None = None
+    #: This peer's key and HOMS credential (issue #11); None: the overlay runs without them.
+    membership: Membership | None = None
 
 
 @dataclass
