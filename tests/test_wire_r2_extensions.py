@@ -26,6 +26,7 @@ EXTENSIONS = [
     r2.SetPrimaryExt,
     r2.SetPrimaryResponseExt,
     r2.BroadcastExt,
+    r2.OriginExt,
     r2.HeartbeatExt,
     r2.ReleaseExt,
 ]

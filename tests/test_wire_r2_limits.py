@@ -59,7 +59,7 @@ def test_header_errors_carry_the_json_path() -> None:
         (b'{"rsp-code":1202,"req-code":1}', "req-code"),
         (b'{"req-params":{},"rsp-code":8200,"req-code":8}', "header"),
         (b'{"req-params":{}}', "header"),
-        (b'{"req-code":12}', "$.req-code"),
+        (b'{"req-code":13}', "$.req-code"),
         (b'{"rsp-code":1404}', "$.rsp-code"),
         (b'{"req-code":"8"}', "$.req-code"),
         (b"[8]", "header"),

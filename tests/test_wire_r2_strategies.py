@@ -111,6 +111,12 @@ requests: st.SearchStrategy[Any] = st.one_of(
     _scan(r2.ScanTree),
     st.builds(r2.Buffermap, overlay_id=ids),
     st.builds(r2.GetData, overlay_id=ids, source_id=ids, sequence=U63),
+    st.builds(
+        r2.Auth,
+        credential=st.none() | st.text(min_size=1, max_size=300),
+        nonce=st.none() | st.binary(min_size=16, max_size=16),
+        proof=st.none() | st.binary(min_size=64, max_size=64),
+    ),
 )
 
 responses: st.SearchStrategy[Any] = st.one_of(
@@ -138,6 +144,15 @@ responses: st.SearchStrategy[Any] = st.one_of(
         ext_header=ext_headers,
         payload_type=shorts,
         code=st.sampled_from([r2.GET_DATA_OK, r2.GET_DATA_MISSING]),
+        hp2p=ext(r2.OriginExt),
+    ),
+    st.builds(
+        r2.AuthResponse,
+        code=st.sampled_from([r2.AUTH_OK, r2.AUTH_REFUSED]),
+        credential=st.none() | st.text(min_size=1, max_size=300),
+        nonce=st.none() | st.binary(min_size=16, max_size=16),
+        proof=st.none() | st.binary(min_size=64, max_size=64),
+        reason=st.none() | texts,
     ),
 )
 

@@ -61,6 +61,8 @@ def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
         return _float(t)
     if isinstance(t, mi.BoolType):
         return st.booleans()
+    if isinstance(t, mi.BytesType):  # signatures, nonces, hashes (fixed lengths)
+        return st.binary(min_size=t.min_length or 0, max_size=min(t.max_length or 64, 64))
     if isinstance(t, mi.NoneType):
         return st.none()
     if isinstance(t, mi.LiteralType):

@@ -9,6 +9,8 @@ from hp2p.wire.r2.codec import RESPONSE_CODES, decode, encode
 from hp2p.wire.r2.framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PAYLOAD, MAX_HEADER
 from hp2p.wire.r2.messages import (
     APP_IDS,
+    AUTH_OK,
+    AUTH_REFUSED,
     BROADCAST_OK,
     BUFFERMAP_OK,
     CANDIDATE_OK,
@@ -25,6 +27,8 @@ from hp2p.wire.r2.messages import (
     RELEASE_OK,
     SCAN_TREE_LEAF,
     SCAN_TREE_NON_LEAF,
+    Auth,
+    AuthResponse,
     BroadcastData,
     BroadcastDataResponse,
     BroadcastExt,
@@ -44,6 +48,7 @@ from hp2p.wire.r2.messages import (
     HelloExt,
     HelloResponse,
     Message,
+    OriginExt,
     PeerAddress,
     Probe,
     ProbeResponse,
@@ -65,6 +70,8 @@ from hp2p.wire.r2.stream import StreamDecoder
 
 __all__ = [
     "APP_IDS",
+    "AUTH_OK",
+    "AUTH_REFUSED",
     "BROADCAST_OK",
     "BUFFERMAP_OK",
     "CANDIDATE_OK",
@@ -85,6 +92,8 @@ __all__ = [
     "RESPONSE_CODES",
     "SCAN_TREE_LEAF",
     "SCAN_TREE_NON_LEAF",
+    "Auth",
+    "AuthResponse",
     "BroadcastData",
     "BroadcastDataResponse",
     "BroadcastExt",
@@ -104,6 +113,7 @@ __all__ = [
     "HelloExt",
     "HelloResponse",
     "Message",
+    "OriginExt",
     "PeerAddress",
     "Probe",
     "ProbeResponse",

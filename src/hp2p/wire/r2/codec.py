@@ -37,7 +37,10 @@ from hp2p.wire.r2.framing import (
     check_prefix,
 )
 from hp2p.wire.r2.messages import (
+    AUTH_OK,
     LIVE,
+    Auth,
+    AuthResponse,
     BroadcastData,
     BroadcastDataResponse,
     Buffermap,
@@ -69,6 +72,7 @@ from hp2p.wire.r2.schema import (
     Extension,
     HeartbeatExt,
     HelloExt,
+    OriginExt,
     ReleaseExt,
     SetPrimaryExt,
     SetPrimaryResponseExt,
@@ -93,6 +97,7 @@ RESPONSE_CODES: Final[dict[type[Any], tuple[int, ...]]] = {
     ScanTreeResponse: (9100, 9200),
     BuffermapResponse: (10200,),
     GetDataResponse: (11200, 11404),
+    AuthResponse: (12200, 12401),
 }
 """The response codes each response type may carry (etri §3.3, plus hp2p's 11404)."""
 
@@ -208,6 +213,7 @@ def build_message(
                 ext_header=_extension(buf[start:ext_end], max_depth),
                 payload_type=g.payload.payload_type,
                 code=_code(header),
+                hp2p=_ext(g.hp2p, _NO_ORIGIN),
             )
     return _FROM_WIRE[kind](header)
 
@@ -243,6 +249,7 @@ _NO_SET_PRIMARY: Final = SetPrimaryExt()
 _NO_PRIMARY_RESPONSE: Final = SetPrimaryResponseExt()
 _NO_RELEASE: Final = ReleaseExt()
 _NO_HEARTBEAT: Final = HeartbeatExt()
+_NO_ORIGIN: Final = OriginExt()
 
 
 def _ext(value: E | msgspec.UnsetType | None, empty: E) -> E:
@@ -352,7 +359,58 @@ def _primary_response(h: w.PrimaryYesRsp | w.PrimaryNoRsp) -> SetPrimaryResponse
     )
 
 
+def _unset(value: Any) -> Any:
+    return None if value is UNSET else value
+
+
+def _auth(h: w.AuthReq) -> Auth:
+    p = h.req_params
+    return Auth(credential=_unset(p.credential), nonce=_unset(p.nonce), proof=_unset(p.proof))
+
+
+def _auth_response(h: w.AuthOkRsp | w.AuthRefusedRsp) -> AuthResponse:
+    p = h.rsp_params
+    if p is UNSET:
+        return AuthResponse(code=_code(h))
+    return AuthResponse(
+        code=_code(h),
+        credential=_unset(p.credential),
+        nonce=_unset(p.nonce),
+        proof=_unset(p.proof),
+        reason=_unset(p.reason),
+    )
+
+
+def _given(value: Any) -> Any:
+    return UNSET if value is None else value
+
+
+def _wire_auth_response(m: AuthResponse) -> Header:
+    cls = w.AuthOkRsp if m.code == AUTH_OK else w.AuthRefusedRsp
+    if m.credential is None and m.nonce is None and m.proof is None and m.reason is None:
+        return cls()
+    return cls(
+        rsp_params=w.AuthRspParams(
+            credential=_given(m.credential),
+            nonce=_given(m.nonce),
+            proof=_given(m.proof),
+            reason=_given(m.reason),
+        )
+    )
+
+
+def _wire_auth(m: Auth) -> Header:
+    return w.AuthReq(
+        req_params=w.AuthParams(
+            credential=_given(m.credential), nonce=_given(m.nonce), proof=_given(m.proof)
+        )
+    )
+
+
 _FROM_WIRE: Final[dict[type[Any], Callable[[Any], Message]]] = {
+    w.AuthReq: _auth,
+    w.AuthOkRsp: _auth_response,
+    w.AuthRefusedRsp: _auth_response,
     w.HelloReq: _hello,
     w.EstabReq: _estab,
     w.ProbeReq: lambda h: Probe(ntp_time=h.req_params.operation.ntp_time),
@@ -607,8 +665,11 @@ _TO_WIRE: Final[dict[type[Any], Callable[[Any], Header]]] = {
             sequence=m.sequence,
             payload=w.PayloadInfo(length=len(m.data), payload_type=m.payload_type),
             ext_header_len=len(_ext_bytes(m.ext_header)),
+            hp2p=_hp2p(m.hp2p, _NO_ORIGIN),
         )
     ),
+    Auth: _wire_auth,
+    AuthResponse: _wire_auth_response,
 }
 
 

@@ -26,6 +26,7 @@ from hp2p.wire.r2.schema import EstabExt as EstabExt
 from hp2p.wire.r2.schema import Extension as Extension
 from hp2p.wire.r2.schema import HeartbeatExt as HeartbeatExt
 from hp2p.wire.r2.schema import HelloExt as HelloExt
+from hp2p.wire.r2.schema import OriginExt as OriginExt
 from hp2p.wire.r2.schema import ReleaseExt as ReleaseExt
 from hp2p.wire.r2.schema import SetPrimaryExt as SetPrimaryExt
 from hp2p.wire.r2.schema import SetPrimaryResponseExt as SetPrimaryResponseExt
@@ -46,6 +47,8 @@ SCAN_TREE_LEAF = 9200
 BUFFERMAP_OK = 10200
 GET_DATA_OK = 11200
 GET_DATA_MISSING = 11404  # hp2p: the peer does not hold that sequence (reference: no answer)
+AUTH_OK = 12200  # hp2p: link admission (issue #11)
+AUTH_REFUSED = 12401
 
 # Extension header app-ids the reference peer knows (§3.4); any string is allowed on the wire.
 APP_IDS = ("chat", "etri_data", "iot", "blockchain", "media")
@@ -256,10 +259,34 @@ class GetDataResponse(msgspec.Struct):
     ext_header: dict[str, Any] = msgspec.field(default_factory=lambda: {"app-id": "etri_data"})
     payload_type: str = "text/plain"
     code: int = GET_DATA_OK
+    hp2p: OriginExt = OriginExt()
+
+
+class Auth(msgspec.Struct):
+    """AUTH (hp2p, 12): admit a link on a membership credential and proof of key possession.
+
+    The dialer sends step 1 (``credential``, ``nonce``); the responder answers 12200 with its
+    own credential, nonce and proof; the dialer sends step 2 (``proof`` only), answered 12200.
+    A refusal is 12401 with a ``reason``, and the connection is closed (docs/security.md).
+    """
+
+    REQ_CODE: ClassVar[int] = 12
+    credential: str | None = None
+    nonce: bytes | None = None
+    proof: bytes | None = None
+
+
+class AuthResponse(msgspec.Struct):
+    code: int = AUTH_OK
+    credential: str | None = None
+    nonce: bytes | None = None
+    proof: bytes | None = None
+    reason: str | None = None
 
 
 Request = (
-    Hello
+    Auth
+    | Hello
     | Estab
     | Probe
     | SetPrimary
@@ -272,7 +299,8 @@ Request = (
     | GetData
 )
 Response = (
-    HelloResponse
+    AuthResponse
+    | HelloResponse
     | EstabResponse
     | ProbeResponse
     | SetPrimaryResponse

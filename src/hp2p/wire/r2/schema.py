@@ -60,6 +60,16 @@ Hops = Annotated[int, Meta(ge=0, le=MAX_HOPS)]
 Flag = Annotated[int, Meta(ge=0, le=1)]
 """A flag that hp2p peers have always written as ``1`` (SubMesh ``mesh``, ``standby``)."""
 Heads = Annotated[dict[Id, UInt], Meta(max_length=MAX_HEADS)]
+MAX_CREDENTIAL: Final = 2048
+"""A membership credential token (hp2p.trust.credential.MAX_TOKEN); a real one is ~300."""
+MAX_MERKLE: Final = 16
+"""Sibling hashes on a source signature's batch path (hp2p.trust.origin.MAX_BATCH_DEPTH)."""
+Token = Annotated[str, Meta(min_length=1, max_length=MAX_CREDENTIAL)]
+Signature = Annotated[bytes, Meta(min_length=64, max_length=64)]
+Nonce = Annotated[bytes, Meta(min_length=16, max_length=16)]
+MerklePath = Annotated[
+    list[Annotated[bytes, Meta(min_length=32, max_length=32)]], Meta(max_length=MAX_MERKLE)
+]
 
 
 class Extension(Struct, frozen=True, omit_defaults=True, kw_only=True, gc=False):
@@ -91,6 +101,8 @@ class HelloExt(Extension, frozen=True):
     """1: open a SubMesh link (a SubMesh peer refuses a HELLO without it)."""
     standby: Flag = 0
     """1: a standby watching the source; it gets one of the spare neighbour slots."""
+    cred: Token | None = None
+    """The joiner's membership credential: relays and volunteers check it (issue #11)."""
 
 
 class EstabExt(Extension, frozen=True):
@@ -121,8 +133,21 @@ class SetPrimaryResponseExt(Extension, frozen=True):
     depth: Depth | None = None
 
 
-class BroadcastExt(Extension, frozen=True):
-    """BROADCAST_DATA: a cached message pushed after a repair rather than live data."""
+class OriginExt(Extension, frozen=True):
+    """The source's signature on a message (hp2p.trust.origin), on BROADCAST_DATA and 11200."""
+
+    sig: Signature | None = None
+    """Ed25519 over the message's leaf digest, or over the root of its batch."""
+    idx: Annotated[int, Meta(ge=0, le=2**MAX_MERKLE - 1)] = 0
+    """The message's index in its signed batch (0 alone)."""
+    path: MerklePath = []
+    """Sibling hashes from the message's leaf to the signed root (empty alone)."""
+    cred: Token | None = None
+    """The source's membership credential, sent once per link (the receiver keeps it)."""
+
+
+class BroadcastExt(OriginExt, frozen=True):
+    """BROADCAST_DATA: the source signature, and a cached message pushed after a repair."""
 
     recovered: bool = False
 
@@ -289,6 +314,22 @@ class GetDataRspParams(_Wire):
     sequence: UInt
     payload: PayloadInfo
     ext_header_len: UInt = 0
+    hp2p: OriginExt | UnsetType | None = UNSET
+
+
+class AuthParams(_Wire):
+    """AUTH (hp2p): step 1 carries credential and nonce, step 2 the dialer's proof."""
+
+    credential: Token | UnsetType = UNSET
+    nonce: Nonce | UnsetType = UNSET
+    proof: Signature | UnsetType = UNSET
+
+
+class AuthRspParams(_Wire):
+    credential: Token | UnsetType = UNSET
+    nonce: Nonce | UnsetType = UNSET
+    proof: Signature | UnsetType = UNSET
+    reason: Text | UnsetType = UNSET
 
 
 # --- requests: tagged on req-code ------------------------------------------------------------
@@ -346,6 +387,12 @@ class GetDataReq(Req, tag=11):
     sequence: UInt
 
 
+class AuthReq(Req, tag=12):
+    """hp2p: link admission (docs/wire-r2.md); reference peers never see one."""
+
+    req_params: AuthParams
+
+
 AnyReq = (
     HelloReq
     | EstabReq
@@ -358,6 +405,7 @@ AnyReq = (
     | ScanTreeReq
     | BuffermapReq
     | GetDataReq
+    | AuthReq
 )
 
 
@@ -428,6 +476,14 @@ class GetDataMissingRsp(Rsp, tag=11404):
     rsp_params: GetDataRspParams
 
 
+class AuthOkRsp(Rsp, tag=12200):
+    rsp_params: AuthRspParams | UnsetType = UNSET
+
+
+class AuthRefusedRsp(Rsp, tag=12401):
+    rsp_params: AuthRspParams | UnsetType = UNSET
+
+
 AnyRsp = (
     HelloRsp
     | EstabYesRsp
@@ -444,6 +500,8 @@ AnyRsp = (
     | BuffermapRsp
     | GetDataOkRsp
     | GetDataMissingRsp
+    | AuthOkRsp
+    | AuthRefusedRsp
 )
 
 
