@@ -20,6 +20,7 @@ PEER = Path(hp2p.peer.__file__).parent
 #: The sans-IO modules: the kernel, both cores, their FE procedures and pure policies.
 CORE_MODULES = (
     "kernel",
+    "admission",
     "core",
     "control",
     "path_procedures",

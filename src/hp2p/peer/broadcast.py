@@ -12,18 +12,33 @@ source, the newest accepted sequence and a bitmap of the ``window`` sequences be
 * below the window: rejected (``too_old``): it can no longer be told from a duplicate.
 
 Every check is O(1) (a shift or a bit test on a Python int), so it sits on the hot path. The
-first message of a source sets its base; messages before it are not reported as gaps.
+first message of a source sets its base; messages before it are not reported as gaps. At most
+``max_sources`` windows are kept (the oldest source out first): a stream of made-up source ids
+cannot grow a peer's memory.
+
+On an overlay that requires credentials (docs/security.md) the DB FE also checks **who said
+it** before anything else happens to a message: the source's membership credential (sent
+once per link, kept per source) and its signature over the message (:mod:`hp2p.trust.origin`).
+Live, pushed and pulled data all come through :meth:`Broadcaster.on_data`, so the check is
+written once; a forged message changes no window, enters no cache and reaches no one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import msgspec
 
 from hp2p.peer.effects import Deliver, Send
 from hp2p.peer.errors import NotSourceError
 from hp2p.peer.paths import PATH_ROLES, Link
-from hp2p.wire.r2.messages import BroadcastData, BroadcastDataResponse
+from hp2p.trust import origin
+from hp2p.trust.credential import CLOCK_SKEW, CredentialError
+from hp2p.trust.keys import SigningKey
+from hp2p.trust.membership import Membership
+from hp2p.wire.r2.messages import LIVE, BroadcastData, BroadcastDataResponse, BroadcastExt
 
 if TYPE_CHECKING:
     from hp2p.peer.core import PeerCore
@@ -66,18 +81,20 @@ class DuplicateCounters:
     duplicates: int = 0
     too_old: int = 0
     too_far: int = 0
+    evicted: int = 0  # source windows dropped to stay within max_sources
 
 
 class DuplicateFilter:
     """Per-source sliding windows; ``check`` answers ACCEPTED or the reason for refusal."""
 
-    __slots__ = ("_full", "counters", "max_ahead", "sources", "window")
+    __slots__ = ("_full", "counters", "max_ahead", "max_sources", "sources", "window")
 
-    def __init__(self, window: int, max_ahead: int) -> None:
-        if window < 1 or max_ahead < 1:
-            raise ValueError("window and max_ahead must be at least 1")
+    def __init__(self, window: int, max_ahead: int, max_sources: int = 4096) -> None:
+        if window < 1 or max_ahead < 1 or max_sources < 1:
+            raise ValueError("window, max_ahead and max_sources must be at least 1")
         self.window = window
         self.max_ahead = max_ahead
+        self.max_sources = max_sources
         self._full = (1 << window) - 1
         self.sources: dict[str, SourceWindow] = {}
         self.counters = DuplicateCounters()
@@ -87,7 +104,11 @@ class DuplicateFilter:
         win = self.sources.get(source)
         counters = self.counters
         if win is None:
-            self.sources[source] = SourceWindow(sequence)
+            sources = self.sources
+            if len(sources) >= self.max_sources:
+                del sources[next(iter(sources))]  # the source first seen longest ago
+                counters.evicted += 1
+            sources[source] = SourceWindow(sequence)
             counters.accepted += 1
             return ACCEPTED
         ahead = sequence - win.newest
@@ -142,6 +163,20 @@ class DuplicateFilter:
 
 
 _NEW_SOURCE_BACKFILL = 64
+_STRIKES: Final = 8
+"""Forged or unverifiable messages a link may bring before it is dropped."""
+_SENT_MAX: Final = 1024
+
+
+@dataclass(slots=True, eq=False)
+class SourceTrust:
+    """A source whose membership credential this peer verified: its key, until when."""
+
+    public: bytes
+    token: str
+    expires: float
+    sent_to: set[int] = field(default_factory=set)
+    """Connections that were given this token (each link gets it with its first message)."""
 
 
 class Broadcaster:
@@ -164,6 +199,30 @@ class Broadcaster:
         #: SubTree (Q.4100 §6): the only source whose data this overlay carries; None on a
         #: CoreTree. Checked here, in the core, so the simulator enforces it as daemons do.
         self.source_only: str | None = None
+        self.key: SigningKey | None = None  # signs what this peer originates
+        self.verify = False  # data needs its source's credential and signature
+        self.trusted: OrderedDict[str, SourceTrust] = OrderedDict()
+        self.origin = origin.OriginVerifier()
+
+    def trust(self, membership: Membership | None) -> None:
+        """Sign and verify per the overlay's membership (``None``: neither)."""
+        self.trusted.clear()
+        if membership is None:
+            self.key = None
+            self.verify = False
+            return
+        self.key = membership.key
+        self.verify = membership.required
+        self.renew(membership)
+
+    def renew(self, membership: Membership) -> None:
+        """This peer's own (renewed) credential: links get the new one with the next message."""
+        own = self.core.admission.own
+        if own is None:
+            return
+        self.trusted[self.core.peer_id] = SourceTrust(
+            own.body.public_key, own.token, float(own.body.expires_at)
+        )
 
     def publish(
         self, data: bytes, now: float, app_id: str, payload_type: str, candidate_path: bool
@@ -181,19 +240,32 @@ class Broadcaster:
                 "R3 bridge that feeds it)."
             )
         self.sequence += 1
+        ext_header = {"app-id": app_id}
+        signed = LIVE
+        if self.key is not None:
+            digest = origin.leaf(
+                self.core.overlay_id,
+                source,
+                self.sequence,
+                payload_type,
+                msgspec.json.encode(ext_header),
+                data,
+            )
+            signed = BroadcastExt(sig=self.key.sign(origin.CONTEXT + digest))
         message = BroadcastData(
             source=source,
             sequence=self.sequence,
             data=data,
-            ext_header={"app-id": app_id},
+            ext_header=ext_header,
             payload_type=payload_type,
             candidate_path=candidate_path,
+            hp2p=signed,
         )
         self.duplicates.check(source, self.sequence)
         self.cache.put(message, now)
         targets = self.paths.fanout(None, candidate_path)
         if targets:
-            self.effects.append(Send(targets, message))
+            self.send_data(targets, message)
         self.counters.published += 1
         return self.sequence
 
@@ -219,6 +291,16 @@ class Broadcaster:
         if msg.ack:
             effects.append(Send((link.conn,), BroadcastDataResponse()))
         duplicates = self.duplicates
+        if self.verify:
+            if duplicates.seen(msg.source, msg.sequence):
+                duplicates.counters.duplicates += 1  # before the signature: it costs ~100 µs
+                return
+            if not self._authentic(link, msg, now):
+                return
+            if msg.hp2p.cred is not None:
+                msg = msgspec.structs.replace(
+                    msg, hp2p=msgspec.structs.replace(msg.hp2p, cred=None)
+                )
         win = duplicates.sources.get(msg.source)
         previous = None if win is None else win.newest
         if duplicates.check(msg.source, msg.sequence) != ACCEPTED:
@@ -233,9 +315,101 @@ class Broadcaster:
         self.cache.put(msg, now)
         targets = self.paths.fanout(link.conn, msg.candidate_path)
         if targets:
-            effects.append(Send(targets, msg))
+            if self.verify:
+                self.send_data(targets, msg)
+            else:
+                effects.append(Send(targets, msg))
             self.counters.forwarded += 1
         effects.append(
             Deliver(msg.source, msg.sequence, msg.data, msg.app_id, msg.payload_type, recovered)
         )
         self.counters.delivered += 1
+
+    # === source signatures (issue #11) ===========================================================
+    def send_data(self, targets: tuple[int, ...], msg: BroadcastData) -> None:
+        """Send ``msg``, with its source's credential to the links that do not have it yet."""
+        trust = self.trusted.get(msg.source) if self.key is not None else None
+        if trust is None:
+            self.effects.append(Send(targets, msg))
+            return
+        sent = trust.sent_to
+        fresh = tuple(c for c in targets if c not in sent)
+        if not fresh:
+            self.effects.append(Send(targets, msg))
+            return
+        if len(fresh) < len(targets):
+            self.effects.append(Send(tuple(c for c in targets if c in sent), msg))
+        carrying = msgspec.structs.replace(
+            msg, hp2p=msgspec.structs.replace(msg.hp2p, cred=trust.token)
+        )
+        self.effects.append(Send(fresh, carrying))
+        sent.update(fresh)
+        if len(sent) > _SENT_MAX:
+            sent.intersection_update(self.paths.links)
+
+    def credential_for(self, source: str, conn: int) -> str | None:
+        """The source's token if ``conn`` has not been given it (for a GET_DATA answer)."""
+        trust = self.trusted.get(source)
+        if trust is None or conn in trust.sent_to:
+            return None
+        trust.sent_to.add(conn)
+        return trust.token
+
+    def _authentic(self, link: Link, msg: BroadcastData, now: float) -> bool:
+        """Whether ``msg`` verifiably comes from its source; a failure is counted and charged."""
+        counters = self.counters
+        ext = msg.hp2p
+        trust = self.trusted.get(msg.source)
+        if ext.cred is not None and (trust is None or trust.token != ext.cred):
+            trust = self._learn(link, msg.source, ext.cred, now)
+            if trust is None:
+                return False
+        if trust is None:
+            counters.unknown_sources += 1
+            return self._strike(link, f"data of {msg.source!r}, whose credential I lack", now)
+        if self.core.admission.wall(now) > trust.expires + CLOCK_SKEW:
+            counters.unknown_sources += 1
+            return self._strike(link, f"data of {msg.source!r}, whose credential expired", now)
+        if ext.sig is None:
+            counters.unsigned += 1
+            return self._strike(link, f"unsigned data of {msg.source!r}", now)
+        digest = origin.leaf(
+            self.core.overlay_id,
+            msg.source,
+            msg.sequence,
+            msg.payload_type,
+            msgspec.json.encode(msg.ext_header),
+            msg.data,
+        )
+        if not self.origin.check(trust.public, ext.sig, digest, ext.idx, ext.path):
+            counters.bad_signatures += 1
+            return self._strike(link, f"a forged message of {msg.source!r}", now)
+        self.trusted.move_to_end(msg.source)
+        return True
+
+    def _learn(self, link: Link, source: str, token: str, now: float) -> SourceTrust | None:
+        try:
+            cred = self.core.admission.check(token, now, peer_id=source)
+        except CredentialError as exc:
+            self.counters.bad_credentials += 1
+            self._strike(link, f"a bad credential for source {source!r}: {exc.reason}", now)
+            return None
+        trust = SourceTrust(cred.body.public_key, token, float(cred.body.expires_at))
+        trusted = self.trusted
+        trusted[source] = trust
+        trusted.move_to_end(source)
+        if len(trusted) > self.core.config.max_sources:
+            oldest, kept = trusted.popitem(last=False)
+            if oldest == self.core.peer_id:  # never forget my own: my links need it
+                trusted[oldest] = kept
+                trusted.move_to_end(oldest, last=False)
+                trusted.popitem(last=False) if len(trusted) > 1 else None
+        return trust
+
+    def _strike(self, link: Link, reason: str, now: float) -> bool:
+        """Charge ``link`` for bad data; after a few strikes it is dropped. Always False."""
+        link.strikes += 1
+        self.core.error(link.conn, reason)
+        if link.strikes >= _STRIKES:
+            self.core.drop(link, f"dropped after {link.strikes} bad messages", now)
+        return False

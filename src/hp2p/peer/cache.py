@@ -27,6 +27,7 @@ from hp2p.wire.r2.messages import (
     BuffermapResponse,
     GetData,
     GetDataResponse,
+    OriginExt,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ class CacheCounters:
     evicted_bytes: int = 0
     evicted_age: int = 0
     too_large: int = 0
+
+
+_UNSIGNED = OriginExt()
 
 
 class MessageCache:
@@ -194,11 +198,22 @@ class CacheServer:
                 source=msg.source_id, sequence=msg.sequence, data=b"", code=GET_DATA_MISSING
             )
         else:
+            signed = cached.hp2p
             response = GetDataResponse(
                 source=cached.source,
                 sequence=cached.sequence,
                 data=cached.data,
                 ext_header=cached.ext_header,
                 payload_type=cached.payload_type,
+                hp2p=(
+                    _UNSIGNED
+                    if signed.sig is None
+                    else OriginExt(
+                        sig=signed.sig,
+                        idx=signed.idx,
+                        path=signed.path,
+                        cred=core.db.credential_for(cached.source, link.conn),
+                    )
+                ),
             )
         core.send((link.conn,), response)

@@ -116,6 +116,12 @@ class PeerConfig:
         default=4096,
         metadata=_doc("A sequence further than this beyond the newest seen is forged: rejected."),
     )
+    max_sources: int = field(
+        default=4096,
+        metadata=_doc(
+            "Sources whose duplicate window and credential are kept (least recent out first)."
+        ),
+    )
     join_attempts: int = field(
         default=4,
         metadata=_doc("Join attempts before JoinFailed (then a fresh HOMP join, see rejoins)."),
@@ -197,6 +203,8 @@ class PeerConfig:
             raise SettingsError("heartbeat_timeout must exceed heartbeat_interval > 0")
         if self.duplicate_window < 1 or self.max_ahead < 1:
             raise SettingsError("duplicate_window and max_ahead must be at least 1")
+        if self.max_sources < 1:
+            raise SettingsError("max_sources must be at least 1")
         if self.pull_rounds < 1 or self.pull_per_peer < 1 or self.pull_total < 1:
             raise SettingsError("pull_rounds, pull_per_peer and pull_total must be at least 1")
         if not 1024 <= self.buffermap_bytes <= 60 * 1024:

@@ -353,7 +353,7 @@ class Control:
 
     def _hello(self) -> Hello:
         core = self.core
-        extra = HelloExt(displace=self.displacing)
+        extra = HelloExt(displace=self.displacing, cred=core.own_credential())
         if core.config.hello_up > 0:
             up = min(core.config.hello_up, MAX_HOPS)
             extra = msgspec.structs.replace(extra, up=up, attempt=self.attempt)

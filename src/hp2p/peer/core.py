@@ -35,7 +35,7 @@ import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from hp2p.peer.broadcast import Broadcaster, DuplicateFilter
 from hp2p.peer.cache import CacheServer, MessageCache
@@ -56,6 +56,8 @@ from hp2p.peer.probe import PathProbe
 from hp2p.peer.recovery import DataRecovery, PullQueue, pull_settings
 from hp2p.peer.scan import TreeScan
 from hp2p.wire.r2.messages import (
+    Auth,
+    AuthResponse,
     BroadcastData,
     BroadcastDataResponse,
     Buffermap,
@@ -99,6 +101,10 @@ class CoreCounters:
     repairs: int = 0
     paths_lost: int = 0
     foreign_dropped: int = 0  # SubTree: data whose source is not the overlay's source peer
+    unsigned: int = 0  # data without its source's signature on an overlay that requires one
+    bad_signatures: int = 0  # data whose source signature does not verify
+    unknown_sources: int = 0  # data of a source whose credential this peer has not seen
+    bad_credentials: int = 0  # source credentials refused (forged, expired, someone else's)
 
 
 class PeerCore(Kernel):
@@ -119,7 +125,9 @@ class PeerCore(Kernel):
             config.max_incoming_candidates,
             config.recovery_children,
         )
-        self.duplicates = DuplicateFilter(config.duplicate_window, config.max_ahead)
+        self.duplicates = DuplicateFilter(
+            config.duplicate_window, config.max_ahead, config.max_sources
+        )
         self.cache = MessageCache(config.cache_count, config.cache_bytes, config.cache_age)
         self.dirty = False  # the path table changed: report it (HOMP) and re-advertise
         self._last_costmap: Costmap | None = None
@@ -131,6 +139,7 @@ class PeerCore(Kernel):
         self.dr = DataRecovery(self)
         self.scan = TreeScan(self)
         self._on_data = self.db.on_data
+        self._gate = False  # links must pass admission (an overlay that requires credentials)
         self._handlers = self._message_handlers()
         self._timer_handlers: dict[str, Callable[[float], None]] = {
             **self.poc.timers(),
@@ -143,6 +152,8 @@ class PeerCore(Kernel):
         """Which FE handles each R2 message (BROADCAST_DATA is dispatched before this)."""
         ignore = _ignore
         return {
+            Auth: self._on_auth,
+            AuthResponse: self._on_auth_response,
             Hello: self.ppm.on_hello,
             Estab: self.ppm.on_estab,
             Probe: self.psp.on_probe,
@@ -250,6 +261,10 @@ class PeerCore(Kernel):
             policy.cache_age_minutes,
         )
         self.db.source_only = info.source_peer_id
+        self.admission.configure(info.overlay_id, info.membership)
+        self.admission.on_refused = self._refused
+        self._gate = self.admission.required
+        self.db.trust(info.membership)
         self.cache.max_count = config.cache_count
         self.cache.max_age = config.cache_age
         self.dr.queue.settings = pull_settings(config)
@@ -317,6 +332,13 @@ class PeerCore(Kernel):
             self.error(conn, "connection_made for an unknown connection")
             return
         link.last_rx = now
+        if self._gate:
+            self.admission.dial(conn, now)  # the purpose is sent once the link is admitted
+            return
+        self._send_purpose(link, now)
+
+    def _send_purpose(self, link: Link, now: float) -> None:
+        conn = link.conn
         purpose = link.purpose
         link.purpose = None
         if isinstance(purpose, Hello):
@@ -332,6 +354,7 @@ class PeerCore(Kernel):
         self.connection_lost(conn, now)
 
     def connection_lost(self, conn: int, now: float) -> None:
+        self.admission.forget(conn)
         link = self.paths.remove(conn)
         if link is not None:
             try:
@@ -349,7 +372,13 @@ class PeerCore(Kernel):
             return
         link.last_rx = now
         if type(message) is BroadcastData:
+            if link.cred is None and self._gate:
+                self._not_admitted(link, message, now)
+                return
             self._on_data(link, message, now, False)
+            return
+        if self._gate and link.cred is None and type(message) not in _ADMISSION:
+            self._not_admitted(link, message, now)
             return
         handler = self._handlers.get(type(message))
         if handler is None:
@@ -388,7 +417,40 @@ class PeerCore(Kernel):
                 self._timer_handlers[name](now)
             except PathLimitError as exc:  # a state the procedures should never reach
                 self.error(None, f"internal path-table error on timer {name}: {exc}")
+        if self.admission.pending:
+            self.admission.expire(now)
         self.psp.tick(now)
+
+    # === admission (issue #11, docs/security.md) ================================================
+    def own_credential(self) -> str | None:
+        """My membership credential, for the HELLOs I send (None on an open overlay)."""
+        own = self.admission.own
+        return None if own is None else own.token
+
+    def _on_auth(self, link: Link, msg: Auth, now: float) -> None:
+        if link.role is not Role.INCOMING or link.cred is not None:
+            self.admission.refuse(link.conn, f"AUTH on a {link.role.value} connection", now)
+            return
+        cred = self.admission.on_auth(link.conn, msg, now)
+        if cred is not None:
+            link.cred = cred
+
+    def _on_auth_response(self, link: Link, msg: AuthResponse, now: float) -> None:
+        expect = link.peer_id or None
+        cred = self.admission.on_auth_response(link.conn, msg, now, expect)
+        if cred is not None:
+            link.cred = cred
+            self._send_purpose(link, now)
+
+    def _not_admitted(self, link: Link, msg: Message, now: float) -> None:
+        self.admission.refuse(
+            link.conn, f"{type(msg).__name__} before link admission (send AUTH first)", now
+        )
+
+    def _refused(self, conn: int, reason: str, now: float) -> None:
+        link = self.paths.links.get(conn)
+        if link is not None:
+            self.drop(link, reason, now)
 
     # === links: what every FE shares =============================================================
     def add_link(self, link: Link) -> None:
@@ -446,3 +508,6 @@ class PeerCore(Kernel):
 
 def _ignore(link: Link, msg: Message, now: float) -> None:
     return
+
+
+_ADMISSION: Final = frozenset({Auth, AuthResponse})

@@ -13,7 +13,9 @@ simulator and the tests drive both through this one contract. Written once here:
 * **protocol errors** — a peer that misbehaves becomes a counted ``ProtocolError`` effect,
   never an exception out of the core;
 * **peers addressed by peer-id** — ``Connect`` names the peer and its advertised addresses;
-  which transport reaches it is the shell's business (its registry keyed by address scheme).
+  which transport reaches it is the shell's business (its registry keyed by address scheme);
+* **admission** — :class:`hp2p.peer.admission.Admission`: on an overlay that requires
+  credentials, a link carries nothing but AUTH until the peer behind it proved membership.
 
 Nothing here imports asyncio, sockets or a clock: ``tests/test_core_rules.py`` enforces it
 for every core module.
@@ -25,6 +27,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from hp2p.peer.admission import Admission
 from hp2p.peer.effects import Close, Connect, ProtocolError, Send
 from hp2p.peer.timers import Timers
 from hp2p.wire.r2.messages import Message
@@ -49,6 +52,7 @@ class Kernel:
         self.timers = Timers()
         self._error_counter = counters
         self._next_conn = 0
+        self.admission = Admission(self)
 
     def take_effects(self) -> list[Any]:
         """Everything decided since the last call, in order."""

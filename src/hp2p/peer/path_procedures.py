@@ -24,6 +24,7 @@ from hp2p.peer.control import (
     relay_conn_num,
 )
 from hp2p.peer.paths import Link, Role
+from hp2p.trust.credential import CredentialError
 from hp2p.wire.r2.messages import (
     ESTAB_NO,
     ESTAB_YES,
@@ -96,16 +97,40 @@ class PathManager:
             core.drop_if_transient(link, now)
             return
         core.counters.hellos += 1
+        extra = msg.hp2p  # typed and bounded at decode (hp2p.wire.r2.schema.HelloExt)
+        if core.admission.required:
+            problem = self._joiner_problem(msg, now)
+            if problem is not None:
+                core.error(link.conn, problem)
+                core.drop_if_transient(link, now)
+                return
         core.send((link.conn,), HelloResponse())
         if msg.peer_id == core.peer_id or msg.ticket_id <= core.ticket:
             return  # the ticket rule: never volunteer to an older (or the same) peer
-        extra = msg.hp2p  # typed and bounded at decode (hp2p.wire.r2.schema.HelloExt)
         attempt = extra.attempt
         if attempt is not None and not self._remember_hello(msg.peer_id, msg.ticket_id, attempt):
             return  # the same HELLO again by another route: one answer per peer
         conn_num = self._maybe_volunteer(msg, extra, now)
         if not msg.vertical_candidate:
             self._relay_hello(link, role, msg, extra, conn_num)
+
+    def _joiner_problem(self, msg: Hello, now: float) -> str | None:
+        """Why a HELLO cannot be believed: its joiner must be a member with that ticket.
+
+        The credential names the address the HOMS registered for the joiner, and that is
+        the only address a volunteer dials: a HELLO cannot make peers connect anywhere else.
+        """
+        if msg.hp2p.cred is None:
+            return "HELLO without the joiner's membership credential"
+        try:
+            cred = self.core.admission.check(msg.hp2p.cred, now, peer_id=msg.peer_id)
+        except CredentialError as exc:
+            return f"HELLO with a refused credential: {exc.reason}"
+        if cred.body.ticket_id != msg.ticket_id:
+            return f"HELLO claims ticket {msg.ticket_id}; the credential {cred.body.ticket_id}"
+        if cred.body.address and cred.body.address != msg.address:
+            return f"HELLO names address {msg.address!r}; the credential says {cred.body.address!r}"
+        return None
 
     def _maybe_volunteer(self, msg: Hello, extra: HelloExt, now: float) -> int:
         """Volunteer if the rules allow; the ``conn_num`` left for the relayed HELLOs."""
@@ -245,6 +270,13 @@ class PathManager:
             self.refuse(link, now)
             return
         if core.paths.by_peer(msg.peer_id) is not None:
+            self.refuse(link, now)
+            return
+        cred = link.cred
+        if cred is not None and (
+            cred.body.peer_id != msg.peer_id or cred.body.ticket_id != msg.ticket_id
+        ):
+            core.error(link.conn, "ESTAB claims another peer-id or ticket than its credential")
             self.refuse(link, now)
             return
         link.peer_id = msg.peer_id
@@ -421,6 +453,7 @@ class PathManager:
                 up=max(1, min(config.hello_up, MAX_HOPS)),
                 attempt=f"cpm-{self.refills}-{now:.3f}",
                 cpm=True,
+                cred=core.own_credential(),
             ),
         )
         core.send((parent.conn,), hello)
@@ -457,6 +490,7 @@ class PathManager:
             conn_num=1,
             ttl=1,
             vertical_candidate=True,
+            hp2p=HelloExt(cred=core.own_credential()),
         )
         core.poc.hellos_out.add(core.open_link(gp.peer_id, gp.address, hello, now))
 

@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hp2p.peer.effects import Costmap
+
+if TYPE_CHECKING:
+    from hp2p.trust.credential import Credential
 
 
 class Role(enum.Enum):
@@ -69,6 +73,8 @@ class Link:
     offer_pending: bool = False  # I volunteered; the joiner has not settled the offer yet
     displace: bool = False  # the volunteer is full and would displace a younger child for me
     purpose: object = None  # what to send once an outgoing connection is made
+    cred: Credential | None = None  # the peer's membership credential, proven on this link
+    strikes: int = 0  # forged or unverifiable data received on this link
 
 
 class PathLimitError(Exception):

@@ -48,6 +48,7 @@ from hp2p.wire.r2.messages import (
     BuffermapResponse,
     GetData,
     GetDataResponse,
+    OriginExt,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +63,14 @@ _JSON = msgspec.json.Encoder()
 _ENTRY_OVERHEAD = 32
 RECOVERED = BroadcastExt(recovered=True)
 """The hp2p flag on a pushed BROADCAST_DATA: the receiver delivers it as recovered."""
+
+
+_UNSIGNED = OriginExt()
+
+
+def _recovered(ext: OriginExt) -> BroadcastExt:
+    """A pulled message's source signature, carried over to the BROADCAST_DATA it becomes."""
+    return BroadcastExt(sig=ext.sig, idx=ext.idx, path=ext.path, cred=ext.cred, recovered=True)
 
 
 def summarise(entries: Iterable[BuffermapEntry], budget: int) -> list[BuffermapEntry]:
@@ -457,7 +466,7 @@ class DataRecovery:
                 data=msg.data,
                 ext_header=msg.ext_header,
                 payload_type=msg.payload_type,
-                hp2p=RECOVERED,
+                hp2p=RECOVERED if msg.hp2p == _UNSIGNED else _recovered(msg.hp2p),
             )
             core.db.on_data(link, recovered, now, True)
         found = core.duplicates.seen(msg.source, msg.sequence)
@@ -516,8 +525,9 @@ class DataRecovery:
         core = self.core
         core.cache.expire(now)
         for message in lacking(core.cache, theirs, since, core.config.push_max):
-            pushed = msgspec.structs.replace(message, hp2p=RECOVERED, ack=False)
-            core.send((link.conn,), pushed)
+            ext = msgspec.structs.replace(message.hp2p, recovered=True)
+            pushed = msgspec.structs.replace(message, hp2p=ext, ack=False)
+            core.db.send_data((link.conn,), pushed)
             self.queue.counters.pushed += 1
 
     def _want_from(self, link: Link, theirs: list[BuffermapEntry], when: float, now: float) -> None:

@@ -30,6 +30,7 @@ is encoded once per ``Send`` and decoded at each receiver, to catch codec/core m
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import importlib
 import random
@@ -56,8 +57,14 @@ from hp2p.peer.effects import (
 )
 from hp2p.peer.paths import Role
 from hp2p.sim.heap import CALL, EventHeap
+from hp2p.trust.credential import CredentialBody, issue, key_id
+from hp2p.trust.credential import Role as MemberRole
+from hp2p.trust.keys import SigningKey
+from hp2p.trust.membership import Membership
 from hp2p.wire.r2.messages import BroadcastData, Message
 
+SIM_EPOCH = 1.8e9
+"""Wall-clock time at simulated time 0, for credentials (they expire in wall-clock time)."""
 _RECV = 0
 _TIMER = 1
 _ARRIVE = 2
@@ -79,8 +86,11 @@ class MemoryHoms:
         heartbeat_timeout: float = 3.0,
         cr_policy: CrPolicy | None = None,
         source_peer_id: str | None = None,
+        credentials: bool = False,
     ) -> None:
         self.overlay_id = overlay_id
+        #: Issue membership credentials (hp2p.trust): links need AUTH, data is signed.
+        self.signer = SigningKey.generate() if credentials else None
         #: A SubTree's source peer (only it publishes); None: a CoreTree.
         self.source_peer_id = source_peer_id
         self.heartbeat_interval = heartbeat_interval
@@ -106,6 +116,32 @@ class MemoryHoms:
             cr_policy=self.cr_policy,
             root=root,
             source_peer_id=self.source_peer_id,
+            membership=self.membership(entry),
+        )
+
+    def membership(self, entry: PeerEntry) -> Membership | None:
+        """A credential for ``entry``, valid for the whole run (clock offset: SIM_EPOCH)."""
+        signer = self.signer
+        if signer is None:
+            return None
+        key = SigningKey.from_seed(hashlib.sha256(entry.peer_id.encode()).digest())
+        role: MemberRole = "source" if entry.peer_id == self.source_peer_id else "peer"
+        body = CredentialBody(
+            homs_key=key_id(signer.public),
+            overlay_id=self.overlay_id,
+            peer_id=entry.peer_id,
+            ticket_id=entry.ticket,
+            public_key=key.public,
+            role=role,
+            address=entry.address,
+            issued_at=int(SIM_EPOCH),
+            expires_at=int(SIM_EPOCH + 10 * 365 * 86400),
+        )
+        return Membership(
+            key=key,
+            credential=issue(signer, body),
+            homs_keys={key_id(signer.public): signer.public},
+            clock_offset=SIM_EPOCH,
         )
 
     def recovery(self, peer_id: str, ticket: int) -> tuple[list[tuple[str, str]], bool]:
