@@ -7,12 +7,18 @@ refuse, since they run this same core.
 
 from __future__ import annotations
 
+import random
+
 from trust_helpers import OV, Authority, admit, member_core, signed
 
+from hp2p.peer.config import PeerConfig
+from hp2p.peer.control import JoinInfo, Phase
+from hp2p.peer.core import PeerCore
 from hp2p.peer.effects import Connect, Deliver, ProtocolError, Send
-from hp2p.peer.paths import Role
+from hp2p.peer.paths import Link, Role
+from hp2p.trust.credential import decode
 from hp2p.trust.keys import SigningKey
-from hp2p.trust.membership import Membership
+from hp2p.trust.membership import REFERENCE_COMPAT, Membership
 from hp2p.wire.r2.messages import (
     AUTH_OK,
     AUTH_REFUSED,
@@ -22,7 +28,9 @@ from hp2p.wire.r2.messages import (
     Estab,
     Hello,
     HelloExt,
+    SetPrimary,
 )
+from hp2p.wire.r2.schema import SetPrimaryExt
 
 
 def _estab(core_ticket_below: int, peer_id: str) -> Estab:
@@ -206,9 +214,9 @@ def test_auth_exchanges_in_progress_are_bounded_and_expire() -> None:
     authority = Authority()
     victim = member_core(authority, "victim", root=True)
     limit = victim.admission.max_pending
-    member = authority.member("m")
     conns = []
-    for _ in range(limit + 5):
+    for i in range(limit + 5):
+        member = authority.member(f"m{i}")
         conn = victim.accept(1.0)
         victim.receive(conn, Auth(credential=member.credential, nonce=b"n" * 16), 1.0)
         conns.append(conn)
@@ -218,3 +226,76 @@ def test_auth_exchanges_in_progress_are_bounded_and_expire() -> None:
     victim.handle_timer(1.0 + victim.admission.timeout + 1)
     assert not victim.admission.pending
     assert not [c for c in conns if c in victim.paths.links]
+
+
+def test_an_orphan_told_it_is_alone_does_not_split_the_tree_while_older_peers_answer() -> None:
+    """#11 finding 4: a HOMS misled by false reports answered an orphan's recovery with only
+    itself, and the orphan made itself a second root. Now an orphan that still has a live
+    candidate path to an older member asks it again; only a second "root" answer is taken."""
+    authority = Authority()
+    victim, conn, _parent = _member_parent(authority)
+    assert victim.paths.links[conn].role is Role.OUT_CANDIDATE
+    poc = victim.poc
+    poc.phase, poc.recovering, poc.homs_pending = Phase.WAITING, True, True
+    victim.homs_result([], 5.0, root=True)
+    assert poc.phase is not Phase.ATTACHED
+    asked = [e.message for e in victim.take_effects() if isinstance(e, Send) and conn in e.conns]
+    assert any(isinstance(m, SetPrimary) for m in asked)
+    # the candidate refuses, the HOMS says "root" again: now it is believed
+    poc.phase, poc.homs_pending = Phase.WAITING, True
+    victim.homs_result([], 6.0, root=True)
+    assert poc.phase is Phase.ATTACHED
+    assert victim.parent is None
+
+
+def test_a_replayed_credential_holds_at_most_two_admission_slots() -> None:
+    """A credential travels in the clear; replaying its step 1 without the key must not let
+    one onlooker fill every admission slot."""
+    authority = Authority()
+    victim = member_core(authority, "victim", root=True)
+    seen = authority.member("honest")
+    for _ in range(10):
+        conn = victim.accept(1.0)
+        victim.receive(conn, Auth(credential=seen.credential, nonce=b"n" * 16), 1.0)
+    assert len(victim.admission.pending) == victim.admission.max_pending_per_peer == 2
+    # the honest holder (or anyone else) still gets in
+    conn, answers = admit(victim, authority.member("other"), now=1.5)
+    assert [a.code for a in answers if isinstance(a, AuthResponse)] == [AUTH_OK, AUTH_OK]
+
+
+def test_spare_recovery_slots_are_for_orphans_with_a_credential() -> None:
+    """#11 finding 6: fake children filled every child slot, the spare recovery slots too.
+    On a reference-compat overlay a peer without a credential may still attach, but only
+    to the normal slots; the spares are kept for orphans that proved membership."""
+    authority = Authority()
+    compat = authority.member("victim")
+    compat = Membership(
+        compat.key,
+        compat.credential,
+        compat.homs_keys,
+        compat.clock_offset,
+        profile=REFERENCE_COMPAT,
+    )
+    victim = PeerCore(
+        PeerConfig(max_children=1, recovery_children=1), "victim", "mem://victim", random.Random(1)
+    )
+    victim.start(JoinInfo(OV, 1, root=True, membership=compat), 0.0)
+    victim.take_effects()
+    asking = SetPrimary(hp2p=SetPrimaryExt(recovery=True))
+
+    def candidate(peer_id: str, cred: bool) -> int:
+        conn = victim.new_conn()
+        link = Link(conn, Role.IN_CANDIDATE, peer_id=peer_id, ticket=10 + conn, opened=1.0)
+        if cred:
+            link.cred = decode(authority.member(peer_id).credential)
+        victim.add_link(link)
+        return conn
+
+    first = candidate("fake-1", cred=False)
+    victim.receive(first, asking, 1.0)
+    second = candidate("fake-2", cred=False)
+    victim.receive(second, asking, 1.0)
+    orphan = candidate("orphan", cred=True)
+    victim.receive(orphan, asking, 1.0)
+    roles = {c: victim.paths.links[c].role for c in (first, second, orphan)}
+    assert roles == {first: Role.CHILD, second: Role.IN_CANDIDATE, orphan: Role.CHILD}
