@@ -146,6 +146,7 @@ class PeerCore(Kernel):
             **self.ppm.timers(),
             **self.dr.timers(),
             **self.scan.timers(),
+            **self.db.timers(),
         }
 
     def _message_handlers(self) -> dict[type[Any], Callable[[Link, Any, float], None]]:
@@ -296,6 +297,7 @@ class PeerCore(Kernel):
         """RELEASE every path, close every connection, then ``Left``."""
         if self.phase is Phase.LEFT:
             return
+        self.db.flush(now)  # messages published before leaving still go out
         self.reset(now)
         self.dr.detached_at = None
         self.poc.to(Event.LEAVE)
