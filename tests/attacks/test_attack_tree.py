@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 from trust_helpers import OV, Authority, admit, member_core, signed
 
 from hp2p.peer.config import PeerConfig
@@ -28,6 +29,7 @@ from hp2p.wire.r2.messages import (
     Estab,
     Hello,
     HelloExt,
+    ScanTree,
     SetPrimary,
 )
 from hp2p.wire.r2.schema import SetPrimaryExt
@@ -299,3 +301,25 @@ def test_spare_recovery_slots_are_for_orphans_with_a_credential() -> None:
     victim.receive(orphan, asking, 1.0)
     roles = {c: victim.paths.links[c].role for c in (first, second, orphan)}
     assert roles == {first: Role.CHILD, second: Role.IN_CANDIDATE, orphan: Role.CHILD}
+
+
+def test_scan_tree_is_no_flood_amplifier() -> None:
+    """#11 finding 9: relays amplified SCAN_TREE ~6.7×, without limit. A path now brings at
+    most one request per ``scan_gap``, and a first hop must be the initiator itself."""
+    authority = Authority()
+    victim, conn, _parent = _member_parent(authority)
+    link = victim.paths.links[conn]
+    victim.paths.set_role(link, Role.CHILD)  # a primary path: SCAN_TREE travels on those
+    scan = ScanTree(
+        cseq=1, overlay_id=OV, peer_id="parent", address="", ticket_id=1, via=[["parent", ""]]
+    )
+    for k in range(100):
+        victim.receive(conn, msgspec.structs.replace(scan, cseq=k + 1), 10.0 + k * 0.001)
+    answers = [e for e in victim.take_effects() if isinstance(e, Send)]
+    assert len(answers) == 1
+    assert victim.counters.scans_dropped == 99
+    forged = msgspec.structs.replace(scan, cseq=500, peer_id="someone", via=[["someone", ""]])
+    victim.receive(conn, forged, 20.0)
+    effects = victim.take_effects()
+    assert not [e for e in effects if isinstance(e, Send)]
+    assert any(isinstance(e, ProtocolError) and "initiator" in e.reason for e in effects)

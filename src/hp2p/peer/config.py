@@ -153,6 +153,13 @@ class PeerConfig:
         default=0.5, metadata=_doc("Random share of a delay (0.5: delay × [0.5, 1.0]).")
     )
     scan_timeout: float = field(default=3.0, metadata=_doc("SCAN_TREE collection time."))
+    scan_gap: float = field(
+        default=0.25,
+        metadata=_doc(
+            "SCAN_TREE requests arriving on one path closer than this are dropped: each "
+            "reaches the whole tree, so an unlimited stream would be a flood amplifier."
+        ),
+    )
     recovery_ask_timeout: float = field(
         default=0.5,
         metadata=_doc("Tree recovery: wait for 4200/4603 from a candidate before the next one."),

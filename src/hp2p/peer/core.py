@@ -105,6 +105,7 @@ class CoreCounters:
     bad_signatures: int = 0  # data whose source signature does not verify
     unknown_sources: int = 0  # data of a source whose credential this peer has not seen
     bad_credentials: int = 0  # source credentials refused (forged, expired, someone else's)
+    scans_dropped: int = 0  # SCAN_TREE requests over the per-path rate (scan_gap)
 
 
 class PeerCore(Kernel):
