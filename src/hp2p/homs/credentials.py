@@ -147,10 +147,7 @@ class KeyRing:
         retired = {k: t for k, t in self._retired.items() if t > now}
         retired[old] = now + self.ttl + CLOCK_SKEW
         directory = self.directory
-        if directory is None:
-            key = SigningKey.generate()
-        else:
-            key = self._new_key(directory)
+        key = SigningKey.generate() if directory is None else self._new_key(directory)
         new = key_id(key.public)
         self._keys[new] = key
         if directory is not None:

@@ -166,7 +166,9 @@ Security = Literal["credentials", "reference-compat"]
 #: A membership credential token (:mod:`hp2p.trust.credential`); bounded like a ticket token.
 CredentialToken = Annotated[str, msgspec.Meta(max_length=4096)]
 #: The HOMS verification keys an overlay trusts: key id → ``ed25519:<hex>``.
-HomsKeys = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], SourceKeyText], msgspec.Meta(max_length=16)]
+HomsKeys = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=64)], SourceKeyText], msgspec.Meta(max_length=16)
+]
 
 
 class _Model(msgspec.Struct, kw_only=True, omit_defaults=True):
