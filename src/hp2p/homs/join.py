@@ -150,9 +150,10 @@ def join_steps(
     """The join; returns ``check``'s result, the ticket and the peer list.
 
     ``member`` is (address, password_hash, expires, now, public key or None); ``info`` is the
-    PIR row (addresses JSON, capabilities JSON, now). ``check(row, listed)`` applies the store's own rules to the
-    overlay row (kind, closed-overlay admission; ``listed``: the peer-id is on the overlay's
-    peer list, looked up for a closed overlay only) and raises a ``HompError`` to refuse.
+    PIR row (addresses JSON, capabilities JSON, now). ``check(row, listed)`` applies the
+    store's own rules to the overlay row (kind, closed-overlay admission; ``listed``: the
+    peer-id is on the overlay's peer list, looked up for a closed overlay only) and raises a
+    ``HompError`` to refuse.
     """
     row = yield BUMP_TICKET, (overlay_id,)
     if row is None:
