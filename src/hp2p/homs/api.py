@@ -203,7 +203,9 @@ def _query_item(ov: OverlayRecord) -> homp.QueryItem:
             parent_overlay_id=ov.parent_overlay_id,
             source_peer_id=ov.source_peer_id,
             source_key=ov.source_key,
-            security=ov.security,  # type: ignore[arg-type]
+            # Only when it differs from what a reference HOMS means (no credentials), so that
+            # reference-compat overlays answer exactly as the reference does.
+            security="credentials" if ov.requires_credentials else None,
         )
     )
 
@@ -249,7 +251,7 @@ async def create_overlay(request: Request) -> Response:
                 source_peer_id=o.source_peer_id,
                 delete_when_empty=o.delete_when_empty,
                 source_key=rec.source_key,
-                security=rec.security,  # type: ignore[arg-type]
+                security=o.security,  # echoed as sent, like every other field
             )
         ),
     )
