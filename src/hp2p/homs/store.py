@@ -370,6 +370,10 @@ class HomsStore:
         """Run ``work`` in one write transaction (for tests and later layers)."""
         return await self._db.write(work)
 
+    def now(self) -> float:
+        """The store's clock (epoch seconds): what credentials are issued and checked with."""
+        return self._clock()
+
     def _publish(self, events: Iterable[Event]) -> None:
         self.hub.publish_all(events)
 
@@ -1005,8 +1009,15 @@ class HomsStore:
         With ``overlay_id`` only that overlay is considered. Empty when the peer is in none
         of them or the password is wrong (one answer for both, so that a caller cannot probe
         membership). Used by the signalling WebSocket to let a socket speak for a peer-id.
+        Overlays that require credentials are left out: there a socket must prove the
+        member's credential instead (the password is a weaker secret, sent to the HOMS with
+        every refresh and report; docs/security.md).
         """
-        stmt = select(peer.c.overlay_id, peer.c.password_hash).where(peer.c.peer_id == peer_id)
+        stmt = (
+            select(peer.c.overlay_id, peer.c.password_hash)
+            .join(overlay, overlay.c.overlay_id == peer.c.overlay_id)
+            .where(peer.c.peer_id == peer_id, overlay.c.security != CREDENTIALS)
+        )
         if overlay_id is not None:
             stmt = stmt.where(peer.c.overlay_id == overlay_id)
 
