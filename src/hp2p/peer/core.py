@@ -223,6 +223,11 @@ class PeerCore(Kernel):
             | dataclasses.asdict(self.cache.counters),
             "recovery": {"wanted_now": len(self.recovery)}
             | dataclasses.asdict(self.recovery.counters),
+            "admission": {
+                "required": self.admission.required,
+                "pending": len(self.admission.pending),
+            }
+            | dataclasses.asdict(self.admission.counters),
         }
 
     @property

@@ -262,6 +262,8 @@ class MeshCore(Kernel):
                 "waiting-for-key": self.awaiting_key(),
             },
             "counters": dict(vars(self.counters)),
+            "admission": {"required": self.gated, "pending": len(self.admission.pending)}
+            | dict(vars(self.admission.counters)),
         }
 
     # === inputs ==================================================================================
