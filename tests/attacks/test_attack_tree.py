@@ -323,3 +323,42 @@ def test_scan_tree_is_no_flood_amplifier() -> None:
     effects = victim.take_effects()
     assert not [e for e in effects if isinstance(e, Send)]
     assert any(isinstance(e, ProtocolError) and "initiator" in e.reason for e in effects)
+
+
+def _dial_over_tls(certificate: str) -> list[object]:
+    """The victim dials a member over "TLS"; the certificate it saw carried the responder's
+    own key (``right``), someone else's (``mitm``), or there was no TLS (``none``)."""
+    authority = Authority()
+    victim = member_core(authority, "victim", root=True)
+    responder = member_core(authority, "responder", root=True)
+    hello = Hello(overlay_id=OV, peer_id="victim", address="mem://victim", ticket_id=9)
+    conn = victim.open_link("responder", "mem://responder", hello, 1.0)
+    victim.take_effects()
+    own = responder.admission.own
+    assert own is not None
+    keys = {"right": own.body.public_key, "mitm": SigningKey.generate().public}
+    if certificate in keys:
+        victim.admission.bind(conn, keys[certificate])
+    victim.connection_made(conn, 1.0)
+    (step1,) = [e.message for e in victim.take_effects() if isinstance(e, Send)]
+    rconn = responder.accept(1.0)
+    responder.receive(rconn, step1, 1.0)
+    (step2,) = [e.message for e in responder.take_effects() if isinstance(e, Send)]
+    victim.receive(conn, step2, 1.0)
+    return [e.message for e in victim.take_effects() if isinstance(e, Send)]
+
+
+def test_a_tls_man_in_the_middle_is_refused() -> None:
+    """TLS without a CA: the certificate's key must be the one the responder's credential
+    names, or the link is refused before anything but AUTH went over it."""
+    sent = _dial_over_tls("mitm")
+    refusals = [m for m in sent if isinstance(m, AuthResponse) and m.code == AUTH_REFUSED]
+    assert refusals
+    assert "man in the middle" in (refusals[0].reason or "")
+    assert not [m for m in sent if isinstance(m, Hello)]
+
+
+def test_tls_with_the_credentials_key_is_admitted() -> None:
+    for certificate in ("right", "none"):
+        sent = _dial_over_tls(certificate)
+        assert [type(m) for m in sent] == [Auth, Hello], certificate  # step 3, then the purpose

@@ -75,6 +75,9 @@ class Admission:
         self.verifier = CredentialVerifier({})
         self.proofs = Verifier(max_keys=1024)
         self.pending: dict[int, _Exchange] = {}
+        #: Dialled TLS connections: the key of the certificate the responder presented. Its
+        #: credential must name that key, or a man in the middle holds the TLS session.
+        self.channel_keys: dict[int, bytes] = {}
         self.counters = AdmissionCounters()
         self.entropy: Callable[[int], bytes] = kernel.rng.randbytes
         """Where nonces come from; the shell sets ``os.urandom``, the simulator keeps its rng."""
@@ -114,6 +117,10 @@ class Admission:
         return self.verifier.check(token, self.wall(now), self.overlay_id, peer_id=peer_id)
 
     # === the exchange ============================================================================
+    def bind(self, conn: int, certificate_key: bytes) -> None:
+        """The shell dialled ``conn`` over TLS and saw this certificate key."""
+        self.channel_keys[conn] = certificate_key
+
     def dial(self, conn: int, now: float) -> None:
         """An outgoing connection is up: send step 1."""
         if self.own is None:
@@ -239,6 +246,15 @@ class Admission:
         if own is None or membership is None:
             self.refuse(conn, "this peer holds no credential for the overlay", now)
             return None
+        bound = self.channel_keys.pop(conn, None)
+        if bound is not None and bound != their.body.public_key:
+            self.refuse(
+                conn,
+                "the TLS certificate is not the key of the responder's credential "
+                "(a man in the middle?)",
+                now,
+            )
+            return None
         parts = (exchange.nonce, msg.nonce, own.digest, their.digest)
         if not link_proof.check(
             self.proofs,
@@ -260,6 +276,7 @@ class Admission:
     def refuse(self, conn: int, reason: str, now: float = 0.0) -> None:
         """Tell the peer why, count it, and close the connection (the core drops the link)."""
         self.pending.pop(conn, None)
+        self.channel_keys.pop(conn, None)
         self.counters.refused += 1
         self.kernel.send((conn,), AuthResponse(code=AUTH_REFUSED, reason=reason))
         self.kernel.error(conn, reason)
@@ -267,6 +284,7 @@ class Admission:
 
     def forget(self, conn: int) -> None:
         self.pending.pop(conn, None)
+        self.channel_keys.pop(conn, None)
 
     def expire(self, now: float) -> list[int]:
         """Connections whose exchange outlived ``timeout``: refused, returned for the core."""
