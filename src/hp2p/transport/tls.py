@@ -51,7 +51,7 @@ def certificate(key: SigningKey) -> bytes:
     """A self-signed certificate (PEM) for ``key``: only its public key matters."""
     private = key.private
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hp2p peer")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
