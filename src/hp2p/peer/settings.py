@@ -43,6 +43,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.errors import SettingsError
 from hp2p.peer.mesh_config import MeshConfig
+from hp2p.transport.limits import (
+    DEFAULT_BUFFERED_BYTES,
+    DEFAULT_FRAME_DEADLINE,
+    DEFAULT_MAX_UNIDENTIFIED,
+    R2Limits,
+)
 
 if TYPE_CHECKING:
     from hp2p.wire import homp
@@ -156,6 +162,27 @@ class NodeSettings:
     seed: int | None = field(
         default=None, metadata=_doc("Seed of the core's random choices (default: random).")
     )
+    r2_buffered_bytes: int = field(
+        default=DEFAULT_BUFFERED_BYTES,
+        metadata=_doc(
+            "Bytes of incomplete R2 frames held over all connections of the peer; past it the "
+            "connection holding the most is closed."
+        ),
+    )
+    r2_frame_deadline: float = field(
+        default=DEFAULT_FRAME_DEADLINE,
+        metadata=_doc(
+            "Seconds an R2 frame (and an accepted connection's first frame) has to complete "
+            "before the connection is closed."
+        ),
+    )
+    r2_max_unidentified: int = field(
+        default=DEFAULT_MAX_UNIDENTIFIED,
+        metadata=_doc(
+            "Accepted R2 connections that may wait for their first complete frame at once; "
+            "more are refused."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.create is not None and self.join is not None:
@@ -163,7 +190,8 @@ class NodeSettings:
                 "give either create (--create TITLE) or join (--join ID-OR-TITLE), not both"
             )
         positive = ("expires", "homs_timeout", "homs_attempts", "join_timeout", "leave_timeout")
-        for name in (*positive, "subscriber_queue", "send_queue_bytes"):
+        r2 = ("r2_buffered_bytes", "r2_frame_deadline", "r2_max_unidentified")
+        for name in (*positive, "subscriber_queue", "send_queue_bytes", *r2):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be greater than 0, got {getattr(self, name)}")
         for name in ("listen", "api"):
@@ -183,6 +211,10 @@ class NodeSettings:
                     f"advertise {self.advertise!r} names no host: give the address other "
                     "peers can reach, not 0.0.0.0"
                 )
+
+    def r2_limits(self) -> R2Limits:
+        """The process-wide R2 limits these settings give (:mod:`hp2p.transport.limits`)."""
+        return R2Limits(self.r2_buffered_bytes, self.r2_frame_deadline, self.r2_max_unidentified)
 
     @classmethod
     def describe(cls) -> dict[str, tuple[Any, str]]:
