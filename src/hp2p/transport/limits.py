@@ -132,9 +132,9 @@ class R2Budget:
             if victim is holder:
                 survived = False
             victim.refuse(
-                f"R2 buffer budget full: {self._buffered + held} bytes of incomplete frames "
-                f"over the peer's r2_buffered_bytes={limit}; closed the connection holding "
-                f"the most ({held} bytes)"
+                f"R2 buffer budget full: incomplete frames would hold {self._buffered + held} "
+                f"bytes, over r2_buffered_bytes={limit}; closed the connection holding the "
+                f"most ({held} bytes)"
             )
         self.stats.peak_buffered = max(self.stats.peak_buffered, self._buffered)
         return survived
