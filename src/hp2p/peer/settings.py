@@ -60,6 +60,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "SubMeshSettings",
+    "is_loopback_host",
     "merge",
     "overlay_kind",
     "parse_assignments",
@@ -111,7 +112,17 @@ class NodeSettings:
     )
     api: str | None = field(
         default=None,
-        metadata=_doc("HOST:PORT of the local HTTP + WebSocket API; off unless given."),
+        metadata=_doc(
+            "HOST:PORT of the local HTTP + WebSocket API (bearer token required); off unless "
+            "given. A non-loopback HOST needs api_public."
+        ),
+    )
+    api_public: bool = field(
+        default=False,
+        metadata=_doc(
+            "Allow the local API on a non-loopback address (reachable from other machines; "
+            "only the token protects it)."
+        ),
     )
     peer_id: str | None = field(
         default=None, metadata=_doc("Peer-id (default: peer-<8 random hex digits>).")
@@ -198,6 +209,14 @@ class NodeSettings:
             value = getattr(self, name)
             if value is not None:
                 split_host_port(value, name)
+        if self.api is not None and not self.api_public:
+            api_host = split_host_port(self.api, "api")[0]
+            if not is_loopback_host(api_host):
+                raise SettingsError(
+                    f"api {self.api!r} is not a loopback address: the local API would be "
+                    "reachable from other machines. Use 127.0.0.1:PORT, or give --api-public "
+                    "(setting api_public) if you mean it"
+                )
         if self.advertise is not None:
             host, _, rest = self.advertise.partition("://")
             if host != "tcp" or not rest:
@@ -264,6 +283,18 @@ class SubMeshSettings:
 
 
 ANY_HOSTS = ("0.0.0.0", "::", "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): reachable from this host only."""
+    import ipaddress  # small, but only needed when an API address is given
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
 
 
 def split_host_port(value: str, name: str = "address") -> tuple[str, int]:
