@@ -6,7 +6,8 @@ enough: every local user and every web page open in a local browser can reach 12
 pure ASGI middleware (no web framework imported) refuses, in this order:
 
 1. a ``Host`` header that is not a loopback name or address or the address the API is bound
-   to: ``421`` (a DNS-rebinding page reaches 127.0.0.1 under its own name);
+   to: ``421`` (a DNS-rebinding page reaches 127.0.0.1 under its own name); none, or more
+   than one: ``400``;
 2. an ``Origin`` header, when there is one, other than the API's own origin
    (``http://`` + the Host): ``403`` (a cross-site page's fetch or WebSocket; browsers always
    send Origin on those, programs such as curl send none);
@@ -20,7 +21,9 @@ pure ASGI middleware (no web framework imported) refuses, in this order:
 
 A WebSocket is refused with the same status codes when the server supports the ASGI denial
 response (uvicorn does), else closed with 1008 before it is accepted. The token is compared
-in constant time.
+in constant time. :class:`QuietDenials` keeps uvicorn from logging an error for each denied
+WebSocket (its sans-IO WebSocket protocol does so after a correct denial response), so that a
+flood of refused handshakes does not flood the peer's log.
 
 The token itself is made and kept by :func:`new_token` and :func:`write_token_file`: 32 random
 bytes, in a file of mode 0600 in a directory only this user can enter.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -46,6 +50,7 @@ __all__ = [
     "TOKEN_SUBPROTOCOL_PREFIX",
     "ApiGuard",
     "GuardStats",
+    "QuietDenials",
     "new_token",
     "runtime_dir",
     "token_file_name",
@@ -75,6 +80,18 @@ class GuardStats:
     bad_origin: int = 0
     too_large: int = 0
     body_bytes_read: int = 0
+
+
+class QuietDenials(logging.Filter):
+    """Drops uvicorn's error line for a WebSocket the guard refused (see the module docstring).
+
+    uvicorn 0.54 answers the ASGI denial response correctly, then logs "ASGI callable returned
+    without completing handshake" because the handshake never completed. The endpoints of the
+    local API always accept before they return, so that line only ever follows a denial.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
 
 
 def new_token() -> str:
@@ -171,6 +188,13 @@ class ApiGuard:
             return
         headers = _headers(scope)
         host = headers.get("host", "")
+        hosts = sum(1 for name, _ in scope.get("headers", ()) if name.lower() == b"host")
+        if hosts != 1:
+            self.stats.bad_host += 1
+            await self._deny(
+                scope, receive, send, 400, f"exactly one Host header is needed, got {hosts}"
+            )
+            return
         if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
             self.stats.bad_host += 1
             await self._deny(

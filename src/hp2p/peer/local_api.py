@@ -44,6 +44,7 @@ from hp2p.peer.api import delivery_json, gap_json, payload_json, scan_json
 from hp2p.peer.api_guard import (
     SUBPROTOCOL_SCOPE_KEY,
     ApiGuard,
+    QuietDenials,
     new_token,
     runtime_dir,
     token_file_name,
@@ -54,6 +55,9 @@ from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
 from hp2p.peer.subscription import Gap
 
 log = logging.getLogger("hp2p.peer.local_api")
+_uvicorn_log = logging.getLogger("uvicorn.error")
+if not any(isinstance(f, QuietDenials) for f in _uvicorn_log.filters):
+    _uvicorn_log.addFilter(QuietDenials())
 
 if TYPE_CHECKING:
     from hp2p.peer.mesh_node import MeshDelivery, MeshNode
