@@ -23,6 +23,9 @@ def create(overlay_id: str | None = None, **fields: Any) -> dict[str, Any]:
         "heartbeat-interval": 10,
         "heartbeat-timeout": 15,
         "auth": {"type": "open", "admin_key": "admin"},
+        # Most tests are about something else than credentials: keyless joins admitted.
+        # tests/test_homs_credentials.py passes security="credentials" (or None: the default).
+        "security": "reference-compat",
         **fields,
     }
     return {"overlay": {key: value for key, value in body.items() if value is not None}}

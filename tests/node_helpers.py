@@ -17,6 +17,7 @@ from hp2p.peer.config import PeerConfig
 from hp2p.peer.homs_client import HomsClient
 from hp2p.peer.node import Delivery, PeerNode, Subscription
 from hp2p.peer.settings import NodeSettings
+from hp2p.trust.keys import SigningKey
 
 FAST = PeerConfig(heartbeat_interval=0.5, heartbeat_timeout=2.0, scan_timeout=1.0)
 
@@ -24,7 +25,9 @@ FAST = PeerConfig(heartbeat_interval=0.5, heartbeat_timeout=2.0, scan_timeout=1.
 @contextlib.asynccontextmanager
 async def homs_app(tmp_path: Path) -> AsyncIterator[FastAPI]:
     """A HOMS app with its store started, reached through httpx's ASGI transport."""
-    settings = HomsSettings(database=f"sqlite:///{tmp_path / 'homs.db'}", admin_key_cost=2**4)
+    settings = HomsSettings(
+        database=f"sqlite:///{tmp_path / 'homs.db'}", admin_key_cost=2**4, ephemeral_keys=True
+    )
     app = create_app(settings, run_expiry_sweep=False)
     async with app.router.lifespan_context(app):
         yield app
@@ -39,7 +42,13 @@ async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def client_for(app: FastAPI) -> HomsClient:
-    return HomsClient("http://homs", transport=httpx.ASGITransport(app=app), attempts=1)
+    """An hp2p HOMS client of ``app`` with a fresh membership key, as a peer has."""
+    return HomsClient(
+        "http://homs",
+        transport=httpx.ASGITransport(app=app),
+        attempts=1,
+        key=SigningKey.generate(),
+    )
 
 
 async def start_node(app: FastAPI, config: PeerConfig = FAST, **settings: Any) -> PeerNode:

@@ -263,7 +263,15 @@ requires_shared = needs(HOMP_RECORDING)
 
 def replay_settings(database: str) -> HomsSettings:
     # The replay needs the ETRI rule "last leave/expiry deletes the overlay" (docs/homs.md).
-    return HomsSettings(database=database, delete_empty_overlays=True, admin_key_cost=2**10)
+    # The reference corpus creates overlays without `security` and joins without keys: the
+    # HOMS serves it as `hp2p homs --default-security reference-compat` would.
+    return HomsSettings(
+        database=database,
+        delete_empty_overlays=True,
+        admin_key_cost=2**10,
+        default_security="reference-compat",
+        ephemeral_keys=True,
+    )
 
 
 async def run_asgi_replay(database: str) -> ReplayResult:

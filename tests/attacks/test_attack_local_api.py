@@ -189,9 +189,7 @@ async def test_a_non_loopback_address_needs_api_public(node: PeerNode) -> None:
 
 def test_the_cli_refuses_a_public_api_address_without_api_public() -> None:
     args = [sys.executable, "-m", "hp2p", "peer", "--homs", "http://127.0.0.1:9", "--join", "x"]
-    out = subprocess.run(
-        [*args, "--api", "0.0.0.0:0"], capture_output=True, text=True, timeout=60
-    )
+    out = subprocess.run([*args, "--api", "0.0.0.0:0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "not a loopback address" in out.stderr
     assert "--api-public" in out.stderr

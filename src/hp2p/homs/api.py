@@ -112,7 +112,8 @@ def _responses(type_: Any, status: int = 200, *errors: int) -> dict[int | str, A
     }
     descriptions = {
         400: "invalid request, unknown overlay or peer, or wrong credentials",
-        403: "forged ticket-id on a recovery join",
+        403: "forged ticket-id on a recovery join, or a join without `public-key` to an "
+        "overlay that requires credentials",
         407: 'closed overlay refused admission; body {"overlay":{"overlay-id"}}',
         409: "duplicate overlay-id or peer-id",
         413: "body too large",
@@ -175,9 +176,13 @@ def _join_response(result: JoinResult) -> homp.JoinResponse:
             parent_overlay_id=ov.parent_overlay_id,
             source_peer_id=ov.source_peer_id,
             source_key=ov.source_key,
+            homs_keys=result.homs_keys,
         ),
         peer=homp.JoinResponsePeer(
-            peer_id=result.peer_id, ticket_id=result.ticket, expires=result.expires
+            peer_id=result.peer_id,
+            ticket_id=result.ticket,
+            expires=result.expires,
+            credential=result.credential,
         ),
     )
 
@@ -198,6 +203,9 @@ def _query_item(ov: OverlayRecord) -> homp.QueryItem:
             parent_overlay_id=ov.parent_overlay_id,
             source_peer_id=ov.source_peer_id,
             source_key=ov.source_key,
+            # Only when it differs from what a reference HOMS means (no credentials), so that
+            # reference-compat overlays answer exactly as the reference does.
+            security="credentials" if ov.requires_credentials else None,
         )
     )
 
@@ -243,6 +251,7 @@ async def create_overlay(request: Request) -> Response:
                 source_peer_id=o.source_peer_id,
                 delete_when_empty=o.delete_when_empty,
                 source_key=rec.source_key,
+                security=o.security,  # echoed as sent, like every other field
             )
         ),
     )
@@ -412,13 +421,39 @@ async def join(request: Request) -> Response:
 async def refresh(request: Request) -> Response:
     """Keep-alive: extend the peer's liveness; ``expires`` defaults to the stored value."""
     req = homp.decode_refresh_request(await read_body(request))
-    expires = await _store(request).refresh(req)
+    res = await _store(request).refresh_member(req)
     return _json(
         200,
         homp.RefreshResponse(
-            overlay=homp.OverlayRef(overlay_id=req.overlay.overlay_id),
-            peer=homp.RefreshResponsePeer(peer_id=req.peer.peer_id, expires=expires),
+            overlay=homp.RefreshResponseOverlay(
+                overlay_id=req.overlay.overlay_id, homs_keys=res.homs_keys
+            ),
+            peer=homp.RefreshResponsePeer(
+                peer_id=req.peer.peer_id, expires=res.expires, credential=res.credential
+            ),
         ),
+    )
+
+
+@router.get("/homs/keys", summary="HOMS credential verification keys")
+async def homs_keys(request: Request) -> Response:
+    """The keys that sign membership credentials: the current one and the retired ones whose
+    credentials may still be valid, each with ``not-after`` (``null`` for the current key).
+
+    ``{"current": id, "keys": {id: {"public-key": "ed25519:<hex>", "not-after": t}}}``
+    (docs/security.md). Public: a verification key is no secret.
+    """
+    ring = _store(request).keyring
+    published = ring.published()
+    return _json(
+        200,
+        {
+            "current": published[0].key_id,
+            "credential-ttl": ring.ttl,
+            "keys": {
+                k.key_id: {"public-key": k.public_key, "not-after": k.not_after} for k in published
+            },
+        },
     )
 
 

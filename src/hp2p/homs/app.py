@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 from hp2p import __version__
 from hp2p.homs import ws
 from hp2p.homs.api import install_error_handlers, router, schema_components
+from hp2p.homs.credentials import KeyRing
 from hp2p.homs.db import parse_database_url
 from hp2p.homs.fanout import PostgresFanout
 from hp2p.homs.fastpath import JoinFastPath
@@ -32,6 +34,11 @@ def build_store(settings: HomsSettings, clock: Callable[[], float] | None = None
     kwargs: dict[str, Any] = {}
     if clock is not None:
         kwargs["clock"] = clock
+    keyring = KeyRing(
+        None if settings.ephemeral_keys else settings.keys_path(),
+        ttl=settings.credential_ttl,
+        clock=clock or time.time,
+    )
     return HomsStore(
         parse_database_url(settings.database),
         rng=random.Random(settings.seed),
@@ -40,6 +47,8 @@ def build_store(settings: HomsSettings, clock: Callable[[], float] | None = None
         default_expires=settings.default_peer_expires,
         delete_empty_overlays=settings.delete_empty_overlays,
         admin_key_cost=settings.admin_key_cost,
+        keyring=keyring,
+        default_security=settings.default_security,
         **kwargs,
     )
 

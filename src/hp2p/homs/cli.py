@@ -14,8 +14,10 @@ import typer
 import uvicorn
 
 from hp2p.homs.app import build_store, create_app
+from hp2p.homs.credentials import KeyDirError, KeyRing
 from hp2p.homs.db import DatabaseUrlError, parse_database_url
 from hp2p.homs.settings import DEFAULT_DATABASE, HomsSettings, SettingsError
+from hp2p.trust.keys import KeyFileError
 from hp2p.wire.signalling import MAX_MESSAGE_BYTES
 
 EPILOG = """
@@ -124,6 +126,43 @@ def homs(
     log_level: Annotated[
         str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
     ] = "info",
+    key_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-dir",
+            help=(
+                "Directory of the Ed25519 keys that sign membership credentials (files 0600). "
+                "Default: DATABASE.keys beside a SQLite file, else ~/.local/state/hp2p/homs-keys."
+            ),
+        ),
+    ] = None,
+    credential_ttl: Annotated[
+        int,
+        typer.Option(
+            "--credential-ttl",
+            help="Seconds a membership credential is valid; members renew it on refresh.",
+        ),
+    ] = 120,
+    default_security: Annotated[
+        str,
+        typer.Option(
+            "--default-security",
+            help=(
+                "Security of an overlay created without `security`: credentials (members need "
+                "a HOMS-signed credential) or reference-compat (insecure; reference peers)."
+            ),
+        ),
+    ] = "credentials",
+    rotate_key: Annotated[
+        bool,
+        typer.Option(
+            "--rotate-key",
+            help=(
+                "Make a new credential signing key in --key-dir and exit; the old key stays "
+                "published until every credential it signed has expired."
+            ),
+        ),
+    ] = False,
 ) -> None:
     """Run a HOMS: HOMP (Q.4103, ETRI-2023 dialect) over HTTP, with persistent storage."""
     level = log_level.lower()
@@ -144,12 +183,23 @@ def homs(
         tls_cert=tls_cert,
         tls_key=tls_key,
         log_level=level,
+        key_dir=key_dir,
+        credential_ttl=credential_ttl,
+        default_security=default_security,
     )
     try:
         settings.check()
         target = parse_database_url(database)
     except (SettingsError, DatabaseUrlError) as exc:
         _fail(str(exc))
+    if rotate_key:
+        try:
+            ring = KeyRing(settings.keys_path(), ttl=settings.credential_ttl)
+            new = ring.rotate()
+        except (KeyDirError, KeyFileError, OSError) as exc:
+            _fail(f"cannot rotate the credential key: {exc}")
+        typer.echo(f"new credential signing key {new} in {settings.keys_path()}")
+        raise typer.Exit(0)
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -79,6 +79,8 @@ overlay = Table(
     #: with; set at creation by the owner, or by the source's own first join (migration 0003).
     Column("source_key", String(SOURCE_KEY_LEN), nullable=True),
     Column("delete_when_empty", Boolean, nullable=False, default=False),
+    #: ``credentials`` or ``reference-compat`` (docs/security.md; migration 0005).
+    Column("security", String(32), nullable=False, server_default="reference-compat"),
     #: The last ticket issued; bumped with UPDATE … RETURNING inside each join transaction.
     Column("last_ticket", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
@@ -120,6 +122,9 @@ peer = Table(
     #: heartbeat timeout; NULL again at its next refresh, report or recovery join. A suspect
     #: stays a member but is left out of peer lists (migration 0004).
     Column("suspect_since", Float, nullable=True),
+    #: The Ed25519 key (``ed25519:<hex>``) the member's credentials bind; NULL for a keyless
+    #: member of a ``reference-compat`` overlay (migration 0005).
+    Column("public_key", String(SOURCE_KEY_LEN), nullable=True),
     UniqueConstraint("overlay_id", "ticket"),
 )
 Index("ix_peer_expires_at", peer.c.expires_at)

@@ -61,6 +61,7 @@ OVERLAY_COLUMNS = (
     "source_peer_id",
     "source_key",
     "delete_when_empty",
+    "security",
     "last_ticket",
     "created_at",
 )
@@ -92,8 +93,15 @@ LISTED = _statement("SELECT 1 FROM auth_peer WHERE overlay_id = ? AND peer_id = 
 INSERT_PEER = _statement(
     "INSERT INTO peer (overlay_id, peer_id, ticket, address, password_hash, expires, "
     "last_seen, expires_at, num_primary, num_out_candidate, num_in_candidate, costmap, "
-    "report_time, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, NULL, NULL, ?)",
+    "report_time, created_at, public_key) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, NULL, NULL, ?, ?)",
     "none",
+)
+#: A membership that expired but was not swept yet ends here, so its peer-id may join again
+#: (with any key: the old credentials are expired too). A live one stays, and the INSERT
+#: that follows refuses the peer-id (no takeover).
+DROP_EXPIRED = _statement(
+    "DELETE FROM peer WHERE overlay_id = ? AND peer_id = ? AND expires_at < ?", "none"
 )
 UPSERT_INFO = _statement(
     "INSERT INTO peer_info (peer_id, addresses, preferences, capabilities, updated_at) "
@@ -133,7 +141,7 @@ def join_steps(
     *,
     overlay_id: str,
     peer_id: str,
-    member: tuple[str, str, int, float],
+    member: tuple[str, str, int, float, str | None],
     info: tuple[str, str | None, float],
     tree_list_size: int,
     check: Callable[[tuple[Any, ...], bool], T],
@@ -141,10 +149,11 @@ def join_steps(
 ) -> Steps[T]:
     """The join; returns ``check``'s result, the ticket and the peer list.
 
-    ``member`` is (address, password_hash, expires, now); ``info`` is the PIR row (addresses
-    JSON, capabilities JSON, now). ``check(row, listed)`` applies the store's own rules to the
-    overlay row (kind, closed-overlay admission; ``listed``: the peer-id is on the overlay's
-    peer list, looked up for a closed overlay only) and raises a ``HompError`` to refuse.
+    ``member`` is (address, password_hash, expires, now, public key or None); ``info`` is the
+    PIR row (addresses JSON, capabilities JSON, now). ``check(row, listed)`` applies the
+    store's own rules to the overlay row (kind, closed-overlay admission; ``listed``: the
+    peer-id is on the overlay's peer list, looked up for a closed overlay only) and raises a
+    ``HompError`` to refuse.
     """
     row = yield BUMP_TICKET, (overlay_id,)
     if row is None:
@@ -153,12 +162,24 @@ def join_steps(
     if row[_AUTH_TYPE] == "closed":
         listed = (yield LISTED, (overlay_id, peer_id)) is not None
     checked = check(row, listed)
-    address, password_hash, expires, now = member
+    address, password_hash, expires, now, public_key = member
     ticket: int = row[_LAST_TICKET]
     expires_at = now + expires
+    yield DROP_EXPIRED, (overlay_id, peer_id, now)
     yield (
         INSERT_PEER,
-        (overlay_id, peer_id, ticket, address, password_hash, expires, now, expires_at, now),
+        (
+            overlay_id,
+            peer_id,
+            ticket,
+            address,
+            password_hash,
+            expires,
+            now,
+            expires_at,
+            now,
+            public_key,
+        ),
     )
     yield UPSERT_INFO, (peer_id, *info)
     if row[_SUB_TYPE] == "mesh":

@@ -59,6 +59,21 @@ class HomsSettings:
     ws_burst: int = 200
     #: Seed for the mesh peer-list choice; ``None`` means fresh OS randomness.
     seed: int | None = None
+    #: Where the credential signing keys live (``None``: beside the SQLite file, else the
+    #: user's state directory; :func:`hp2p.homs.credentials.default_key_dir`).
+    key_dir: Path | None = None
+    #: Seconds a membership credential is valid; peers renew it with every refresh.
+    credential_ttl: int = 120
+    #: The security profile of an overlay whose creation does not say (docs/security.md).
+    default_security: str = "credentials"
+    #: Keep the signing keys in memory only (tests): credentials do not survive a restart.
+    ephemeral_keys: bool = False
+
+    def keys_path(self) -> Path:
+        """The key directory in use: ``key_dir``, else the default for ``database``."""
+        from hp2p.homs.credentials import default_key_dir
+
+        return self.key_dir if self.key_dir is not None else default_key_dir(self.database)
 
     def check(self) -> HomsSettings:
         """Raise :class:`SettingsError` for a value that cannot work, else return self."""
@@ -88,6 +103,15 @@ class HomsSettings:
             raise SettingsError(
                 f"WebSocket rate limit must be > 0 msg/s with burst >= 1, "
                 f"got {self.ws_rate} and {self.ws_burst}"
+            )
+        if self.credential_ttl < 10:
+            raise SettingsError(
+                f"--credential-ttl must be >= 10 seconds, got {self.credential_ttl}"
+            )
+        if self.default_security not in ("credentials", "reference-compat"):
+            raise SettingsError(
+                "--default-security must be 'credentials' or 'reference-compat', "
+                f"not {self.default_security!r}"
             )
         if self.max_body_bytes < 1024:
             raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")

@@ -15,6 +15,16 @@ Two profiles, chosen per HOMS (``--signalling-profile``):
   a missing one is filled in). Every refusal goes back to the sender as
   ``{"action":"error","reason":…,"field":…}``. The reference's relay lets anyone hijack any
   peer's signalling (etri-2023-protocol.md §9.1); this profile closes that.
+
+  On an overlay that requires membership credentials (docs/security.md) the password does not
+  register a peer-id: the hello carries the member's credential for ``overlay-id`` instead, the
+  HOMS answers ``{"action":"challenge","peer-id","nonce"}``, and the socket registers only once
+  it sends ``{"action":"prove","peer-id","proof"}``, the nonce signed with the credential's key
+  (:mod:`hp2p.trust.hello`); the HOMS then answers ``{"action":"registered",…}``. The
+  credential must verify with this HOMS's keys, name that overlay and peer-id, be unexpired
+  and bind the key the member joined with, and the member must be live. A peer-id that a live
+  socket registered with a credential is not handed to a second hello (no takeover): the first
+  socket must say ``bye`` or close. ``reference-compat`` overlays keep the password hello.
 * ``etri-2023``: the reference behaviour for reference peers, which send no password: open
   registration, any ``fromid``, relays to any id, errors silently ignored.
 
@@ -34,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal, Protocol
@@ -43,12 +54,16 @@ import msgspec
 from hp2p.homs.errors import HompError
 from hp2p.homs.monitor import MonitorHub, SubscriberLagged
 from hp2p.homs.store import HomsStore, cost_map
+from hp2p.trust import hello as hello_proof
+from hp2p.trust.credential import Credential, CredentialError, CredentialVerifier
+from hp2p.trust.keys import parse_public_key, public_key_text
 from hp2p.wire.errors import WireError
 from hp2p.wire.signalling import (
     MonitorGet,
     MonitorHello,
     PeerBye,
     PeerHello,
+    PeerProve,
     Relay,
     decode_client_message,
 )
@@ -61,6 +76,8 @@ PROFILES: Final[tuple[Profile, ...]] = ("secure", "etri-2023")
 #: WebSocket close codes (RFC 6455 §7.4.1).
 CLOSE_POLICY: Final = 1008
 CLOSE_TRY_AGAIN: Final = 1013
+#: Challenges a socket may have outstanding at once (one per peer-id it is registering).
+MAX_CHALLENGES: Final = 4
 
 
 class Fanout(Protocol):
@@ -115,6 +132,10 @@ class Session:
 
     def __init__(self, *, outbox_bound: int, rate: float, burst: int) -> None:
         self.identities: dict[str, frozenset[str]] = {}
+        #: Peer-ids this socket registered by proving a credential: not taken over.
+        self.proven: set[str] = set()
+        #: Outstanding credential challenges: peer-id → (nonce, verified credential).
+        self.challenges: dict[str, tuple[bytes, Credential]] = {}
         self.monitor_task: asyncio.Task[None] | None = None
         self.limiter = TokenBucket(rate, burst)
         self.closing: _Close | None = None
@@ -177,6 +198,9 @@ class Switchboard:
         self.fanout = fanout
         self._peers: dict[str, Session] = {}
         self.sockets = 0
+        self.verifier = CredentialVerifier({})
+        #: Fresh nonces for credential challenges (tests may pin it).
+        self.entropy: Callable[[int], bytes] = os.urandom
         #: Messages handled so far (after handling), so a client can tell when its last one was.
         self.messages = 0
 
@@ -224,7 +248,12 @@ class Switchboard:
             if isinstance(msg, Relay):
                 await self._relay(session, msg)
             elif isinstance(msg, PeerHello):
-                await self._hello(session, msg)
+                if msg.credential is not None and self.secure:
+                    await self._challenge(session, msg)
+                else:
+                    await self._hello(session, msg)
+            elif isinstance(msg, PeerProve):
+                await self._prove(session, msg)
             elif isinstance(msg, PeerBye):
                 self._bye(session, msg)
             elif isinstance(msg, MonitorHello):
@@ -241,6 +270,8 @@ class Switchboard:
             if self._peers.get(peer_id) is session:
                 del self._peers[peer_id]
         session.identities.clear()
+        session.proven.clear()
+        session.challenges.clear()
         if session.monitor_task is not None:
             session.monitor_task.cancel()
             session.monitor_task = None
@@ -257,6 +288,7 @@ class Switchboard:
         session = self._peers.pop(peer_id, None)
         if session is not None:
             session.identities.pop(peer_id, None)
+            session.proven.discard(peer_id)
 
     # ------------------------------------------------------------------ peers
 
@@ -288,13 +320,95 @@ class Switchboard:
                     "join first",
                     "$.password",
                 )
-        previous = self._peers.get(msg.peer_id)
+        self._register(session, msg.peer_id, overlays)
+
+    def _register(self, session: Session, peer_id: str, overlays: frozenset[str]) -> None:
+        previous = self._peers.get(peer_id)
         if previous is not None and previous is not session:
-            previous.identities.pop(msg.peer_id, None)
-        self._peers[msg.peer_id] = session
-        session.identities[msg.peer_id] = overlays
+            if peer_id in previous.proven:
+                raise HompError(
+                    409,
+                    f"peer-id {peer_id!r} is registered by another live socket with its "
+                    "credential; that socket must say bye (or close) first",
+                    "$.peer-id",
+                )
+            previous.identities.pop(peer_id, None)
+        self._peers[peer_id] = session
+        session.identities[peer_id] = overlays
         if self.fanout is not None:
-            self.fanout.announce_hello(msg.peer_id)
+            self.fanout.announce_hello(peer_id)
+
+    # ------------------------------------------------------------------ credential hello
+
+    async def _challenge(self, session: Session, msg: PeerHello) -> None:
+        """First half of a credential hello: check the credential, send a fresh nonce."""
+        if msg.overlay_id is None:
+            raise HompError(400, "a hello with `credential` names its `overlay-id`", "$.overlay-id")
+        assert msg.credential is not None
+        cred = await self._verified(msg.credential, msg.overlay_id, msg.peer_id)
+        holder = self._peers.get(msg.peer_id)
+        if holder is not None and holder is not session and msg.peer_id in holder.proven:
+            raise HompError(
+                409,
+                f"peer-id {msg.peer_id!r} is registered by another live socket with its "
+                "credential; that socket must say bye (or close) first",
+                "$.peer-id",
+            )
+        if msg.peer_id not in session.challenges and len(session.challenges) >= MAX_CHALLENGES:
+            raise HompError(
+                429, f"more than {MAX_CHALLENGES} hellos awaiting their proof", "$.peer-id"
+            )
+        nonce = self.entropy(hello_proof.NONCE_BYTES)
+        session.challenges[msg.peer_id] = (nonce, cred)
+        session.send(_text({"action": "challenge", "peer-id": msg.peer_id, "nonce": nonce.hex()}))
+
+    async def _verified(self, token: str, overlay_id: str, peer_id: str) -> Credential:
+        """The credential, checked against this HOMS's keys and the stored membership."""
+        store = self.store
+        self.verifier.set_keys(
+            {kid: parse_public_key(text) for kid, text in store.keyring.homs_keys().items()}
+        )
+        try:
+            cred = self.verifier.check(token, store.now(), overlay_id, peer_id=peer_id)
+        except CredentialError as exc:
+            raise HompError(401, f"credential refused: {exc.reason}", "$.credential") from None
+        public, live = await store.member_key(overlay_id, peer_id)
+        if not live or public != public_key_text(cred.body.public_key):
+            raise HompError(
+                401,
+                f"peer-id {peer_id!r} is not a live member of overlay {overlay_id!r} with this "
+                "credential's key: join (again) first",
+                "$.credential",
+            )
+        return cred
+
+    async def _prove(self, session: Session, msg: PeerProve) -> None:
+        """Second half: the nonce signed with the credential's key registers the peer-id."""
+        pending = session.challenges.pop(msg.peer_id, None)
+        if pending is None:
+            raise HompError(
+                400, f"no challenge for {msg.peer_id!r}: send hello with `credential`", "$.peer-id"
+            )
+        nonce, cred = pending
+        body = cred.body
+        ok = hello_proof.check(
+            self.verifier.crypto,
+            body.public_key,
+            bytes.fromhex(msg.proof),
+            body.overlay_id,
+            body.peer_id,
+            nonce,
+            cred.digest,
+        )
+        if not ok:
+            raise HompError(401, "the proof does not verify with the credential's key", "$.proof")
+        # Re-checked now: the member may have left, or its credential expired, meanwhile.
+        await self._verified(cred.token, body.overlay_id, body.peer_id)
+        self._register(session, body.peer_id, frozenset({body.overlay_id}))
+        session.proven.add(body.peer_id)
+        session.send(
+            _text({"action": "registered", "peer-id": body.peer_id, "overlay-id": body.overlay_id})
+        )
 
     def _bye(self, session: Session, msg: PeerBye) -> None:
         if self.secure and msg.peer_id not in session.identities:
@@ -303,7 +417,9 @@ class Switchboard:
         holder = self._peers.pop(msg.peer_id, None)
         if holder is not None:
             holder.identities.pop(msg.peer_id, None)
+            holder.proven.discard(msg.peer_id)
         session.identities.pop(msg.peer_id, None)
+        session.proven.discard(msg.peer_id)
 
     async def _relay(self, session: Session, msg: Relay) -> None:
         message = msg.message

@@ -45,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import BindParameter
 
 from hp2p.homs import join, monitor, peerlist, secrets
+from hp2p.homs.credentials import KeyRing
 from hp2p.homs.db import DatabaseTarget, auth_peer, overlay, peer, peer_info
 from hp2p.homs.errors import (
     AdmissionRefusedError,
@@ -59,6 +60,8 @@ from hp2p.homs.transactions import (
     SqliteRunner,
     open_runner,
 )
+from hp2p.trust.credential import Role
+from hp2p.trust.membership import CREDENTIALS, PROFILES, REFERENCE_COMPAT
 from hp2p.wire import homp
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -89,6 +92,7 @@ _OVERLAY_COLS = (
     overlay.c.source_peer_id,
     overlay.c.source_key,
     overlay.c.delete_when_empty,
+    overlay.c.security,
     overlay.c.last_ticket,
     overlay.c.created_at,
 )
@@ -123,10 +127,20 @@ class OverlayRecord:
     created_at: float
     num_peers: int = 0
     access_key_hash: str | None = field(default=None, repr=False)
+    #: ``credentials`` or ``reference-compat`` (docs/security.md).
+    security: str = REFERENCE_COMPAT
 
     @property
     def is_mesh(self) -> bool:
         return self.sub_type == "mesh"
+
+    @property
+    def requires_credentials(self) -> bool:
+        return self.security == CREDENTIALS
+
+    def role_of(self, peer_id: str) -> Role:
+        """The credential role: ``source`` for a sub-overlay's source peer, else ``peer``."""
+        return "source" if peer_id == self.source_peer_id else "peer"
 
 
 def record_from_values(values: Sequence[Any]) -> OverlayRecord:
@@ -166,6 +180,7 @@ def _record_from(m: Any, num_peers: int = 0) -> OverlayRecord:
         created_at=m["created_at"],
         num_peers=num_peers,
         access_key_hash=m["access_key_hash"],
+        security=m["security"],
     )
 
 
@@ -178,6 +193,19 @@ class JoinResult:
     ticket: int
     expires: int
     peer_list: list[PeerEntry]
+    #: The membership credential issued for the member's key, and the HOMS keys to check it
+    #: with; ``None`` for a keyless member of a ``reference-compat`` overlay.
+    credential: str | None = None
+    homs_keys: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    """What a refresh answers: the granted ``expires`` and the renewed credential, if any."""
+
+    expires: int
+    credential: str | None = None
+    homs_keys: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +298,13 @@ _LIVE = and_(
 _SELECT_OVERLAY = select(*_OVERLAY_COLS).where(overlay.c.overlay_id == _P_OID)
 _LIVE_PEERS = select(*_ENTRY_COLS).where(_LIVE).order_by(peer.c.ticket)
 _MEMBER = select(
-    peer.c.ticket, peer.c.password_hash, peer.c.expires, peer.c.costmap, peer.c.report_time
+    peer.c.ticket,
+    peer.c.password_hash,
+    peer.c.expires,
+    peer.c.costmap,
+    peer.c.report_time,
+    peer.c.public_key,
+    peer.c.address,
 ).where(_THIS_PEER)
 _LISTED = select(exists().where(auth_peer.c.overlay_id == _P_OID, auth_peer.c.peer_id == _P_PID))
 _UPDATE_PEER = update(peer).where(_THIS_PEER)
@@ -285,6 +319,8 @@ class HomsStore:
     runs one transaction through a :class:`~hp2p.homs.transactions.TransactionRunner`, then
     publishes its monitoring events. ``clock`` returns epoch seconds; tests inject a fake one
     to expire peers without sleeping. ``rng`` drives the SubMesh peer-list choice.
+    ``keyring`` signs membership credentials (a fresh in-memory key if not given);
+    ``default_security`` is the profile of an overlay created without ``security``.
     """
 
     def __init__(
@@ -299,7 +335,13 @@ class HomsStore:
         default_expires: int = 3600,
         delete_empty_overlays: bool = False,
         admin_key_cost: int = secrets.SCRYPT_N,
+        keyring: KeyRing | None = None,
+        default_security: str = CREDENTIALS,
     ) -> None:
+        if default_security not in PROFILES:
+            raise ValueError(
+                f"default_security must be one of {PROFILES}, not {default_security!r}"
+            )
         self.target = target
         self.hub = hub if hub is not None else MonitorHub()
         self._clock = clock
@@ -310,6 +352,8 @@ class HomsStore:
         self.delete_empty_overlays = delete_empty_overlays
         self.admin_key_cost = admin_key_cost
         self._db = open_runner(target)
+        self.keyring = keyring if keyring is not None else KeyRing(None, clock=clock)
+        self.default_security = default_security
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -325,6 +369,10 @@ class HomsStore:
     async def run_write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one write transaction (for tests and later layers)."""
         return await self._db.write(work)
+
+    def now(self) -> float:
+        """The store's clock (epoch seconds): what credentials are issued and checked with."""
+        return self._clock()
 
     def _publish(self, events: Iterable[Event]) -> None:
         self.hub.publish_all(events)
@@ -362,6 +410,7 @@ class HomsStore:
             "source_peer_id": spec.source_peer_id,
             "source_key": spec.source_key,
             "delete_when_empty": spec.delete_when_empty,
+            "security": spec.security or self.default_security,
             "last_ticket": 0,
             "created_at": now,
             "updated_at": now,
@@ -575,6 +624,8 @@ class HomsStore:
         def check(row: tuple[Any, ...], listed: bool) -> OverlayRecord:
             ov = record_from_values(row)
             _check_kind(ov, o.type, o.sub_type)
+            if ov.requires_credentials and p.public_key is None:
+                raise _keyless(ov.overlay_id)
             if ov.auth_type == "closed":
                 _admission(ov, listed, access_key)
             return ov
@@ -586,7 +637,7 @@ class HomsStore:
             return join.join_steps(
                 overlay_id=o.overlay_id,
                 peer_id=p.peer_id,
-                member=(p.address, password_hash, expires, now),
+                member=(p.address, password_hash, expires, now, p.public_key),
                 info=(info["addresses"], info["capabilities"], now),
                 tree_list_size=self.tree_list_size,
                 check=check,
@@ -612,7 +663,26 @@ class HomsStore:
                 monitor.log(ov.overlay_id, p.peer_id, "Overlay Join."),
             ]
         )
-        return JoinResult(ov, p.peer_id, ov.last_ticket, expires, chosen)
+        result = JoinResult(ov, p.peer_id, ov.last_ticket, expires, chosen)
+        return self._credentialed(result, p.public_key, p.address, now)
+
+    def _credentialed(
+        self, result: JoinResult, public_key: str | None, address: str, now: float
+    ) -> JoinResult:
+        """``result`` with a credential for ``public_key`` (stored values only), if any."""
+        if public_key is None:
+            return result
+        ov = result.overlay
+        token = self.keyring.issue(
+            overlay_id=ov.overlay_id,
+            peer_id=result.peer_id,
+            ticket_id=result.ticket,
+            public_key=public_key,
+            role=ov.role_of(result.peer_id),
+            address=address,
+            now=now,
+        )
+        return dataclasses.replace(result, credential=token, homs_keys=self.keyring.homs_keys())
 
     async def check_source_key(self, overlay_id: str, peer_id: str, key: str) -> None:
         """Before a join that declares ``source-key``: may this peer declare this key?
@@ -678,10 +748,11 @@ class HomsStore:
         now = self._clock()
         access_key = o.auth.access_key if o.auth is not None else None
 
-        def tx(conn: Connection) -> tuple[OverlayRecord, int, list[PeerEntry]]:
+        def tx(conn: Connection) -> tuple[OverlayRecord, int, list[PeerEntry], AnyRow]:
             ov = _overlay(conn, o.overlay_id)
             _check_kind(ov, o.type, o.sub_type)
             member = _member(conn, o.overlay_id, p.peer_id, p.auth.password)
+            _same_key(member, p.public_key)
             if member.ticket != ticket:
                 raise HompError(
                     403,
@@ -690,25 +761,66 @@ class HomsStore:
                 )
             _admit(conn, ov, p.peer_id, access_key)
             expires = _renew(conn, o.overlay_id, p.peer_id, p.expires, member, now)
-            return ov, expires, self._recovery_list(conn, ov, p.peer_id, now, ticket)
+            return ov, expires, self._recovery_list(conn, ov, p.peer_id, now, ticket), member
 
-        ov, expires, chosen = await self._db.write(tx)
+        ov, expires, chosen, member = await self._db.write(tx)
         self._publish([monitor.log(o.overlay_id, p.peer_id, "Overlay Recovery.")])
-        return JoinResult(ov, p.peer_id, ticket, expires, chosen)
+        result = JoinResult(ov, p.peer_id, ticket, expires, chosen)
+        return self._credentialed(result, member.public_key, member.address, now)
 
     async def refresh(self, req: homp.RefreshRequest) -> int:
         """HybridOverlayRefresh: extend the peer's liveness; returns the stored ``expires``."""
+        return (await self.refresh_member(req)).expires
+
+    async def refresh_member(self, req: homp.RefreshRequest) -> RefreshResult:
+        """HybridOverlayRefresh with the renewed credential of a member that has a key.
+
+        Only a current member is renewed: after leave, expiry or removal the membership row is
+        gone, the refresh is refused and no credential is issued (the revocation model,
+        docs/security.md). The credential names the address stored by this refresh.
+        """
         o, p = req.overlay, req.peer
         now = self._clock()
         access_key = o.auth.access_key if o.auth is not None else None
 
-        def tx(conn: Connection) -> int:
+        def tx(conn: Connection) -> tuple[OverlayRecord, int, AnyRow]:
             ov = _overlay(conn, o.overlay_id)
             member = _member(conn, o.overlay_id, p.peer_id, p.auth.password)
             _admit(conn, ov, p.peer_id, access_key)
-            return _renew(conn, o.overlay_id, p.peer_id, p.expires, member, now, address=p.address)
+            expires = _renew(
+                conn, o.overlay_id, p.peer_id, p.expires, member, now, address=p.address
+            )
+            return ov, expires, member
 
-        return await self._db.write(tx)
+        ov, expires, member = await self._db.write(tx)
+        if member.public_key is None:
+            return RefreshResult(expires)
+        token = self.keyring.issue(
+            overlay_id=ov.overlay_id,
+            peer_id=p.peer_id,
+            ticket_id=member.ticket,
+            public_key=member.public_key,
+            role=ov.role_of(p.peer_id),
+            address=p.address,
+            now=now,
+        )
+        return RefreshResult(expires, token, self.keyring.homs_keys())
+
+    async def member_key(self, overlay_id: str, peer_id: str) -> tuple[str | None, bool]:
+        """(the member's public key, whether it is a live member) for the signalling hello."""
+        now = self._clock()
+
+        def tx(conn: Connection) -> AnyRow | None:
+            return conn.execute(
+                select(peer.c.public_key, peer.c.expires_at).where(
+                    peer.c.overlay_id == overlay_id, peer.c.peer_id == peer_id
+                )
+            ).first()
+
+        row = await self._db.read(tx)
+        if row is None:
+            return None, False
+        return row.public_key, bool(row.expires_at >= now)
 
     async def leave(self, req: homp.LeaveRequest) -> bool:
         """HybridOverlayLeave; returns whether the overlay was deleted as now empty."""
@@ -897,8 +1009,15 @@ class HomsStore:
         With ``overlay_id`` only that overlay is considered. Empty when the peer is in none
         of them or the password is wrong (one answer for both, so that a caller cannot probe
         membership). Used by the signalling WebSocket to let a socket speak for a peer-id.
+        Overlays that require credentials are left out: there a socket must prove the
+        member's credential instead (the password is a weaker secret, sent to the HOMS with
+        every refresh and report; docs/security.md).
         """
-        stmt = select(peer.c.overlay_id, peer.c.password_hash).where(peer.c.peer_id == peer_id)
+        stmt = (
+            select(peer.c.overlay_id, peer.c.password_hash)
+            .join(overlay, overlay.c.overlay_id == peer.c.overlay_id)
+            .where(peer.c.peer_id == peer_id, overlay.c.security != CREDENTIALS)
+        )
         if overlay_id is not None:
             stmt = stmt.where(peer.c.overlay_id == overlay_id)
 
@@ -1016,6 +1135,27 @@ def _admission(ov: OverlayRecord, listed: bool, access_key: str | None) -> None:
     raise AdmissionRefusedError(
         ov.overlay_id, "closed overlay: peer-id not in its peer list and no valid access_key"
     )
+
+
+def _keyless(overlay_id: str) -> HompError:
+    return HompError(
+        403,
+        f"overlay {overlay_id!r} requires hp2p membership credentials: join with "
+        "`peer.public-key` (hp2p peers do); peers without a key (the reference peers) can only "
+        "join overlays created with `security: reference-compat`",
+        "$.peer.public-key",
+    )
+
+
+def _same_key(member: AnyRow, public_key: str | None) -> None:
+    """A recovery join that names a key must name the member's own (no takeover)."""
+    if public_key is not None and public_key != member.public_key:
+        raise HompError(
+            409,
+            "`public-key` is not the key this peer joined with; a peer keeps its key for the "
+            "whole membership (leave and join again to change it)",
+            "$.peer.public-key",
+        )
 
 
 def _check_kind(ov: OverlayRecord, type_: str, sub_type: str) -> None:

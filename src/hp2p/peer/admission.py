@@ -10,8 +10,8 @@ then holds the other's verified credential for the connection, and the procedure
 
 The state per connection is kept only while the exchange runs and is bounded: at most
 ``max_pending`` exchanges at once (the rest are refused at their first AUTH), each finished or
-dropped within ``timeout`` seconds. Everything else a not-yet-admitted connection sends is a
-protocol error that closes it.
+dropped within ``timeout`` seconds, at most ``max_pending_per_peer`` of them for one peer-id.
+Everything else a not-yet-admitted connection sends is a protocol error that closes it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_PENDING: Final = 64
 DEFAULT_TIMEOUT: Final = 5.0
+DEFAULT_MAX_PENDING_PER_PEER: Final = 2
 
 
 @dataclass(slots=True, eq=False)
@@ -61,10 +62,12 @@ class Admission:
         kernel: Kernel,
         *,
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending_per_peer: int = DEFAULT_MAX_PENDING_PER_PEER,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.kernel = kernel
         self.max_pending = max_pending
+        self.max_pending_per_peer = max_pending_per_peer
         self.timeout = timeout
         self.membership: Membership | None = None
         self.overlay_id = ""
@@ -169,6 +172,16 @@ class Admission:
             their = self.check(msg.credential, now)
         except CredentialError as exc:
             self.refuse(conn, f"credential refused: {exc.reason}", now)
+            return None
+        peer = their.body.peer_id
+        same = sum(
+            1 for e in self.pending.values() if e.their is not None and e.their.body.peer_id == peer
+        )
+        if same >= self.max_pending_per_peer:
+            # A credential travels in the clear: whoever saw one may replay step 1 without the
+            # key. Such a replay never finishes, so it may hold only a couple of slots.
+            self.counters.busy += 1
+            self.refuse(conn, f"peer {peer!r} already has links being admitted; retry later", now)
             return None
         exchange = _Exchange(
             dialer=False,

@@ -205,6 +205,24 @@ def peer(
             help="SubMesh only: accept only manifests signed by the source's key.",
         ),
     ] = False,
+    security: Annotated[
+        str | None,
+        typer.Option(
+            "--security",
+            metavar="credentials|reference-compat",
+            help="With --create: members need HOMS credentials (default), or reference-compat "
+            "(insecure; admits the reference peers, which have no key).",
+        ),
+    ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            metavar="FILE",
+            help="Ed25519 key file for the membership credential (made 0600 if missing; "
+            "default: a fresh key per run).",
+        ),
+    ] = None,
     signing_key: Annotated[
         Path | None,
         typer.Option(
@@ -245,6 +263,8 @@ def peer(
         "source_key": source_key,
         "require_signatures": True if require_signatures else None,
         "signing_key": str(signing_key) if signing_key else None,
+        "security": security,
+        "key_file": str(key) if key else None,
     }
     try:
         flags.update(parse_assignments(set_ or []))

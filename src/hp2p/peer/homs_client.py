@@ -13,24 +13,34 @@ wrong (etri-2023-protocol.md §9.2):
 * Reports are coalesced: at most one is in flight and the next one always carries the latest
   cost map, so a burst of path changes costs two requests, not one per change.
 * Refresh runs every 0.8 × ``expires`` (as the reference), from a task the owner starts.
+* Membership credentials (issue #11, docs/security.md): with a :class:`SigningKey` the client
+  sends ``peer.public-key`` on join and turns the credential of the answer into a
+  :class:`hp2p.trust.membership.Membership` (:attr:`Membership.trust`); every refresh renews
+  it and :attr:`HomsClient.on_renewed` hands the renewed one to the owner (the kernel). A
+  reference HOMS answers no credential: the peer then runs without one, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import ssl
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
 from hp2p.peer.control import CrPolicy
 from hp2p.peer.effects import Costmap
+from hp2p.trust import membership as trust
+from hp2p.trust.keys import SigningKey, parse_public_key
 from hp2p.wire import homp
 from hp2p.wire.errors import WireError
 
@@ -92,6 +102,8 @@ class Membership:
     heartbeat_timeout: float
     cr_policy: CrPolicy = field(default_factory=CrPolicy)
     access_key: str | None = None
+    #: The HOMS-signed credential and what checks others' (``None``: the HOMS issued none).
+    trust: trust.Membership | None = None
 
     @property
     def root(self) -> bool:
@@ -125,6 +137,19 @@ def homp_heartbeat(interval: float, timeout: float) -> tuple[int, int]:
     """Heartbeat seconds as the HOMP fields carry them: whole, at least 1, timeout > interval."""
     whole = max(1, round(interval))
     return whole, max(whole + 1, round(timeout))
+
+
+def member_key(path: str | None) -> SigningKey:
+    """The key a peer's membership credential binds: the file's (made 0600 if missing), else
+    a fresh one per run. :class:`hp2p.trust.keys.KeyFileError` if the file cannot be used."""
+    if path is None:
+        return SigningKey.generate()
+    return SigningKey.load_or_create(Path(path))
+
+
+def _loop_offset() -> float:
+    """Wall clock minus the running loop's clock: what the shells' core ``now`` is."""
+    return time.time() - asyncio.get_running_loop().time()
 
 
 def _cr_policy(policy: homp.CrPolicy | None) -> CrPolicy:
@@ -175,6 +200,8 @@ class HomsClient:
         backoff_max: float = 3.0,
         rng: random.Random | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        key: SigningKey | None = None,
+        security: homp.Security | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise HomsError(
@@ -197,6 +224,15 @@ class HomsClient:
             base_url=self.url, timeout=timeout, transport=transport, verify=verify
         )
         self.membership: Membership | None = None
+        #: The peer's key: joins send its public half and get a credential for it.
+        self.key = key
+        #: ``security`` of the overlays this client creates (None: the HOMS's default).
+        self.security = security
+        #: Wall-clock seconds minus the core's ``now`` (the shells run the core on
+        #: ``loop.time()``); credentials expire in wall-clock time.
+        self.clock_offset: Callable[[], float] = _loop_offset
+        #: Told the renewed credential after each refresh that brought one.
+        self.on_renewed: Callable[[trust.Membership], None] | None = None
         self._pending_report: Costmap | None = None
         self._report_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
@@ -235,6 +271,8 @@ class HomsClient:
 
     async def _create(self, overlay: homp.CreateOverlay, what: str) -> str:
         """``POST /homs``: the new overlay's id."""
+        if overlay.security is None and self.security is not None:
+            overlay = msgspec.structs.replace(overlay, security=self.security)
         request = homp.CreateRequest(overlay=overlay)
         answer = await self._call("POST", "/homs", request, homp.CreateResponse, what=what)
         overlay_id: str = answer.overlay.overlay_id
@@ -299,12 +337,14 @@ class HomsClient:
                 address=address,
                 auth=homp.PeerAuth(password=password),
                 expires=expires,
+                public_key=self.key.public_text if self.key is not None else None,
             ),
         )
         answer = await self._call(
             "POST", "/peer", request, homp.JoinResponse, what="join the overlay", idempotent=False
         )
         ov = answer.overlay
+        profile = trust.CREDENTIALS if overlay.security == trust.CREDENTIALS else None
         self.membership = Membership(
             overlay_id=ov.overlay_id,
             overlay_type=ov.type,
@@ -319,8 +359,42 @@ class HomsClient:
             heartbeat_timeout=float(ov.heartbeat_timeout),
             cr_policy=_cr_policy(ov.cr_policy),
             access_key=access_key,
+            trust=self._trust(answer.peer.credential, ov.homs_keys, profile),
         )
         return self.membership
+
+    def _trust(
+        self,
+        credential: str | None,
+        homs_keys: Mapping[str, str] | None,
+        profile: str | None,
+    ) -> trust.Membership | None:
+        """The kernel's view of a credential in an answer; ``None`` when there is none."""
+        if credential is None or self.key is None:
+            return None
+        try:
+            keys = {kid: parse_public_key(text) for kid, text in (homs_keys or {}).items()}
+        except ValueError as exc:
+            raise self._fail(HomsError(f"the HOMS sent a malformed `homs-keys`: {exc}")) from None
+        return trust.Membership(
+            key=self.key,
+            credential=credential,
+            homs_keys=keys,
+            clock_offset=self.clock_offset(),
+            profile=profile or trust.REFERENCE_COMPAT,
+        )
+
+    def _renewed(self, credential: str | None, homs_keys: Mapping[str, str] | None) -> None:
+        """A refresh (or recovery join) brought a new credential: keep it, tell the owner."""
+        m = self.membership
+        if m is None or m.trust is None or credential is None:
+            return
+        renewed = self._trust(credential, homs_keys, m.trust.profile)
+        if renewed is None:
+            return
+        self.membership = dataclasses.replace(m, trust=renewed)
+        if self.on_renewed is not None:
+            self.on_renewed(renewed)
 
     async def recovery_join(self) -> tuple[list[tuple[str, str]], bool]:
         """``POST /peer?recovery=true`` with the same ticket: older peers to HELLO.
@@ -342,6 +416,7 @@ class HomsClient:
                 auth=homp.PeerAuth(password=m.password),
                 expires=m.expires,
                 ticket_id=m.ticket,
+                public_key=m.trust.key.public_text if m.trust is not None else None,
             ),
         )
         answer = await self._call(
@@ -352,6 +427,7 @@ class HomsClient:
             params={"recovery": "true"},
             what="ask for a recovery peer list",
         )
+        self._renewed(answer.peer.credential, answer.overlay.homs_keys)
         listed = [(p.peer_id, p.address) for p in answer.overlay.status.peer_info_list]
         root = [p for p, _ in listed] == [m.peer_id]
         return [p for p in listed if p[0] != m.peer_id], root
@@ -372,6 +448,7 @@ class HomsClient:
             "PUT", "/peer", request, homp.RefreshResponse, what="refresh", membership=True
         )
         self.stats.refreshes += 1
+        self._renewed(answer.peer.credential, answer.overlay.homs_keys)
         return answer.peer.expires
 
     def report(self, costmap: Costmap) -> None:

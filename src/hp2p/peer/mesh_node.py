@@ -40,7 +40,7 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hp2p.peer.homs_client import HomsError
+from hp2p.peer.homs_client import HomsError, member_key
 from hp2p.peer.mesh import (
     BecameSource,
     MeshCore,
@@ -66,6 +66,8 @@ from hp2p.transport.limits import (
     R2Limits,
 )
 from hp2p.transport.registry import TransportRegistry
+from hp2p.trust.keys import KeyFileError
+from hp2p.trust.membership import Membership as TrustMembership
 from hp2p.wire import homp
 
 log = logging.getLogger("hp2p.peer.mesh")
@@ -258,6 +260,9 @@ class MeshSettings:
     send_queue_bytes: int = 16 * 1024 * 1024
     seed: int | None = None
     config: MeshConfig = field(default_factory=MeshConfig)
+    #: ``security`` of a created SubMesh, and the membership key file (None: a fresh key).
+    security: str = "credentials"
+    key_file: str | None = None
     #: The source's key file (created 0600 on first use); None: :func:`default_key_path`.
     #: A standby reads it (never creates it) to sign in the source's place after take-over.
     signing_key: str | None = None
@@ -308,6 +313,8 @@ class MeshSettings:
             r2_buffered_bytes=n.r2_buffered_bytes,
             r2_frame_deadline=n.r2_frame_deadline,
             r2_max_unidentified=n.r2_max_unidentified,
+            security=n.security,
+            key_file=n.key_file,
             **queue,
         )
 
@@ -383,12 +390,19 @@ class MeshNode(CoreShell[MeshCore]):
         self.peer_id = settings.peer_id or f"peer-{secrets.token_hex(4)}"
         self.on_event = on_event
         self.stats = MeshNodeStats()
+        try:
+            key = member_key(settings.key_file)
+        except KeyFileError as exc:
+            raise MeshNodeError(str(exc)) from None
         self.homs = MeshHomsClient(
             settings.homs,
             timeout=settings.homs_timeout,
             attempts=settings.homs_attempts,
             rng=random.Random(settings.seed),
+            key=key,
+            security=settings.security,
         )
+        self.homs.on_renewed = self._renewed
         if store is None:
             store = DiskPieceStore(settings.store) if settings.store else MemoryPieceStore()
         self._store = store
@@ -450,6 +464,8 @@ class MeshNode(CoreShell[MeshCore]):
             store=self._store,
             signer=self.signer,
         )
+        # link-proof nonces must be unpredictable to other peers, unlike the core's seeded rng
+        self.core.admission.entropy = os.urandom
         self.homs.start_refresh()
         self.core.start(
             MeshJoinInfo(
@@ -460,6 +476,7 @@ class MeshNode(CoreShell[MeshCore]):
                 standby=s.standby,
                 source_address=source_address,
                 source_key=self.source_key,
+                membership=membership.trust,
             ),
             self._now(),
         )
@@ -524,6 +541,13 @@ class MeshNode(CoreShell[MeshCore]):
         if not choice.keep_signer:
             self.signer = None
         return choice.key
+
+    def _renewed(self, membership: TrustMembership) -> None:
+        """A refresh renewed the credential: the kernel uses it from now on."""
+        core = self.core
+        if core is None or self._stopped or core.admission.membership is None:
+            return
+        core.admission.renew(membership)
 
     async def close(self) -> None:
         """Leave cleanly, bounded by ``leave_timeout``: RELEASE every link, HOMP leave."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import secrets
 import string
@@ -50,7 +51,13 @@ from hp2p.peer.effects import (
     PeerLost,
     ScanResult,
 )
-from hp2p.peer.homs_client import HomsClient, HomsError, Membership, PeerForgottenError
+from hp2p.peer.homs_client import (
+    HomsClient,
+    HomsError,
+    Membership,
+    PeerForgottenError,
+    member_key,
+)
 from hp2p.peer.settings import NodeSettings
 from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Delivery as Delivery
@@ -59,6 +66,8 @@ from hp2p.peer.subtree import NotSourceError, subtree_source
 from hp2p.transport import tcp
 from hp2p.transport.faults import FaultPlan
 from hp2p.transport.registry import TransportRegistry
+from hp2p.trust.keys import KeyFileError
+from hp2p.trust.membership import Membership as TrustMembership
 from hp2p.wire import homp
 
 log = logging.getLogger("hp2p.peer.node")
@@ -127,6 +136,16 @@ class PeerNode(CoreShell[PeerCore]):
             rng=random.Random(settings.seed),
         )
         self.homs.on_forgotten = self._forgotten
+        try:
+            key = member_key(settings.key_file)
+        except KeyFileError as exc:
+            raise NodeError(str(exc)) from None
+        # A client handed in (tests, the bridge) gets this run's key and security unless set.
+        if self.homs.key is None:
+            self.homs.key = key
+        if self.homs.security is None:
+            self.homs.security = settings.security  # type: ignore[assignment]
+        self.homs.on_renewed = self._renewed
         self.max_message = min(tcp.DEFAULT_MAX_PAYLOAD, settings.send_queue_bytes) - _FRAME_OVERHEAD
         try:
             self.fault_plan = (
@@ -157,6 +176,8 @@ class PeerNode(CoreShell[PeerCore]):
         self.address = await self._listen_r2(s.listen, NodeError, s.advertise)
         rng = random.Random(self.settings.seed)
         self.core = PeerCore(self.config, self.peer_id, self.address, rng)
+        # link-proof nonces must be unpredictable to other peers, unlike the core's seeded rng
+        self.core.admission.entropy = os.urandom
         try:
             self.membership = await self._homp_join()
         except HomsError as exc:
@@ -199,7 +220,16 @@ class PeerNode(CoreShell[PeerCore]):
             cr_policy=m.cr_policy,
             root=m.root,
             source_peer_id=self.subtree_source,
+            membership=m.trust,
         )
+
+    def _renewed(self, membership: TrustMembership) -> None:
+        """A refresh renewed the credential: the kernel sends it on new links and data."""
+        core = self.core
+        if core is None or self._stopped or core.admission.membership is None:
+            return
+        core.admission.renew(membership)
+        core.db.renew(membership)
 
     async def _homp_join(self, overlay: homp.QueryOverlay | None = None) -> Membership:
         """HybridOverlayJoin, after finding (or creating) the overlay the first time."""

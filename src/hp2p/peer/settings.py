@@ -194,8 +194,27 @@ class NodeSettings:
             "more are refused."
         ),
     )
+    security: str = field(
+        default="credentials",
+        metadata=_doc(
+            "Security of a created overlay: credentials (members need a HOMS-signed "
+            "credential) or reference-compat (insecure: keyless reference peers admitted).",
+            only="create",
+        ),
+    )
+    key_file: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Ed25519 key file (0600) the membership credential binds; made if missing "
+            "(default: a fresh key per run)."
+        ),
+    )
 
     def __post_init__(self) -> None:
+        if self.security not in ("credentials", "reference-compat"):
+            raise SettingsError(
+                f"security must be credentials or reference-compat, not {self.security!r}"
+            )
         if self.create is not None and self.join is not None:
             raise SettingsError(
                 "give either create (--create TITLE) or join (--join ID-OR-TITLE), not both"

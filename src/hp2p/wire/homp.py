@@ -76,6 +76,7 @@ __all__ = [
     "RefreshPeer",
     "RefreshRequest",
     "RefreshResponse",
+    "RefreshResponseOverlay",
     "RefreshResponsePeer",
     "RemoveAuth",
     "RemoveOverlay",
@@ -158,6 +159,16 @@ SubType = Literal["tree", "mesh"]
 AuthType = Literal["open", "closed"]
 AppId = Literal["IoT", "Streaming", "Blockchain"]
 RecoveryBy = Literal["push", "pull"]
+#: An overlay's security profile (hp2p extension ``security``, docs/security.md):
+#: ``credentials`` (members need a HOMS-signed credential) or ``reference-compat`` (peers
+#: without a key are admitted, as the reference peers need).
+Security = Literal["credentials", "reference-compat"]
+#: A membership credential token (:mod:`hp2p.trust.credential`); bounded like a ticket token.
+CredentialToken = Annotated[str, msgspec.Meta(max_length=4096)]
+#: The HOMS verification keys an overlay trusts: key id → ``ed25519:<hex>``.
+HomsKeys = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=64)], SourceKeyText], msgspec.Meta(max_length=16)
+]
 
 
 class _Model(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -257,6 +268,8 @@ class CreateOverlay(_Model):
     source_peer_id: Id | None = msgspec.field(default=None, name="source-peer-id")
     delete_when_empty: bool = msgspec.field(default=False, name="delete-when-empty")
     source_key: SourceKey | None = msgspec.field(default=None, name="source-key")
+    #: hp2p extension: absent means the HOMS's ``--default-security``.
+    security: Security | None = None
 
 
 class CreateRequest(_Model):
@@ -312,6 +325,7 @@ class CreateResponseOverlay(_Model):
     source_peer_id: Id | None = msgspec.field(default=None, name="source-peer-id")
     delete_when_empty: bool = msgspec.field(default=False, name="delete-when-empty")
     source_key: SourceKeyText | None = msgspec.field(default=None, name="source-key")
+    security: Security | None = None
 
 
 class CreateResponse(_Model):
@@ -387,6 +401,7 @@ class QueryOverlay(_Model):
     parent_overlay_id: Id | None = msgspec.field(default=None, name="parent-overlay-id")
     source_peer_id: Id | None = msgspec.field(default=None, name="source-peer-id")
     source_key: SourceKeyText | None = msgspec.field(default=None, name="source-key")
+    security: Security | None = None
 
 
 class QueryItem(_Model):
@@ -556,6 +571,8 @@ class JoinPeer(_Model):
     expires: ExpiresSeconds | None = None
     ticket_id: JoinTicket | None = msgspec.field(default=None, name="ticket-id")
     capabilities: dict[str, Any] | None = None
+    #: hp2p extension: the key the membership credential binds (docs/security.md).
+    public_key: SourceKey | None = msgspec.field(default=None, name="public-key")
 
     def __post_init__(self) -> None:
         caps = self.capabilities
@@ -620,6 +637,8 @@ class JoinResponseOverlay(_Model):
     parent_overlay_id: Id | None = msgspec.field(default=None, name="parent-overlay-id")
     source_peer_id: Id | None = msgspec.field(default=None, name="source-peer-id")
     source_key: SourceKeyText | None = msgspec.field(default=None, name="source-key")
+    #: hp2p extension: the HOMS keys that sign this overlay's credentials (with the credential).
+    homs_keys: HomsKeys | None = msgspec.field(default=None, name="homs-keys")
 
 
 class JoinResponsePeer(_Model):
@@ -635,6 +654,8 @@ class JoinResponsePeer(_Model):
     ticket_token: Annotated[str, msgspec.Meta(max_length=4096)] | None = msgspec.field(
         default=None, name="ticket-token"
     )
+    #: hp2p extension: the membership credential issued for ``public-key``.
+    credential: CredentialToken | None = None
 
 
 class JoinResponse(_Model):
@@ -666,16 +687,24 @@ class RefreshRequest(_Model):
 
 
 class RefreshResponsePeer(_Model):
-    """``peer`` in the refresh response."""
+    """``peer`` in the refresh response; ``credential``: the renewed one (hp2p extension)."""
 
     peer_id: Id = msgspec.field(name="peer-id")
     expires: Count
+    credential: CredentialToken | None = None
+
+
+class RefreshResponseOverlay(_Model):
+    """``overlay`` in the refresh response: the id, and the HOMS keys with a credential."""
+
+    overlay_id: Id = msgspec.field(name="overlay-id")
+    homs_keys: HomsKeys | None = msgspec.field(default=None, name="homs-keys")
 
 
 class RefreshResponse(_Model):
     """``PUT /peer`` 200 body."""
 
-    overlay: OverlayRef
+    overlay: RefreshResponseOverlay
     peer: RefreshResponsePeer
 
 

@@ -6,8 +6,9 @@ the same rules, in the same order, so that an hp2p HOMS classifies every
 message exactly as a reference peer or the ETRI web UI expects:
 
 1. a ``server`` key: a monitor (web UI) request, ``hello`` or ``get``;
-2. a ``peer-id`` key: a peer ``hello`` or ``bye`` (anything else is refused,
-   and in particular never relayed);
+2. a ``peer-id`` key: a peer ``hello``, ``prove`` (hp2p: the answer to the
+   HOMS's credential challenge) or ``bye`` (anything else is refused, and in
+   particular never relayed);
 3. a ``toid`` key: a relayed SDP/ICE message, forwarded re-serialised but
    otherwise untouched (unknown keys included);
 4. anything else: :class:`~hp2p.wire.errors.WireError`.
@@ -52,6 +53,7 @@ __all__ = [
     "OverlayEvent",
     "PeerBye",
     "PeerHello",
+    "PeerProve",
     "Relay",
     "SessionDescription",
     "UpdateConnectionEvent",
@@ -96,6 +98,20 @@ class PeerHello(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="act
     overlay_id: Id | None = msgspec.field(default=None, name="overlay-id")
     password: Key | None = None
     token: Token | None = None
+    #: hp2p extension: the peer's membership credential for ``overlay-id``; the HOMS answers
+    #: ``{"action":"challenge","peer-id","nonce"}`` and the peer signs it (:class:`PeerProve`).
+    credential: Token | None = None
+
+
+class PeerProve(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="action", tag="prove"):
+    """``{"action":"prove","peer-id":…,"proof":hex}``: the signed challenge (hp2p extension).
+
+    ``proof`` is the Ed25519 signature (128 hex digits) of :func:`hp2p.trust.hello.transcript`
+    by the credential's key.
+    """
+
+    peer_id: Id = msgspec.field(name="peer-id")
+    proof: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{128}$", min_length=128, max_length=128)]
 
 
 class PeerBye(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="action", tag="bye"):
@@ -184,9 +200,9 @@ class Relay(msgspec.Struct, kw_only=True, frozen=True):
         return cls(toid=toid, fromid=fromid, kind="candidate", message=message)
 
 
-ClientMessage = PeerHello | PeerBye | Relay | MonitorHello | MonitorGet
+ClientMessage = PeerHello | PeerProve | PeerBye | Relay | MonitorHello | MonitorGet
 
-_PEER_TYPES: Final = {"hello": PeerHello, "bye": PeerBye}
+_PEER_TYPES: Final = {"hello": PeerHello, "prove": PeerProve, "bye": PeerBye}
 _MONITOR_TYPES: Final = {"hello": MonitorHello, "get": MonitorGet}
 _OBJECT_DECODER: Final = msgspec.json.Decoder(dict[str, Any])
 _ENCODER: Final = msgspec.json.Encoder()
@@ -247,7 +263,7 @@ def decode_client_message(raw: bytes | str) -> ClientMessage:
         peer_type = _PEER_TYPES.get(action) if isinstance(action, str) else None
         if peer_type is None:
             raise HeaderError(
-                f"a message with `peer-id` must be action hello or bye, not {action!r}",
+                f"a message with `peer-id` must be action hello, prove or bye, not {action!r}",
                 "$.action",
             )
         result = _convert(obj, peer_type)
