@@ -151,6 +151,7 @@ async def test_a_1_gb_body_is_refused_early_and_never_read(api: LocalApi) -> Non
     finally:
         writer.close()
     assert declared.startswith(b"HTTP/1.1 413"), declared
+    assert b"connection: close" in declared.lower()  # the connection ends with the answer
     assert b"larger than" in body
     assert api.guard.stats.body_bytes_read == 0
 
@@ -237,5 +238,6 @@ def test_a_peer_process_prints_its_token_and_keeps_it_0600(
         auth = {"Authorization": f"Bearer {token}"}
         assert httpx.get(f"{api}/status", headers=auth, timeout=10).json()["peer_id"] == "p"
     finally:
+        peer.leave()
         assert peer.stop() == 0
     assert not token_file.exists()  # removed when the peer left

@@ -321,6 +321,9 @@ class ApiGuard:
             *(extra or []),
         ]
         if scope["type"] == "http":
+            # close after the answer: the rest of a refused body is never read, not even to
+            # find where the next request starts
+            headers.append((b"connection", b"close"))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
