@@ -17,7 +17,9 @@ pure ASGI middleware (no web framework imported) refuses, in this order:
    cannot set headers on a WebSocket;
 4. a request body over ``max_body`` bytes: ``413`` as soon as the limit is passed, from the
    ``Content-Length`` before any of the body is read, or while a chunked body streams in;
-   never more than ``max_body`` plus one chunk is read.
+   never more than ``max_body`` plus one chunk is kept. A refused body that is small (declared
+   at most ``DRAIN_SLACK`` over the limit) is read and dropped so that the client gets its
+   answer; after any other refusal the connection is closed and nothing more is read.
 
 A WebSocket is refused with the same status codes when the server supports the ASGI denial
 response (uvicorn does), else closed with 1008 before it is accepted. The token is compared
@@ -69,6 +71,9 @@ TOKEN_SUBPROTOCOL_PREFIX = "hp2p-token."
 #: The key of the scope where the guard leaves the subprotocol the endpoint accepts with.
 SUBPROTOCOL_SCOPE_KEY = "hp2p.subprotocol"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+#: A refused request's body up to this much over ``max_body`` is read and dropped so that the
+#: client gets its answer; a larger one ends the connection (see ``_discard_small_body``).
+DRAIN_SLACK = 1024 * 1024
 
 
 @dataclass
@@ -277,7 +282,7 @@ class ApiGuard:
             self.stats.body_bytes_read += len(body)
             if total > self.max_body:
                 chunks.clear()
-                await self._too_large(scope, receive, send)
+                await self._too_large(scope, receive, send, mid_body=True)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -293,7 +298,9 @@ class ApiGuard:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(
+        self, scope: Scope, receive: Receive, send: Send, *, mid_body: bool = False
+    ) -> None:
         self.stats.too_large += 1
         await self._deny(
             scope,
@@ -302,7 +309,37 @@ class ApiGuard:
             413,
             f"request body larger than {self.max_body} bytes, the most this peer publishes in "
             "one message; split it",
+            mid_body=mid_body,
         )
+
+    async def _discard_small_body(self, scope: Scope, receive: Receive) -> bool:
+        """Read and drop the body of a refused request if it is small; False: close instead.
+
+        A server that closes a connection while the client is still sending makes the
+        client's kernel see a reset, and the client may lose the answer. So a body declared no
+        larger than ``max_body + DRAIN_SLACK`` is read to its end and dropped (bounded, never
+        kept) and the connection lives on; a larger one, a chunked one or a body half read
+        is not read further: the answer goes out with ``Connection: close``.
+        """
+        headers = _headers(scope)
+        length = headers.get("content-length")
+        if "transfer-encoding" in headers:
+            return False
+        if length is None:
+            return True  # no body
+        if not length.isdigit() or int(length) > self.max_body + DRAIN_SLACK:
+            return False
+        remaining = int(length)
+        while remaining > 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            size = len(message.get("body", b""))
+            self.stats.body_bytes_read += size
+            remaining -= size
+            if not message.get("more_body", False):
+                break
+        return True
 
     # --- refusing -------------------------------------------------------------------------------
     async def _deny(
@@ -313,6 +350,8 @@ class ApiGuard:
         status: int,
         detail: str,
         extra: list[tuple[bytes, bytes]] | None = None,
+        *,
+        mid_body: bool = False,
     ) -> None:
         body = json.dumps({"detail": detail}).encode("utf-8")
         headers = [
@@ -321,9 +360,9 @@ class ApiGuard:
             *(extra or []),
         ]
         if scope["type"] == "http":
-            # close after the answer: the rest of a refused body is never read, not even to
-            # find where the next request starts
-            headers.append((b"connection", b"close"))
+            if mid_body or not await self._discard_small_body(scope, receive):
+                # the rest of the body is never read, not even to find the next request
+                headers.append((b"connection", b"close"))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
