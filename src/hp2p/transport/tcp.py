@@ -165,8 +165,8 @@ class TcpLink(asyncio.Protocol):
         if self._budget is not None:
             self._account(bool(messages))
         events = self._events
-        if events is None:
-            return
+        if events is None or self._refused:
+            return  # a link the budget just closed hands nothing more to its owner
         for message in messages:
             self.stats.frames_received += 1
             self._guard(events.on_message, message)
