@@ -42,6 +42,7 @@ window where a peer joined before the source recorded its key.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -263,7 +264,7 @@ class MeshCore(Kernel):
             },
             "counters": dict(vars(self.counters)),
             "admission": {"required": self.gated, "pending": len(self.admission.pending)}
-            | dict(vars(self.admission.counters)),
+            | dataclasses.asdict(self.admission.counters),
         }
 
     # === inputs ==================================================================================
