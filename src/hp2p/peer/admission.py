@@ -52,6 +52,8 @@ class AdmissionCounters:
     """Links refused: bad, forged, expired or foreign credentials, bad proofs, out of order."""
     busy: int = 0
     """First AUTHs refused because ``max_pending`` exchanges were already running."""
+    tls_checked: int = 0
+    """Dialled TLS links whose certificate key the responder's credential names."""
 
 
 class Admission:
@@ -255,6 +257,8 @@ class Admission:
                 now,
             )
             return None
+        if bound is not None:
+            self.counters.tls_checked += 1
         parts = (exchange.nonce, msg.nonce, own.digest, their.digest)
         if not link_proof.check(
             self.proofs,

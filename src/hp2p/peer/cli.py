@@ -30,6 +30,8 @@ Examples:
 
   hp2p peer --join chat --faults delay=0.02,loss=0.01 --fault-seed 7 --stdin
 
+  hp2p peer --join chat --tls --listen 0.0.0.0:7000     # confidential links (tls://)
+
   hp2p peer --join blocks       # a SubTree or SubMesh works too (docs/sub-overlays.md)
 
   hp2p peer --join blocks --store ./pieces --set target_neighbours=12    # a SubMesh peer
@@ -104,6 +106,14 @@ def peer(
             "never 0.0.0.0).",
         ),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="R2 over TLS 1.3 (advertised as tls://HOST:PORT); the certificate comes from "
+            "the membership key, no CA needed (docs/security.md).",
+        ),
+    ] = False,
     api: Annotated[
         str | None,
         typer.Option(
@@ -248,6 +258,7 @@ def peer(
         "join": join,
         "listen": listen,
         "advertise": advertise,
+        "tls": True if tls else None,
         "api": api,
         "api_public": True if api_public else None,
         "peer_id": peer_id,

@@ -66,6 +66,7 @@ from hp2p.transport.limits import (
     R2Limits,
 )
 from hp2p.transport.registry import TransportRegistry
+from hp2p.transport.tls import server_context
 from hp2p.trust.keys import KeyFileError
 from hp2p.trust.membership import Membership as TrustMembership
 from hp2p.wire import homp
@@ -246,6 +247,7 @@ class MeshSettings:
     parent: str | None = None  # parent overlay-id (CoreTree) for create
     listen: str = "127.0.0.1:0"
     advertise: str | None = None  # tcp://HOST:PORT others dial (default: from listen)
+    tls: bool = False  # R2 over TLS 1.3 (tls://), certificate from the membership key
     peer_id: str | None = None
     store: str | None = None  # directory of a persistent piece store
     standby: bool = False  # watch the source, publish in its place when it is gone
@@ -292,6 +294,7 @@ class MeshSettings:
             parent=m.parent,
             listen=n.listen,
             advertise=n.advertise,
+            tls=n.tls,
             peer_id=n.peer_id,
             store=m.store,
             standby=m.standby,
@@ -402,6 +405,7 @@ class MeshNode(CoreShell[MeshCore]):
             key=key,
             security=settings.security,
         )
+        self._key = key
         self.homs.on_renewed = self._renewed
         if store is None:
             store = DiskPieceStore(settings.store) if settings.store else MemoryPieceStore()
@@ -427,7 +431,8 @@ class MeshNode(CoreShell[MeshCore]):
         """Listen on R2, create (source) or find the SubMesh, join it, open mesh links."""
         self._loop = asyncio.get_running_loop()
         s = self.settings
-        self.address = await self._listen_r2(s.listen, MeshNodeError, s.advertise)
+        tls = server_context(self._key) if s.tls else None
+        self.address = await self._listen_r2(s.listen, MeshNodeError, s.advertise, tls)
         try:
             overlay, source = await self._find_submesh()
             if source == self.peer_id and self.signer is None:

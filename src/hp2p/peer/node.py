@@ -66,6 +66,7 @@ from hp2p.peer.subtree import NotSourceError, subtree_source
 from hp2p.transport import tcp
 from hp2p.transport.faults import FaultPlan
 from hp2p.transport.registry import TransportRegistry
+from hp2p.transport.tls import server_context
 from hp2p.trust.keys import KeyFileError
 from hp2p.trust.membership import Membership as TrustMembership
 from hp2p.wire import homp
@@ -143,6 +144,7 @@ class PeerNode(CoreShell[PeerCore]):
         # A client handed in (tests, the bridge) gets this run's key and security unless set.
         if self.homs.key is None:
             self.homs.key = key
+        self._key = self.homs.key
         if self.homs.security is None:
             self.homs.security = settings.security  # type: ignore[assignment]
         self.homs.on_renewed = self._renewed
@@ -173,7 +175,8 @@ class PeerNode(CoreShell[PeerCore]):
         """Listen on R2, find or create the overlay, join it and wait until attached."""
         self._loop = asyncio.get_running_loop()
         s = self.settings
-        self.address = await self._listen_r2(s.listen, NodeError, s.advertise)
+        tls = server_context(self._key) if s.tls and self._key is not None else None
+        self.address = await self._listen_r2(s.listen, NodeError, s.advertise, tls)
         rng = random.Random(self.settings.seed)
         self.core = PeerCore(self.config, self.peer_id, self.address, rng)
         # link-proof nonces must be unpredictable to other peers, unlike the core's seeded rng

@@ -106,8 +106,16 @@ class NodeSettings:
     advertise: str | None = field(
         default=None,
         metadata=_doc(
-            "tcp://HOST:PORT other peers reach this one at (a NAT's forwarded port, a public "
-            "name); default: the listening address, this host's address for 0.0.0.0."
+            "tcp://HOST:PORT (tls://HOST:PORT with tls) other peers reach this one at (a NAT's "
+            "forwarded port, a public name); default: the listening address, this host's "
+            "address for 0.0.0.0."
+        ),
+    )
+    tls: bool = field(
+        default=False,
+        metadata=_doc(
+            "Listen for R2 with TLS 1.3 (address tls://HOST:PORT): the certificate is made "
+            "from the membership key, so no CA is needed; links are confidential."
         ),
     )
     api: str | None = field(
@@ -238,9 +246,10 @@ class NodeSettings:
                 )
         if self.advertise is not None:
             host, _, rest = self.advertise.partition("://")
-            if host != "tcp" or not rest:
+            scheme = "tls" if self.tls else "tcp"
+            if host != scheme or not rest:
                 raise SettingsError(
-                    f"advertise must be tcp://HOST:PORT, got {self.advertise!r} "
+                    f"advertise must be {scheme}://HOST:PORT, got {self.advertise!r} "
                     "(the address other peers dial to reach this one)"
                 )
             split_host_port(rest, "advertise")

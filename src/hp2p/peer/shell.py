@@ -22,10 +22,12 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from hp2p.peer.admission import Admission
 from hp2p.peer.effects import Close, Connect, HomsReport, ProtocolError, Send
 from hp2p.peer.homs_client import HomsClient
 from hp2p.peer.settings import ANY_HOSTS, split_host_port
@@ -66,6 +68,8 @@ class DrivenCore(Protocol):
     def handle_timer(self, now: float) -> None: ...
     def next_timer(self) -> float | None: ...
     def take_effects(self) -> Sequence[Any]: ...
+    @property
+    def admission(self) -> Admission: ...
 
 
 CoreT = TypeVar("CoreT", bound=DrivenCore)
@@ -165,13 +169,18 @@ class CoreShell(Generic[CoreT]):
 
     # === transport inputs ========================================================================
     async def _listen_r2(
-        self, listen: str, error: type[Exception], advertise: str | None = None
+        self,
+        listen: str,
+        error: type[Exception],
+        advertise: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> str:
-        """Listen for R2 on ``listen`` (HOST:PORT); the ``tcp://`` address peers reach us at.
+        """Listen for R2 on ``listen`` (HOST:PORT); the address peers reach us at.
 
         That is ``advertise`` when given; else the listening address, except that a peer
         listening on every interface (0.0.0.0) never advertises 0.0.0.0, which nobody can
-        dial: it names this host's own address (:func:`host_address`).
+        dial: it names this host's own address (:func:`host_address`). With ``tls`` every
+        link is TLS 1.3 and the address is ``tls://`` (:mod:`hp2p.transport.tls`).
         """
         host, port = split_host_port(listen, "listen")
         try:
@@ -181,6 +190,7 @@ class CoreShell(Generic[CoreT]):
                 self._on_accept,
                 max_queue_bytes=self._send_queue_bytes,
                 budget=self.r2_budget,
+                tls=tls,
             )
         except OSError as exc:
             raise error(
@@ -191,7 +201,8 @@ class CoreShell(Generic[CoreT]):
             return advertise
         if host in ANY_HOSTS:
             host = host_address()
-        return tcp.format_tcp_address(host, self._server.sockets[0].getsockname()[1])
+        scheme = "tcp" if tls is None else "tls"
+        return tcp.format_tcp_address(host, self._server.sockets[0].getsockname()[1], scheme)
 
     def _on_accept(self, link: tcp.TcpLink) -> LinkEvents:
         core = self.core
@@ -272,6 +283,9 @@ class CoreShell(Generic[CoreT]):
             link.close()
             return
         self._links[conn] = self._wrap(link, address)
+        certificate_key = getattr(link, "certificate_key", None)
+        if isinstance(certificate_key, bytes):
+            core.admission.bind(conn, certificate_key)  # its credential must name this key
         core.connection_made(conn, self._now())
         for message in early:
             core.receive(conn, message, self._now())

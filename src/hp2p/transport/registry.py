@@ -79,7 +79,9 @@ def tcp_dialer(budget: R2Budget | None = None) -> Dialer:
 
 
 def default_registry(budget: R2Budget | None = None) -> TransportRegistry:
-    """The transports every hp2p peer has: plain TCP (charged to ``budget`` when given)."""
+    """The transports every hp2p peer has: plain TCP and TLS over TCP (``tls://``), both
+    charged to ``budget`` when given."""
     registry = TransportRegistry()
     registry.register("tcp", tcp_dialer(budget))
+    registry.register("tls", tcp_dialer(budget))  # TLS 1.3 over TCP: tcp.connect tells them apart
     return registry

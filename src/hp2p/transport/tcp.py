@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from hp2p.transport.base import LinkEvents, LinkStats
 from hp2p.transport.limits import R2Budget
+from hp2p.transport.tls import client_context, peer_key
 from hp2p.wire.errors import WireError
 from hp2p.wire.r2 import StreamDecoder
 
@@ -33,10 +35,15 @@ DEFAULT_MAX_QUEUE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 
-def parse_tcp_address(address: str) -> tuple[str, int]:
+def parse_tcp_address(address: str, scheme: str = "tcp") -> tuple[str, int]:
     """Split ``tcp://HOST:PORT`` (the form used in HOMP and HELLO) into host and port."""
     parts = urlsplit(address)
-    if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
+    if parts.scheme != scheme or not parts.hostname or parts.port is None:
+        if scheme == "tls":
+            raise ValueError(
+                f"not a TLS peer address: {address!r}; expected tls://HOST:PORT, "
+                "e.g. tls://127.0.0.1:7000"
+            )
         raise ValueError(
             f"not a TCP peer address: {address!r}; expected tcp://HOST:PORT, "
             "e.g. tcp://127.0.0.1:7000"
@@ -44,8 +51,8 @@ def parse_tcp_address(address: str) -> tuple[str, int]:
     return parts.hostname, parts.port
 
 
-def format_tcp_address(host: str, port: int) -> str:
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+def format_tcp_address(host: str, port: int, scheme: str = "tcp") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class TcpLink(asyncio.Protocol):
@@ -82,6 +89,14 @@ class TcpLink(asyncio.Protocol):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def certificate_key(self) -> bytes | None:
+        """On TLS, the Ed25519 key of the certificate the other end presented; else None."""
+        transport = self._transport
+        if transport is None:
+            return None
+        return peer_key(transport.get_extra_info("ssl_object"))
 
     def send_frame(self, frame: bytes) -> bool:
         transport = self._transport
@@ -240,12 +255,14 @@ async def connect(
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     budget: R2Budget | None = None,
 ) -> TcpLink:
-    """Open a link to ``tcp://HOST:PORT``; raises OSError/TimeoutError when it cannot.
+    """Open a link to ``tcp://HOST:PORT`` or ``tls://HOST:PORT`` (TLS 1.3, see
+    :mod:`hp2p.transport.tls`); raises OSError/TimeoutError when it cannot.
 
     With ``budget`` what the remote sends is charged to the process's R2 budget and held to
     its frame deadline (a dialled link is identified from the start).
     """
-    host, port = parse_tcp_address(address)
+    secure = address.lower().startswith("tls://")
+    host, port = parse_tcp_address(address, "tls" if secure else "tcp")
     loop = asyncio.get_running_loop()
     _, link = await asyncio.wait_for(
         loop.create_connection(
@@ -254,6 +271,8 @@ async def connect(
             ),
             host,
             port,
+            ssl=client_context() if secure else None,
+            server_hostname="" if secure else None,
         ),
         connect_timeout,
     )
@@ -269,11 +288,13 @@ async def listen(
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     budget: R2Budget | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
     """Accept links on HOST:PORT (port 0 picks a free one; read it from the server's socket).
 
     With ``budget`` every accepted link is held to the process-wide limits
     (:mod:`hp2p.transport.limits`); one refused as unidentified never reaches ``on_accept``.
+    With ``tls`` (:func:`hp2p.transport.tls.server_context`) every link is TLS 1.3.
     """
     loop = asyncio.get_running_loop()
     return await loop.create_server(
@@ -285,4 +306,6 @@ async def listen(
         ),
         host,
         port,
+        ssl=tls,
+        ssl_handshake_timeout=10.0 if tls is not None else None,
     )

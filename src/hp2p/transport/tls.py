@@ -19,7 +19,6 @@ import os
 import ssl
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -30,21 +29,6 @@ from hp2p.trust.keys import SigningKey
 
 CERT_LIFETIME = datetime.timedelta(days=3650)
 """The certificate carries no trust of its own (the credential does): it never has to expire."""
-
-
-def parse_tls_address(address: str) -> tuple[str, int]:
-    """Split ``tls://HOST:PORT`` into host and port."""
-    parts = urlsplit(address)
-    if parts.scheme != "tls" or not parts.hostname or parts.port is None:
-        raise ValueError(
-            f"not a TLS peer address: {address!r}; expected tls://HOST:PORT, "
-            "e.g. tls://127.0.0.1:7000"
-        )
-    return parts.hostname, parts.port
-
-
-def format_tls_address(host: str, port: int) -> str:
-    return f"tls://[{host}]:{port}" if ":" in host else f"tls://{host}:{port}"
 
 
 def certificate(key: SigningKey) -> bytes:
