@@ -467,8 +467,17 @@ async def init_data(request: Request) -> Response:
     return _json(200, homp.InitDataResponse(WEB_SOCKET_PORT=port or 8082))
 
 
-def _required_query(request: Request, name: str) -> str:
+def _query(request: Request, name: str) -> str | None:
+    """A query parameter, refused (400) if it holds NUL: PostgreSQL cannot compare such text
+    and would answer 500, SQLite would silently match nothing."""
     value = request.query_params.get(name)
+    if value is not None and "\x00" in value:
+        raise HompError(400, "text may not contain the NUL character (\\u0000)", f"?{name}")
+    return value
+
+
+def _required_query(request: Request, name: str) -> str:
+    value = _query(request, name)
     if not value:
         raise HompError(404, f"give the overlay with ?{name}=…", f"?{name}")
     return value
@@ -560,7 +569,7 @@ async def overlay_member(request: Request) -> Response:
     without reading every member of a large overlay each time.
     """
     overlay_id = _required_query(request, "overlay_id")
-    peer_id = request.query_params.get("peer_id")
+    peer_id = _query(request, "peer_id")
     if not peer_id:
         raise HompError(404, "give the member with ?peer_id=…", "?peer_id")
     try:
@@ -633,7 +642,7 @@ async def overlay_composition(request: Request) -> Response:
 @router.get("/api/PeerInfo", summary="Peer information registrar (PIR FE)")
 async def peer_info(request: Request) -> Response:
     """Addresses and capabilities a peer sent at its last join."""
-    peer_id = request.query_params.get("peer_id")
+    peer_id = _query(request, "peer_id")
     if not peer_id:
         raise HompError(404, "give the peer with ?peer_id=…", "?peer_id")
     info = await registry.lookup(_store(request), peer_id)
