@@ -236,7 +236,8 @@ async def create_overlay(request: Request) -> Response:
                 owner_id=o.owner_id,
                 heartbeat_interval=o.heartbeat_interval,
                 heartbeat_timeout=o.heartbeat_timeout,
-                auth=o.auth,
+                # the parent's admin key is a secret of another owner: never echoed
+                auth=msgspec.structs.replace(o.auth, parent_admin_key=None),
                 app_id=o.app_id,
                 cr_policy=o.cr_policy,
                 parent_overlay_id=o.parent_overlay_id,
@@ -536,6 +537,7 @@ async def overlay_status(request: Request) -> Response:
                 "source-key": ov.source_key,
                 "delete-when-empty": ov.delete_when_empty,
                 "last-ticket": ov.last_ticket,
+                "created": ov.created_at,
                 "num_peers": len(members),
                 "num_active": sum(1 for m in members if m.num_primary > 0),
                 "sub-overlays": [_sub_summary(sub) for sub in subs],

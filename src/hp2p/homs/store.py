@@ -338,6 +338,7 @@ class HomsStore:
         )
         access_hash = secrets.hash_fast(spec.auth.access_key) if spec.auth.access_key else None
         overlay_id = spec.overlay_id or str(uuid.uuid4())
+        parent_hash = await self._parent_consent(spec)
         now = self._clock()
         cr = spec.cr_policy
         values: dict[str, Any] = {
@@ -370,6 +371,7 @@ class HomsStore:
         def tx(conn: Connection) -> AnyRow:
             if conn.scalar(select(exists().where(overlay.c.overlay_id == overlay_id))):
                 raise _duplicate_overlay(overlay_id)
+            _check_names(conn, overlay_id, spec.title, given_id=spec.overlay_id is not None)
             parent = spec.parent_overlay_id
             if parent is not None and not conn.scalar(
                 select(exists().where(overlay.c.overlay_id == parent))
@@ -377,6 +379,14 @@ class HomsStore:
                 raise HompError(
                     400, f"parent overlay {parent!r} does not exist", "$.overlay.parent-overlay-id"
                 )
+            if parent_hash is not None and not conn.scalar(
+                select(
+                    exists().where(
+                        overlay.c.overlay_id == parent, overlay.c.admin_key_hash == parent_hash
+                    )
+                )
+            ):
+                raise _changed_meanwhile()  # the parent's key was rotated while we checked
             conn.execute(insert(overlay).values(**values))
             if spec.auth.peerlist:
                 conn.execute(
@@ -398,6 +408,45 @@ class HomsStore:
             ]
         )
         return _record(row)
+
+    async def _parent_consent(self, spec: homp.CreateOverlay) -> str | None:
+        """The CoreTree owner's consent to a sub-overlay under it: its admin key (403 if not).
+
+        Checked outside the write transaction (scrypt is slow); returns the verified hash so
+        the write can re-check that the key was not rotated meanwhile. ``None`` when no consent
+        is needed (a CoreTree, or a sub-overlay under a sub-overlay or an unknown parent, which
+        the transaction refuses).
+        """
+        parent_id = spec.parent_overlay_id
+        if parent_id is None:
+            return None
+
+        def tx(conn: Connection) -> AnyRow | None:
+            return conn.execute(
+                select(overlay.c.type, overlay.c.admin_key_hash).where(
+                    overlay.c.overlay_id == parent_id
+                )
+            ).first()
+
+        row = await self._db.read(tx)
+        if row is None or row.type != "core":
+            return None
+        given = spec.auth.parent_admin_key
+        if given is None:
+            raise HompError(
+                403,
+                f"a sub-overlay under CoreTree {parent_id!r} needs its owner's consent: send "
+                "the CoreTree's admin key as `parent-admin-key` (hp2p bridge --core-admin-key)",
+                "$.overlay.auth.parent-admin-key",
+            )
+        if not await asyncio.to_thread(secrets.verify, given, row.admin_key_hash):
+            raise HompError(
+                403,
+                f"`parent-admin-key` is not the admin key of CoreTree {parent_id!r}",
+                "$.overlay.auth.parent-admin-key",
+            )
+        stored: str = row.admin_key_hash
+        return stored
 
     async def query_overlays(
         self,
@@ -1051,6 +1100,26 @@ def _registry_values(
         "preferences": None,
         "updated_at": now,
     }
+
+
+def _check_names(conn: Connection, overlay_id: str, title: str, *, given_id: bool) -> None:
+    """409 when a new overlay's names could be confused with an existing overlay's.
+
+    A peer joins by overlay-id *or* title (``--join NAME``): an overlay-id equal to another
+    overlay's title, or a title equal to another's id, would let a newcomer capture the
+    joins meant for the older overlay.
+    """
+    if conn.scalar(select(exists().where(overlay.c.title == overlay_id))):
+        raise HompError(
+            409,
+            f"overlay-id {overlay_id!r} is the title of an existing overlay; choose another "
+            "(or leave it out: the HOMS generates one)",
+            "$.overlay.overlay-id" if given_id else "$.overlay",
+        )
+    if conn.scalar(select(exists().where(overlay.c.overlay_id == title))):
+        raise HompError(
+            409, f"title {title!r} is the overlay-id of an existing overlay", "$.overlay.title"
+        )
 
 
 def _changed_meanwhile() -> HompError:

@@ -232,6 +232,10 @@ class CreateAuth(_Model):
     access_key: Key | None = None
     peerlist: PeerList | None = None
     keyword: Keyword | None = None
+    #: hp2p extension: the admin key of the CoreTree a sub-overlay hangs off, the owner's
+    #: consent to feed it (without it anyone could attach a SubTree/SubMesh to any CoreTree
+    #: and pose as part of it). Optional so that reference bodies parse; never echoed.
+    parent_admin_key: Key | None = msgspec.field(default=None, name="parent-admin-key")
 
 
 class CreateOverlay(_Model):
