@@ -855,7 +855,8 @@ def decode(body: bytes | str, type_: type[T]) -> T:
     except (UnicodeDecodeError, ValueError, TypeError) as exc:  # defensive: never leak
         raise HeaderError(f"invalid body: {exc}", "body") from None
     # JSON can only carry NUL escaped, so bodies without ``\u0000`` skip the walk.
-    if (b"\\u0000" if isinstance(body, bytes) else "\\u0000") in body:
+    escaped = b"\\u0000" in body if isinstance(body, bytes) else "\\u0000" in body
+    if escaped:
         reject_nul(result)
     return result
 
