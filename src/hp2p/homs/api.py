@@ -13,7 +13,9 @@ hot join path). The request schemas are added to the OpenAPI document by hand so
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -21,6 +23,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from hp2p.homs import registry
 from hp2p.homs.errors import AdmissionRefusedError, HompError
+from hp2p.homs.limits import HomsLimits, RateLimitedError
 from hp2p.homs.store import (
     HomsStore,
     JoinResult,
@@ -91,6 +94,35 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+#: Fields of the refusals that mean "wrong admin key" (what the admin-key limit counts).
+_ADMIN_KEY_FIELDS = frozenset({"$.overlay.auth.admin_key", "$.overlay.auth.parent-admin-key"})
+
+
+def client_address(request: Request) -> str:
+    """The peer address of the connection (what the rate limits key on)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+@contextlib.asynccontextmanager
+async def admin_attempt(
+    request: Request, overlay_id: str | None, field: str
+) -> AsyncIterator[None]:
+    """Guard an operation that checks an admin key of ``overlay_id``: 429 while the client
+    or the overlay is over its wrong-key limit, and a wrong key counts against both."""
+    if overlay_id is None:
+        yield
+        return
+    limits: HomsLimits = request.app.state.limits
+    address = client_address(request)
+    limits.check_admin(address, overlay_id, field)
+    try:
+        yield
+    except HompError as exc:
+        if exc.field in _ADMIN_KEY_FIELDS:
+            limits.admin_failed(address, overlay_id)
+        raise
+
+
 def _store(request: Request) -> HomsStore:
     store: HomsStore = request.app.state.store
     return store
@@ -112,9 +144,10 @@ def _responses(type_: Any, status: int = 200, *errors: int) -> dict[int | str, A
     }
     descriptions = {
         400: "invalid request, unknown overlay or peer, or wrong credentials",
-        403: "forged ticket-id on a recovery join",
+        403: "forged ticket-id on a recovery join; sub-overlay without its CoreTree's consent",
         407: 'closed overlay refused admission; body {"overlay":{"overlay-id"}}',
         409: "duplicate overlay-id or peer-id",
+        429: "too many wrong admin keys or overlay creations; see Retry-After",
         413: "body too large",
         404: "no overlay_id given, or no such overlay",
         415: "body not sent as application/json",
@@ -215,7 +248,7 @@ router = APIRouter()
     "/homs",
     summary="HybridOverlayCreation",
     openapi_extra=_request_schema(homp.CreateRequest),
-    responses=_responses(homp.CreateResponse, 200, 400, 409, 413, 415),
+    responses=_responses(homp.CreateResponse, 200, 400, 403, 409, 413, 415, 429),
 )
 async def create_overlay(request: Request) -> Response:
     """Create an overlay (CoreTree, or a SubTree/SubMesh with a parent and a source peer).
@@ -224,8 +257,10 @@ async def create_overlay(request: Request) -> Response:
     """
     req = homp.decode_create_request(await read_body(request))
     req.validate_semantics()
-    rec = await _store(request).create_overlay(req.overlay)
     o = req.overlay
+    request.app.state.limits.check_create(client_address(request))
+    async with admin_attempt(request, o.parent_overlay_id, "$.overlay.auth.parent-admin-key"):
+        rec = await _store(request).create_overlay(o)
     return _json(
         200,
         homp.CreateResponse(
@@ -270,7 +305,7 @@ async def query_overlays(request: Request) -> Response:
     "/homs",
     summary="HybridOverlayModification",
     openapi_extra=_request_schema(homp.ModifyRequest),
-    responses=_responses(homp.ModifyResponse, 200, 400, 413, 415),
+    responses=_responses(homp.ModifyResponse, 200, 400, 413, 415, 429),
 )
 async def modify_overlay(request: Request) -> Response:
     """Change title/description/admission data, transfer ownership or rotate the admin key.
@@ -278,7 +313,8 @@ async def modify_overlay(request: Request) -> Response:
     Needs the admin key and the exact owner-id.
     """
     req = homp.decode_modify_request(await read_body(request))
-    res = await _store(request).modify_overlay(req)
+    async with admin_attempt(request, req.overlay.overlay_id, "$.overlay.auth.admin_key"):
+        res = await _store(request).modify_overlay(req)
     auth = None
     if res.access_key is not None or res.peerlist is not None:
         auth = homp.ModifyResponseAuth(access_key=res.access_key, peerlist=res.peerlist)
@@ -301,13 +337,14 @@ async def modify_overlay(request: Request) -> Response:
     "/homs",
     summary="HybridOverlayRemoval",
     openapi_extra=_request_schema(homp.RemoveRequest),
-    responses=_responses(homp.OverlayRefResponse, 200, 400, 413, 415),
+    responses=_responses(homp.OverlayRefResponse, 200, 400, 413, 415, 429),
 )
 async def remove_overlay(request: Request) -> Response:
     """Remove an overlay with its peers; needs the admin key and the exact owner-id."""
     req = homp.decode_remove_request(await read_body(request))
     o = req.overlay
-    await _store(request).remove_overlay(o.overlay_id, o.owner_id, o.auth.admin_key)
+    async with admin_attempt(request, o.overlay_id, "$.overlay.auth.admin_key"):
+        await _store(request).remove_overlay(o.overlay_id, o.owner_id, o.auth.admin_key)
     return _json(200, _overlay_ref(o.overlay_id))
 
 
@@ -315,13 +352,14 @@ async def remove_overlay(request: Request) -> Response:
     "/api/HybridOverlayRemoval",
     summary="HybridOverlayRemoval (admin form, authenticated)",
     openapi_extra=_request_schema(AuthenticatedRemovalRequest),
-    responses=_responses(homp.AdminRemovalResponse, 200, 400, 413, 415),
+    responses=_responses(homp.AdminRemovalResponse, 200, 400, 413, 415, 429),
 )
 async def admin_remove_overlay(request: Request) -> Response:
     """Remove an overlay by id. Unlike the reference, this needs ``owner-id`` and ``admin_key``."""
     body = await read_body(request)
     req = homp.decode(body, AuthenticatedRemovalRequest)
-    await _store(request).remove_overlay(req.overlay_id, req.owner_id, req.admin_key)
+    async with admin_attempt(request, req.overlay_id, "$.overlay.auth.admin_key"):
+        await _store(request).remove_overlay(req.overlay_id, req.owner_id, req.admin_key)
     return _json(200, homp.AdminRemovalResponse(overlay_id=req.overlay_id))
 
 
@@ -368,6 +406,12 @@ def error_answer(exc: Exception) -> tuple[int, bytes, list[tuple[str, str]]]:
             exc.status,
             homp.encode(_overlay_ref(exc.overlay_id)),
             [("X-HOMS-Error", exc.message)],
+        )
+    if isinstance(exc, RateLimitedError):
+        return (
+            exc.status,
+            error_body(exc.message, exc.field),
+            [("Retry-After", exc.retry_after_header)],
         )
     if isinstance(exc, HompError):
         return exc.status, error_body(exc.message, exc.field), []

@@ -22,6 +22,7 @@ from hp2p.homs.api import install_error_handlers, router, schema_components
 from hp2p.homs.db import parse_database_url
 from hp2p.homs.fanout import PostgresFanout
 from hp2p.homs.fastpath import JoinFastPath
+from hp2p.homs.limits import HomsLimits
 from hp2p.homs.liveness import run_sweeper
 from hp2p.homs.settings import HomsSettings
 from hp2p.homs.signalling import Switchboard
@@ -107,6 +108,13 @@ def create_app(
     app.state.store = the_store
     app.state.hub = the_store.hub
     app.state.switchboard = board
+    app.state.limits = HomsLimits(
+        admin_rate=settings.admin_key_rate,
+        admin_burst=settings.admin_key_burst,
+        create_rate=settings.create_rate,
+        create_burst=settings.create_burst,
+        max_entries=settings.limit_table_size,
+    )
     app.include_router(router)
     app.router.routes.extend(ws.routes())
     # POST /peer (the join) answered as plain ASGI ahead of FastAPI's routing: same code.

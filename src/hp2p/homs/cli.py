@@ -114,6 +114,34 @@ def homs(
     ws_burst: Annotated[
         int, typer.Option("--ws-burst", help="Burst of WebSocket messages allowed per socket.")
     ] = 200,
+    admin_key_rate: Annotated[
+        float,
+        typer.Option(
+            "--admin-key-rate",
+            help="Wrong admin keys allowed per second per client address (each overlay: 4x); "
+            "beyond, 429 with Retry-After.",
+        ),
+    ] = 0.1,
+    admin_key_burst: Annotated[
+        int,
+        typer.Option(
+            "--admin-key-burst", help="Burst of wrong admin keys per client address (overlay: 4x)."
+        ),
+    ] = 10,
+    create_rate: Annotated[
+        float,
+        typer.Option("--create-rate", help="Overlay creations per second per client address."),
+    ] = 1.0,
+    create_burst: Annotated[
+        int, typer.Option("--create-burst", help="Burst of overlay creations per client address.")
+    ] = 60,
+    limit_table_size: Annotated[
+        int,
+        typer.Option(
+            "--limit-table-size",
+            help="Entries per rate-limit table (least recently used forgotten first).",
+        ),
+    ] = 10_000,
     tls_cert: Annotated[
         Path | None,
         typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)."),
@@ -141,6 +169,11 @@ def homs(
         signalling_profile=signalling_profile,
         ws_rate=ws_rate,
         ws_burst=ws_burst,
+        admin_key_rate=admin_key_rate,
+        admin_key_burst=admin_key_burst,
+        create_rate=create_rate,
+        create_burst=create_burst,
+        limit_table_size=limit_table_size,
         tls_cert=tls_cert,
         tls_key=tls_key,
         log_level=level,

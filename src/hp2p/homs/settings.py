@@ -59,6 +59,15 @@ class HomsSettings:
     ws_burst: int = 200
     #: Seed for the mesh peer-list choice; ``None`` means fresh OS randomness.
     seed: int | None = None
+    #: Wrong admin keys allowed per client address: refilled per second, and the burst (each
+    #: overlay allows four times both); beyond, 429 with Retry-After (hp2p.homs.limits).
+    admin_key_rate: float = 0.1
+    admin_key_burst: int = 10
+    #: Overlay creations allowed per client address: per second, and the burst.
+    create_rate: float = 1.0
+    create_burst: int = 60
+    #: Entries kept per rate-limit table (LRU): client addresses are attacker-chosen.
+    limit_table_size: int = 10_000
 
     def check(self) -> HomsSettings:
         """Raise :class:`SettingsError` for a value that cannot work, else return self."""
@@ -89,6 +98,18 @@ class HomsSettings:
                 f"WebSocket rate limit must be > 0 msg/s with burst >= 1, "
                 f"got {self.ws_rate} and {self.ws_burst}"
             )
+        if self.admin_key_rate <= 0 or self.admin_key_burst < 1:
+            raise SettingsError(
+                "--admin-key-rate must be > 0 per second and --admin-key-burst >= 1, got "
+                f"{self.admin_key_rate} and {self.admin_key_burst}"
+            )
+        if self.create_rate <= 0 or self.create_burst < 1:
+            raise SettingsError(
+                "--create-rate must be > 0 per second and --create-burst >= 1, got "
+                f"{self.create_rate} and {self.create_burst}"
+            )
+        if self.limit_table_size < 1:
+            raise SettingsError(f"--limit-table-size must be >= 1, got {self.limit_table_size}")
         if self.max_body_bytes < 1024:
             raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if self.admin_key_cost < 2 or self.admin_key_cost & (self.admin_key_cost - 1):
