@@ -14,6 +14,7 @@ import typer
 import uvicorn
 
 from hp2p.homs.app import build_store, create_app
+from hp2p.homs.connections import ConnectionLimits, guarded_protocol
 from hp2p.homs.db import DatabaseUrlError, parse_database_url
 from hp2p.homs.settings import DEFAULT_DATABASE, HomsSettings, SettingsError
 from hp2p.wire.signalling import MAX_MESSAGE_BYTES
@@ -142,6 +143,34 @@ def homs(
             help="Entries per rate-limit table (least recently used forgotten first).",
         ),
     ] = 10_000,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout",
+            help="Seconds a client has to send a request's line and headers (then: closed).",
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout",
+            help="Seconds a client has to send a request's body after its headers.",
+        ),
+    ] = 30.0,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            "--idle-timeout", help="Seconds a keep-alive connection may stay idle between requests."
+        ),
+    ] = 5.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections",
+            help="Concurrent HTTP connections; at the cap the longest-idle one is closed for a "
+            "newcomer, and a newcomer is refused only when all are busy.",
+        ),
+    ] = 1000,
     tls_cert: Annotated[
         Path | None,
         typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)."),
@@ -174,6 +203,10 @@ def homs(
         create_rate=create_rate,
         create_burst=create_burst,
         limit_table_size=limit_table_size,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
         tls_cert=tls_cert,
         tls_key=tls_key,
         log_level=level,
@@ -243,10 +276,20 @@ async def _serve(settings: HomsSettings, database: str) -> int:
             err=True,
         )
         return 1
+    protocol, guard = guarded_protocol(
+        ConnectionLimits(
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_connections=settings.max_connections,
+        )
+    )
+    app.state.connection_guard = guard
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol,
+        timeout_keep_alive=max(1, round(settings.idle_timeout)),
         log_level=settings.log_level,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,

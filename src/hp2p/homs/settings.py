@@ -68,6 +68,13 @@ class HomsSettings:
     create_burst: int = 60
     #: Entries kept per rate-limit table (LRU): client addresses are attacker-chosen.
     limit_table_size: int = 10_000
+    #: Seconds a client has for a request's line and headers, then for its body, and that a
+    #: keep-alive connection may stay idle between requests (hp2p.homs.connections).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 5.0
+    #: Concurrent HTTP connections; at the cap the longest-idle one is closed for a newcomer.
+    max_connections: int = 1000
 
     def check(self) -> HomsSettings:
         """Raise :class:`SettingsError` for a value that cannot work, else return self."""
@@ -108,6 +115,15 @@ class HomsSettings:
                 "--create-rate must be > 0 per second and --create-burst >= 1, got "
                 f"{self.create_rate} and {self.create_burst}"
             )
+        for name, value in (
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ):
+            if value <= 0:
+                raise SettingsError(f"{name} must be > 0 seconds, got {value}")
+        if self.max_connections < 1:
+            raise SettingsError(f"--max-connections must be >= 1, got {self.max_connections}")
         if self.limit_table_size < 1:
             raise SettingsError(f"--limit-table-size must be >= 1, got {self.limit_table_size}")
         if self.max_body_bytes < 1024:
