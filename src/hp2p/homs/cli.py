@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import secrets
 import socket
 import sys
 from collections.abc import Callable
@@ -18,6 +21,10 @@ from hp2p.homs.connections import ConnectionLimits, guarded_protocol
 from hp2p.homs.db import DatabaseUrlError, parse_database_url
 from hp2p.homs.settings import DEFAULT_DATABASE, HomsSettings, SettingsError
 from hp2p.wire.signalling import MAX_MESSAGE_BYTES
+
+#: Where ``hp2p homs`` keeps its operator token by default: beside the default SQLite file,
+#: in the working directory (the HOMS's state directory unless told otherwise).
+DEFAULT_OPERATOR_TOKEN_FILE = "hp2p-operator-token"
 
 EPILOG = """
 Examples:
@@ -171,6 +178,14 @@ def homs(
             "newcomer, and a newcomer is refused only when all are busy.",
         ),
     ] = 1000,
+    operator_token_file: Annotated[
+        Path,
+        typer.Option(
+            "--operator-token-file",
+            help="File of the operator token that WebSocket monitors present (secure profile); "
+            "created 0600 with a random token if missing, read if present.",
+        ),
+    ] = Path(DEFAULT_OPERATOR_TOKEN_FILE),
     tls_cert: Annotated[
         Path | None,
         typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)."),
@@ -216,6 +231,14 @@ def homs(
         target = parse_database_url(database)
     except (SettingsError, DatabaseUrlError) as exc:
         _fail(str(exc))
+    if settings.signalling_profile == "secure":
+        try:
+            token = operator_token(operator_token_file)
+        except OSError as exc:
+            _fail(f"cannot read or create --operator-token-file {operator_token_file}: {exc}")
+        settings = dataclasses.replace(
+            settings, operator_token=token, operator_token_file=operator_token_file
+        )
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -225,6 +248,28 @@ def homs(
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         code = runner.run(_serve(settings, target.describe()))
     raise typer.Exit(code)
+
+
+def operator_token(path: Path) -> str:
+    """The operator token in ``path``, created (0600, random) if the file is missing or empty.
+
+    Kept in a file, not only printed, so that monitoring tools read it without scraping the
+    log and a restart keeps it; 0600 because whoever reads it sees every overlay's members.
+    Re-tightened to 0600 if someone loosened it.
+    """
+    if path.is_file():
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            path.chmod(0o600)
+            return token
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(token + "\n")
+    os.replace(temporary, path)
+    return token
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -302,6 +347,10 @@ async def _serve(settings: HomsSettings, database: str) -> int:
     )
     server = _AnnouncingServer(config)
     server.announcement = database
+    if settings.operator_token is not None:
+        server.announcement += (
+            f", operator token {settings.operator_token} in {settings.operator_token_file}"
+        )
     server.scheme = "https" if settings.tls_cert else "http"
     server.ws_port = settings.ws_port
     await server.serve(sockets=sockets)

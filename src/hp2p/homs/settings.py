@@ -75,6 +75,11 @@ class HomsSettings:
     idle_timeout: float = 5.0
     #: Concurrent HTTP connections; at the cap the longest-idle one is closed for a newcomer.
     max_connections: int = 1000
+    #: The operator credential of WebSocket monitoring (``secure`` profile). ``hp2p homs``
+    #: reads it from (or creates it in) ``operator_token_file``; ``None``: the app makes a
+    #: random one (``app.state.operator_token``), which in-process callers read there.
+    operator_token: str | None = None
+    operator_token_file: Path | None = None
 
     def check(self) -> HomsSettings:
         """Raise :class:`SettingsError` for a value that cannot work, else return self."""

@@ -522,6 +522,24 @@ class HomsStore:
         stored: str = row.admin_key_hash
         return stored
 
+    async def verify_admin_key(self, overlay_id: str, admin_key: str) -> bool:
+        """Whether ``admin_key`` is the admin key of ``overlay_id`` (False if no such overlay).
+
+        For credentials that are not a HOMP owner operation (a monitor watching its overlay):
+        no owner-id, and one answer for "no overlay" and "wrong key", so nothing is probed.
+        """
+
+        def tx(conn: Connection) -> str | None:
+            stored: str | None = conn.scalar(
+                select(overlay.c.admin_key_hash).where(overlay.c.overlay_id == overlay_id)
+            )
+            return stored
+
+        stored = await self._db.read(tx)
+        if stored is None:
+            return False
+        return await asyncio.to_thread(secrets.verify, admin_key, stored)
+
     async def modify_overlay(self, req: homp.ModifyRequest) -> ModifyResult:
         """HybridOverlayModification, including ownership transfer and admin-key rotation."""
         o = req.overlay
