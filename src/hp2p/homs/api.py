@@ -14,6 +14,7 @@ hot join path). The request schemas are added to the OpenAPI document by hand so
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -528,6 +529,45 @@ def _required_query(request: Request, name: str) -> str:
     return value
 
 
+async def may_view(request: Request, overlay_id: str, *, named: bool = True) -> bool:
+    """Whether the request carries a credential to see a closed overlay's members.
+
+    ``Authorization: Bearer <operator token>`` (any overlay) or ``X-HOMS-Admin-Key: <that
+    overlay's admin key>``; wrong admin keys count against the admin-key rate limit. The admin
+    key is only tried on the overlay the request ``named`` (not on the other overlays of a
+    composition, where it is some other overlay's key and would count as a wrong guess).
+    """
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    expected: str | None = getattr(request.app.state, "operator_token", None)
+    if scheme.lower() == "bearer" and token and expected is not None:
+        return hmac.compare_digest(token.strip().encode(), expected.encode())
+    admin_key = request.headers.get("x-homs-admin-key")
+    if admin_key and named:
+        async with admin_attempt(request, overlay_id, "X-HOMS-Admin-Key"):
+            if not await _store(request).verify_admin_key(overlay_id, admin_key):
+                raise HompError(403, f"wrong admin key for {overlay_id!r}", "X-HOMS-Admin-Key")
+        return True
+    return False
+
+
+async def _viewable(request: Request, overlay_id: str) -> OverlayRecord:
+    """The overlay, if this request may see its members: an open overlay, or a closed one with
+    a credential (403 otherwise; 404 if there is no such overlay)."""
+    try:
+        ov = await _store(request).get_overlay(overlay_id)
+    except HompError as exc:
+        raise HompError(404, exc.message, "?overlay_id") from exc
+    if ov.auth_type == "closed" and not await may_view(request, overlay_id):
+        raise HompError(
+            403,
+            f"overlay {overlay_id!r} is closed: its members are shown with the operator token "
+            "(Authorization: Bearer …) or its admin key (X-HOMS-Admin-Key)",
+            "Authorization",
+        )
+    return ov
+
+
 @router.get(
     "/api/OverlayCostMap",
     summary="Current cost map (reference UI graph)",
@@ -540,6 +580,7 @@ async def overlay_cost_map(request: Request) -> Response:
     """
     overlay_id = _required_query(request, "overlay_id")
     store = _store(request)
+    await _viewable(request, overlay_id)
     try:
         members = await store.peers(overlay_id)
     except HompError as exc:
@@ -559,8 +600,8 @@ async def overlay_status(request: Request) -> Response:
     """
     overlay_id = _required_query(request, "overlay_id")
     store = _store(request)
+    ov = await _viewable(request, overlay_id)
     try:
-        ov = await store.get_overlay(overlay_id)
         members = await store.peers(overlay_id)
     except HompError as exc:
         raise HompError(404, exc.message, "?overlay_id") from exc
@@ -618,6 +659,7 @@ async def overlay_member(request: Request) -> Response:
     peer_id = _query(request, "peer_id")
     if not peer_id:
         raise HompError(404, "give the member with ?peer_id=…", "?peer_id")
+    await _viewable(request, overlay_id)
     try:
         members = await _store(request).peers(overlay_id, peer_id=peer_id)
     except HompError as exc:
@@ -631,6 +673,7 @@ async def overlay_member(request: Request) -> Response:
 async def overlay_topology(request: Request) -> Response:
     """Nodes (peer-id, ticket) and primary/candidate links from the members' last reports."""
     overlay_id = _required_query(request, "overlay_id")
+    await _viewable(request, overlay_id)
     try:
         members = await _store(request).peers(overlay_id)
     except HompError as exc:
@@ -671,13 +714,14 @@ async def overlay_composition(request: Request) -> Response:
         raise HompError(404, exc.message, "?overlay_id") from exc
 
     async def describe(ov: OverlayRecord, depth: int) -> dict[str, object]:
-        nodes, links = topology(await store.peers(ov.overlay_id))
-        entry: dict[str, object] = {
-            **_sub_summary(ov),
-            "parent-overlay-id": ov.parent_overlay_id,
-            "nodes": nodes,
-            "links": links,
-        }
+        entry: dict[str, object] = {**_sub_summary(ov), "parent-overlay-id": ov.parent_overlay_id}
+        named = ov.overlay_id == overlay_id
+        if ov.auth_type == "closed" and not await may_view(request, ov.overlay_id, named=named):
+            # a closed overlay's members are its owner's and the operator's business
+            entry.update(nodes=[], links=[], hidden=True)
+        else:
+            nodes, links = topology(await store.peers(ov.overlay_id))
+            entry.update(nodes=nodes, links=links)
         subs = [] if depth >= 8 else await store.query_overlays(parent_overlay_id=ov.overlay_id)
         entry["sub-overlays"] = [await describe(sub, depth + 1) for sub in subs]
         return entry
