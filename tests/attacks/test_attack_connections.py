@@ -24,7 +24,7 @@ WITHIN = 5.0  # how long a test waits for the HOMS to close a socket
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomsProcess]:
     options = ["--header-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT)]
-    options += ["--max-connections", "10"]
+    options += ["--max-connections", "10", "--idle-timeout", "1"]
     with start_homs(tmp_path_factory.mktemp("guarded"), None, *options) as homs:
         yield homs
 
@@ -66,6 +66,20 @@ def test_a_missing_body_is_closed_within_the_body_timeout(guarded: HomsProcess) 
     head = b"POST /homs HTTP/1.1\r\nHost: homs\r\nContent-Type: application/json\r\n"
     sock.sendall(head + b'Content-Length: 1000\r\n\r\n{"overlay":')
     assert _closed_within(sock) < TIMEOUT + 2.0
+
+
+def test_an_idle_keep_alive_connection_is_closed_within_the_idle_timeout(
+    guarded: HomsProcess,
+) -> None:
+    sock = _connect(guarded)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: homs\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:  # bounded by the socket timeout
+        chunk = sock.recv(4096)
+        assert chunk, "closed before answering"
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert _closed_within(sock) < 1.0 + 2.0
 
 
 def test_many_idle_sockets_do_not_shut_out_a_real_client(guarded: HomsProcess) -> None:
