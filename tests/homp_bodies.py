@@ -28,6 +28,9 @@ def create(overlay_id: str | None = None, **fields: Any) -> dict[str, Any]:
         "security": "reference-compat",
         **fields,
     }
+    if body["type"] == "sub" and "auth" not in fields:
+        # the usual parent is one of these overlays: present its owner's consent
+        body["auth"] = {**body["auth"], "parent-admin-key": "admin"}
     return {"overlay": {key: value for key, value in body.items() if value is not None}}
 
 

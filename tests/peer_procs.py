@@ -36,6 +36,11 @@ def readline(proc: subprocess.Popen[str], deadline: float) -> str:
         return ""
 
 
+#: The admin key of every CoreTree the tests create (``homp_bodies.create`` uses it too): the
+#: bridges and SubMesh sources of the tests present it as the owner's consent.
+CORE_ADMIN_KEY = "admin"
+
+
 def create_core_overlay(homs_url: str, title: str) -> str:
     """A CoreTree for sub-overlays to hang off (HOMP create over HTTP); its overlay-id."""
     fast = {"heartbeat-interval": 1, "heartbeat-timeout": 3}
@@ -145,7 +150,9 @@ class MeshProc(PeerProc):
     """A SubMesh peer process: ``hp2p peer`` (the one runtime) with a fixed seed."""
 
     def __init__(self, workdir: Path, homs_url: str, name: str, *args: str) -> None:
-        super().__init__(workdir, homs_url, name, "--seed", "1", *args)
+        # a source creating its SubMesh under a test CoreTree presents the owner's consent
+        consent = ["--parent-admin-key", CORE_ADMIN_KEY] if "--parent" in args else []
+        super().__init__(workdir, homs_url, name, "--seed", "1", *consent, *args)
 
 
 class BridgeProc(EventProc):
@@ -153,6 +160,7 @@ class BridgeProc(EventProc):
 
     def __init__(self, workdir: Path, homs_url: str, *args: str) -> None:
         cmd = [sys.executable, "-m", "hp2p.apps.bridge", "--homs", homs_url, "--json-events"]
+        cmd += ["--core-admin-key", CORE_ADMIN_KEY]  # consent to the sub-overlays it creates
         super().__init__(workdir, "bridge", [*cmd, *args])
 
     def stop(self) -> int | None:
@@ -166,7 +174,9 @@ class Procs(list[EventProc]):
         self, workdir: Path, homs_url: str, names: Sequence[str], title: str, deadline: float = 90
     ) -> list[PeerProc]:
         """``hp2p peer`` processes: the first creates overlay ``title``, the others join it."""
-        root = PeerProc(workdir, homs_url, names[0], "--create", title)
+        root = PeerProc(
+            workdir, homs_url, names[0], "--create", title, "--set", f"admin_key={CORE_ADMIN_KEY}"
+        )
         self.append(root)
         root.wait_joined()
         joined = ("--join", root.overlay_id)

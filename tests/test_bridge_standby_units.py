@@ -223,6 +223,7 @@ async def test_the_group_key_lets_a_standby_replace_a_source_and_fences_the_old_
             source_peer_id="b1-live",
             owner_id="b1",
             admin_key="admin",
+            parent_admin_key="admin",
         )
         overlay = await active.find_overlay(live)
         # the peer shell passes its own random password: the group key replaces it

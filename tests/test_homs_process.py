@@ -137,7 +137,8 @@ async def _signalling_spans_instances(
 
     ws_a, ws_b = (f"ws://127.0.0.1:{h.port}/ws" for h in (first, second))
     async with sock(ws_b) as monitor, sock(ws_a) as on_a, sock(ws_b) as on_b:
-        await monitor.send({"server": "ui", "action": "hello"})
+        token = second.operator_token  # secure monitoring needs the operator token
+        await monitor.send({"server": "ui", "action": "hello", "token": token})
         await wait_status(second.url, monitors=1)
         joined = await a.post("/peer", json=_join("shared", "late"))
         assert joined.status_code == 202

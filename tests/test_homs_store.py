@@ -372,19 +372,27 @@ async def test_reported_lost_neighbour_is_removed_only_if_it_stopped_refreshing(
 async def test_a_neighbour_reported_gone_and_silent_is_no_longer_offered_until_it_talks(
     db_url: str, clock: Clock
 ) -> None:
-    """Suspects (heartbeat timeout 15 s here) stay members but leave the peer lists."""
+    """Suspects (heartbeat timeout 15 s here) stay members but leave the peer lists.
+
+    One reporter's word is only an accusation: a second distinct reporter makes a suspect
+    (issue #11: a single liar must not eclipse anyone).
+    """
     async with open_store(db_url, clock) as store:
         await store.create_overlay(create_spec("ov"))
         for pid in ("a", "b", "c", "d", "e"):
             await store.join(join_req("ov", pid, expires=100))
-        for pid in ("b", "c", "d", "e"):
+        for pid in ("b", "c", "e"):
             await store.report(report_req("ov", pid, ["a"]))
         clock.now += 1
+        await store.report(report_req("ov", "d", ["a", "c", "e"]))
         await store.report(report_req("ov", "a", ["b", "c", "e"]))
         clock.now += 19  # past the heartbeat timeout, well inside the refresh period
         await store.refresh(refresh_req("e"))  # e refreshed just before it died
         await store.report(report_req("ov", "b", ["d"]))  # b moved and says so: alive
         assert await store.report(report_req("ov", "a", [])) == []  # nobody evicted
+        members = {m.peer_id: m for m in await store.peers("ov")}
+        assert all(m.suspect_since is None for m in members.values())  # one accuser only
+        assert await store.report(report_req("ov", "d", ["a"])) == []  # the second accuser
 
         def named(result: Any) -> list[str]:
             return [e.peer_id for e in result.peer_list]

@@ -400,7 +400,8 @@ async def test_monitor_feed_and_cost_map_in_secure_profile(secure_homs: HomsProc
         sock(f"ws://127.0.0.1:{secure_homs.port}/") as monitor,
         httpx.AsyncClient(base_url=secure_homs.url, timeout=10.0) as client,
     ):
-        await monitor.send({"server": "ui", "action": "hello"})
+        token = secure_homs.operator_token  # secure monitoring needs the operator token
+        await monitor.send({"server": "ui", "action": "hello", "token": token})
         await monitor.send({"server": "ui", "action": "get", "overlay_id": "ov-2"})
         cost_map = await monitor.next()  # answered in order, so the subscription is active
         assert cost_map["action"] == "current_cost_map"

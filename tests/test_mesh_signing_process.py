@@ -155,7 +155,7 @@ async def test_a_peer_that_joined_before_the_source_recorded_its_key_asks_the_ho
             "description": "",
             "heartbeat-interval": 1,
             "heartbeat-timeout": 3,
-            "auth": {"type": "open", "admin_key": "admin-key-1234"},
+            "auth": {"type": "open", "admin_key": "admin-key-1234", "parent-admin-key": "admin"},
             "parent-overlay-id": core,
             "source-peer-id": "src",
         }

@@ -168,6 +168,7 @@ class Bridge:
         core_config: PeerConfig | None = None,
         on_event: EventSink | None = None,
         create_missing: bool = True,
+        core_admin_key: str | None = None,
     ) -> None:
         if not targets:
             raise BridgeError("give at least one target (--subtree TITLE or --submesh TITLE)")
@@ -210,6 +211,8 @@ class Bridge:
         self.core_config = core_config
         self.on_event = on_event
         self.create_missing = create_missing
+        #: The CoreTree's admin key: its owner's consent to the sub-overlays this bridge creates.
+        self.core_admin_key = core_admin_key
         self.stats = BridgeStats()
         self.core: PeerNode | None = None
         self._running: list[_Running] = []
@@ -314,6 +317,7 @@ class Bridge:
                 owner_id=self.bridge_id,
                 admin_key=secrets.token_urlsafe(16),
                 source_key=key,
+                parent_admin_key=self.core_admin_key,
             )
         if overlay.type != "sub" or overlay.sub_type != target.kind:
             raise BridgeError(
@@ -771,6 +775,12 @@ def build_parser() -> Any:
         default=1.0,
         help="seconds a standby lets data in flight arrive before it takes over (default 1)",
     )
+    p.add_argument(
+        "--core-admin-key",
+        default=os.environ.get("HP2P_CORE_ADMIN_KEY"),
+        help="the CoreTree's admin key (default $HP2P_CORE_ADMIN_KEY): its owner's consent, "
+        "which the HOMS requires to create a missing SubTree/SubMesh under it",
+    )
     p.add_argument("--buffer", type=int, default=10_000, help="messages kept by a standby")
     p.add_argument("--json-events", action="store_true", help="JSON lines on stdout")
     p.add_argument("--log-level", default="warning", help="error, warning, info or debug")
@@ -814,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
             settle=args.settle,
             mesh_config=MeshConfig(takeover_after=args.takeover_after),
             on_event=on_event,
+            core_admin_key=args.core_admin_key,
         )
     except (BridgeError, ValueError) as exc:
         print(f"hp2p bridge: {exc}", file=sys.stderr)

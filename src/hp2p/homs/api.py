@@ -13,7 +13,10 @@ hot join path). The request schemas are added to the OpenAPI document by hand so
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -21,6 +24,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from hp2p.homs import registry
 from hp2p.homs.errors import AdmissionRefusedError, HompError
+from hp2p.homs.limits import HomsLimits, RateLimitedError
 from hp2p.homs.store import (
     HomsStore,
     JoinResult,
@@ -91,6 +95,35 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+#: Fields of the refusals that mean "wrong admin key" (what the admin-key limit counts).
+_ADMIN_KEY_FIELDS = frozenset({"$.overlay.auth.admin_key", "$.overlay.auth.parent-admin-key"})
+
+
+def client_address(request: Request) -> str:
+    """The peer address of the connection (what the rate limits key on)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+@contextlib.asynccontextmanager
+async def admin_attempt(
+    request: Request, overlay_id: str | None, field: str
+) -> AsyncIterator[None]:
+    """Guard an operation that checks an admin key of ``overlay_id``: 429 while the client
+    or the overlay is over its wrong-key limit, and a wrong key counts against both."""
+    if overlay_id is None:
+        yield
+        return
+    limits: HomsLimits = request.app.state.limits
+    address = client_address(request)
+    limits.check_admin(address, overlay_id, field)
+    try:
+        yield
+    except HompError as exc:
+        if exc.field in _ADMIN_KEY_FIELDS:
+            limits.admin_failed(address, overlay_id)
+        raise
+
+
 def _store(request: Request) -> HomsStore:
     store: HomsStore = request.app.state.store
     return store
@@ -112,10 +145,11 @@ def _responses(type_: Any, status: int = 200, *errors: int) -> dict[int | str, A
     }
     descriptions = {
         400: "invalid request, unknown overlay or peer, or wrong credentials",
-        403: "forged ticket-id on a recovery join, or a join without `public-key` to an "
-        "overlay that requires credentials",
+        403: "forged ticket-id on a recovery join; a join without `public-key` to an overlay "
+        "that requires credentials; a sub-overlay without its CoreTree's consent",
         407: 'closed overlay refused admission; body {"overlay":{"overlay-id"}}',
         409: "duplicate overlay-id or peer-id",
+        429: "too many wrong admin keys or overlay creations; see Retry-After",
         413: "body too large",
         404: "no overlay_id given, or no such overlay",
         415: "body not sent as application/json",
@@ -223,7 +257,7 @@ router = APIRouter()
     "/homs",
     summary="HybridOverlayCreation",
     openapi_extra=_request_schema(homp.CreateRequest),
-    responses=_responses(homp.CreateResponse, 200, 400, 409, 413, 415),
+    responses=_responses(homp.CreateResponse, 200, 400, 403, 409, 413, 415, 429),
 )
 async def create_overlay(request: Request) -> Response:
     """Create an overlay (CoreTree, or a SubTree/SubMesh with a parent and a source peer).
@@ -232,8 +266,10 @@ async def create_overlay(request: Request) -> Response:
     """
     req = homp.decode_create_request(await read_body(request))
     req.validate_semantics()
-    rec = await _store(request).create_overlay(req.overlay)
     o = req.overlay
+    request.app.state.limits.check_create(client_address(request))
+    async with admin_attempt(request, o.parent_overlay_id, "$.overlay.auth.parent-admin-key"):
+        rec = await _store(request).create_overlay(o)
     return _json(
         200,
         homp.CreateResponse(
@@ -244,7 +280,8 @@ async def create_overlay(request: Request) -> Response:
                 owner_id=o.owner_id,
                 heartbeat_interval=o.heartbeat_interval,
                 heartbeat_timeout=o.heartbeat_timeout,
-                auth=o.auth,
+                # the parent's admin key is a secret of another owner: never echoed
+                auth=msgspec.structs.replace(o.auth, parent_admin_key=None),
                 app_id=o.app_id,
                 cr_policy=o.cr_policy,
                 parent_overlay_id=o.parent_overlay_id,
@@ -278,7 +315,7 @@ async def query_overlays(request: Request) -> Response:
     "/homs",
     summary="HybridOverlayModification",
     openapi_extra=_request_schema(homp.ModifyRequest),
-    responses=_responses(homp.ModifyResponse, 200, 400, 413, 415),
+    responses=_responses(homp.ModifyResponse, 200, 400, 413, 415, 429),
 )
 async def modify_overlay(request: Request) -> Response:
     """Change title/description/admission data, transfer ownership or rotate the admin key.
@@ -286,7 +323,8 @@ async def modify_overlay(request: Request) -> Response:
     Needs the admin key and the exact owner-id.
     """
     req = homp.decode_modify_request(await read_body(request))
-    res = await _store(request).modify_overlay(req)
+    async with admin_attempt(request, req.overlay.overlay_id, "$.overlay.auth.admin_key"):
+        res = await _store(request).modify_overlay(req)
     auth = None
     if res.access_key is not None or res.peerlist is not None:
         auth = homp.ModifyResponseAuth(access_key=res.access_key, peerlist=res.peerlist)
@@ -309,13 +347,14 @@ async def modify_overlay(request: Request) -> Response:
     "/homs",
     summary="HybridOverlayRemoval",
     openapi_extra=_request_schema(homp.RemoveRequest),
-    responses=_responses(homp.OverlayRefResponse, 200, 400, 413, 415),
+    responses=_responses(homp.OverlayRefResponse, 200, 400, 413, 415, 429),
 )
 async def remove_overlay(request: Request) -> Response:
     """Remove an overlay with its peers; needs the admin key and the exact owner-id."""
     req = homp.decode_remove_request(await read_body(request))
     o = req.overlay
-    await _store(request).remove_overlay(o.overlay_id, o.owner_id, o.auth.admin_key)
+    async with admin_attempt(request, o.overlay_id, "$.overlay.auth.admin_key"):
+        await _store(request).remove_overlay(o.overlay_id, o.owner_id, o.auth.admin_key)
     return _json(200, _overlay_ref(o.overlay_id))
 
 
@@ -323,13 +362,14 @@ async def remove_overlay(request: Request) -> Response:
     "/api/HybridOverlayRemoval",
     summary="HybridOverlayRemoval (admin form, authenticated)",
     openapi_extra=_request_schema(AuthenticatedRemovalRequest),
-    responses=_responses(homp.AdminRemovalResponse, 200, 400, 413, 415),
+    responses=_responses(homp.AdminRemovalResponse, 200, 400, 413, 415, 429),
 )
 async def admin_remove_overlay(request: Request) -> Response:
     """Remove an overlay by id. Unlike the reference, this needs ``owner-id`` and ``admin_key``."""
     body = await read_body(request)
     req = homp.decode(body, AuthenticatedRemovalRequest)
-    await _store(request).remove_overlay(req.overlay_id, req.owner_id, req.admin_key)
+    async with admin_attempt(request, req.overlay_id, "$.overlay.auth.admin_key"):
+        await _store(request).remove_overlay(req.overlay_id, req.owner_id, req.admin_key)
     return _json(200, homp.AdminRemovalResponse(overlay_id=req.overlay_id))
 
 
@@ -376,6 +416,12 @@ def error_answer(exc: Exception) -> tuple[int, bytes, list[tuple[str, str]]]:
             exc.status,
             homp.encode(_overlay_ref(exc.overlay_id)),
             [("X-HOMS-Error", exc.message)],
+        )
+    if isinstance(exc, RateLimitedError):
+        return (
+            exc.status,
+            error_body(exc.message, exc.field),
+            [("Retry-After", exc.retry_after_header)],
         )
     if isinstance(exc, HompError):
         return exc.status, error_body(exc.message, exc.field), []
@@ -502,11 +548,59 @@ async def init_data(request: Request) -> Response:
     return _json(200, homp.InitDataResponse(WEB_SOCKET_PORT=port or 8082))
 
 
-def _required_query(request: Request, name: str) -> str:
+def _query(request: Request, name: str) -> str | None:
+    """A query parameter, refused (400) if it holds NUL: PostgreSQL cannot compare such text
+    and would answer 500, SQLite would silently match nothing."""
     value = request.query_params.get(name)
+    if value is not None and "\x00" in value:
+        raise HompError(400, "text may not contain the NUL character (\\u0000)", f"?{name}")
+    return value
+
+
+def _required_query(request: Request, name: str) -> str:
+    value = _query(request, name)
     if not value:
         raise HompError(404, f"give the overlay with ?{name}=…", f"?{name}")
     return value
+
+
+async def may_view(request: Request, overlay_id: str, *, named: bool = True) -> bool:
+    """Whether the request carries a credential to see a closed overlay's members.
+
+    ``Authorization: Bearer <operator token>`` (any overlay) or ``X-HOMS-Admin-Key: <that
+    overlay's admin key>``; wrong admin keys count against the admin-key rate limit. The admin
+    key is only tried on the overlay the request ``named`` (not on the other overlays of a
+    composition, where it is some other overlay's key and would count as a wrong guess).
+    """
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    expected: str | None = getattr(request.app.state, "operator_token", None)
+    if scheme.lower() == "bearer" and token and expected is not None:
+        return hmac.compare_digest(token.strip().encode(), expected.encode())
+    admin_key = request.headers.get("x-homs-admin-key")
+    if admin_key and named:
+        async with admin_attempt(request, overlay_id, "X-HOMS-Admin-Key"):
+            if not await _store(request).verify_admin_key(overlay_id, admin_key):
+                raise HompError(403, f"wrong admin key for {overlay_id!r}", "X-HOMS-Admin-Key")
+        return True
+    return False
+
+
+async def _viewable(request: Request, overlay_id: str) -> OverlayRecord:
+    """The overlay, if this request may see its members: an open overlay, or a closed one with
+    a credential (403 otherwise; 404 if there is no such overlay)."""
+    try:
+        ov = await _store(request).get_overlay(overlay_id)
+    except HompError as exc:
+        raise HompError(404, exc.message, "?overlay_id") from exc
+    if ov.auth_type == "closed" and not await may_view(request, overlay_id):
+        raise HompError(
+            403,
+            f"overlay {overlay_id!r} is closed: its members are shown with the operator token "
+            "(Authorization: Bearer …) or its admin key (X-HOMS-Admin-Key)",
+            "Authorization",
+        )
+    return ov
 
 
 @router.get(
@@ -521,6 +615,7 @@ async def overlay_cost_map(request: Request) -> Response:
     """
     overlay_id = _required_query(request, "overlay_id")
     store = _store(request)
+    await _viewable(request, overlay_id)
     try:
         members = await store.peers(overlay_id)
     except HompError as exc:
@@ -540,8 +635,8 @@ async def overlay_status(request: Request) -> Response:
     """
     overlay_id = _required_query(request, "overlay_id")
     store = _store(request)
+    ov = await _viewable(request, overlay_id)
     try:
-        ov = await store.get_overlay(overlay_id)
         members = await store.peers(overlay_id)
     except HompError as exc:
         raise HompError(404, exc.message, "?overlay_id") from exc
@@ -562,6 +657,7 @@ async def overlay_status(request: Request) -> Response:
                 "source-key": ov.source_key,
                 "delete-when-empty": ov.delete_when_empty,
                 "last-ticket": ov.last_ticket,
+                "created": ov.created_at,
                 "num_peers": len(members),
                 "num_active": sum(1 for m in members if m.num_primary > 0),
                 "sub-overlays": [_sub_summary(sub) for sub in subs],
@@ -595,9 +691,10 @@ async def overlay_member(request: Request) -> Response:
     without reading every member of a large overlay each time.
     """
     overlay_id = _required_query(request, "overlay_id")
-    peer_id = request.query_params.get("peer_id")
+    peer_id = _query(request, "peer_id")
     if not peer_id:
         raise HompError(404, "give the member with ?peer_id=…", "?peer_id")
+    await _viewable(request, overlay_id)
     try:
         members = await _store(request).peers(overlay_id, peer_id=peer_id)
     except HompError as exc:
@@ -611,6 +708,7 @@ async def overlay_member(request: Request) -> Response:
 async def overlay_topology(request: Request) -> Response:
     """Nodes (peer-id, ticket) and primary/candidate links from the members' last reports."""
     overlay_id = _required_query(request, "overlay_id")
+    await _viewable(request, overlay_id)
     try:
         members = await _store(request).peers(overlay_id)
     except HompError as exc:
@@ -651,13 +749,14 @@ async def overlay_composition(request: Request) -> Response:
         raise HompError(404, exc.message, "?overlay_id") from exc
 
     async def describe(ov: OverlayRecord, depth: int) -> dict[str, object]:
-        nodes, links = topology(await store.peers(ov.overlay_id))
-        entry: dict[str, object] = {
-            **_sub_summary(ov),
-            "parent-overlay-id": ov.parent_overlay_id,
-            "nodes": nodes,
-            "links": links,
-        }
+        entry: dict[str, object] = {**_sub_summary(ov), "parent-overlay-id": ov.parent_overlay_id}
+        named = ov.overlay_id == overlay_id
+        if ov.auth_type == "closed" and not await may_view(request, ov.overlay_id, named=named):
+            # a closed overlay's members are its owner's and the operator's business
+            entry.update(nodes=[], links=[], hidden=True)
+        else:
+            nodes, links = topology(await store.peers(ov.overlay_id))
+            entry.update(nodes=nodes, links=links)
         subs = [] if depth >= 8 else await store.query_overlays(parent_overlay_id=ov.overlay_id)
         entry["sub-overlays"] = [await describe(sub, depth + 1) for sub in subs]
         return entry
@@ -668,7 +767,7 @@ async def overlay_composition(request: Request) -> Response:
 @router.get("/api/PeerInfo", summary="Peer information registrar (PIR FE)")
 async def peer_info(request: Request) -> Response:
     """Addresses and capabilities a peer sent at its last join."""
-    peer_id = request.query_params.get("peer_id")
+    peer_id = _query(request, "peer_id")
     if not peer_id:
         raise HompError(404, "give the peer with ?peer_id=…", "?peer_id")
     info = await registry.lookup(_store(request), peer_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,6 +25,7 @@ from hp2p.homs.credentials import KeyRing
 from hp2p.homs.db import parse_database_url
 from hp2p.homs.fanout import PostgresFanout
 from hp2p.homs.fastpath import JoinFastPath
+from hp2p.homs.limits import HomsLimits
 from hp2p.homs.liveness import run_sweeper
 from hp2p.homs.settings import HomsSettings
 from hp2p.homs.signalling import Switchboard
@@ -67,10 +69,20 @@ def create_app(
     """
     settings.check()
     the_store = store if store is not None else build_store(settings, clock)
+    limits = HomsLimits(
+        admin_rate=settings.admin_key_rate,
+        admin_burst=settings.admin_key_burst,
+        create_rate=settings.create_rate,
+        create_burst=settings.create_burst,
+        max_entries=settings.limit_table_size,
+    )
+    operator_token = settings.operator_token or secrets.token_urlsafe(32)
     board = Switchboard(
         the_store,
         the_store.hub,
         "etri-2023" if settings.signalling_profile == "etri-2023" else "secure",
+        operator_token=operator_token,
+        limits=limits,
     )
 
     @contextlib.asynccontextmanager
@@ -116,6 +128,8 @@ def create_app(
     app.state.store = the_store
     app.state.hub = the_store.hub
     app.state.switchboard = board
+    app.state.limits = limits
+    app.state.operator_token = operator_token
     app.include_router(router)
     app.router.routes.extend(ws.routes())
     # POST /peer (the join) answered as plain ASGI ahead of FastAPI's routing: same code.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import secrets
 import socket
 import sys
 from collections.abc import Callable
@@ -14,11 +17,16 @@ import typer
 import uvicorn
 
 from hp2p.homs.app import build_store, create_app
+from hp2p.homs.connections import ConnectionLimits, guarded_protocol
 from hp2p.homs.credentials import KeyDirError, KeyRing
 from hp2p.homs.db import DatabaseUrlError, parse_database_url
 from hp2p.homs.settings import DEFAULT_DATABASE, HomsSettings, SettingsError
 from hp2p.trust.keys import KeyFileError
 from hp2p.wire.signalling import MAX_MESSAGE_BYTES
+
+#: Where ``hp2p homs`` keeps its operator token by default: beside the default SQLite file,
+#: in the working directory (the HOMS's state directory unless told otherwise).
+DEFAULT_OPERATOR_TOKEN_FILE = "hp2p-operator-token"
 
 EPILOG = """
 Examples:
@@ -116,6 +124,70 @@ def homs(
     ws_burst: Annotated[
         int, typer.Option("--ws-burst", help="Burst of WebSocket messages allowed per socket.")
     ] = 200,
+    admin_key_rate: Annotated[
+        float,
+        typer.Option(
+            "--admin-key-rate",
+            help="Wrong admin keys allowed per second per client address (each overlay: 4x); "
+            "beyond, 429 with Retry-After.",
+        ),
+    ] = 0.1,
+    admin_key_burst: Annotated[
+        int,
+        typer.Option(
+            "--admin-key-burst", help="Burst of wrong admin keys per client address (overlay: 4x)."
+        ),
+    ] = 10,
+    create_rate: Annotated[
+        float,
+        typer.Option("--create-rate", help="Overlay creations per second per client address."),
+    ] = 1.0,
+    create_burst: Annotated[
+        int, typer.Option("--create-burst", help="Burst of overlay creations per client address.")
+    ] = 60,
+    limit_table_size: Annotated[
+        int,
+        typer.Option(
+            "--limit-table-size",
+            help="Entries per rate-limit table (least recently used forgotten first).",
+        ),
+    ] = 10_000,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout",
+            help="Seconds a client has to send a request's line and headers (then: closed).",
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout",
+            help="Seconds a client has to send a request's body after its headers.",
+        ),
+    ] = 30.0,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            "--idle-timeout", help="Seconds a keep-alive connection may stay idle between requests."
+        ),
+    ] = 5.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections",
+            help="Concurrent HTTP connections; at the cap the longest-idle one is closed for a "
+            "newcomer, and a newcomer is refused only when all are busy.",
+        ),
+    ] = 1000,
+    operator_token_file: Annotated[
+        Path,
+        typer.Option(
+            "--operator-token-file",
+            help="File of the operator token that WebSocket monitors present (secure profile); "
+            "created 0600 with a random token if missing, read if present.",
+        ),
+    ] = Path(DEFAULT_OPERATOR_TOKEN_FILE),
     tls_cert: Annotated[
         Path | None,
         typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)."),
@@ -180,6 +252,15 @@ def homs(
         signalling_profile=signalling_profile,
         ws_rate=ws_rate,
         ws_burst=ws_burst,
+        admin_key_rate=admin_key_rate,
+        admin_key_burst=admin_key_burst,
+        create_rate=create_rate,
+        create_burst=create_burst,
+        limit_table_size=limit_table_size,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
         tls_cert=tls_cert,
         tls_key=tls_key,
         log_level=level,
@@ -200,6 +281,14 @@ def homs(
             _fail(f"cannot rotate the credential key: {exc}")
         typer.echo(f"new credential signing key {new} in {settings.keys_path()}")
         raise typer.Exit(0)
+    if settings.signalling_profile == "secure":
+        try:
+            token = operator_token(operator_token_file)
+        except OSError as exc:
+            _fail(f"cannot read or create --operator-token-file {operator_token_file}: {exc}")
+        settings = dataclasses.replace(
+            settings, operator_token=token, operator_token_file=operator_token_file
+        )
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -209,6 +298,28 @@ def homs(
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         code = runner.run(_serve(settings, target.describe()))
     raise typer.Exit(code)
+
+
+def operator_token(path: Path) -> str:
+    """The operator token in ``path``, created (0600, random) if the file is missing or empty.
+
+    Kept in a file, not only printed, so that monitoring tools read it without scraping the
+    log and a restart keeps it; 0600 because whoever reads it sees every overlay's members.
+    Re-tightened to 0600 if someone loosened it.
+    """
+    if path.is_file():
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            path.chmod(0o600)
+            return token
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(token + "\n")
+    os.replace(temporary, path)
+    return token
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -260,10 +371,20 @@ async def _serve(settings: HomsSettings, database: str) -> int:
             err=True,
         )
         return 1
+    protocol, guard = guarded_protocol(
+        ConnectionLimits(
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_connections=settings.max_connections,
+        )
+    )
+    app.state.connection_guard = guard
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol,
+        timeout_keep_alive=max(1, round(settings.idle_timeout)),
         log_level=settings.log_level,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
@@ -276,6 +397,10 @@ async def _serve(settings: HomsSettings, database: str) -> int:
     )
     server = _AnnouncingServer(config)
     server.announcement = database
+    if settings.operator_token is not None:
+        server.announcement += (
+            f", operator token {settings.operator_token} in {settings.operator_token_file}"
+        )
     server.scheme = "https" if settings.tls_cert else "http"
     server.ws_port = settings.ws_port
     await server.serve(sockets=sockets)

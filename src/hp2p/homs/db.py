@@ -123,7 +123,7 @@ peer = Table(
     #: stays a member but is left out of peer lists (migration 0004).
     Column("suspect_since", Float, nullable=True),
     #: The Ed25519 key (``ed25519:<hex>``) the member's credentials bind; NULL for a keyless
-    #: member of a ``reference-compat`` overlay (migration 0005).
+    #: member of a ``reference-compat`` overlay (migration 0006).
     Column("public_key", String(SOURCE_KEY_LEN), nullable=True),
     UniqueConstraint("overlay_id", "ticket"),
 )
@@ -157,7 +157,25 @@ peer_info = Table(
     Column("preferences", Text, nullable=True),
     Column("capabilities", Text, nullable=True),
     Column("updated_at", Float, nullable=False),
+    #: Hash of the password of the join that wrote this record: a later join under the same
+    #: peer-id, while the peer is a live member somewhere, must prove it (migration 0006).
+    Column("password_hash", String(200), nullable=True),
 )
+#: Memberships of one peer-id across overlays (PIR takeover check, signalling hello).
+Index("ix_peer_peer_id", peer.c.peer_id)
+
+#: Neighbour reports that a peer is gone ("accusations"): one reporter's word is recorded,
+#: not acted on; a second distinct reporter (or the HOMS's own liveness evidence) makes the
+#: peer a suspect. Each reporter holds a bounded number of rows (migration 0006).
+accusation = Table(
+    "accusation",
+    metadata,
+    _overlay_key(),
+    Column("accused_id", String(ID_LEN), primary_key=True),
+    Column("reporter_id", String(ID_LEN), primary_key=True),
+    Column("at", Float, nullable=False),
+)
+Index("ix_accusation_reporter", accusation.c.overlay_id, accusation.c.reporter_id)
 
 
 class DatabaseUrlError(ValueError):

@@ -104,11 +104,24 @@ DROP_EXPIRED = _statement(
     "DELETE FROM peer WHERE overlay_id = ? AND peer_id = ? AND expires_at < ?", "none"
 )
 UPSERT_INFO = _statement(
-    "INSERT INTO peer_info (peer_id, addresses, preferences, capabilities, updated_at) "
-    "VALUES (?, ?, NULL, ?, ?) ON CONFLICT (peer_id) DO UPDATE SET "
+    "INSERT INTO peer_info (peer_id, addresses, preferences, capabilities, updated_at, "
+    "password_hash) VALUES (?, ?, NULL, ?, ?, ?) ON CONFLICT (peer_id) DO UPDATE SET "
     "addresses = excluded.addresses, preferences = excluded.preferences, "
-    "capabilities = excluded.capabilities, updated_at = excluded.updated_at",
+    "capabilities = excluded.capabilities, updated_at = excluded.updated_at, "
+    "password_hash = excluded.password_hash",
     "none",
+)
+INFO_OWNER = _statement("SELECT password_hash FROM peer_info WHERE peer_id = ?", "row")
+LIVE_ELSEWHERE = _statement(
+    "SELECT overlay_id FROM peer WHERE peer_id = ? AND overlay_id <> ? AND expires_at >= ? LIMIT 1",
+    "row",
+)
+#: Suspects, lowest ticket first: only when nobody else is left to offer (see join_steps).
+SUSPECTS = _statement(
+    "SELECT peer_id, address, ticket, num_primary FROM peer "
+    "WHERE overlay_id = ? AND expires_at >= ? AND suspect_since IS NOT NULL AND peer_id <> ? "
+    "ORDER BY ticket LIMIT ?",
+    "rows",
 )
 COUNT_ACTIVE = _statement(
     "SELECT count(*) FROM peer WHERE overlay_id = ? AND expires_at >= ? "
@@ -137,6 +150,14 @@ class DuplicatePeerError(Exception):
     """The peer-id is already a member of the overlay (the store answers 409)."""
 
 
+class PeerIdTakenError(Exception):
+    """The peer-id is a live member of another overlay under another password (409).
+
+    Its registry record (PIR FE: addresses, capabilities) must not be overwritten by whoever
+    joins next under that name.
+    """
+
+
 def join_steps(
     *,
     overlay_id: str,
@@ -146,6 +167,8 @@ def join_steps(
     tree_list_size: int,
     check: Callable[[tuple[Any, ...], bool], T],
     mesh_choice: Callable[[list[PeerEntry]], list[PeerEntry]],
+    same_peer: Callable[[str], bool] = lambda _hash: True,
+    mesh_list_size: int = peerlist.DEFAULT_MESH_LIST_SIZE,
 ) -> Steps[T]:
     """The join; returns ``check``'s result, the ticket and the peer list.
 
@@ -153,7 +176,12 @@ def join_steps(
     PIR row (addresses JSON, capabilities JSON, now). ``check(row, listed)`` applies the
     store's own rules to the overlay row (kind, closed-overlay admission; ``listed``: the
     peer-id is on the overlay's peer list, looked up for a closed overlay only) and raises a
-    ``HompError`` to refuse.
+    ``HompError`` to refuse. ``same_peer(hash)`` says whether the joiner's password matches a
+    stored hash: a peer-id whose registry record was written by a join with another password,
+    and that is still a live member elsewhere, is refused (:class:`PeerIdTakenError`).
+
+    Suspects are never offered while anyone else is; but a joiner is not told it is alone (it
+    would make itself a root and split the overlay) while suspects live: it gets them.
     """
     row = yield BUMP_TICKET, (overlay_id,)
     if row is None:
@@ -165,6 +193,10 @@ def join_steps(
     address, password_hash, expires, now, public_key = member
     ticket: int = row[_LAST_TICKET]
     expires_at = now + expires
+    owner = yield INFO_OWNER, (peer_id,)
+    foreign = owner is not None and owner[0] is not None and not same_peer(owner[0])
+    if foreign and (yield LIVE_ELSEWHERE, (peer_id, overlay_id, now)) is not None:
+        raise PeerIdTakenError(peer_id)
     yield DROP_EXPIRED, (overlay_id, peer_id, now)
     yield (
         INSERT_PEER,
@@ -181,16 +213,23 @@ def join_steps(
             public_key,
         ),
     )
-    yield UPSERT_INFO, (peer_id, *info)
+    yield UPSERT_INFO, (peer_id, *info, password_hash)
     if row[_SUB_TYPE] == "mesh":
         live = yield LIVE_PEERS, (overlay_id, now)
-        return checked, ticket, mesh_choice([PeerEntry(*r) for r in live])
-    active = yield COUNT_ACTIVE, (overlay_id, now)
-    offset, count = peerlist.entry_window(int(active), tree_list_size)
-    rows = yield ACTIVE_WINDOW, (overlay_id, now, count, offset)
-    if not rows:
-        rows = yield LOWEST_TICKET, (overlay_id, now)
-    return checked, ticket, [PeerEntry(*r) for r in rows]
+        chosen = mesh_choice([PeerEntry(*r) for r in live])
+    else:
+        active = yield COUNT_ACTIVE, (overlay_id, now)
+        offset, count = peerlist.entry_window(int(active), tree_list_size)
+        rows = yield ACTIVE_WINDOW, (overlay_id, now, count, offset)
+        if not rows:
+            rows = yield LOWEST_TICKET, (overlay_id, now)
+        chosen = [PeerEntry(*r) for r in rows]
+    if all(e.peer_id == peer_id for e in chosen):
+        size = mesh_list_size if row[_SUB_TYPE] == "mesh" else tree_list_size
+        suspects = yield SUSPECTS, (overlay_id, now, peer_id, size)
+        if suspects:
+            chosen = [PeerEntry(*r) for r in suspects]
+    return checked, ticket, chosen
 
 
 def run_on_sqlite(conn: sqlite3.Connection, steps: Steps[T]) -> tuple[T, int, list[PeerEntry]]:

@@ -77,6 +77,7 @@ class HomsProcess:
         self.port = port
         self.url = ""
         self.banner = ""  # the serving line, once ready
+        self.operator_token: str | None = None  # monitors present it (secure profile)
         self.ready_s: float | None = None  # seconds from spawning to the serving line
         args = [sys.executable, "-m", "hp2p", "homs", "--port", str(port)]
         args += ["--database", self.database, "--log-level", log_level, *extra]
@@ -127,6 +128,10 @@ class HomsProcess:
         self.ready_s = time.monotonic() - self._spawned
         self.banner = line
         self.url = line[len(_SERVING) :].split()[0]
+        # "…, operator token TOKEN in FILE)" in the secure signalling profile
+        words = line.split()
+        if "token" in words and words.index("token") + 1 < len(words):
+            self.operator_token = words[words.index("token") + 1]
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
 

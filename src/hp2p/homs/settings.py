@@ -75,6 +75,28 @@ class HomsSettings:
 
         return self.key_dir if self.key_dir is not None else default_key_dir(self.database)
 
+    #: Wrong admin keys allowed per client address: refilled per second, and the burst (each
+    #: overlay allows four times both); beyond, 429 with Retry-After (hp2p.homs.limits).
+    admin_key_rate: float = 0.1
+    admin_key_burst: int = 10
+    #: Overlay creations allowed per client address: per second, and the burst.
+    create_rate: float = 1.0
+    create_burst: int = 60
+    #: Entries kept per rate-limit table (LRU): client addresses are attacker-chosen.
+    limit_table_size: int = 10_000
+    #: Seconds a client has for a request's line and headers, then for its body, and that a
+    #: keep-alive connection may stay idle between requests (hp2p.homs.connections).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 5.0
+    #: Concurrent HTTP connections; at the cap the longest-idle one is closed for a newcomer.
+    max_connections: int = 1000
+    #: The operator credential of WebSocket monitoring (``secure`` profile). ``hp2p homs``
+    #: reads it from (or creates it in) ``operator_token_file``; ``None``: the app makes a
+    #: random one (``app.state.operator_token``), which in-process callers read there.
+    operator_token: str | None = None
+    operator_token_file: Path | None = None
+
     def check(self) -> HomsSettings:
         """Raise :class:`SettingsError` for a value that cannot work, else return self."""
         if not 0 <= self.port <= 65535:
@@ -113,6 +135,27 @@ class HomsSettings:
                 "--default-security must be 'credentials' or 'reference-compat', "
                 f"not {self.default_security!r}"
             )
+        if self.admin_key_rate <= 0 or self.admin_key_burst < 1:
+            raise SettingsError(
+                "--admin-key-rate must be > 0 per second and --admin-key-burst >= 1, got "
+                f"{self.admin_key_rate} and {self.admin_key_burst}"
+            )
+        if self.create_rate <= 0 or self.create_burst < 1:
+            raise SettingsError(
+                "--create-rate must be > 0 per second and --create-burst >= 1, got "
+                f"{self.create_rate} and {self.create_burst}"
+            )
+        for name, value in (
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ):
+            if value <= 0:
+                raise SettingsError(f"{name} must be > 0 seconds, got {value}")
+        if self.max_connections < 1:
+            raise SettingsError(f"--max-connections must be >= 1, got {self.max_connections}")
+        if self.limit_table_size < 1:
+            raise SettingsError(f"--limit-table-size must be >= 1, got {self.limit_table_size}")
         if self.max_body_bytes < 1024:
             raise SettingsError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if self.admin_key_cost < 2 or self.admin_key_cost & (self.admin_key_cost - 1):

@@ -28,6 +28,11 @@ Two profiles, chosen per HOMS (``--signalling-profile``):
 * ``etri-2023``: the reference behaviour for reference peers, which send no password: open
   registration, any ``fromid``, relays to any id, errors silently ignored.
 
+Monitors see every member's address and links, so in ``secure`` a monitor presents the HOMS's
+operator token (``token``: every overlay) or an overlay's ``overlay_id`` + ``admin_key`` (that
+overlay only; its events are the only ones it is sent). ``etri-2023`` leaves monitoring open,
+as the reference web UI expects.
+
 Both profiles bound message sizes (:data:`hp2p.wire.signalling.MAX_MESSAGE_BYTES`), rate-limit
 each socket (a socket over its rate is closed with 1008, never silently throttled), and bound
 each socket's outgoing queue (a receiver too slow to drain it is closed with 1013, so a slow
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import time
@@ -52,6 +58,7 @@ from typing import Any, Final, Literal, Protocol
 import msgspec
 
 from hp2p.homs.errors import HompError
+from hp2p.homs.limits import HomsLimits
 from hp2p.homs.monitor import MonitorHub, SubscriberLagged
 from hp2p.homs.store import HomsStore, cost_map
 from hp2p.trust import hello as hello_proof
@@ -130,12 +137,19 @@ class Session:
     nothing).
     """
 
-    def __init__(self, *, outbox_bound: int, rate: float, burst: int) -> None:
+    def __init__(
+        self, *, outbox_bound: int, rate: float, burst: int, address: str = "unknown"
+    ) -> None:
         self.identities: dict[str, frozenset[str]] = {}
         #: Peer-ids this socket registered by proving a credential: not taken over.
         self.proven: set[str] = set()
         #: Outstanding credential challenges: peer-id → (nonce, verified credential).
         self.challenges: dict[str, tuple[bytes, Credential]] = {}
+        #: The client's address (for the admin-key rate limit of monitor credentials).
+        self.address = address
+        #: What this socket may monitor: ``OPERATOR`` (everything) or the overlays whose
+        #: admin key it presented.
+        self.monitor_scope: frozenset[str] | _Operator = frozenset()
         self.monitor_task: asyncio.Task[None] | None = None
         self.limiter = TokenBucket(rate, burst)
         self.closing: _Close | None = None
@@ -175,6 +189,16 @@ class Session:
             await send_text(item)
 
 
+class _Operator:
+    """The monitoring scope of a socket that presented the operator token: everything."""
+
+    def __repr__(self) -> str:
+        return "OPERATOR"
+
+
+OPERATOR = _Operator()
+
+
 def _text(payload: Any) -> str:
     return msgspec.json.encode(payload).decode("utf-8")
 
@@ -189,6 +213,8 @@ class Switchboard:
         profile: Profile = "secure",
         *,
         fanout: Fanout | None = None,
+        operator_token: str | None = None,
+        limits: HomsLimits | None = None,
     ) -> None:
         if profile not in PROFILES:
             raise ValueError(f"signalling profile must be one of {PROFILES}, not {profile!r}")
@@ -196,6 +222,9 @@ class Switchboard:
         self.hub = hub
         self.profile: Profile = profile
         self.fanout = fanout
+        #: The operator credential of monitoring (``None``: only overlay admin keys work).
+        self.operator_token = operator_token
+        self.limits = limits
         self._peers: dict[str, Session] = {}
         self.sockets = 0
         self.verifier = CredentialVerifier({})
@@ -257,6 +286,7 @@ class Switchboard:
             elif isinstance(msg, PeerBye):
                 self._bye(session, msg)
             elif isinstance(msg, MonitorHello):
+                await self._authorise_monitor(session, msg.token, msg.overlay_id, msg.admin_key)
                 self._subscribe(session)
             elif isinstance(msg, MonitorGet):
                 await self._cost_map(session, msg)
@@ -456,6 +486,50 @@ class Switchboard:
 
     # ------------------------------------------------------------------ monitors
 
+    async def _authorise_monitor(
+        self,
+        session: Session,
+        token: str | None,
+        overlay_id: str | None,
+        admin_key: str | None,
+    ) -> None:
+        """Widen the socket's monitoring scope with the credential it presents.
+
+        ``secure``: the operator token (every overlay) or an overlay's admin key (that overlay
+        only); a socket without either may not monitor. ``etri-2023``: anyone may, as with the
+        reference (that profile is for reference peers and UI on a trusted network).
+        """
+        if not self.secure:
+            session.monitor_scope = OPERATOR
+            return
+        if token is not None:
+            expected = self.operator_token
+            if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+                raise HompError(401, "wrong operator token", "$.token")
+            session.monitor_scope = OPERATOR
+            return
+        if overlay_id is not None and admin_key is not None:
+            if self.limits is not None:
+                self.limits.check_admin(session.address, overlay_id, "$.admin_key")
+            if not await self.store.verify_admin_key(overlay_id, admin_key):
+                if self.limits is not None:
+                    self.limits.admin_failed(session.address, overlay_id)
+                raise HompError(401, f"wrong admin_key for overlay {overlay_id!r}", "$.admin_key")
+            if not isinstance(session.monitor_scope, _Operator):
+                session.monitor_scope = session.monitor_scope | {overlay_id}
+            return
+        if session.monitor_scope == frozenset():
+            raise HompError(
+                401,
+                "monitoring needs the operator token (`token`, printed when the HOMS starts) "
+                "or an overlay's `overlay_id` and `admin_key`",
+                "$.token",
+            )
+
+    def _may_monitor(self, session: Session, overlay_id: Any) -> bool:
+        scope = session.monitor_scope
+        return isinstance(scope, _Operator) or overlay_id in scope
+
     def _subscribe(self, session: Session) -> None:
         if session.monitor_task is not None:
             return  # already subscribed; the reference also just keeps one feed
@@ -465,6 +539,8 @@ class Switchboard:
             try:
                 async with subscription:
                     async for event in subscription:
+                        if not self._may_monitor(session, event.get("overlay_id")):
+                            continue
                         if not session.send(_text(event)):
                             return
             except SubscriberLagged:
@@ -475,6 +551,16 @@ class Switchboard:
         session.monitor_task = asyncio.create_task(feed(), name="hp2p-homs-monitor-feed")
 
     async def _cost_map(self, session: Session, msg: MonitorGet) -> None:
+        if msg.token is not None or msg.admin_key is not None:
+            await self._authorise_monitor(session, msg.token, msg.overlay_id, msg.admin_key)
+        if not self._may_monitor(session, msg.overlay_id):
+            # the same answer whether the overlay exists or not: no probing without a key
+            raise HompError(
+                401,
+                f"monitoring overlay {msg.overlay_id!r} needs the operator token (`token`) "
+                "or that overlay's `admin_key`",
+                "$.overlay_id",
+            )
         try:
             members = await self.store.peers(msg.overlay_id)
         except HompError as exc:

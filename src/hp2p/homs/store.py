@@ -46,7 +46,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from hp2p.homs import join, monitor, peerlist, secrets
 from hp2p.homs.credentials import KeyRing
-from hp2p.homs.db import DatabaseTarget, auth_peer, overlay, peer, peer_info
+from hp2p.homs.db import DatabaseTarget, accusation, auth_peer, overlay, peer, peer_info
 from hp2p.homs.errors import (
     AdmissionRefusedError,
     HompError,
@@ -70,6 +70,13 @@ T = TypeVar("T")
 #: A peer counts as "stopped refreshing" once it is past the moment a reference peer would
 #: have refreshed (it refreshes every 0.8 × expires, etri-2023-protocol.md §2.6).
 REFRESH_FRACTION = 0.8
+
+#: Distinct reporters whose accusations (after its last sign of life) make a peer a suspect.
+ACCUSERS_FOR_SUSPECT = 2
+
+#: Live accusations one reporter may hold in an overlay: a tree peer's neighbours are its
+#: parent, its children and a few candidates; more is either churn or a lie.
+DEFAULT_MAX_ACCUSATIONS = 8
 
 _OVERLAY_COLS = (
     overlay.c.overlay_id,
@@ -337,6 +344,7 @@ class HomsStore:
         admin_key_cost: int = secrets.SCRYPT_N,
         keyring: KeyRing | None = None,
         default_security: str = CREDENTIALS,
+        max_accusations: int = DEFAULT_MAX_ACCUSATIONS,
     ) -> None:
         if default_security not in PROFILES:
             raise ValueError(
@@ -351,6 +359,7 @@ class HomsStore:
         self.default_expires = default_expires
         self.delete_empty_overlays = delete_empty_overlays
         self.admin_key_cost = admin_key_cost
+        self.max_accusations = max_accusations
         self._db = open_runner(target)
         self.keyring = keyring if keyring is not None else KeyRing(None, clock=clock)
         self.default_security = default_security
@@ -386,6 +395,7 @@ class HomsStore:
         )
         access_hash = secrets.hash_fast(spec.auth.access_key) if spec.auth.access_key else None
         overlay_id = spec.overlay_id or str(uuid.uuid4())
+        parent_hash = await self._parent_consent(spec)
         now = self._clock()
         cr = spec.cr_policy
         values: dict[str, Any] = {
@@ -419,6 +429,7 @@ class HomsStore:
         def tx(conn: Connection) -> AnyRow:
             if conn.scalar(select(exists().where(overlay.c.overlay_id == overlay_id))):
                 raise _duplicate_overlay(overlay_id)
+            _check_names(conn, overlay_id, spec.title, given_id=spec.overlay_id is not None)
             parent = spec.parent_overlay_id
             if parent is not None and not conn.scalar(
                 select(exists().where(overlay.c.overlay_id == parent))
@@ -426,6 +437,14 @@ class HomsStore:
                 raise HompError(
                     400, f"parent overlay {parent!r} does not exist", "$.overlay.parent-overlay-id"
                 )
+            if parent_hash is not None and not conn.scalar(
+                select(
+                    exists().where(
+                        overlay.c.overlay_id == parent, overlay.c.admin_key_hash == parent_hash
+                    )
+                )
+            ):
+                raise _changed_meanwhile()  # the parent's key was rotated while we checked
             conn.execute(insert(overlay).values(**values))
             if spec.auth.peerlist:
                 conn.execute(
@@ -447,6 +466,45 @@ class HomsStore:
             ]
         )
         return _record(row)
+
+    async def _parent_consent(self, spec: homp.CreateOverlay) -> str | None:
+        """The CoreTree owner's consent to a sub-overlay under it: its admin key (403 if not).
+
+        Checked outside the write transaction (scrypt is slow); returns the verified hash so
+        the write can re-check that the key was not rotated meanwhile. ``None`` when no consent
+        is needed (a CoreTree, or a sub-overlay under a sub-overlay or an unknown parent, which
+        the transaction refuses).
+        """
+        parent_id = spec.parent_overlay_id
+        if parent_id is None:
+            return None
+
+        def tx(conn: Connection) -> AnyRow | None:
+            return conn.execute(
+                select(overlay.c.type, overlay.c.admin_key_hash).where(
+                    overlay.c.overlay_id == parent_id
+                )
+            ).first()
+
+        row = await self._db.read(tx)
+        if row is None or row.type != "core":
+            return None
+        given = spec.auth.parent_admin_key
+        if given is None:
+            raise HompError(
+                403,
+                f"a sub-overlay under CoreTree {parent_id!r} needs its owner's consent: send "
+                "the CoreTree's admin key as `parent-admin-key` (hp2p bridge --core-admin-key)",
+                "$.overlay.auth.parent-admin-key",
+            )
+        if not await asyncio.to_thread(secrets.verify, given, row.admin_key_hash):
+            raise HompError(
+                403,
+                f"`parent-admin-key` is not the admin key of CoreTree {parent_id!r}",
+                "$.overlay.auth.parent-admin-key",
+            )
+        stored: str = row.admin_key_hash
+        return stored
 
     async def query_overlays(
         self,
@@ -512,6 +570,24 @@ class HomsStore:
             raise HompError(400, "wrong admin_key or owner-id", "$.overlay.auth.admin_key")
         stored: str = row.admin_key_hash
         return stored
+
+    async def verify_admin_key(self, overlay_id: str, admin_key: str) -> bool:
+        """Whether ``admin_key`` is the admin key of ``overlay_id`` (False if no such overlay).
+
+        For credentials that are not a HOMP owner operation (a monitor watching its overlay):
+        no owner-id, and one answer for "no overlay" and "wrong key", so nothing is probed.
+        """
+
+        def tx(conn: Connection) -> str | None:
+            stored: str | None = conn.scalar(
+                select(overlay.c.admin_key_hash).where(overlay.c.overlay_id == overlay_id)
+            )
+            return stored
+
+        stored = await self._db.read(tx)
+        if stored is None:
+            return False
+        return await asyncio.to_thread(secrets.verify, admin_key, stored)
 
     async def modify_overlay(self, req: homp.ModifyRequest) -> ModifyResult:
         """HybridOverlayModification, including ownership transfer and admin-key rotation."""
@@ -605,8 +681,28 @@ class HomsStore:
     ) -> list[PeerEntry]:
         live = _live_entries(conn, ov.overlay_id, now)
         if ov.is_mesh:
-            return peerlist.mesh_neighbours(live, peer_id, self._rng, self.mesh_list_size)
-        return peerlist.tree_recovery_points(live, ticket, self.tree_list_size)
+            chosen = peerlist.mesh_neighbours(live, peer_id, self._rng, self.mesh_list_size)
+        else:
+            chosen = peerlist.tree_recovery_points(live, ticket, self.tree_list_size)
+        if any(e.peer_id != peer_id for e in chosen):
+            return chosen
+        # Nobody but the orphan itself is offered: every older member is a suspect. Telling
+        # it that it is alone would make it a root and split the overlay (the peer-list
+        # eclipse of issue #11), so it gets the suspects, older ones nearest first (a tree
+        # orphan never attaches below its own subtree).
+        stmt = select(*_ENTRY_COLS).where(
+            peer.c.overlay_id == ov.overlay_id,
+            peer.c.expires_at >= now,
+            peer.c.suspect_since.is_not(None),
+            peer.c.peer_id != peer_id,
+        )
+        if ov.is_mesh:
+            stmt = stmt.order_by(peer.c.ticket).limit(self.mesh_list_size)
+        else:
+            stmt = stmt.where(peer.c.ticket < ticket).order_by(peer.c.ticket.desc())
+            stmt = stmt.limit(self.tree_list_size)
+        suspects = [PeerEntry(*r) for r in conn.execute(stmt)]
+        return suspects or chosen
 
     async def join(self, req: homp.JoinRequest, *, addresses: Sequence[str] = ()) -> JoinResult:
         """HybridOverlayJoin (normal): a new ticket, a membership row and a peer list.
@@ -642,6 +738,8 @@ class HomsStore:
                 tree_list_size=self.tree_list_size,
                 check=check,
                 mesh_choice=mesh_choice,
+                same_peer=lambda stored: secrets.verify(p.auth.password, stored),
+                mesh_list_size=self.mesh_list_size,
             )
 
         def on_sqlite(conn: sqlite3.Connection) -> tuple[OverlayRecord, int, list[PeerEntry]]:
@@ -657,6 +755,14 @@ class HomsStore:
                 ov, _ticket, chosen = await self._db.write_raw(on_postgres)
         except join.DuplicatePeerError as exc:
             raise _duplicate_peer(o.overlay_id, p.peer_id) from exc
+        except join.PeerIdTakenError as exc:
+            raise HompError(
+                409,
+                f"peer-id {p.peer_id!r} is a live member of another overlay and this join does "
+                "not prove it is that peer (another password); use another peer-id, or the "
+                "password it joined with",
+                "$.peer.peer-id",
+            ) from exc
         self._publish(
             [
                 monitor.peer_added(ov.overlay_id, p.peer_id, ov.last_ticket),
@@ -897,28 +1003,16 @@ class HomsStore:
                     .returning(peer.c.peer_id)
                 )
             )
-            # The others stay members but are no longer offered in peer lists if they look
-            # gone: no sign of life (join, refresh, report) for a heartbeat timeout, or no
-            # report of their own since the reporter's previous one, which still named them
-            # (both ends of a path that really changed report it; a dead end cannot). A
-            # healthy peer whose own report is still on its way is marked for that moment
-            # only: that report clears the mark.
-            quiet_since = now - ov.heartbeat_timeout
-            previous = member.report_time if member.report_time is not None else now
-            conn.execute(
-                update(peer)
-                .where(
-                    peer.c.overlay_id == o.overlay_id,
-                    peer.c.peer_id.in_(sorted(dropped - set(gone))),
-                    or_(
-                        peer.c.last_seen < quiet_since,
-                        peer.c.report_time.is_(None),
-                        peer.c.report_time < previous,
-                    ),
-                    peer.c.suspect_since.is_(None),
-                )
-                .values(suspect_since=now)
-            )
+            # The others stay members. One reporter's word is only an *accusation* (bounded
+            # per reporter); the accused leaves the peer lists (a suspect) once a second,
+            # distinct reporter accuses it too after its last sign of life. An accusation needs
+            # the accused to look gone: no sign of life (join, refresh, report) for a heartbeat
+            # timeout, or no report of its own since the reporter's previous one, which still
+            # named it (both ends of a path that really changed report it; a dead end cannot).
+            # So a liar that lists every peer and then none eclipses nobody (issue #11).
+            rest = sorted(dropped - set(gone))
+            if rest:
+                self._accuse(conn, ov, p.peer_id, rest, member.report_time, now)
             return changed, gone
 
         changed, lost = await self._db.write(tx)
@@ -930,6 +1024,105 @@ class HomsStore:
         events += [monitor.peer_deleted(o.overlay_id, pid) for pid in lost]
         self._publish(events)
         return lost
+
+    def _accuse(
+        self,
+        conn: Connection,
+        ov: OverlayRecord,
+        reporter: str,
+        dropped: list[str],
+        previous_report: float | None,
+        now: float,
+    ) -> None:
+        """Record ``reporter``'s accusations of ``dropped`` and mark the corroborated ones.
+
+        Rows older than a heartbeat timeout are forgotten, and a reporter holds at most
+        ``max_accusations`` live ones (its plausible neighbourhood): a report naming more adds
+        nothing, so one peer can neither fill the table nor accuse the whole overlay.
+        """
+        oid = ov.overlay_id
+        quiet_since = now - ov.heartbeat_timeout
+        previous = previous_report if previous_report is not None else now
+        accusable = [
+            r.peer_id
+            for r in conn.execute(
+                select(peer.c.peer_id).where(
+                    peer.c.overlay_id == oid,
+                    peer.c.peer_id.in_(dropped),
+                    peer.c.suspect_since.is_(None),
+                    or_(
+                        peer.c.last_seen < quiet_since,
+                        peer.c.report_time.is_(None),
+                        peer.c.report_time < previous,
+                    ),
+                )
+            )
+        ]
+        if not accusable:
+            return
+        conn.execute(
+            delete(accusation).where(accusation.c.overlay_id == oid, accusation.c.at < quiet_since)
+        )
+        held = {
+            r.accused_id
+            for r in conn.execute(
+                select(accusation.c.accused_id).where(
+                    accusation.c.overlay_id == oid, accusation.c.reporter_id == reporter
+                )
+            )
+        }
+        renewed = sorted(set(accusable) & held)
+        if renewed:
+            conn.execute(
+                update(accusation)
+                .where(
+                    accusation.c.overlay_id == oid,
+                    accusation.c.reporter_id == reporter,
+                    accusation.c.accused_id.in_(renewed),
+                )
+                .values(at=now)
+            )
+        room = max(self.max_accusations - len(held), 0)
+        fresh = [pid for pid in accusable if pid not in held][:room]
+        if fresh:
+            conn.execute(
+                insert(accusation),
+                [
+                    {"overlay_id": oid, "accused_id": pid, "reporter_id": reporter, "at": now}
+                    for pid in fresh
+                ],
+            )
+        targets = sorted({*renewed, *fresh})
+        if not targets:
+            return
+        corroborated = (
+            select(accusation.c.accused_id)
+            .join(
+                peer,
+                and_(
+                    peer.c.overlay_id == accusation.c.overlay_id,
+                    peer.c.peer_id == accusation.c.accused_id,
+                ),
+            )
+            .where(
+                accusation.c.overlay_id == oid,
+                accusation.c.accused_id.in_(targets),
+                accusation.c.at >= peer.c.last_seen,
+            )
+            .group_by(accusation.c.accused_id)
+            .having(func.count() >= ACCUSERS_FOR_SUSPECT)
+        )
+        suspects = sorted(r.accused_id for r in conn.execute(corroborated))
+        if suspects:
+            conn.execute(
+                update(peer)
+                .where(
+                    peer.c.overlay_id == oid,
+                    peer.c.peer_id.in_(suspects),
+                    peer.c.suspect_since.is_(None),
+                )
+                .values(suspect_since=now)
+            )
 
     # ------------------------------------------------------------------ liveness (PSM FE)
 
@@ -1177,6 +1370,7 @@ def _delete_overlay(conn: Connection, overlay_id: str, *extra: Any) -> bool:
     # Explicit child deletes: do not depend on SQLite's per-connection foreign_keys.
     conn.execute(delete(peer).where(peer.c.overlay_id == overlay_id))
     conn.execute(delete(auth_peer).where(auth_peer.c.overlay_id == overlay_id))
+    conn.execute(delete(accusation).where(accusation.c.overlay_id == overlay_id))
     conn.execute(delete(overlay).where(overlay.c.overlay_id == overlay_id))
     return True
 
@@ -1191,6 +1385,26 @@ def _registry_values(
         "preferences": None,
         "updated_at": now,
     }
+
+
+def _check_names(conn: Connection, overlay_id: str, title: str, *, given_id: bool) -> None:
+    """409 when a new overlay's names could be confused with an existing overlay's.
+
+    A peer joins by overlay-id *or* title (``--join NAME``): an overlay-id equal to another
+    overlay's title, or a title equal to another's id, would let a newcomer capture the
+    joins meant for the older overlay.
+    """
+    if conn.scalar(select(exists().where(overlay.c.title == overlay_id))):
+        raise HompError(
+            409,
+            f"overlay-id {overlay_id!r} is the title of an existing overlay; choose another "
+            "(or leave it out: the HOMS generates one)",
+            "$.overlay.overlay-id" if given_id else "$.overlay",
+        )
+    if conn.scalar(select(exists().where(overlay.c.overlay_id == title))):
+        raise HompError(
+            409, f"title {title!r} is the overlay-id of an existing overlay", "$.overlay.title"
+        )
 
 
 def _changed_meanwhile() -> HompError:

@@ -30,7 +30,10 @@ async def signalling_endpoint(websocket: WebSocket) -> None:
     board: Switchboard = websocket.app.state.switchboard
     settings = websocket.app.state.settings
     await websocket.accept()
-    session = Session(outbox_bound=OUTBOX_BOUND, rate=settings.ws_rate, burst=settings.ws_burst)
+    address = websocket.client.host if websocket.client is not None else "unknown"
+    session = Session(
+        outbox_bound=OUTBOX_BOUND, rate=settings.ws_rate, burst=settings.ws_burst, address=address
+    )
 
     async def close(code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

@@ -184,6 +184,15 @@ def peer(
             help="With --create: make a SubMesh under this CoreTree, this peer its source.",
         ),
     ] = None,
+    parent_admin_key: Annotated[
+        str | None,
+        typer.Option(
+            "--parent-admin-key",
+            metavar="KEY",
+            envvar="HP2P_PARENT_ADMIN_KEY",
+            help="With --parent: the CoreTree's admin key (its owner's consent to the SubMesh).",
+        ),
+    ] = None,
     store: Annotated[
         Path | None,
         typer.Option(
@@ -268,6 +277,7 @@ def peer(
         "fault_seed": fault_seed,
         "seed": seed,
         "parent": parent,
+        "parent_admin_key": parent_admin_key,
         "store": str(store) if store else None,
         "standby": True if standby else None,
         "unsigned": True if unsigned else None,

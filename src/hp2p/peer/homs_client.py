@@ -30,7 +30,7 @@ import random
 import ssl
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -282,13 +282,22 @@ class HomsClient:
         """The overlay whose id is ``key``, else the one whose title is ``key``.
 
         A title matches exactly first; a unique substring match is accepted too. Several
-        overlays matching (even with the same title) is an error, never a guess.
+        overlays matching (even with the same title), or ``key`` being one overlay's id and
+        another's title, is an error listing the candidates, never a guess: a guess would let
+        whoever created a look-alike name capture the joins meant for another overlay.
         """
         by_id = await self._query({"overlay-id": key})
-        if by_id:
-            return by_id[0]
         by_title = await self._query({"title": key})
         exact = [o for o in by_title if o.title == key]
+        if by_id:
+            others = [o for o in exact if o.overlay_id != by_id[0].overlay_id]
+            if not others:
+                return by_id[0]
+            listing = await self._candidates([by_id[0], *others])
+            raise OverlayNotFoundError(
+                f"{key!r} is both an overlay-id and a title of another overlay; join by the "
+                f"overlay-id of the one you mean:\n{listing}"
+            )
         matches = exact or by_title
         if not matches:
             raise OverlayNotFoundError(
@@ -296,11 +305,32 @@ class HomsClient:
                 "(create it with --create TITLE, or check the spelling)"
             )
         if len(matches) > 1:
-            titles = ", ".join(f"{o.title!r} ({o.overlay_id})" for o in matches[:5])
+            listing = await self._candidates(matches)
             raise OverlayNotFoundError(
-                f"{key!r} matches several overlays: {titles}; join by overlay-id instead"
+                f"{key!r} matches several overlays; join by the overlay-id of the one you "
+                f"mean:\n{listing}"
             )
         return matches[0]
+
+    async def _candidates(self, overlays: Sequence[homp.QueryOverlay], limit: int = 10) -> str:
+        """One line per candidate overlay: id, title, created (when the HOMS tells), owner."""
+        lines = []
+        for o in overlays[:limit]:
+            created = "unknown"  # a reference HOMS has no status endpoint
+            with contextlib.suppress(Exception):
+                answer = await self._http.get(
+                    "/api/OverlayStatus", params={"overlay_id": o.overlay_id}
+                )
+                stamp = msgspec.json.decode(answer.content)["overlay"]["created"]
+                if isinstance(stamp, int | float):
+                    created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
+            lines.append(
+                f"  overlay-id {o.overlay_id!r}  title {o.title!r}  created {created}  "
+                f"owner {o.owner_id!r}"
+            )
+        if len(overlays) > limit:
+            lines.append(f"  … and {len(overlays) - limit} more")
+        return "\n".join(lines)
 
     async def _query(self, params: Mapping[str, str]) -> list[homp.QueryOverlay]:
         items = await self._call(

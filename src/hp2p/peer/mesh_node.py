@@ -245,6 +245,7 @@ class MeshSettings:
     join: str | None = None  # overlay-id or title of the SubMesh
     create: str | None = None  # title of a SubMesh to create (this peer is its source)
     parent: str | None = None  # parent overlay-id (CoreTree) for create
+    parent_admin_key: str | None = None  # the CoreTree owner's consent to create under it
     listen: str = "127.0.0.1:0"
     advertise: str | None = None  # tcp://HOST:PORT others dial (default: from listen)
     tls: bool = False  # R2 over TLS 1.3 (tls://), certificate from the membership key
@@ -292,6 +293,7 @@ class MeshSettings:
             join=n.join,
             create=n.create,
             parent=m.parent,
+            parent_admin_key=m.parent_admin_key,
             listen=n.listen,
             advertise=n.advertise,
             tls=n.tls,
@@ -504,6 +506,7 @@ class MeshNode(CoreShell[MeshCore]):
                 admin_key=s.admin_key or secrets.token_urlsafe(16),
                 description=s.description,
                 access_key=s.access_key,
+                parent_admin_key=s.parent_admin_key,
             )
             overlay = await self.homs.find_overlay(overlay_id)
         else:

@@ -280,6 +280,14 @@ class SubMeshSettings:
             only="create",
         ),
     )
+    parent_admin_key: str | None = field(
+        default=None,
+        metadata=_doc(
+            "With create and parent: the parent CoreTree's admin key, its owner's consent "
+            "that the HOMS requires for a sub-overlay under it.",
+            only="create",
+        ),
+    )
     store: str | None = field(
         default=None, metadata=_doc("Directory of a persistent piece store (default: memory).")
     )

@@ -136,11 +136,14 @@ class SubOverlayHomsClient(HomsClient):
         description: str = "",
         access_key: str | None = None,
         source_key: str | None = None,
+        parent_admin_key: str | None = None,
     ) -> str:
         """HybridOverlayCreation of a SubTree/SubMesh hanging off ``parent_overlay_id``.
 
         ``source_key`` (a SubMesh's ``ed25519:…`` manifest key) recorded at creation leaves no
         window in which another peer could claim the source's peer-id with its own key.
+        ``parent_admin_key`` is the CoreTree owner's consent (its admin key), which an hp2p
+        HOMS requires for a sub-overlay under a CoreTree (403 without it).
         """
         if sub_type not in ("tree", "mesh"):
             raise ValueError(f"sub-type must be 'tree' or 'mesh', not {sub_type!r}")
@@ -152,7 +155,9 @@ class SubOverlayHomsClient(HomsClient):
             description=description,
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
-            auth=create_auth(admin_key, access_key),
+            auth=msgspec.structs.replace(
+                create_auth(admin_key, access_key), parent_admin_key=parent_admin_key
+            ),
             parent_overlay_id=parent_overlay_id,
             source_peer_id=source_peer_id,
             source_key=source_key,

@@ -97,6 +97,8 @@ __all__ = [
     "decode_remove_request",
     "decode_report_request",
     "encode",
+    "nul_path",
+    "reject_nul",
 ]
 
 # --------------------------------------------------------------------------
@@ -241,6 +243,10 @@ class CreateAuth(_Model):
     access_key: Key | None = None
     peerlist: PeerList | None = None
     keyword: Keyword | None = None
+    #: hp2p extension: the admin key of the CoreTree a sub-overlay hangs off, the owner's
+    #: consent to feed it (without it anyone could attach a SubTree/SubMesh to any CoreTree
+    #: and pose as part of it). Optional so that reference bodies parse; never echoed.
+    parent_admin_key: Key | None = msgspec.field(default=None, name="parent-admin-key")
 
 
 class CreateOverlay(_Model):
@@ -356,6 +362,12 @@ class QueryParams(_Model):
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> QueryParams:
         """Validate a parsed query string; unknown parameters are ignored."""
+        for name, value in query.items():
+            if "\x00" in value or "\x00" in name:
+                raise HeaderError(
+                    "text may not contain the NUL character (\\u0000)",
+                    f"?{name.replace(chr(0), '?')}",
+                )
         try:
             return msgspec.convert(dict(query), type=cls, str_keys=True)
         except msgspec.ValidationError as exc:
@@ -871,7 +883,48 @@ def decode(body: bytes | str, type_: type[T]) -> T:
         raise LimitExceeded("JSON nested too deeply", "body") from None
     except (UnicodeDecodeError, ValueError, TypeError) as exc:  # defensive: never leak
         raise HeaderError(f"invalid body: {exc}", "body") from None
+    # JSON can only carry NUL escaped, so bodies without ``\u0000`` skip the walk.
+    escaped = b"\\u0000" in body if isinstance(body, bytes) else "\\u0000" in body
+    if escaped:
+        reject_nul(result)
     return result
+
+
+def nul_path(value: Any, path: str = "$") -> str | None:
+    """The JSON path of the first string (value or key) holding a NUL character, else None.
+
+    PostgreSQL cannot store NUL in text (the reference and an unchecked HOMS answer 500);
+    SQLite stores it but C clients cut the string there. So no HOMP text may hold one.
+    """
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, msgspec.Struct):
+        for info in msgspec.structs.fields(value):
+            found = nul_path(getattr(value, info.name), f"{path}.{info.encode_name}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return f"{path}.{key.replace(chr(0), '?')}"
+            found = nul_path(item, f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = nul_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def reject_nul(value: Any) -> None:
+    """Raise :class:`HeaderError` naming the field if any text in ``value`` holds NUL."""
+    where = nul_path(value)
+    if where is not None:
+        raise HeaderError("text may not contain the NUL character (\\u0000)", where)
 
 
 def decode_create_request(body: bytes | str) -> CreateRequest:

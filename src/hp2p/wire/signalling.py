@@ -120,17 +120,33 @@ class PeerBye(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="actio
     peer_id: Id = msgspec.field(name="peer-id")
 
 
-class MonitorHello(msgspec.Struct, kw_only=True, tag_field="action", tag="hello"):
-    """``{"server":…,"action":"hello"}``: subscribe to the monitor broadcast."""
+class MonitorHello(
+    msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="action", tag="hello"
+):
+    """``{"server":…,"action":"hello"}``: subscribe to the monitor broadcast.
+
+    ``token`` (the HOMS's operator token: every overlay) or ``overlay_id`` + ``admin_key``
+    (that overlay only) are hp2p extensions: a ``secure`` HOMS requires one of them (monitors
+    see every peer's address and links); the reference web UI sends neither.
+    """
 
     server: ServerName
+    token: Token | None = None
+    overlay_id: Id | None = None
+    admin_key: Key | None = None
 
 
-class MonitorGet(msgspec.Struct, kw_only=True, tag_field="action", tag="get"):
-    """``{"server":…,"action":"get","overlay_id":…}``: ask for the current cost map."""
+class MonitorGet(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="action", tag="get"):
+    """``{"server":…,"action":"get","overlay_id":…}``: ask for the current cost map.
+
+    The same optional credentials as :class:`MonitorHello` (a socket that already presented
+    them in its hello need not repeat them).
+    """
 
     server: ServerName
     overlay_id: Id
+    token: Token | None = None
+    admin_key: Key | None = None
 
 
 class SessionDescription(msgspec.Struct, kw_only=True):
