@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -372,7 +373,7 @@ def test_rotate_key_from_the_command_line(tmp_path: Path) -> None:
 @given(st.one_of(st.text(max_size=90), st.binary(max_size=40).map(lambda b: "ed25519:" + b.hex())))
 def test_join_public_key_decodes_only_as_a_well_formed_key(text: str) -> None:
     body = msgspec.json.encode(join("ov", "p", **{"public-key": text}))
-    well_formed = len(text) == 72 and text.startswith("ed25519:")
+    well_formed = re.fullmatch(r"ed25519:[0-9a-f]{64}", text) is not None
     if not well_formed:
         with pytest.raises(WireError) as refused:
             homp.decode_join_request(body)
