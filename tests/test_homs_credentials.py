@@ -11,6 +11,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,14 @@ from homp_bodies import create, join
 from hp2p.homs.app import create_app
 from hp2p.homs.credentials import KeyRing
 from hp2p.homs.db import scratch_database
+from hp2p.homs.launch import HomsProcess, running_homs
 from hp2p.homs.liveness import sweep_once
 from hp2p.homs.settings import HomsSettings
 from hp2p.trust.credential import CLOCK_SKEW, CredentialError, CredentialVerifier, decode
 from hp2p.trust.keys import SigningKey, parse_public_key
 from hp2p.wire import homp
 from hp2p.wire.errors import WireError
+from peer_procs import PeerProc, Procs
 
 PG_URL = os.environ.get("HP2P_TEST_POSTGRES_URL")
 TTL = 120
@@ -408,3 +411,50 @@ def test_homs_keys_in_a_join_answer_are_bounded(keys: dict[str, str]) -> None:
         )
         return
     assert decoded.overlay.homs_keys == keys
+
+
+# ---------------------------------------------------------------------------- real processes
+
+
+@pytest.mark.slow
+def test_two_peer_processes_deliver_in_a_credentials_overlay(tmp_path: Path) -> None:
+    """A real ``hp2p homs`` and two ``hp2p peer`` processes: the overlay requires credentials,
+    both peers hold one for their own key, their link is admitted, a message is delivered."""
+    with running_homs(tmp_path) as homs:
+        _two_peers(tmp_path, homs)
+
+
+def _two_peers(tmp_path: Path, homs: HomsProcess) -> None:
+    key_file = tmp_path / "child.key"
+    procs = Procs()
+    try:
+        root = PeerProc(tmp_path, homs.url, "root", "--create", "secured")
+        procs.append(root)
+        root.wait_joined()
+        child = PeerProc(
+            tmp_path, homs.url, "child", "--join", root.overlay_id, "--key", str(key_file)
+        )
+        procs.append(child)
+        child.wait_joined()
+        listed = httpx.get(f"{homs.url}/homs", params={"overlay-id": root.overlay_id}, timeout=10)
+        assert listed.json()[0]["overlay"]["security"] == "credentials"
+        child.command("publish over an admitted link")
+        published = child.next_event({"published"}, 30)
+        got = root.next_event({"deliver"}, 30)
+        assert (got["source"], got["sequence"]) == ("child", published["sequence"])
+
+        child.command("status")
+        status = child.next_event({"status"}, 30)
+        admission = status["admission"]
+        assert admission["required"] is True
+        assert admission["public_key"] == SigningKey.load(key_file).public_text
+        assert admission["credential_expires_at"] > time.time()
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        root.command("status")
+        assert root.next_event({"status"}, 30)["admission"]["admitted"] >= 1
+        # a reference peer (no key) cannot join this overlay
+        keyless = httpx.post(f"{homs.url}/peer", json=join(root.overlay_id, "ref"), timeout=10)
+        assert keyless.status_code == 403
+    finally:
+        codes = procs.stop_all()
+        assert all(code == 0 for code in codes.values()), codes
