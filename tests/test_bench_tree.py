@@ -33,7 +33,7 @@ def test_tiny_tree_run_writes_the_result_file_and_agrees_with_the_simulator(
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "tree"
-    assert set(doc["baselines"]) == {"floor", "flood"}
+    assert set(doc["baselines"]) == {"floor", "flood", "unsigned"}
     metrics = doc["metrics"]
     for key in (
         "delivery_ratio",
@@ -52,8 +52,10 @@ def test_tiny_tree_run_writes_the_result_file_and_agrees_with_the_simulator(
     assert metrics["delivery_ratio"] == 1.0
     assert metrics["duplicates_to_app"] == 0
     assert metrics["unattached"] == 0
-    for name in ("floor", "flood"):
+    for name in ("floor", "flood", "unsigned"):
         assert doc["baselines"][name]["delivery_ratio"] == 1.0
+    assert doc["baselines"]["unsigned"]["duplicates_to_app"] == 0
+    assert "signature_cost_us_per_hop" in metrics  # issue #11: the cost is reported
     assert doc["baselines"]["floor"]["rmr"] == 0.0
     assert doc["baselines"]["flood"]["rmr"] > 0.0  # flooding sends copies a tree does not
     assert doc["per_size"][0]["steps"]["hp2p"][0]["rate"] == 40.0

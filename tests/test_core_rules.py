@@ -110,6 +110,7 @@ def test_every_peer_module_is_classified() -> None:
     shells = {
         "__init__",
         "api",
+        "api_guard",
         "cli",
         "daemon",
         "homs_client",

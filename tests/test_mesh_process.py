@@ -183,17 +183,24 @@ def test_the_local_api_serves_a_submesh_peer(tmp_path, homs):
     source, _ = _start_mesh(tmp_path, homs, 0, "--api", "127.0.0.1:0")
     peer = MeshProc(tmp_path, homs.url, "m1", "--join", "blocks", "--api", "127.0.0.1:0")
     try:
-        api = peer.wait_joined(deadline=90)["api"]
+        joined = peer.wait_joined(deadline=90)
+        api = joined["api"]
+        auth = {"Authorization": f"Bearer {joined['api_token']}"}
         assert source.joined is not None
         source_api = source.joined["api"]
+        source_auth = {"Authorization": f"Bearer {source.joined['api_token']}"}
         with httpx.Client(timeout=30) as http:
-            assert http.get(f"{api}/status").json()["source_id"] == "src"
-            refused = http.post(f"{api}/publish", content=b"not the source")
+            assert http.get(f"{api}/status", headers=auth).json()["source_id"] == "src"
+            assert http.get(f"{api}/status", headers=source_auth).status_code == 401
+            refused = http.post(f"{api}/publish", content=b"not the source", headers=auth)
             assert refused.status_code == 403
             assert "only the source peer 'src'" in refused.json()["detail"]
-            assert http.get(f"{api}/tree").status_code == 404
+            assert http.get(f"{api}/tree", headers=auth).status_code == 404
             answer = http.post(
-                f"{source_api}/publish", content=b"one object", params={"app_id": "a"}
+                f"{source_api}/publish",
+                content=b"one object",
+                params={"app_id": "a"},
+                headers=source_auth,
             )
             assert answer.status_code == 200, answer.text
             assert answer.json() == {"source": "src", "object": 1}

@@ -64,14 +64,16 @@ async def test_local_api_http_and_websocket(homs_url: str) -> None:
         LocalApi(b.node, "127.0.0.1:0") as api_b,
         httpx.AsyncClient(timeout=10) as http,
     ):
-        status = (await http.get(f"{api_a.url}/status")).json()
+        status = (await http.get(f"{api_a.url}/status", headers=api_a.headers)).json()
         assert status["peer_id"] == "a"
         assert status["state"] == "attached"
         ws_url = api_a.url.replace("http://", "ws://") + "/subscribe"
-        async with connect(ws_url, open_timeout=10) as ws:
+        async with connect(ws_url, open_timeout=10, additional_headers=api_a.headers) as ws:
             # the subscription exists once the server has accepted: publish from b over HTTP
             answer = (
-                await http.post(f"{api_b.url}/publish?app_id=iot", content=b"\xff\x00raw")
+                await http.post(
+                    f"{api_b.url}/publish?app_id=iot", content=b"\xff\x00raw", headers=api_b.headers
+                )
             ).json()
             assert answer == {"source": "b", "sequence": 1}
             got = json.loads(await ws.recv(decode=True))
@@ -82,9 +84,11 @@ async def test_local_api_http_and_websocket(homs_url: str) -> None:
             await ws.send("from a's websocket")
             (msg,) = await collect(inbox, 1, within=10)
             assert (msg.source, msg.data) == ("a", b"from a's websocket")
-        too_big = await http.post(f"{api_b.url}/publish", content=b"x" * (b.node.max_message + 1))
+        too_big = await http.post(
+            f"{api_b.url}/publish", content=b"x" * (b.node.max_message + 1), headers=api_b.headers
+        )
         assert too_big.status_code == 413
         assert "larger than" in too_big.json()["detail"]
         assert b.status()["core"]["published"] == 1  # the refused message was not numbered
-        tree = (await http.get(f"{api_b.url}/tree")).json()
+        tree = (await http.get(f"{api_b.url}/tree", headers=api_b.headers)).json()
         assert [[hop["peer_id"] for hop in path] for path in tree["paths"]] == [["a"]]

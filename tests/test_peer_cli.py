@@ -96,10 +96,12 @@ def test_joined_line_api_and_clean_leave_on_sigterm(homs: HomsProcess, tmp_path:
         assert fields["r2"].startswith("tcp://127.0.0.1:")
         assert fields["api"].startswith("http://127.0.0.1:")
         api = fields["api"]
-        status = httpx.get(f"{api}/status", timeout=10).json()
+        auth = {"Authorization": f"Bearer {fields['api-token']}"}
+        assert httpx.get(f"{api}/status", timeout=10).status_code == 401
+        status = httpx.get(f"{api}/status", headers=auth, timeout=10).json()
         assert status["peer_id"] == "alice"
         assert status["state"] == "attached"
-        answer = httpx.post(f"{api}/publish", content=b"hello", timeout=10).json()
+        answer = httpx.post(f"{api}/publish", content=b"hello", headers=auth, timeout=10).json()
         assert answer == {"source": "alice", "sequence": 1}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -85,8 +85,16 @@ async def test_a_message_no_peer_can_serve_reaches_the_python_subscriber_as_a_ga
     tmp_path: Path,
 ) -> None:
     """Real TCP: the root's cache holds one message, so the one its child missed is gone."""
+    # sign_window=0: each publish goes out at once (no signing batch), so the loss plan set
+    # around a publish applies to exactly that message
     small_cache = replace(
-        FAST, cache_count=1, gap_wait=0.02, pull_timeout=0.3, pull_rounds=2, pull_round_delay=0.05
+        FAST,
+        cache_count=1,
+        gap_wait=0.02,
+        pull_timeout=0.3,
+        pull_rounds=2,
+        pull_round_delay=0.05,
+        sign_window=0.0,
     )
     async with homs_app(tmp_path) as app:
         a = await start_node(app, small_cache, create="gaps", peer_id="a", faults="delay=0")

@@ -105,9 +105,10 @@ class Peer:
 class Cluster:
     """A HOMS process and N peer processes on loopback."""
 
-    def __init__(self, workdir: Path, console: Console) -> None:
+    def __init__(self, workdir: Path, console: Console, security: str = "credentials") -> None:
         self.workdir = workdir
         self.console = console
+        self.security = security
         self.peers: dict[str, Peer] = {}
         self.overlay_id = ""
         self._count = 0
@@ -138,7 +139,7 @@ class Cluster:
     def grow(self, n: int, progress: Progress | None = None, batch: int = 8) -> None:
         """Start peers until ``n`` are alive, ``batch`` at a time, each waited for."""
         if not self.peers:
-            root = self._spawn("--create", "churn-bench")
+            root = self._spawn("--create", "churn-bench", "--security", self.security)
             if not _wait(root.joined, root.ended, START_DEADLINE):
                 raise BenchError(f"the root peer did not join: see {self.workdir}/b0001.err")
             self.overlay_id = str(root.info.get("overlay_id"))
@@ -411,13 +412,14 @@ def run(
     seed: int,
     console: Console,
     only: list[tuple[str, float]] | None = None,
+    security: str = "credentials",
 ) -> tuple[dict[str, Any], list[CaseResult]]:
     cases = plan(quick, sizes, only)
     results: list[CaseResult] = []
     with Progress(console=console, transient=True, auto_refresh=False) as progress:
         for n in dict.fromkeys(n for n, _, _ in cases):
             with tempfile.TemporaryDirectory(prefix="hp2p-churn-") as tmp:
-                cluster = Cluster(Path(tmp), console)
+                cluster = Cluster(Path(tmp), console, security)
                 try:
                     for k, (size, fault, share) in enumerate(c for c in cases if c[0] == n):
                         results.append(run_case(cluster, size, fault, share, seed + k, progress))
@@ -456,6 +458,7 @@ def run(
             "max_children": 4,
             "seed": seed,
             "cpus": os.cpu_count(),
+            "security": security,
         },
         metrics={
             k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()
@@ -464,8 +467,9 @@ def run(
     return doc, results
 
 
-def _table(results: list[CaseResult]) -> Table:
+def _table(results: list[CaseResult], security: str) -> Table:
     table = Table(title="Delivery after mass failure and repair time (real processes, loopback)")
+    table.caption = f"overlay security profile: {security}"
     for column in (
         "N",
         "fault",
@@ -519,6 +523,13 @@ def churn(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the choice of sources and victims.")] = 1,
+    security: Annotated[
+        str,
+        typer.Option(
+            help="Overlay security profile: credentials (AUTH on every link, signed data; the "
+            "default) or reference-compat (neither: the cost of trust by difference)."
+        ),
+    ] = "credentials",
 ) -> None:
     """Metrics 1 and 2 of BENCHMARKS.md with real `hp2p homs` and `hp2p peer` processes:
     delivery ratio after a mass failure (SIGKILL 30/50/80 % of the peers) during and after
@@ -535,7 +546,15 @@ def churn(
       hp2p bench churn --peers 80 --seed 3
 
       hp2p bench churn --peers 100 --case crash:80 --case hang:30
+
+      hp2p bench churn --quick --security reference-compat   # the same without credentials
     """
+    if security not in ("credentials", "reference-compat"):
+        Console().print(
+            f"[red]hp2p bench churn: --security {security!r}: use credentials or "
+            "reference-compat[/]"
+        )
+        raise typer.Exit(2)
     only = [parse_case(c) for c in case] if case else None
     console = Console(width=None if sys.stdout.isatty() else 140)
     check_writable(console, json_file, plot)
@@ -545,14 +564,14 @@ def churn(
 
     signal.signal(signal.SIGTERM, _interrupted)
     try:
-        doc, results = run(quick, peers, seed, console, only)
+        doc, results = run(quick, peers, seed, console, only, security)
     except KeyboardInterrupt:
         console.print("[red]hp2p bench churn: interrupted; every process it started was stopped[/]")
         raise typer.Exit(130) from None
     except BenchError as exc:
         console.print(f"[red]hp2p bench churn: {exc}[/]")
         raise typer.Exit(1) from None
-    console.print(_table(results))
+    console.print(_table(results, security))
     if plot is not None:
         console.print(f"plot: {_plot(results, plot)}")
     save_result(console, json_file, doc)

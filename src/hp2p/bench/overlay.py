@@ -25,9 +25,14 @@ START_BATCH = 8
 class HpOverlay:
     """N real hp2p peers (peer 0 creates the overlay and is the root, the others join)."""
 
-    kind = "hp2p"
-
-    def __init__(self, workdir: Path, peers: int, max_children: int, seed: int) -> None:
+    def __init__(
+        self, workdir: Path, peers: int, max_children: int, seed: int, security: str | None = None
+    ) -> None:
+        #: ``None``: the overlay's default (credentials: AUTH on every link, signed data);
+        #: ``reference-compat``: neither, the same peers as before issue #11 (the baseline
+        #: that shows what the signatures cost).
+        self.security = security
+        self.kind = "hp2p" if security is None else "unsigned"
         self.workdir = workdir
         self.fleet = Fleet()
         self.homs: HomsProcess | None = None
@@ -49,6 +54,8 @@ class HpOverlay:
             for i in range(start, min(self._n, start + START_BATCH)):
                 name = f"peer-{i:04d}"
                 how = ["--create", title] if i == 0 else ["--join", title]
+                if i == 0 and self.security is not None:
+                    how += ["--security", self.security]
                 args = [sys.executable, "-m", "hp2p", "peer", "--homs", self.homs.url, "--id", name]
                 args += [*how, "--json-events", "--stdin", "--log-level", "warning"]
                 args += ["--set", f"max_children={self._max_children}"]

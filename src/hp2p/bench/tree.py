@@ -149,6 +149,9 @@ def run_size(
     for name in baselines:
         if name == "gossipsub" and peers != GOSSIPSUB_PEERS:
             continue
+        if name == "unsigned":
+            _unsigned(peers, max_children, seed, workdir, common, out)
+            continue
         mode = {"floor": "tree", "flood": "flood"}.get(name, name)
         relay = RelayOverlay(
             workdir / f"{name}-{peers}",
@@ -182,7 +185,41 @@ def run_size(
         out["steps"][name] = got["steps"]
         out["latencies_ms"][name] = got["latencies_ms"]
     out["ratios"] = _ratios(metrics, out["baselines"])
+    unsigned = out["baselines"].get("unsigned", {})
+    if "cpu_us_per_hop_at_10_per_s" in unsigned:
+        # what membership credentials and source signatures cost per hop (issue #11)
+        signed_cpu = metrics.get("cpu_us_per_hop_at_10_per_s")
+        open_cpu = unsigned["cpu_us_per_hop_at_10_per_s"]
+        if signed_cpu is not None and open_cpu is not None:
+            metrics["signature_cost_us_per_hop"] = round(signed_cpu - open_cpu, 1)
     return out
+
+
+def _unsigned(
+    peers: int,
+    max_children: int,
+    seed: int,
+    workdir: Path,
+    common: dict[str, Any],
+    out: dict[str, Any],
+) -> None:
+    """The same hp2p peers on a ``reference-compat`` overlay: no AUTH, no signatures."""
+    folder = workdir / f"unsigned-{peers}"
+    folder.mkdir(parents=True, exist_ok=True)
+    overlay = HpOverlay(folder, peers, max_children, seed, security="reference-compat")
+    try:
+        common["advance"](f"unsigned: starting HOMS and {peers} peers")
+        overlay.start()
+        settle(3.0)
+        got = measure(overlay, **common)
+    except ProcError as exc:
+        out["baselines"]["unsigned"] = {"error": str(exc)[:300]}
+        return
+    finally:
+        overlay.close()
+    out["baselines"]["unsigned"] = got["metrics"]
+    out["steps"]["unsigned"] = got["steps"]
+    out["latencies_ms"]["unsigned"] = got["latencies_ms"]
 
 
 _RATIO_KEYS = (
@@ -214,7 +251,10 @@ def tree(
     ] = None,
     baseline: Annotated[
         list[str] | None,
-        typer.Option(help="Baselines: floor, flood, gossipsub (repeatable; default floor+flood)."),
+        typer.Option(
+            help="Baselines: floor, flood, unsigned (hp2p without credentials and signatures), "
+            "gossipsub (repeatable; default floor, flood, unsigned)."
+        ),
     ] = None,
     max_children: Annotated[
         int, typer.Option("--max-children", help="Children per peer (setting max_children).")
@@ -263,16 +303,16 @@ def tree(
     console = Console()
     sizes = _sizes(peers, quick)
     seed_list = _seed_list(seeds)
-    chosen = baseline or ["floor", "flood"]
-    unknown = sorted(set(chosen) - {"floor", "flood", "gossipsub"})
+    chosen = baseline or ["floor", "flood", "unsigned"]
+    unknown = sorted(set(chosen) - {"floor", "flood", "unsigned", "gossipsub"})
     if unknown:
-        _fail(f"unknown baseline(s) {unknown}: use floor, flood or gossipsub")
+        _fail(f"unknown baseline(s) {unknown}: use floor, flood, unsigned or gossipsub")
     if fanout is not None:
         console.print("[yellow]--fanout is deprecated: use --max-children[/]")
         max_children = fanout
     if not 1 <= max_children <= 64 or not 0 <= payload <= 60_000:
         _fail("--max-children must be 1..64 and --payload 0..60000 (one publish line)")
-    relays = [b for b in chosen if b in ("floor", "flood")]
+    relays = [b for b in chosen if b in ("floor", "flood", "unsigned")]
     notes: list[str] = []
     gossip_python: str | None = None
     if "gossipsub" in chosen:

@@ -10,8 +10,8 @@ then holds the other's verified credential for the connection, and the procedure
 
 The state per connection is kept only while the exchange runs and is bounded: at most
 ``max_pending`` exchanges at once (the rest are refused at their first AUTH), each finished or
-dropped within ``timeout`` seconds. Everything else a not-yet-admitted connection sends is a
-protocol error that closes it.
+dropped within ``timeout`` seconds, at most ``max_pending_per_peer`` of them for one peer-id.
+Everything else a not-yet-admitted connection sends is a protocol error that closes it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_PENDING: Final = 64
 DEFAULT_TIMEOUT: Final = 5.0
+DEFAULT_MAX_PENDING_PER_PEER: Final = 2
 
 
 @dataclass(slots=True, eq=False)
@@ -61,10 +62,12 @@ class Admission:
         kernel: Kernel,
         *,
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending_per_peer: int = DEFAULT_MAX_PENDING_PER_PEER,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.kernel = kernel
         self.max_pending = max_pending
+        self.max_pending_per_peer = max_pending_per_peer
         self.timeout = timeout
         self.membership: Membership | None = None
         self.overlay_id = ""
@@ -72,6 +75,9 @@ class Admission:
         self.verifier = CredentialVerifier({})
         self.proofs = Verifier(max_keys=1024)
         self.pending: dict[int, _Exchange] = {}
+        #: Dialled TLS connections: the key of the certificate the responder presented. Its
+        #: credential must name that key, or a man in the middle holds the TLS session.
+        self.channel_keys: dict[int, bytes] = {}
         self.counters = AdmissionCounters()
         self.entropy: Callable[[int], bytes] = kernel.rng.randbytes
         """Where nonces come from; the shell sets ``os.urandom``, the simulator keeps its rng."""
@@ -111,6 +117,10 @@ class Admission:
         return self.verifier.check(token, self.wall(now), self.overlay_id, peer_id=peer_id)
 
     # === the exchange ============================================================================
+    def bind(self, conn: int, certificate_key: bytes) -> None:
+        """The shell dialled ``conn`` over TLS and saw this certificate key."""
+        self.channel_keys[conn] = certificate_key
+
     def dial(self, conn: int, now: float) -> None:
         """An outgoing connection is up: send step 1."""
         if self.own is None:
@@ -170,6 +180,16 @@ class Admission:
         except CredentialError as exc:
             self.refuse(conn, f"credential refused: {exc.reason}", now)
             return None
+        peer = their.body.peer_id
+        same = sum(
+            1 for e in self.pending.values() if e.their is not None and e.their.body.peer_id == peer
+        )
+        if same >= self.max_pending_per_peer:
+            # A credential travels in the clear: whoever saw one may replay step 1 without the
+            # key. Such a replay never finishes, so it may hold only a couple of slots.
+            self.counters.busy += 1
+            self.refuse(conn, f"peer {peer!r} already has links being admitted; retry later", now)
+            return None
         exchange = _Exchange(
             dialer=False,
             nonce=self.entropy(link_proof.NONCE_BYTES),
@@ -226,6 +246,15 @@ class Admission:
         if own is None or membership is None:
             self.refuse(conn, "this peer holds no credential for the overlay", now)
             return None
+        bound = self.channel_keys.pop(conn, None)
+        if bound is not None and bound != their.body.public_key:
+            self.refuse(
+                conn,
+                "the TLS certificate is not the key of the responder's credential "
+                "(a man in the middle?)",
+                now,
+            )
+            return None
         parts = (exchange.nonce, msg.nonce, own.digest, their.digest)
         if not link_proof.check(
             self.proofs,
@@ -247,6 +276,7 @@ class Admission:
     def refuse(self, conn: int, reason: str, now: float = 0.0) -> None:
         """Tell the peer why, count it, and close the connection (the core drops the link)."""
         self.pending.pop(conn, None)
+        self.channel_keys.pop(conn, None)
         self.counters.refused += 1
         self.kernel.send((conn,), AuthResponse(code=AUTH_REFUSED, reason=reason))
         self.kernel.error(conn, reason)
@@ -254,6 +284,7 @@ class Admission:
 
     def forget(self, conn: int) -> None:
         self.pending.pop(conn, None)
+        self.channel_keys.pop(conn, None)
 
     def expire(self, now: float) -> list[int]:
         """Connections whose exchange outlived ``timeout``: refused, returned for the core."""

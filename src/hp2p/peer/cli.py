@@ -40,8 +40,11 @@ Examples:
 
   hp2p peer --join blocks --require-signatures --source-key ed25519:3b6a…   # pinned source
 
-With --api: curl -X POST --data-binary hi http://127.0.0.1:8700/publish ; GET /status,
-GET /tree, WebSocket /subscribe (docs/peer.md).
+With --api: every request needs the token of the joined line (api-token=…, also in the 0600
+file named by the JSON joined event's api_token_file):
+  curl -H "Authorization: Bearer $TOKEN" --data-binary hi http://127.0.0.1:8700/publish
+GET /status, GET /tree, WebSocket /subscribe (docs/peer.md). A non-loopback --api address
+needs --api-public.
 
 Which settings apply depends on the overlay: shell settings always, tree settings on a
 CoreTree or SubTree, SubMesh settings on a SubMesh. A setting given that does not apply is
@@ -107,6 +110,14 @@ def peer(
             "--api", help="Serve the local HTTP + WebSocket API on HOST:PORT (default: off)."
         ),
     ] = None,
+    api_public: Annotated[
+        bool,
+        typer.Option(
+            "--api-public",
+            help="Allow --api on a non-loopback address (other machines can reach it; only "
+            "the token protects it).",
+        ),
+    ] = False,
     peer_id: Annotated[
         str | None, typer.Option("--id", help="Peer-id (default: peer-<random hex>).")
     ] = None,
@@ -238,6 +249,7 @@ def peer(
         "listen": listen,
         "advertise": advertise,
         "api": api,
+        "api_public": True if api_public else None,
         "peer_id": peer_id,
         "access_key": access_key,
         "expires": expires,

@@ -122,6 +122,17 @@ class PeerConfig:
             "Sources whose duplicate window and credential are kept (least recent out first)."
         ),
     )
+    sign_window: float = field(
+        default=0.004,
+        metadata=_doc(
+            "A source publishing faster than this gap signs its messages in batches: one "
+            "signature per batch, sent at most this much later (0: sign each message alone)."
+        ),
+    )
+    sign_batch: int = field(
+        default=64,
+        metadata=_doc("Most messages under one source signature (a full batch goes at once)."),
+    )
     join_attempts: int = field(
         default=4,
         metadata=_doc("Join attempts before JoinFailed (then a fresh HOMP join, see rejoins)."),
@@ -142,6 +153,13 @@ class PeerConfig:
         default=0.5, metadata=_doc("Random share of a delay (0.5: delay × [0.5, 1.0]).")
     )
     scan_timeout: float = field(default=3.0, metadata=_doc("SCAN_TREE collection time."))
+    scan_gap: float = field(
+        default=0.25,
+        metadata=_doc(
+            "SCAN_TREE requests arriving on one path closer than this are dropped: each "
+            "reaches the whole tree, so an unlimited stream would be a flood amplifier."
+        ),
+    )
     recovery_ask_timeout: float = field(
         default=0.5,
         metadata=_doc("Tree recovery: wait for 4200/4603 from a candidate before the next one."),
@@ -205,6 +223,8 @@ class PeerConfig:
             raise SettingsError("duplicate_window and max_ahead must be at least 1")
         if self.max_sources < 1:
             raise SettingsError("max_sources must be at least 1")
+        if not 0 <= self.sign_window <= 1 or not 1 <= self.sign_batch <= 1 << 16:
+            raise SettingsError("sign_window must be within [0, 1] s, sign_batch within [1, 65536]")
         if self.pull_rounds < 1 or self.pull_per_peer < 1 or self.pull_total < 1:
             raise SettingsError("pull_rounds, pull_per_peer and pull_total must be at least 1")
         if not 1024 <= self.buffermap_bytes <= 60 * 1024:

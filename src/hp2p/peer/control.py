@@ -253,6 +253,7 @@ class Control:
         self.hellos_out: set[int] = set()
         self.hello_accepted = False
         self.rejoins = 0  # fresh HOMP joins asked for after giving up (bounded by config)
+        self.root_doubted = False  # a HOMS "you are the root" was met with a retry already
 
     def to(self, event: Event) -> None:
         nxt = transition(self.phase, event)
@@ -304,6 +305,13 @@ class Control:
         self.homs_pending = False
         if self.phase is not Phase.WAITING:
             return
+        if root and self._older_alive() and not self.root_doubted:
+            # The HOMS lists only me, yet an older member answers on a live candidate path: a
+            # second root would split the tree (issue #11: a HOMS misled by false reports).
+            # Ask the live older peers once more; the next "root" answer is taken.
+            self.root_doubted = True
+            self.begin_attempt((), now)
+            return
         if root:
             self.become_root(now)
             return
@@ -326,6 +334,7 @@ class Control:
         self.recovering = False
         self.candidates_only = False
         self.homs_pending = False
+        self.root_doubted = False
 
     # === an attempt: HELLO, window, PROBE ========================================================
     def begin_attempt(self, peers: tuple[tuple[str, str], ...], now: float) -> None:
@@ -535,6 +544,7 @@ class Control:
             core.counters.repairs += 1
         self.recovering = False
         self.candidates_only = False
+        self.root_doubted = False
         self.attempt = 0
         self.to(Event.ATTACH)
         core.effects.append(Joined(parent.peer_id, core.depth, repaired))
@@ -589,8 +599,17 @@ class Control:
             delay = min(delay, config.heartbeat_timeout)
         core.timers.arm(T_RETRY, now + delay)
 
+    def _older_alive(self) -> bool:
+        """A candidate path to an older peer that still answers heartbeats."""
+        core = self.core
+        return any(
+            link.role is Role.OUT_CANDIDATE and 0 < link.ticket < core.ticket
+            for link in core.paths.links.values()
+        )
+
     def become_root(self, now: float) -> None:
         core = self.core
+        self.root_doubted = False
         if core.dr.attached_at is None:
             core.dr.attached_at = now
         self.to(Event.ROOT)

@@ -105,6 +105,7 @@ class CoreCounters:
     bad_signatures: int = 0  # data whose source signature does not verify
     unknown_sources: int = 0  # data of a source whose credential this peer has not seen
     bad_credentials: int = 0  # source credentials refused (forged, expired, someone else's)
+    scans_dropped: int = 0  # SCAN_TREE requests over the per-path rate (scan_gap)
 
 
 class PeerCore(Kernel):
@@ -146,6 +147,7 @@ class PeerCore(Kernel):
             **self.ppm.timers(),
             **self.dr.timers(),
             **self.scan.timers(),
+            **self.db.timers(),
         }
 
     def _message_handlers(self) -> dict[type[Any], Callable[[Link, Any, float], None]]:
@@ -221,6 +223,11 @@ class PeerCore(Kernel):
             | dataclasses.asdict(self.cache.counters),
             "recovery": {"wanted_now": len(self.recovery)}
             | dataclasses.asdict(self.recovery.counters),
+            "admission": {
+                "required": self.admission.required,
+                "pending": len(self.admission.pending),
+            }
+            | dataclasses.asdict(self.admission.counters),
         }
 
     @property
@@ -296,6 +303,7 @@ class PeerCore(Kernel):
         """RELEASE every path, close every connection, then ``Left``."""
         if self.phase is Phase.LEFT:
             return
+        self.db.flush(now)  # messages published before leaving still go out
         self.reset(now)
         self.dr.detached_at = None
         self.poc.to(Event.LEAVE)

@@ -207,17 +207,32 @@ async def _serve(
         waiter.cancel()
 
 
-async def _start_api(node: PeerNode | MeshNode, listen: str | None) -> tuple[LocalApi | None, str]:
-    if listen is None:
-        return None, ""
+async def _start_api(node: PeerNode | MeshNode, settings: Settings) -> LocalApi | None:
+    """The local API when ``api`` is set (its token file beside the store, if there is one)."""
+    if settings.node.api is None:
+        return None
     from hp2p.peer.local_api import LocalApi  # the web stack, only when asked for
     from hp2p.peer.node import NodeError
 
-    local_api = LocalApi(node, listen)
     try:
-        return local_api, await local_api.start()
+        local_api = LocalApi(
+            node,
+            settings.node.api,
+            public=settings.node.api_public,
+            token_dir=settings.submesh.store,
+        )
+        await local_api.start()
     except NodeError as exc:
         raise _fail(str(exc), 1) from None
+    return local_api
+
+
+def api_fields(local_api: LocalApi | None) -> dict[str, Any]:
+    """``api``, ``api_token`` and ``api_token_file`` of the joined line and event (None: off)."""
+    if local_api is None:
+        return {"api": None, "api_token": None, "api_token_file": None}
+    token_file = str(local_api.token_file) if local_api.token_file else None
+    return {"api": local_api.url, "api_token": local_api.token, "api_token_file": token_file}
 
 
 # === tree peer (CoreTree, SubTree) ==============================================================
@@ -253,8 +268,8 @@ async def run_tree(settings: Settings, json_events: bool, stdin: bool, stop: asy
         raise _fail(str(exc), 1) from None
     local_api = None
     try:
-        local_api, api_url = await _start_api(node, settings.node.api)
-        info = {**node.joined_info(), "api": api_url or None}
+        local_api = await _start_api(node, settings)
+        info = {**node.joined_info(), **api_fields(local_api)}
         joined = True
         if json_events:
             print_event("joined", info)
@@ -264,7 +279,8 @@ async def run_tree(settings: Settings, json_events: bool, stdin: bool, stop: asy
         else:
             print(
                 f"hp2p peer: joined peer-id={info['peer_id']} overlay-id={info['overlay_id']} "
-                f"ticket={info['ticket']} r2={info['r2']} api={api_url or '-'} "
+                f"ticket={info['ticket']} r2={info['r2']} api={info['api'] or '-'} "
+                f"api-token={info['api_token'] or '-'} "
                 f"parent={info['parent'] or '-'} depth={info['depth']}",
                 flush=True,
             )
@@ -347,8 +363,8 @@ async def run_mesh(settings: Settings, json_events: bool, stdin: bool, stop: asy
         raise _fail(f"not joined to the SubMesh within {limit:g} s (join_timeout)", 1) from None
     local_api = None
     try:
-        local_api, api_url = await _start_api(node, settings.node.api)
-        _announce_mesh(node, api_url, json_events)
+        local_api = await _start_api(node, settings)
+        _announce_mesh(node, local_api, json_events)
 
         async def report_objects() -> None:
             async for delivery in subscription:
@@ -372,14 +388,15 @@ async def run_mesh(settings: Settings, json_events: bool, stdin: bool, stop: asy
         await node.close()
 
 
-def _announce_mesh(node: MeshNode, api_url: str, json_events: bool) -> None:
+def _announce_mesh(node: MeshNode, local_api: LocalApi | None, json_events: bool) -> None:
     """The one line (or ``joined`` event) a SubMesh peer prints once it has joined."""
+    api = api_fields(local_api)
     info = {
         "peer_id": node.peer_id,
         "overlay_id": node.overlay_id,
         "source_id": node.source_id,
         "r2": node.address,
-        "api": api_url or None,
+        **api,
         "mesh": True,
         "source_key": node.source_key,
         "signing_key": node.signer.public_text if node.signer else None,
@@ -389,7 +406,8 @@ def _announce_mesh(node: MeshNode, api_url: str, json_events: bool) -> None:
     else:
         print(
             f"hp2p peer: joined SubMesh peer-id={node.peer_id} overlay-id={node.overlay_id} "
-            f"source={node.source_id} r2={node.address} api={api_url or '-'}",
+            f"source={node.source_id} r2={node.address} api={api['api'] or '-'} "
+            f"api-token={api['api_token'] or '-'}",
             flush=True,
         )
 

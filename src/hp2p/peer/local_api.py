@@ -17,6 +17,12 @@ A SubMesh peer serves the same routes for whole objects (:func:`build_mesh_app`)
 (source only, else 403) answers the object number, ``/subscribe`` sends one frame per verified
 object, and ``/tree`` answers 404 (SCAN_TREE is a tree procedure).
 
+Every route, the WebSocket included, sits behind :class:`hp2p.peer.api_guard.ApiGuard`: a
+bearer token made at start (printed in the peer's joined line and kept in a 0600 file), a
+Host header naming this API (DNS rebinding), no foreign Origin (cross-site pages), and a
+request body bounded while it is read. A non-loopback address is refused unless ``public``
+(``--api-public``) is given.
+
 This module imports the web stack (FastAPI, uvicorn) and is itself imported only when the API
 is served, so a peer without ``--api`` stays small. No ``from __future__ import annotations``
 here: FastAPI reads the route annotations at runtime.
@@ -25,17 +31,33 @@ here: FastAPI reads the route annotations at runtime.
 import asyncio
 import contextlib
 import hashlib
+import logging
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 
 from hp2p.peer.api import delivery_json, gap_json, payload_json, scan_json
+from hp2p.peer.api_guard import (
+    SUBPROTOCOL_SCOPE_KEY,
+    ApiGuard,
+    QuietDenials,
+    new_token,
+    runtime_dir,
+    token_file_name,
+    write_token_file,
+)
 from hp2p.peer.node import MessageTooLargeError, NodeError, PeerNode
-from hp2p.peer.settings import split_host_port
+from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
 from hp2p.peer.subscription import Gap
+
+log = logging.getLogger("hp2p.peer.local_api")
+_uvicorn_log = logging.getLogger("uvicorn.error")
+if not any(isinstance(f, QuietDenials) for f in _uvicorn_log.filters):
+    _uvicorn_log.addFilter(QuietDenials())
 
 if TYPE_CHECKING:
     from hp2p.peer.mesh_node import MeshDelivery, MeshNode
@@ -187,7 +209,7 @@ async def _serve_subscription(
     A frame that cannot be published is answered with ``{"error": ...}``; the subscription
     ends (and is closed) when the client goes.
     """
-    await ws.accept()
+    await ws.accept(subprotocol=ws.scope.get(SUBPROTOCOL_SCOPE_KEY))
 
     async def pump_out() -> None:
         async for item in sub:
@@ -215,11 +237,43 @@ async def _serve_subscription(
 
 
 class LocalApi:
-    """Serves :func:`build_app` with uvicorn inside the peer's event loop."""
+    """Serves :func:`build_app` with uvicorn inside the peer's event loop, behind the guard.
 
-    def __init__(self, node: Union[PeerNode, "MeshNode"], listen: str) -> None:
+    ``token``: the bearer token (default: a fresh random one); ``token_dir``: where its 0600
+    file goes, beside the peer's state (default: :func:`hp2p.peer.api_guard.runtime_dir`);
+    ``max_body``: the largest request body read (default: the largest message or object the
+    peer publishes); ``public``: allow a non-loopback address (logged as a warning).
+    """
+
+    def __init__(
+        self,
+        node: Union[PeerNode, "MeshNode"],
+        listen: str,
+        *,
+        public: bool = False,
+        token: str | None = None,
+        token_dir: str | None = None,
+        max_body: int | None = None,
+    ) -> None:
         self.node = node
         self.host, self.port = split_host_port(listen, "api")
+        if not public and not is_loopback_host(self.host):
+            raise NodeError(
+                f"refusing to serve the local API on {listen}: not a loopback address, so "
+                "other machines could reach it. Use 127.0.0.1:PORT, or give --api-public if "
+                "you mean it"
+            )
+        self.public = public
+        self.token = token or new_token()
+        self.token_file: Path | None = None
+        self._token_dir = token_dir
+        if max_body is None:
+            if isinstance(node, PeerNode):
+                max_body = node.max_message
+            else:
+                max_body = node.settings.config.max_object_size
+        self.max_body = max_body
+        self.guard: ApiGuard | None = None
         self.url = ""
         self._server: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -248,9 +302,23 @@ class LocalApi:
                 f"{exc.strerror or exc} (is the port in use? try another --api port)"
             ) from None
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            build_app(self.node), log_level="warning", access_log=False, lifespan="off"
+        try:
+            self.token_file = self._write_token()
+        except OSError as exc:
+            sock.close()
+            raise NodeError(f"cannot write the local API's token file: {exc}") from None
+        if self.public:
+            log.warning(
+                "the local API listens on %s:%d, reachable from other machines; only its "
+                "token protects it (--api-public)",
+                self.host,
+                self.port,
+            )
+        allowed = None if self.host in ANY_HOSTS else frozenset({self.host})
+        self.guard = ApiGuard(
+            build_app(self.node), token=self.token, max_body=self.max_body, allowed_hosts=allowed
         )
+        config = uvicorn.Config(self.guard, log_level="warning", access_log=False, lifespan="off")
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="hp2p-api")
         started = asyncio.ensure_future(ready.wait())
@@ -263,11 +331,27 @@ class LocalApi:
         self.url = f"http://{host}:{self.port}"
         return self.url
 
+    def _write_token(self) -> Path:
+        """The token file (0600), beside the peer's state or in the user's runtime directory."""
+        folder = Path(self._token_dir) if self._token_dir else runtime_dir()
+        path = folder / token_file_name(self.node.peer_id, self.port)
+        write_token_file(path, self.token)
+        return path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The header every request to this API needs (for in-process clients and tests)."""
+        return {"Authorization": f"Bearer {self.token}"}
+
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._task, 3.0)
+        if self.token_file is not None:
+            with contextlib.suppress(OSError):
+                self.token_file.unlink()
+            self.token_file = None
 
     async def __aenter__(self) -> "LocalApi":
         await self.start()

@@ -42,6 +42,7 @@ window where a peer joined before the source recorded its key.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,9 @@ from hp2p.peer.mesh_pull import MeshPuller
 from hp2p.peer.mesh_store import MemoryPieceStore, PieceStore
 from hp2p.trust.membership import Membership
 from hp2p.wire.r2.messages import (
+    AUTH_OK,
+    Auth,
+    AuthResponse,
     Buffermap,
     BuffermapResponse,
     GetData,
@@ -207,6 +211,7 @@ class MeshCore(Kernel):
         self._key_deadline: float | None = None  # asking now; gives up at this time
         self._next_key_request = 0.0
         self._next_maintenance: float | None = None
+        self.gated = False  # links must pass admission (an overlay that requires credentials)
         self.links = MeshLinks(self)
         self.holdings = MeshHoldings(self)
         self.pull = MeshPuller(self)
@@ -258,6 +263,8 @@ class MeshCore(Kernel):
                 "waiting-for-key": self.awaiting_key(),
             },
             "counters": dict(vars(self.counters)),
+            "admission": {"required": self.gated, "pending": len(self.admission.pending)}
+            | dataclasses.asdict(self.admission.counters),
         }
 
     # === inputs ==================================================================================
@@ -269,6 +276,9 @@ class MeshCore(Kernel):
         self.overlay_id = info.overlay_id
         self.source_id = info.source_id
         self.ticket = info.ticket
+        self.admission.configure(info.overlay_id, info.membership)
+        self.admission.on_refused = self._refused
+        self.gated = self.admission.required
         self.is_source = info.source_id == self.peer_id
         self.standby = info.standby and not self.is_source
         self.links.source_address = info.source_address
@@ -334,6 +344,7 @@ class MeshCore(Kernel):
         self.connection_lost(conn, now)
 
     def connection_lost(self, conn: int, now: float) -> None:
+        self.admission.forget(conn)
         link = self.links.links.get(conn)
         if link is None:
             return
@@ -348,7 +359,11 @@ class MeshCore(Kernel):
         if link is None:
             return
         link.last_rx = now
-        if link.state == "incoming":
+        if self.gated and link.cred is None:
+            self._admit(link, message, now)
+        elif type(message) is AuthResponse and message.code == AUTH_OK and not message.credential:
+            pass  # the responder's acknowledgement of the dialer's proof
+        elif link.state == "incoming":
             if isinstance(message, Hello):
                 links.on_hello(link, message, now)
             else:
@@ -365,6 +380,26 @@ class MeshCore(Kernel):
         elif link.state == "up":
             self._on_message(link, message, now)
         self._after(now)
+
+    def _admit(self, link: MeshLink, msg: Message, now: float) -> None:
+        """Before admission only AUTH moves (docs/security.md); anything else closes the link."""
+        admission = self.admission
+        if isinstance(msg, Auth) and not link.outgoing:
+            link.cred = admission.on_auth(link.conn, msg, now)
+        elif isinstance(msg, AuthResponse) and link.outgoing and link.state == "auth":
+            cred = admission.on_auth_response(link.conn, msg, now, link.peer_id)
+            if cred is not None:
+                link.cred = cred
+                self.links.send_hello(link, now)
+        else:
+            admission.refuse(
+                link.conn, f"{type(msg).__name__} before link admission (send AUTH first)", now
+            )
+
+    def _refused(self, conn: int, reason: str, now: float) -> None:
+        link = self.links.links.get(conn)
+        if link is not None:
+            self.links.drop(link, now, backoff=True)
 
     def _on_message(self, link: MeshLink, msg: Message, now: float) -> None:
         if isinstance(msg, GetDataResponse):
@@ -415,6 +450,8 @@ class MeshCore(Kernel):
             self._key_deadline = None
             self.key_asked = True
         self.pull.expire(now)
+        if self.admission.pending:
+            self.admission.expire(now)
         if self._next_maintenance is not None and self._next_maintenance <= now:
             self._next_maintenance = None
             self._maintain(now)

@@ -31,6 +31,7 @@ from hp2p.wire.r2.schema import MAX_TEXT
 
 if TYPE_CHECKING:
     from hp2p.peer.mesh import MeshCore
+    from hp2p.trust.credential import Credential
 
 #: Extra neighbour slots for the source and for standbys watching it.
 SPARE_SLOTS = 4
@@ -49,6 +50,9 @@ class MeshLink:
     have: set[int] = field(default_factory=set)
     inflight: int = 0
     strikes: int = 0
+    #: The peer's membership credential, proven on this link (issue #11); its peer-id is the
+    #: only one this link may speak for, and the only one a ban may name.
+    cred: Credential | None = None
 
 
 def _release(reason: str) -> Release:
@@ -105,8 +109,16 @@ class MeshLinks:
         link = self.links.get(conn)
         if link is None or link.state != "opening":
             return
-        link.state = "hello"
         link.last_rx = now
+        if core.gated:
+            link.state = "auth"  # HELLO goes once the responder proved its credential
+            core.admission.dial(conn, now)
+            return
+        self.send_hello(link, now)
+
+    def send_hello(self, link: MeshLink, now: float) -> None:
+        core = self.core
+        link.state = "hello"
         hello = Hello(
             overlay_id=core.overlay_id,
             peer_id=core.peer_id,
@@ -121,6 +133,9 @@ class MeshLinks:
     def on_hello(self, link: MeshLink, msg: Hello, now: float) -> None:
         core = self.core
         peer = msg.peer_id
+        if link.cred is not None and link.cred.body.peer_id != peer:
+            self.refuse(link, "HELLO claims another peer-id than its credential", now)
+            return
         if msg.overlay_id != core.overlay_id:
             self.refuse(link, f"overlay {msg.overlay_id!r} is not {core.overlay_id!r}", now)
             return
@@ -200,8 +215,16 @@ class MeshLinks:
         core.bump_maintenance(now)
 
     def ban(self, link: MeshLink, reason: str, now: float) -> None:
+        """Drop ``link``; remember its peer-id as banned only if the link vouches for it.
+
+        A peer-id in an incoming HELLO is anyone's to claim: banning it would let a liar get an
+        honest peer (or the source) banned everywhere by serving bad pieces under its name
+        (issue #11). The link vouches for its peer-id when it proved a credential for it, or
+        when this peer dialled the address the HOMS lists for that peer-id.
+        """
         core = self.core
-        if link.peer_id is not None:
+        vouched = link.cred is not None or link.outgoing
+        if link.peer_id is not None and vouched:
             self.banned[link.peer_id] = None
             self.known.pop(link.peer_id, None)
             while len(self.banned) > core.config.max_banned:

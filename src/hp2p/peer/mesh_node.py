@@ -59,6 +59,12 @@ from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
 from hp2p.transport.faults import FaultPlan
+from hp2p.transport.limits import (
+    DEFAULT_BUFFERED_BYTES,
+    DEFAULT_FRAME_DEADLINE,
+    DEFAULT_MAX_UNIDENTIFIED,
+    R2Limits,
+)
 from hp2p.transport.registry import TransportRegistry
 from hp2p.trust.keys import KeyFileError
 from hp2p.trust.membership import Membership as TrustMembership
@@ -267,6 +273,10 @@ class MeshSettings:
     #: Fault injection on every link (``hp2p.transport.faults``), as on a tree peer.
     faults: str = ""
     fault_seed: int = 0
+    #: Process-wide R2 limits (``hp2p.transport.limits``), as on a tree peer.
+    r2_buffered_bytes: int = DEFAULT_BUFFERED_BYTES
+    r2_frame_deadline: float = DEFAULT_FRAME_DEADLINE
+    r2_max_unidentified: int = DEFAULT_MAX_UNIDENTIFIED
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MeshSettings:
@@ -300,6 +310,9 @@ class MeshSettings:
             source_key=m.source_key,
             faults=n.faults,
             fault_seed=n.fault_seed,
+            r2_buffered_bytes=n.r2_buffered_bytes,
+            r2_frame_deadline=n.r2_frame_deadline,
+            r2_max_unidentified=n.r2_max_unidentified,
             security=n.security,
             key_file=n.key_file,
             **queue,
@@ -323,6 +336,14 @@ class MeshSettings:
                 FaultPlan.parse(self.faults, self.fault_seed)
             except ValueError as exc:
                 raise MeshNodeError(f"faults: {exc}") from None
+        try:
+            self.r2_limits()
+        except ValueError as exc:
+            raise MeshNodeError(str(exc)) from None
+
+    def r2_limits(self) -> R2Limits:
+        """The process-wide R2 limits of this peer (:mod:`hp2p.transport.limits`)."""
+        return R2Limits(self.r2_buffered_bytes, self.r2_frame_deadline, self.r2_max_unidentified)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +411,7 @@ class MeshNode(CoreShell[MeshCore]):
         self.overlay_id = ""
         self.source_id = ""
         self.state = "starting"
-        self._init_shell(settings.send_queue_bytes, transports)
+        self._init_shell(settings.send_queue_bytes, transports, settings.r2_limits())
         self._subscribers: list[MeshSubscription] = []
         self._asking_homs = False
         self._asking_key = False
@@ -588,6 +609,7 @@ class MeshNode(CoreShell[MeshCore]):
             "source_key": self.source_key,
             "signing_key": self.signer.public_text if self.signer else None,
             "node": asdict(self.stats),
+            "r2_limits": self.r2_budget.status(),
         }
         if self.core is not None:
             out["mesh"] = self.core.status()

@@ -161,7 +161,7 @@ class PeerNode(CoreShell[PeerCore]):
         self.joined = asyncio.Event()
         self.state = "starting"
         self.failure: str | None = None
-        self._init_shell(settings.send_queue_bytes, transports)
+        self._init_shell(settings.send_queue_bytes, transports, settings.r2_limits())
         self._subscribers: list[Subscription[Any]] = []
         self._scans: dict[int, asyncio.Future[ScanResult]] = {}
         self.failed = asyncio.Event()
@@ -375,6 +375,7 @@ class PeerNode(CoreShell[PeerCore]):
                 "injected_drops": sum(link.stats.injected_drops for link in links),
             },
             "homs_client": asdict(self.homs.stats),
+            "r2_limits": self.r2_budget.status(),
             "subscribers": len(self._subscribers),
             "subtree_foreign_dropped": (
                 core.counters.foreign_dropped if core and self.subtree_source else None

@@ -344,7 +344,9 @@ class PathManager:
             # this orphan to the HOMS, a round trip that costs more than the wait.
             self.deferred.append((link, msg))
             return
-        recovery = msg.hp2p.recovery
+        # The spare recovery slots are for orphans that proved membership: on an overlay with
+        # credentials, a peer without one (reference-compat) may not claim them (issue #11).
+        recovery = msg.hp2p.recovery and (link.cred is not None or core.admission.own is None)
         if recovery and msg.hp2p.displace:
             self._displace_for(link, now)
         if (

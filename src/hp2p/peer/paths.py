@@ -75,6 +75,7 @@ class Link:
     purpose: object = None  # what to send once an outgoing connection is made
     cred: Credential | None = None  # the peer's membership credential, proven on this link
     strikes: int = 0  # forged or unverifiable data received on this link
+    scan_at: float = float("-inf")  # when this link last brought a SCAN_TREE request
 
 
 class PathLimitError(Exception):

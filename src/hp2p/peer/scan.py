@@ -156,6 +156,14 @@ class TreeScan:
         if link.role not in (Role.PARENT, Role.CHILD):
             core.error(link.conn, "SCAN_TREE on a connection that is not a primary path")
             return
+        if len(msg.via) <= 1 and link.peer_id != msg.peer_id:
+            core.error(link.conn, "SCAN_TREE names another initiator than the peer that sent it")
+            return
+        if now - link.scan_at < core.config.scan_gap:
+            # each request reaches every peer and comes back from every leaf: rate-limited
+            core.counters.scans_dropped += 1
+            return
+        link.scan_at = now
         if not self._remember(msg.peer_id, str(msg.cseq)):
             return
         others = tuple(conn for conn in core.paths.primary if conn != link.conn)

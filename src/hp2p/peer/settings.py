@@ -43,6 +43,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.errors import SettingsError
 from hp2p.peer.mesh_config import MeshConfig
+from hp2p.transport.limits import (
+    DEFAULT_BUFFERED_BYTES,
+    DEFAULT_FRAME_DEADLINE,
+    DEFAULT_MAX_UNIDENTIFIED,
+    R2Limits,
+)
 
 if TYPE_CHECKING:
     from hp2p.wire import homp
@@ -54,6 +60,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "SubMeshSettings",
+    "is_loopback_host",
     "merge",
     "overlay_kind",
     "parse_assignments",
@@ -105,7 +112,17 @@ class NodeSettings:
     )
     api: str | None = field(
         default=None,
-        metadata=_doc("HOST:PORT of the local HTTP + WebSocket API; off unless given."),
+        metadata=_doc(
+            "HOST:PORT of the local HTTP + WebSocket API (bearer token required); off unless "
+            "given. A non-loopback HOST needs api_public."
+        ),
+    )
+    api_public: bool = field(
+        default=False,
+        metadata=_doc(
+            "Allow the local API on a non-loopback address (reachable from other machines; "
+            "only the token protects it)."
+        ),
     )
     peer_id: str | None = field(
         default=None, metadata=_doc("Peer-id (default: peer-<8 random hex digits>).")
@@ -156,6 +173,27 @@ class NodeSettings:
     seed: int | None = field(
         default=None, metadata=_doc("Seed of the core's random choices (default: random).")
     )
+    r2_buffered_bytes: int = field(
+        default=DEFAULT_BUFFERED_BYTES,
+        metadata=_doc(
+            "Bytes of incomplete R2 frames held over all connections of the peer; past it the "
+            "connection holding the most is closed."
+        ),
+    )
+    r2_frame_deadline: float = field(
+        default=DEFAULT_FRAME_DEADLINE,
+        metadata=_doc(
+            "Seconds an R2 frame (and an accepted connection's first frame) has to complete "
+            "before the connection is closed."
+        ),
+    )
+    r2_max_unidentified: int = field(
+        default=DEFAULT_MAX_UNIDENTIFIED,
+        metadata=_doc(
+            "Accepted R2 connections that may wait for their first complete frame at once; "
+            "more are refused."
+        ),
+    )
     security: str = field(
         default="credentials",
         metadata=_doc(
@@ -182,13 +220,22 @@ class NodeSettings:
                 "give either create (--create TITLE) or join (--join ID-OR-TITLE), not both"
             )
         positive = ("expires", "homs_timeout", "homs_attempts", "join_timeout", "leave_timeout")
-        for name in (*positive, "subscriber_queue", "send_queue_bytes"):
+        r2 = ("r2_buffered_bytes", "r2_frame_deadline", "r2_max_unidentified")
+        for name in (*positive, "subscriber_queue", "send_queue_bytes", *r2):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be greater than 0, got {getattr(self, name)}")
         for name in ("listen", "api"):
             value = getattr(self, name)
             if value is not None:
                 split_host_port(value, name)
+        if self.api is not None and not self.api_public:
+            api_host = split_host_port(self.api, "api")[0]
+            if not is_loopback_host(api_host):
+                raise SettingsError(
+                    f"api {self.api!r} is not a loopback address: the local API would be "
+                    "reachable from other machines. Use 127.0.0.1:PORT, or give --api-public "
+                    "(setting api_public) if you mean it"
+                )
         if self.advertise is not None:
             host, _, rest = self.advertise.partition("://")
             if host != "tcp" or not rest:
@@ -202,6 +249,10 @@ class NodeSettings:
                     f"advertise {self.advertise!r} names no host: give the address other "
                     "peers can reach, not 0.0.0.0"
                 )
+
+    def r2_limits(self) -> R2Limits:
+        """The process-wide R2 limits these settings give (:mod:`hp2p.transport.limits`)."""
+        return R2Limits(self.r2_buffered_bytes, self.r2_frame_deadline, self.r2_max_unidentified)
 
     @classmethod
     def describe(cls) -> dict[str, tuple[Any, str]]:
@@ -251,6 +302,18 @@ class SubMeshSettings:
 
 
 ANY_HOSTS = ("0.0.0.0", "::", "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): reachable from this host only."""
+    import ipaddress  # small, but only needed when an API address is given
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
 
 
 def split_host_port(value: str, name: str = "address") -> tuple[str, int]:

@@ -32,6 +32,7 @@ from hp2p.peer.settings import ANY_HOSTS, split_host_port
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
 from hp2p.transport.faults import FaultPlan, FaultyLink
+from hp2p.transport.limits import R2Budget, R2Limits
 from hp2p.transport.registry import TransportRegistry, default_registry
 from hp2p.wire.errors import WireError
 from hp2p.wire.r2 import encode
@@ -83,6 +84,7 @@ class LinkStats:
     accepted: int = 0
     wire_errors: int = 0  # malformed R2 streams (the link was closed)
     protocol_errors: int = 0  # the core's ProtocolError effects
+    limit_closes: int = 0  # links closed by a process-wide R2 limit (hp2p.transport.limits)
 
 
 class CoreShell(Generic[CoreT]):
@@ -99,11 +101,17 @@ class CoreShell(Generic[CoreT]):
     connect_task_name = "hp2p-connect"
 
     def _init_shell(
-        self, send_queue_bytes: int, transports: TransportRegistry | None = None
+        self,
+        send_queue_bytes: int,
+        transports: TransportRegistry | None = None,
+        limits: R2Limits | None = None,
     ) -> None:
         self._send_queue_bytes = send_queue_bytes
+        #: What incomplete R2 frames may hold, over every link of this peer (issue #11):
+        #: accepted links and the links the default registry dials are charged to it.
+        self.r2_budget = R2Budget(limits)
         #: How a ``Connect`` reaches a peer: one dialer per address scheme.
-        self.transports = transports if transports is not None else default_registry()
+        self.transports = transports if transports is not None else default_registry(self.r2_budget)
         self._server: asyncio.Server | None = None
         self._links: dict[int, Link] = {}
         self._connecting: dict[int, list[Message]] = {}
@@ -168,7 +176,11 @@ class CoreShell(Generic[CoreT]):
         host, port = split_host_port(listen, "listen")
         try:
             self._server = await tcp.listen(
-                host, port, self._on_accept, max_queue_bytes=self._send_queue_bytes
+                host,
+                port,
+                self._on_accept,
+                max_queue_bytes=self._send_queue_bytes,
+                budget=self.r2_budget,
             )
         except OSError as exc:
             raise error(
@@ -197,6 +209,7 @@ class CoreShell(Generic[CoreT]):
             on_message=lambda _link, message: self._on_message(conn, message),
             on_closed=lambda _link, _exc: self._on_closed(conn),
             on_protocol_error=lambda _link, err: self._on_wire_error(conn, err),
+            on_refused=lambda _link, reason: self._on_limit(conn, reason),
         )
 
     def _on_message(self, conn: int, message: Message) -> None:
@@ -226,6 +239,11 @@ class CoreShell(Generic[CoreT]):
         self.stats.wire_errors += 1
         log.info("malformed R2 stream on connection %d: %s", conn, err)
         self._emit("error", {"conn": conn, "reason": f"malformed R2 stream: {err}"})
+
+    def _on_limit(self, conn: int, reason: str) -> None:
+        """A process-wide R2 limit closed the link; the core hears of it as a lost link."""
+        self.stats.limit_closes += 1
+        self._emit("r2_limit", {"conn": conn, "reason": reason})
 
     def _start_connect(self, effect: Connect) -> None:
         self._connecting[effect.conn] = []

@@ -35,7 +35,11 @@ from hp2p.peer.mesh import (
 )
 from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_store import PieceStore
+from hp2p.sim.credentials import sim_membership
 from hp2p.sim.heap import EventHeap
+from hp2p.trust.credential import Role as MemberRole
+from hp2p.trust.keys import SigningKey
+from hp2p.trust.membership import Membership
 from hp2p.wire.r2 import decode, encode
 from hp2p.wire.r2.messages import Message
 
@@ -52,8 +56,11 @@ class MemoryMeshHoms:
         rng: random.Random,
         list_size: int = 8,
         expiry: float = 5.0,
+        credentials: bool = False,
     ) -> None:
         self.overlay_id = overlay_id
+        #: Issue membership credentials (hp2p.trust): every mesh link needs AUTH.
+        self.signer = SigningKey.generate() if credentials else None
         self.source_id = source_id
         self.rng = rng
         self.list_size = list_size
@@ -73,6 +80,13 @@ class MemoryMeshHoms:
         self._tickets += 1
         self.peers[peer_id] = PeerEntry(peer_id, address, self._tickets)
         return self._tickets, self.peer_list(peer_id, now)
+
+    def membership(self, peer_id: str) -> Membership | None:
+        entry = self.peers[peer_id]
+        if self.signer is None:
+            return None
+        role: MemberRole = "source" if peer_id == self.source_id else "peer"
+        return sim_membership(self.signer, self.overlay_id, entry, role)
 
     def peer_list(self, peer_id: str, now: float) -> list[tuple[str, str]]:
         chosen = mesh_neighbours(self.live(now), peer_id, self.rng, self.list_size)
@@ -114,6 +128,7 @@ class MeshNetwork(EventHeap):
         overlay_id: str = "sim-mesh",
         source_id: str = "source",
         keep_data: bool = True,
+        credentials: bool = False,
     ) -> None:
         self.seed = seed
         self.config = config or MeshConfig()
@@ -122,7 +137,12 @@ class MeshNetwork(EventHeap):
         self.homs_latency = homs_latency
         self.keep_data = keep_data
         self.homs = MemoryMeshHoms(
-            overlay_id, source_id, random.Random(f"{seed}:homs"), list_size, homs_expiry
+            overlay_id,
+            source_id,
+            random.Random(f"{seed}:homs"),
+            list_size,
+            homs_expiry,
+            credentials=credentials,
         )
         self.now = 0.0
         self.peers: dict[str, MeshPeer] = {}
@@ -171,6 +191,7 @@ class MeshNetwork(EventHeap):
             peers=tuple(peers),
             standby=standby,
             source_address=source.address if source is not None else None,
+            membership=self.homs.membership(name),
         )
         core.start(info, self.now)
         self._drain(peer)

@@ -30,7 +30,6 @@ is encoded once per ``Send`` and decoded at each receiver, to catch codec/core m
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import importlib
 import random
@@ -56,15 +55,13 @@ from hp2p.peer.effects import (
     Send,
 )
 from hp2p.peer.paths import Role
+from hp2p.sim.credentials import sim_membership
 from hp2p.sim.heap import CALL, EventHeap
-from hp2p.trust.credential import CredentialBody, issue, key_id
 from hp2p.trust.credential import Role as MemberRole
 from hp2p.trust.keys import SigningKey
 from hp2p.trust.membership import Membership
 from hp2p.wire.r2.messages import BroadcastData, Message
 
-SIM_EPOCH = 1.8e9
-"""Wall-clock time at simulated time 0, for credentials (they expire in wall-clock time)."""
 _RECV = 0
 _TIMER = 1
 _ARRIVE = 2
@@ -121,28 +118,10 @@ class MemoryHoms:
 
     def membership(self, entry: PeerEntry) -> Membership | None:
         """A credential for ``entry``, valid for the whole run (clock offset: SIM_EPOCH)."""
-        signer = self.signer
-        if signer is None:
+        if self.signer is None:
             return None
-        key = SigningKey.from_seed(hashlib.sha256(entry.peer_id.encode()).digest())
         role: MemberRole = "source" if entry.peer_id == self.source_peer_id else "peer"
-        body = CredentialBody(
-            homs_key=key_id(signer.public),
-            overlay_id=self.overlay_id,
-            peer_id=entry.peer_id,
-            ticket_id=entry.ticket,
-            public_key=key.public,
-            role=role,
-            address=entry.address,
-            issued_at=int(SIM_EPOCH),
-            expires_at=int(SIM_EPOCH + 10 * 365 * 86400),
-        )
-        return Membership(
-            key=key,
-            credential=issue(signer, body),
-            homs_keys={key_id(signer.public): signer.public},
-            clock_offset=SIM_EPOCH,
-        )
+        return sim_membership(self.signer, self.overlay_id, entry, role)
 
     def recovery(self, peer_id: str, ticket: int) -> tuple[list[tuple[str, str]], bool]:
         """Recovery peer list, and whether the requester is now the oldest peer (the root)."""

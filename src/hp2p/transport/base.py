@@ -35,6 +35,8 @@ class LinkEvents:
     on_message: Callable[[Link, Message], None]
     on_closed: Callable[[Link, BaseException | None], None]
     on_protocol_error: Callable[[Link, WireError], None] = field(default=lambda link, err: None)
+    #: The link was closed by a process-wide limit (``hp2p.transport.limits``): the reason.
+    on_refused: Callable[[Link, str], None] = field(default=lambda link, reason: None)
 
 
 class Link(Protocol):

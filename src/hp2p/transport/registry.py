@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
+from hp2p.transport.limits import R2Budget
 
 #: ``dial(address, events, max_queue_bytes)``: open a link or raise OSError / ValueError.
 Dialer = Callable[[str, LinkEvents, int], Awaitable[Link]]
@@ -68,12 +69,17 @@ class TransportRegistry:
         raise last
 
 
-async def _dial_tcp(address: str, events: LinkEvents, max_queue_bytes: int) -> Link:
-    return await tcp.connect(address, events, max_queue_bytes=max_queue_bytes)
+def tcp_dialer(budget: R2Budget | None = None) -> Dialer:
+    """The TCP dialer; with ``budget`` the links it opens share the process's R2 limits."""
+
+    async def dial(address: str, events: LinkEvents, max_queue_bytes: int) -> Link:
+        return await tcp.connect(address, events, max_queue_bytes=max_queue_bytes, budget=budget)
+
+    return dial
 
 
-def default_registry() -> TransportRegistry:
-    """The transports every hp2p peer has: plain TCP."""
+def default_registry(budget: R2Budget | None = None) -> TransportRegistry:
+    """The transports every hp2p peer has: plain TCP (charged to ``budget`` when given)."""
     registry = TransportRegistry()
-    registry.register("tcp", _dial_tcp)
+    registry.register("tcp", tcp_dialer(budget))
     return registry

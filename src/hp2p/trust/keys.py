@@ -74,6 +74,11 @@ class SigningKey:
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)
 
+    @property
+    def private(self) -> Ed25519PrivateKey:
+        """The key object itself, for a TLS certificate (hp2p.transport.tls)."""
+        return self._key
+
     @classmethod
     def load(cls, path: Path) -> SigningKey:
         """The key in ``path``; :class:`KeyFileError` if it is missing, malformed or too open."""
