@@ -203,8 +203,13 @@ async def homs_app(tmp_path):
 def _client(app, password: str | None) -> SubOverlayHomsClient:
     import httpx
 
+    from hp2p.trust.keys import SigningKey
+
     return SubOverlayHomsClient(
-        "http://homs", source_password=password, transport=httpx.ASGITransport(app=app)
+        "http://homs",
+        source_password=password,
+        transport=httpx.ASGITransport(app=app),
+        key=SigningKey.generate(),  # a peer's membership key: the overlays need credentials
     )
 
 

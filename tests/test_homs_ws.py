@@ -158,6 +158,8 @@ def etri_homs(tmp_path: Path) -> Iterator[HomsProcess]:
         "sqlite:///ws-replay.db",
         *("--signalling-profile", "etri-2023", "--ws-port", str(ws_port)),
         *("--delete-empty-overlays", "--expiry-sweep", "0.2"),
+        # the recorded reference exchanges create overlays without `security`, join keyless
+        *("--default-security", "reference-compat"),
     )
     homs.ws_port = ws_port  # type: ignore[attr-defined]
     try:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from hp2p.homs.launch import HomsProcess
+from hp2p.trust.keys import SigningKey
 from peer_procs import PeerProc, create_core_overlay, readline
 
 pytestmark = pytest.mark.slow
@@ -170,6 +171,7 @@ def test_sigterm_while_still_joining_leaves_the_homs_at_once(homs: HomsProcess) 
             peer_id="ghost",
             address=f"tcp://127.0.0.1:{_closed_port()}",
             auth=homp.PeerAuth(password="secret-secret"),
+            public_key=SigningKey.generate().public_text,  # the overlay needs credentials
         ),
     )
     assert httpx.post(f"{homs.url}/peer", content=homp.encode(ghost), headers=headers).is_success

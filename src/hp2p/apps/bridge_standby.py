@@ -35,7 +35,12 @@ from hp2p.peer.node import Delivery
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
 from hp2p.wire.r2 import encode
-from hp2p.wire.r2.messages import Hello, HelloResponse, Message
+from hp2p.wire.r2.messages import AuthResponse, Hello, HelloResponse, Message
+
+#: What a live tree peer answers a probe HELLO with: the HELLO answer, or, on an overlay that
+#: requires credentials, the AUTH refusal its kernel sends before looking at an unadmitted
+#: HELLO (docs/security.md). Either way the peer's kernel is running: that is all a probe asks.
+_ALIVE = (HelloResponse, AuthResponse)
 
 __all__ = ["AbsenceClock", "ForwardLedger", "content_key", "source_answers"]
 
@@ -204,13 +209,14 @@ class AbsenceClock:
 async def source_answers(
     address: str, *, overlay_id: str, prober_id: str, prober_address: str, limit: float
 ) -> bool:
-    """True when the tree peer at ``address`` answers a ticket-0 HELLO_PEER within ``limit`` s."""
+    """True when the tree peer at ``address`` answers a ticket-0 HELLO_PEER within ``limit`` s
+    (with the HELLO answer, or with the AUTH refusal of an overlay that needs credentials)."""
     answered = asyncio.Event()
     got: list[Message] = []
 
     def on_message(link: Link, message: Message) -> None:
         got.append(message)
-        if isinstance(message, HelloResponse):
+        if isinstance(message, _ALIVE):
             answered.set()
 
     def on_closed(link: Link, exc: BaseException | None) -> None:
@@ -237,6 +243,6 @@ async def source_answers(
             return False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(answered.wait(), max(0.0, deadline - loop.time()))
-        return any(isinstance(m, HelloResponse) for m in got)
+        return any(isinstance(m, _ALIVE) for m in got)
     finally:
         link.close()

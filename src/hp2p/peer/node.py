@@ -399,8 +399,22 @@ class PeerNode(CoreShell[PeerCore]):
                 },
                 core=asdict(core.counters),
                 core_status=core.status(),
+                admission=self._admission_status(core),
             )
         return out
+
+    @staticmethod
+    def _admission_status(core: PeerCore) -> dict[str, Any]:
+        """Link admission at a glance: whether links need credentials, this peer's key and
+        credential expiry (wall clock), links admitted and refused (docs/security.md)."""
+        adm = core.admission
+        m, own = adm.membership, adm.own
+        return {
+            "required": adm.required,
+            "public_key": m.key.public_text if m is not None else None,
+            "credential_expires_at": own.body.expires_at if own is not None else None,
+            **asdict(adm.counters),
+        }
 
     def _running_core(self) -> PeerCore:
         if self.core is None or self.state in ("starting", "left") or self._stopped:
