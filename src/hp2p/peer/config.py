@@ -123,7 +123,7 @@ class PeerConfig:
         ),
     )
     sign_window: float = field(
-        default=0.004,
+        default=0.01,
         metadata=_doc(
             "A source publishing faster than this gap signs its messages in batches: one "
             "signature per batch, sent at most this much later (0: sign each message alone)."
