@@ -30,6 +30,7 @@ from hp2p.homs.db import scratch_database
 from hp2p.homs.launch import HomsProcess, running_homs
 from hp2p.homs.liveness import sweep_once
 from hp2p.homs.settings import HomsSettings
+from hp2p.peer.homs_client import HomsClient
 from hp2p.trust.credential import CLOCK_SKEW, CredentialError, CredentialVerifier, decode
 from hp2p.trust.keys import SigningKey, parse_public_key
 from hp2p.wire import homp
@@ -458,3 +459,37 @@ def _two_peers(tmp_path: Path, homs: HomsProcess) -> None:
     finally:
         codes = procs.stop_all()
         assert all(code == 0 for code in codes.values()), codes
+
+
+async def test_a_peer_refreshes_before_its_credential_expires(db_url: str, tmp_path: Path) -> None:
+    """A peer whose ``expires`` (600 s) outlives the credential TTL still renews in time, and
+    the client hands each renewed credential to its owner (the kernel)."""
+    async with running(db_url, tmp_path) as homs:
+        client = HomsClient(
+            "http://homs",
+            transport=httpx.ASGITransport(app=homs.app),
+            attempts=1,
+            key=SigningKey.generate(),
+            security="credentials",
+        )
+        renewed: list[str] = []
+        client.on_renewed = lambda m: renewed.append(m.credential)
+        try:
+            await client.create_overlay(
+                "t", "o", "admin", heartbeat_interval=1, heartbeat_timeout=3
+            )
+            overlay = await client.find_overlay("t")
+            m = await client.join(
+                overlay, peer_id="p", address="tcp://127.0.0.1:9", password="p" * 8, expires=600
+            )
+            assert m.trust is not None
+            assert m.trust.required  # the overlay says `credentials`: links need AUTH
+            assert client.refresh_period() == TTL / 2  # not 0.8 × 600
+            homs.clock.now += TTL / 2
+            await client.refresh()
+            assert len(renewed) == 1
+            assert client.membership is not None
+            assert client.membership.trust is not None
+            assert client.membership.trust.credential == renewed[0] != m.trust.credential
+        finally:
+            await client.aclose()
