@@ -35,6 +35,7 @@ from hp2p.trust.credential import CLOCK_SKEW, CredentialError, CredentialVerifie
 from hp2p.trust.keys import SigningKey, parse_public_key
 from hp2p.wire import homp
 from hp2p.wire.errors import WireError
+from hp2p.wire.signalling import PeerHello, PeerProve, decode_client_message
 from peer_procs import PeerProc, Procs
 
 PG_URL = os.environ.get("HP2P_TEST_POSTGRES_URL")
@@ -493,3 +494,30 @@ async def test_a_peer_refreshes_before_its_credential_expires(db_url: str, tmp_p
             assert client.membership.trust.credential == renewed[0] != m.trust.credential
         finally:
             await client.aclose()
+
+
+@given(st.text(max_size=140), st.text(min_size=1, max_size=20))
+def test_a_prove_message_decodes_only_with_a_128_hex_digit_proof(proof: str, peer_id: str) -> None:
+    raw = msgspec.json.encode({"action": "prove", "peer-id": peer_id, "proof": proof})
+    if re.fullmatch(r"[0-9a-f]{128}", proof) is None:
+        with pytest.raises(WireError):
+            decode_client_message(raw)
+        return
+    msg = decode_client_message(raw)
+    assert isinstance(msg, PeerProve)
+    assert (msg.peer_id, msg.proof) == (peer_id, proof)
+
+
+@given(st.one_of(st.none(), st.text(max_size=5000)))
+def test_a_hello_credential_is_a_bounded_string(credential: str | None) -> None:
+    hello: dict[str, Any] = {"action": "hello", "peer-id": "p", "overlay-id": "ov"}
+    if credential is not None:
+        hello["credential"] = credential
+    raw = msgspec.json.encode(hello)
+    if credential is not None and not 0 < len(credential) <= 4096:
+        with pytest.raises(WireError):
+            decode_client_message(raw)
+        return
+    msg = decode_client_message(raw)
+    assert isinstance(msg, PeerHello)
+    assert msg.credential == credential
