@@ -30,10 +30,12 @@ from hp2p.homs.db import scratch_database
 from hp2p.homs.launch import HomsProcess, running_homs
 from hp2p.homs.liveness import sweep_once
 from hp2p.homs.settings import HomsSettings
+from hp2p.peer.homs_client import HomsClient
 from hp2p.trust.credential import CLOCK_SKEW, CredentialError, CredentialVerifier, decode
 from hp2p.trust.keys import SigningKey, parse_public_key
 from hp2p.wire import homp
 from hp2p.wire.errors import WireError
+from hp2p.wire.signalling import PeerHello, PeerProve, decode_client_message
 from peer_procs import PeerProc, Procs
 
 PG_URL = os.environ.get("HP2P_TEST_POSTGRES_URL")
@@ -458,3 +460,64 @@ def _two_peers(tmp_path: Path, homs: HomsProcess) -> None:
     finally:
         codes = procs.stop_all()
         assert all(code == 0 for code in codes.values()), codes
+
+
+async def test_a_peer_refreshes_before_its_credential_expires(db_url: str, tmp_path: Path) -> None:
+    """A peer whose ``expires`` (600 s) outlives the credential TTL still renews in time, and
+    the client hands each renewed credential to its owner (the kernel)."""
+    async with running(db_url, tmp_path) as homs:
+        client = HomsClient(
+            "http://homs",
+            transport=httpx.ASGITransport(app=homs.app),
+            attempts=1,
+            key=SigningKey.generate(),
+            security="credentials",
+        )
+        renewed: list[str] = []
+        client.on_renewed = lambda m: renewed.append(m.credential)
+        try:
+            await client.create_overlay(
+                "t", "o", "admin", heartbeat_interval=1, heartbeat_timeout=3
+            )
+            overlay = await client.find_overlay("t")
+            m = await client.join(
+                overlay, peer_id="p", address="tcp://127.0.0.1:9", password="p" * 8, expires=600
+            )
+            assert m.trust is not None
+            assert m.trust.required  # the overlay says `credentials`: links need AUTH
+            assert client.refresh_period() == TTL / 2  # not 0.8 × 600
+            homs.clock.now += TTL / 2
+            await client.refresh()
+            assert len(renewed) == 1
+            assert client.membership is not None
+            assert client.membership.trust is not None
+            assert client.membership.trust.credential == renewed[0] != m.trust.credential
+        finally:
+            await client.aclose()
+
+
+@given(st.text(max_size=140), st.text(min_size=1, max_size=20))
+def test_a_prove_message_decodes_only_with_a_128_hex_digit_proof(proof: str, peer_id: str) -> None:
+    raw = msgspec.json.encode({"action": "prove", "peer-id": peer_id, "proof": proof})
+    if re.fullmatch(r"[0-9a-f]{128}", proof) is None:
+        with pytest.raises(WireError):
+            decode_client_message(raw)
+        return
+    msg = decode_client_message(raw)
+    assert isinstance(msg, PeerProve)
+    assert (msg.peer_id, msg.proof) == (peer_id, proof)
+
+
+@given(st.one_of(st.none(), st.text(max_size=5000)))
+def test_a_hello_credential_is_a_bounded_string(credential: str | None) -> None:
+    hello: dict[str, Any] = {"action": "hello", "peer-id": "p", "overlay-id": "ov"}
+    if credential is not None:
+        hello["credential"] = credential
+    raw = msgspec.json.encode(hello)
+    if credential is not None and not 0 < len(credential) <= 4096:
+        with pytest.raises(WireError):
+            decode_client_message(raw)
+        return
+    msg = decode_client_message(raw)
+    assert isinstance(msg, PeerHello)
+    assert msg.credential == credential

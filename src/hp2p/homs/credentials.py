@@ -12,7 +12,8 @@ from the ring and its file deleted, since no valid credential can name it any mo
 The directory holds ``<key-id>.key`` (the seed in hex) per key and ``ring.json``
 (``{"current": id, "retired": {id: not-after}}``). Several HOMS processes may share one
 directory (the PostgreSQL deployment): each re-reads ``ring.json`` when its modification time
-changes, so a rotation done by one is picked up by all.
+changes (looked at no more than once a second), so a rotation done by one is picked up by all
+within a second.
 
 Revocation model: there is no revocation list. A credential lives ``--credential-ttl`` seconds
 (120 by default); a member renews it with every refresh. Leave, expiry and removal delete the
@@ -36,6 +37,9 @@ from hp2p.trust.keys import SigningKey, parse_public_key
 DEFAULT_TTL: Final = 120
 """Seconds a credential is valid; a peer refreshes well within it (docs/security.md)."""
 RING_FILE: Final = "ring.json"
+RECHECK_S: Final = 1.0
+"""How often ``ring.json`` is looked at for a rotation made elsewhere: a stat per credential
+would cost a join more than the signature itself."""
 
 
 class KeyDirError(ValueError):
@@ -76,6 +80,7 @@ class KeyRing:
         self._current = ""
         self._retired: dict[str, float] = {}
         self._stamp: float | None = None
+        self._checked = -RECHECK_S  # monotonic time of the last look at ring.json
         if directory is None:
             key = SigningKey.generate()
             self._current = key_id(key.public)
@@ -113,6 +118,10 @@ class KeyRing:
         directory = self.directory
         if directory is None:
             return
+        checked = time.monotonic()
+        if not force and checked - self._checked < RECHECK_S:
+            return
+        self._checked = checked
         ring = directory / RING_FILE
         try:
             stamp = ring.stat().st_mtime_ns
@@ -141,7 +150,7 @@ class KeyRing:
 
     def rotate(self) -> str:
         """A new current key; the old one is published until its credentials expired."""
-        self._reload()
+        self._reload(force=True)  # rotate what is on disk now, not what was a second ago
         now = self._clock()
         old = self._current
         retired = {k: t for k, t in self._retired.items() if t > now}

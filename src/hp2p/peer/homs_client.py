@@ -12,7 +12,8 @@ wrong (etri-2023-protocol.md §9.2):
   connection could not even be opened, because a second join of the same peer-id is refused.
 * Reports are coalesced: at most one is in flight and the next one always carries the latest
   cost map, so a burst of path changes costs two requests, not one per change.
-* Refresh runs every 0.8 × ``expires`` (as the reference), from a task the owner starts.
+* Refresh runs every 0.8 × ``expires`` (as the reference), from a task the owner starts; with a
+  credential, at least twice per credential lifetime.
 * Membership credentials (issue #11, docs/security.md): with a :class:`SigningKey` the client
   sends ``peer.public-key`` on join and turns the credential of the answer into a
   :class:`hp2p.trust.membership.Membership` (:attr:`Membership.trust`); every refresh renews
@@ -40,6 +41,7 @@ import msgspec
 from hp2p.peer.control import CrPolicy
 from hp2p.peer.effects import Costmap
 from hp2p.trust import membership as trust
+from hp2p.trust.credential import decode as decode_credential
 from hp2p.trust.keys import SigningKey, parse_public_key
 from hp2p.wire import homp
 from hp2p.wire.errors import WireError
@@ -539,9 +541,20 @@ class HomsClient:
         if self._refresh_task is None and self.membership is not None:
             self._refresh_task = asyncio.create_task(self._refresh_loop(), name="hp2p-refresh")
 
+    def refresh_period(self) -> float:
+        """Seconds between refreshes: 0.8 × ``expires``, and at most half the credential's
+        lifetime, so that a peer whose ``expires`` is longer than the HOMS's credential TTL
+        still renews its credential before it expires (docs/security.md)."""
+        m = self._member()
+        period = 0.8 * max(1, m.expires)
+        if m.trust is not None:
+            body = decode_credential(m.trust.credential).body
+            period = min(period, max(1.0, 0.5 * (body.expires_at - body.issued_at)))
+        return period
+
     async def _refresh_loop(self) -> None:
         while self.membership is not None:
-            await asyncio.sleep(0.8 * max(1, self.membership.expires))
+            await asyncio.sleep(self.refresh_period())
             try:
                 await self.refresh()
             except PeerForgottenError as exc:
