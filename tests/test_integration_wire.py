@@ -48,7 +48,9 @@ def read_frame(sock: socket.socket) -> dict[str, Any]:
 
 @pytest.fixture
 def peer(tmp_path: Path, homs: HomsProcess) -> Iterator[PeerProc]:
-    proc = PeerProc(tmp_path, homs.url, "hp2p-root", "--create", "conformance")
+    # a reference peer (which this raw client plays) joins only a reference-compat overlay
+    args = ("--create", "conformance", "--security", "reference-compat")
+    proc = PeerProc(tmp_path, homs.url, "hp2p-root", *args)
     try:
         proc.wait_joined()
         yield proc

@@ -149,6 +149,24 @@ def member_key(path: str | None) -> SigningKey:
     return SigningKey.load_or_create(Path(path))
 
 
+def trust_membership(
+    key: SigningKey,
+    credential: str,
+    homs_keys: Mapping[str, str] | None,
+    profile: str | None,
+    clock_offset: float,
+) -> trust.Membership:
+    """What the kernel needs of a join or refresh answer; ValueError for a malformed key."""
+    keys = {kid: parse_public_key(text) for kid, text in (homs_keys or {}).items()}
+    return trust.Membership(
+        key=key,
+        credential=credential,
+        homs_keys=keys,
+        clock_offset=clock_offset,
+        profile=profile or trust.REFERENCE_COMPAT,
+    )
+
+
 def _loop_offset() -> float:
     """Wall clock minus the running loop's clock: what the shells' core ``now`` is."""
     return time.time() - asyncio.get_running_loop().time()
@@ -396,25 +414,15 @@ class HomsClient:
         return self.membership
 
     def _trust(
-        self,
-        credential: str | None,
-        homs_keys: Mapping[str, str] | None,
-        profile: str | None,
+        self, credential: str | None, homs_keys: Mapping[str, str] | None, profile: str | None
     ) -> trust.Membership | None:
         """The kernel's view of a credential in an answer; ``None`` when there is none."""
         if credential is None or self.key is None:
             return None
         try:
-            keys = {kid: parse_public_key(text) for kid, text in (homs_keys or {}).items()}
+            return trust_membership(self.key, credential, homs_keys, profile, self.clock_offset())
         except ValueError as exc:
             raise self._fail(HomsError(f"the HOMS sent a malformed `homs-keys`: {exc}")) from None
-        return trust.Membership(
-            key=self.key,
-            credential=credential,
-            homs_keys=keys,
-            clock_offset=self.clock_offset(),
-            profile=profile or trust.REFERENCE_COMPAT,
-        )
 
     def _renewed(self, credential: str | None, homs_keys: Mapping[str, str] | None) -> None:
         """A refresh (or recovery join) brought a new credential: keep it, tell the owner."""
