@@ -114,7 +114,8 @@ def decode(token: str) -> Credential:
         raise CredentialError("a credential's signature has 64 bytes")
     try:
         body = _BODY_DECODER.decode(signed)
-    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError: a DecodeError
+        # msgspec's msgpack decoder lets a string that is not UTF-8 through as UnicodeDecodeError
         raise CredentialError(f"a credential's body is malformed: {exc}") from exc
     return Credential(body, signed, signature, token, hashlib.sha256(token.encode()).digest())
 
