@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from hp2p.homs.db import scratch_database
 from hp2p.homs.launch import HomsProcess, start_homs
+
+PG_URL = os.environ.get("HP2P_TEST_POSTGRES_URL")
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile(
@@ -41,3 +44,16 @@ def homs(tmp_path: Path) -> Iterator[HomsProcess]:
     """A real ``hp2p homs`` process on a fresh SQLite file in the test's folder."""
     with start_homs(tmp_path) as proc:
         yield proc
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh database on each backend: a SQLite file, and a scratch PostgreSQL database
+    when ``HP2P_TEST_POSTGRES_URL`` names a server (skipped, saying so, otherwise)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'homs.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
+    async with scratch_database(PG_URL, "hp2p_test") as url:
+        yield url

@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from homp_bodies import create, join
 from hp2p.homs.app import create_app
 from hp2p.homs.credentials import KeyRing
-from hp2p.homs.db import scratch_database
 from hp2p.homs.launch import HomsProcess, running_homs
 from hp2p.homs.liveness import sweep_once
 from hp2p.homs.settings import HomsSettings
@@ -64,17 +63,6 @@ class Homs:
 
     async def verifier(self) -> CredentialVerifier:
         return CredentialVerifier(await self.keys())
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'homs.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
-    async with scratch_database(PG_URL, "hp2p_test") as url:
-        yield url
 
 
 @contextlib.asynccontextmanager

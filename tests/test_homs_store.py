@@ -105,17 +105,6 @@ async def open_store(url: str, clock: Clock, **kw: Any) -> AsyncIterator[HomsSto
         await store.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
-    async with scratch_database(PG_URL, "hp2p_test") as url:
-        yield url
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

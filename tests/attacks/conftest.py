@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,24 +17,11 @@ import pytest
 from fastapi import FastAPI
 
 from hp2p.homs.app import create_app
-from hp2p.homs.db import scratch_database
 from hp2p.homs.settings import HomsSettings
 
 PG_URL = os.environ.get("HP2P_TEST_POSTGRES_URL")
 
 AppFactory = Callable[..., contextlib.AbstractAsyncContextManager[FastAPI]]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh database URL on each backend (PostgreSQL only when configured)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'homs.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
-    async with scratch_database(PG_URL, "hp2p_attack") as url:
-        yield url
 
 
 @contextlib.asynccontextmanager
