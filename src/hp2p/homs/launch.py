@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -59,6 +59,7 @@ class HomsProcess:
 
     ``database`` defaults to a fresh SQLite file in ``workdir``; ``extra`` are more
     ``hp2p homs`` options. ``port=0`` lets the system choose (see :attr:`port` once ready).
+    ``prefix`` is a command the HOMS runs under (``ip netns exec NS …`` in the NAT tests).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class HomsProcess:
         port: int = 0,
         log_level: str = "warning",
         name: str = "homs",
+        prefix: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.stderr_path = _claim_name(workdir, name)
@@ -79,7 +81,8 @@ class HomsProcess:
         self.banner = ""  # the serving line, once ready
         self.operator_token: str | None = None  # monitors present it (secure profile)
         self.ready_s: float | None = None  # seconds from spawning to the serving line
-        args = [sys.executable, "-m", "hp2p", "homs", "--port", str(port)]
+        # ``prefix`` runs it through another command, e.g. ``ip netns exec NS env PYTHONPATH=…``
+        args = [*prefix, sys.executable, "-m", "hp2p", "homs", "--port", str(port)]
         args += ["--database", self.database, "--log-level", log_level, *extra]
         self._spawned = time.monotonic()
         with self.stderr_path.open("wb") as err:
