@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+import netns
 from hp2p.homs.db import scratch_database
 from hp2p.homs.launch import HomsProcess, start_homs
 
@@ -57,3 +58,15 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         pytest.skip("set HP2P_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
     async with scratch_database(PG_URL, "hp2p_test") as url:
         yield url
+
+
+@pytest.fixture
+def nat_net() -> Iterator[netns.Topology]:
+    """Namespaces behind a cone and a symmetric NAT (``tests/netns.py``), three homes behind
+    each; skipped, saying why, where namespaces cannot be made. Everything is removed after."""
+    why = netns.why_unavailable()
+    if why:
+        pytest.skip(why)
+    with netns.topology(homes_per_nat=3) as topo:
+        yield topo
+    assert netns.namespaces_of(topo.token) == [], "namespaces left over"

@@ -456,7 +456,9 @@ simple-log
 # --- STUN (RFC 5389 binding request, the whole client) -------------------------------------
 
 
-def stun_binding(sock: socket.socket, server: tuple[str, int], timeout: float = 2.0) -> list[object]:
+def stun_binding(
+    sock: socket.socket, server: tuple[str, int], timeout: float = 2.0
+) -> list[object]:
     """Send one Binding Request from ``sock``; the XOR-MAPPED-ADDRESS as ``[ip, port]``.
 
     Retransmits 3 times (``timeout`` each) as a UDP client must; raises ``TimeoutError``.
