@@ -39,6 +39,8 @@ the mapped address of one UDP socket (:func:`stun_binding`, RFC 5389, no depende
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import ipaddress
 import json
 import os
@@ -340,6 +342,16 @@ table ip hp2p_nat {{
         )
         return [(h, p) for h, p in json.loads(self.python(ns, code))]
 
+    def turn(self, ns: str, server: tuple[str, int], user: str, password: str) -> tuple[str, int]:
+        """A TURN allocation from ``ns``: the relayed address coturn gives."""
+        code = (
+            "import json, socket, netns\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"print(json.dumps(netns.turn_allocate(s, {server!r}, {user!r}, {password!r})))\n"
+        )
+        host, port = json.loads(self.python(ns, code))
+        return host, port
+
     # --- tearing down -------------------------------------------------------------------
     def close(self) -> None:
         """Kill what runs in the namespaces, then delete them (their veths go with them)."""
@@ -495,3 +507,69 @@ def _mapped(data: bytes) -> list[object]:
             return [str(ipaddress.IPv4Address(raw)), port]
         pos += 4 + size + (-size % 4)
     raise ValueError("Binding response without a mapped address")
+
+
+def turn_allocate(
+    sock: socket.socket, server: tuple[str, int], user: str, password: str, timeout: float = 2.0
+) -> list[object]:
+    """A TURN Allocate (RFC 5766, UDP relay) with long-term credentials; the relayed address.
+
+    The first request is answered 401 with the realm and nonce; the second carries USERNAME,
+    REALM, NONCE and MESSAGE-INTEGRITY (HMAC-SHA1 keyed by MD5(user:realm:password)).
+    """
+    transport = _attr(0x0019, bytes([17, 0, 0, 0]))  # REQUESTED-TRANSPORT: UDP
+    answer = _transact(sock, server, 0x0003, transport, timeout)
+    attrs = _attrs(answer)
+    realm, nonce = attrs.get(0x0014, b""), attrs.get(0x0015, b"")
+    if not realm or not nonce:
+        raise ValueError("TURN server did not challenge with a realm and nonce")
+    body = transport + _attr(0x0006, user.encode()) + _attr(0x0014, realm) + _attr(0x0015, nonce)
+    key = hashlib.md5(f"{user}:{realm.decode()}:{password}".encode()).digest()  # noqa: S324
+    answer = _transact(sock, server, 0x0003, body, timeout, key=key)
+    kind = struct.unpack("!H", answer[:2])[0]
+    if kind != 0x0103:
+        raise ValueError(f"Allocate refused: {_attrs(answer).get(0x0009, b'')!r}")
+    value = _attrs(answer)[0x0016]  # XOR-RELAYED-ADDRESS
+    port = struct.unpack("!H", value[2:4])[0] ^ (_MAGIC >> 16)
+    raw = struct.unpack("!I", value[4:8])[0] ^ _MAGIC
+    return [str(ipaddress.IPv4Address(raw)), port]
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    return struct.pack("!HH", kind, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def _attrs(data: bytes) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    pos, end = 20, 20 + struct.unpack("!H", data[2:4])[0]
+    while pos + 4 <= end:
+        kind, size = struct.unpack("!HH", data[pos : pos + 4])
+        out.setdefault(kind, data[pos + 4 : pos + 4 + size])
+        pos += 4 + size + (-size % 4)
+    return out
+
+
+def _transact(
+    sock: socket.socket,
+    server: tuple[str, int],
+    kind: int,
+    body: bytes,
+    timeout: float,
+    key: bytes | None = None,
+) -> bytes:
+    txid = secrets.token_bytes(12)
+    if key is not None:  # MESSAGE-INTEGRITY over the message with its length counted in
+        head = struct.pack("!HHI", kind, len(body) + 24, _MAGIC) + txid
+        body += _attr(0x0008, hmac.new(key, head + body, hashlib.sha1).digest())
+    request = struct.pack("!HHI", kind, len(body), _MAGIC) + txid + body
+    sock.settimeout(timeout)
+    for _ in range(3):
+        sock.sendto(request, server)
+        try:
+            while True:
+                data, _ = sock.recvfrom(4096)
+                if len(data) >= 20 and data[8:20] == txid:
+                    return data
+        except TimeoutError:
+            continue
+    raise TimeoutError(f"no answer from {server[0]}:{server[1]}")

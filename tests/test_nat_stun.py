@@ -1,0 +1,57 @@
+"""The NAT types of ``tests/netns.py``, seen by coturn's STUN (what WebRTC's ICE relies on).
+
+One UDP socket asks two server addresses for its mapped address (RFC 5389 Binding): behind
+the cone NAT it gets one public endpoint whatever the destination (endpoint-independent
+mapping, and Linux keeps the port), behind the symmetric NAT one per destination. TURN works
+with the static long-term credential of the generated coturn config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from netns import TURN_PASSWORD, TURN_USER, Coturn, Topology, TopologyError, why_no_coturn
+
+pytestmark = [pytest.mark.slow, pytest.mark.nat]
+
+
+@pytest.fixture
+def coturn(nat_net: Topology, tmp_path: Path) -> Coturn:
+    why = why_no_coturn()
+    if why:
+        pytest.skip(why)
+    return nat_net.start_coturn(tmp_path)  # stopped with the topology
+
+
+def test_the_cone_nat_maps_a_socket_to_one_public_endpoint(
+    nat_net: Topology, coturn: Coturn
+) -> None:
+    cone = nat_net.nats["cone"]
+    for home, port in ((cone.homes[0], 40000), (cone.homes[1], 40001)):
+        seen = nat_net.stun(home.ns, coturn.servers, local_port=port)
+        assert seen == [(cone.wan_ip, port), (cone.wan_ip, port)], (home.name, seen)
+
+
+def test_the_symmetric_nat_maps_each_destination_apart(nat_net: Topology, coturn: Coturn) -> None:
+    sym = nat_net.nats["sym"]
+    first, second = nat_net.stun(sym.homes[0].ns, coturn.servers, local_port=40000)
+    assert first[0] == second[0] == sym.wan_ip
+    assert first[1] != second[1], "a symmetric NAT gives each destination its own mapping"
+
+
+def test_a_public_host_is_seen_as_itself(nat_net: Topology, coturn: Coturn) -> None:
+    seen = nat_net.stun(nat_net.public_ns, coturn.servers, local_port=40000)
+    public = {nat_net.public_ip, nat_net.public_ip2}
+    assert all(host in public and port == 40000 for host, port in seen), seen  # no NAT
+
+def test_turn_allocates_a_relay_for_a_home_behind_the_symmetric_nat(
+    nat_net: Topology, coturn: Coturn
+) -> None:
+    home = nat_net.nats["sym"].homes[0]
+    host, port = nat_net.turn(home.ns, coturn.servers[0], TURN_USER, TURN_PASSWORD)
+    assert host == nat_net.public_ip
+    assert 49152 <= port <= 49999
+    with pytest.raises(TopologyError, match="Allocate refused"):
+        nat_net.turn(home.ns, coturn.servers[0], TURN_USER, "wrong")
