@@ -524,7 +524,7 @@ def turn_allocate(
     if not realm or not nonce:
         raise ValueError("TURN server did not challenge with a realm and nonce")
     body = transport + _attr(0x0006, user.encode()) + _attr(0x0014, realm) + _attr(0x0015, nonce)
-    key = hashlib.md5(f"{user}:{realm.decode()}:{password}".encode()).digest()  # noqa: S324
+    key = hashlib.md5(f"{user}:{realm.decode()}:{password}".encode()).digest()
     answer = _transact(sock, server, 0x0003, body, timeout, key=key)
     kind = struct.unpack("!H", answer[:2])[0]
     if kind != 0x0103:

@@ -46,6 +46,7 @@ def test_a_public_host_is_seen_as_itself(nat_net: Topology, coturn: Coturn) -> N
     public = {nat_net.public_ip, nat_net.public_ip2}
     assert all(host in public and port == 40000 for host, port in seen), seen  # no NAT
 
+
 def test_turn_allocates_a_relay_for_a_home_behind_the_symmetric_nat(
     nat_net: Topology, coturn: Coturn
 ) -> None:
