@@ -122,7 +122,8 @@ def why_no_coturn() -> str | None:
 class Nat:
     """A NAT router namespace: public side ``wan``, private side bridge ``lan``."""
 
-    name: str  # "cone" or "sym"
+    name: str  # "cone", "sym" …
+    kind: str  # "cone" (masquerade persistent) or "sym" (masquerade random)
     ns: str
     wan_ip: str
     lan_ip: str
@@ -146,7 +147,7 @@ class Topology:
     Use :func:`topology` (a context manager) so that a failure half-way still cleans up.
     """
 
-    def __init__(self, homes_per_nat: int = 2) -> None:
+    def __init__(self, homes_per_nat: int = 2, nats: dict[str, str] | None = None) -> None:
         self.tool = nat_tool() or "nft"
         self.token = secrets.token_hex(3)
         r = random.SystemRandom().randrange(0, 256)
@@ -159,6 +160,10 @@ class Topology:
         self.nats: dict[str, Nat] = {}
         self._homes_per_nat = homes_per_nat
         self._subnet = r
+        #: NAT name → kind ("cone" or "sym"); NAT k (from 1) is 198.18.R.(10+k), LAN 10.R.k.0/24
+        self.nat_kinds = nats or {"cone": "cone", "sym": "sym"}
+        if len(self.nat_kinds) > 9 or set(self.nat_kinds.values()) - {"cone", "sym"}:
+            raise ValueError(f"at most 9 NATs of kinds cone and sym: {self.nat_kinds}")
 
     # --- building -----------------------------------------------------------------------
     def _add_ns(self, ns: str) -> None:
@@ -173,16 +178,16 @@ class Topology:
         _run("ip", "-n", pub, "addr", "add", f"{self.public_ip}/24", "dev", "wan")
         _run("ip", "-n", pub, "addr", "add", f"{self.public_ip2}/24", "dev", "wan")
         _run("ip", "-n", pub, "link", "set", "wan", "up")
-        for k, kind in enumerate(("cone", "sym"), start=1):
-            self._build_nat(kind, k)
+        for k, (name, kind) in enumerate(self.nat_kinds.items(), start=1):
+            self._build_nat(name, kind, k)
         return self
 
-    def _build_nat(self, kind: str, k: int) -> None:
+    def _build_nat(self, name: str, kind: str, k: int) -> None:
         r = self._subnet
-        ns = f"hp2p-{self.token}-nat{kind}"
+        ns = f"hp2p-{self.token}-nat{name}"
         self._add_ns(ns)
-        nat = Nat(kind, ns, f"198.18.{r}.{10 + k}", f"10.{r}.{k}.1", f"10.{r}.{k}.0/24")
-        self.nats[kind] = nat
+        nat = Nat(name, kind, ns, f"198.18.{r}.{10 + k}", f"10.{r}.{k}.1", f"10.{r}.{k}.0/24")
+        self.nats[name] = nat
         # public side: a veth from the public bridge to the router's "wan"
         _veth(self.public_ns, f"n{k}", ns, "wan")
         _run("ip", "-n", self.public_ns, "link", "set", f"n{k}", "master", "wan", "up")
@@ -198,7 +203,7 @@ class Topology:
             with contextlib.suppress(TopologyError):
                 self.sysctl(ns, f"net.bridge.{key}", "0")
         for j in range(self._homes_per_nat):
-            home = Home(f"{kind}-{j}", f"hp2p-{self.token}-{kind}{j}", f"10.{r}.{k}.{10 + j}", nat)
+            home = Home(f"{name}-{j}", f"hp2p-{self.token}-{name}{j}", f"10.{r}.{k}.{10 + j}", nat)
             self._add_ns(home.ns)
             _veth(ns, f"h{j}", home.ns, "eth0")
             _run("ip", "-n", ns, "link", "set", f"h{j}", "master", "lan", "up")
@@ -380,9 +385,9 @@ def _veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
 
 
 @contextlib.contextmanager
-def topology(homes_per_nat: int = 2) -> Iterator[Topology]:
+def topology(homes_per_nat: int = 2, nats: dict[str, str] | None = None) -> Iterator[Topology]:
     """A built :class:`Topology`, removed at the end whatever happens."""
-    topo = Topology(homes_per_nat)
+    topo = Topology(homes_per_nat, nats)
     try:
         yield topo.build()
     finally:
