@@ -27,6 +27,11 @@ What Linux NAT gives (documented in docs/deploy.md too):
   back, i.e. address-and-port-dependent filtering, a "port-restricted cone" NAT.
 * ``masquerade random`` draws the port from a hash of the flow (source, destination): a new
   mapping per destination, a symmetric NAT.
+* The router drops unsolicited UDP to its own public address, as home routers do. Without
+  that, Linux confirms a conntrack entry for a hole-punching packet that arrives before the
+  home's own first packet to that peer, and the home's mapping is then moved to another port
+  (the tuple is taken): ICE between two cone NATs fails. Dropped in ``input``, the entry is
+  never confirmed.
 * A port forward is a ``dnat`` rule on the NAT's public address, with hairpinning (a home
   dialling its own NAT's public address reaches the forwarded home).
 
@@ -227,6 +232,10 @@ table ip hp2p_nat {{
     oifname "wan" masquerade {flag}
     oifname "lan" ip saddr {nat.lan_net} ct status dnat masquerade
   }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "wan" meta l4proto udp ct state new drop
+  }}
   chain forward {{
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
@@ -246,6 +255,10 @@ table ip hp2p_nat {{
         self.run(
             nat.ns, *ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "lan", "-s", nat.lan_net,
             "-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE",
+        )  # fmt: skip
+        self.run(
+            nat.ns, *ipt, "-A", "INPUT", "-i", "wan", "-p", "udp", "-m", "conntrack",
+            "--ctstate", "NEW", "-j", "DROP",
         )  # fmt: skip
         self.run(nat.ns, *ipt, "-P", "FORWARD", "DROP")
         self.run(
@@ -467,6 +480,7 @@ userdb={workdir / "turndb"}
 pidfile={workdir / "turnserver.pid"}
 log-file={workdir / "turnserver.log"}
 simple-log
+verbose
 """
 
 

@@ -73,7 +73,7 @@ def test_two_peers_behind_two_cone_nats_connect_directly(
     topo, turn = net
     tree = Tree(topo, tmp_path)
     try:
-        tree.public("root", *stun(turn), "--set", "max_children=1")
+        tree.public("root", *stun(turn), "--set", "max_children=1", "--set", "recovery_children=0")
         tree.home(home(topo, "coneA-0"), *stun(turn))
         tree.home(home(topo, "coneB-0"), *stun(turn))
         placed = parents(tree, list(tree.peers))
@@ -92,7 +92,9 @@ def test_peers_behind_symmetric_nats_connect_through_turn(
     topo, turn = net
     tree = Tree(topo, tmp_path)
     try:
-        tree.public("root", *stun_and_turn(turn), "--set", "max_children=1")
+        tree.public(
+            "root", *stun_and_turn(turn), "--set", "max_children=1", "--set", "recovery_children=0"
+        )
         tree.home(home(topo, "symA-0"), *stun_and_turn(turn))
         tree.home(home(topo, "symB-0"), *stun_and_turn(turn))
         placed = parents(tree, list(tree.peers))
