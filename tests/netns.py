@@ -592,3 +592,50 @@ def _transact(
         except TimeoutError:
             continue
     raise TimeoutError(f"no answer from {server[0]}:{server[1]}")
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python tests/netns.py up [--coturn DIR]``: build the topology, print its namespaces
+    and addresses (JSON), keep it until SIGINT or SIGTERM, then remove it (docs/deploy.md)."""
+    if len(argv) < 1 or argv[0] != "up":
+        print("usage: python tests/netns.py up [--coturn DIR]", file=sys.stderr)
+        return 2
+    why = why_unavailable()
+    if why:
+        print(f"netns: {why}", file=sys.stderr)
+        return 1
+    stop = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with topology() as topo:
+        info: dict[str, object] = {
+            "public": {"ns": topo.public_ns, "ip": topo.public_ip, "ip2": topo.public_ip2},
+            "nats": {
+                nat.name: {
+                    "kind": nat.kind,
+                    "ns": nat.ns,
+                    "wan": nat.wan_ip,
+                    "lan": nat.lan_net,
+                    "homes": {h.name: {"ns": h.ns, "ip": h.ip} for h in nat.homes},
+                }
+                for nat in topo.nats.values()
+            },
+        }
+        if "--coturn" in argv:
+            workdir = Path(argv[argv.index("--coturn") + 1])
+            workdir.mkdir(parents=True, exist_ok=True)
+            turn = topo.start_coturn(workdir)
+            info["coturn"] = {"stun": turn.stun_url(), "turn": turn.turn_url()}
+        print(json.dumps(info, indent=2), flush=True)
+        while not stop:
+            signal.pause()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
