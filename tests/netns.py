@@ -61,6 +61,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hp2p
 from hp2p.homs.launch import HomsProcess
@@ -370,6 +371,16 @@ table ip hp2p_nat {{
         host, port = json.loads(self.python(ns, code))
         return host, port
 
+    def turn_relay(self, ns: str, server: tuple[str, int]) -> dict[str, Any]:
+        """:func:`turn_relay_check` run in ``ns`` with the test credential."""
+        code = (
+            "import json, netns\n"
+            f"print(json.dumps(netns.turn_relay_check({server!r}, {TURN_USER!r}, "
+            f"{TURN_PASSWORD!r})))\n"
+        )
+        result: dict[str, Any] = json.loads(self.python(ns, code))
+        return result
+
     # --- tearing down -------------------------------------------------------------------
     def close(self) -> None:
         """Kill what runs in the namespaces, then delete them (their veths go with them)."""
@@ -528,6 +539,60 @@ def _mapped(data: bytes) -> list[object]:
     raise ValueError("Binding response without a mapped address")
 
 
+class TurnClient:
+    """A TURN client over one UDP socket (RFC 5766, long-term credentials): allocate a relay,
+    permit a peer address, send to a peer through the relay, receive what the relay got."""
+
+    def __init__(
+        self, server: tuple[str, int], user: str, password: str, timeout: float = 2.0
+    ) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.server, self.user, self.password, self.timeout = server, user, password, timeout
+        self.realm = self.nonce = self.key = b""
+
+    def _authed(self, kind: int, body: bytes) -> bytes:
+        """A request with credentials: first unauthenticated, then answering the 401."""
+        if not self.key:
+            answer = _transact(self.sock, self.server, kind, body, self.timeout)
+            attrs = _attrs(answer)
+            self.realm, self.nonce = attrs.get(0x0014, b""), attrs.get(0x0015, b"")
+            if not self.realm or not self.nonce:
+                raise ValueError("TURN server did not challenge with a realm and nonce")
+            secret = f"{self.user}:{self.realm.decode()}:{self.password}"
+            self.key = hashlib.md5(secret.encode()).digest()
+        cred = _attr(0x0006, self.user.encode()) + _attr(0x0014, self.realm)
+        cred += _attr(0x0015, self.nonce)
+        return _transact(self.sock, self.server, kind, body + cred, self.timeout, key=self.key)
+
+    def allocate(self) -> list[object]:
+        """The relayed address (XOR-RELAYED-ADDRESS) of a new UDP allocation."""
+        answer = self._authed(0x0003, _attr(0x0019, bytes([17, 0, 0, 0])))  # transport UDP
+        if struct.unpack("!H", answer[:2])[0] != 0x0103:
+            raise ValueError(f"Allocate refused: {_attrs(answer).get(0x0009, b'')!r}")
+        return _xor_address(_attrs(answer)[0x0016])
+
+    def permit(self, peer_ip: str) -> None:
+        """CreatePermission: the relay accepts data from ``peer_ip`` (any port)."""
+        answer = self._authed(0x0008, _attr(0x0012, _xor_pack(peer_ip, 0)))
+        if struct.unpack("!H", answer[:2])[0] != 0x0108:
+            raise ValueError(f"CreatePermission refused: {_attrs(answer).get(0x0009, b'')!r}")
+
+    def send(self, peer: tuple[str, int], data: bytes) -> None:
+        """A Send indication: the relay sends ``data`` to ``peer`` from the relayed address."""
+        body = _attr(0x0012, _xor_pack(*peer)) + _attr(0x0013, data)
+        head = struct.pack("!HHI", 0x0016, len(body), _MAGIC) + secrets.token_bytes(12)
+        self.sock.sendto(head + body, self.server)
+
+    def receive(self) -> tuple[list[object], bytes]:
+        """The next Data indication: (the peer it came from, its data)."""
+        self.sock.settimeout(self.timeout)
+        while True:
+            data, _ = self.sock.recvfrom(4096)
+            if len(data) >= 20 and struct.unpack("!H", data[:2])[0] == 0x0017:
+                attrs = _attrs(data)
+                return _xor_address(attrs[0x0012]), attrs.get(0x0013, b"")
+
+
 def turn_allocate(
     sock: socket.socket, server: tuple[str, int], user: str, password: str, timeout: float = 2.0
 ) -> list[object]:
@@ -536,19 +601,35 @@ def turn_allocate(
     The first request is answered 401 with the realm and nonce; the second carries USERNAME,
     REALM, NONCE and MESSAGE-INTEGRITY (HMAC-SHA1 keyed by MD5(user:realm:password)).
     """
-    transport = _attr(0x0019, bytes([17, 0, 0, 0]))  # REQUESTED-TRANSPORT: UDP
-    answer = _transact(sock, server, 0x0003, transport, timeout)
-    attrs = _attrs(answer)
-    realm, nonce = attrs.get(0x0014, b""), attrs.get(0x0015, b"")
-    if not realm or not nonce:
-        raise ValueError("TURN server did not challenge with a realm and nonce")
-    body = transport + _attr(0x0006, user.encode()) + _attr(0x0014, realm) + _attr(0x0015, nonce)
-    key = hashlib.md5(f"{user}:{realm.decode()}:{password}".encode()).digest()
-    answer = _transact(sock, server, 0x0003, body, timeout, key=key)
-    kind = struct.unpack("!H", answer[:2])[0]
-    if kind != 0x0103:
-        raise ValueError(f"Allocate refused: {_attrs(answer).get(0x0009, b'')!r}")
-    value = _attrs(answer)[0x0016]  # XOR-RELAYED-ADDRESS
+    client = TurnClient(server, user, password, timeout)
+    client.sock.close()
+    client.sock = sock
+    return client.allocate()
+
+
+def turn_relay_check(server: tuple[str, int], user: str, password: str) -> dict[str, object]:
+    """Two allocations from this host send to each other through the relay (both ways)."""
+    a, b = TurnClient(server, user, password), TurnClient(server, user, password)
+    ra, rb = a.allocate(), b.allocate()
+    a.permit(str(rb[0]))
+    b.permit(str(ra[0]))
+    a.send((str(rb[0]), int(str(rb[1]))), b"a to b")
+    got_b = b.receive()
+    b.send((str(ra[0]), int(str(ra[1]))), b"b to a")
+    got_a = a.receive()
+    return {
+        "relays": [ra, rb],
+        "b_got": [got_b[0], got_b[1].decode()],
+        "a_got": [got_a[0], got_a[1].decode()],
+    }
+
+
+def _xor_pack(ip: str, port: int) -> bytes:
+    raw = int(ipaddress.IPv4Address(ip)) ^ _MAGIC
+    return struct.pack("!BBHI", 0, 1, port ^ (_MAGIC >> 16), raw)
+
+
+def _xor_address(value: bytes) -> list[object]:
     port = struct.unpack("!H", value[2:4])[0] ^ (_MAGIC >> 16)
     raw = struct.unpack("!I", value[4:8])[0] ^ _MAGIC
     return [str(ipaddress.IPv4Address(raw)), port]

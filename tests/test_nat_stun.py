@@ -56,3 +56,15 @@ def test_turn_allocates_a_relay_for_a_home_behind_the_symmetric_nat(
     assert 49152 <= port <= 49999
     with pytest.raises(TopologyError, match="Allocate refused"):
         nat_net.turn(home.ns, coturn.servers[0], TURN_USER, "wrong")
+
+
+def test_turn_relays_relay_to_relay_for_a_home_behind_the_symmetric_nat(
+    nat_net: Topology, coturn: Coturn
+) -> None:
+    """Relay to relay (what ICE falls back to between two symmetric NATs), without aioice:
+    two allocations made from behind the symmetric NAT exchange data both ways."""
+    home = nat_net.nats["sym"].homes[0]
+    result = nat_net.turn_relay(home.ns, coturn.servers[0])
+    (ra, rb) = result["relays"]
+    assert result["b_got"] == [ra, "a to b"]
+    assert result["a_got"] == [rb, "b to a"]
