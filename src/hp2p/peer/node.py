@@ -176,7 +176,17 @@ class PeerNode(CoreShell[PeerCore]):
         self._loop = asyncio.get_running_loop()
         s = self.settings
         tls = server_context(self._key) if s.tls and self._key is not None else None
-        self.address = await self._listen_r2(s.listen, NodeError, s.advertise, tls)
+        advertise = s.advertise
+        if s.webrtc:
+            try:
+                url = self._setup_webrtc(s.homs, s.ice_servers, s.ice_hosts)
+            except ImportError as exc:
+                raise NodeError(
+                    f"webrtc needs aiortc ({exc}): pip install 'hp2p[webrtc]'"
+                ) from None
+            if advertise is None:
+                advertise = url  # reached by peer-id through the HOMS (docs/peer.md)
+        self.address = await self._listen_r2(s.listen, NodeError, advertise, tls)
         rng = random.Random(self.settings.seed)
         self.core = PeerCore(self.config, self.peer_id, self.address, rng)
         # link-proof nonces must be unpredictable to other peers, unlike the core's seeded rng
@@ -187,6 +197,11 @@ class PeerNode(CoreShell[PeerCore]):
             await self._shutdown_io()
             raise NodeError(str(exc)) from None
         m = self.membership
+        try:
+            await self._start_signalling(self.settings.homs_timeout * 2)
+        except OSError as exc:
+            await self._shutdown_io()
+            raise NodeError(f"webrtc: {exc}") from None
         self.homs.start_refresh()
         self.state = "joining"
         self.core.start(self._join_info(m), self._now())
