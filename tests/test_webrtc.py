@@ -10,6 +10,7 @@ every step waits on a delivery, an event or a state with a deadline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -44,12 +45,14 @@ def homs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomsProcess]:
         proc.stop()
 
 
-async def start(homs: HomsProcess, *, webrtc: bool = True, **settings: Any) -> PeerNode:
+async def start(
+    homs: HomsProcess, *, webrtc: bool = True, config: PeerConfig = FAST, **settings: Any
+) -> PeerNode:
     settings.setdefault("join_timeout", DEADLINE)
     settings.setdefault("leave_timeout", 3.0)
     if webrtc:
         settings.setdefault("ice_hosts", "127.0.0.1")
-    node = PeerNode(NodeSettings(homs=homs.url, webrtc=webrtc, **settings), FAST)
+    node = PeerNode(NodeSettings(homs=homs.url, webrtc=webrtc, **settings), config)
     await node.start()
     return node
 
@@ -99,3 +102,119 @@ def test_a_tcp_peer_does_not_import_aiortc() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False"
+
+
+class Events:
+    """A peer's JSON events, by kind, each kind with an asyncio.Event to wait on."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[dict[str, Any]]] = {}
+        self.flags: dict[str, asyncio.Event] = {}
+
+    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
+        self.seen.setdefault(kind, []).append(fields)
+        self.flag(kind).set()
+
+    def flag(self, kind: str) -> asyncio.Event:
+        return self.flags.setdefault(kind, asyncio.Event())
+
+    async def wait(self, kind: str) -> None:
+        await asyncio.wait_for(self.flag(kind).wait(), DEADLINE)
+
+
+async def test_five_webrtc_only_peers_deliver_every_message_once(homs: HomsProcess) -> None:
+    nodes = [await start(homs, create="rtc-five", peer_id="f0")]
+    try:
+        for i in range(1, 5):
+            nodes.append(await start(homs, join="rtc-five", peer_id=f"f{i}"))
+        assert all(n.address.startswith("ws://") for n in nodes)
+        assert all(n.state == "attached" for n in nodes)
+        # no TCP between them: every link of every peer is a data channel
+        for node in nodes:
+            assert node._links
+            assert len(webrtc_links(node)) == len(node._links), node.peer_id
+        await assert_exactly_once(nodes, [nodes[0], nodes[2], nodes[4]], rounds=4)
+        assert all(n.stats.frames_refused == 0 for n in nodes)
+    finally:
+        await close_all(nodes)
+
+
+async def test_a_mixed_tree_of_tcp_and_webrtc_peers(homs: HomsProcess) -> None:
+    from hp2p.homs.launch import free_port
+
+    port = free_port()
+    both = {
+        "listen": f"127.0.0.1:{port}",
+        "advertise": f"tcp://127.0.0.1:{port}",  # reached over TCP first, WebRTC as fallback
+    }
+    nodes = [await start(homs, webrtc=False, create="rtc-mixed", peer_id="m0")]
+    try:
+        nodes.append(await start(homs, join="rtc-mixed", peer_id="m1", **both))
+        nodes.append(await start(homs, join="rtc-mixed", peer_id="m2"))  # ws:// only
+        nodes.append(await start(homs, join="rtc-mixed", peer_id="m3"))  # ws:// only
+        nodes.append(await start(homs, webrtc=False, join="rtc-mixed", peer_id="m4"))
+        assert all(n.state == "attached" for n in nodes)
+        assert nodes[1].address.startswith("tcp://")
+        assert nodes[2].address.startswith("ws://")
+        total_rtc = sum(len(webrtc_links(n)) for n in nodes)
+        total = sum(len(n._links) for n in nodes)
+        assert 0 < total_rtc < total  # both kinds of link carry the tree
+        await assert_exactly_once(nodes, [nodes[0], nodes[2], nodes[4]], rounds=3)
+    finally:
+        await close_all(nodes)
+
+
+async def test_a_malformed_data_channel_message_closes_the_link_only(homs: HomsProcess) -> None:
+    nodes = [await start(homs, create="rtc-bad", peer_id="b0")]
+    try:
+        nodes.append(await start(homs, join="rtc-bad", peer_id="b1"))
+        nodes.append(await start(homs, join="rtc-bad", peer_id="b2"))
+        root = nodes[0]
+        child = next(n for n in nodes[1:] if n.core is not None and n.core.parent == "b0")
+        events = Events()
+        child.on_event = events
+        link = next(
+            link for link in webrtc_links(root) if link.remote == f"webrtc://{child.peer_id}"
+        )
+        assert link._channel is not None
+        link._channel.send(b"\x01 this is not an R2 frame")
+        await events.wait("error")
+        assert child.stats.wire_errors == 1
+        assert "malformed R2" in events.seen["error"][0]["reason"]
+        await events.wait("attached")  # the child re-attached to the tree
+        await assert_exactly_once(nodes, [root, child], rounds=2)
+    finally:
+        await close_all(nodes)
+
+
+async def test_a_vanished_remote_is_detected_and_the_tree_repairs(homs: HomsProcess) -> None:
+    narrow = dataclasses.replace(FAST, max_children=2)  # a tree with depth: the victim has a child
+    nodes = [await start(homs, config=narrow, create="rtc-gone", peer_id="g0")]
+    try:
+        for i in range(1, 5):
+            nodes.append(await start(homs, config=narrow, join="rtc-gone", peer_id=f"g{i}"))
+        # a victim with a child of its own: its child must repair
+        victim = next(
+            n
+            for n in nodes[1:]
+            if any(m.core is not None and m.core.parent == n.peer_id for m in nodes)
+        )
+        orphans = [m for m in nodes if m.core is not None and m.core.parent == victim.peer_id]
+        watched = [m for m in nodes if m is not victim]
+        recorders = []
+        for node in watched:
+            rec = Events()
+            node.on_event = rec
+            recorders.append(rec)
+        # the victim goes silent at once: no RELEASE, its peer connections just close
+        victim._stopped = True
+        for link in webrtc_links(victim):
+            await link._pc.close()
+        for node, rec in zip(watched, recorders, strict=True):
+            if node in orphans:
+                await rec.wait("peer_lost")
+                await rec.wait("attached")
+        survivors = [n for n in nodes if n is not victim]
+        await assert_exactly_once(survivors, [survivors[0], orphans[0]], rounds=2)
+    finally:
+        await close_all(nodes)
