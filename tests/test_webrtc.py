@@ -218,3 +218,86 @@ async def test_a_vanished_remote_is_detected_and_the_tree_repairs(homs: HomsProc
         await assert_exactly_once(survivors, [survivors[0], orphans[0]], rounds=2)
     finally:
         await close_all(nodes)
+
+
+async def test_a_reference_compat_overlay_signals_with_the_password(homs: HomsProcess) -> None:
+    nodes = [await start(homs, create="rtc-compat", peer_id="c0", security="reference-compat")]
+    try:
+        nodes.append(await start(homs, join="rtc-compat", peer_id="c1"))
+        assert nodes[1].homs.membership is not None
+        assert nodes[1].homs.membership.trust is None or not nodes[1].homs.membership.trust.required
+        assert webrtc_links(nodes[1])
+        await assert_exactly_once(nodes, nodes, rounds=2)
+    finally:
+        await close_all(nodes)
+
+
+class FakeChannel:
+    """What WebRtcLink uses of an aiortc data channel: state, buffered amount, send, on."""
+
+    readyState = "open"  # noqa: N815 (aiortc's name)
+
+    def __init__(self) -> None:
+        self.bufferedAmount = 0
+        self.sent: list[bytes] = []
+        self.handlers: dict[str, Any] = {}
+
+    def on(self, name: str) -> Any:
+        def register(fn: Any) -> Any:
+            self.handlers[name] = fn
+            return fn
+
+        return register
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+        self.bufferedAmount += len(data)
+
+
+class FakePeerConnection(FakeChannel):
+    connectionState = "connected"  # noqa: N815 (aiortc's name)
+
+    async def close(self) -> None:
+        self.connectionState = "closed"
+
+
+async def test_send_frame_refuses_and_counts_beyond_the_buffered_bound() -> None:
+    from hp2p.transport.base import LinkEvents
+    from hp2p.transport.webrtc import WebRtcLink
+
+    closed: list[object] = []
+    events = LinkEvents(on_message=lambda _l, _m: None, on_closed=lambda lk, _e: closed.append(lk))
+    link = WebRtcLink(FakePeerConnection(), "webrtc://x", events, max_queue_bytes=100)  # type: ignore[arg-type]
+    channel = FakeChannel()
+    link.attach(channel)  # type: ignore[arg-type]
+    assert link.send_frame(b"a" * 60)
+    assert not link.send_frame(b"b" * 60)  # 60 buffered + 60 > 100
+    assert link.stats.overflow_drops == 1
+    assert link.stats.frames_sent == 1
+    channel.bufferedAmount = 0  # the channel drained
+    assert link.send_frame(b"c" * 60)
+    link.close()
+    assert not link.send_frame(b"d")  # closing: refused, not counted as overflow
+    assert link.stats.overflow_drops == 1
+    channel.handlers["close"]()
+    assert closed == [link]
+    assert link.closed
+
+
+def test_ice_server_settings() -> None:
+    from hp2p.peer.settings import SettingsError
+    from hp2p.transport.ice import IceServer, parse_ice_server
+
+    assert parse_ice_server("stun:127.0.0.1:3478") == IceServer("stun:127.0.0.1:3478")
+    assert parse_ice_server("turn:alice:s%40cret@127.0.0.1:3478") == IceServer(
+        "turn:127.0.0.1:3478", "alice", "s@cret"
+    )
+    for bad in ("http://x", "stun:u:p@127.0.0.1:3478", "turn:alice@127.0.0.1:3478"):
+        with pytest.raises(ValueError, match=r"ICE|STUN|TURN"):
+            parse_ice_server(bad)
+    with pytest.raises(SettingsError, match="ice_servers"):
+        NodeSettings(join="x", webrtc=True, ice_servers="stun:")
+    with pytest.raises(SettingsError, match="--webrtc"):
+        NodeSettings(join="x", ice_servers="stun:127.0.0.1:3478")
+    ok = NodeSettings(join="x", webrtc=True, advertise="ws://127.0.0.1:8081/ws")
+    assert ok.advertise == "ws://127.0.0.1:8081/ws"

@@ -184,6 +184,8 @@ class PeerNode(CoreShell[PeerCore]):
                 raise NodeError(
                     f"webrtc needs aiortc ({exc}): pip install 'hp2p[webrtc]'"
                 ) from None
+            except ValueError as exc:
+                raise NodeError(f"webrtc: {exc}") from None
             if advertise is None:
                 advertise = url  # reached by peer-id through the HOMS (docs/peer.md)
         self.address = await self._listen_r2(s.listen, NodeError, advertise, tls)

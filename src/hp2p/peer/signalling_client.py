@@ -163,6 +163,8 @@ class SignallingClient:
                     self._conn = conn
                     self.stats.connects += 1
                     await self._hello(conn)
+                    if self.registered.is_set():
+                        failures = 0  # a password hello counts as registered once sent
                     async for raw in conn:
                         if self._handle(conn, raw):
                             failures = 0  # registered: the count of failures starts again
