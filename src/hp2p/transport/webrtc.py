@@ -233,8 +233,6 @@ class WebRtcTransport:
 
     ``send_relay`` sends one relay through the signalling client (returns whether it could);
     ``on_accept`` is the owner's listener callback for links opened by a remote's offer.
-    ``on_connected(seconds)`` is told, for every link this peer dialled, the time from the
-    dial to the open channel (the benchmark's connect time).
     """
 
     def __init__(
@@ -246,7 +244,6 @@ class WebRtcTransport:
         ice_servers: Sequence[IceServer] = (),
         max_queue_bytes: int,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        on_connected: Callable[[float], None] = lambda _s: None,
     ) -> None:
         self.peer_id = peer_id
         self._send_relay = send_relay
@@ -257,7 +254,6 @@ class WebRtcTransport:
         ]
         self._max_queue_bytes = max_queue_bytes
         self._connect_timeout = connect_timeout
-        self._on_connected = on_connected
         self._sessions: dict[str, _Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.refused_offers = 0
@@ -277,7 +273,6 @@ class WebRtcTransport:
         self, peer_id: str, address: str, events: LinkEvents, max_queue_bytes: int
     ) -> WebRtcLink:
         """A link to ``peer_id`` (``address`` only says it is reachable through signalling)."""
-        started = time.monotonic()
         pc = self._new_pc()
         link = WebRtcLink(pc, f"webrtc://{peer_id}", events, max_queue_bytes=max_queue_bytes)
         link.attach(pc.createDataChannel(CHANNEL_LABEL))
@@ -311,7 +306,6 @@ class WebRtcTransport:
             await _close_quietly(pc)
             raise
         self._sessions.pop(token, None)
-        self._on_connected(time.monotonic() - started)
         return link
 
     def peer_unreachable(self, peer_id: str) -> None:
