@@ -84,6 +84,8 @@ class MessageTooLargeError(NodeError):
     """``publish`` was given more bytes than one R2 frame on a link may carry."""
 
 
+#: The largest data-channel message aiortc accepts (its SDP ``max-message-size``).
+WEBRTC_MAX_MESSAGE = 262144
 #: Room left in a frame for the R2 header and the extension header of a broadcast.
 _FRAME_OVERHEAD = 4096
 
@@ -148,7 +150,11 @@ class PeerNode(CoreShell[PeerCore]):
         if self.homs.security is None:
             self.homs.security = settings.security  # type: ignore[assignment]
         self.homs.on_renewed = self._renewed
-        self.max_message = min(tcp.DEFAULT_MAX_PAYLOAD, settings.send_queue_bytes) - _FRAME_OVERHEAD
+        largest = min(tcp.DEFAULT_MAX_PAYLOAD, settings.send_queue_bytes)
+        if settings.webrtc:
+            # one frame is one data-channel message: aiortc accepts at most 256 KiB in one
+            largest = min(largest, WEBRTC_MAX_MESSAGE)
+        self.max_message = largest - _FRAME_OVERHEAD
         try:
             self.fault_plan = (
                 FaultPlan.parse(settings.faults, settings.fault_seed) if settings.faults else None
