@@ -97,9 +97,10 @@ class HpOverlay:
             self.depth[proc.name] = depth if isinstance(depth, int) else -1
             self.parent[proc.name] = status.get("parent")
 
-    def connect_times_ms(self) -> list[float]:
-        """Dial-to-open times of every link the peers dialled (their ``link_open`` events)."""
-        times: list[float] = []
+    def connect_events(self) -> list[dict[str, Any]]:
+        """The ``link_open`` events of every link the peers dialled (``ms``: dial to open;
+        WebRTC adds ``phases``)."""
+        opened_all: list[dict[str, Any]] = []
         for proc in self.peers:
             inbox = proc.inbox
             while (event := inbox.get(0.0)) is not None:
@@ -108,8 +109,8 @@ class HpOverlay:
                 inbox.kept.append(event)
             opened = [e for e in inbox.kept if e.kind == "link_open"]
             inbox.kept = [e for e in inbox.kept if e.kind != "link_open"]
-            times.extend(float(e["ms"]) for e in opened if isinstance(e.get("ms"), int | float))
-        return times
+            opened_all.extend(e for e in opened if isinstance(e.get("ms"), int | float))
+        return opened_all
 
     def tree_children(self) -> dict[int, list[int]]:
         """The surveyed tree as index -> child indexes (for the floor baseline)."""

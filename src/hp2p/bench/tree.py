@@ -139,7 +139,7 @@ def run_size(
         depths = [d for d in hp.depth.values() if d >= 0]
         measured = measure(hp, **common)  # type: ignore[arg-type]
         tree = hp.tree_children()
-        connects = hp.connect_times_ms()
+        connects = hp.connect_events()
     finally:
         hp.close()
     metrics = measured["metrics"]
@@ -202,14 +202,27 @@ def run_size(
     return out
 
 
-def connect_figures(times_ms: list[float]) -> dict[str, Any]:
+def connect_figures(events: list[dict[str, Any]]) -> dict[str, Any]:
     """``connect_p50_ms``/``connect_p99_ms``: dial to open link (first frame can go), over
-    every link the peers dialled (``link_open`` events)."""
-    return {
-        "connects": len(times_ms),
-        "connect_p50_ms": _round(quantile(times_ms, 0.5)),
-        "connect_p99_ms": _round(quantile(times_ms, 0.99)),
+    every link the peers dialled (``link_open`` events); for WebRTC also the p50/p99 of each
+    phase (``connect_answer_p99_ms``: the offer/answer round trip through the HOMS …)."""
+    times = [float(e["ms"]) for e in events]
+    out: dict[str, Any] = {
+        "connects": len(times),
+        "connect_p50_ms": _round(quantile(times, 0.5)),
+        "connect_p99_ms": _round(quantile(times, 0.99)),
     }
+    phases: dict[str, list[float]] = {}
+    for event in events:
+        got = event.get("phases")
+        if isinstance(got, dict):
+            for name, value in got.items():
+                if isinstance(value, int | float):
+                    phases.setdefault(str(name), []).append(float(value))
+    for name, values in sorted(phases.items()):
+        out[f"connect_{name}_p50_ms"] = _round(quantile(values, 0.5))
+        out[f"connect_{name}_p99_ms"] = _round(quantile(values, 0.99))
+    return out
 
 
 def _round(value: float | None) -> float | None:
@@ -236,7 +249,7 @@ def _hp_baseline(
         overlay.start()
         settle(3.0)
         got = measure(overlay, **common)
-        connects = overlay.connect_times_ms()
+        connects = overlay.connect_events()
     except ProcError as exc:
         out["baselines"][name] = {"error": str(exc)[:300]}
         return

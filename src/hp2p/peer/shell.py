@@ -267,14 +267,19 @@ class CoreShell(Generic[CoreT]):
             if peer:
                 self.webrtc.peer_unreachable(peer)
 
-    def _link_opened(self, address: str, seconds: float) -> None:
+    def _link_opened(
+        self, address: str, seconds: float, phases: dict[str, float] | None = None
+    ) -> None:
         """A dialled link is open: how long the dial took (the benchmark's connect time).
 
         For TCP the dial is the TCP (and TLS) handshake; for WebRTC it is offer, answer, ICE,
         DTLS and SCTP up to the open data channel. The first R2 frame can be sent then.
         """
         self.connect_times.append(seconds)
-        self._emit("link_open", {"scheme": scheme_of(address), "ms": round(seconds * 1000.0, 3)})
+        fields: dict[str, Any] = {"scheme": scheme_of(address), "ms": round(seconds * 1000.0, 3)}
+        if phases:
+            fields["phases"] = phases  # WebRTC: offer, answer (signalling), open (ICE/DTLS/SCTP)
+        self._emit("link_open", fields)
 
     def _on_accept(self, link: Link) -> LinkEvents:
         core = self.core
@@ -361,7 +366,7 @@ class CoreShell(Generic[CoreT]):
             link.close()
             return
         self._links[conn] = self._wrap(link, address)
-        self._link_opened(address, self._now() - started)
+        self._link_opened(address, self._now() - started, getattr(link, "phases", None))
         certificate_key = getattr(link, "certificate_key", None)
         if isinstance(certificate_key, bytes):
             core.admission.bind(conn, certificate_key)  # its credential must name this key

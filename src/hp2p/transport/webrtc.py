@@ -106,7 +106,10 @@ class WebRtcLink:
         self._closing = False
         self.opened = asyncio.Event()
         self.stats = LinkStats()
-        self.created = time.monotonic()
+        #: Where a dial's time went, in ms (``offer``: description with candidates made;
+        #: ``answer``: the answer came back through the HOMS; ``open``: ICE, DTLS and SCTP up
+        #: to the open channel); the shell adds them to its ``link_open`` event.
+        self.phases: dict[str, float] = {}
 
         @pc.on("connectionstatechange")
         def _state() -> None:
@@ -279,9 +282,19 @@ class WebRtcTransport:
         token = secrets.token_hex(8)
         session = _Session(peer_id, pc, link, asyncio.get_running_loop().create_future())
         self._sessions[token] = session
+        clock = time.perf_counter
+        mark = clock()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = clock()
+            link.phases[name] = round((now - mark) * 1000.0, 3)
+            mark = now
+
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await pc.setLocalDescription(await pc.createOffer())
+                phase("offer")
                 offer = pc.localDescription
                 sent = await self._send_relay(
                     {
@@ -297,8 +310,10 @@ class WebRtcTransport:
                     raise ConnectionError("the signalling socket is down")
                 assert session.answer is not None
                 answer = await session.answer
+                phase("answer")
                 await pc.setRemoteDescription(answer)
                 await link.opened.wait()
+                phase("open")
             if link.closed:
                 raise ConnectionError(f"the WebRTC connection to {peer_id} failed")
         except BaseException:
