@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -301,3 +302,82 @@ def test_ice_server_settings() -> None:
         NodeSettings(join="x", ice_servers="stun:127.0.0.1:3478")
     ok = NodeSettings(join="x", webrtc=True, advertise="ws://127.0.0.1:8081/ws")
     assert ok.advertise == "ws://127.0.0.1:8081/ws"
+
+
+# --- real processes: `hp2p peer --webrtc` ------------------------------------------------------
+
+RTC_ARGS = ("--webrtc", "--ice-host", "127.0.0.1")
+FAST_ARGS = ("--set", "heartbeat_interval=0.5", "--set", "heartbeat_timeout=2")
+CHAIN = ("--set", "max_children=1")  # r0 -> r1 -> r2 -> r3: killing r1 orphans r2
+
+
+@pytest.mark.slow
+def test_peer_processes_over_webrtc_survive_a_killed_peer(
+    tmp_path: Path, homs: HomsProcess
+) -> None:
+    """A tree of ``hp2p peer --webrtc`` processes; one is killed (SIGKILL: its peer
+    connections vanish without a word) and the others still get every message once."""
+    from peer_procs import PeerProc, Procs
+
+    root = PeerProc(
+        tmp_path, homs.url, "r0", "--create", "rtc-procs", *RTC_ARGS, *FAST_ARGS, *CHAIN
+    )
+    procs = [root]
+    victim: PeerProc | None = None
+    try:
+        assert str(root.wait_joined()["r2"]).startswith("ws://")
+        for i in range(1, 4):
+            args = ("--join", "rtc-procs", *RTC_ARGS, *CHAIN)
+            proc = PeerProc(tmp_path, homs.url, f"r{i}", *args)
+            procs.append(proc)
+            proc.wait_joined()
+        root.command("publish before")
+        for proc in procs[1:]:
+            assert proc.next_event({"deliver"}, DEADLINE)["sequence"] == 1
+        victim = procs[1]
+        victim.proc.kill()
+        victim.proc.wait(timeout=30)
+        survivors = [p for p in procs if p is not victim]
+        lost = root.next_event({"peer_lost"}, DEADLINE)  # its link to the victim closed
+        assert lost["peer"] == "r1"
+        repaired = procs[2].next_event({"attached"}, DEADLINE)  # the orphan re-attached
+        assert repaired["parent"] != "r1"
+        root.command("publish after")
+        for proc in survivors[1:]:
+            got = proc.next_event({"deliver"}, DEADLINE)
+            assert (got["source"], got["sequence"]) == ("r0", 2), proc.name
+    finally:
+        alive = [p for p in procs if p is not victim]
+        for p in alive:
+            p.leave()
+        codes = Procs(alive).stop_all()
+    assert all(code == 0 for code in codes.values()), codes
+
+
+@pytest.mark.slow
+def test_a_submesh_over_webrtc_processes(tmp_path: Path, homs: HomsProcess) -> None:
+    """SubMesh peers (``hp2p peer --webrtc`` on a SubMesh) pull a 256 KiB object over data
+    channels; the pieces (32 KiB) each fit one data-channel message."""
+    from peer_procs import MeshProc, Procs, create_core_overlay
+
+    core = create_core_overlay(homs.url, "core-for-rtc-mesh")
+    source = MeshProc(
+        tmp_path, homs.url, "src", "--create", "rtc-blocks", "--parent", core, *RTC_ARGS
+    )
+    procs = [source]
+    try:
+        source.wait_joined()
+        for i in range(3):
+            proc = MeshProc(tmp_path, homs.url, f"m{i}", "--join", "rtc-blocks", *RTC_ARGS)
+            procs.append(proc)
+            proc.wait_joined()
+        source.command(f"publish-random {256 * 1024} 7")
+        published = source.next_event({"published"}, 30)
+        for proc in procs[1:]:
+            got = proc.next_event({"delivered"}, 60)
+            assert got["sha256"] == published["sha256"], proc.name
+    finally:
+        for p in procs:
+            p.leave()
+        codes = Procs(procs).stop_all()
+    assert all(code == 0 for code in codes.values()), codes
