@@ -381,3 +381,13 @@ def test_a_submesh_over_webrtc_processes(tmp_path: Path, homs: HomsProcess) -> N
             p.leave()
         codes = Procs(procs).stop_all()
     assert all(code == 0 for code in codes.values()), codes
+
+
+async def test_a_webrtc_submesh_refuses_pieces_larger_than_one_message() -> None:
+    from hp2p.peer.mesh_config import MeshConfig
+    from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
+
+    config = MeshConfig(piece_size=512 * 1024)
+    node = MeshNode(MeshSettings(join="x", webrtc=True, config=config))
+    with pytest.raises(MeshNodeError, match="piece_size"):
+        await node.start()

@@ -58,6 +58,7 @@ from hp2p.peer.settings import Settings, split_host_port
 from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
+from hp2p.transport import ice
 from hp2p.transport.faults import FaultPlan
 from hp2p.transport.limits import (
     DEFAULT_BUFFERED_BYTES,
@@ -444,6 +445,12 @@ class MeshNode(CoreShell[MeshCore]):
         tls = server_context(self._key) if s.tls else None
         advertise = s.advertise
         if s.webrtc:
+            largest = ice.MAX_MESSAGE - 4096  # one piece, its header and credential in a frame
+            if s.config.piece_size > largest:
+                raise MeshNodeError(
+                    f"piece_size {s.config.piece_size} does not fit one WebRTC data-channel "
+                    f"message: use --set piece_size={largest} or less with --webrtc"
+                )
             try:
                 url = self._setup_webrtc(s.homs, s.ice_servers, s.ice_hosts)
             except (ImportError, ValueError) as exc:

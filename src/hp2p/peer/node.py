@@ -63,7 +63,7 @@ from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Delivery as Delivery
 from hp2p.peer.subscription import Subscription as Subscription
 from hp2p.peer.subtree import NotSourceError, subtree_source
-from hp2p.transport import tcp
+from hp2p.transport import ice, tcp
 from hp2p.transport.faults import FaultPlan
 from hp2p.transport.registry import TransportRegistry
 from hp2p.transport.tls import server_context
@@ -84,8 +84,6 @@ class MessageTooLargeError(NodeError):
     """``publish`` was given more bytes than one R2 frame on a link may carry."""
 
 
-#: The largest data-channel message aiortc accepts (its SDP ``max-message-size``).
-WEBRTC_MAX_MESSAGE = 262144
 #: Room left in a frame for the R2 header and the extension header of a broadcast.
 _FRAME_OVERHEAD = 4096
 
@@ -153,7 +151,7 @@ class PeerNode(CoreShell[PeerCore]):
         largest = min(tcp.DEFAULT_MAX_PAYLOAD, settings.send_queue_bytes)
         if settings.webrtc:
             # one frame is one data-channel message: aiortc accepts at most 256 KiB in one
-            largest = min(largest, WEBRTC_MAX_MESSAGE)
+            largest = min(largest, ice.MAX_MESSAGE)
         self.max_message = largest - _FRAME_OVERHEAD
         try:
             self.fault_plan = (

@@ -1,4 +1,5 @@
-"""ICE server URLs of the WebRTC transport, parsed without importing aiortc.
+"""WebRTC facts a peer checks at start-up without importing aiortc: ICE server URLs, and the
+largest message a data channel carries.
 
 Settings are checked when a peer starts, before (and whether or not) the WebRTC transport is
 loaded, so the parsing lives here. One URL per server; TURN credentials ride in the userinfo
@@ -10,6 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from urllib.parse import unquote
+
+#: The largest data-channel message aiortc accepts (the ``max-message-size`` its SDP
+#: advertises). One R2 frame is one message, so a WebRTC peer caps what it publishes (tree) or
+#: cuts (SubMesh pieces) below it.
+MAX_MESSAGE = 262144
 
 
 @dataclass(frozen=True, slots=True)
