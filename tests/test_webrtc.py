@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -391,3 +392,45 @@ async def test_a_webrtc_submesh_refuses_pieces_larger_than_one_message() -> None
     node = MeshNode(MeshSettings(join="x", webrtc=True, config=config))
     with pytest.raises(MeshNodeError, match="piece_size"):
         await node.start()
+
+
+async def test_the_signalling_client_reopens_a_dropped_socket_and_gives_up_bounded() -> None:
+    """The socket is reopened and the hello repeated after the HOMS drops it; with nobody
+    listening any more the client stops after its bounded attempts, with the reason."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from hp2p.peer.signalling_client import Identity, SignallingClient
+
+    hellos: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    sockets = 0
+
+    async def handler(conn: ServerConnection) -> None:
+        nonlocal sockets
+        sockets += 1
+        hellos.put_nowait(json.loads(await conn.recv()))
+        if sockets == 1:
+            await conn.close()  # the first socket is dropped at once
+            return
+        await conn.wait_closed()
+
+    me = Identity("ov", "p1", "pw")
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = SignallingClient(
+            f"ws://127.0.0.1:{port}/ws",
+            lambda: me,
+            on_relay=lambda _m: None,
+            backoff=0.01,
+            max_reconnects=2,
+        )
+        await client.start(5.0)
+        first = await asyncio.wait_for(hellos.get(), 5.0)
+        second = await asyncio.wait_for(hellos.get(), 5.0)  # reopened, hello again
+        expected = {"action": "hello", "peer-id": "p1", "overlay-id": "ov", "password": "pw"}
+        assert first == second == expected
+        assert client.stats.connects == 2
+        server.close(close_connections=True)
+    await asyncio.wait_for(client.stopped.wait(), 10.0)  # nobody listens: it gave up
+    assert client.failure is not None
+    assert not await client.send({"toid": "x"})
+    await client.close()

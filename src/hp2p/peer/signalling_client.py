@@ -94,12 +94,16 @@ class SignallingClient:
         on_relay: Callable[[dict[str, Any]], None],
         on_error: Callable[[dict[str, Any]], None] = lambda _m: None,
         open_timeout: float = 5.0,
+        max_reconnects: int = MAX_RECONNECTS,
+        backoff: float = 0.2,
     ) -> None:
         self.url = url
         self._identity = identity
         self._on_relay = on_relay
         self._on_error = on_error
         self._open_timeout = open_timeout
+        self._max_reconnects = max_reconnects
+        self._backoff = backoff
         self._conn: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self.registered = asyncio.Event()
@@ -155,7 +159,7 @@ class SignallingClient:
     # -- the socket's life -------------------------------------------------------------------
     async def _run(self) -> None:
         failures = 0
-        while failures <= MAX_RECONNECTS and not self.stopped.is_set():
+        while failures <= self._max_reconnects and not self.stopped.is_set():
             try:
                 async with connect(
                     self.url, open_timeout=self._open_timeout, max_size=64 * 1024
@@ -182,7 +186,7 @@ class SignallingClient:
             failures += 1
             if self.stopped.is_set():
                 break
-            await asyncio.sleep(min(MAX_BACKOFF, 0.2 * 2**failures))  # back-off, not a sync
+            await asyncio.sleep(min(MAX_BACKOFF, self._backoff * 2**failures))  # back-off
         self.failure = self.failure or "closed"
         self.stopped.set()
 
