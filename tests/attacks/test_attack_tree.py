@@ -279,17 +279,18 @@ def test_spare_recovery_slots_are_for_orphans_with_a_credential() -> None:
         profile=REFERENCE_COMPAT,
     )
     victim = PeerCore(
-        PeerConfig(max_children=1, recovery_children=1), "victim", "mem://victim", random.Random(1)
+        PeerConfig(max_children=1, recovery_children=2), "victim", "mem://victim", random.Random(1)
     )
     victim.start(JoinInfo(OV, 1, root=True, membership=compat), 0.0)
     victim.take_effects()
     asking = SetPrimary(hp2p=SetPrimaryExt(recovery=True))
 
-    def candidate(peer_id: str, cred: bool) -> int:
+    def candidate(peer_id: str, cred: bool, vouched: bool = False) -> int:
         conn = victim.new_conn()
         link = Link(conn, Role.IN_CANDIDATE, peer_id=peer_id, ticket=10 + conn, opened=1.0)
         if cred:
             link.cred = decode(authority.member(peer_id).credential)
+        link.vouched = vouched  # its HELLO carried a valid credential (no AUTH on compat)
         victim.add_link(link)
         return conn
 
@@ -301,6 +302,9 @@ def test_spare_recovery_slots_are_for_orphans_with_a_credential() -> None:
     victim.receive(orphan, asking, 1.0)
     roles = {c: victim.paths.links[c].role for c in (first, second, orphan)}
     assert roles == {first: Role.CHILD, second: Role.IN_CANDIDATE, orphan: Role.CHILD}
+    hello_vouched = candidate("orphan-2", cred=False, vouched=True)
+    victim.receive(hello_vouched, asking, 1.0)
+    assert victim.paths.links[hello_vouched].role is Role.CHILD
 
 
 def test_scan_tree_is_no_flood_amplifier() -> None:
@@ -362,3 +366,32 @@ def test_tls_with_the_credentials_key_is_admitted() -> None:
     for certificate in ("right", "none"):
         sent = _dial_over_tls(certificate)
         assert [type(m) for m in sent] == [Auth, Hello], certificate  # step 3, then the purpose
+
+
+def test_on_a_compat_overlay_a_hello_credential_vouches_for_the_joiner() -> None:
+    """No AUTH on reference-compat links: the volunteer's link to a joiner whose HELLO carried
+    a valid credential (for that peer-id, ticket and address) counts as a member's."""
+    authority = Authority()
+    own = authority.member("victim")
+    compat = Membership(
+        own.key, own.credential, own.homs_keys, own.clock_offset, profile=REFERENCE_COMPAT
+    )
+    victim = PeerCore(PeerConfig(), "victim", "mem://victim", random.Random(1))
+    victim.start(JoinInfo(OV, 1, root=True, membership=compat), 0.0)
+    victim.take_effects()
+    joiner = authority.member("joiner", ticket=7, address="mem://joiner")
+    for name, cred in (("with", joiner.credential), ("without", None)):
+        peer_id = "joiner" if cred else "stranger"
+        hello = Hello(
+            overlay_id=OV,
+            peer_id=peer_id,
+            address=f"mem://{peer_id}",
+            ticket_id=7,
+            hp2p=HelloExt(cred=cred),
+        )
+        conn = victim.accept(1.0)
+        victim.receive(conn, hello, 1.0)
+        dials = [e for e in victim.take_effects() if isinstance(e, Connect)]
+        assert dials, name
+        link = victim.paths.links[dials[0].conn]
+        assert link.vouched is (cred is not None), name

@@ -26,13 +26,23 @@ class HpOverlay:
     """N real hp2p peers (peer 0 creates the overlay and is the root, the others join)."""
 
     def __init__(
-        self, workdir: Path, peers: int, max_children: int, seed: int, security: str | None = None
+        self,
+        workdir: Path,
+        peers: int,
+        max_children: int,
+        seed: int,
+        security: str | None = None,
+        transport: str = "tcp",
+        kind: str | None = None,
     ) -> None:
         #: ``None``: the overlay's default (credentials: AUTH on every link, signed data);
         #: ``reference-compat``: neither, the same peers as before issue #11 (the baseline
         #: that shows what the signatures cost).
         self.security = security
-        self.kind = "hp2p" if security is None else "unsigned"
+        #: ``tcp``, or ``webrtc``: every peer runs ``--webrtc`` and advertises only the HOMS's
+        #: signalling URL, so every link is a data channel (host candidates on 127.0.0.1).
+        self.transport = transport
+        self.kind = kind or ("hp2p" if security is None else "unsigned")
         self.workdir = workdir
         self.fleet = Fleet()
         self.homs: HomsProcess | None = None
@@ -60,6 +70,8 @@ class HpOverlay:
                 args += [*how, "--json-events", "--stdin", "--log-level", "warning"]
                 args += ["--set", f"max_children={self._max_children}"]
                 args += ["--set", f"seed={self._seed + i}"]
+                if self.transport == "webrtc":
+                    args += ["--webrtc", "--ice-host", "127.0.0.1"]
                 proc = self.fleet.start(name, args, self.workdir / f"{name}.err")
                 batch.append(proc)
                 if i == 0:  # the root must exist before anyone joins
@@ -84,6 +96,21 @@ class HpOverlay:
             depth = status.get("depth")
             self.depth[proc.name] = depth if isinstance(depth, int) else -1
             self.parent[proc.name] = status.get("parent")
+
+    def connect_events(self) -> list[dict[str, Any]]:
+        """The ``link_open`` events of every link the peers dialled (``ms``: dial to open;
+        WebRTC adds ``phases``)."""
+        opened_all: list[dict[str, Any]] = []
+        for proc in self.peers:
+            inbox = proc.inbox
+            while (event := inbox.get(0.0)) is not None:
+                if inbox.ended:
+                    break
+                inbox.kept.append(event)
+            opened = [e for e in inbox.kept if e.kind == "link_open"]
+            inbox.kept = [e for e in inbox.kept if e.kind != "link_open"]
+            opened_all.extend(e for e in opened if isinstance(e.get("ms"), int | float))
+        return opened_all
 
     def tree_children(self) -> dict[int, list[int]]:
         """The surveyed tree as index -> child indexes (for the floor baseline)."""

@@ -34,7 +34,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from hp2p.bench.overlay import HpOverlay, RelayOverlay, settle
-from hp2p.bench.phases import Overlay, figures, passes, run_phase
+from hp2p.bench.phases import Overlay, figures, passes, quantile, run_phase
 from hp2p.bench.procs import ProcError
 from hp2p.bench.results import result_document, write_result
 
@@ -110,8 +110,13 @@ def run_size(
     latency_messages: int,
     step_s: float,
     gossipsub_python: str | None = None,
+    transport: str = "tcp",
 ) -> dict[str, Any]:
-    """One N: hp2p, then floor in hp2p's tree shape, then flood; ratios hp2p / baseline."""
+    """One N: hp2p, then floor in hp2p's tree shape, then flood; ratios hp2p / baseline.
+
+    With ``transport="webrtc"`` the hp2p peers link over WebRTC data channels and the
+    ``tcp`` baseline is the same peers over TCP, in the same run.
+    """
 
     def advance(text: str) -> None:
         progress.update(task, description=f"N={peers} {text}", advance=1)
@@ -124,7 +129,7 @@ def run_size(
         "advance": advance,
     }
     out: dict[str, Any] = {"peers": peers, "baselines": {}, "steps": {}, "latencies_ms": {}}
-    hp = HpOverlay(workdir / f"hp2p-{peers}", peers, max_children, seed)
+    hp = HpOverlay(workdir / f"hp2p-{peers}", peers, max_children, seed, transport=transport)
     (workdir / f"hp2p-{peers}").mkdir(parents=True, exist_ok=True)
     try:
         advance(f"hp2p: starting HOMS and {peers} peers")
@@ -134,9 +139,11 @@ def run_size(
         depths = [d for d in hp.depth.values() if d >= 0]
         measured = measure(hp, **common)  # type: ignore[arg-type]
         tree = hp.tree_children()
+        connects = hp.connect_events()
     finally:
         hp.close()
     metrics = measured["metrics"]
+    metrics.update(connect_figures(connects))
     metrics["max_depth"] = max(depths, default=None)
     metrics["mean_depth"] = round(statistics.fmean(depths), 3) if depths else None
     metrics["unattached"] = sum(1 for d in hp.depth.values() if d < 0)
@@ -149,8 +156,8 @@ def run_size(
     for name in baselines:
         if name == "gossipsub" and peers != GOSSIPSUB_PEERS:
             continue
-        if name == "unsigned":
-            _unsigned(peers, max_children, seed, workdir, common, out)
+        if name in ("unsigned", "tcp"):
+            _hp_baseline(name, peers, max_children, seed, workdir, common, out)
             continue
         mode = {"floor": "tree", "flood": "flood"}.get(name, name)
         relay = RelayOverlay(
@@ -195,7 +202,35 @@ def run_size(
     return out
 
 
-def _unsigned(
+def connect_figures(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """``connect_p50_ms``/``connect_p99_ms``: dial to open link (first frame can go), over
+    every link the peers dialled (``link_open`` events); for WebRTC also the p50/p99 of each
+    phase (``connect_answer_p99_ms``: the offer/answer round trip through the HOMS …)."""
+    times = [float(e["ms"]) for e in events]
+    out: dict[str, Any] = {
+        "connects": len(times),
+        "connect_p50_ms": _round(quantile(times, 0.5)),
+        "connect_p99_ms": _round(quantile(times, 0.99)),
+    }
+    phases: dict[str, list[float]] = {}
+    for event in events:
+        got = event.get("phases")
+        if isinstance(got, dict):
+            for name, value in got.items():
+                if isinstance(value, int | float):
+                    phases.setdefault(str(name), []).append(float(value))
+    for name, values in sorted(phases.items()):
+        out[f"connect_{name}_p50_ms"] = _round(quantile(values, 0.5))
+        out[f"connect_{name}_p99_ms"] = _round(quantile(values, 0.99))
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _hp_baseline(
+    name: str,
     peers: int,
     max_children: int,
     seed: int,
@@ -203,23 +238,27 @@ def _unsigned(
     common: dict[str, Any],
     out: dict[str, Any],
 ) -> None:
-    """The same hp2p peers on a ``reference-compat`` overlay: no AUTH, no signatures."""
-    folder = workdir / f"unsigned-{peers}"
+    """The same hp2p peers, changed in one respect: ``unsigned`` on a ``reference-compat``
+    overlay (no AUTH, no signatures), or ``tcp`` (over TCP, the baseline of WebRTC)."""
+    folder = workdir / f"{name}-{peers}"
     folder.mkdir(parents=True, exist_ok=True)
-    overlay = HpOverlay(folder, peers, max_children, seed, security="reference-compat")
+    security = "reference-compat" if name == "unsigned" else None
+    overlay = HpOverlay(folder, peers, max_children, seed, security=security, kind=name)
     try:
-        common["advance"](f"unsigned: starting HOMS and {peers} peers")
+        common["advance"](f"{name}: starting HOMS and {peers} peers")
         overlay.start()
         settle(3.0)
         got = measure(overlay, **common)
+        connects = overlay.connect_events()
     except ProcError as exc:
-        out["baselines"]["unsigned"] = {"error": str(exc)[:300]}
+        out["baselines"][name] = {"error": str(exc)[:300]}
         return
     finally:
         overlay.close()
-    out["baselines"]["unsigned"] = got["metrics"]
-    out["steps"]["unsigned"] = got["steps"]
-    out["latencies_ms"]["unsigned"] = got["latencies_ms"]
+    got["metrics"].update(connect_figures(connects))
+    out["baselines"][name] = got["metrics"]
+    out["steps"][name] = got["steps"]
+    out["latencies_ms"][name] = got["latencies_ms"]
 
 
 _RATIO_KEYS = (
@@ -231,6 +270,8 @@ _RATIO_KEYS = (
     "broadcasts_per_s",
     "cpu_us_per_hop",
     "rss_mb_per_process",
+    "connect_p50_ms",
+    "connect_p99_ms",
 )
 
 
@@ -279,6 +320,13 @@ def tree(
     ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the result file.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG plots into this folder.")] = None,
+    transport: Annotated[
+        str,
+        typer.Option(
+            help="tcp, or webrtc: the peers link over WebRTC data channels (hp2p[webrtc]) and "
+            "the same peers over TCP run as the baseline 'tcp' in the same run."
+        ),
+    ] = "tcp",
     gossipsub_python: Annotated[
         str | None,
         typer.Option(
@@ -303,16 +351,22 @@ def tree(
     console = Console()
     sizes = _sizes(peers, quick)
     seed_list = _seed_list(seeds)
-    chosen = baseline or ["floor", "flood", "unsigned"]
-    unknown = sorted(set(chosen) - {"floor", "flood", "unsigned", "gossipsub"})
+    if transport not in ("tcp", "webrtc"):
+        _fail(f"--transport must be tcp or webrtc, not {transport!r}")
+    if transport == "webrtc" and importlib.util.find_spec("aiortc") is None:
+        _fail("--transport webrtc needs aiortc: pip install 'hp2p[webrtc]'")
+    chosen = baseline or (["tcp"] if transport == "webrtc" else ["floor", "flood", "unsigned"])
+    if transport == "webrtc" and "tcp" not in chosen:
+        chosen = ["tcp", *chosen]  # TCP is WebRTC's baseline, always in the same run
+    unknown = sorted(set(chosen) - {"floor", "flood", "unsigned", "gossipsub", "tcp"})
     if unknown:
-        _fail(f"unknown baseline(s) {unknown}: use floor, flood, unsigned or gossipsub")
+        _fail(f"unknown baseline(s) {unknown}: use floor, flood, unsigned, tcp or gossipsub")
     if fanout is not None:
         console.print("[yellow]--fanout is deprecated: use --max-children[/]")
         max_children = fanout
     if not 1 <= max_children <= 64 or not 0 <= payload <= 60_000:
         _fail("--max-children must be 1..64 and --payload 0..60000 (one publish line)")
-    relays = [b for b in chosen if b in ("floor", "flood", "unsigned")]
+    relays = [b for b in chosen if b in ("floor", "flood", "unsigned", "tcp")]
     notes: list[str] = []
     gossip_python: str | None = None
     if "gossipsub" in chosen:
@@ -355,6 +409,7 @@ def tree(
                             latency_messages=latency_messages,
                             step_s=step_s,
                             gossipsub_python=gossip_python,
+                            transport=transport,
                         )
                     )
                 except ProcError as exc:
@@ -363,7 +418,14 @@ def tree(
     for result in results:
         _print(console, result)
     if json_file is not None:
+        if transport == "webrtc":
+            notes.append(
+                "hp2p = the peers over WebRTC data channels (--webrtc, host candidates on "
+                "127.0.0.1, signalled through the HOMS); baseline tcp = the same peers over TCP"
+            )
+        notes.append("connect_p50_ms/connect_p99_ms: dial to open link, over every dialled link")
         document = _document(results, quick, max_children, payload, seed_list, chosen, notes)
+        document["params"]["transport"] = transport
         console.print(f"result file: {write_result(json_file, document)}")
     if plots is not None:
         from hp2p.bench.plots import tree_plots
@@ -521,6 +583,8 @@ _SHOWN = (
     "rmr",
     "control_overhead",
     "rss_mb_per_process",
+    "connect_p50_ms",
+    "connect_p99_ms",
     "max_depth",
 )
 

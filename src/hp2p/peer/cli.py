@@ -32,6 +32,8 @@ Examples:
 
   hp2p peer --join chat --tls --listen 0.0.0.0:7000     # confidential links (tls://)
 
+  hp2p peer --join chat --webrtc --ice-server stun:stun.example.org:3478   # behind a NAT
+
   hp2p peer --join blocks       # a SubTree or SubMesh works too (docs/sub-overlays.md)
 
   hp2p peer --join blocks --store ./pieces --set target_neighbours=12    # a SubMesh peer
@@ -114,6 +116,31 @@ def peer(
             "the membership key, no CA needed (docs/security.md).",
         ),
     ] = False,
+    webrtc: Annotated[
+        bool,
+        typer.Option(
+            "--webrtc",
+            help="Also use WebRTC data channels, dialled by peer-id through the HOMS signalling "
+            "WebSocket; advertises ws://HOMS/ws unless --advertise gives tcp:// (needs the "
+            "webrtc extra, aiortc; docs/peer.md).",
+        ),
+    ] = False,
+    ice_server: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ice-server",
+            help="ICE server for --webrtc (repeatable): stun:HOST:PORT or "
+            "turn:USER:CREDENTIAL@HOST:PORT. None: host candidates only.",
+        ),
+    ] = None,
+    ice_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ice-host",
+            help="Local address to gather WebRTC host candidates on (repeatable; default: "
+            "every non-loopback interface).",
+        ),
+    ] = None,
     api: Annotated[
         str | None,
         typer.Option(
@@ -268,6 +295,9 @@ def peer(
         "listen": listen,
         "advertise": advertise,
         "tls": True if tls else None,
+        "webrtc": True if webrtc else None,
+        "ice_servers": ",".join(ice_server) if ice_server else None,
+        "ice_hosts": ",".join(ice_host) if ice_host else None,
         "api": api,
         "api_public": True if api_public else None,
         "peer_id": peer_id,

@@ -58,6 +58,7 @@ from hp2p.peer.settings import Settings, split_host_port
 from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
+from hp2p.transport import ice
 from hp2p.transport.faults import FaultPlan
 from hp2p.transport.limits import (
     DEFAULT_BUFFERED_BYTES,
@@ -249,6 +250,11 @@ class MeshSettings:
     listen: str = "127.0.0.1:0"
     advertise: str | None = None  # tcp://HOST:PORT others dial (default: from listen)
     tls: bool = False  # R2 over TLS 1.3 (tls://), certificate from the membership key
+    #: WebRTC data channels through the HOMS signalling (``hp2p.transport.webrtc``), as on a
+    #: tree peer: ``ice_servers``/``ice_hosts`` are the comma-separated settings.
+    webrtc: bool = False
+    ice_servers: str = ""
+    ice_hosts: str = ""
     peer_id: str | None = None
     store: str | None = None  # directory of a persistent piece store
     standby: bool = False  # watch the source, publish in its place when it is gone
@@ -297,6 +303,9 @@ class MeshSettings:
             listen=n.listen,
             advertise=n.advertise,
             tls=n.tls,
+            webrtc=n.webrtc,
+            ice_servers=n.ice_servers,
+            ice_hosts=n.ice_hosts,
             peer_id=n.peer_id,
             store=m.store,
             standby=m.standby,
@@ -434,7 +443,21 @@ class MeshNode(CoreShell[MeshCore]):
         self._loop = asyncio.get_running_loop()
         s = self.settings
         tls = server_context(self._key) if s.tls else None
-        self.address = await self._listen_r2(s.listen, MeshNodeError, s.advertise, tls)
+        advertise = s.advertise
+        if s.webrtc:
+            largest = ice.MAX_MESSAGE - 4096  # one piece, its header and credential in a frame
+            if s.config.piece_size > largest:
+                raise MeshNodeError(
+                    f"piece_size {s.config.piece_size} does not fit one WebRTC data-channel "
+                    f"message: use --set piece_size={largest} or less with --webrtc"
+                )
+            try:
+                url = self._setup_webrtc(s.homs, s.ice_servers, s.ice_hosts)
+            except (ImportError, ValueError) as exc:
+                raise MeshNodeError(f"webrtc: {exc} (pip install 'hp2p[webrtc]')") from None
+            if advertise is None:
+                advertise = url  # reached by peer-id through the HOMS (docs/peer.md)
+        self.address = await self._listen_r2(s.listen, MeshNodeError, advertise, tls)
         try:
             overlay, source = await self._find_submesh()
             if source == self.peer_id and self.signer is None:
@@ -461,6 +484,11 @@ class MeshNode(CoreShell[MeshCore]):
         except (HomsError, MeshNodeError) as exc:
             await self._shutdown_io()
             raise MeshNodeError(str(exc)) from None
+        try:
+            await self._start_signalling(s.homs_timeout * 2)
+        except OSError as exc:
+            await self._shutdown_io()
+            raise MeshNodeError(f"webrtc: {exc}") from None
         self.overlay_id = overlay.overlay_id
         self.source_id = source
         self.core = MeshCore(

@@ -63,7 +63,7 @@ from hp2p.peer.shell import CoreShell, LinkStats
 from hp2p.peer.subscription import Delivery as Delivery
 from hp2p.peer.subscription import Subscription as Subscription
 from hp2p.peer.subtree import NotSourceError, subtree_source
-from hp2p.transport import tcp
+from hp2p.transport import ice, tcp
 from hp2p.transport.faults import FaultPlan
 from hp2p.transport.registry import TransportRegistry
 from hp2p.transport.tls import server_context
@@ -148,7 +148,11 @@ class PeerNode(CoreShell[PeerCore]):
         if self.homs.security is None:
             self.homs.security = settings.security  # type: ignore[assignment]
         self.homs.on_renewed = self._renewed
-        self.max_message = min(tcp.DEFAULT_MAX_PAYLOAD, settings.send_queue_bytes) - _FRAME_OVERHEAD
+        largest = min(tcp.DEFAULT_MAX_PAYLOAD, settings.send_queue_bytes)
+        if settings.webrtc:
+            # one frame is one data-channel message: aiortc accepts at most 256 KiB in one
+            largest = min(largest, ice.MAX_MESSAGE)
+        self.max_message = largest - _FRAME_OVERHEAD
         try:
             self.fault_plan = (
                 FaultPlan.parse(settings.faults, settings.fault_seed) if settings.faults else None
@@ -176,7 +180,19 @@ class PeerNode(CoreShell[PeerCore]):
         self._loop = asyncio.get_running_loop()
         s = self.settings
         tls = server_context(self._key) if s.tls and self._key is not None else None
-        self.address = await self._listen_r2(s.listen, NodeError, s.advertise, tls)
+        advertise = s.advertise
+        if s.webrtc:
+            try:
+                url = self._setup_webrtc(s.homs, s.ice_servers, s.ice_hosts)
+            except ImportError as exc:
+                raise NodeError(
+                    f"webrtc needs aiortc ({exc}): pip install 'hp2p[webrtc]'"
+                ) from None
+            except ValueError as exc:
+                raise NodeError(f"webrtc: {exc}") from None
+            if advertise is None:
+                advertise = url  # reached by peer-id through the HOMS (docs/peer.md)
+        self.address = await self._listen_r2(s.listen, NodeError, advertise, tls)
         rng = random.Random(self.settings.seed)
         self.core = PeerCore(self.config, self.peer_id, self.address, rng)
         # link-proof nonces must be unpredictable to other peers, unlike the core's seeded rng
@@ -187,6 +203,11 @@ class PeerNode(CoreShell[PeerCore]):
             await self._shutdown_io()
             raise NodeError(str(exc)) from None
         m = self.membership
+        try:
+            await self._start_signalling(self.settings.homs_timeout * 2)
+        except OSError as exc:
+            await self._shutdown_io()
+            raise NodeError(f"webrtc: {exc}") from None
         self.homs.start_refresh()
         self.state = "joining"
         self.core.start(self._join_info(m), self._now())

@@ -250,6 +250,10 @@ class PathManager:
             purpose=estab,
             offer_pending=not vertical,
         )
+        if not core.admission.required and core.admission.own is not None:
+            # no AUTH on this overlay: a credential in the HELLO is the best evidence of
+            # membership there is (it earns the spare recovery slots, see on_set_primary)
+            link.vouched = hello.hp2p.cred is not None and self._joiner_problem(hello, now) is None
         core.add_link(link)
         core.counters.volunteered += 1
         core.connect(conn, hello.peer_id, (hello.address,))
@@ -344,9 +348,11 @@ class PathManager:
             # this orphan to the HOMS, a round trip that costs more than the wait.
             self.deferred.append((link, msg))
             return
-        # The spare recovery slots are for orphans that proved membership: on an overlay with
-        # credentials, a peer without one (reference-compat) may not claim them (issue #11).
-        recovery = msg.hp2p.recovery and (link.cred is not None or core.admission.own is None)
+        # The spare recovery slots are for orphans that proved membership (AUTH, or on a
+        # reference-compat overlay a valid credential in their HELLO): a peer without one may
+        # not claim them (issue #11).
+        proven = link.cred is not None or link.vouched or core.admission.own is None
+        recovery = msg.hp2p.recovery and proven
         if recovery and msg.hp2p.displace:
             self._displace_for(link, now)
         if (

@@ -76,6 +76,9 @@ class Link:
     cred: Credential | None = None  # the peer's membership credential, proven on this link
     strikes: int = 0  # forged or unverifiable data received on this link
     scan_at: float = float("-inf")  # when this link last brought a SCAN_TREE request
+    #: reference-compat overlays (no AUTH): the joiner's HELLO carried a valid credential for
+    #: this peer-id and ticket, and this link dials the address that credential names
+    vouched: bool = False
 
 
 class PathLimitError(Exception):

@@ -118,6 +118,28 @@ class NodeSettings:
             "from the membership key, so no CA is needed; links are confidential."
         ),
     )
+    webrtc: bool = field(
+        default=False,
+        metadata=_doc(
+            "Also reach and accept peers over WebRTC data channels, dialled by peer-id through "
+            "the HOMS signalling WebSocket (needs the webrtc extra: aiortc). Advertises the "
+            "signalling URL ws://HOMS/ws unless advertise names a tcp:// or tls:// address."
+        ),
+    )
+    ice_servers: str = field(
+        default="",
+        metadata=_doc(
+            "Comma-separated ICE servers for webrtc: stun:HOST:PORT, "
+            "turn:USER:CREDENTIAL@HOST:PORT; none: host candidates only."
+        ),
+    )
+    ice_hosts: str = field(
+        default="",
+        metadata=_doc(
+            "Comma-separated local addresses WebRTC host candidates are gathered on "
+            "(e.g. 127.0.0.1); default: every non-loopback interface (process-wide)."
+        ),
+    )
     api: str | None = field(
         default=None,
         metadata=_doc(
@@ -244,7 +266,22 @@ class NodeSettings:
                     "reachable from other machines. Use 127.0.0.1:PORT, or give --api-public "
                     "(setting api_public) if you mean it"
                 )
-        if self.advertise is not None:
+        if self.ice_servers and not self.webrtc:
+            raise SettingsError("ice_servers (--ice-server) is for webrtc: give --webrtc too")
+        if self.webrtc:
+            from hp2p.transport.ice import parse_ice_servers
+
+            try:
+                parse_ice_servers(self.ice_servers)
+            except ValueError as exc:
+                raise SettingsError(f"ice_servers: {exc}") from None
+        if self.advertise is not None and self.webrtc and self.advertise.startswith("ws"):
+            host, _, rest = self.advertise.partition("://")
+            if host not in ("ws", "wss") or not rest:
+                raise SettingsError(
+                    f"advertise must be ws://HOST:PORT/PATH, got {self.advertise!r}"
+                )
+        elif self.advertise is not None:
             host, _, rest = self.advertise.partition("://")
             scheme = "tls" if self.tls else "tcp"
             if host != scheme or not rest:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -31,11 +32,13 @@ from hp2p.peer.admission import Admission
 from hp2p.peer.effects import Close, Connect, HomsReport, ProtocolError, Send
 from hp2p.peer.homs_client import HomsClient
 from hp2p.peer.settings import ANY_HOSTS, split_host_port
+from hp2p.peer.signalling_client import Identity, SignallingClient, signalling_url
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
 from hp2p.transport.faults import FaultPlan, FaultyLink
+from hp2p.transport.ice import parse_ice_servers, split_list
 from hp2p.transport.limits import R2Budget, R2Limits
-from hp2p.transport.registry import TransportRegistry, default_registry
+from hp2p.transport.registry import TransportRegistry, default_registry, scheme_of
 from hp2p.wire.errors import WireError
 from hp2p.wire.r2 import encode
 from hp2p.wire.r2.messages import Message
@@ -98,6 +101,7 @@ class CoreShell(Generic[CoreT]):
     stats: LinkStats
     homs: HomsClient
     address: str
+    peer_id: str
     #: Delay, loss and partitions injected on every link (``--faults``); None: none.
     fault_plan: FaultPlan | None = None
     on_event: Any  # EventSink | None
@@ -126,6 +130,13 @@ class CoreShell(Generic[CoreT]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
         self._handlers = self._effect_handlers()
+        #: WebRTC (``webrtc`` setting): the transport, its signalling socket and the URL this
+        #: peer is reached at through it; None when off (aiortc is then never imported).
+        self.webrtc: Any = None
+        self.signalling: SignallingClient | None = None
+        self.webrtc_url: str | None = None
+        #: Seconds from dial to open link of the last links this peer dialled (any transport).
+        self.connect_times: deque[float] = deque(maxlen=1024)
 
     # === hooks for subclasses ====================================================================
     def _effect_handlers(self) -> dict[type[Any], Callable[[Any], None]]:
@@ -204,7 +215,73 @@ class CoreShell(Generic[CoreT]):
         scheme = "tcp" if tls is None else "tls"
         return tcp.format_tcp_address(host, self._server.sockets[0].getsockname()[1], scheme)
 
-    def _on_accept(self, link: tcp.TcpLink) -> LinkEvents:
+    def _setup_webrtc(self, homs_url: str, ice_servers: str, ice_hosts: str) -> str:
+        """Load the WebRTC transport and register it for ``ws``/``wss``; the signalling URL.
+
+        The socket is opened later (:meth:`_start_signalling`): its hello proves the
+        membership that the HOMP join establishes.
+        """
+        from hp2p.transport import webrtc  # only here: a TCP-only peer never loads aiortc
+
+        url = signalling_url(homs_url)
+        webrtc.restrict_host_candidates(split_list(ice_hosts))
+
+        async def relay(message: dict[str, Any]) -> bool:
+            return self.signalling is not None and await self.signalling.send(message)
+
+        transport = webrtc.WebRtcTransport(
+            self.peer_id,
+            relay,
+            self._on_accept,
+            ice_servers=parse_ice_servers(ice_servers),
+            max_queue_bytes=self._send_queue_bytes,
+        )
+        self.signalling = SignallingClient(
+            url, self._signalling_identity, on_relay=transport.on_relay, on_error=self._on_sig_error
+        )
+        for scheme in ("ws", "wss"):
+            self.transports.register_peer_dialer(scheme, transport.dial)
+        self.webrtc = transport
+        self.webrtc_url = url
+        return url
+
+    async def _start_signalling(self, within: float) -> None:
+        """Open and register the signalling socket (after the HOMP join); OSError if not."""
+        if self.signalling is not None:
+            await self.signalling.start(within)
+
+    def _signalling_identity(self) -> Identity:
+        m = self.homs.membership
+        if m is None:
+            raise ValueError("signalling before the HOMP join")
+        trust = m.trust
+        if trust is not None and trust.required:
+            return Identity(m.overlay_id, m.peer_id, m.password, trust.credential, trust.key)
+        return Identity(m.overlay_id, m.peer_id, m.password)
+
+    def _on_sig_error(self, message: dict[str, Any]) -> None:
+        """A relay the HOMS could not deliver fails that peer's dials at once, not by timeout."""
+        if self.webrtc is not None and message.get("field") == "$.toid":
+            reason = str(message.get("reason", ""))
+            peer = reason.split("'")[1] if reason.count("'") >= 2 else None
+            if peer:
+                self.webrtc.peer_unreachable(peer)
+
+    def _link_opened(
+        self, address: str, seconds: float, phases: dict[str, float] | None = None
+    ) -> None:
+        """A dialled link is open: how long the dial took (the benchmark's connect time).
+
+        For TCP the dial is the TCP (and TLS) handshake; for WebRTC it is offer, answer, ICE,
+        DTLS and SCTP up to the open data channel. The first R2 frame can be sent then.
+        """
+        self.connect_times.append(seconds)
+        fields: dict[str, Any] = {"scheme": scheme_of(address), "ms": round(seconds * 1000.0, 3)}
+        if phases:
+            fields["phases"] = phases  # WebRTC: offer, answer (signalling), open (ICE/DTLS/SCTP)
+        self._emit("link_open", fields)
+
+    def _on_accept(self, link: Link) -> LinkEvents:
         core = self.core
         if core is None or self._stopped:
             link.close()
@@ -263,9 +340,15 @@ class CoreShell(Generic[CoreT]):
     async def _connect(self, effect: Connect) -> None:
         conn = effect.conn
         self.stats.connects += 1
+        addresses = effect.addresses
+        url = self.webrtc_url
+        if url is not None and not any(a.startswith(("ws://", "wss://")) for a in addresses):
+            # a peer advertising TCP may accept WebRTC too: tried after its own addresses
+            addresses = (*addresses, url)
+        started = self._now()
         try:
             link, address = await self.transports.dial(
-                effect.peer_id, effect.addresses, self._events(conn), self._send_queue_bytes
+                effect.peer_id, addresses, self._events(conn), self._send_queue_bytes
             )
         except (OSError, TimeoutError, ValueError) as exc:
             self._connecting.pop(conn, None)
@@ -283,6 +366,7 @@ class CoreShell(Generic[CoreT]):
             link.close()
             return
         self._links[conn] = self._wrap(link, address)
+        self._link_opened(address, self._now() - started, getattr(link, "phases", None))
         certificate_key = getattr(link, "certificate_key", None)
         if isinstance(certificate_key, bytes):
             core.admission.bind(conn, certificate_key)  # its credential must name this key
@@ -380,6 +464,10 @@ class CoreShell(Generic[CoreT]):
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
+        if self.webrtc is not None:
+            await self.webrtc.close()
+        if self.signalling is not None:
+            await self.signalling.close()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):

@@ -2,10 +2,12 @@
 
 The sans-IO cores address peers by peer-id; a ``Connect`` effect names the peer and the
 addresses it advertised. The shell turns that into a link by asking this registry: each
-scheme (``tcp`` today; ``webrtc`` next, dialled by peer-id through the HOMS signalling relay)
-has one dialer, and the addresses are tried in the order the peer gave them, skipping those
-whose scheme no transport here serves. A new transport is one :meth:`TransportRegistry.register`
-call; neither the cores nor the shells change.
+scheme (``tcp``, ``tls``; ``ws``/``wss`` for WebRTC, dialled by peer-id through the HOMS
+signalling relay whose URL the peer advertised) has one dialer, and the addresses are tried in
+the order the peer gave them, skipping those whose scheme no transport here serves. A new
+transport is one :meth:`TransportRegistry.register` call (or
+:meth:`TransportRegistry.register_peer_dialer` when it needs the peer-id); neither the cores
+nor the shells change.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from hp2p.transport.limits import R2Budget
 
 #: ``dial(address, events, max_queue_bytes)``: open a link or raise OSError / ValueError.
 Dialer = Callable[[str, LinkEvents, int], Awaitable[Link]]
+#: ``dial(peer_id, address, events, max_queue_bytes)``: the same for a transport that reaches
+#: a peer by its peer-id (WebRTC: the address names the signalling relay, not the peer).
+PeerDialer = Callable[[str, str, LinkEvents, int], Awaitable[Link]]
 
 
 class NoTransportError(ValueError):
@@ -34,9 +39,18 @@ class TransportRegistry:
     """Dialers by address scheme; see the module docstring."""
 
     def __init__(self) -> None:
-        self._dialers: dict[str, Dialer] = {}
+        self._dialers: dict[str, PeerDialer] = {}
 
     def register(self, scheme: str, dialer: Dialer) -> None:
+        """``dialer`` opens links to addresses of ``scheme`` (the peer-id is not needed)."""
+
+        async def by_address(_peer_id: str, address: str, events: LinkEvents, queue: int) -> Link:
+            return await dialer(address, events, queue)
+
+        self._dialers[scheme.lower()] = by_address
+
+    def register_peer_dialer(self, scheme: str, dialer: PeerDialer) -> None:
+        """``dialer`` reaches the peer named by the ``Connect`` effect (WebRTC)."""
         self._dialers[scheme.lower()] = dialer
 
     @property
@@ -60,7 +74,8 @@ class TransportRegistry:
         last: Exception | None = None
         for address in usable:
             try:
-                link = await self._dialers[scheme_of(address)](address, events, max_queue_bytes)
+                dialer = self._dialers[scheme_of(address)]
+                link = await dialer(peer_id, address, events, max_queue_bytes)
             except (OSError, TimeoutError, ValueError) as exc:
                 last = exc
                 continue
