@@ -68,3 +68,4 @@ def test_turn_relays_relay_to_relay_for_a_home_behind_the_symmetric_nat(
     (ra, rb) = result["relays"]
     assert result["b_got"] == [ra, "a to b"]
     assert result["a_got"] == [rb, "b to a"]
+    assert result["b_got_channel"] == [ra, "a to b on a channel"]
