@@ -38,7 +38,9 @@ NATS = {"coneA": "cone", "coneB": "cone", "symA": "sym", "symB": "sym"}
 #: NATs no ICE pair succeeds. coturn allocates relays and binds channels, but sends nothing to
 #: any peer for those allocations ("peer usage … sp=0" on every one of 340 in its log), while
 #: ``tests/test_nat_stun.py`` relays relay-to-relay both ways through the same coturn from
-#: behind the same NAT with a plain TURN client. So the TURN data path of the WebRTC stack
+#: behind the same NAT with a plain TURN client (Send indications, and ChannelBind +
+#: ChannelData as aioice does; coturn logs a 400 after aioice's CHANNEL_BINDs, not after
+#: ours). So the TURN data path of the WebRTC stack
 #: fails here; not strict, so that a fix shows up as XPASS, not as a failure.
 TURN_XFAIL = pytest.mark.xfail(
     reason="WebRTC through TURN between symmetric NATs: no ICE pair succeeds (coturn relays "
