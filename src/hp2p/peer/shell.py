@@ -47,11 +47,18 @@ log = logging.getLogger("hp2p.peer.shell")
 
 
 def host_address() -> str:
-    """This host's address for others: the first non-loopback address its name resolves to.
+    """This host's address for others: the address of the interface its default route uses,
+    else the first non-loopback address its name resolves to, else 127.0.0.1.
 
-    No packet is sent. A host whose name resolves only to loopback (or not at all) gets
-    127.0.0.1, which is right on one machine; across machines give ``--advertise``.
+    No packet is sent: "connecting" a UDP socket only asks the kernel which source address it
+    would use. A host whose name resolves only to loopback (common in containers and network
+    namespaces) still finds its real interface that way; across NATs give ``--advertise``.
     """
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed to anyone, only looked up
+        address = str(udp.getsockname()[0])
+        if not address.startswith("127.") and address not in ANY_HOSTS:
+            return address
     try:
         _, _, addresses = socket.gethostbyname_ex(socket.gethostname())
     except OSError:
