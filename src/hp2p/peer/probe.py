@@ -33,16 +33,22 @@ TRANSIENT_TIMEOUT_ROLES = (Role.CONNECTING, Role.INCOMING, Role.HELLO)
 class LivenessDeadlines:
     """Which links are dead at ``now``, and when to look again."""
 
-    __slots__ = ("estab_timeout", "heartbeat_timeout", "idle_timeout")
+    __slots__ = ("estab_timeout", "heartbeat_timeout", "idle_timeout", "reference_timeout")
 
     def __init__(self, heartbeat_timeout: float, idle_timeout: float, estab_timeout: float):
         self.heartbeat_timeout = heartbeat_timeout
+        #: A path to a peer not known to run hp2p: the overlay's timeout if longer than mine.
+        #: A reference peer heartbeats every ``int(0.9 * overlay interval)`` s whatever my own
+        #: settings are, so my pinned sub-second timeout would drop it between two heartbeats.
+        self.reference_timeout = heartbeat_timeout
         self.idle_timeout = idle_timeout
         self.estab_timeout = estab_timeout
 
     def deadline(self, link: Link) -> float:
         if link.role in PATH_ROLES:
-            return link.last_rx + self.heartbeat_timeout
+            if link.hp2p:
+                return link.last_rx + self.heartbeat_timeout
+            return link.last_rx + max(self.heartbeat_timeout, self.reference_timeout)
         if link.role is Role.VOLUNTEER:
             return link.opened + self.estab_timeout
         return link.opened + self.idle_timeout
