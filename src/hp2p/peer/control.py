@@ -482,7 +482,7 @@ class Control:
             if core.paths.get(link.conn) is not link:
                 continue
             self.asking = link
-            core.send((link.conn,), self._set_primary(now))
+            core.send((link.conn,), self._set_primary(link, now))
             timeout = core.config.set_primary_timeout
             if self.candidates_only:
                 timeout = min(timeout, core.config.recovery_ask_timeout)
@@ -498,12 +498,16 @@ class Control:
             return
         self.attempt_failed("no volunteer accepted SET_PRIMARY", now)
 
-    def _set_primary(self, now: float) -> SetPrimary:
+    def _set_primary(self, link: Link, now: float) -> SetPrimary:
         core = self.core
         extra = SetPrimaryExt()
         if self.needs_spare_slot:
             extra = SetPrimaryExt(recovery=True, displace=self.displacing)
         buffermap = None
+        if not link.hp2p and core.recovery_by == "push":
+            # A reference parent pushes what my buffermap lacks only if it gets one; it
+            # takes an empty list as a Go joiner's (r2 6). No ``since``: it would not read it.
+            buffermap = core.cm.buffermap(now)
         if core.dr.detached_at is not None and core.recovery_by == "push":
             # Push recovery: my buffermap rides on SET_PRIMARY, the parent's on 4200.
             buffermap = core.cm.buffermap(now)

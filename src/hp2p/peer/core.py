@@ -392,8 +392,9 @@ class PeerCore(Kernel):
         if self._gate and link.cred is None and type(message) not in _ADMISSION:
             self._not_admitted(link, message, now)
             return
-        if not link.hp2p:
-            link.hp2p = link.cred is not None or shows_hp2p(message)
+        if not link.hp2p and (link.cred is not None or shows_hp2p(message)):
+            link.hp2p = True
+            self.psp.watch(link)  # its liveness deadline is my own timeout from now on
         handler = self._handlers.get(type(message))
         if handler is None:
             self.error(conn, f"unexpected message {type(message).__name__}")
@@ -524,7 +525,6 @@ class PeerCore(Kernel):
 
 def _ignore(link: Link, msg: Message, now: float) -> None:
     return
-
 
 
 _ADMISSION: Final = frozenset({Auth, AuthResponse})

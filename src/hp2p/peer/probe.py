@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING
 
 from hp2p.peer.control import Phase
 from hp2p.peer.paths import PATH_ROLES, Link, Role
-from hp2p.wire.r2.messages import Heartbeat, HeartbeatExt, Probe, ProbeResponse
+from hp2p.wire.r2.messages import (
+    Heartbeat,
+    HeartbeatExt,
+    HeartbeatResponse,
+    Probe,
+    ProbeResponse,
+)
 
 if TYPE_CHECKING:
     from hp2p.peer.core import PeerCore
@@ -196,6 +202,10 @@ class PathProbe:
 
     def on_heartbeat(self, link: Link, msg: Heartbeat, now: float) -> None:
         core = self.core
+        if not link.hp2p:
+            # A reference peer's HEARTBEAT expects 8200 (go-peer-2023 README, R2 6); hp2p
+            # peers heartbeat both ways and need no answer.
+            core.send((link.conn,), HeartbeatResponse())
         extra = msg.hp2p
         if extra.heads:
             core.dr.check_heads(extra.heads, now)
