@@ -692,17 +692,19 @@ class HomsStore:
         ticket: int,
         keyless: bool = False,
     ) -> list[PeerEntry]:
-        """The recovery list; for a ``keyless`` (reference) peer, only peers not known dead.
+        """The recovery list; for a ``keyless`` (reference) peer, no peer overdue for its refresh.
 
         A reference orphan dials the first entry and waits for ever if it is dead; told
         only itself, it asks again every 15 s (go-peer-2023 README, HOMP 10), which heals
-        once a live peer is there. So it never gets suspects or overdue peers.
+        once a live peer is there. So it never gets a peer the HOMS itself saw stop
+        refreshing; suspects (neighbours' word) come only when nobody else is left, as for
+        every orphan (the eclipse of issue #11).
         """
         if keyless and not ov.is_mesh:
             rows = conn.execute(_FRESH_PEERS, {"oid": ov.overlay_id, "now": now})
-            fresh = [PeerEntry(*r) for r in rows]
-            return peerlist.tree_recovery_points(fresh, ticket, self.tree_list_size)
-        live = _live_entries(conn, ov.overlay_id, now)
+            live = [PeerEntry(*r) for r in rows]
+        else:
+            live = _live_entries(conn, ov.overlay_id, now)
         if ov.is_mesh:
             chosen = peerlist.mesh_neighbours(live, peer_id, self._rng, self.mesh_list_size)
         else:
@@ -719,6 +721,8 @@ class HomsStore:
             peer.c.suspect_since.is_not(None),
             peer.c.peer_id != peer_id,
         )
+        if keyless:
+            stmt = stmt.where(peer.c.last_seen + peer.c.expires * peerlist.OVERDUE_FRACTION >= now)
         if ov.is_mesh:
             stmt = stmt.order_by(peer.c.ticket).limit(self.mesh_list_size)
         else:
