@@ -17,15 +17,19 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
+from hp2p.homs.app import create_app
+from hp2p.homs.settings import HomsSettings
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.control import CrPolicy, JoinInfo, Phase
 from hp2p.peer.core import PeerCore
 from hp2p.peer.effects import Close, Connect, Effect, Send
-from hp2p.peer.homs_client import homp_heartbeat
+from hp2p.peer.homs_client import HomsClient, homp_heartbeat
 from hp2p.peer.paths import Role
 from hp2p.wire.r2 import decode, encode
 from hp2p.wire.r2.messages import (
@@ -417,3 +421,37 @@ def test_reference_compat_overlays_get_a_heartbeat_go_sends() -> None:
         assert limit > 2 * go_period  # one late Go heartbeat never drops a path
         assert homp_heartbeat(interval, timeout) <= (whole, limit)
     assert homp_heartbeat(1.0, 3.0) == (1, 3)  # an hp2p-only overlay keeps its values
+
+
+async def test_an_overlay_created_reference_compat_by_hp2p_stores_a_go_heartbeat(
+    db_url: str, tmp_path: Path
+) -> None:
+    """``hp2p peer --create X --security reference-compat`` with hp2p's 1 s / 3 s defaults:
+    the HOMS stores integers a Go joiner heartbeats with (2 / 5), and an hp2p peer that
+    joins takes them as its own unless it pinned its own values."""
+    app = create_app(
+        HomsSettings(database=db_url, admin_key_cost=2**4, key_dir=tmp_path / "keys"),
+        run_expiry_sweep=False,
+    )
+    async with app.router.lifespan_context(app):
+        client = HomsClient(
+            "http://homs",
+            transport=httpx.ASGITransport(app=app),
+            attempts=1,
+            security="reference-compat",
+        )
+        try:
+            await client.create_overlay(
+                "gocompat", "owner", "admin", heartbeat_interval=1.0, heartbeat_timeout=3.0
+            )
+            overlay = await client.find_overlay("gocompat")
+            # a keyless (Go-like) join: the answer carries the stored values
+            m = await client.join(
+                overlay, peer_id="g", address="ws://127.0.0.1:1", password="p" * 8, expires=30
+            )
+            assert m.trust is None  # admitted without a credential: reference-compat
+            assert (m.heartbeat_interval, m.heartbeat_timeout) == (2.0, 5.0)
+            joined = PeerConfig().with_overlay(m.heartbeat_interval, m.heartbeat_timeout)
+            assert int(0.9 * joined.heartbeat_interval) >= 1  # what Go computes from it
+        finally:
+            await client.aclose()
