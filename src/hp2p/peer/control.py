@@ -229,7 +229,7 @@ T_WINDOW = "window"
 T_PROBE = "probe"
 T_ASK = "set_primary"
 T_RETRY = "retry"
-#: Peers remembered as dead by one orphan (its parent and the peers it failed to dial).
+#: Peers one orphan remembers it failed to dial.
 _DEAD_MEMORY = 64
 #: An orphan's attempts on a HOMS list naming a peer known dead are free, up to this many
 #: times ``recovery_attempts`` (a stale HOMS, not a full tree, is why they fail).
@@ -248,40 +248,48 @@ class HomsLag:
     only orphans of the same crash, which answer HELLO but cannot volunteer while the oldest
     of them waits for a list without the dead. Counting those attempts made most of the
     crashed peer's children give up and take new tickets, releasing their subtrees
-    (tests/test_recovery_sim.py). Here a known-dead peer gets no blind HELLO, and such
-    attempts are free, bounded by ``_STALE_FACTOR`` times the orphan's attempts.
+    (tests/test_recovery_sim.py). Here a peer this orphan failed to dial gets no blind HELLO
+    for a while, and such attempts are free, bounded by ``_STALE_FACTOR`` times the orphan's
+    attempts. A lost connection alone is no evidence of death (a link closed on a malformed
+    frame leaves a live parent): only a failed dial is.
     """
 
-    __slots__ = ("dead", "free", "stale")
+    __slots__ = ("crashed", "dead", "free", "stale")
 
     def __init__(self) -> None:
-        #: Its parent lost by a fault, and peers it failed to dial (bounded; cleared on attach).
-        self.dead: set[str] = set()
-        self.stale = False  # the last recovery list named a peer in ``dead``
+        #: Peers I failed to dial in this recovery -> until when no HELLO goes to them.
+        self.dead: dict[str, float] = {}
+        self.crashed = False  # my parent was lost by a fault (not a RELEASE)
+        self.stale = False  # the last recovery list named a peer I failed to dial
         self.free = 0  # attempts not counted so far
 
     def forget(self) -> None:
         self.dead.clear()
+        self.crashed = False
         self.stale = False
         self.free = 0
 
-    def note(self, peer_id: str) -> None:
-        """Evidence that ``peer_id`` is dead (a lost parent, a failed dial)."""
-        if peer_id and len(self.dead) < _DEAD_MEMORY:
-            self.dead.add(peer_id)
+    def note(self, peer_id: str, until: float) -> None:
+        """A dial to ``peer_id`` failed: skip it until ``until`` (then dial it once more)."""
+        if peer_id and (peer_id in self.dead or len(self.dead) < _DEAD_MEMORY):
+            self.dead[peer_id] = until
 
-    def alive(self, peers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-        """The HOMS's list without the peers known dead; remembers whether it named any."""
+    def skipped(self, peer_id: str, now: float) -> bool:
+        return self.dead.get(peer_id, now) > now
+
+    def alive(self, peers: Sequence[tuple[str, str]], now: float) -> list[tuple[str, str]]:
+        """The HOMS's list without the peers to skip; remembers whether it named a dead one."""
         self.stale = any(p in self.dead for p, _ in peers)
-        return [e for e in peers if e[0] not in self.dead]
+        return [e for e in peers if not self.skipped(e[0], now)]
 
     def excuses(self, hello_accepted: bool, limit: int) -> bool:
-        """Whether a failed attempt is free: the HOMS lags behind a crash I saw.
+        """Whether a failed attempt is free: the HOMS lags behind a crash.
 
-        Either its list named a peer known dead, or, after my parent's crash, the live
+        Either its list named a peer I failed to dial, or, after my parent's crash, the live
         peers it named answered HELLO but none could volunteer (orphans like me).
         """
-        if not (self.stale or (self.dead and hello_accepted)) or self.free >= limit * _STALE_FACTOR:
+        lagging = self.stale or (self.crashed and hello_accepted)
+        if not lagging or self.free >= limit * _STALE_FACTOR:
             return False
         self.free += 1
         return True
@@ -370,12 +378,12 @@ class Control:
         if root:
             self.become_root(now)
             return
-        entries = self.lag.alive(peers) if self.recovering else list(peers)
+        entries = self.lag.alive(peers, now) if self.recovering else list(peers)
         gp = self.core.grandparent
         if (
             self.recovering
             and gp is not None
-            and gp.peer_id not in self.lag.dead
+            and not self.lag.skipped(gp.peer_id, now)
             and all(p != gp.peer_id for p, _ in entries)
         ):
             # The grandparent outlived my parent more often than not, and it is older than
@@ -724,9 +732,10 @@ class Control:
     def link_gone(self, link: Link, reason: str, now: float) -> None:
         """A connection the procedure may be using is gone."""
         if link.conn in self.hellos_out and link.role is Role.CONNECTING and self.recovering:
-            self.lag.note(link.peer_id)  # the dial failed: no HELLO can reach it
+            # the dial failed: skip the peer for two heartbeat time-outs, then try it again
+            self.lag.note(link.peer_id, now + 2 * self.core.config.heartbeat_timeout)
         if link.role is Role.PARENT and reason in _DEATHS:
-            self.lag.note(link.peer_id)
+            self.lag.crashed = True
         if link.conn in self.hellos_out:
             self.hello_link_gone(link.conn, now)
         if link in self.offers:
