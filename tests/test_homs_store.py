@@ -518,3 +518,42 @@ async def test_every_postgresql_join_connection_commits_without_waiting_for_the_
         finally:
             await runner.close()
     assert seen == ["off", "off", "off"]
+
+
+async def test_keyless_reference_joiners_are_never_offered_peers_known_dead(
+    db_url: str, clock: Clock
+) -> None:
+    """A Go peer dials the first entry and waits for ever on a dead one (go-peer-2023 README,
+    "Hang"; HOMP 12: the reference lists the dead until its sweep). Peers the HOMS has
+    evidence against (suspects, or overdue for their refresh) are left out of keyless
+    joiners' join and recovery lists; an orphan left with nobody gets only itself, and asks
+    again later (Go's 15 s loop) instead of hanging."""
+
+    def named(result: Any) -> list[str]:
+        return [e.peer_id for e in result.peer_list]
+
+    async with open_store(db_url, clock) as store:
+        await store.create_overlay(create_spec("ov"))
+        for pid in ("a", "b", "c"):
+            await store.join(join_req("ov", pid, expires=30))
+            await store.report(report_req("ov", pid, ["x"]))
+        assert named(await store.join(join_req("ov", "d", expires=30))) == ["a", "b", "c"]
+        await store.report(report_req("ov", "d", ["x"]))
+        clock.now += 20
+        for pid in ("b", "d"):  # a and c go silent; b and d refresh
+            await store.refresh(refresh_req(pid, expires=30))
+        clock.now += 7.5  # 27.5 s: a and c are 0.9 x expires past their last sign of life
+        assert named(await store.join(join_req("ov", "e", expires=30))) == ["b", "d"]
+        rec = await store.recovery_join(join_req("ov", "d", ticket=4, expires=30))
+        assert named(rec) == ["b"]  # older, alive; the overdue root a is not offered
+        rec = await store.recovery_join(join_req("ov", "b", ticket=2, expires=30))
+        assert named(rec) == ["b"]  # only overdue older peers: itself, never the dead
+        # suspects too: b and d both report e gone while e is silent
+        await store.report(report_req("ov", "e", ["b"]))
+        clock.now += 16  # past the heartbeat timeout (15 s)
+        for pid in ("b", "d"):
+            await store.report(report_req("ov", pid, ["e"]))
+            await store.report(report_req("ov", pid, []))
+        members = {m.peer_id: m for m in await store.peers("ov")}
+        assert members["e"].suspect_since is not None
+        assert "e" not in named(await store.join(join_req("ov", "f", expires=30)))

@@ -355,6 +355,7 @@ def test_cache_answers_buffermap_and_get_data() -> None:
     c, conns = attached()
     c.receive(conns["parent"], BroadcastData(source="s", sequence=4, data=b"four"), 3.0)
     c.take_effects()
+    c.paths.links[77].hp2p = True  # an hp2p child: 11200 answers (tests/test_go_corpus.py)
     c.receive(77, Buffermap(overlay_id=OV), 3.1)
     c.receive(77, GetData(overlay_id=OV, source_id="s", sequence=4), 3.1)
     c.receive(77, GetData(overlay_id=OV, source_id="s", sequence=5), 3.1)

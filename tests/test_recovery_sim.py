@@ -269,3 +269,31 @@ def test_orphans_outlast_a_homs_that_still_lists_the_dead() -> None:
     assert not failed  # no orphan gave up (and released its subtree) before the HOMS caught up
     assert_tree(net)
     check_exactly_once(net, pub)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_root_crash_under_a_homs_that_lists_the_dead_root_keeps_the_survivors_tickets(
+    seed: int,
+) -> None:
+    """A reference HOMS lists a crashed peer until its 30 s sweep (go-peer-2023 README,
+    HOMP 12). The orphans' recovery lists name the dead root, or only orphans of the same
+    crash: before the fix each such attempt counted, and most root children gave up and
+    took new tickets (4 or 5 of them here, releasing their subtrees). Now an orphan does
+    not HELLO a peer it knows dead and such attempts are free (bounded): the tree is
+    repaired once the HOMS stops listing the root, under the same tickets."""
+    failed: list[str] = []
+
+    def watch(peer: SimPeer, effect: Effect, now: float) -> None:
+        if isinstance(effect, JoinFailed):
+            failed.append(peer.peer_id)
+
+    net = build(30, seed=seed, config=PeerConfig(), on_effect=watch)
+    root = net.roots()[0]
+    before = {p.peer_id: p.core.ticket for p in net.alive() if p.peer_id != root}
+    t0 = net.now
+    net.crash(root, homs_expiry=30.0)
+    net.run(t0 + 45.0)
+    assert_tree(net)
+    reticketed = [pid for pid, ticket in before.items() if net.peers[pid].core.ticket != ticket]
+    assert len(reticketed) <= 1, reticketed
+    assert len(failed) <= 1, failed

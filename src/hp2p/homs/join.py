@@ -123,6 +123,14 @@ SUSPECTS = _statement(
     "ORDER BY ticket LIMIT ?",
     "rows",
 )
+#: Suspects not overdue for their refresh, for a keyless joiner left with nobody else.
+SUSPECTS_FRESH = _statement(
+    "SELECT peer_id, address, ticket, num_primary FROM peer "
+    "WHERE overlay_id = ? AND expires_at >= ? AND suspect_since IS NOT NULL AND peer_id <> ? "
+    f"AND last_seen + expires * {peerlist.OVERDUE_FRACTION} >= ? "
+    "ORDER BY ticket LIMIT ?",
+    "rows",
+)
 COUNT_ACTIVE = _statement(
     "SELECT count(*) FROM peer WHERE overlay_id = ? AND expires_at >= ? "
     "AND suspect_since IS NULL AND num_primary > 0",
@@ -132,6 +140,24 @@ ACTIVE_WINDOW = _statement(
     "SELECT peer_id, address, ticket, num_primary FROM peer "
     "WHERE overlay_id = ? AND expires_at >= ? AND suspect_since IS NULL AND num_primary > 0 "
     "ORDER BY ticket LIMIT ? OFFSET ?",
+    "rows",
+)
+#: The same for a keyless (reference) joiner: peers overdue for their refresh are left out too
+#: (:data:`hp2p.homs.peerlist.OVERDUE_FRACTION`), and suspects are never offered.
+_FRESH = f" AND last_seen + expires * {peerlist.OVERDUE_FRACTION} >= ?"
+COUNT_ACTIVE_FRESH = _statement(COUNT_ACTIVE.sqlite + _FRESH, "value")
+ACTIVE_WINDOW_FRESH = _statement(
+    "SELECT peer_id, address, ticket, num_primary FROM peer "
+    "WHERE overlay_id = ? AND expires_at >= ? AND suspect_since IS NULL AND num_primary > 0"
+    + _FRESH
+    + " ORDER BY ticket LIMIT ? OFFSET ?",
+    "rows",
+)
+LOWEST_TICKET_FRESH = _statement(
+    "SELECT peer_id, address, ticket, num_primary FROM peer "
+    "WHERE overlay_id = ? AND expires_at >= ? AND suspect_since IS NULL"
+    + _FRESH
+    + " ORDER BY ticket LIMIT 1",
     "rows",
 )
 _LIVE_PEERS_SQL = (
@@ -217,6 +243,22 @@ def join_steps(
     if row[_SUB_TYPE] == "mesh":
         live = yield LIVE_PEERS, (overlay_id, now)
         chosen = mesh_choice([PeerEntry(*r) for r in live])
+    elif public_key is None:
+        # A keyless joiner is a reference peer (hp2p peers always send a key): it dials the
+        # first entry and, if that peer is dead, waits for ever. Peers overdue for their
+        # refresh (the HOMS's own evidence) are never offered; suspects (two neighbours'
+        # word, which liars can fake) only when nobody else is left, as for everyone.
+        active = yield COUNT_ACTIVE_FRESH, (overlay_id, now, now)
+        offset, count = peerlist.entry_window(int(active), tree_list_size)
+        rows = yield ACTIVE_WINDOW_FRESH, (overlay_id, now, now, count, offset)
+        if not rows:
+            rows = yield LOWEST_TICKET_FRESH, (overlay_id, now, now)
+        chosen = [PeerEntry(*r) for r in rows]
+        if all(e.peer_id == peer_id for e in chosen):
+            suspects = yield SUSPECTS_FRESH, (overlay_id, now, peer_id, now, tree_list_size)
+            if suspects:
+                chosen = [PeerEntry(*r) for r in suspects]
+        return checked, ticket, chosen
     else:
         active = yield COUNT_ACTIVE, (overlay_id, now)
         offset, count = peerlist.entry_window(int(active), tree_list_size)

@@ -33,6 +33,13 @@ INITIAL_ENTRY_POINT_POS: Mapping[int, int] = {5: 30, 10: 40, 20: 60, 30: 80}
 #: Reference recovery rank limit, in percent of the active peers (100 = every active peer).
 RECOVERY_ENTRY_POINT_POS = 100
 
+#: A member whose last sign of life (join, refresh, report) is older than this fraction of its
+#: ``expires`` missed its refresh (due at 0.8 × expires, etri-2023-protocol.md §2.6) by a
+#: margin: the HOMS has evidence that it is dead. Lists for keyless (reference) joiners leave
+#: such peers out, as they leave out suspects: a Go peer dials the first entry and waits for
+#: ever on an offer the relay drops (go-peer-2023 README, "Hang"); docs/homs.md.
+OVERDUE_FRACTION = 0.9
+
 #: Default list sizes (issue #3): 3 for a tree (the reference ``PEER_INFO_LIST_COUNT``), 8 for
 #: a mesh, where a peer wants several neighbours at once.
 DEFAULT_TREE_LIST_SIZE = 3

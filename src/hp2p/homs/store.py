@@ -304,6 +304,13 @@ _LIVE = and_(
 
 _SELECT_OVERLAY = select(*_OVERLAY_COLS).where(overlay.c.overlay_id == _P_OID)
 _LIVE_PEERS = select(*_ENTRY_COLS).where(_LIVE).order_by(peer.c.ticket)
+#: Live peers with no evidence of death, for keyless (reference) joiners: not overdue for
+#: their refresh either (peerlist.OVERDUE_FRACTION).
+_FRESH_PEERS = (
+    select(*_ENTRY_COLS)
+    .where(_LIVE, peer.c.last_seen + peer.c.expires * peerlist.OVERDUE_FRACTION >= _P_NOW)
+    .order_by(peer.c.ticket)
+)
 _MEMBER = select(
     peer.c.ticket,
     peer.c.password_hash,
@@ -677,9 +684,27 @@ class HomsStore:
     # ------------------------------------------------------------------ peers (OPM/PSM FE)
 
     def _recovery_list(
-        self, conn: Connection, ov: OverlayRecord, peer_id: str, now: float, ticket: int
+        self,
+        conn: Connection,
+        ov: OverlayRecord,
+        peer_id: str,
+        now: float,
+        ticket: int,
+        keyless: bool = False,
     ) -> list[PeerEntry]:
-        live = _live_entries(conn, ov.overlay_id, now)
+        """The recovery list; for a ``keyless`` (reference) peer, no peer overdue for its refresh.
+
+        A reference orphan dials the first entry and waits for ever if it is dead; told
+        only itself, it asks again every 15 s (go-peer-2023 README, HOMP 10), which heals
+        once a live peer is there. So it never gets a peer the HOMS itself saw stop
+        refreshing; suspects (neighbours' word) come only when nobody else is left, as for
+        every orphan (the eclipse of issue #11).
+        """
+        if keyless and not ov.is_mesh:
+            rows = conn.execute(_FRESH_PEERS, {"oid": ov.overlay_id, "now": now})
+            live = [PeerEntry(*r) for r in rows]
+        else:
+            live = _live_entries(conn, ov.overlay_id, now)
         if ov.is_mesh:
             chosen = peerlist.mesh_neighbours(live, peer_id, self._rng, self.mesh_list_size)
         else:
@@ -696,6 +721,8 @@ class HomsStore:
             peer.c.suspect_since.is_not(None),
             peer.c.peer_id != peer_id,
         )
+        if keyless:
+            stmt = stmt.where(peer.c.last_seen + peer.c.expires * peerlist.OVERDUE_FRACTION >= now)
         if ov.is_mesh:
             stmt = stmt.order_by(peer.c.ticket).limit(self.mesh_list_size)
         else:
@@ -867,7 +894,9 @@ class HomsStore:
                 )
             _admit(conn, ov, p.peer_id, access_key)
             expires = _renew(conn, o.overlay_id, p.peer_id, p.expires, member, now)
-            return ov, expires, self._recovery_list(conn, ov, p.peer_id, now, ticket), member
+            keyless = member.public_key is None
+            chosen = self._recovery_list(conn, ov, p.peer_id, now, ticket, keyless)
+            return ov, expires, chosen, member
 
         ov, expires, chosen, member = await self._db.write(tx)
         self._publish([monitor.log(o.overlay_id, p.peer_id, "Overlay Recovery.")])

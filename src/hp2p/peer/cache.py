@@ -193,6 +193,14 @@ class CacheServer:
             core.error(link.conn, "GET_DATA on a connection that is not a path")
             return
         cached = core.cache.get(msg.source_id, msg.sequence, now)
+        if not link.hp2p:
+            # A reference peer panics on the correct 11200 (its recvGetDataResponse reads an
+            # operation it never got; go-peer-2023 README, r2 207): push the message instead,
+            # as BROADCAST_DATA, which it takes like a late one. A miss gets no answer, which
+            # it survives (r2 213-221).
+            if cached is not None:
+                core.dr.push_one(link, cached)
+            return
         if cached is None:
             response = GetDataResponse(
                 source=msg.source_id, sequence=msg.sequence, data=b"", code=GET_DATA_MISSING

@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -229,8 +229,70 @@ T_WINDOW = "window"
 T_PROBE = "probe"
 T_ASK = "set_primary"
 T_RETRY = "retry"
+#: Peers one orphan remembers it failed to dial.
+_DEAD_MEMORY = 64
+#: An orphan's attempts on a HOMS list naming a peer known dead are free, up to this many
+#: times ``recovery_attempts`` (a stale HOMS, not a full tree, is why they fail).
+_STALE_FACTOR = 4
+#: Why a parent link may go that are evidence of its death (not a RELEASE).
+_DEATHS = frozenset({"connection closed", "heartbeat timeout"})
 _RECOVERY_WINDOW = 0.05
 _HOLD_MAX = 0.05
+
+
+class HomsLag:
+    """An orphan's evidence that the HOMS still lists dead peers, and its free attempts.
+
+    A HOMS learns of a crash late: the reference lists a dead peer until its 30 s sweep
+    (go-peer-2023 README, HOMP 12). Meanwhile an orphan's recovery lists name the dead, or
+    only orphans of the same crash, which answer HELLO but cannot volunteer while the oldest
+    of them waits for a list without the dead. Counting those attempts made most of the
+    crashed peer's children give up and take new tickets, releasing their subtrees
+    (tests/test_recovery_sim.py). Here a peer this orphan failed to dial gets no blind HELLO
+    for a while, and such attempts are free, bounded by ``_STALE_FACTOR`` times the orphan's
+    attempts. A lost connection alone is no evidence of death (a link closed on a malformed
+    frame leaves a live parent): only a failed dial is.
+    """
+
+    __slots__ = ("crashed", "dead", "free", "stale")
+
+    def __init__(self) -> None:
+        #: Peers I failed to dial in this recovery -> until when no HELLO goes to them.
+        self.dead: dict[str, float] = {}
+        self.crashed = False  # my parent was lost by a fault (not a RELEASE)
+        self.stale = False  # the last recovery list named a peer I failed to dial
+        self.free = 0  # attempts not counted so far
+
+    def forget(self) -> None:
+        self.dead.clear()
+        self.crashed = False
+        self.stale = False
+        self.free = 0
+
+    def note(self, peer_id: str, until: float) -> None:
+        """A dial to ``peer_id`` failed: skip it until ``until`` (then dial it once more)."""
+        if peer_id and (peer_id in self.dead or len(self.dead) < _DEAD_MEMORY):
+            self.dead[peer_id] = until
+
+    def skipped(self, peer_id: str, now: float) -> bool:
+        return self.dead.get(peer_id, now) > now
+
+    def alive(self, peers: Sequence[tuple[str, str]], now: float) -> list[tuple[str, str]]:
+        """The HOMS's list without the peers to skip; remembers whether it named a dead one."""
+        self.stale = any(p in self.dead for p, _ in peers)
+        return [e for e in peers if not self.skipped(e[0], now)]
+
+    def excuses(self, hello_accepted: bool, limit: int) -> bool:
+        """Whether a failed attempt is free: the HOMS lags behind a crash.
+
+        Either its list named a peer I failed to dial, or, after my parent's crash, the live
+        peers it named answered HELLO but none could volunteer (orphans like me).
+        """
+        lagging = self.stale or (self.crashed and hello_accepted)
+        if not lagging or self.free >= limit * _STALE_FACTOR:
+            return False
+        self.free += 1
+        return True
 
 
 class Control:
@@ -254,6 +316,7 @@ class Control:
         self.hello_accepted = False
         self.rejoins = 0  # fresh HOMP joins asked for after giving up (bounded by config)
         self.root_doubted = False  # a HOMS "you are the root" was met with a retry already
+        self.lag = HomsLag()  # evidence that the HOMS still lists the dead
 
     def to(self, event: Event) -> None:
         nxt = transition(self.phase, event)
@@ -315,9 +378,14 @@ class Control:
         if root:
             self.become_root(now)
             return
-        entries = list(peers)
+        entries = self.lag.alive(peers, now) if self.recovering else list(peers)
         gp = self.core.grandparent
-        if self.recovering and gp is not None and all(p != gp.peer_id for p, _ in entries):
+        if (
+            self.recovering
+            and gp is not None
+            and not self.lag.skipped(gp.peer_id, now)
+            and all(p != gp.peer_id for p, _ in entries)
+        ):
             # The grandparent outlived my parent more often than not, and it is older than
             # me: a HELLO to it climbs from there even when the HOMS still lists the dead.
             entries.append((gp.peer_id, gp.address))
@@ -335,6 +403,7 @@ class Control:
         self.candidates_only = False
         self.homs_pending = False
         self.root_doubted = False
+        self.lag.forget()
 
     # === an attempt: HELLO, window, PROBE ========================================================
     def begin_attempt(self, peers: tuple[tuple[str, str], ...], now: float) -> None:
@@ -365,7 +434,9 @@ class Control:
         extra = HelloExt(displace=self.displacing, cred=core.own_credential())
         if core.config.hello_up > 0:
             up = min(core.config.hello_up, MAX_HOPS)
-            extra = msgspec.structs.replace(extra, up=up, attempt=self.attempt)
+            # Unique per attempt (free ones included): volunteers answer one HELLO per id.
+            attempt = self.attempt + self.lag.free
+            extra = msgspec.structs.replace(extra, up=up, attempt=attempt)
         return Hello(
             overlay_id=core.overlay_id,
             peer_id=core.peer_id,
@@ -482,7 +553,7 @@ class Control:
             if core.paths.get(link.conn) is not link:
                 continue
             self.asking = link
-            core.send((link.conn,), self._set_primary(now))
+            core.send((link.conn,), self._set_primary(link, now))
             timeout = core.config.set_primary_timeout
             if self.candidates_only:
                 timeout = min(timeout, core.config.recovery_ask_timeout)
@@ -498,12 +569,16 @@ class Control:
             return
         self.attempt_failed("no volunteer accepted SET_PRIMARY", now)
 
-    def _set_primary(self, now: float) -> SetPrimary:
+    def _set_primary(self, link: Link, now: float) -> SetPrimary:
         core = self.core
         extra = SetPrimaryExt()
         if self.needs_spare_slot:
             extra = SetPrimaryExt(recovery=True, displace=self.displacing)
         buffermap = None
+        if not link.hp2p and core.recovery_by == "push":
+            # A reference parent pushes what my buffermap lacks only if it gets one; it
+            # takes an empty list as a Go joiner's (r2 6). No ``since``: it would not read it.
+            buffermap = core.cm.buffermap(now)
         if core.dr.detached_at is not None and core.recovery_by == "push":
             # Push recovery: my buffermap rides on SET_PRIMARY, the parent's on 4200.
             buffermap = core.cm.buffermap(now)
@@ -546,6 +621,7 @@ class Control:
         self.candidates_only = False
         self.root_doubted = False
         self.attempt = 0
+        self.lag.forget()
         self.to(Event.ATTACH)
         core.effects.append(Joined(parent.peer_id, core.depth, repaired))
         core.ppm.answer_deferred(now)
@@ -584,6 +660,8 @@ class Control:
         # long enough for the HOMS to stop listing the peers that died with its parent.
         config = core.config
         limit = config.recovery_attempts if self.recovering else config.join_attempts
+        if self.recovering and self.attempt >= 2 and self.lag.excuses(self.hello_accepted, limit):
+            self.attempt -= 1  # a free attempt: the HOMS lags, not the tree (HomsLag)
         if self.attempt >= limit:
             self.to(Event.GIVE_UP)
             rejoin = self.rejoins < config.rejoins
@@ -592,7 +670,7 @@ class Control:
             core.effects.append(JoinFailed(message, rejoin))
             return
         self.to(Event.RETRY)
-        delay = backoff_delay(self.attempt, config, core.rng)
+        delay = backoff_delay(self.attempt + self.lag.free, config, core.rng)
         if self.recovering:
             # The HOMS's picture of who is alive changes on the scale of a heartbeat time-out
             # (the survivors' reports); an orphan asks again at least that often.
@@ -610,6 +688,7 @@ class Control:
     def become_root(self, now: float) -> None:
         core = self.core
         self.root_doubted = False
+        self.lag.forget()
         if core.dr.attached_at is None:
             core.dr.attached_at = now
         self.to(Event.ROOT)
@@ -652,6 +731,11 @@ class Control:
 
     def link_gone(self, link: Link, reason: str, now: float) -> None:
         """A connection the procedure may be using is gone."""
+        if link.conn in self.hellos_out and link.role is Role.CONNECTING and self.recovering:
+            # the dial failed: skip the peer for two heartbeat time-outs, then try it again
+            self.lag.note(link.peer_id, now + 2 * self.core.config.heartbeat_timeout)
+        if link.role is Role.PARENT and reason in _DEATHS:
+            self.lag.crashed = True
         if link.conn in self.hellos_out:
             self.hello_link_gone(link.conn, now)
         if link in self.offers:

@@ -51,7 +51,7 @@ from hp2p.peer.effects import (
 )
 from hp2p.peer.kernel import Kernel
 from hp2p.peer.path_procedures import PathManager
-from hp2p.peer.paths import PATH_ROLES, Link, PathLimitError, PathTable, Role
+from hp2p.peer.paths import PATH_ROLES, Link, PathLimitError, PathTable, Role, shows_hp2p
 from hp2p.peer.probe import PathProbe
 from hp2p.peer.recovery import DataRecovery, PullQueue, pull_settings
 from hp2p.peer.scan import TreeScan
@@ -276,6 +276,10 @@ class PeerCore(Kernel):
         self.cache.max_age = config.cache_age
         self.dr.queue.settings = pull_settings(config)
         self.psp.deadlines.heartbeat_timeout = config.heartbeat_timeout
+        # A reference peer heartbeats by the overlay's values, not by my (maybe pinned) ones.
+        self.psp.deadlines.reference_timeout = max(
+            config.heartbeat_timeout, info.heartbeat_timeout or 0.0
+        )
         self.psp.next_heartbeat = now + config.heartbeat_interval
 
     def homs_result(self, peers: list[tuple[str, str]], now: float, root: bool = False) -> None:
@@ -388,6 +392,9 @@ class PeerCore(Kernel):
         if self._gate and link.cred is None and type(message) not in _ADMISSION:
             self._not_admitted(link, message, now)
             return
+        if not link.hp2p and (link.cred is not None or shows_hp2p(message)):
+            link.hp2p = True
+            self.psp.watch(link)  # its liveness deadline is my own timeout from now on
         handler = self._handlers.get(type(message))
         if handler is None:
             self.error(conn, f"unexpected message {type(message).__name__}")
@@ -442,12 +449,14 @@ class PeerCore(Kernel):
         cred = self.admission.on_auth(link.conn, msg, now)
         if cred is not None:
             link.cred = cred
+            link.hp2p = True
 
     def _on_auth_response(self, link: Link, msg: AuthResponse, now: float) -> None:
         expect = link.peer_id or None
         cred = self.admission.on_auth_response(link.conn, msg, now, expect)
         if cred is not None:
             link.cred = cred
+            link.hp2p = True
             self._send_purpose(link, now)
 
     def _not_admitted(self, link: Link, msg: Message, now: float) -> None:

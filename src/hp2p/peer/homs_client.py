@@ -135,10 +135,26 @@ class HomsClientStats:
     last_error: str | None = None
 
 
-def homp_heartbeat(interval: float, timeout: float) -> tuple[int, int]:
-    """Heartbeat seconds as the HOMP fields carry them: whole, at least 1, timeout > interval."""
+#: The smallest heartbeat interval a reference (Go) peer acts on: it sends HEARTBEAT every
+#: ``int(0.9 * interval)`` seconds, so an interval of 1 means no heartbeat at all and its
+#: parent times it out (conformance/go-peer-2023 README, R2 6).
+REFERENCE_MIN_INTERVAL = 2
+
+
+def homp_heartbeat(interval: float, timeout: float, reference: bool = False) -> tuple[int, int]:
+    """Heartbeat seconds as the HOMP fields carry them: whole, at least 1, timeout > interval.
+
+    ``reference``: the overlay admits reference peers (``reference-compat``), which read the
+    values as Go ints and heartbeat every ``int(0.9 * interval)`` s. The interval is then at
+    least :data:`REFERENCE_MIN_INTERVAL`, and the timeout outlasts two of their periods plus
+    one second, so one late Go heartbeat never drops a path.
+    """
     whole = max(1, round(interval))
-    return whole, max(whole + 1, round(timeout))
+    least = whole + 1
+    if reference:
+        whole = max(REFERENCE_MIN_INTERVAL, whole)
+        least = max(whole + 1, 2 * int(0.9 * whole) + 1, 2 * whole + 1)
+    return whole, max(least, round(timeout))
 
 
 def member_key(path: str | None) -> SigningKey:
@@ -274,9 +290,11 @@ class HomsClient:
         """HybridOverlayCreation (``POST /homs``) of a CoreTree; returns the new overlay-id.
 
         HOMP carries the heartbeat in whole seconds: the values are rounded here, in the HOMP
-        field only (:func:`homp_heartbeat`); the peer keeps its own precise values.
+        field only (:func:`homp_heartbeat`); the peer keeps its own precise values. An overlay
+        created ``reference-compat`` gets values a reference peer heartbeats with (at least 2 s).
         """
-        interval, timeout = homp_heartbeat(heartbeat_interval, heartbeat_timeout)
+        reference = self.security == "reference-compat"
+        interval, timeout = homp_heartbeat(heartbeat_interval, heartbeat_timeout, reference)
         overlay = homp.CreateOverlay(
             title=title,
             type="core",

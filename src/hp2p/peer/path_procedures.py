@@ -23,7 +23,7 @@ from hp2p.peer.control import (
     parent_rank,
     relay_conn_num,
 )
-from hp2p.peer.paths import Link, Role
+from hp2p.peer.paths import Link, Role, shows_hp2p
 from hp2p.trust.credential import CredentialError
 from hp2p.wire.r2.messages import (
     ESTAB_NO,
@@ -249,6 +249,9 @@ class PathManager:
             opened=now,
             purpose=estab,
             offer_pending=not vertical,
+            # A HELLO relayed by a reference peer loses its extension: the joiner may still
+            # turn out to run hp2p, from the first frame it sends with one.
+            hp2p=shows_hp2p(hello),
         )
         if not core.admission.required and core.admission.own is not None:
             # no AUTH on this overlay: a credential in the HELLO is the best evidence of
@@ -381,11 +384,18 @@ class PathManager:
         core.paths.set_role(link, Role.CHILD, recovery)
         core.send((link.conn,), self._primary_yes(msg, now))
         core.emit_path(link, "role")
-        if msg.buffermap is not None:
-            # Push recovery, parent side: send the new child what its buffermap lacks.
+        reference = not link.hp2p
+        if msg.buffermap is not None or reference:
+            # Push recovery, parent side: send the new child what its buffermap lacks. A
+            # reference child cannot pull safely (the 11200 answer crashes it), and a Go push
+            # child with an empty cache sends ``"buffermap": null``; it states no outage
+            # either, so it is pushed all I cache (bounded by push_max): what it would have
+            # fetched by GET_DATA.
             since = msg.hp2p.since
+            if since is None and reference:
+                since = core.config.cache_age
             start = None if since is None else now - min(since, core.config.cache_age)
-            core.dr.push(link, msg.buffermap, start, now)
+            core.dr.push(link, msg.buffermap or [], start, now)
 
     def hold(self, until: float) -> None:
         """Hold SET_PRIMARYs from younger orphans until ``until`` (my own round runs)."""

@@ -79,6 +79,29 @@ class Link:
     #: reference-compat overlays (no AUTH): the joiner's HELLO carried a valid credential for
     #: this peer-id and ticket, and this link dials the address that credential names
     vouched: bool = False
+    #: The peer showed it runs hp2p: it proved a credential, or a frame it sent carried an
+    #: ``hp2p`` extension (docs/peer.md, "Reference peers"). Until then it is treated as a
+    #: reference (Go) peer: no frame that crashes one is sent to it, and lost data is pushed.
+    hp2p: bool = False
+
+
+_EMPTY_EXT: dict[type, object] = {}
+
+
+def shows_hp2p(message: object) -> bool:
+    """``message`` carries a non-empty ``hp2p`` extension, which no reference peer writes.
+
+    Only hp2p writes the extension object, and hp2p writes it only when something is set
+    (``Extension`` omits defaults), so an empty one proves nothing either way.
+    """
+    ext = getattr(message, "hp2p", None)
+    if ext is None:
+        return False
+    kind = type(ext)
+    empty = _EMPTY_EXT.get(kind)
+    if empty is None:
+        empty = _EMPTY_EXT[kind] = kind()
+    return bool(ext != empty)
 
 
 class PathLimitError(Exception):

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING
 
 from hp2p.peer.control import Phase
 from hp2p.peer.paths import PATH_ROLES, Link, Role
-from hp2p.wire.r2.messages import Heartbeat, HeartbeatExt, Probe, ProbeResponse
+from hp2p.wire.r2.messages import (
+    Heartbeat,
+    HeartbeatExt,
+    HeartbeatResponse,
+    Probe,
+    ProbeResponse,
+)
 
 if TYPE_CHECKING:
     from hp2p.peer.core import PeerCore
@@ -33,16 +39,22 @@ TRANSIENT_TIMEOUT_ROLES = (Role.CONNECTING, Role.INCOMING, Role.HELLO)
 class LivenessDeadlines:
     """Which links are dead at ``now``, and when to look again."""
 
-    __slots__ = ("estab_timeout", "heartbeat_timeout", "idle_timeout")
+    __slots__ = ("estab_timeout", "heartbeat_timeout", "idle_timeout", "reference_timeout")
 
     def __init__(self, heartbeat_timeout: float, idle_timeout: float, estab_timeout: float):
         self.heartbeat_timeout = heartbeat_timeout
+        #: A path to a peer not known to run hp2p: the overlay's timeout if longer than mine.
+        #: A reference peer heartbeats every ``int(0.9 * overlay interval)`` s whatever my own
+        #: settings are, so my pinned sub-second timeout would drop it between two heartbeats.
+        self.reference_timeout = heartbeat_timeout
         self.idle_timeout = idle_timeout
         self.estab_timeout = estab_timeout
 
     def deadline(self, link: Link) -> float:
         if link.role in PATH_ROLES:
-            return link.last_rx + self.heartbeat_timeout
+            if link.hp2p:
+                return link.last_rx + self.heartbeat_timeout
+            return link.last_rx + max(self.heartbeat_timeout, self.reference_timeout)
         if link.role is Role.VOLUNTEER:
             return link.opened + self.estab_timeout
         return link.opened + self.idle_timeout
@@ -190,6 +202,10 @@ class PathProbe:
 
     def on_heartbeat(self, link: Link, msg: Heartbeat, now: float) -> None:
         core = self.core
+        if not link.hp2p:
+            # A reference peer's HEARTBEAT expects 8200 (go-peer-2023 README, R2 6); hp2p
+            # peers heartbeat both ways and need no answer.
+            core.send((link.conn,), HeartbeatResponse())
         extra = msg.hp2p
         if extra.heads:
             core.dr.check_heads(extra.heads, now)

@@ -525,10 +525,14 @@ class DataRecovery:
         core = self.core
         core.cache.expire(now)
         for message in lacking(core.cache, theirs, since, core.config.push_max):
-            ext = msgspec.structs.replace(message.hp2p, recovered=True)
-            pushed = msgspec.structs.replace(message, hp2p=ext, ack=False)
-            core.db.send_data((link.conn,), pushed)
-            self.queue.counters.pushed += 1
+            self.push_one(link, message)
+
+    def push_one(self, link: Link, message: BroadcastData) -> None:
+        """Send ``link`` one cached message as BROADCAST_DATA, flagged as recovered."""
+        ext = msgspec.structs.replace(message.hp2p, recovered=True)
+        pushed = msgspec.structs.replace(message, hp2p=ext, ack=False)
+        self.core.db.send_data((link.conn,), pushed)
+        self.queue.counters.pushed += 1
 
     def _want_from(self, link: Link, theirs: list[BuffermapEntry], when: float, now: float) -> None:
         for source, sequence in missing_from(self.core.duplicates, theirs, self.core.peer_id):
