@@ -120,6 +120,7 @@ def test_every_peer_module_is_classified() -> None:
         "node",
         "settings",
         "shell",
+        "signalling_client",
         "stdio",
         "subscription",
     }

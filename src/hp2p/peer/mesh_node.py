@@ -67,7 +67,6 @@ from hp2p.transport.limits import (
     R2Limits,
 )
 from hp2p.transport.registry import TransportRegistry
-from hp2p.transport.tls import server_context
 from hp2p.trust.keys import KeyFileError
 from hp2p.trust.membership import Membership as TrustMembership
 from hp2p.wire import homp
@@ -442,22 +441,12 @@ class MeshNode(CoreShell[MeshCore]):
         """Listen on R2, create (source) or find the SubMesh, join it, open mesh links."""
         self._loop = asyncio.get_running_loop()
         s = self.settings
-        tls = server_context(self._key) if s.tls else None
-        advertise = s.advertise
-        if s.webrtc:
-            largest = ice.MAX_MESSAGE - 4096  # one piece, its header and credential in a frame
-            if s.config.piece_size > largest:
-                raise MeshNodeError(
-                    f"piece_size {s.config.piece_size} does not fit one WebRTC data-channel "
-                    f"message: use --set piece_size={largest} or less with --webrtc"
-                )
-            try:
-                url = self._setup_webrtc(s.homs, s.ice_servers, s.ice_hosts)
-            except (ImportError, ValueError) as exc:
-                raise MeshNodeError(f"webrtc: {exc} (pip install 'hp2p[webrtc]')") from None
-            if advertise is None:
-                advertise = url  # reached by peer-id through the HOMS (docs/peer.md)
-        self.address = await self._listen_r2(s.listen, MeshNodeError, advertise, tls)
+        if s.webrtc and s.config.piece_size > ice.MAX_MESSAGE - 4096:
+            raise MeshNodeError(
+                f"piece_size {s.config.piece_size} does not fit one WebRTC data-channel message"
+                f": use --set piece_size={ice.MAX_MESSAGE - 4096} or less with --webrtc"
+            )  # one piece, its header and credential in a frame
+        self.address = await self._listen(s, self._key, MeshNodeError)
         try:
             overlay, source = await self._find_submesh()
             if source == self.peer_id and self.signer is None:
@@ -484,23 +473,10 @@ class MeshNode(CoreShell[MeshCore]):
         except (HomsError, MeshNodeError) as exc:
             await self._shutdown_io()
             raise MeshNodeError(str(exc)) from None
-        try:
-            await self._start_signalling(s.homs_timeout * 2)
-        except OSError as exc:
-            await self._shutdown_io()
-            raise MeshNodeError(f"webrtc: {exc}") from None
+        await self._signalling_up(s.homs_timeout * 2, MeshNodeError)
         self.overlay_id = overlay.overlay_id
         self.source_id = source
-        self.core = MeshCore(
-            s.config,
-            self.peer_id,
-            self.address,
-            random.Random(s.seed),
-            store=self._store,
-            signer=self.signer,
-        )
-        # link-proof nonces must be unpredictable to other peers, unlike the core's seeded rng
-        self.core.admission.entropy = os.urandom
+        self.core = self._new_core()
         self.homs.start_refresh()
         self.core.start(
             MeshJoinInfo(
@@ -517,6 +493,20 @@ class MeshNode(CoreShell[MeshCore]):
         )
         self.state = "running"
         self._drain()
+
+    def _new_core(self) -> MeshCore:
+        s = self.settings
+        core = MeshCore(
+            s.config,
+            self.peer_id,
+            self.address,
+            random.Random(s.seed),
+            store=self._store,
+            signer=self.signer,
+        )
+        # link-proof nonces must be unpredictable to other peers, unlike the core's seeded rng
+        core.admission.entropy = os.urandom
+        return core
 
     async def _find_submesh(self) -> tuple[homp.QueryOverlay, str]:
         """The SubMesh to join (created here: this peer is its source; or found at the HOMS)

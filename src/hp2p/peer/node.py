@@ -66,7 +66,6 @@ from hp2p.peer.subtree import NotSourceError, subtree_source
 from hp2p.transport import ice, tcp
 from hp2p.transport.faults import FaultPlan
 from hp2p.transport.registry import TransportRegistry
-from hp2p.transport.tls import server_context
 from hp2p.trust.keys import KeyFileError
 from hp2p.trust.membership import Membership as TrustMembership
 from hp2p.wire import homp
@@ -179,20 +178,7 @@ class PeerNode(CoreShell[PeerCore]):
         """Listen on R2, find or create the overlay, join it and wait until attached."""
         self._loop = asyncio.get_running_loop()
         s = self.settings
-        tls = server_context(self._key) if s.tls and self._key is not None else None
-        advertise = s.advertise
-        if s.webrtc:
-            try:
-                url = self._setup_webrtc(s.homs, s.ice_servers, s.ice_hosts)
-            except ImportError as exc:
-                raise NodeError(
-                    f"webrtc needs aiortc ({exc}): pip install 'hp2p[webrtc]'"
-                ) from None
-            except ValueError as exc:
-                raise NodeError(f"webrtc: {exc}") from None
-            if advertise is None:
-                advertise = url  # reached by peer-id through the HOMS (docs/peer.md)
-        self.address = await self._listen_r2(s.listen, NodeError, advertise, tls)
+        self.address = await self._listen(s, self._key, NodeError)
         rng = random.Random(self.settings.seed)
         self.core = PeerCore(self.config, self.peer_id, self.address, rng)
         # link-proof nonces must be unpredictable to other peers, unlike the core's seeded rng
@@ -203,11 +189,7 @@ class PeerNode(CoreShell[PeerCore]):
             await self._shutdown_io()
             raise NodeError(str(exc)) from None
         m = self.membership
-        try:
-            await self._start_signalling(self.settings.homs_timeout * 2)
-        except OSError as exc:
-            await self._shutdown_io()
-            raise NodeError(f"webrtc: {exc}") from None
+        await self._signalling_up(self.settings.homs_timeout * 2, NodeError)
         self.homs.start_refresh()
         self.state = "joining"
         self.core.start(self._join_info(m), self._now())

@@ -39,6 +39,8 @@ from hp2p.transport.faults import FaultPlan, FaultyLink
 from hp2p.transport.ice import parse_ice_servers, split_list
 from hp2p.transport.limits import R2Budget, R2Limits
 from hp2p.transport.registry import TransportRegistry, default_registry, scheme_of
+from hp2p.transport.tls import server_context
+from hp2p.trust.keys import SigningKey
 from hp2p.wire.errors import WireError
 from hp2p.wire.r2 import encode
 from hp2p.wire.r2.messages import Message
@@ -83,6 +85,25 @@ class DrivenCore(Protocol):
 
 
 CoreT = TypeVar("CoreT", bound=DrivenCore)
+
+
+class ListenSettings(Protocol):
+    """What both kinds of peer settings say about where R2 arrives (NodeSettings, MeshSettings)."""
+
+    @property
+    def homs(self) -> str: ...
+    @property
+    def listen(self) -> str: ...
+    @property
+    def advertise(self) -> str | None: ...
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def webrtc(self) -> bool: ...
+    @property
+    def ice_servers(self) -> str: ...
+    @property
+    def ice_hosts(self) -> str: ...
 
 
 @dataclass
@@ -186,6 +207,36 @@ class CoreShell(Generic[CoreT]):
         """A link left the table (the tree shell waits on this when leaving)."""
 
     # === transport inputs ========================================================================
+    async def _listen(
+        self, s: ListenSettings, key: SigningKey | None, error: type[Exception]
+    ) -> str:
+        """Listen for R2 on TCP (TLS with ``s.tls``) and, with ``s.webrtc``, through the HOMS
+        signalling; the one address this peer advertises (the HOMP address is one string)."""
+        tls = server_context(key) if s.tls and key is not None else None
+        advertise = s.advertise
+        if s.webrtc:
+            try:
+                url = self._setup_webrtc(s.homs, s.ice_servers, s.ice_hosts)
+            except ImportError as exc:
+                raise error(f"webrtc needs aiortc ({exc}): pip install 'hp2p[webrtc]'") from None
+            except ValueError as exc:
+                raise error(f"webrtc: {exc}") from None
+            if advertise is None:
+                advertise = url  # reached by peer-id through the HOMS (docs/peer.md)
+        return await self._listen_r2(s.listen, error, advertise, tls)
+
+    async def _signalling_up(self, within: float, error: type[Exception]) -> None:
+        """Register on the HOMS signalling socket (WebRTC peers); stop everything if it fails."""
+        try:
+            await self._start_signalling(within)
+        except OSError as exc:
+            await self._shutdown_io()
+            raise error(f"webrtc: {exc}") from None
+
+    async def _shutdown_io(self) -> None:
+        """Stop every link, task and client of the shell (each kind of peer adds its own)."""
+        raise NotImplementedError
+
     async def _listen_r2(
         self,
         listen: str,
