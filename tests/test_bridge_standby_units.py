@@ -358,3 +358,19 @@ async def test_a_failed_source_peer_stops_the_target():
     await asyncio.wait_for(bridge._guard_source(running), 5)
     assert not running.active
     assert "could not join the HOMS again" in events[-1][1]["reason"]
+
+
+def test_every_bridge_of_a_group_signs_as_the_subtree_source_with_one_key() -> None:
+    """A takeover keeps the source's key: messages in flight from the old source, and the
+    caches' copies of them, still verify against it (only the credential changes)."""
+    from hp2p.apps.bridge import source_member_key
+
+    one = source_member_key("group secret", "ov", "b1-live")
+    assert one.public == source_member_key("group secret", "ov", "b1-live").public
+    others = {
+        source_member_key("other secret", "ov", "b1-live").public,
+        source_member_key("group secret", "ov2", "b1-live").public,
+        source_member_key("group secret", "ov", "b2-live").public,
+    }
+    assert one.public not in others
+    assert len(others) == 3

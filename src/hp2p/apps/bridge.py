@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -64,11 +65,31 @@ from hp2p.peer.node import Delivery, NodeError, PeerNode
 from hp2p.peer.settings import NodeSettings
 from hp2p.peer.subscription import Subscription
 from hp2p.peer.subtree import SubOverlayHomsClient
+from hp2p.trust.keys import SigningKey
 
 log = logging.getLogger("hp2p.apps.bridge")
 
 EventSink = Callable[[str, dict[str, Any]], None]
 Selector = Callable[[Delivery], bool]
+
+
+def source_member_key(group_key: str, overlay_id: str, source_id: str) -> SigningKey:
+    """The membership key of a SubTree's source, the same in every bridge of the group.
+
+    Members check every message against the key its source's credential names. A standby
+    that took over the source's peer-id with a key of its own would make the messages still
+    in flight from the old source (and the caches' copies of them) fail that check; with the
+    group's derived key the source keeps one key across takeovers, only its credential changes.
+    """
+    seed = hashlib.sha256(
+        b"hp2p-subtree-source\0"
+        + group_key.encode()
+        + b"\0"
+        + overlay_id.encode()
+        + b"\0"
+        + source_id.encode()
+    ).digest()
+    return SigningKey.from_seed(seed)
 
 
 class BridgeError(Exception):
@@ -443,12 +464,17 @@ class Bridge:
 
     # === SubTree standby (hp2p.apps.bridge_standby) ==============================================
     def _source_node(self, running: _Running) -> PeerNode:
-        """The SubTree's source peer; with a group key, joined with the shared password."""
+        """The SubTree's source peer; with a group key, joined with the shared password and
+        the group's membership key for that source (:func:`source_member_key`)."""
+        source = running.target.source_id
+        key = None
+        if self.group_key is not None:
+            key = source_member_key(self.group_key, running.overlay_id, source)
         return PeerNode(
-            NodeSettings(
-                homs=self.homs_url, join=running.overlay_id, peer_id=running.target.source_id
+            NodeSettings(homs=self.homs_url, join=running.overlay_id, peer_id=source),
+            homs_client=SubOverlayHomsClient(
+                self.homs_url, source_password=self.group_key, key=key
             ),
-            homs_client=SubOverlayHomsClient(self.homs_url, source_password=self.group_key),
         )
 
     async def _start_tree_standby(self, running: _Running) -> None:
