@@ -4,6 +4,7 @@ in chosen namespaces, and the exactly-once delivery check."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from collections.abc import Collection
@@ -24,7 +25,8 @@ class NatPeer(EventProc):
         self, topo: Topology, workdir: Path, ns: str, homs_url: str, name: str, *args: str
     ) -> None:
         cmd = [sys.executable, "-m", "hp2p", "peer", "--homs", homs_url, "--id", name]
-        cmd += ["--json-events", "--stdin", "--log-level", "warning", *args]
+        level = os.environ.get("HP2P_NAT_LOG_LEVEL", "warning")  # debug: aioice too
+        cmd += ["--json-events", "--stdin", "--log-level", level, *args]
         super().__init__(workdir, name, [*topo.prefix(ns), *cmd])
         topo.procs.append(self.proc)  # killed by the topology's clean-up if still running
 
