@@ -39,7 +39,6 @@ from hp2p.transport.faults import FaultPlan, FaultyLink
 from hp2p.transport.ice import parse_ice_servers, split_list
 from hp2p.transport.limits import R2Budget, R2Limits
 from hp2p.transport.registry import TransportRegistry, default_registry, scheme_of
-from hp2p.transport.tls import server_context
 from hp2p.trust.keys import SigningKey
 from hp2p.wire.errors import WireError
 from hp2p.wire.r2 import encode
@@ -212,7 +211,11 @@ class CoreShell(Generic[CoreT]):
     ) -> str:
         """Listen for R2 on TCP (TLS with ``s.tls``) and, with ``s.webrtc``, through the HOMS
         signalling; the one address this peer advertises (the HOMP address is one string)."""
-        tls = server_context(key) if s.tls and key is not None else None
+        tls = None
+        if s.tls and key is not None:
+            from hp2p.transport.tls import server_context  # x509: only for a TLS listener
+
+            tls = server_context(key)
         advertise = s.advertise
         if s.webrtc:
             try:

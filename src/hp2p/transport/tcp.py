@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 
 from hp2p.transport.base import LinkEvents, LinkStats
 from hp2p.transport.limits import R2Budget
-from hp2p.transport.tls import client_context, peer_key
 from hp2p.wire.errors import WireError
 from hp2p.wire.r2 import StreamDecoder
 
@@ -94,8 +93,10 @@ class TcpLink(asyncio.Protocol):
     def certificate_key(self) -> bytes | None:
         """On TLS, the Ed25519 key of the certificate the other end presented; else None."""
         transport = self._transport
-        if transport is None:
+        if transport is None or transport.get_extra_info("ssl_object") is None:
             return None
+        from hp2p.transport.tls import peer_key  # x509 parsing: only for TLS links
+
         return peer_key(transport.get_extra_info("ssl_object"))
 
     def send_frame(self, frame: bytes) -> bool:
@@ -263,6 +264,11 @@ async def connect(
     """
     secure = address.lower().startswith("tls://")
     host, port = parse_tcp_address(address, "tls" if secure else "tcp")
+    context = None
+    if secure:
+        from hp2p.transport.tls import client_context  # a TCP-only peer never loads x509
+
+        context = client_context()
     loop = asyncio.get_running_loop()
     _, link = await asyncio.wait_for(
         loop.create_connection(
@@ -271,7 +277,7 @@ async def connect(
             ),
             host,
             port,
-            ssl=client_context() if secure else None,
+            ssl=context,
             server_hostname="" if secure else None,
         ),
         connect_timeout,
