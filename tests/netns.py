@@ -505,19 +505,7 @@ def stun_binding(
 
     Retransmits 3 times (``timeout`` each) as a UDP client must; raises ``TimeoutError``.
     """
-    txid = secrets.token_bytes(12)
-    request = struct.pack("!HHI", 0x0001, 0, _MAGIC) + txid
-    sock.settimeout(timeout)
-    for _ in range(3):
-        sock.sendto(request, server)
-        try:
-            while True:
-                data, _ = sock.recvfrom(2048)
-                if len(data) >= 20 and data[8:20] == txid:
-                    return _mapped(data)
-        except TimeoutError:
-            continue
-    raise TimeoutError(f"no STUN answer from {server[0]}:{server[1]}")
+    return _mapped(_transact(sock, server, 0x0001, b"", timeout))
 
 
 def _mapped(data: bytes) -> list[object]:
@@ -689,7 +677,7 @@ def _transact(
                     return data
         except TimeoutError:
             continue
-    raise TimeoutError(f"no answer from {server[0]}:{server[1]}")
+    raise TimeoutError(f"no STUN answer from {server[0]}:{server[1]}")
 
 
 def main(argv: Sequence[str]) -> int:

@@ -286,6 +286,10 @@ class Admission:
         self.kernel.error(conn, reason)
         self.on_refused(conn, reason, now)
 
+    def not_admitted(self, conn: int, message: object, now: float) -> None:
+        """Anything but AUTH on a link that has not proven membership: refused, closed."""
+        self.refuse(conn, f"{type(message).__name__} before link admission (send AUTH first)", now)
+
     def forget(self, conn: int) -> None:
         self.pending.pop(conn, None)
         self.channel_keys.pop(conn, None)

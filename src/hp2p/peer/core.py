@@ -385,12 +385,12 @@ class PeerCore(Kernel):
         link.last_rx = now
         if type(message) is BroadcastData:
             if link.cred is None and self._gate:
-                self._not_admitted(link, message, now)
+                self.admission.not_admitted(link.conn, message, now)
                 return
             self._on_data(link, message, now, False)
             return
         if self._gate and link.cred is None and type(message) not in _ADMISSION:
-            self._not_admitted(link, message, now)
+            self.admission.not_admitted(link.conn, message, now)
             return
         if not link.hp2p and (link.cred is not None or shows_hp2p(message)):
             link.hp2p = True
@@ -458,11 +458,6 @@ class PeerCore(Kernel):
             link.cred = cred
             link.hp2p = True
             self._send_purpose(link, now)
-
-    def _not_admitted(self, link: Link, msg: Message, now: float) -> None:
-        self.admission.refuse(
-            link.conn, f"{type(msg).__name__} before link admission (send AUTH first)", now
-        )
 
     def _refused(self, conn: int, reason: str, now: float) -> None:
         link = self.paths.links.get(conn)

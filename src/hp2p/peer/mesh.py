@@ -392,9 +392,7 @@ class MeshCore(Kernel):
                 link.cred = cred
                 self.links.send_hello(link, now)
         else:
-            admission.refuse(
-                link.conn, f"{type(msg).__name__} before link admission (send AUTH first)", now
-            )
+            admission.not_admitted(link.conn, msg, now)
 
     def _refused(self, conn: int, reason: str, now: float) -> None:
         link = self.links.links.get(conn)
