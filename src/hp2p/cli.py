@@ -73,6 +73,9 @@ def build_app() -> typer.Typer:
     from hp2p.apps import bridge as bridge_cli
 
     full.command(name="bridge", **bridge_cli.COMMAND_SETTINGS)(bridge_cli.command)
+    from hp2p.apps.iot.cli import app as iot_app
+
+    full.add_typer(iot_app, name="iot")
     return full
 
 
