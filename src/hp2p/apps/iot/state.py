@@ -257,8 +257,11 @@ class LiveState:
         """Decode and apply one broadcast's payload; a malformed one is counted by reason."""
         try:
             reading = decode_reading(data)
-        except ReadingError as exc:
-            reason = malformed_reason(exc)
+        except ValueError as exc:
+            # ReadingError, and UnicodeDecodeError: msgspec 0.19 raises that (not a
+            # DecodeError) for a topic or gateway that is not UTF-8, and decode_reading
+            # lets it through
+            reason = malformed_reason(exc) if isinstance(exc, ReadingError) else "not_a_reading"
             self.counters.malformed[reason] = self.counters.malformed.get(reason, 0) + 1
             return None
         return self.apply(reading, now)
