@@ -10,6 +10,7 @@ to a broker that is down at first and started later (its own Mosquitto on a free
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import subprocess
@@ -248,7 +249,7 @@ async def test_members_keep_the_latest_reading_per_topic_and_stream_changes(
 
         for member, headers, others in ((m0, {}, 0), (m1, auth, 0), (m2, {}, 1)):
             state = await until(
-                lambda m=member, h=headers: _two_topics(m.api, h), f"two topics on {member.name}"
+                functools.partial(_two_topics, member.api, headers), f"two topics on {member.name}"
             )
             assert state["room/a"]["payload"] == {"value": 2.0, "ts": t0 - 1}
             assert state["room/a"]["gateway"] == "test-gw"

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hp2p.apps.iot.mqtt_out import MqttOut
 from hp2p.apps.iot.reading import APP_ID
 from hp2p.apps.iot.state import Change, LiveState
 from hp2p.peer.subscription import Delivery
+
+if TYPE_CHECKING:
+    from hp2p.apps.iot.mqtt_out import MqttOut
 
 __all__ = ["FeedStats", "StateFeed"]
 
@@ -107,7 +109,7 @@ class StateFeed:
 
     async def messages(
         self, since: int | None, prefix: str = "", keepalive: float = KEEPALIVE
-    ) -> AsyncIterator[dict[str, Any] | None]:
+    ) -> AsyncGenerator[dict[str, Any] | None]:
         """A client's stream: a ``snapshot`` first (or the changes after ``since`` when the
         log still has them, else a ``resync`` snapshot), then ``change`` and ``remove``
         messages under ``prefix``; None after ``keepalive`` idle seconds. Endless."""

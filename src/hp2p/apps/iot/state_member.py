@@ -15,13 +15,16 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hp2p.apps.iot.mqtt_out import MqttOut, MqttUrlError
 from hp2p.apps.iot.state import ChangeLog, LiveState
 from hp2p.apps.iot.state_feed import StateFeed
+
+if TYPE_CHECKING:
+    from hp2p.apps.iot.state_api import StateApi
+    from hp2p.peer.node import PeerNode
 
 __all__ = ["EPILOG", "command"]
 
@@ -80,6 +83,8 @@ def command(
     if level not in ("ERROR", "WARNING", "INFO", "DEBUG"):
         raise _fail("--log-level must be error, warning, info or debug", 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from hp2p.apps.iot.mqtt_out import MqttOut, MqttUrlError  # aiomqtt: only when run
+
     try:
         out = MqttOut(mqtt_out, prefix=out_prefix, max_pending=max_topics) if mqtt_out else None
     except MqttUrlError as exc:
@@ -117,6 +122,10 @@ async def _run(
     except (NodeError, StateApiError, ValueError) as exc:
         print(f"hp2p iot state: {exc}", file=sys.stderr, flush=True)
         return 2
+    problem = await _tree_overlay_problem(options["homs"], options["join"])
+    if problem:
+        print(f"hp2p iot state: {problem}", file=sys.stderr, flush=True)
+        return 1
     if json_events:
         feed.on_change = lambda c: print_event("change", {"version": c.version, "topic": c.topic})
     try:
@@ -127,6 +136,15 @@ async def _run(
         await server.stop()
         await node.close()
         return 1
+    return await _serve(feed, node, server, stop, json_events)
+
+
+async def _serve(
+    feed: StateFeed, node: PeerNode, server: StateApi, stop: asyncio.Event, json_events: bool
+) -> int:
+    """Feed the state and serve until a signal or the peer failed; leave. The exit status."""
+    from hp2p.peer.stdio import print_event
+
     pump = asyncio.create_task(feed.pump(node.subscribe(4096)), name="hp2p-iot-state")
     if feed.mqtt_out is not None:
         feed.mqtt_out.start()
@@ -148,6 +166,26 @@ async def _run(
     if json_events:
         print_event("left", {"status": feed.status()})
     return 0
+
+
+async def _tree_overlay_problem(homs: str, join: str) -> str | None:
+    """Why ``join`` cannot be joined here (unknown, or a SubMesh), or None."""
+    from hp2p.peer.homs_client import HomsClient, HomsError
+    from hp2p.peer.settings import overlay_kind
+
+    client = HomsClient(homs)
+    try:
+        kind = overlay_kind(await client.find_overlay(join))
+    except HomsError as exc:
+        return str(exc)
+    finally:
+        await client.aclose()
+    if kind == "SubMesh":
+        return (
+            f"overlay {join!r} is a SubMesh; the live state is kept on a SubTree (or the "
+            "CoreTree): join the bridge's --subtree target"
+        )
+    return None
 
 
 def _print_joined(info: dict[str, Any], url: str, token: str | None, json_events: bool) -> None:
