@@ -27,13 +27,18 @@ import pytest
 import websockets
 
 from hp2p.apps.iot.reading import APP_ID, Reading, encode_reading
+from hp2p.apps.iot.state import ChangeLog, LiveState
+from hp2p.apps.iot.state_api import StateApi, build_state_app
+from hp2p.apps.iot.state_feed import StateFeed
 from hp2p.apps.iot.watch import parse_sse
 from hp2p.homs.launch import HomsProcess, free_port
+from hp2p.peer.subscription import Delivery
 from peer_procs import BridgeProc, EventProc, PeerProc, Procs
 
 pytestmark = pytest.mark.slow
 
 DEADLINE = 60.0
+NOW_TS = 1_700_000_000.0
 
 
 class StateProc(EventProc):
@@ -61,7 +66,7 @@ class Mosquitto:
 
     def __init__(self, workdir: Path, port: int) -> None:
         self.port = port
-        conf = workdir / "mosquitto.conf"
+        conf = workdir / f"mosquitto-{uuid.uuid4().hex[:6]}.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         self.proc = subprocess.Popen(
             ["/usr/sbin/mosquitto", "-c", str(conf)],
@@ -77,8 +82,9 @@ class Mosquitto:
         raise AssertionError("mosquitto did not start")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
 
 
 def reading(topic: str, value: float, ts: float, number: int) -> bytes:
@@ -301,6 +307,18 @@ async def test_members_keep_the_latest_reading_per_topic_and_stream_changes(
             # the member's backoff is a few seconds at this point
             seen = await _mqtt_until(mqtt2, 2, lambda got: len(got) == 2, deadline=45)
         assert seen == {"room/a": 2.0, "room/b": 20.0}
+        # the broker restarts (losing its retained messages): the member reconnects and
+        # sends what changed meanwhile; the tree never waited for it
+        broker.stop()
+        await publish(core, reading("room/a", 3.0, t0, 5))
+        broker = await asyncio.to_thread(Mosquitto, tmp_path, down_port)
+        async with aiomqtt.Client("127.0.0.1", down_port) as mqtt3:
+            await mqtt3.subscribe("room/#")
+            again = await _mqtt_until(mqtt3, 1, lambda got: "room/a" in got, deadline=45)
+        assert again == {"room/a": 3.0}
+        out = (await get(f"{m1.api}/status", headers=auth)).json()["mqtt_out"]
+        assert out["connects"] == 2
+        assert out["published"] == 3
     finally:
         broker.stop()
 
@@ -374,3 +392,44 @@ async def test_watch_renders_the_table_and_explains_an_unreachable_member(
     assert dead.returncode == 1
     assert "cannot reach the state member" in dead.stderr
     assert "Traceback" not in dead.stderr
+
+
+async def test_a_slow_stream_client_gets_a_resync_and_streams_are_bounded() -> None:
+    """A client that stops reading costs the member nothing: the feed goes on (it never waits
+    for a client), and when the client reads again the changes it missed have left the
+    bounded log, so it gets one ``resync`` snapshot. Real TCP, the state API without a peer."""
+    feed = StateFeed(LiveState(log=ChangeLog(max_changes=50)), max_clients=1)
+    api = StateApi(build_state_app(feed, dict), "127.0.0.1:0")
+    await api.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.port, limit=1 << 20)
+        writer.write(b"GET /state/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"event: snapshot"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        # a second stream is one too many
+        refused = await get(f"{api.url}/state/stream")
+        assert refused.status_code == 503
+        async with httpx.AsyncClient(timeout=10) as client:
+            body = await client.request("GET", f"{api.url}/state", content=b"12345")
+        assert body.status_code == 413  # nothing here takes a request body
+        payload = b"x" * 4000
+        started = time.monotonic()
+        for n in range(1, 5001):  # 20 MB of changes: more than any socket buffer holds
+            now = NOW_TS + n
+            data = encode_reading(Reading(f"t/{n % 20}", payload, None, now, 0, "gw", 1, n))
+            feed.deliver(Delivery("src", n, data, APP_ID, "x"))
+            if n % 50 == 0:
+                await asyncio.sleep(0)  # let the server run meanwhile
+        fed = time.monotonic() - started
+        assert feed.state.counters.applied == 5000
+        assert fed < 30, f"feeding took {fed:.1f}s"
+        rest = await asyncio.wait_for(reader.readuntil(b"event: resync"), 30)
+        assert b"event: resync" in rest
+        line = await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
+        resync = json.loads(line.decode().partition("data: ")[2])
+        assert len(resync["topics"]) == 20  # the whole state, once: not the missed changes
+        assert feed.stats.resyncs >= 1
+        writer.close()
+    finally:
+        await api.stop()

@@ -126,18 +126,38 @@ class MqttOut:
             backoff = min(MAX_BACKOFF, backoff * 2)
 
     async def _send_all(self, client: aiomqtt.Client) -> None:
-        """Send what is pending, then wait for more; a failed send puts the value back."""
-        while True:
-            while self._pending:
-                topic, payload = self._pending.popitem(last=False)
-                try:
-                    await client.publish(topic, payload, qos=0, retain=True)
-                except aiomqtt.MqttError:
-                    self.stats.publish_failures += 1
-                    if topic not in self._pending:
-                        self._pending[topic] = payload
-                        self._pending.move_to_end(topic, last=False)
-                    raise
-                self.stats.published += 1
-            self._wake.clear()
-            await self._wake.wait()
+        """Send what is pending, then wait for more or for the broker to go (which raises
+        :class:`aiomqtt.MqttError`); a failed send puts the value back."""
+        gone = asyncio.ensure_future(self._until_disconnected(client))
+        try:
+            while True:
+                while self._pending:
+                    topic, payload = self._pending.popitem(last=False)
+                    try:
+                        await client.publish(topic, payload, qos=0, retain=True)
+                    except aiomqtt.MqttError:
+                        self.stats.publish_failures += 1
+                        if topic not in self._pending:
+                            self._pending[topic] = payload
+                            self._pending.move_to_end(topic, last=False)
+                        raise
+                    self.stats.published += 1
+                self._wake.clear()
+                wake = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait([wake, gone], return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+                if gone.done():
+                    gone.result()  # the broker's disconnection, as MqttError
+        finally:
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await gone
+
+    @staticmethod
+    async def _until_disconnected(client: aiomqtt.Client) -> None:
+        """Returns (raising MqttError) when the broker goes: nothing is subscribed, so the
+        message iterator only ever ends. Waiting on it also collects aiomqtt's disconnection
+        error, which would otherwise be logged as never retrieved."""
+        async for _ in client.messages:
+            pass
+        raise aiomqtt.MqttError("disconnected from the broker")
