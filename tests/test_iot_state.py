@@ -410,6 +410,12 @@ async def test_a_slow_stream_client_gets_a_resync_and_streams_are_bounded() -> N
         # a second stream is one too many
         refused = await get(f"{api.url}/state/stream")
         assert refused.status_code == 503
+        ws_url = api.url.replace("http", "ws") + "/state/ws"
+        for query, status in (("", 503), ("?since=abc", 400)):
+            with pytest.raises(websockets.InvalidStatus) as denied:
+                await websockets.connect(ws_url + query)
+            assert denied.value.response.status_code == status
+            assert b"detail" in denied.value.response.body
         async with httpx.AsyncClient(timeout=10) as client:
             body = await client.request("GET", f"{api.url}/state", content=b"12345")
         assert body.status_code == 413  # nothing here takes a request body

@@ -168,16 +168,17 @@ def test_malformed_readings_are_counted_by_reason() -> None:
     bad_qos = msgspec.msgpack.encode(["t", b"", None, NOW, 7, "gw", 1, 1])
     wildcard = msgspec.msgpack.encode(["a/#", b"", None, NOW, 0, "gw", 1, 1])
     bad_ts = msgspec.msgpack.encode(["t", b"", -1.0, NOW, 0, "gw", 1, 1])
-    for data in (b"\xc1garbage", b"", bad_qos, wildcard, bad_ts, b"x" * 70_000):
+    not_utf8 = b"\x98\xa2\x00\x80"  # msgspec raises UnicodeDecodeError, not DecodeError
+    for data in (b"\xc1garbage", b"", bad_qos, wildcard, bad_ts, b"x" * 70_000, not_utf8):
         assert state.apply_bytes(data, NOW) is None
     assert state.counters.malformed == {
-        "not_a_reading": 2,
+        "not_a_reading": 3,
         "bad_qos": 1,
         "bad_topic": 1,
         "bad_timestamp": 1,
         "too_large": 1,
     }
-    assert state.counters.as_dict()["malformed_total"] == 6
+    assert state.counters.as_dict()["malformed_total"] == 7
     assert state.apply_bytes(encode_reading(reading()), NOW) is not None
 
 

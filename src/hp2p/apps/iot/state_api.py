@@ -33,7 +33,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from hp2p.apps.iot.state import reading_json
 from hp2p.apps.iot.state_feed import StateFeed
@@ -125,10 +125,10 @@ async def _serve_ws(feed: StateFeed, ws: WebSocket) -> None:
     try:
         start = _since(ws.query_params.get("since"))
     except HTTPException as exc:
-        await ws.close(code=1008, reason=str(exc.detail)[:120])
+        await _deny(ws, exc.status_code, str(exc.detail))
         return
     if not feed.admit():
-        await ws.close(code=1013, reason="too many streams; retry later")
+        await _deny(ws, 503, f"{feed.max_clients} streams already; retry later")
         return
     await ws.accept(subprotocol=ws.scope.get(SUBPROTOCOL_SCOPE_KEY))
     prefix = ws.query_params.get("prefix", "")
@@ -151,6 +151,14 @@ async def _serve_ws(feed: StateFeed, ws: WebSocket) -> None:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
+
+
+async def _deny(ws: WebSocket, status: int, detail: str) -> None:
+    """Refuse the handshake with an HTTP answer that says why (uvicorn supports it)."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(JSONResponse({"detail": detail}, status_code=status))
+    else:
+        await ws.close(code=1008, reason=detail[:120])
 
 
 class _OpenGuard(ApiGuard):
