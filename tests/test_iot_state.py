@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -387,6 +388,26 @@ async def test_watch_renders_the_table_and_explains_an_unreachable_member(
     assert counted.returncode == 0, counted.stderr
     assert "hall/door" in counted.stdout
     assert "2 topics" in counted.stdout
+
+    # Ctrl-C: a clean end, status 0, no traceback
+    env = {"COLUMNS": "160", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    live = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "hp2p", "iot", "watch", "--api", m0.api],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        await until(lambda: _stream_clients(m0.api), "watch connected")
+        live.send_signal(signal.SIGINT)
+        out_b, err_b = await asyncio.wait_for(live.communicate(), 30)
+    finally:
+        if live.returncode is None:
+            live.kill()
+    out, err = out_b.decode(), err_b.decode()
+    assert live.returncode == 0, err
+    assert "stopped" in out
+    assert "Traceback" not in err
 
     dead = await asyncio.to_thread(watch, "--api", f"http://127.0.0.1:{free_port()}", "--once")
     assert dead.returncode == 1

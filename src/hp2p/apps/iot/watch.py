@@ -124,8 +124,8 @@ def command(
     view = TableState()
     title = f"{api.rstrip('/')}/state {prefix}".rstrip()
     try:
+        _once(api, prefix, headers, view)  # reachable? (an empty live table would not say)
         if once:
-            _once(api, prefix, headers, view)
             console.print(view.table(title))
             return
         with Live(view.table(title), console=console, refresh_per_second=4) as live:
