@@ -3,7 +3,8 @@
 A HOMS, a CoreTree peer that publishes encoded readings through its local API (app-id
 ``hp2p-iot``; the gateway is another part), the R3 bridge feeding SubTree ``live`` with
 ``--subtree live:hp2p-iot``, and two state members on that SubTree: one republishing to the
-real Mosquitto on 127.0.0.1:1883 (unique topic prefix), one with ``--api-token`` republishing
+real Mosquitto on 127.0.0.1:1883 (unique topic prefix; the test starts its own Mosquitto
+when nothing listens there), one with ``--api-token`` republishing
 to a broker that is down at first and started later (its own Mosquitto on a free port).
 """
 
@@ -62,10 +63,31 @@ class StateProc(EventProc):
         return str(self.joined["api"])
 
 
-class Mosquitto:
-    """Our own Mosquitto on a free port (for the broker-down-then-up case)."""
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
-    def __init__(self, workdir: Path, port: int) -> None:
+
+#: Our own Mosquitto processes, stopped at the end of the session.
+_BROKERS: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_own_brokers() -> Iterator[None]:
+    yield
+    while _BROKERS:
+        proc = _BROKERS.pop()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+class Mosquitto:
+    """Our own Mosquitto on a free port (for the broker-down-then-up case, and when the
+    machine's broker on 1883 is not running)."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        port = port or free_port()
         self.port = port
         conf = workdir / f"mosquitto-{uuid.uuid4().hex[:6]}.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
@@ -74,6 +96,7 @@ class Mosquitto:
             stdout=subprocess.DEVNULL,
             stderr=(workdir / "mosquitto.err").open("wb"),
         )
+        _BROKERS.append(self.proc)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # bounded: until it accepts connections
             with socket.socket() as s:
@@ -212,12 +235,13 @@ async def test_members_keep_the_latest_reading_per_topic_and_stream_changes(
 ) -> None:
     prefix = f"hp2p-test-{uuid.uuid4().hex[:12]}/"
     down_port = free_port()
+    shared = 1883 if _listening(1883) else (await asyncio.to_thread(Mosquitto, tmp_path)).port
     core, (m0, m1, m2) = await start_overlays(
         tmp_path,
         homs,
         procs,
         [
-            ["--mqtt-out", "mqtt://127.0.0.1:1883", "--out-prefix", prefix],
+            ["--mqtt-out", f"mqtt://127.0.0.1:{shared}", "--out-prefix", prefix],
             ["--api-token", "--mqtt-out", f"mqtt://127.0.0.1:{down_port}"],
             ["core"],  # a member on the CoreTree itself sees the other applications too
         ],
@@ -227,7 +251,7 @@ async def test_members_keep_the_latest_reading_per_topic_and_stream_changes(
     assert (await get(f"{m1.api}/state")).status_code == 401
     t0 = time.time()
 
-    async with aiomqtt.Client("127.0.0.1", 1883) as mqtt:
+    async with aiomqtt.Client("127.0.0.1", shared) as mqtt:
         await mqtt.subscribe(f"{prefix}#")
         async with websockets.connect(m0.api.replace("http", "ws") + "/state/ws") as ws:
             first = json.loads(await asyncio.wait_for(ws.recv(), 10))
@@ -286,7 +310,7 @@ async def test_members_keep_the_latest_reading_per_topic_and_stream_changes(
         # --mqtt-out: the latest value of each topic, retained, under the prefix
         latest = await _mqtt_until(mqtt, 2, lambda got: got.get(f"{prefix}room/a") == 2.0)
         assert latest[f"{prefix}room/b"] == 20.0
-    async with aiomqtt.Client("127.0.0.1", 1883) as late:  # a dashboard started later
+    async with aiomqtt.Client("127.0.0.1", shared) as late:  # a dashboard started later
         await late.subscribe(f"{prefix}room/a")
         async with asyncio.timeout(10):
             message = await anext(aiter(late.messages))
