@@ -340,6 +340,8 @@ async def test_mqtt_out_keeps_the_latest_value_per_topic_bounded() -> None:
     for bad in ("http://x:1", "mqtt://", "mqtt://h:99999"):
         with pytest.raises(MqttUrlError):
             parse_mqtt_url(bad)
+    with pytest.raises(MqttUrlError, match="plain topic prefix"):
+        MqttOut("mqtt://127.0.0.1:1", prefix="live/#")
 
 
 def test_sse_events_parse_back_and_fill_the_watch_table() -> None:

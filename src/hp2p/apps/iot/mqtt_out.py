@@ -66,6 +66,11 @@ class MqttOut:
         self, url: str, *, prefix: str = "", max_pending: int = 10_000, client_id: str = ""
     ) -> None:
         self.host, self.port = parse_mqtt_url(url)
+        if any(c in prefix for c in "+#\0") or len(prefix.encode()) > 1024:
+            raise MqttUrlError(
+                f"--out-prefix {prefix[:40]!r} must be a plain topic prefix (no + # or NUL, "
+                "at most 1024 bytes), e.g. live/"
+            )
         self.url = url
         self.prefix = prefix
         self.max_pending = max_pending
