@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 #: sub-command name → module under hp2p.apps.iot that defines ``command`` and ``EPILOG``
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {"bridge": "bridge_command", "history": "history_command"}
 
 
 def _mount() -> None:

@@ -273,7 +273,7 @@ class SegmentPacker:
         self.bad = 0
         self.last_error = ""
 
-    def add(self, delivery: Delivery, now: float) -> list[tuple[bytes, str, dict[str, Any]]]:
+    def add(self, delivery: Delivery, now: float) -> list[tuple[bytes, str | None, dict[str, Any]]]:
         try:
             reading = decode_reading(delivery.data)
         except ReadingError as exc:
@@ -282,7 +282,7 @@ class SegmentPacker:
             return []
         return [_packed(s) for s in self.segmenter.add(reading, now)]
 
-    def due(self, now: float) -> list[tuple[bytes, str, dict[str, Any]]]:
+    def due(self, now: float) -> list[tuple[bytes, str | None, dict[str, Any]]]:
         return [_packed(s) for s in self.segmenter.due(now)]
 
     def next_due(self) -> float | None:
@@ -296,7 +296,7 @@ class SegmentPacker:
         }
 
 
-def _packed(segment: Segment) -> tuple[bytes, str, dict[str, Any]]:
+def _packed(segment: Segment) -> tuple[bytes, str | None, dict[str, Any]]:
     return encode_segment(segment), SEGMENT_APP_ID, segment_meta(segment)
 
 
