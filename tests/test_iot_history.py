@@ -145,7 +145,7 @@ async def test_members_keep_the_history_backfill_survive_a_kill_and_a_restart(
             await until_complete(url, readings.sent)
 
         # the source publishes objects that are not segments: counted, not stored, no crash
-        mesh = bridge._running[1].mesh  # noqa: SLF001 - the bridge's SubMesh source peer
+        mesh = bridge._running[1].mesh
         assert mesh is not None
         mesh.publish(b"\x93garbage", app_id=SEGMENT_APP_ID, meta={"topic": TOPICS[0]})
         mesh.publish(b"not even msgpack", app_id="other", meta=None)
@@ -171,7 +171,7 @@ async def test_members_keep_the_history_backfill_survive_a_kill_and_a_restart(
         members[0].proc.wait(timeout=10)
         readings.publish(TOPICS[0], 50)
         await packed(events, 2 * PER_TOPIC + 51)
-        for url in urls[1:] + [late.url]:
+        for url in [*urls[1:], late.url]:
             await until_complete(url, readings.sent)
 
         # restarted on the same file, it has its history at once, then catches up

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hp2p.apps.iot.history import HistoryError, HistoryStore, SqlitePieceStore
+from hp2p.apps.iot.history import HistoryError, HistoryStore, SqlitePieceStore, decode_doc
 from hp2p.apps.iot.history_command import parse_age, parse_size
 from hp2p.apps.iot.history_gaps import find_gaps, number_ranges
 from hp2p.apps.iot.reading import Reading
@@ -41,7 +41,7 @@ def test_readings_are_stored_once_and_answered_in_time_order(tmp_path: Path) -> 
     assert ingest(store, 1, segment("a", T0, range(1, 11))) == 10
     assert ingest(store, 2, segment("a", T0, range(5, 16))) == 5  # 5..10 again: stored once
     assert ingest(store, 3, segment("b", T0, range(100, 103))) == 3
-    rows = store.query("a", T0, T0 + 1, 1000)
+    rows = [decode_doc(d) for d in store.query("a", T0, T0 + 1, 1000)]
     assert sorted(r["number"] for r in rows) == list(range(1, 16))
     assert [r["ts"] for r in rows] == sorted(r["ts"] for r in rows)
     assert rows[0]["payload"].startswith('{"n":')
@@ -103,7 +103,7 @@ def test_retention_drops_whole_oldest_objects_and_remembers_it(tmp_path: Path) -
     assert store.drop_below(4) == 3
     assert store.floor == 4
     assert store.dropped_until("a") == T0 + 31
-    assert {r["number"] // 10 for r in store.query("a", 0, 1e11, 100)} == {4, 5, 6}
+    assert {decode_doc(d)["number"] // 10 for d in store.query("a", 0, 1e11, 100)} == {4, 5, 6}
     store.close()
     assert HistoryStore(tmp_path / "h.sqlite").floor == 4
 

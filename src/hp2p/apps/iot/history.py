@@ -5,9 +5,11 @@ database"; this is that database. Tables:
 
 * ``segments``: one row per checked segment object (object number, topic, slice, part, count,
   sha256 and the object's bytes), append-only until retention drops it.
-* ``readings``: every reading of those segments, indexed by ``(topic, ts)``, with the reading's
-  identity ``(gateway, epoch, number)`` UNIQUE: a reading that reaches the history twice (two
-  segments, a replayed bridge) is stored once.
+* ``readings``: every reading of those segments, clustered by ``(topic, ts)`` (a query reads
+  consecutive rows), with the reading's identity ``(gateway, epoch, number)`` UNIQUE: a reading
+  that reaches the history twice (two segments, a replayed bridge) is stored once. Each row
+  keeps the reading's JSON answer (``doc``), made once at ingest, so a query of tens of
+  thousands of readings is a range scan and a join, not a loop building objects.
 * ``pieces``: the mesh's pieces that are not (yet) a stored segment: every manifest (piece 0),
   the pieces of objects still being pulled, and those of objects refused as segments.
 * ``rejected``: objects that are not valid segments, with the reason; ``dropped``: per topic,
@@ -32,10 +34,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from hp2p.apps.iot.segments import SEGMENT_APP_ID, SegmentError, decode_segment, reading_time
 from hp2p.peer.mesh_objects import sequence_of, split_sequence
 
-__all__ = ["HistoryError", "HistoryStore", "Ingested", "SqlitePieceStore", "payload_text"]
+__all__ = [
+    "HistoryError",
+    "HistoryStore",
+    "Ingested",
+    "SqlitePieceStore",
+    "decode_doc",
+    "payload_text",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,16 +59,24 @@ CREATE TABLE IF NOT EXISTS segments (
     stored_at REAL NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS segments_topic ON segments (topic, start);
 CREATE TABLE IF NOT EXISTS readings (
-    obj INTEGER NOT NULL, topic TEXT NOT NULL, ts REAL NOT NULL, device_ts REAL,
-    received_ts REAL NOT NULL, qos INTEGER NOT NULL, gateway TEXT NOT NULL,
-    epoch INTEGER NOT NULL, number INTEGER NOT NULL, payload BLOB NOT NULL,
-    UNIQUE (gateway, epoch, number));
-CREATE INDEX IF NOT EXISTS readings_topic_ts ON readings (topic, ts);
+    topic TEXT NOT NULL, ts REAL NOT NULL, gateway TEXT NOT NULL, epoch INTEGER NOT NULL,
+    number INTEGER NOT NULL, obj INTEGER NOT NULL, doc BLOB NOT NULL,
+    PRIMARY KEY (topic, ts, gateway, epoch, number)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS readings_identity ON readings (gateway, epoch, number);
 CREATE INDEX IF NOT EXISTS readings_obj ON readings (obj);
 CREATE TABLE IF NOT EXISTS rejected (obj INTEGER PRIMARY KEY, reason TEXT NOT NULL,
     at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS dropped (topic TEXT PRIMARY KEY, until REAL NOT NULL);
 """
+
+_doc_encoder = msgspec.json.Encoder()
+_doc_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_doc(doc: bytes) -> dict[str, Any]:
+    """One reading of :meth:`HistoryStore.query` as a dict."""
+    return _doc_decoder.decode(doc)
+
 
 #: Uncommitted piece writes before a commit (a crash loses at most these; they are pulled again).
 _COMMIT_EVERY = 64
@@ -196,21 +215,32 @@ class HistoryStore:
         )
         before = self.db.total_changes
         self.db.executemany(
-            "INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?)",
             [
                 (
-                    obj,
                     r.topic,
-                    reading_time(r, segment.clock),
-                    r.device_ts,
-                    r.received_ts,
-                    r.qos,
+                    ts,
                     r.gateway,
                     r.epoch,
                     r.number,
-                    r.payload,
+                    obj,
+                    _doc_encoder.encode(
+                        {
+                            "topic": r.topic,
+                            "ts": ts,
+                            "device_ts": r.device_ts,
+                            "received_ts": r.received_ts,
+                            "qos": r.qos,
+                            "gateway": r.gateway,
+                            "epoch": r.epoch,
+                            "number": r.number,
+                            "object": obj,
+                            **payload_text(r.payload),
+                        }
+                    ),
                 )
                 for r in segment.readings
+                for ts in (reading_time(r, segment.clock),)
             ],
         )
         added = self.db.total_changes - before
@@ -229,29 +259,15 @@ class HistoryStore:
         return Ingested(stored=False, reason=reason)
 
     # === queries =================================================================================
-    def query(self, topic: str, lo: float, hi: float, limit: int) -> list[dict[str, Any]]:
-        """Readings of ``topic`` with ``lo <= ts < hi`` in time order (ties by identity)."""
+    def query(self, topic: str, lo: float, hi: float, limit: int) -> list[bytes]:
+        """Readings of ``topic`` with ``lo <= ts < hi`` in time order (ties by identity), each
+        as its JSON object (UTF-8 bytes; :func:`decode_doc` for a dict)."""
         rows = self.db.execute(
-            "SELECT ts, device_ts, received_ts, qos, gateway, epoch, number, payload, obj "
-            "FROM readings WHERE topic = ? AND ts >= ? AND ts < ? "
+            "SELECT doc FROM readings WHERE topic = ? AND ts >= ? AND ts < ? "
             "ORDER BY ts, gateway, epoch, number LIMIT ?",
             (topic, lo, hi, limit),
         )
-        return [
-            {
-                "topic": topic,
-                "ts": ts,
-                "device_ts": device_ts,
-                "received_ts": received_ts,
-                "qos": qos,
-                "gateway": gateway,
-                "epoch": epoch,
-                "number": number,
-                "object": obj,
-                **payload_text(payload),
-            }
-            for ts, device_ts, received_ts, qos, gateway, epoch, number, payload, obj in rows
-        ]
+        return [row[0] for row in rows]
 
     def dropped_until(self, topic: str) -> float | None:
         """The end of the newest slice of ``topic`` that retention removed (None: none)."""

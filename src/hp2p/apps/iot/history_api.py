@@ -44,7 +44,7 @@ def build_app(member: HistoryMember) -> FastAPI:
     ) -> Response:
         """Readings of ``topic`` with ``from <= ts < to`` in time order, with the gaps."""
         try:
-            return _answer(await member.query(topic, start, end, limit=limit, wait=wait))
+            return _answer(await member.query(topic, start, end, limit=limit, wait=wait, raw=True))
         except QueryError as exc:
             raise HTTPException(400, str(exc)) from None
 

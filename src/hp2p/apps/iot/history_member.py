@@ -23,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hp2p.apps.iot.history import HistoryError, HistoryStore, SqlitePieceStore
+import msgspec
+
+from hp2p.apps.iot.history import HistoryError, HistoryStore, SqlitePieceStore, decode_doc
 from hp2p.apps.iot.history_gaps import Gap, find_gaps
 from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_node import MeshDelivery, MeshNode, MeshNodeError, MeshSettings
@@ -233,12 +235,20 @@ class HistoryMember:
         )
 
     async def query(
-        self, topic: str, lo: float, hi: float, *, limit: int = 100_000, wait: float = 2.0
+        self,
+        topic: str,
+        lo: float,
+        hi: float,
+        *,
+        limit: int = 100_000,
+        wait: float = 2.0,
+        raw: bool = False,
     ) -> dict[str, Any]:
         """Readings of ``topic`` in ``[lo, hi)`` in time order, each once, with the gaps.
 
         Segments the member knows of but has not pulled are waited for (the mesh pulls
         everything it hears of) for at most ``wait`` seconds, then reported as gaps.
+        ``raw``: each reading as :class:`msgspec.Raw` JSON (for the API), else a dict.
         """
         _check_query(topic, lo, hi, limit, wait)
         self.stats.queries += 1
@@ -248,13 +258,14 @@ class HistoryMember:
         while any(g.objects for g in gaps) and loop.time() < deadline:  # bounded by wait
             await asyncio.sleep(_WAIT_POLL)
             gaps = self.gaps(topic, lo, hi, time.time())
-        readings = self.store.query(topic, lo, hi, limit)
-        truncated = len(readings) >= limit
+        docs = self.store.query(topic, lo, hi, limit)
+        truncated = len(docs) >= limit
+        readings: list[Any] = [msgspec.Raw(d) for d in docs] if raw else list(map(decode_doc, docs))
         return {
             "topic": topic,
             "from": lo,
             "to": hi,
-            "count": len(readings),
+            "count": len(docs),
             "truncated": truncated,
             "complete": not gaps and not truncated,
             "gaps": [g.json() for g in gaps],
