@@ -130,7 +130,7 @@ async def _run(bridge: Any, packer: Any, json_events: bool) -> int:
                 await asyncio.wait_for(stop.wait(), 10.0)
             if not json_events and not stop.is_set():
                 stats = bridge.stats
-                line = f"readings {stats.selected}  objects {stats.forwarded}"
+                line = f"CoreTree messages {stats.received}  published {stats.forwarded}"
                 if packer is not None:
                     s = packer.status()
                     line += f"  segments {s['segments']}  bad {s['bad_readings']}"

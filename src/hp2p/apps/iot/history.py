@@ -122,6 +122,7 @@ class HistoryStore:
             ) from None
         self.db.execute("BEGIN")
         self._pending_writes = 0
+        self._closed = False
         #: object numbers stored as segments or refused: what this member knows the content of
         self.known: set[int] = {
             row[0]
@@ -161,6 +162,9 @@ class HistoryStore:
         self._pending_writes = 0
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.db.execute("COMMIT")
         self.db.close()
 

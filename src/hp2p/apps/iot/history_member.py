@@ -36,8 +36,10 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 __all__ = ["HistoryMember", "HistorySettings", "QueryError"]
 
-#: The mesh core must never evict on its own: retention here decides what goes.
-_UNBOUNDED = MeshConfig(store_bytes=1 << 50, store_objects=1 << 31)
+#: The mesh core must never evict on its own: retention here decides what goes. A segment is
+#: at least two pieces (manifest and data) and a neighbour may announce a long history, so the
+#: per-neighbour bound of announced pieces is raised (about 130,000 segments).
+_UNBOUNDED = MeshConfig(store_bytes=1 << 50, store_objects=1 << 31, max_announced=1 << 18)
 #: Poll period (s) while a query waits for segments being pulled.
 _WAIT_POLL = 0.05
 #: Longest wait a query may ask for (s).
@@ -107,8 +109,7 @@ class HistoryMember:
             await self.node.start()
             self.store.bind(self.node.overlay_id, self.node.source_id)
         except (MeshNodeError, HistoryError):
-            await self.node.close()
-            self.store.close()
+            await self.close()
             raise
         core = self.node.core
         assert core is not None

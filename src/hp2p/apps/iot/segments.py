@@ -166,10 +166,10 @@ class SegmentPolicy:
     def __post_init__(self) -> None:
         if not 0 < self.slice_seconds <= MAX_SLICE:
             raise ValueError(
-                f"slice_seconds must be in (0, {MAX_SLICE:g}], not {self.slice_seconds}"
+                f"slice_seconds (--segment-seconds) must be in (0, {MAX_SLICE:g}], not {self.slice_seconds}"
             )
         if self.grace < 0:
-            raise ValueError("grace must be 0 or more seconds")
+            raise ValueError("grace (--grace) must be 0 or more seconds")
         if not 1 <= self.max_readings <= MAX_SEGMENT_READINGS:
             raise ValueError(f"max_readings must be 1..{MAX_SEGMENT_READINGS}")
         if not MAX_PAYLOAD + 4096 <= self.max_bytes <= MAX_SEGMENT // 2:
