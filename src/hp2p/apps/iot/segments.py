@@ -166,7 +166,8 @@ class SegmentPolicy:
     def __post_init__(self) -> None:
         if not 0 < self.slice_seconds <= MAX_SLICE:
             raise ValueError(
-                f"slice_seconds (--segment-seconds) must be in (0, {MAX_SLICE:g}], not {self.slice_seconds}"
+                f"slice_seconds (--segment-seconds) must be in (0, {MAX_SLICE:g}], "
+                f"not {self.slice_seconds}"
             )
         if self.grace < 0:
             raise ValueError("grace (--grace) must be 0 or more seconds")
