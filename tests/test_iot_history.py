@@ -160,6 +160,10 @@ async def test_members_keep_the_history_backfill_survive_a_kill_and_a_restart(
             assert status["store"]["rejected"] == 2
             assert status["store"]["segments"] >= 2
             assert status["replication"] == "full"
+            async with httpx.AsyncClient(timeout=10) as client:
+                bad = await client.get(f"{url}/history", params={"topic": "x", "from": 5, "to": 1})
+            assert bad.status_code == 400
+            assert "from < to" in bad.text
 
         # a late joiner backfills from its neighbours and answers the same
         late = HistoryProc(tmp_path, homs.url, "late", tmp_path / "late.sqlite")

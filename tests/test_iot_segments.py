@@ -66,6 +66,19 @@ def test_a_size_cap_closes_a_part_and_late_readings_open_a_further_part() -> Non
     assert [(s.start, s.part, len(s.readings)) for s in late] == [(T0, 3, 1)]
 
 
+def test_a_segment_from_a_clock_running_ahead_is_not_held_back_past_max_hold() -> None:
+    seg = Segmenter(SegmentPolicy(slice_seconds=10, grace=2, max_hold=30))
+    seg.add(reading("a", T0 + 3600, 1), T0)  # the device thinks it is an hour later
+    assert seg.next_due() == T0 + 30
+    assert seg.due(T0 + 29) == []
+    (s,) = seg.due(T0 + 30)
+    assert (s.start, s.part) == (T0 + 3600, 0)
+    seg.add(reading("a", T0 + 3601, 2), T0 + 31)  # the same slice again: a further part
+    assert [(s.part, len(s.readings)) for s in seg.flush()] == [(1, 1)]
+    with pytest.raises(ValueError, match="max_hold"):
+        SegmentPolicy(slice_seconds=60, max_hold=30)
+
+
 def test_the_received_clock_files_by_the_gateway_time() -> None:
     seg = Segmenter(SegmentPolicy(slice_seconds=10, clock="received"))
     r = Reading("a", b"x", T0 - 1000, T0 + 1, 0, "gw", 1, 1)

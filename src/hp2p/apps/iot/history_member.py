@@ -46,8 +46,8 @@ _WAIT_POLL = 0.05
 _PRIORITY = 64
 #: Longest wait a query may ask for (s).
 MAX_WAIT = 30.0
-#: Most readings one answer carries.
-MAX_LIMIT = 1_000_000
+#: Most readings one answer carries (about 200 bytes of JSON each: an answer stays < 100 MB).
+MAX_LIMIT = 500_000
 
 
 class QueryError(ValueError):
