@@ -93,9 +93,11 @@ def test_the_packer_counts_bad_readings_and_emits_objects_with_meta() -> None:
     packer = SegmentPacker(SegmentPolicy(slice_seconds=10, grace=0))
     good = Delivery("gw", 1, encode_reading(reading("t/1", T0 + 1, 1)), "hp2p-iot", "x")
     bad = Delivery("gw", 2, b"garbage", "hp2p-iot", "x")
+    bad_utf8 = Delivery("gw", 3, b"\x98\xa3\x00\x00\x80", "hp2p-iot", "x")
     assert packer.add(good, T0) == []
     assert packer.add(bad, T0) == []
-    assert packer.bad == 1
+    assert packer.add(bad_utf8, T0) == []  # msgspec raises UnicodeDecodeError for it
+    assert packer.bad == 2
     ((data, app_id, meta),) = packer.due(T0 + 10)
     assert app_id == SEGMENT_APP_ID
     assert meta == {
@@ -129,6 +131,11 @@ def test_the_packer_counts_bad_readings_and_emits_objects_with_meta() -> None:
 def test_a_bad_segment_says_why(segment: Segment, why: str) -> None:
     with pytest.raises(SegmentError, match=why):
         decode_segment(msgspec.msgpack.encode(segment))
+
+
+def test_a_string_of_bad_utf8_is_a_bad_segment() -> None:
+    with pytest.raises(SegmentError, match="not a segment"):
+        decode_segment(b"\x96\xa3\x00\x00\x80")
 
 
 def test_an_oversized_segment_is_refused_before_decoding() -> None:

@@ -116,7 +116,7 @@ def decode_segment(data: bytes, max_size: int = MAX_SEGMENT) -> Segment:
         raise SegmentError(f"segment of {len(data)} bytes exceeds {max_size}")
     try:
         segment = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets bad UTF-8 through
         raise SegmentError(f"not a segment: {exc}") from None
     check_segment(segment)
     return segment
@@ -287,7 +287,7 @@ class SegmentPacker:
     def add(self, delivery: Delivery, now: float) -> list[tuple[bytes, str | None, dict[str, Any]]]:
         try:
             reading = decode_reading(delivery.data)
-        except ReadingError as exc:
+        except ValueError as exc:  # ReadingError, and UnicodeDecodeError for a bad UTF-8 str
             self.bad += 1
             self.last_error = str(exc)
             return []
