@@ -18,7 +18,12 @@ app = typer.Typer(
 )
 
 #: sub-command name → module under hp2p.apps.iot that defines ``command`` and ``EPILOG``
-COMMANDS: dict[str, str] = {"state": "state_member", "watch": "watch"}
+COMMANDS: dict[str, str] = {
+    "bridge": "bridge_command",
+    "state": "state_member",
+    "history": "history_command",
+    "watch": "watch",
+}
 
 
 def _mount() -> None:
