@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 #: sub-command name → module under hp2p.apps.iot that defines ``command`` and ``EPILOG``
-COMMANDS: dict[str, str] = {"gateway": "gateway"}
+COMMANDS: dict[str, str] = {"gateway": "gateway", "sensor": "sensor"}
 
 
 def _mount() -> None:
