@@ -434,3 +434,37 @@ def test_the_command_refuses_bad_options_in_one_line(
     assert message in done.stderr
     assert done.stderr.startswith("hp2p iot gateway: ")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def session_present(port: int, client_id: str) -> bool:
+    """Whether the broker still holds a session for ``client_id`` (the CONNACK flag)."""
+    import paho.mqtt.client as paho
+
+    flags: list[bool] = []
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    client.on_connect = lambda c, u, f, rc, p: flags.append(bool(f.session_present))
+    client.connect("127.0.0.1", port)
+    deadline = time.monotonic() + 10
+    while not flags and time.monotonic() < deadline:
+        client.loop(timeout=0.1)
+    client.disconnect()
+    assert flags, "no CONNACK within 10 s"
+    return flags[0]
+
+
+@pytest.mark.parametrize("stable_id", [True, False])
+async def test_only_a_gateway_with_a_stable_id_leaves_its_session_on_the_broker(
+    homs_url: str, broker: Mosquitto, stable_id: bool
+) -> None:
+    events = Events()
+    node = NodeSettings(
+        homs=homs_url,
+        create=f"iot-session-{stable_id}",
+        peer_id="gw-s" if stable_id else None,
+        join_timeout=15.0,
+    )
+    gw = Gateway(node, config=FAST, broker=broker.url, topics=["sensors/#"], on_event=events)
+    async with gw:
+        connected = await events.wait("mqtt_connected")
+        assert connected["persistent"] is stable_id
+    assert await asyncio.to_thread(session_present, broker.port, gw.client_id) is stable_id

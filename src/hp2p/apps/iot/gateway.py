@@ -91,6 +91,7 @@ class Gateway:
         topics: Sequence[str],
         config: PeerConfig | None = None,
         queue: int = 10_000,
+        queue_bytes: int = 64 << 20,
         when_full: WhenFull = "oldest",
         client_id: str | None = None,
         subscribe_qos: int = 1,
@@ -117,9 +118,13 @@ class Gateway:
             raise GatewayError(str(exc)) from None
         self.peer_id = self.node.peer_id
         self.client_id = client_id or f"hp2p-gw-{self.peer_id}"
+        #: Whether the MQTT session outlives this run: only with a client id that the next run
+        #: uses again (--id or --client-id). Under a random peer-id the session still spans
+        #: reconnections, and :meth:`close` ends it, so that it does not queue for nobody.
+        self.persistent = client_id is not None or node.peer_id is not None
         self.epoch = time.time_ns()
         try:
-            self.ingest = IngestQueue(self.peer_id, self.epoch, queue, when_full)
+            self.ingest = IngestQueue(self.peer_id, self.epoch, queue, when_full, queue_bytes)
         except ValueError as exc:
             raise GatewayError(str(exc)) from None
         self.backoff = Backoff(0.2, max(0.2, reconnect_max), random.Random(secrets.randbits(32)))
@@ -185,13 +190,17 @@ class Gateway:
             "client_id": self.client_id,
             "topics": self.topics,
             "queue": self.ingest.capacity,
+            "queue_bytes": self.ingest.max_bytes,
             "when_full": self.ingest.when_full,
+            "persistent": self.persistent,
         }
 
     async def close(self) -> None:
         """Stop MQTT (the session stays on the broker), flush the queue briefly, leave."""
         if self._mqtt_task is not None:
             await _cancel(self._mqtt_task)
+            if not self.persistent:
+                await self._end_session()
         if self._started:
             await self._flush(FLUSH_ON_CLOSE)
         for task in self._tasks:
@@ -247,6 +256,18 @@ class Gateway:
                 reason = str(exc) or type(exc).__name__
             await asyncio.sleep(self._disconnected(reason))
 
+    async def _end_session(self) -> None:
+        """Ask the broker to forget this run's session (a clean-session connection)."""
+        import aiomqtt
+
+        client = aiomqtt.Client(
+            **self.broker.client_kwargs(), identifier=self.client_id, clean_session=True, timeout=2
+        )
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
+            async with asyncio.timeout(3):
+                async with client:
+                    pass
+
     async def _connected(self, client: aiomqtt.Client) -> None:
         self.connections += 1
         if self.connections > 1:
@@ -262,6 +283,7 @@ class Gateway:
                 "client_id": self.client_id,
                 "topics": self.topics,
                 "qos": self.subscribe_qos,
+                "persistent": self.persistent,
                 "reconnect": self.connections > 1,
             },
         )
@@ -447,6 +469,9 @@ def command(
     queue: Annotated[
         int, typer.Option("--queue", help="Readings waiting for the tree, at most.")
     ] = 10_000,
+    queue_mib: Annotated[
+        float, typer.Option("--queue-mib", help="Bytes of readings waiting, at most (MiB).")
+    ] = 64.0,
     when_full: Annotated[
         str, typer.Option("--when-full", help="Drop the 'oldest' or 'newest' reading when full.")
     ] = "oldest",
@@ -510,6 +535,7 @@ def command(
             broker=mqtt,
             topics=topic,
             queue=queue,
+            queue_bytes=int(queue_mib * (1 << 20)),
             when_full=when_full,  # type: ignore[arg-type]
             client_id=client_id,
             subscribe_qos=qos,
