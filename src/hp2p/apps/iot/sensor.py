@@ -345,7 +345,7 @@ async def _main(
         TimeElapsedColumn(),
         TextColumn("{task.fields[detail]}"),
     ]
-    with Progress(*columns, disable=quiet, console=Console(stderr=True)) as bar:
+    with Progress(*columns, disable=quiet, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("send", total=plan.total, detail="")
 
         def show(report: SensorReport) -> None:
