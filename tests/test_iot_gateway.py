@@ -19,7 +19,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from hp2p.apps.iot.gateway import Gateway
+from hp2p.apps.iot.gateway import Gateway, GatewayError
 from hp2p.apps.iot.reading import (
     APP_ID,
     MAX_PAYLOAD,
@@ -468,3 +468,34 @@ async def test_only_a_gateway_with_a_stable_id_leaves_its_session_on_the_broker(
         connected = await events.wait("mqtt_connected")
         assert connected["persistent"] is stable_id
     assert await asyncio.to_thread(session_present, broker.port, gw.client_id) is stable_id
+
+
+async def test_a_gateway_refuses_to_publish_into_a_subtree(
+    homs_url: str, broker: Mosquitto
+) -> None:
+    from hp2p.peer.subtree import SubOverlayHomsClient
+    from hp2p.trust.keys import SigningKey
+
+    homs = SubOverlayHomsClient(homs_url, key=SigningKey.generate())
+    try:
+        core = await homs.create_overlay(
+            "iot-core-x", "owner", "admin", heartbeat_interval=1, heartbeat_timeout=3
+        )
+        await homs.create_sub_overlay(
+            "iot-live-x",
+            sub_type="tree",
+            parent_overlay_id=core,
+            source_peer_id="src",
+            owner_id="owner",
+            admin_key="admin",
+            parent_admin_key="admin",
+        )
+    finally:
+        await homs.aclose()
+    node = NodeSettings(homs=homs_url, join="iot-live-x", peer_id="gw-x", join_timeout=15.0)
+    gw = Gateway(node, config=FAST, broker=broker.url, topics=["sensors/#"])
+    with pytest.raises(
+        GatewayError, match="'iot-live-x' is a SubTree: a gateway publishes into a CoreTree"
+    ):
+        await gw.start()
+    assert gw.node.state != "attached"
