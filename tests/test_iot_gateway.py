@@ -499,3 +499,23 @@ async def test_a_gateway_refuses_to_publish_into_a_subtree(
     ):
         await gw.start()
     assert gw.node.state != "attached"
+
+
+class RefusingClient:
+    """An MQTT client whose broker refuses every subscription (SUBACK 0x80), as brokers with
+    ACLs on SUBSCRIBE do (Mosquitto grants and filters at delivery instead)."""
+
+    async def subscribe(self, topic: str, qos: int) -> list[object]:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.reasoncodes import ReasonCode
+
+        return [ReasonCode(PacketTypes.SUBACK, identifier=0x80)]
+
+
+async def test_a_subscription_the_broker_refuses_is_an_error_that_says_why() -> None:
+    node = NodeSettings(homs="http://127.0.0.1:9", create="x", peer_id="gw")
+    gw = Gateway(node, broker="mqtt://127.0.0.1:9", topics=["secret/#"])
+    with pytest.raises(GatewayError, match="refused the subscription to 'secret/#'"):
+        await gw._connected(RefusingClient())  # type: ignore[arg-type]
+    assert not gw.connected
+    await gw.close()

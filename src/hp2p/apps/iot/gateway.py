@@ -137,6 +137,7 @@ class Gateway:
         self._malformed_events = EventBudget(limit=20, interval=status_interval)
         self._ready = asyncio.Event()
         self._mqtt_task: asyncio.Task[None] | None = None
+        self._publish_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -155,9 +156,10 @@ class Gateway:
         self._started = True
         loop = asyncio.get_running_loop()
         self._mqtt_task = loop.create_task(self._mqtt_loop(), name="hp2p-iot-mqtt")
+        self._publish_task = loop.create_task(self._publish_loop(), name="hp2p-iot-publish")
         self._tasks = [
             self._mqtt_task,
-            loop.create_task(self._publish_loop(), name="hp2p-iot-publish"),
+            self._publish_task,
             loop.create_task(self._status_loop(), name="hp2p-iot-status"),
             loop.create_task(self._watch_tree(), name="hp2p-iot-tree"),
         ]
@@ -197,10 +199,12 @@ class Gateway:
 
     async def close(self) -> None:
         """Stop MQTT (the session stays on the broker), flush the queue briefly, leave."""
-        if self._mqtt_task is not None:
+        if self._mqtt_task is not None:  # first: nothing more is acknowledged to the broker
             await _cancel(self._mqtt_task)
             if not self.persistent:
                 await self._end_session()
+        if self._publish_task is not None:  # the flush below publishes what is left
+            await _cancel(self._publish_task)
         if self._started:
             await self._flush(FLUSH_ON_CLOSE)
         for task in self._tasks:
@@ -276,7 +280,12 @@ class Gateway:
         if self.connections > 1:
             self.ingest.counters.reconnects += 1
         for topic in self.topics:
-            await client.subscribe(topic, qos=self.subscribe_qos)
+            granted = await client.subscribe(topic, qos=self.subscribe_qos)
+            if any(_refused(code) for code in granted):
+                raise GatewayError(
+                    f"the MQTT broker {self.broker} refused the subscription to {topic!r} "
+                    "(an ACL?): allow this client to read it, or drop the --topic"
+                )
         self.connected = True
         self.backoff.reset()
         self._emit(
@@ -348,6 +357,9 @@ class Gateway:
 
         try:
             await self.send(encode_reading(reading))
+        except asyncio.CancelledError:  # leaving while the tree stalls: lost, and counted
+            self.ingest.counters.dropped += 1
+            raise
         except MessageTooLargeError:
             self.ingest.count_malformed("too_large_for_tree")
             self._malformed(reading.topic, "too_large_for_tree", len(reading.payload))
@@ -391,7 +403,10 @@ class Gateway:
         if task.cancelled() or self.failed.is_set():
             return
         exc = task.exception()
-        self.failure = f"{task.get_name()} stopped: {exc!r}"
+        if isinstance(exc, GatewayError):
+            self.failure = str(exc)
+        else:
+            self.failure = f"{task.get_name()} stopped: {exc!r}"
         log.error("gateway task %s failed", task.get_name(), exc_info=exc)
         self._emit("error", {"reason": self.failure})
         self.failed.set()
@@ -408,6 +423,12 @@ class Gateway:
             self.on_event(kind, {**fields, "t": fields.get("t", time.time())})
         except Exception:
             log.exception("gateway event callback failed on %s", kind)
+
+
+def _refused(code: object) -> bool:
+    """Whether one SUBACK return code refuses the subscription (0x80 and up)."""
+    value = getattr(code, "value", code)
+    return isinstance(value, int) and value >= 0x80
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
