@@ -65,7 +65,11 @@ class GatewayError(Exception):
 
 def check_filter(topic: str) -> str:
     """``topic`` if it is a valid MQTT subscription filter, else :class:`GatewayError`."""
-    if not topic or len(topic.encode()) > MAX_TOPIC or "\0" in topic:
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise GatewayError(f"topic filter {topic[:40]!r} is not valid UTF-8") from None
+    if not topic or size > MAX_TOPIC or "\0" in topic:
         raise GatewayError(f"topic filter {topic[:40]!r} must be 1..{MAX_TOPIC} bytes, no NUL")
     levels = topic.split("/")
     for i, level in enumerate(levels):

@@ -347,9 +347,12 @@ async def _main(
     ]
     with Progress(*columns, disable=quiet, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("send", total=plan.total, detail="")
+        started = time.monotonic()
 
         def show(report: SensorReport) -> None:
-            detail = f"acked {report.acked} failed {report.failed}"
+            elapsed = time.monotonic() - started
+            rate = report.sent / elapsed if elapsed > 0 else 0.0
+            detail = f"{rate:,.0f} msg/s, acked {report.acked}, failed {report.failed}"
             bar.update(task, completed=report.sent, detail=detail)
 
         return await run_sensors(
