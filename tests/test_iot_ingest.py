@@ -266,3 +266,17 @@ def test_any_topic_filter_is_accepted_or_refused_with_a_reason(topic: str) -> No
     except GatewayError as exc:
         reason = str(exc)
         assert "topic filter" in reason
+
+
+def test_names_that_are_not_utf8_are_refused_with_a_reason() -> None:
+    from hp2p.apps.iot.gateway import Gateway
+    from hp2p.apps.iot.sensor import SensorError, SensorPlan
+    from hp2p.peer.settings import NodeSettings
+
+    with pytest.raises(BrokerError, match="invalid host name"):
+        parse_broker("mqtt://h\udcff:1", environ={})
+    with pytest.raises(SensorError, match="UTF-8"):
+        SensorPlan(prefix="a\udcff")
+    node = NodeSettings(homs="http://127.0.0.1:9", create="x", peer_id="gw\udcff")
+    with pytest.raises(GatewayError, match="not valid UTF-8"):
+        Gateway(node, broker="mqtt://127.0.0.1:9", topics=["a"])

@@ -116,6 +116,10 @@ class Gateway:
         self.subscribe_qos = subscribe_qos
         self.status_interval = status_interval
         self.on_event = on_event
+        if node.peer_id is not None:  # checked before the node opens anything
+            _checked_id(node.peer_id, "the peer-id (--id)")
+        if client_id is not None:
+            _checked_id(client_id, "the MQTT client id")
         try:
             self.node: PeerNode = PeerNode(node, config, on_event=self._tree_event)
         except NodeError as exc:
@@ -427,6 +431,17 @@ class Gateway:
             self.on_event(kind, {**fields, "t": fields.get("t", time.time())})
         except Exception:
             log.exception("gateway event callback failed on %s", kind)
+
+
+def _checked_id(value: str, what: str) -> str:
+    """``value`` if it can name a peer and an MQTT client (1..128 characters of UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GatewayError(f"{what} {value!r} is not valid UTF-8") from None
+    if not 1 <= len(value) <= 128:
+        raise GatewayError(f"{what} must be 1..128 characters")
+    return value
 
 
 def _refused(code: object) -> bool:

@@ -37,6 +37,14 @@ __all__ = ["EPILOG", "SensorPlan", "SensorReport", "command", "parse_size", "run
 WINDOW = 256
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class SensorError(ValueError):
     """Options that do not make a schedule; the message says which and why."""
 
@@ -75,8 +83,8 @@ class SensorPlan:
             raise SensorError("--count must be at least 1")
         if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
             raise SensorError("--duration must be > 0 seconds")
-        if not self.prefix or any(c in self.prefix for c in "+#\0"):
-            raise SensorError("--prefix must be a topic without wildcards, e.g. sensors")
+        if not self.prefix or any(c in self.prefix for c in "+#\0") or not _utf8(self.prefix):
+            raise SensorError("--prefix must be a UTF-8 topic without wildcards, e.g. sensors")
 
     @property
     def total(self) -> int | None:
@@ -237,6 +245,8 @@ async def _send_plan(
                     await asyncio.wait_for(stop.wait(), min(wait, 0.25))
     finally:
         await window.drain(10.0)
+        if window.error is not None and report.error is None:
+            report.error = f"MQTT broker {report.broker}: {window.error}"
         if progress is not None:
             progress(report)
 
