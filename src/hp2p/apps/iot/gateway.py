@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import secrets
@@ -116,16 +117,9 @@ class Gateway:
         self.subscribe_qos = subscribe_qos
         self.status_interval = status_interval
         self.on_event = on_event
-        if node.peer_id is not None:  # checked before the node opens anything
-            _checked_id(node.peer_id, "the peer-id (--id)")
-        if client_id is not None:
-            _checked_id(client_id, "the MQTT client id")
-        try:
-            self.node: PeerNode = PeerNode(node, config, on_event=self._tree_event)
-        except NodeError as exc:
-            raise GatewayError(str(exc)) from None
-        self.peer_id = self.node.peer_id
-        self.client_id = client_id or f"hp2p-gw-{self.peer_id}"
+        # everything is checked before the node, which opens a HOMS client, exists
+        self.peer_id = _checked_id(node.peer_id or f"peer-{secrets.token_hex(4)}", "the peer-id")
+        self.client_id = _checked_id(client_id or f"hp2p-gw-{self.peer_id}", "the MQTT client id")
         #: Whether the MQTT session outlives this run: only with a client id that the next run
         #: uses again (--id or --client-id). Under a random peer-id the session still spans
         #: reconnections, and :meth:`close` ends it, so that it does not queue for nobody.
@@ -134,6 +128,11 @@ class Gateway:
         try:
             self.ingest = IngestQueue(self.peer_id, self.epoch, queue, when_full, queue_bytes)
         except ValueError as exc:
+            raise GatewayError(str(exc)) from None
+        try:
+            settings = dataclasses.replace(node, peer_id=self.peer_id)
+            self.node: PeerNode = PeerNode(settings, config, on_event=self._tree_event)
+        except NodeError as exc:
             raise GatewayError(str(exc)) from None
         self.backoff = Backoff(0.2, max(0.2, reconnect_max), random.Random(secrets.randbits(32)))
         self.connected = False
