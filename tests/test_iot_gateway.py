@@ -519,3 +519,63 @@ async def test_a_subscription_the_broker_refuses_is_an_error_that_says_why() -> 
         await gw._connected(RefusingClient())  # type: ignore[arg-type]
     assert not gw.connected
     await gw.close()
+
+
+async def test_a_cut_in_the_middle_of_a_stream_loses_no_qos1_message(
+    homs_url: str, broker: Mosquitto, publisher: aiomqtt.Client
+) -> None:
+    cutoff = TcpCutoff(broker.port)
+    await cutoff.open()
+    events = Events()
+    gw = gateway(
+        homs_url,
+        f"mqtt://127.0.0.1:{cutoff.port}",
+        events,
+        create="iot-midcut",
+        peer_id="gw-midcut",
+        topics=["sensors/#"],
+        status_interval=0.05,
+    )
+    total = 3000
+    try:
+        async with gw, Peer(homs_url, join="iot-midcut", peer_id="p1", config=FAST) as p1:
+            sub = p1.messages(maxsize=total + 10, gaps=False)
+            await events.wait("mqtt_connected")
+
+            async def stream() -> None:
+                for i in range(total):
+                    await publisher.publish("sensors/s", b"%d" % i, qos=1)
+
+            sending = asyncio.ensure_future(stream())
+            await events.wait("status", lambda f: f["received"] >= total // 3, within=60)
+            await cutoff.cut()
+            await events.wait("mqtt_lost")
+            await sending
+            await cutoff.open()
+            seen: set[int] = set()  # QoS 1 is at least once: a duplicate may come
+            async with asyncio.timeout(60):
+                while len(seen) < total:
+                    (reading,) = await readings(sub, 1)
+                    seen.add(int(reading.payload))
+            status = gw.status()
+            assert status["received"] >= total
+            assert status["published"] == status["received"]
+    finally:
+        await cutoff.cut()
+
+
+async def test_messages_left_in_the_client_at_a_disconnection_are_not_lost() -> None:
+    """paho acknowledged them already: the broker will not send them again."""
+    node = NodeSettings(homs="http://127.0.0.1:9", create="x", peer_id="gw")
+    gw = Gateway(node, broker="mqtt://127.0.0.1:9", topics=["s/#"])
+    client = aiomqtt.Client("127.0.0.1", 9)
+    for i in range(3):
+        client._queue.put_nowait(aiomqtt.Message(f"s/{i}", b"%d" % i, 1, False, i + 1, None))
+    gw._take_left(client)
+    assert [r.payload for r in (gw.ingest.take(), gw.ingest.take(), gw.ingest.take()) if r] == [
+        b"0",
+        b"1",
+        b"2",
+    ]
+    assert gw.status()["received"] == 3
+    await gw.close()

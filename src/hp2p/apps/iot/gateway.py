@@ -268,7 +268,20 @@ class Gateway:
                 reason = "the broker closed the connection"
             except aiomqtt.MqttError as exc:
                 reason = str(exc) or type(exc).__name__
+            finally:
+                self._take_left(client)
             await asyncio.sleep(self._disconnected(reason))
+
+    def _take_left(self, client: aiomqtt.Client) -> None:
+        """Offer the messages a lost connection left in the client's queue.
+
+        paho acknowledges a QoS 1 message (PUBACK) as it queues it, so the broker will not send
+        it again; aiomqtt's iterator stops at the disconnection without emptying its queue.
+        (``_queue`` is aiomqtt 2.5's, the version pinned.)
+        """
+        queue = client._queue
+        while not queue.empty():
+            self._on_message(queue.get_nowait())
 
     async def _end_session(self) -> None:
         """Ask the broker to forget this run's session (a clean-session connection)."""
