@@ -280,3 +280,19 @@ def test_names_that_are_not_utf8_are_refused_with_a_reason() -> None:
     node = NodeSettings(homs="http://127.0.0.1:9", create="x", peer_id="gw\udcff")
     with pytest.raises(GatewayError, match="not valid UTF-8"):
         Gateway(node, broker="mqtt://127.0.0.1:9", topics=["a"])
+
+
+def test_events_for_a_person_are_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    from hp2p.apps.iot.gateway import HumanEvents
+
+    show = HumanEvents()
+    queue = IngestQueue("gw1", 1, capacity=3)
+    queue.offer("t", b"", 0, 1.0)
+    status = {**queue.status(), "mqtt_connected": False, "tree": "attached", "t": 1.0}
+    show("status", status)
+    show("mqtt_lost", {"mqtt": "mqtt://h:1883", "reason": "gone", "retry_in": 0.2, "t": 1.0})
+    assert capsys.readouterr().out.splitlines() == [
+        "hp2p iot gateway: received=1 published=0 dropped=0 malformed=0 reconnects=0 queued=1 "
+        "mqtt=down tree=attached",
+        "hp2p iot gateway: mqtt_lost mqtt=mqtt://h:1883 reason=gone retry_in=0.2",
+    ]

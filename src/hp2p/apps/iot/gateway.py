@@ -596,7 +596,7 @@ def command(
             subscribe_qos=qos,
             reconnect_max=reconnect_max,
             status_interval=status_interval,
-            on_event=print_event if json_events else _HumanEvents(),
+            on_event=print_event if json_events else HumanEvents(),
         )
     except (SettingsError, BrokerError, GatewayError, ValueError) as exc:
         _fail(str(exc), 2)
@@ -632,7 +632,7 @@ async def _serve(gateway: Gateway) -> int:
     return 0
 
 
-class _HumanEvents:
+class HumanEvents:
     """Events for a person: one line each on stdout, status as a one-line summary."""
 
     def __call__(self, kind: str, fields: dict[str, Any]) -> None:
@@ -652,4 +652,5 @@ class _HumanEvents:
         else:
             shown = {k: v for k, v in fields.items() if k != "t"}
             line = f"{kind} " + " ".join(f"{k}={v}" for k, v in shown.items())
-        print(f"hp2p iot gateway: {line}", flush=True)
+        with contextlib.suppress(BrokenPipeError, ValueError):  # the reader has gone
+            print(f"hp2p iot gateway: {line}", flush=True)
