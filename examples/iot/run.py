@@ -195,6 +195,8 @@ async def demo(seconds: float) -> None:
             "--grace", "1", "--core-admin-key", key, "--json-events",
         )  # fmt: skip
         await procs.wait_event("bridge", "joined")
+        for site in ("a", "b"):  # subscribed: readings published from now on are not missed
+            await procs.wait_event(f"gateway-{site}", "mqtt_connected")
         state_api = f"127.0.0.1:{free_port()}"
         history_api = f"127.0.0.1:{free_port()}"
         await procs.start("state-1", "iot", "state", *common, "--join", f"live-{run}",
