@@ -162,7 +162,7 @@ def decode_tx(data: bytes) -> Transaction:
         raise ChainFormatError(f"transaction of {len(data)} bytes exceeds {MAX_TX_BYTES}")
     try:
         tx = _tx_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ChainFormatError(f"not a transaction: {exc}") from None
     check_tx_format(tx)
     return tx
@@ -173,7 +173,7 @@ def decode_block(data: bytes) -> Block:
         raise ChainFormatError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_BYTES}")
     try:
         block = _block_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ChainFormatError(f"not a block: {exc}") from None
     check_header_format(block.header)
     if len(block.txs) > MAX_BLOCK_TXS:
