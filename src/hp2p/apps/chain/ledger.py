@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 
 from hp2p.apps.chain.mempool import Mempool
 from hp2p.apps.chain.model import (
+    MAX_BLOCK_BYTES,
     Block,
     BlockHeader,
     ChainFormatError,
     Transaction,
     address_of,
+    encode_tx,
     merkle_root,
     sign_header,
 )
@@ -44,6 +46,8 @@ MAX_DRIFT = 2.0
 #: Blocks kept whose parent is unknown yet (a sync fills the gap), and equivocation records.
 MAX_ORPHANS = 256
 MAX_EVIDENCE = 1024
+#: Room kept in a block for everything but its transactions (header, signature, framing).
+HEADER_ROOM = 4096
 
 
 class BlockRejectedError(ValueError):
@@ -88,6 +92,9 @@ class Ledger:
     rejected: Counter[str] = field(default_factory=Counter)
     tx_index: dict[str, int] = field(default_factory=dict)  # tx hash → height, best branch
     finalized: list[Block] = field(default_factory=list)
+    #: Largest encoded block :meth:`produce` makes: the node sets the largest message its
+    #: overlay carries (an R2 link's payload limit and send queue), so a block always fits.
+    max_block_bytes: int = MAX_BLOCK_BYTES
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -343,7 +350,7 @@ class Ledger:
         if round_ is None:
             return None
         head = self.head_block
-        txs = self.mempool.select(head.state, self.genesis.max_block_txs)
+        txs = self._fit(self.mempool.select(head.state, self.genesis.max_block_txs))
         state = head.state.child()
         producer = address_of(key.public)
         for tx in txs:
@@ -364,3 +371,16 @@ class Ledger:
         except (BlockRejectedError, ChainFormatError):  # our own rules refuse it: produce nothing
             return None
         return block
+
+    def _fit(self, txs: list[Transaction]) -> list[Transaction]:
+        """The longest prefix of ``txs`` whose block encodes within ``max_block_bytes``.
+
+        ``select`` orders transactions so that every prefix applies, so cutting the tail keeps
+        the block valid; what is cut waits in the mempool for the next block.
+        """
+        budget = self.max_block_bytes - HEADER_ROOM
+        for count, tx in enumerate(txs):
+            budget -= len(encode_tx(tx))
+            if budget < 0:
+                return txs[:count]
+        return txs

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from hp2p.apps.chain.model import MAX_AMOUNT, Transaction, address_of
+from hp2p.apps.chain.model import MAX_AMOUNT, MAX_BLOCK_TXS, Transaction, address_of
 from hp2p.trust.keys import parse_public_key, public_key_text
 
 __all__ = ["AccountState", "Genesis", "GenesisError", "TxRejectedError"]
@@ -53,6 +53,10 @@ class Genesis:
             raise GenesisError("a producer is named twice in the genesis")
         if self.interval <= 0 or self.finality_depth < 1 or self.max_block_txs < 1:
             raise GenesisError("interval must be > 0, finality_depth and max_block_txs >= 1")
+        if self.max_block_txs > MAX_BLOCK_TXS:
+            raise GenesisError(
+                f"max_block_txs may be at most {MAX_BLOCK_TXS} (what a node decodes)"
+            )
         for address, amount in self.balances.items():
             if not (isinstance(amount, int) and 0 <= amount <= MAX_AMOUNT):
                 raise GenesisError(f"balance of {address} must be an integer 0..2**62")
