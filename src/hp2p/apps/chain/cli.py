@@ -41,6 +41,8 @@ Examples:
 
   hp2p chain init --dir mychain --producers 3 --accounts 2 --balance 500 --interval 1
 
+  hp2p chain init --dir mychain --start-in 60     # first block in a minute
+
 Writes DIR/genesis.json (the same file goes to every node), DIR/producer-K.key (one per
 producer, give each to its operator) and DIR/account-K.key (funded accounts), keys 0600.
 Existing key files are kept, so running it again rewrites only the genesis.
@@ -53,9 +55,9 @@ Examples:
   hp2p chain producer --genesis mychain/genesis.json --key mychain/producer-1.key \\
       --create chain --admin-key s3cret --api 127.0.0.1:8601 --db p1.db
 
-  # the others join it
+  # the others join it (--sync: pull from the blocks SubMesh what was made before)
   hp2p chain producer --genesis mychain/genesis.json --key mychain/producer-2.key \\
-      --overlay chain --api 127.0.0.1:8602 --db p2.db
+      --overlay chain --sync blocks --api 127.0.0.1:8602 --db p2.db
 
 Transactions posted to --api are validated and broadcast on the CoreTree; every producer
 validates them again. Blocks are made in turn every `interval` seconds of the genesis.
@@ -89,6 +91,15 @@ def init(
     interval: Annotated[float, typer.Option(help="Seconds between blocks.")] = 2.0,
     finality: Annotated[int, typer.Option(help="Blocks on top that make one final.", min=1)] = 3,
     max_block_txs: Annotated[int, typer.Option(help="Most transactions in a block.")] = 2000,
+    start_in: Annotated[
+        float,
+        typer.Option(
+            "--start-in",
+            help="Seconds from now before the first block may be made (time to start the "
+            "producers and the bridge).",
+            min=0,
+        ),
+    ] = 0.0,
     chain_id: Annotated[
         str | None, typer.Option("--chain-id", help="Chain id (default: chain-<random>).")
     ] = None,
@@ -107,7 +118,7 @@ def init(
             chain_id=chain_id or f"chain-{secrets.token_hex(3)}",
             producers=tuple(k.public for k in producer_keys),
             balances={address_of(k.public): balance for k in account_keys},
-            timestamp=round(time.time(), 3),
+            timestamp=round(time.time() + start_in, 3),
             interval=interval,
             finality_depth=finality,
             max_block_txs=max_block_txs,
@@ -163,6 +174,12 @@ def producer(
         str | None,
         typer.Option("--admin-key", help="Admin key of a created CoreTree (a bridge needs it)."),
     ] = None,
+    sync: Annotated[
+        str | None,
+        typer.Option(
+            "--sync", help="Also join this blocks SubMesh to pull the blocks missed (late start)."
+        ),
+    ] = None,
     db: DbOpt = ":memory:",
     api: ApiOpt = None,
     api_public: PublicOpt = False,
@@ -176,6 +193,7 @@ def producer(
     from hp2p.apps.chain.run import EventPrinter, serve
     from hp2p.apps.chain.service import ChainService
     from hp2p.apps.chain.store import ChainStore
+    from hp2p.peer.mesh_node import MeshNodeError, MeshSettings
     from hp2p.peer.node import NodeError
     from hp2p.peer.settings import NodeSettings, SettingsError
 
@@ -189,8 +207,11 @@ def producer(
             listen=listen,
         )  # fmt: skip
         service = ChainService(chain, ChainStore(db), role="producer")
-        node = ProducerNode(service, signing, settings, on_event=None)
-    except (KeyFileError, SettingsError, NodeError, ValueError) as exc:
+        mesh = None
+        if sync is not None:
+            mesh = MeshSettings(homs=homs, join=sync, peer_id=f"{peer_id or 'producer'}-sync")
+        node = ProducerNode(service, signing, settings, sync=mesh)
+    except (KeyFileError, SettingsError, NodeError, MeshNodeError, ValueError) as exc:
         raise _fail(str(exc)) from None
     emit = EventPrinter(json_events, "hp2p chain producer")
     node.on_event = emit

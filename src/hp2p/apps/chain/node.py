@@ -30,7 +30,7 @@ from hp2p.apps.chain.ledger import Ledger
 from hp2p.apps.chain.model import encode_block, encode_tx
 from hp2p.apps.chain.service import BLOCK_APP_ID, TX_APP_ID, ChainService
 from hp2p.apps.chain.state import TxRejectedError
-from hp2p.peer.mesh_node import MeshNode, MeshSettings
+from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
 from hp2p.peer.node import NodeError, PeerNode
 from hp2p.peer.settings import NodeSettings
 from hp2p.peer.subscription import Delivery
@@ -70,6 +70,7 @@ class _Shell:
         self.service = service
         self.on_event = on_event
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._announced = ""
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -93,9 +94,20 @@ class _Shell:
             with contextlib.suppress(BaseException):
                 await task
 
-    def _announce(self, taken: bool) -> None:
-        if taken:
-            head = self.service.ledger.head_block.block
+    async def _pump_mesh(self, deliveries: Any) -> None:
+        """Blocks from the SubMesh: each object is one block broadcast on the CoreTree."""
+        async for delivery in deliveries:
+            if delivery.app_id == BLOCK_APP_ID:
+                await self.service.block_bytes(delivery.data)
+                self._announce()
+            else:
+                self.service.counters["foreign_objects"] += 1
+
+    def _announce(self) -> None:
+        """A ``head`` event when the head moved since the last one."""
+        head = self.service.ledger.head_block.block
+        if head.hash != self._announced:
+            self._announced = head.hash
             self._emit(
                 "head",
                 {
@@ -116,6 +128,7 @@ class ProducerNode(_Shell):
         key: SigningKey,
         settings: NodeSettings,
         *,
+        sync: MeshSettings | None = None,
         on_event: EventSink | None = None,
     ) -> None:
         super().__init__(service, on_event)
@@ -126,6 +139,9 @@ class ProducerNode(_Shell):
             )
         self.key = key
         self.peer = PeerNode(settings)
+        #: The blocks SubMesh, joined as an ordinary member to pull the blocks this producer
+        #: missed (it started late, or restarted): the CoreTree only pushes what is new.
+        self.mesh = MeshNode(sync) if sync is not None else None
 
     async def start(self) -> None:
         await self.service.start()
@@ -140,10 +156,21 @@ class ProducerNode(_Shell):
         )
         deliveries = self.peer.subscribe()
         self._spawn(self._pump(deliveries), "chain-pump")
+        if self.mesh is not None:
+            objects = self.mesh.subscribe()
+            try:
+                await self.mesh.start()
+            except MeshNodeError:
+                await self.peer.close()
+                await self.service.close()
+                raise
+            self._spawn(self._pump_mesh(objects), "chain-sync")
         self._spawn(self._produce_loop(), "chain-producer")
 
     async def close(self) -> None:
         await self._stop_tasks()
+        if self.mesh is not None:
+            await self.mesh.close()
         await self.peer.close()
         await self.service.close()
 
@@ -163,7 +190,8 @@ class ProducerNode(_Shell):
         if delivery.app_id == TX_APP_ID:
             self.service.tx_bytes(delivery.data)
         elif delivery.app_id == BLOCK_APP_ID:
-            self._announce(await self.service.block_bytes(delivery.data))
+            await self.service.block_bytes(delivery.data)
+            self._announce()
         else:
             self.service.counters["foreign_messages"] += 1
 
@@ -182,7 +210,7 @@ class ProducerNode(_Shell):
                 except NodeError as exc:
                     service.counters["blocks_not_broadcast"] += 1
                     log.warning("block %d not broadcast: %s", block.height, exc)
-                self._announce(True)
+                self._announce()
                 continue
             now = service.clock()
             at = next_slot(service.ledger, self.key, now)
@@ -223,19 +251,12 @@ class FullNode(_Shell):
         except Exception:
             await self.service.close()
             raise
-        self._spawn(self._pump(deliveries), "chain-pump")
+        self._spawn(self._pump_mesh(deliveries), "chain-pump")
 
     async def close(self) -> None:
         await self._stop_tasks()
         await self.mesh.close()
         await self.service.close()
-
-    async def _pump(self, deliveries: Any) -> None:
-        async for delivery in deliveries:
-            if delivery.app_id == BLOCK_APP_ID:
-                self._announce(await self.service.block_bytes(delivery.data))
-            else:
-                self.service.counters["foreign_objects"] += 1
 
     def status(self) -> dict[str, Any]:
         mesh = self.mesh.status()
