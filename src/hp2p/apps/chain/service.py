@@ -83,7 +83,7 @@ class ChainService:
     async def start(self) -> None:
         """Open the store and replay its final blocks through the ledger (validated again)."""
         await self.store.open(self.genesis.hash)
-        self.replayed = await replay(self.store, self.ledger)
+        self.replayed = await replay(self.store, self.ledger, self.clock)
 
     async def close(self) -> None:
         await self.store.close()

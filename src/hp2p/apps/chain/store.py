@@ -167,7 +167,7 @@ class ChainStore:
         return await self._run(query)
 
 
-async def replay(store: ChainStore, ledger: Ledger) -> int:
+async def replay(store: ChainStore, ledger: Ledger, clock: Callable[[], float] = time.time) -> int:
     """Feed every stored block, oldest first, to ``ledger`` (validated again); the top height.
 
     Raises :class:`StoreError` when a stored block is malformed, refused by the rules, or
@@ -181,7 +181,7 @@ async def replay(store: ChainStore, ledger: Ledger) -> int:
         for data in batch:
             try:
                 block = decode_block(data)
-                ledger.receive_block(block, time.time())
+                ledger.receive_block(block, clock())
             except (ChainFormatError, BlockRejectedError) as exc:
                 raise StoreError(
                     f"stored block {height} does not follow the chain ({exc}); the database "
