@@ -9,6 +9,7 @@ events) against a deadline.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -271,6 +272,61 @@ def test_a_restarted_full_node_keeps_its_chain_and_catches_up(net: Net) -> None:
     assert get(again.api, f"/block/{target}")["hash"] == theirs
     # blocks it held before the restart are served from its store, not pulled as news
     assert get(again.api, "/block/1")["final"] is True
+
+
+def chain_cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "hp2p", "chain", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_the_cli_sends_reads_balances_and_watches_heads(net: Net) -> None:
+    recipient = address_of(net.keys["account-1"].public)
+    key = str(net.workdir / "chain" / "account-3.key")
+    api = net.producers[0].api
+    sent = chain_cli(
+        "send", "--api", api, "--key", key, "--to", recipient, "--amount", "7", "--wait"
+    )
+    assert sent.returncode == 0, sent.stderr
+    tx_hash, where = sent.stdout.splitlines()[:2]
+    assert len(tx_hash) == 64
+    assert where.startswith(("in_block at height", "final at height"))
+    node = net.nodes[0].api
+    wait_for("the full node has it", lambda: get(node, f"/tx/{tx_hash}")["status"] != "unknown")
+    shown = chain_cli("balance", "--api", node, recipient, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["balance"] == get(node, f"/account/{recipient}")["balance"]
+    watched = chain_cli("watch", "--api", node, "--count", "2")
+    assert watched.returncode == 0, watched.stderr
+    assert "2 new heads" in watched.stdout
+    refused = chain_cli("send", "--api", api, "--key", key, "--to", "0x12", "--amount", "1")
+    assert refused.returncode == 1
+    assert "refused the transaction (400)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_restarted_producer_replays_its_store_and_pulls_what_it_missed(net: Net) -> None:
+    old = net.producers[1]
+    old.terminate()
+    before = get(net.producers[0].api, "/head")["height"]
+    wait_for(
+        "blocks are made while it is away",
+        lambda: get(net.producers[0].api, "/head")["height"] >= before + 3,
+    )
+    chain_dir = net.workdir / "chain"
+    again = ChainProc(
+        net.workdir, "p2", "producer", "--genesis", str(chain_dir / "genesis.json"),
+        "--homs", net.homs.url, "--key", str(chain_dir / "producer-2.key"),
+        "--overlay", net.core_id, "--sync", net.blocks_id,
+    )  # fmt: skip
+    net.producers[1] = again
+    assert again.ready["replayed"] >= 1
+    target = get(net.producers[0].api, "/head")["height"]
+    wait_for("it catches up", lambda: get(again.api, "/head")["height"] >= target)
+    theirs = get(net.producers[0].api, f"/block/{target}")["hash"]
+    wait_for(
+        "it agrees with the others",
+        lambda: get(again.api, f"/block/{target}")["hash"] == theirs,
+    )
 
 
 def test_the_next_producer_takes_the_slots_of_a_killed_one(net: Net) -> None:
