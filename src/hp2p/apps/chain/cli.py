@@ -209,7 +209,8 @@ def producer(
         service = ChainService(chain, ChainStore(db), role="producer")
         mesh = None
         if sync is not None:
-            mesh = MeshSettings(homs=homs, join=sync, peer_id=f"{peer_id or 'producer'}-sync")
+            mesh_id = f"{peer_id}-sync" if peer_id else None  # None: a random one
+            mesh = MeshSettings(homs=homs, join=sync, peer_id=mesh_id)
         node = ProducerNode(service, signing, settings, sync=mesh)
     except (KeyFileError, SettingsError, NodeError, MeshNodeError, ValueError) as exc:
         raise _fail(str(exc)) from None

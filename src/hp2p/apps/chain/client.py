@@ -156,7 +156,7 @@ def watch(
                 head["hash"][:16],
                 str(head["tx_count"]),
                 str(head["final_height"]),
-                head["producer"][:12],
+                head["producer_address"][:12],
             )
         return out
 
