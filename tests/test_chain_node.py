@@ -121,6 +121,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     genesis = Genesis.load(chain_dir / "genesis.json")
     keys = {p.stem: SigningKey.load(p) for p in chain_dir.glob("*.key")}
     started: list[EventProc] = []
+    net: Net | None = None
     with start_homs(workdir) as homs:
         try:
             # the CoreTree and the bridge first, so that the SubMesh holds every block
@@ -155,7 +156,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
                 started.append(net.nodes[-1])
             yield net
         finally:
-            for proc in started:
+            # the tests replace restarted processes in ``net``: stop those as well
+            later = [*net.producers, *net.nodes] if net is not None else []
+            for proc in {id(p): p for p in [*started, *later]}.values():
                 proc.terminate()
 
 
