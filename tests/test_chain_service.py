@@ -30,6 +30,7 @@ from hp2p.apps.chain.service import ChainService
 from hp2p.apps.chain.state import Genesis, GenesisError
 from hp2p.apps.chain.store import ChainStore, StoreError
 from hp2p.apps.chain.views import tx_from_json, tx_json
+from hp2p.trust.keys import SigningKey
 from test_chain_ledger import ALICE, BOB, CAROL, PRODUCERS, T0, genesis, run_slots, transfer
 
 
@@ -242,3 +243,42 @@ def test_a_produced_block_fits_the_overlay_message_limit() -> None:
 def test_a_genesis_cannot_allow_blocks_nodes_cannot_decode() -> None:
     with pytest.raises(GenesisError, match="max_block_txs may be at most"):
         genesis(max_block_txs=10_000)
+
+
+def test_every_chain_command_has_help_with_examples() -> None:
+    from typer.testing import CliRunner
+
+    from hp2p.cli import build_app
+
+    runner = CliRunner()
+    app = build_app()
+    top = runner.invoke(app, ["chain", "--help"])
+    assert top.exit_code == 0
+    for name in ("init", "producer", "node", "send", "balance", "watch"):
+        assert name in top.output
+        shown = runner.invoke(app, ["chain", name, "--help"])
+        assert shown.exit_code == 0, shown.output
+        assert "Examples" in shown.output, name
+
+
+def test_init_writes_a_genesis_and_private_keys(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hp2p.cli import build_app
+
+    args = ["chain", "init", "--dir", str(tmp_path), "--producers", "2", "--accounts", "3"]
+    args += ["--balance", "70", "--chain-id", "unit", "--start-in", "60"]
+    made = CliRunner().invoke(build_app(), args)
+    assert made.exit_code == 0, made.output
+    loaded = Genesis.load(tmp_path / "genesis.json")
+    assert loaded.chain_id == "unit"
+    assert len(loaded.producers) == 2
+    assert sorted(loaded.balances.values()) == [70, 70, 70]
+    assert loaded.timestamp > T0 - 1e9  # unix time, 60 s ahead
+    for key in tmp_path.glob("*.key"):
+        assert key.stat().st_mode & 0o077 == 0
+        assert address_of(SigningKey.load(key).public) in made.output
+    # run again: the keys stay, the genesis is rewritten
+    again = CliRunner().invoke(build_app(), args)
+    assert again.exit_code == 0
+    assert Genesis.load(tmp_path / "genesis.json").producers == loaded.producers
