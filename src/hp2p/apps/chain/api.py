@@ -135,6 +135,27 @@ def build_app(
     return app
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket whose accepted connections get ``TCP_NODELAY``.
+
+    asyncio turns Nagle's algorithm off only on sockets whose ``proto`` is ``IPPROTO_TCP``;
+    ``socket.create_server`` makes them with proto 0, and then every answer on a keep-alive
+    connection (headers and body written apart) waits ~40 ms for the client's delayed ACK.
+    """
+    family, kind, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )[0]
+    sock = socket.socket(family, kind, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class ChainApi:
     """Serves :func:`build_app` with uvicorn in the node's event loop, behind the guard."""
 
@@ -163,7 +184,7 @@ class ChainApi:
                 yield
 
         try:
-            sock = socket.create_server((self.host, self.port), reuse_port=False)
+            sock = listening_socket(self.host, self.port)
         except OSError as exc:
             raise ApiError(
                 f"cannot serve the chain API on {self.host}:{self.port}: "
