@@ -250,6 +250,29 @@ def test_the_heavier_branch_wins_and_finality_prunes_the_other() -> None:
     assert alt.hash not in a.blocks
 
 
+def test_a_branch_switch_puts_the_losing_branch_transactions_back_in_the_mempool() -> None:
+    a = Ledger(genesis())
+    tx = transfer(ALICE, CAROL, 7, 0)
+    # producer 2 takes the slot of producer 1 (round 1) with the transaction in it …
+    late = Ledger(genesis())
+    late.receive_tx(tx)
+    alt = late.produce(PRODUCERS[1], T0 + 2.0)
+    assert alt is not None
+    assert alt.txs == [tx]
+    a.receive_block(alt, T0 + 2.0)
+    assert a.tx_status(tx.hash) == ("in_block", 1)
+    # … and loses against the scheduled producer's empty block: the payment waits again
+    main = Ledger(genesis()).produce(PRODUCERS[0], T0 + 2.0)
+    assert main is not None
+    a.receive_block(main, T0 + 2.0)
+    assert a.head == main.hash
+    assert a.tx_status(tx.hash) == ("pending", None)
+    assert not a.mempool.rejected
+    nxt = a.produce(PRODUCERS[1], T0 + 3.0)
+    assert nxt is not None
+    assert nxt.txs == [tx]
+
+
 def test_the_mempool_is_bounded_and_a_full_pool_wants_a_higher_fee() -> None:
     a = Ledger(genesis())
     a.mempool.max_txs = 2

@@ -21,6 +21,7 @@ its state is flattened and every branch that does not contain it is pruned.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
@@ -274,11 +275,13 @@ class Ledger:
             branch.append(cursor)
             cursor = self.blocks.get(cursor.block.header.parent)
         fork_height = cursor.height if cursor is not None else 0
-        for height in [h for h in self.by_height if h > fork_height]:
+        abandoned: list[Transaction] = []
+        for height in sorted(h for h in self.by_height if h > fork_height):
             old = self.blocks.get(self.by_height.pop(height))
             if old is not None:
                 for tx in old.block.txs:
                     self.tx_index.pop(tx.hash, None)
+                    abandoned.append(tx)
         for item in reversed(branch):
             self.by_height[item.height] = item.block.hash
             for tx in item.block.txs:
@@ -286,7 +289,16 @@ class Ledger:
                 self.mempool.remove(tx)
         self.head = digest
         self.mempool.prune(stored.state)
+        self._readmit(abandoned, stored.state)
         self._finalize()
+
+    def _readmit(self, txs: list[Transaction], state: AccountState) -> None:
+        """Put the transactions of a branch that lost back in the mempool, when they still
+        apply: a switch of branch must not drop a payment the new branch does not hold."""
+        for tx in txs:
+            if tx.hash not in self.tx_index:
+                with contextlib.suppress(TxRejectedError):
+                    self.mempool.readmit(tx, state)
 
     def _finalize(self) -> None:
         """Mark the blocks ``finality_depth`` below the head final and drop what they exclude.

@@ -74,6 +74,11 @@ class Mempool:
         self.by_sender[origin] = queue
         self.by_hash[tx.hash] = tx
 
+    def readmit(self, tx: Transaction, state: AccountState) -> None:
+        """Admit a transaction that was in a block of a branch that lost (its signature was
+        checked then); a refusal raises :class:`TxRejectedError` but is not counted."""
+        self._admit(tx, state)
+
     def remove(self, tx: Transaction) -> None:
         if self.by_hash.pop(tx.hash, None) is None:
             return
