@@ -282,3 +282,38 @@ def test_init_writes_a_genesis_and_private_keys(tmp_path: Path) -> None:
     again = CliRunner().invoke(build_app(), args)
     assert again.exit_code == 0
     assert Genesis.load(tmp_path / "genesis.json").producers == loaded.producers
+
+
+async def test_a_restarted_producer_never_signs_a_height_twice(tmp_path: Path) -> None:
+    clock = Clock(T0 + 1.0)
+    svc = await service(tmp_path / "p.db", clock)
+    first = await svc.produce(PRODUCERS[0])
+    assert first is not None
+    assert first.height == 1
+    await svc.close()  # it crashed before block 1 was final: the store holds no block
+    again = await service(tmp_path / "p.db", clock)
+    assert again.ledger.height == 0
+    assert again.signed == 1
+    clock.now = T0 + 5.0  # its turn again, on the same parent
+    assert await again.produce(PRODUCERS[0]) is None
+    assert again.ledger.receive_block(first, clock.now)  # the chain moves on …
+    clock.now = T0 + 9.0
+    later = await again.produce(PRODUCERS[0])  # … and it signs the next heights again
+    assert later is not None
+    assert later.height == 2
+    await again.close()
+
+
+@given(st.binary(max_size=2000), st.sampled_from(["application/json", "application/msgpack", ""]))
+def test_posted_bodies_never_raise_anything_but_format_errors(body: bytes, kind: str) -> None:
+    from hp2p.apps.chain.views import tx_from_body
+
+    with contextlib.suppress(ChainFormatError):
+        tx_from_body(body, kind)
+
+
+def test_deeply_nested_json_is_a_format_error() -> None:
+    from hp2p.apps.chain.views import tx_from_body
+
+    with pytest.raises(ChainFormatError):
+        tx_from_body(b"[" * 3000, "application/json")

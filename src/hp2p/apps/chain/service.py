@@ -79,11 +79,15 @@ class ChainService:
         self.listeners: list[HeadListener] = []
         self.head_changed = asyncio.Event()
         self.replayed = 0
+        #: The highest height this node ever signed (kept in the store): a producer restarted
+        #: before its last block became final must not sign a second block at that height.
+        self.signed = 0
 
     async def start(self) -> None:
         """Open the store and replay its final blocks through the ledger (validated again)."""
         await self.store.open(self.genesis.hash)
         self.replayed = await replay(self.store, self.ledger, self.clock)
+        self.signed = await self.store.signed()
 
     async def close(self) -> None:
         await self.store.close()
@@ -131,8 +135,12 @@ class ChainService:
     async def produce(self, key: SigningKey) -> Block | None:
         """A block if ``key``'s turn has come (stored and announced), else None."""
         head = self.ledger.head
+        if self.ledger.height + 1 <= self.signed:
+            return None  # signed at this height before a restart: never twice
         block = self.ledger.produce(key, self.clock())
         if block is not None:
+            self.signed = block.height
+            await self.store.set_signed(block.height)  # before anyone can see the block
             self.counters["blocks_produced"] += 1
             await self._after(head)
         return block

@@ -111,6 +111,25 @@ class ChainStore:
             db.executemany("INSERT OR IGNORE INTO blocks VALUES (?, ?, ?)", rows)
             db.executemany("INSERT OR IGNORE INTO txs VALUES (?, ?)", txs)
 
+    async def set_signed(self, height: int) -> None:
+        """Record that this node's producer key signed a block at ``height`` (durably)."""
+
+        def write() -> None:
+            db = self._conn()
+            with db:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('signed', ?)", (str(height),))
+
+        await self._run(write)
+
+    async def signed(self) -> int:
+        """The highest height this node's producer signed a block at (0: none)."""
+
+        def query() -> int:
+            row = self._conn().execute("SELECT value FROM meta WHERE key = 'signed'").fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(query)
+
     # === reading =================================================================================
     async def top(self) -> int:
         """The highest stored height (0: none)."""

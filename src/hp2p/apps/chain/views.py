@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from hp2p.apps.chain.model import (
     MAX_TX_BYTES,
     Block,
@@ -71,11 +73,9 @@ def tx_from_json(doc: Any) -> Transaction:
 def tx_from_body(body: bytes, content_type: str) -> Transaction:
     """A posted transaction: msgpack bytes, or JSON when the content type says so."""
     if "json" in content_type:
-        import json
-
         try:
-            doc = json.loads(body)
-        except ValueError as exc:
+            doc = msgspec.json.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ChainFormatError(f"the body is not JSON: {exc}") from None
         return tx_from_json(doc)
     return decode_tx(body)
