@@ -4,7 +4,8 @@
 ``POST /tx``                   a signed transaction: msgpack body, or JSON (``Content-Type:
                                application/json``) with hex bytes; → ``{"hash"}``. 400 for
                                malformed bytes, 422 with ``reason`` for a refused transaction,
-                               409 on a full node (it has no CoreTree link: submit to a producer)
+                               409 on a full node (it has no CoreTree link: submit to a
+                               producer), 503 when the producer is not attached to the tree
 ``GET  /tx/{hash}``            ``pending`` / ``in_block`` / ``final`` / ``unknown``, with height
 ``GET  /account/{address}``    balance and next nonce at the head
 ``GET  /block/{height|hash}``  a block with its transactions (404 when there is none)
@@ -33,7 +34,7 @@ from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconn
 from fastapi.responses import JSONResponse
 
 from hp2p.apps.chain.model import MAX_TX_BYTES, ChainFormatError, Transaction
-from hp2p.apps.chain.service import ChainService
+from hp2p.apps.chain.service import ChainService, NotBroadcastError
 from hp2p.apps.chain.state import TxRejectedError
 from hp2p.apps.chain.views import tx_from_body
 from hp2p.peer.api_guard import ApiGuard
@@ -83,6 +84,8 @@ def build_app(
             raise HTTPException(409, {"reason": "not_producer", "detail": str(exc)}) from None
         except TxRejectedError as exc:
             raise HTTPException(422, {"reason": exc.reason, "detail": str(exc)}) from None
+        except NotBroadcastError as exc:
+            raise HTTPException(503, {"reason": "not_broadcast", "detail": str(exc)}) from None
         return JSONResponse({"hash": tx.hash, "status": "pending"}, status_code=202)
 
     @app.get("/tx/{tx_hash}")

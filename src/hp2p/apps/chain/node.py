@@ -28,8 +28,7 @@ from typing import Any
 
 from hp2p.apps.chain.ledger import Ledger
 from hp2p.apps.chain.model import encode_block, encode_tx
-from hp2p.apps.chain.service import BLOCK_APP_ID, TX_APP_ID, ChainService
-from hp2p.apps.chain.state import TxRejectedError
+from hp2p.apps.chain.service import BLOCK_APP_ID, TX_APP_ID, ChainService, NotBroadcastError
 from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
 from hp2p.peer.node import NodeError, PeerNode
 from hp2p.peer.settings import NodeSettings
@@ -180,7 +179,7 @@ class ProducerNode(_Shell):
         try:
             self.peer.publish(encode_tx(tx), app_id=TX_APP_ID, payload_type="application/msgpack")
         except NodeError as exc:
-            raise TxRejectedError("not_broadcast", f"the CoreTree refused it: {exc}") from None
+            raise NotBroadcastError(f"the CoreTree did not take it ({exc}); retry") from None
 
     async def _pump(self, deliveries: Any) -> None:
         async for delivery in deliveries:

@@ -24,7 +24,13 @@ from hp2p.apps.chain.store import ChainStore, replay
 from hp2p.apps.chain.views import block_json, head_json
 from hp2p.trust.keys import SigningKey
 
-__all__ = ["BLOCK_APP_ID", "TX_APP_ID", "ChainService", "HeadListener"]
+__all__ = [
+    "BLOCK_APP_ID",
+    "TX_APP_ID",
+    "ChainService",
+    "HeadListener",
+    "NotBroadcastError",
+]
 
 #: The app-ids of the two kinds of CoreTree broadcast (the bridge selects the blocks).
 TX_APP_ID = "hp2p-chain-tx"
@@ -35,6 +41,10 @@ HEAD_QUEUE = 64
 MAX_LISTENERS = 64
 
 _ADDRESS = re.compile(r"0x[0-9a-f]{40}")
+
+
+class NotBroadcastError(Exception):
+    """A valid transaction the overlay could not take now (the peer is not attached)."""
 
 
 class HeadListener:
