@@ -68,7 +68,12 @@ def build_app(
     service: ChainService, submit: Submit, node_status: Callable[[], dict[str, Any]]
 ) -> FastAPI:
     app = FastAPI(title="hp2p chain node API", summary="Transactions, accounts, blocks, heads")
+    _transaction_routes(app, service, submit)
+    _chain_routes(app, service, node_status)
+    return app
 
+
+def _transaction_routes(app: FastAPI, service: ChainService, submit: Submit) -> None:
     @app.post("/tx")
     async def post_tx(request: Request) -> JSONResponse:
         """Submit a signed transaction (msgpack body, or JSON with hex bytes)."""
@@ -93,6 +98,10 @@ def build_app(
         """Where a transaction is: pending, in_block, final (with its height) or unknown."""
         return await service.tx_status(tx_hash.lower()[:64])
 
+
+def _chain_routes(
+    app: FastAPI, service: ChainService, node_status: Callable[[], dict[str, Any]]
+) -> None:
     @app.get("/account/{address}")
     async def get_account(address: str) -> dict[str, Any]:
         try:
@@ -134,8 +143,6 @@ def build_app(
             pass
         finally:
             listener.close()
-
-    return app
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
