@@ -25,7 +25,6 @@ No ``from __future__ import annotations`` here: FastAPI reads the route annotati
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from hp2p.apps.chain.state import TxRejectedError
 from hp2p.apps.chain.views import tx_from_body
 from hp2p.peer.api_guard import ApiGuard
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
+from hp2p.transport.listen import listening_socket
 
 log = logging.getLogger("hp2p.apps.chain.api")
 
@@ -143,27 +143,6 @@ def _chain_routes(
             pass
         finally:
             listener.close()
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket whose accepted connections get ``TCP_NODELAY``.
-
-    asyncio turns Nagle's algorithm off only on sockets whose ``proto`` is ``IPPROTO_TCP``;
-    ``socket.create_server`` makes them with proto 0, and then every answer on a keep-alive
-    connection (headers and body written apart) waits ~40 ms for the client's delayed ACK.
-    """
-    family, kind, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-    )[0]
-    sock = socket.socket(family, kind, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class ChainApi:

@@ -21,6 +21,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from hp2p.apps.iot.history import HistoryError
 from hp2p.apps.iot.history_member import HistoryMember, QueryError
 from hp2p.peer.settings import is_loopback_host, split_host_port
+from hp2p.transport.listen import listening_socket
 
 __all__ = ["HistoryApi", "build_app"]
 
@@ -86,7 +87,7 @@ class HistoryApi:
                     ready.set()
 
         try:
-            sock = socket.create_server((self.host, self.port))
+            sock = listening_socket(self.host, self.port)
         except OSError as exc:
             raise HistoryError(
                 f"cannot serve the history API on {self.host}:{self.port}: "

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from hp2p.apps.iot.state import reading_json
 from hp2p.apps.iot.state_feed import StateFeed
 from hp2p.peer.api_guard import SUBPROTOCOL_SCOPE_KEY, ApiGuard, QuietDenials, Scope, new_token
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
+from hp2p.transport.listen import listening_socket
 
 __all__ = ["StateApi", "StateApiError", "build_state_app", "sse_event"]
 
@@ -196,7 +196,7 @@ class StateApi:
     async def start(self) -> str:
         """Listen and return the base URL; :class:`StateApiError` if the port cannot be used."""
         try:
-            sock = socket.create_server((self.host, self.port))
+            sock = listening_socket(self.host, self.port)
         except OSError as exc:
             raise StateApiError(
                 f"cannot serve the state API on {self.host}:{self.port}: "
