@@ -83,6 +83,24 @@ def test_usage_errors_exit_2() -> None:
     assert "max_children: expected an integer" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("peer_id", "words"),
+    [
+        ("\udcff", "a peer-id must be UTF-8 text"),  # the byte 0xff on the command line
+        ("a\x07b", "a peer-id may not contain control characters"),
+        ("", "a peer-id must be 1 to 256 characters, got 0"),
+        ("x" * 257, "a peer-id must be 1 to 256 characters, got 257"),
+    ],
+)
+def test_an_invalid_peer_id_is_one_settings_line_and_status_2(peer_id: str, words: str) -> None:
+    done = _run("--homs", "http://127.0.0.1:1", "--join", "chat", "--id", peer_id)
+    assert done.returncode == 2
+    assert done.stderr.startswith("hp2p peer: peer_id (--id): ")
+    assert words in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
 def test_joined_line_api_and_clean_leave_on_sigterm(homs: HomsProcess, tmp_path: Path) -> None:
     """The human line names ids, ticket and addresses; the local API works; SIGTERM leaves."""
     args = [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--create", "cli"]

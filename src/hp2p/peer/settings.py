@@ -177,7 +177,11 @@ class NodeSettings:
         ),
     )
     peer_id: str | None = field(
-        default=None, metadata=_doc("Peer-id (default: peer-<8 random hex digits>).")
+        default=None,
+        metadata=_doc(
+            "Peer-id: 1 to 256 characters of UTF-8 text, no control characters (default: "
+            "peer-<8 random hex digits>)."
+        ),
     )
     description: str = field(
         default="", metadata=_doc("Overlay description for --create.", only="create")
@@ -264,6 +268,12 @@ class NodeSettings:
 
     def __post_init__(self) -> None:
         check_homs_url(self.homs)
+        if self.peer_id is not None:
+            from hp2p.wire.homp import peer_id_problem  # the HOMS's own rule, same words
+
+            problem = peer_id_problem(self.peer_id)
+            if problem is not None:
+                raise SettingsError(f"peer_id (--id): {problem}")
         if self.security not in ("credentials", "reference-compat"):
             raise SettingsError(
                 f"security must be credentials or reference-compat, not {self.security!r}"
