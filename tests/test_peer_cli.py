@@ -101,6 +101,36 @@ def test_an_invalid_peer_id_is_one_settings_line_and_status_2(peer_id: str, word
     assert "Traceback" not in done.stderr
 
 
+def test_listen_and_api_name_the_address_a_port_in_use_or_a_foreign_address(
+    homs: HomsProcess,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        busy = _run("--homs", homs.url, "--create", "busy", "--listen", f"127.0.0.1:{port}")
+        api = _run("--homs", homs.url, "--create", "busy-api", "--api", f"127.0.0.1:{port}")
+    assert busy.returncode == 1
+    assert busy.stderr.strip() == (
+        f"hp2p peer: R2: cannot listen on 127.0.0.1:{port}: port {port} is already in use on "
+        "127.0.0.1 (another process listens there); choose another port for --listen"
+    )
+    assert api.returncode == 1
+    assert (
+        f"hp2p peer: local API: cannot listen on 127.0.0.1:{port}: port {port} is already in use"
+        in (api.stderr)
+    )
+    assert "choose another port for --api" in api.stderr
+    for option, label in (("--listen", "R2"), ("--api", "local API")):
+        foreign = _run(
+            "--homs", homs.url, "--create", "far", option, "203.0.113.9:7000", "--api-public"
+        )
+        assert foreign.returncode == 1
+        assert foreign.stderr.strip() == (
+            f"hp2p peer: {label}: cannot listen on 203.0.113.9:7000: 203.0.113.9 is not an "
+            f"address of this machine; give {option} an address of one of its interfaces "
+            "(e.g. 127.0.0.1, or 0.0.0.0 for all)"
+        )
+
+
 def test_joined_line_api_and_clean_leave_on_sigterm(homs: HomsProcess, tmp_path: Path) -> None:
     """The human line names ids, ticket and addresses; the local API works; SIGTERM leaves."""
     args = [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--create", "cli"]

@@ -53,6 +53,7 @@ from hp2p.peer.api_guard import (
 from hp2p.peer.node import MessageTooLargeError, NodeError, PeerNode
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
 from hp2p.peer.subscription import Gap
+from hp2p.transport.bind_errors import bind_error_message
 
 log = logging.getLogger("hp2p.peer.local_api")
 _uvicorn_log = logging.getLogger("uvicorn.error")
@@ -297,10 +298,8 @@ class LocalApi:
         try:
             sock = socket.create_server((self.host, self.port), reuse_port=False)
         except OSError as exc:
-            raise NodeError(
-                f"cannot serve the local API on {self.host}:{self.port}: "
-                f"{exc.strerror or exc} (is the port in use? try another --api port)"
-            ) from None
+            hint = bind_error_message(exc, self.host, self.port, "--api")
+            raise NodeError(f"local API: {hint}") from None
         self.port = sock.getsockname()[1]
         try:
             self.token_file = self._write_token()
