@@ -101,6 +101,16 @@ def check_homs_url(url: str) -> None:
     del port
 
 
+def check_peer_id(peer_id: str | None) -> None:
+    """Refuse a peer-id the HOMS would refuse, with the HOMS's own rule and words."""
+    if peer_id is not None:
+        from hp2p.wire.homp import peer_id_problem
+
+        problem = peer_id_problem(peer_id)
+        if problem is not None:
+            raise SettingsError(f"peer_id (--id): {problem}")
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     """The ``node`` section: the shell of every peer (tree or SubMesh)."""
@@ -268,12 +278,7 @@ class NodeSettings:
 
     def __post_init__(self) -> None:
         check_homs_url(self.homs)
-        if self.peer_id is not None:
-            from hp2p.wire.homp import peer_id_problem  # the HOMS's own rule, same words
-
-            problem = peer_id_problem(self.peer_id)
-            if problem is not None:
-                raise SettingsError(f"peer_id (--id): {problem}")
+        check_peer_id(self.peer_id)
         if self.security not in ("credentials", "reference-compat"):
             raise SettingsError(
                 f"security must be credentials or reference-compat, not {self.security!r}"
