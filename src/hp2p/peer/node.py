@@ -60,6 +60,7 @@ from hp2p.peer.homs_client import (
 )
 from hp2p.peer.settings import NodeSettings
 from hp2p.peer.shell import CoreShell, LinkStats
+from hp2p.peer.stdio import payload_fields
 from hp2p.peer.subscription import Delivery as Delivery
 from hp2p.peer.subscription import Subscription as Subscription
 from hp2p.peer.subtree import NotSourceError, subtree_source
@@ -128,6 +129,8 @@ class PeerNode(CoreShell[PeerCore]):
         self.config = config or PeerConfig()
         self.peer_id = settings.peer_id or _random_peer_id()
         self.on_event = on_event
+        #: ``deliver`` events carry the payload (``hp2p peer --events-payload``)
+        self.event_payload = False
         self.stats = NodeStats()
         self.homs = homs_client or HomsClient(
             settings.homs,
@@ -502,6 +505,9 @@ class PeerNode(CoreShell[PeerCore]):
             }
             if effect.recovered:
                 fields["recovered"] = True
+            if self.event_payload:
+                fields |= {"app_id": effect.app_id, "payload_type": effect.payload_type}
+                fields |= payload_fields(effect.data)
             self._emit("deliver", fields)
 
     def _joined(self, effect: Joined) -> None:
