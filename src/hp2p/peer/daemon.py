@@ -19,7 +19,8 @@ Two ways for other programs to follow the peer without guessing or sleeping:
 
 * ``--json-events``: one JSON object per line on stdout. Tree peers: ``joined``, ``deliver``,
   ``published``, ``path``, ``attached``, ``detached``, ``join_failed``, ``gap``,
-  ``peer_lost``, ``scan``, ``status``, ``error``, ``left``; SubMesh peers: ``joined`` (with
+  ``peer_lost``, ``source_unreachable``, ``waiting_for_source``, ``source_back`` (SubTree
+  members), ``scan``, ``status``, ``error``, ``left``; SubMesh peers: ``joined`` (with
   ``"mesh": true``), ``delivered`` (with the SHA-256 of the object), ``object``,
   ``published``, ``became_source``, ``status``, ``error``, ``left``; docs/peer.md and
   docs/sub-overlays.md describe each;
