@@ -116,3 +116,30 @@ def test_bench_homs_writes_a_complete_result_file(tmp_path: Path) -> None:
     assert metrics["joins_per_s"] == best
     assert doc["params"]["clients"] == [1, 2, 4, 8]
     assert metrics["attach_all_s"] is None  # --cold-peers 0 skips the cold start
+
+
+def test_the_documented_homs_args_example_runs(tmp_path: Path) -> None:
+    """The --homs-args example of `hp2p bench homs --help` is a real run, not an error."""
+    import os
+    import re
+    import shlex
+
+    env = {**os.environ, "COLUMNS": "200"}
+    bench = [sys.executable, "-m", "hp2p", "bench", "homs"]
+    shown = subprocess.run(
+        [*bench, "--help"], capture_output=True, text=True, timeout=60, env=env
+    ).stdout
+    example = re.search(r"--homs-args '([^']+)'", shown)
+    assert example is not None, shown
+    out = tmp_path / "homs.json"
+    small = ["--joins", "10", "--cold-peers", "0", "--database", "none"]
+    proc = subprocess.run(
+        [*bench, "--quick", "--json", str(out), "--homs-args", example.group(1), *small],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert json.loads(out.read_text())["params"]["homs_args"] == shlex.split(example.group(1))

@@ -199,3 +199,35 @@ def test_a_standby_bridge_takes_over_and_the_submesh_catches_up(
         for b in bridges:
             b.stop()
     assert all(code == 0 for code in codes.values()), codes
+
+
+def test_the_running_line_names_the_bridge_core_and_each_target(
+    tmp_path: Path, homs: HomsProcess
+) -> None:
+    """Without --json-events the bridge prints one readable line, not a Python dict."""
+    import subprocess
+    import sys
+
+    from peer_procs import CORE_ADMIN_KEY, readline, stop_process
+
+    procs = Procs()
+    args = [sys.executable, "-m", "hp2p", "bridge", "--homs", homs.url, "--id", "b1"]
+    args += ["--core-admin-key", CORE_ADMIN_KEY, "--subtree", "live:iot", "--submesh", "blocks"]
+    bridge: subprocess.Popen[str] | None = None
+    try:
+        (root,) = procs.start_tree(tmp_path, homs.url, ["c00"], "chain")
+        bridge = subprocess.Popen(
+            [*args, "--core", "chain"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        line = readline(bridge, 90).rstrip("\n")
+        assert line.startswith(f"hp2p bridge: running b1 (active) on CoreTree {root.overlay_id}; ")
+        live, blocks = line.split("; ")[1:]
+        assert live.startswith("SubTree 'live' ")
+        assert live.endswith(" (source b1-live, app-ids iot)")
+        assert blocks.startswith("SubMesh 'blocks' ")
+        assert blocks.endswith(" (source b1-blocks, every message)")
+        assert "{" not in line
+    finally:
+        code = stop_process(bridge) if bridge is not None else 0
+        procs.stop_all()
+    assert code == 0

@@ -129,6 +129,39 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     assert "cannot open or migrate the database" in proc.stderr
 
 
+def _homs_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hp2p", "homs", "--database", f"sqlite:///{tmp_path}/h.db", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_a_port_in_use_and_an_address_not_of_this_machine_are_told_apart(
+    tmp_path: Path,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        busy = _homs_run(tmp_path, "--port", str(port))
+        busy_ws = _homs_run(tmp_path, "--port", "0", "--ws-port", str(port))
+    assert busy.returncode == 1
+    assert f"hp2p homs: cannot listen on 127.0.0.1:{port}: port {port} is already in use" in (
+        busy.stderr
+    )
+    assert "choose another port for --port" in busy.stderr
+    assert "choose another port for --ws-port" in busy_ws.stderr
+    foreign = _homs_run(tmp_path, "--host", "203.0.113.9", "--port", "7000")  # TEST-NET-3
+    assert foreign.returncode == 1
+    assert (
+        "hp2p homs: cannot listen on 203.0.113.9:7000: 203.0.113.9 is not an address of this "
+        "machine; give --host an address" in foreign.stderr
+    )
+    assert "in use" not in foreign.stderr
+
+
 async def _signalling_spans_instances(
     first: HomsProcess, second: HomsProcess, a: httpx.AsyncClient
 ) -> None:

@@ -106,7 +106,8 @@ async def test_listen_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
                 NodeSettings(homs="http://homs", create="x", listen=f"127.0.0.1:{port}"),
                 homs_client=client_for(app),
             )
-            with pytest.raises(NodeError, match=r"cannot listen for R2.*port in use"):
+            in_use = rf"R2: cannot listen on 127.0.0.1:{port}: port {port} is already in use"
+            with pytest.raises(NodeError, match=in_use):
                 await node.start()
     finally:
         blocker.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import socket
@@ -83,6 +84,54 @@ def test_usage_errors_exit_2() -> None:
     assert "max_children: expected an integer" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("peer_id", "words"),
+    [
+        ("\udcff", "a peer-id must be UTF-8 text"),  # the byte 0xff on the command line
+        ("a\x07b", "a peer-id may not contain control characters"),
+        ("", "a peer-id must be 1 to 256 characters, got 0"),
+        ("x" * 257, "a peer-id must be 1 to 256 characters, got 257"),
+    ],
+)
+def test_an_invalid_peer_id_is_one_settings_line_and_status_2(peer_id: str, words: str) -> None:
+    done = _run("--homs", "http://127.0.0.1:1", "--join", "chat", "--id", peer_id)
+    assert done.returncode == 2
+    assert done.stderr.startswith("hp2p peer: peer_id (--id): ")
+    assert words in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_listen_and_api_name_the_address_a_port_in_use_or_a_foreign_address(
+    homs: HomsProcess,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        busy = _run("--homs", homs.url, "--create", "busy", "--listen", f"127.0.0.1:{port}")
+        api = _run("--homs", homs.url, "--create", "busy-api", "--api", f"127.0.0.1:{port}")
+    assert busy.returncode == 1
+    assert busy.stderr.strip() == (
+        f"hp2p peer: R2: cannot listen on 127.0.0.1:{port}: port {port} is already in use on "
+        "127.0.0.1 (another process listens there); choose another port for --listen"
+    )
+    assert api.returncode == 1
+    assert (
+        f"hp2p peer: local API: cannot listen on 127.0.0.1:{port}: port {port} is already in use"
+        in (api.stderr)
+    )
+    assert "choose another port for --api" in api.stderr
+    for option, label in (("--listen", "R2"), ("--api", "local API")):
+        foreign = _run(
+            "--homs", homs.url, "--create", "far", option, "203.0.113.9:7000", "--api-public"
+        )
+        assert foreign.returncode == 1
+        assert foreign.stderr.strip() == (
+            f"hp2p peer: {label}: cannot listen on 203.0.113.9:7000: 203.0.113.9 is not an "
+            f"address of this machine; give {option} an address of one of its interfaces "
+            "(e.g. 127.0.0.1, or 0.0.0.0 for all)"
+        )
+
+
 def test_joined_line_api_and_clean_leave_on_sigterm(homs: HomsProcess, tmp_path: Path) -> None:
     """The human line names ids, ticket and addresses; the local API works; SIGTERM leaves."""
     args = [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--create", "cli"]
@@ -146,13 +195,13 @@ def test_stdin_commands_and_json_events(homs: HomsProcess, tmp_path: Path) -> No
     assert codes == (0, 0)
 
 
-def test_sigterm_while_still_joining_leaves_the_homs_at_once(homs: HomsProcess) -> None:
-    """The only entry peer is unreachable, so the peer keeps trying; SIGTERM ends it cleanly."""
+def _ghost_town(homs: HomsProcess, title: str = "ghost-town") -> str:
+    """An overlay whose only entry peer is unreachable: a peer joining it keeps trying."""
     from hp2p.wire import homp
 
     create = homp.CreateRequest(
         overlay=homp.CreateOverlay(
-            title="ghost-town",
+            title=title,
             type="core",
             sub_type="tree",
             owner_id="ghost",
@@ -175,6 +224,12 @@ def test_sigterm_while_still_joining_leaves_the_homs_at_once(homs: HomsProcess) 
         ),
     )
     assert httpx.post(f"{homs.url}/peer", content=homp.encode(ghost), headers=headers).is_success
+    return str(overlay_id)
+
+
+def test_sigterm_while_still_joining_leaves_the_homs_at_once(homs: HomsProcess) -> None:
+    """The only entry peer is unreachable, so the peer keeps trying; SIGTERM ends it cleanly."""
+    overlay_id = _ghost_town(homs)
     args = [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--join", overlay_id]
     args += ["--id", "stuck", "--set", "join_timeout=120"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -243,3 +298,92 @@ def test_hp2p_peer_hands_the_pinned_source_key_to_the_submesh_runtime(
     finally:
         peer.leave()
         assert peer.stop() == 0, peer.err_path.read_text()
+
+
+def test_the_local_api_answers_503_with_retry_after_while_the_peer_is_joining(
+    homs: HomsProcess,
+) -> None:
+    """The API listens before the peer has joined, and says it is starting (docs/peer.md)."""
+    from hp2p.peer.api_guard import runtime_dir, token_file_name
+
+    overlay_id = _ghost_town(homs, "ghost-api")
+    port = _closed_port()
+    args = [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--join", overlay_id]
+    args += ["--id", "early", "--api", f"127.0.0.1:{port}", "--set", "join_timeout=120"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    token_file = runtime_dir() / token_file_name("early", port)
+    try:
+        end = time.monotonic() + 60
+        while not token_file.exists():  # bounded poll: the API has started (it writes the file)
+            assert time.monotonic() < end, "the API never started"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)  # polling interval of a bounded loop
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/status", timeout=10).status_code == 401  # the guard first
+        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        for method, route in (("GET", "/status"), ("POST", "/publish"), ("GET", "/tree")):
+            answer = httpx.request(method, url + route, headers=headers, timeout=10)
+            assert answer.status_code == 503, (route, answer.text)
+            assert answer.headers["retry-after"] == "1"
+            body = answer.json()
+            assert body["error"] == "starting"
+            assert body["state"] in ("starting", "joining")
+            assert "not joined" in body["detail"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not token_file.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_print_writes_one_line_per_delivery_and_events_payload_carries_it(
+    homs: HomsProcess, tmp_path: Path
+) -> None:
+    root = PeerProc(tmp_path, homs.url, "root", "--create", "printed")
+    reader: subprocess.Popen[str] | None = None
+    try:
+        root.wait_joined()
+        events = PeerProc(tmp_path, homs.url, "ev", "--join", root.overlay_id, "--events-payload")
+        events.wait_joined()
+        args = [sys.executable, "-m", "hp2p", "peer", "--homs", homs.url, "--id", "reader"]
+        args += ["--join", root.overlay_id, "--print"]
+        reader = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        assert readline(reader, 60).startswith("hp2p peer: joined peer-id=reader ")
+        long = "y" * 300
+        for text in ("hello wörld", "tab\there", long):
+            root.command(f"publish {text}")
+        lines = [readline(reader, 60).rstrip("\n") for _ in range(3)]
+        assert lines[0] == "root #1 (12 bytes): hello wörld"
+        assert lines[1] == f"root #2 (8 bytes): hex {b'tab'.hex()}09{b'here'.hex()}"
+        assert lines[2] == f"root #3 (300 bytes): {'y' * 200}… (100 more characters)"
+        got = [events.next_event("deliver", 60) for _ in range(3)]
+        assert got[0]["text"] == "hello wörld"
+        assert base64.b64decode(got[0]["data_b64"]) == "hello wörld".encode()
+        assert got[0]["app_id"] == "etri_data"
+        assert got[0]["payload_type"] == "text/plain"
+        assert got[2]["text"] == long
+        events.leave()
+        assert events.stop() == 0
+    finally:
+        if reader is not None:
+            reader.send_signal(signal.SIGTERM)
+            assert reader.wait(timeout=30) == 0
+        root.leave()
+        root.stop()
+
+
+def test_print_and_events_payload_need_the_right_output() -> None:
+    both = _run("--join", "x", "--print", "--json-events")
+    assert both.returncode == 2
+    assert "give one" in both.stderr
+    alone = _run("--join", "x", "--events-payload")
+    assert alone.returncode == 2
+    assert "give --json-events too" in alone.stderr

@@ -472,3 +472,27 @@ def test_fuzz_mutated_bodies(decoder: Any, seed: bytes, edits: list[tuple[int, i
 @given(decoder=st.sampled_from(DECODERS), value=json_values())
 def test_fuzz_json_documents(decoder: Any, value: Any) -> None:
     _only_wire_errors(decoder, json.dumps(value).encode())
+
+
+@pytest.mark.parametrize(
+    ("peer_id", "words"),
+    [
+        ("a\nb", "may not contain control characters"),
+        ("\x1b[2Jx", "may not contain control characters"),
+        ("tab\there", "may not contain control characters"),
+    ],
+)
+def test_a_join_with_a_peer_id_holding_control_characters_is_refused(
+    peer_id: str, words: str
+) -> None:
+    """The HOMS refuses what ``hp2p peer --id`` refuses, in the same words."""
+    body = json.dumps(join("o", peer_id))
+    with pytest.raises(WireError, match=words):
+        homp.decode_join_request(body)
+    assert homp.peer_id_problem(peer_id) is not None
+
+
+@pytest.mark.parametrize("peer_id", ["alice", "p;1", "日本-1", "x" * 256])
+def test_printable_peer_ids_up_to_the_limit_are_accepted(peer_id: str) -> None:
+    assert homp.peer_id_problem(peer_id) is None
+    assert homp.decode_join_request(json.dumps(join("o", peer_id))).peer.peer_id == peer_id

@@ -305,7 +305,13 @@ class Bridge:
                 "core_overlay": core_id,
                 "standby": self.standby,
                 "targets": [
-                    {"kind": r.target.kind, "title": r.target.title, "overlay_id": r.overlay_id}
+                    {
+                        "kind": r.target.kind,
+                        "title": r.target.title,
+                        "overlay_id": r.overlay_id,
+                        "source": r.target.source_id,
+                        "app_ids": sorted(r.target.app_ids),
+                    }
                     for r in self._running
                 ],
             },
@@ -827,6 +833,26 @@ active bridge (without it, the takeover waits for the HOMS to expire the dead so
 """
 
 
+_KINDS = {"tree": "SubTree", "mesh": "SubMesh"}
+
+
+def running_line(joined: dict[str, Any]) -> str:
+    """The one human line ``hp2p bridge`` prints once running (the ``joined`` event's facts).
+
+    e.g. ``hp2p bridge: running b1 (active) on CoreTree 0b5f…; SubTree 'live' 7c1d…
+    (source b1-live, app-ids iot); SubMesh 'blocks' 9e2a… (source b1-blocks, every message)``
+    """
+    role = "standby" if joined.get("standby") else "active"
+    parts = [
+        f"hp2p bridge: running {joined['bridge']} ({role}) on CoreTree {joined['core_overlay']}"
+    ]
+    for t in joined["targets"]:
+        selects = f"app-ids {','.join(t['app_ids'])}" if t["app_ids"] else "every message"
+        kind = _KINDS.get(t["kind"], t["kind"])
+        parts.append(f"{kind} {t['title']!r} {t['overlay_id']} (source {t['source']}, {selects})")
+    return "; ".join(parts)
+
+
 def build_parser() -> Any:
     import argparse
 
@@ -901,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(BrokenPipeError, ValueError):
                 print(json.dumps({"event": kind, **fields}), flush=True)
         elif kind == "joined":
-            print(f"hp2p bridge: running {fields}", flush=True)
+            print(running_line(fields), flush=True)
 
     try:
         group = args.standby_for or args.bridge_id  # whose sources the targets are

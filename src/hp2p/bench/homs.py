@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
 import tempfile
 import time
 import uuid
@@ -278,7 +279,8 @@ def homs(
         str,
         typer.Option(
             "--homs-args",
-            help="Extra options for the hp2p homs under test (e.g. '--workers 2').",
+            help="Extra options for the hp2p homs under test, as one string in shell syntax "
+            "(e.g. '--peer-list-size 8 --idle-timeout 30'; `hp2p homs --help` lists them).",
         ),
     ] = "",
 ) -> None:
@@ -295,6 +297,8 @@ def homs(
       hp2p bench homs --database none          # SQLite only
 
       hp2p bench homs --database postgresql://postgres@db.example:5432/postgres
+
+      hp2p bench homs --quick --homs-args '--peer-list-size 8 --idle-timeout 30'
     """
     if quick:
         joins, repeats = min(joins, 500), 1
@@ -314,7 +318,10 @@ def homs(
                 f"[yellow]PostgreSQL skipped: {skipped['postgresql']}. "
                 "Start it or pass --database URL.[/yellow]"
             )
-    extra = tuple(homs_args.split())
+    try:
+        extra = tuple(shlex.split(homs_args))
+    except ValueError as exc:
+        raise typer.BadParameter(f"--homs-args: {exc} in {homs_args!r}") from None
     try:
         doc = _run(kinds, joins, repeats, extra, skipped, database_url, cold_peers)
     except BenchError as exc:

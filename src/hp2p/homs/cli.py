@@ -21,6 +21,7 @@ from hp2p.homs.connections import ConnectionLimits, guarded_protocol
 from hp2p.homs.credentials import KeyDirError, KeyRing
 from hp2p.homs.db import DatabaseUrlError, parse_database_url
 from hp2p.homs.settings import DEFAULT_DATABASE, HomsSettings, SettingsError
+from hp2p.transport.bind_errors import bind_error_message
 from hp2p.transport.listen import listening_socket
 from hp2p.trust.keys import KeyFileError
 from hp2p.wire.signalling import MAX_MESSAGE_BYTES
@@ -361,17 +362,19 @@ async def _serve(settings: HomsSettings, database: str) -> int:
         typer.echo(f"hp2p homs: {problem}", err=True)
         return 1
     app = create_app(settings)
-    try:
-        sockets = [_listen(settings.host, settings.port)]
-        if settings.ws_port is not None:
-            sockets.append(_listen(settings.host, settings.ws_port))
-    except OSError as exc:
-        typer.echo(
-            f"hp2p homs: cannot listen on {settings.host} ({exc.strerror or exc}): is the port "
-            "already in use? try another --port / --ws-port",
-            err=True,
-        )
-        return 1
+    sockets: list[socket.socket] = []
+    wanted = [(settings.port, "--port"), (settings.ws_port, "--ws-port")]
+    for port, option in wanted:
+        if port is None:
+            continue
+        try:
+            sockets.append(_listen(settings.host, port))
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            message = bind_error_message(exc, settings.host, port, option, "--host")
+            typer.echo(f"hp2p homs: {message}", err=True)
+            return 1
     protocol, guard = guarded_protocol(
         ConnectionLimits(
             header_timeout=settings.header_timeout,
@@ -407,8 +410,7 @@ async def _serve(settings: HomsSettings, database: str) -> int:
     await server.serve(sockets=sockets)
     if not server.started:
         typer.echo(
-            f"hp2p homs: could not serve on {settings.host}:{settings.port} (see the log above; "
-            "is the port already in use? try --port)",
+            f"hp2p homs: could not serve on {settings.host}:{settings.port} (see the log above)",
             err=True,
         )
         return 1

@@ -26,6 +26,10 @@ Examples:
 
   hp2p peer --join 0b5f…-overlay-id --listen 127.0.0.1:7001 --id alice --json-events
 
+  hp2p peer --join chat --print         # each message as one line: source #seq (size): text
+
+  hp2p peer --join chat --json-events --events-payload     # deliver events with data_b64, text
+
   hp2p peer --join chat --set max_children=8 --set heartbeat_interval=0.5 --config peer.toml
 
   hp2p peer --join chat --faults delay=0.02,loss=0.01 --fault-seed 7 --stdin
@@ -188,6 +192,23 @@ def peer(
             "instead of the one human 'joined' line.",
         ),
     ] = False,
+    print_deliveries: Annotated[
+        bool,
+        typer.Option(
+            "--print",
+            help="Print each delivered message (SubMesh: object) as one line for a person: "
+            "source, sequence, size, the text when it is printable UTF-8 else hex, cut to "
+            "200 characters / 32 bytes. Not with --json-events (see --events-payload).",
+        ),
+    ] = False,
+    events_payload: Annotated[
+        bool,
+        typer.Option(
+            "--events-payload",
+            help="With --json-events: deliver (SubMesh: delivered) events carry the payload: "
+            "data_b64 (base64), and text when it is UTF-8, with app_id and payload_type.",
+        ),
+    ] = False,
     stdin: Annotated[
         bool,
         typer.Option(
@@ -288,6 +309,14 @@ def peer(
     level = log_level.upper()
     if level not in ("ERROR", "WARNING", "INFO", "DEBUG"):
         _fail(f"--log-level must be error, warning, info or debug, not {log_level!r}", 2)
+    if print_deliveries and json_events:
+        _fail(
+            "--print writes lines for people and --json-events JSON lines for programs: give "
+            "one (with --json-events, --events-payload puts the payload in deliver events)",
+            2,
+        )
+    if events_payload and not json_events:
+        _fail("--events-payload adds the payload to JSON events: give --json-events too", 2)
     flags: dict[str, Any] = {
         "homs": homs,
         "create": create,
@@ -332,6 +361,7 @@ def peer(
             settings.check(runtime, f"--create makes {kind}")
     except (SettingsError, ValueError) as exc:
         _fail(str(exc), 2)
-    from hp2p.peer.daemon import exec_daemon
+    from hp2p.peer.daemon import Output, exec_daemon
 
-    exec_daemon(settings, json_events=json_events, stdin=stdin, log_level=level)
+    output = Output(json_events, stdin, print_deliveries, events_payload)
+    exec_daemon(settings, output, log_level=level)

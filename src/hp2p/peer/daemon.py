@@ -19,7 +19,8 @@ Two ways for other programs to follow the peer without guessing or sleeping:
 
 * ``--json-events``: one JSON object per line on stdout. Tree peers: ``joined``, ``deliver``,
   ``published``, ``path``, ``attached``, ``detached``, ``join_failed``, ``gap``,
-  ``peer_lost``, ``scan``, ``status``, ``error``, ``left``; SubMesh peers: ``joined`` (with
+  ``peer_lost``, ``source_unreachable``, ``waiting_for_source``, ``source_back`` (SubTree
+  members), ``scan``, ``status``, ``error``, ``left``; SubMesh peers: ``joined`` (with
   ``"mesh": true``), ``delivered`` (with the SHA-256 of the object), ``object``,
   ``published``, ``became_source``, ``status``, ``error``, ``left``; docs/peer.md and
   docs/sub-overlays.md describe each;
@@ -41,7 +42,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -50,11 +51,17 @@ import msgspec
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.errors import NotSourceError, SettingsError
 from hp2p.peer.settings import NodeSettings, Runtime, Settings, overlay_kind, runtime_of
-from hp2p.peer.stdio import print_event, stdin_commands
+from hp2p.peer.stdio import (
+    delivery_line,
+    payload_fields,
+    print_event,
+    print_line,
+    stdin_commands,
+)
 
 if TYPE_CHECKING:
     from hp2p.peer.local_api import LocalApi
-    from hp2p.peer.mesh_node import MeshNode
+    from hp2p.peer.mesh_node import MeshDelivery, MeshNode
     from hp2p.peer.node import PeerNode
 
 ENV_VAR = "_HP2P_PEER_RUN"
@@ -76,6 +83,21 @@ def _fail(message: str, status: int) -> _ExitError:
     return _ExitError(status)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Output:
+    """What the peer says on stdio and reads from stdin (``hp2p peer`` flags).
+
+    ``json_events``: JSON lines instead of the human joined line; ``stdin``: commands;
+    ``print_deliveries`` (``--print``): one human line per delivery; ``events_payload``
+    (``--events-payload``): ``deliver``/``delivered`` events carry the payload.
+    """
+
+    json_events: bool = False
+    stdin: bool = False
+    print_deliveries: bool = False
+    events_payload: bool = False
+
+
 def launch(
     settings: Settings | NodeSettings,
     config: PeerConfig | None = None,
@@ -83,6 +105,8 @@ def launch(
     json_events: bool,
     stdin: bool,
     log_level: str,
+    print_deliveries: bool = False,
+    events_payload: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and the extra environment that run the lean runtime with these settings.
 
@@ -96,15 +120,24 @@ def launch(
         "settings": settings.to_document(),
         "json_events": json_events,
         "stdin": stdin,
+        "print": print_deliveries,
+        "events_payload": events_payload,
         "log_level": log_level,
     }
     argv = [sys.executable, "-m", "hp2p.peer.daemon"]
     return argv, {ENV_VAR: _encoder.encode(document).decode()}
 
 
-def exec_daemon(settings: Settings, *, json_events: bool, stdin: bool, log_level: str) -> None:
+def exec_daemon(settings: Settings, output: Output, *, log_level: str) -> None:
     """Replace this process with the lean peer runtime (does not return)."""
-    argv, env = launch(settings, json_events=json_events, stdin=stdin, log_level=log_level)
+    argv, env = launch(
+        settings,
+        json_events=output.json_events,
+        stdin=output.stdin,
+        log_level=log_level,
+        print_deliveries=output.print_deliveries,
+        events_payload=output.events_payload,
+    )
     os.environ.update(env)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -162,7 +195,7 @@ def _load(runtime: Runtime) -> None:
     importlib.import_module("hp2p.peer.node" if runtime == "tree" else "hp2p.peer.mesh_node")
 
 
-async def run(settings: Settings, json_events: bool, stdin: bool) -> int:
+async def run(settings: Settings, output: Output) -> int:
     """Choose the peer, run it until a signal, ``leave`` or failure, leave; the exit status."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -174,8 +207,8 @@ async def run(settings: Settings, json_events: bool, stdin: bool) -> int:
         except SettingsError as exc:
             raise _fail(str(exc), 2) from None
         if runtime == "tree":
-            return await run_tree(settings, json_events, stdin, stop)
-        return await run_mesh(settings, json_events, stdin, stop)
+            return await run_tree(settings, output, stop)
+        return await run_mesh(settings, output, stop)
     except _ExitError as exc:
         return exc.status
 
@@ -208,7 +241,11 @@ async def _serve(
 
 
 async def _start_api(node: PeerNode | MeshNode, settings: Settings) -> LocalApi | None:
-    """The local API when ``api`` is set (its token file beside the store, if there is one)."""
+    """The local API when ``api`` is set (its token file beside the store, if there is one).
+
+    Started before the peer joins, so the port answers from the start: 503 with
+    ``Retry-After`` until the peer has joined (:class:`hp2p.peer.local_api.LocalApi`).
+    """
     if settings.node.api is None:
         return None
     from hp2p.peer.local_api import LocalApi  # the web stack, only when asked for
@@ -227,6 +264,16 @@ async def _start_api(node: PeerNode | MeshNode, settings: Settings) -> LocalApi 
     return local_api
 
 
+async def print_deliveries(deliveries: AsyncIterator[Any]) -> None:
+    """``--print``: one line per delivered message (tree) or object (SubMesh), for a person."""
+    async for item in deliveries:
+        if hasattr(item, "object_number"):
+            line = delivery_line("object", item.object_number, item.data, item.lost)
+        else:
+            line = delivery_line(item.source, item.sequence, item.data, item.lost)
+        print_line(line)
+
+
 def api_fields(local_api: LocalApi | None) -> dict[str, Any]:
     """``api``, ``api_token`` and ``api_token_file`` of the joined line and event (None: off)."""
     if local_api is None:
@@ -238,7 +285,7 @@ def api_fields(local_api: LocalApi | None) -> dict[str, Any]:
 # === tree peer (CoreTree, SubTree) ==============================================================
 
 
-async def run_tree(settings: Settings, json_events: bool, stdin: bool, stop: asyncio.Event) -> int:
+async def run_tree(settings: Settings, output: Output, stop: asyncio.Event) -> int:
     """Join, print the one 'joined' line, serve until a signal, ``leave`` or failure; leave."""
     from hp2p.peer.node import NodeError, PeerNode
 
@@ -247,7 +294,7 @@ async def run_tree(settings: Settings, json_events: bool, stdin: bool, stop: asy
 
     def on_event(kind: str, fields: dict[str, Any]) -> None:
         # The 'joined' line comes first. Path changes while joining go to the log only;
-        # deliveries that beat the line (the local API was starting) are printed right after it.
+        # deliveries that beat the line are printed right after it.
         if joined:
             # Every line carries the peer's own clock ("t", Unix seconds): a reader that is
             # slow to read (a benchmark following 200 peers) still knows when it happened.
@@ -255,37 +302,28 @@ async def run_tree(settings: Settings, json_events: bool, stdin: bool, stop: asy
         elif kind == "deliver" and len(early) < 100_000:
             early.append(fields)
 
+    sink = on_event if output.json_events else None
     try:
-        node = PeerNode(settings.node, settings.tree, on_event=on_event if json_events else None)
+        node = PeerNode(settings.node, settings.tree, on_event=sink)
     except NodeError as exc:
         raise _fail(str(exc), 2) from None
-    try:
-        await _until(stop, node.start())
-    except _ExitError:  # SIGINT/SIGTERM while joining: give up the join, leave cleanly
-        await node.close()
-        raise
-    except NodeError as exc:
-        raise _fail(str(exc), 1) from None
+    node.event_payload = output.events_payload
+    printed = node.subscribe() if output.print_deliveries else None
     local_api = None
+    start_failed = False
     try:
-        local_api = await _start_api(node, settings)
-        info = {**node.joined_info(), **api_fields(local_api)}
+        local_api = await _start_api(node, settings)  # 503 until joined
+        try:
+            await _until(stop, node.start())
+        except NodeError as exc:
+            start_failed = True  # start() has released what it had opened
+            raise _fail(str(exc), 1) from None
         joined = True
-        if json_events:
-            print_event("joined", info)
-            for fields in early:
-                print_event("deliver", fields)
-            early.clear()
-        else:
-            print(
-                f"hp2p peer: joined peer-id={info['peer_id']} overlay-id={info['overlay_id']} "
-                f"ticket={info['ticket']} r2={info['r2']} api={info['api'] or '-'} "
-                f"api-token={info['api_token'] or '-'} "
-                f"parent={info['parent'] or '-'} depth={info['depth']}",
-                flush=True,
-            )
-        commands = [serve_tree_commands(node)] if stdin else []
-        await _serve(stop, node.failed, *commands)
+        _announce_tree(node, local_api, output.json_events, early)
+        tasks = [serve_tree_commands(node)] if output.stdin else []
+        if printed is not None:
+            tasks.append(print_deliveries(printed))
+        await _serve(stop, node.failed, *tasks)
         if node.failed.is_set():
             print(
                 f"hp2p peer: lost the tree and could not re-attach: {node.failure}", file=sys.stderr
@@ -295,7 +333,28 @@ async def run_tree(settings: Settings, json_events: bool, stdin: bool, stop: asy
     finally:
         if local_api is not None:
             await local_api.stop()
-        await node.close()
+        if not start_failed:  # also after SIGINT/SIGTERM while joining: give up, leave cleanly
+            await node.close()
+
+
+def _announce_tree(
+    node: PeerNode, local_api: LocalApi | None, json_events: bool, early: list[dict[str, Any]]
+) -> None:
+    """The one line (or ``joined`` event, then the deliveries that beat it) once attached."""
+    info = {**node.joined_info(), **api_fields(local_api)}
+    if json_events:
+        print_event("joined", info)
+        for fields in early:
+            print_event("deliver", fields)
+        early.clear()
+        return
+    print(
+        f"hp2p peer: joined peer-id={info['peer_id']} overlay-id={info['overlay_id']} "
+        f"ticket={info['ticket']} r2={info['r2']} api={info['api'] or '-'} "
+        f"api-token={info['api_token'] or '-'} "
+        f"parent={info['parent'] or '-'} depth={info['depth']}",
+        flush=True,
+    )
 
 
 def _config_json(config: Any) -> dict[str, Any]:
@@ -337,12 +396,12 @@ async def serve_tree_commands(node: PeerNode) -> None:
 # === SubMesh peer ===============================================================================
 
 
-async def run_mesh(settings: Settings, json_events: bool, stdin: bool, stop: asyncio.Event) -> int:
+async def run_mesh(settings: Settings, output: Output, stop: asyncio.Event) -> int:
     """The same life as :func:`run_tree`, for a SubMesh peer (whole objects, not messages)."""
     from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
 
     def on_event(kind: str, fields: dict[str, Any]) -> None:
-        if json_events:
+        if output.json_events:
             print_event(kind, {**fields, "t": time.time()})
 
     try:
@@ -350,42 +409,57 @@ async def run_mesh(settings: Settings, json_events: bool, stdin: bool, stop: asy
     except MeshNodeError as exc:
         raise _fail(str(exc), 2) from None
     subscription = node.subscribe()
-    limit = settings.node.join_timeout
+    local_api = None
+    start_failed = False
+    try:
+        local_api = await _start_api(node, settings)  # 503 until joined
+        try:
+            await _join_mesh(node, settings.node.join_timeout, stop)
+        except _ExitError as exc:
+            start_failed = exc.status != 0  # a failed start() has released what it opened
+            raise
+        _announce_mesh(node, local_api, output.json_events)
+        reporting = (
+            print_deliveries(subscription)
+            if output.print_deliveries
+            else report_objects(subscription, output)
+        )
+        commands = [serve_mesh_commands(node)] if output.stdin else []
+        await _serve(stop, None, reporting, *commands)
+        return 0
+    finally:
+        if local_api is not None:
+            await local_api.stop()
+        if not start_failed:
+            await node.close()
+
+
+async def _join_mesh(node: MeshNode, limit: float, stop: asyncio.Event) -> None:
+    """``node.start()`` within ``join_timeout``; a failure ends the run with status 1."""
+    from hp2p.peer.mesh_node import MeshNodeError
+
     try:
         await _until(stop, asyncio.wait_for(node.start(), limit))
-    except _ExitError:
-        await node.close()
-        raise
     except MeshNodeError as exc:  # start() has released what it had opened
         raise _fail(str(exc), 1) from None
     except TimeoutError:
         await node.close()
         raise _fail(f"not joined to the SubMesh within {limit:g} s (join_timeout)", 1) from None
-    local_api = None
-    try:
-        local_api = await _start_api(node, settings)
-        _announce_mesh(node, local_api, json_events)
 
-        async def report_objects() -> None:
-            async for delivery in subscription:
-                if json_events:
-                    print_event(
-                        "delivered",
-                        {
-                            "object": delivery.object_number,
-                            "sha256": hashlib.sha256(delivery.data).hexdigest(),
-                            "lost": delivery.lost,
-                            "t": time.time(),
-                        },
-                    )
 
-        commands = [serve_mesh_commands(node)] if stdin else []
-        await _serve(stop, None, report_objects(), *commands)
-        return 0
-    finally:
-        if local_api is not None:
-            await local_api.stop()
-        await node.close()
+async def report_objects(deliveries: AsyncIterator[MeshDelivery], output: Output) -> None:
+    """``delivered`` events (with ``--json-events``), the payload with ``--events-payload``."""
+    async for delivery in deliveries:
+        if output.json_events:
+            fields = {
+                "object": delivery.object_number,
+                "sha256": hashlib.sha256(delivery.data).hexdigest(),
+                "lost": delivery.lost,
+                "t": time.time(),
+            }
+            if output.events_payload:
+                fields |= {"app_id": delivery.app_id, **payload_fields(delivery.data)}
+            print_event("delivered", fields)
 
 
 def _announce_mesh(node: MeshNode, local_api: LocalApi | None, json_events: bool) -> None:
@@ -463,7 +537,13 @@ def main() -> int:
         print(f"hp2p peer: {exc}", file=sys.stderr)
         return 2
     _load(settings.created_runtime() if settings.node.create is not None else "tree")
-    return asyncio.run(run(settings, document["json_events"], document["stdin"]))
+    output = Output(
+        json_events=document["json_events"],
+        stdin=document["stdin"],
+        print_deliveries=document.get("print", False),
+        events_payload=document.get("events_payload", False),
+    )
+    return asyncio.run(run(settings, output))
 
 
 if __name__ == "__main__":

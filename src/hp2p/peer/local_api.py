@@ -31,6 +31,7 @@ here: FastAPI reads the route annotations at runtime.
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import socket
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from hp2p.peer.api_guard import (
 from hp2p.peer.node import MessageTooLargeError, NodeError, PeerNode
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
 from hp2p.peer.subscription import Gap
+from hp2p.transport.bind_errors import bind_error_message
 from hp2p.transport.listen import listening_socket
 
 log = logging.getLogger("hp2p.peer.local_api")
@@ -237,6 +239,44 @@ async def _serve_subscription(
             await sender
 
 
+class StartingGate:
+    """ASGI wrapper: every HTTP request is answered 503 while the peer has not joined yet.
+
+    The API listens before the peer joins, so a client that connects early learns that it
+    should wait (``Retry-After``, and a JSON body saying why), not that nothing listens there.
+    WebSocket subscriptions pass: one opened early receives every delivery from the first.
+    """
+
+    def __init__(self, app: Any, node: Union[PeerNode, "MeshNode"]) -> None:
+        self.app = app
+        self.node = node
+
+    def starting(self) -> bool:
+        node = self.node
+        if isinstance(node, PeerNode):
+            return not node.joined.is_set() and node.state != "left"
+        return node.state == "starting"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.starting():
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(
+            {
+                "error": "starting",
+                "state": self.node.state,
+                "detail": "the peer has not joined its overlay yet; retry in a moment",
+            }
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", b"1"),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 class LocalApi:
     """Serves :func:`build_app` with uvicorn inside the peer's event loop, behind the guard.
 
@@ -298,10 +338,8 @@ class LocalApi:
         try:
             sock = listening_socket(self.host, self.port)
         except OSError as exc:
-            raise NodeError(
-                f"cannot serve the local API on {self.host}:{self.port}: "
-                f"{exc.strerror or exc} (is the port in use? try another --api port)"
-            ) from None
+            hint = bind_error_message(exc, self.host, self.port, "--api")
+            raise NodeError(f"local API: {hint}") from None
         self.port = sock.getsockname()[1]
         try:
             self.token_file = self._write_token()
@@ -317,7 +355,10 @@ class LocalApi:
             )
         allowed = None if self.host in ANY_HOSTS else frozenset({self.host})
         self.guard = ApiGuard(
-            build_app(self.node), token=self.token, max_body=self.max_body, allowed_hosts=allowed
+            StartingGate(build_app(self.node), self.node),
+            token=self.token,
+            max_body=self.max_body,
+            allowed_hosts=allowed,
         )
         config = uvicorn.Config(self.guard, log_level="warning", access_log=False, lifespan="off")
         self._server = _Server(config)

@@ -60,6 +60,7 @@ from hp2p.peer.homs_client import (
 )
 from hp2p.peer.settings import NodeSettings
 from hp2p.peer.shell import CoreShell, LinkStats
+from hp2p.peer.stdio import payload_fields
 from hp2p.peer.subscription import Delivery as Delivery
 from hp2p.peer.subscription import Subscription as Subscription
 from hp2p.peer.subtree import NotSourceError, subtree_source
@@ -108,6 +109,45 @@ def _password() -> str:
     return "".join(secrets.choice(string.ascii_letters) for _ in range(16))
 
 
+def admission_status(core: PeerCore) -> dict[str, Any]:
+    """Link admission at a glance: whether links need credentials, this peer's key and
+    credential expiry (wall clock), links admitted and refused (docs/security.md)."""
+    adm = core.admission
+    m, own = adm.membership, adm.own
+    return {
+        "required": adm.required,
+        "public_key": m.key.public_text if m is not None else None,
+        "credential_expires_at": own.body.expires_at if own is not None else None,
+        **asdict(adm.counters),
+    }
+
+
+async def first_set(*events: asyncio.Event) -> None:
+    """Until one of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def deliver_fields(effect: Deliver, payload: bool) -> dict[str, Any]:
+    """The ``deliver`` event of ``effect``; with ``payload`` (``--events-payload``) the bytes."""
+    fields: dict[str, Any] = {
+        "source": effect.source,
+        "sequence": effect.sequence,
+        "t": time.time(),
+        "size": len(effect.data),
+    }
+    if effect.recovered:
+        fields["recovered"] = True
+    if payload:
+        fields |= {"app_id": effect.app_id, "payload_type": effect.payload_type}
+        fields |= payload_fields(effect.data)
+    return fields
+
+
 class PeerNode(CoreShell[PeerCore]):
     """One hybrid peer process: ``await start()``, use it, ``await close()``."""
 
@@ -128,6 +168,7 @@ class PeerNode(CoreShell[PeerCore]):
         self.config = config or PeerConfig()
         self.peer_id = settings.peer_id or _random_peer_id()
         self.on_event = on_event
+        self.event_payload = False  # deliver events carry the payload (--events-payload)
         self.stats = NodeStats()
         self.homs = homs_client or HomsClient(
             settings.homs,
@@ -163,6 +204,7 @@ class PeerNode(CoreShell[PeerCore]):
         self.membership: Membership | None = None
         # SubTree: only its source peer publishes (hp2p.peer.subtree); None on a CoreTree
         self.subtree_source: str | None = None
+        self.source_lost_at: float | None = None  # Unix time the SubTree source was lost
         self.joined = asyncio.Event()
         self.state = "starting"
         self.failure: str | None = None
@@ -195,7 +237,7 @@ class PeerNode(CoreShell[PeerCore]):
         self.core.start(self._join_info(m), self._now())
         self._drain()
         try:
-            await asyncio.wait_for(self._attached_or_failed(), self.settings.join_timeout)
+            await asyncio.wait_for(first_set(self.joined, self.failed), self.settings.join_timeout)
         except TimeoutError:
             limit = self.settings.join_timeout
             self.failure = self.failure or f"not attached to the tree within {limit:g} s"
@@ -206,15 +248,6 @@ class PeerNode(CoreShell[PeerCore]):
                 f"joined overlay {m.overlay_id} at the HOMS but could not attach to its tree: "
                 f"{reason}. Are the other peers reachable from here?"
             )
-
-    async def _attached_or_failed(self) -> None:
-        attached = asyncio.ensure_future(self.joined.wait())
-        failed = asyncio.ensure_future(self.failed.wait())
-        try:
-            await asyncio.wait([attached, failed], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            attached.cancel()
-            failed.cancel()
 
     def _join_info(self, m: Membership) -> JoinInfo:
         return JoinInfo(
@@ -386,6 +419,7 @@ class PeerNode(CoreShell[PeerCore]):
             "subtree_foreign_dropped": (
                 core.counters.foreign_dropped if core and self.subtree_source else None
             ),
+            "source_lost_at": self.source_lost_at,  # SubTree: its source unreachable since
         }
         if core is not None:
             costmap = core.paths.costmap()
@@ -402,22 +436,9 @@ class PeerNode(CoreShell[PeerCore]):
                 },
                 core=asdict(core.counters),
                 core_status=core.status(),
-                admission=self._admission_status(core),
+                admission=admission_status(core),
             )
         return out
-
-    @staticmethod
-    def _admission_status(core: PeerCore) -> dict[str, Any]:
-        """Link admission at a glance: whether links need credentials, this peer's key and
-        credential expiry (wall clock), links admitted and refused (docs/security.md)."""
-        adm = core.admission
-        m, own = adm.membership, adm.own
-        return {
-            "required": adm.required,
-            "public_key": m.key.public_text if m is not None else None,
-            "credential_expires_at": own.body.expires_at if own is not None else None,
-            **asdict(adm.counters),
-        }
 
     def _running_core(self) -> PeerCore:
         if self.core is None or self.state in ("starting", "left") or self._stopped:
@@ -472,6 +493,8 @@ class PeerNode(CoreShell[PeerCore]):
 
     def _peer_lost(self, effect: PeerLost) -> None:
         self.stats.peers_lost += 1
+        if effect.peer_id == self.subtree_source and self.subtree_source != self.peer_id:
+            self._source_lost(f"{effect.role} path lost: {effect.reason}")
         log.info("neighbour %s (%s) lost: %s", effect.peer_id, effect.role, effect.reason)
         fields = {"peer": effect.peer_id, "role": effect.role, "reason": effect.reason}
         self._emit("peer_lost", fields)
@@ -494,15 +517,10 @@ class PeerNode(CoreShell[PeerCore]):
             sub.put(delivery)
             self.stats.subscriber_drops += sub.dropped - before
         if self.on_event is not None:
-            fields: dict[str, Any] = {
-                "source": effect.source,
-                "sequence": effect.sequence,
-                "t": time.time(),
-                "size": len(effect.data),
-            }
-            if effect.recovered:
-                fields["recovered"] = True
-            self._emit("deliver", fields)
+            self._emit("deliver", deliver_fields(effect, self.event_payload))
+        if self.source_lost_at is not None and effect.source == self.subtree_source:
+            self.source_lost_at = None
+            self._emit("source_back", {"source": effect.source, "sequence": effect.sequence})
 
     def _joined(self, effect: Joined) -> None:
         first = not self.joined.is_set()
@@ -522,10 +540,37 @@ class PeerNode(CoreShell[PeerCore]):
             self.state = "rejoining"
             self._spawn(self._rejoin(), "hp2p-rejoin")
             return
+        if self.subtree_source not in (None, self.peer_id) and not self._stopped:
+            self._wait_for_source(effect.reason)
+            return
         self.state = "failed"
         self.failure = effect.reason
         log.error("could not attach to the tree: %s", effect.reason)
         self.failed.set()
+
+    def _wait_for_source(self, reason: str) -> None:
+        """A SubTree member that cannot re-attach keeps running: its source may come back or
+        be replaced (a standby bridge). It joins the HOMS afresh every ``backoff_max``."""
+        delay = self.config.backoff_max
+        self.state = "source_unreachable"
+        self._source_lost(reason)
+        log.warning(
+            "SubTree source %s unreachable (%s); retry in %gs", self.subtree_source, reason, delay
+        )
+        fields = {"source": self.subtree_source, "reason": reason, "retry_in": delay}
+        self._emit("waiting_for_source", fields)
+        self._spawn(self._retry_for_source(delay), "hp2p-source-wait")
+
+    async def _retry_for_source(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not self._stopped and self.state == "source_unreachable":
+            await self._rejoin(counted=False)  # core.restart: from the FAILED phase too
+
+    def _source_lost(self, reason: str) -> None:
+        """Status (``source_lost_at``) and one ``source_unreachable`` event per loss."""
+        if self.source_lost_at is None:
+            self.source_lost_at = time.time()
+            self._emit("source_unreachable", {"source": self.subtree_source, "reason": reason})
 
     def _forgotten(self, lost: Membership, exc: PeerForgottenError) -> None:
         """The HOMS lost this peer (it expired there while hung, or the HOMS lost its data).

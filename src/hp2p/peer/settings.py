@@ -101,6 +101,16 @@ def check_homs_url(url: str) -> None:
     del port
 
 
+def check_peer_id(peer_id: str | None) -> None:
+    """Refuse a peer-id the HOMS would refuse, with the HOMS's own rule and words."""
+    if peer_id is not None:
+        from hp2p.wire.homp import peer_id_problem
+
+        problem = peer_id_problem(peer_id)
+        if problem is not None:
+            raise SettingsError(f"peer_id (--id): {problem}")
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     """The ``node`` section: the shell of every peer (tree or SubMesh)."""
@@ -177,7 +187,11 @@ class NodeSettings:
         ),
     )
     peer_id: str | None = field(
-        default=None, metadata=_doc("Peer-id (default: peer-<8 random hex digits>).")
+        default=None,
+        metadata=_doc(
+            "Peer-id: 1 to 256 characters of UTF-8 text, no control characters (default: "
+            "peer-<8 random hex digits>)."
+        ),
     )
     description: str = field(
         default="", metadata=_doc("Overlay description for --create.", only="create")
@@ -264,6 +278,7 @@ class NodeSettings:
 
     def __post_init__(self) -> None:
         check_homs_url(self.homs)
+        check_peer_id(self.peer_id)
         if self.security not in ("credentials", "reference-compat"):
             raise SettingsError(
                 f"security must be credentials or reference-compat, not {self.security!r}"

@@ -35,6 +35,7 @@ from hp2p.peer.settings import ANY_HOSTS, split_host_port
 from hp2p.peer.signalling_client import Identity, SignallingClient, signalling_url
 from hp2p.transport import tcp
 from hp2p.transport.base import Link, LinkEvents
+from hp2p.transport.bind_errors import bind_error_message
 from hp2p.transport.faults import FaultPlan, FaultyLink
 from hp2p.transport.ice import parse_ice_servers, split_list
 from hp2p.transport.limits import R2Budget, R2Limits
@@ -265,10 +266,8 @@ class CoreShell(Generic[CoreT]):
                 tls=tls,
             )
         except OSError as exc:
-            raise error(
-                f"cannot listen for R2 on {listen}: {exc.strerror or exc} "
-                "(is the port in use? use another --listen port, or port 0)"
-            ) from None
+            hint = bind_error_message(exc, host, port, "--listen")
+            raise error(f"R2: {hint}") from None
         if advertise is not None:
             return advertise
         if host in ANY_HOSTS:

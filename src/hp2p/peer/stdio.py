@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +18,56 @@ import msgspec
 
 _encoder = msgspec.json.Encoder()
 MAX_COMMAND_LINE = 1 << 20
+#: ``--print`` shows at most this many characters of a text payload, this many bytes of others
+PRINT_TEXT_CHARS = 200
+PRINT_HEX_BYTES = 32
+
+
+def payload_fields(data: bytes) -> dict[str, str]:
+    """A payload in a JSON event (``--events-payload``): ``data_b64`` always, ``text`` too when
+    the bytes are UTF-8, so a reader of text need not decode and a reader of bytes loses none.
+    """
+    fields = {"data_b64": base64.b64encode(data).decode("ascii")}
+    with contextlib.suppress(UnicodeDecodeError):
+        fields["text"] = data.decode("utf-8")
+    return fields
+
+
+def payload_preview(data: bytes) -> str:
+    """A payload for a person (``--print``): the text when it is printable UTF-8, else hex;
+    cut to :data:`PRINT_TEXT_CHARS` characters or :data:`PRINT_HEX_BYTES` bytes, saying so.
+
+    Control characters never reach the terminal: a payload holding one is shown in hex.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.isprintable():
+        if len(text) <= PRINT_TEXT_CHARS:
+            return text
+        return f"{text[:PRINT_TEXT_CHARS]}… ({len(text) - PRINT_TEXT_CHARS} more characters)"
+    shown = data[:PRINT_HEX_BYTES].hex()
+    more = len(data) - PRINT_HEX_BYTES
+    return f"hex {shown}… ({more} more bytes)" if more > 0 else f"hex {shown}"
+
+
+def delivery_line(source: str, sequence: int, data: bytes, lost: int = 0) -> str:
+    """The ``--print`` line of one delivered message (tree peers) or object (SubMesh)."""
+    missed = f" [{lost} missed before this: stdout was too slow]" if lost else ""
+    return f"{source} #{sequence} ({len(data)} bytes){missed}: {payload_preview(data)}"
+
+
+def print_line(line: str) -> None:
+    """One line for a person on stdout, flushed; nothing (and no traceback) once it has gone."""
+    if print_event.gone:
+        return
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        print_event.gone = True
+        logging.getLogger("hp2p.peer").warning("stdout closed: printed deliveries stop")
 
 
 class EventPrinter:

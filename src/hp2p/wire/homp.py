@@ -24,6 +24,7 @@ Design rules:
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -98,6 +99,7 @@ __all__ = [
     "decode_report_request",
     "encode",
     "nul_path",
+    "peer_id_problem",
     "reject_nul",
 ]
 
@@ -126,6 +128,26 @@ MAX_CAPABILITIES_BYTES: Final = 4096
 MAX_CAPABILITIES_DEPTH: Final = 8
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LEN)]
+
+
+def peer_id_problem(peer_id: str) -> str | None:
+    """Why ``peer_id`` cannot name a peer (None: it can); the HOMS and ``hp2p peer`` both ask.
+
+    1 to :data:`MAX_ID_LEN` characters of UTF-8 text with no control character: a peer-id
+    appears in logs, status pages and events, where a newline or an escape sequence would
+    forge lines or rewrite a terminal.
+    """
+    if not 0 < len(peer_id) <= MAX_ID_LEN:
+        return f"a peer-id must be 1 to {MAX_ID_LEN} characters, got {len(peer_id)}"
+    try:
+        peer_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"a peer-id must be UTF-8 text, got {peer_id!r}"
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in peer_id):
+        return f"a peer-id may not contain control characters, got {peer_id!r}"
+    return None
+
+
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TITLE_LEN)]
 Description = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION_LEN)]
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LEN)]
@@ -587,6 +609,9 @@ class JoinPeer(_Model):
     public_key: SourceKey | None = msgspec.field(default=None, name="public-key")
 
     def __post_init__(self) -> None:
+        problem = peer_id_problem(self.peer_id)
+        if problem is not None:
+            raise ValueError(problem)
         caps = self.capabilities
         if caps is None:
             return

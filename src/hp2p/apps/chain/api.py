@@ -38,6 +38,7 @@ from hp2p.apps.chain.state import TxRejectedError
 from hp2p.apps.chain.views import tx_from_body
 from hp2p.peer.api_guard import ApiGuard
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
+from hp2p.transport.bind_errors import bind_error_message
 from hp2p.transport.listen import listening_socket
 
 log = logging.getLogger("hp2p.apps.chain.api")
@@ -176,8 +177,7 @@ class ChainApi:
             sock = listening_socket(self.host, self.port)
         except OSError as exc:
             raise ApiError(
-                f"cannot serve the chain API on {self.host}:{self.port}: "
-                f"{exc.strerror or exc} (is the port in use? try another --api port)"
+                f"chain API: {bind_error_message(exc, self.host, self.port, '--api')}"
             ) from None
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.guard, log_level="warning", access_log=False, lifespan="off")

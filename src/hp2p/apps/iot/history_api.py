@@ -21,6 +21,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from hp2p.apps.iot.history import HistoryError
 from hp2p.apps.iot.history_member import HistoryMember, QueryError
 from hp2p.peer.settings import is_loopback_host, split_host_port
+from hp2p.transport.bind_errors import bind_error_message
 from hp2p.transport.listen import listening_socket
 
 __all__ = ["HistoryApi", "build_app"]
@@ -90,8 +91,7 @@ class HistoryApi:
             sock = listening_socket(self.host, self.port)
         except OSError as exc:
             raise HistoryError(
-                f"cannot serve the history API on {self.host}:{self.port}: "
-                f"{exc.strerror or exc} (is the port in use? try another --api port)"
+                f"history API: {bind_error_message(exc, self.host, self.port, '--api')}"
             ) from None
         self.port = sock.getsockname()[1]
         app = TrustedHostMiddleware(

@@ -38,6 +38,7 @@ from hp2p.apps.iot.state import reading_json
 from hp2p.apps.iot.state_feed import StateFeed
 from hp2p.peer.api_guard import SUBPROTOCOL_SCOPE_KEY, ApiGuard, QuietDenials, Scope, new_token
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
+from hp2p.transport.bind_errors import bind_error_message
 from hp2p.transport.listen import listening_socket
 
 __all__ = ["StateApi", "StateApiError", "build_state_app", "sse_event"]
@@ -199,8 +200,7 @@ class StateApi:
             sock = listening_socket(self.host, self.port)
         except OSError as exc:
             raise StateApiError(
-                f"cannot serve the state API on {self.host}:{self.port}: "
-                f"{exc.strerror or exc} (is the port in use? try another --api port)"
+                f"state API: {bind_error_message(exc, self.host, self.port, '--api')}"
             ) from None
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
