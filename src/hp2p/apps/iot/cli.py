@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 #: sub-command name → module under hp2p.apps.iot that defines ``command`` and ``EPILOG``
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {"gateway": "gateway"}
 
 
 def _mount() -> None:
