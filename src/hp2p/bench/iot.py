@@ -56,11 +56,15 @@ REAL_GATEWAY = [
     "{homs}",
     "--create",
     "{title}",
+    "--id",
+    "gateway",
     "--mqtt",
     "mqtt://127.0.0.1:{port}",
     "--topic",
     "sensors/#",
     "--json-events",
+    "--status-interval",
+    "60",
 ]
 
 
