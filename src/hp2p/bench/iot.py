@@ -234,6 +234,7 @@ def build_document(plan: dict[str, Any], cases: list[dict[str, Any]]) -> dict[st
             "quick": plan["quick"],
             "seed": plan["seed"],
             "gateway": plan["gateway"],
+            "gateway_settings": plan["gateway_settings"],
             "headline": {"peers": head["peers"], "rate": head["rate"]},
             "notes": NOTES,
         },
@@ -259,6 +260,8 @@ NOTES = [
     "ss -tinp before and after the phase), divided by readings published: for hp2p the "
     "gateway peer's R2 links (frames, signatures, heartbeats), for mosquitto the broker's "
     "connections to its N subscribers",
+    "source_data_links: the source's connections to consumers that carried readings (>= 64 "
+    "bytes per reading): the gateway peer's children; the broker's N subscribers",
     "broker_sys_bytes_per_msg: the broker's $SYS/broker/bytes/sent over the phase (all its "
     "clients, sys_interval 1), a cross-check",
     "cpu_us_per_delivery: user+system CPU (/proc/PID/stat) of every process of the system "
@@ -285,6 +288,13 @@ def iot(
         str,
         typer.Option(help="auto, real (hp2p iot gateway) or standin (the bench's own)."),
     ] = "auto",
+    gateway_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gateway-set",
+            help="Peer setting KEY=VALUE for the gateway peer (repeatable), e.g. max_children=2.",
+        ),
+    ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the result file.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG figure.")] = None,
 ) -> None:
@@ -297,9 +307,22 @@ def iot(
       hp2p bench iot --json bench-results/iot.json --plot bench-results/iot.png
 
       hp2p bench iot --peers 3 --rates 50 --duration 3        # a smoke run
+
+      hp2p bench iot --peers 100 --rates 100 --gateway-set max_children=2
     """
     console = Console()
     plan = _plan(quick, peers, rates, duration, devices, seed, gateway)
+    settings = list(gateway_set or [])
+    if settings:
+        if plan["gateway_args"] is None:
+            _fail("--gateway-set needs the real gateway (hp2p iot gateway), not the stand-in", 2)
+        if any("=" not in kv for kv in settings):
+            _fail(f"--gateway-set wants KEY=VALUE, got {settings}", 2)
+        plan["gateway_args"] = [
+            *plan["gateway_args"],
+            *(a for kv in settings for a in ("--set", kv)),
+        ]
+    plan["gateway_settings"] = settings
     check_writable(console, json_file, plot)
     with (
         tempfile.TemporaryDirectory(prefix="hp2p-bench-iot-") as tmp,

@@ -47,6 +47,7 @@ class IotPhase:
     rows: list[list[tuple[int, float, float]]] = field(default_factory=list)  # per consumer
     cpu_s: dict[str, float] = field(default_factory=dict)
     source_bytes: int = 0
+    source_links: list[int] = field(default_factory=list)  # bytes per connection, largest first
     broker_to_gateway_bytes: int | None = None
     sys_bytes: int | None = None
     drain_s: float = 0.0
@@ -89,7 +90,8 @@ def run_iot_phase(
     sys1 = counter.fresh() if counter is not None else None
     phase.cpu_s = {role: cpu1[role] - cpu0[role] for role in cpu0}
     receivers = [p.pid for p in consumers]
-    phase.source_bytes = sockets.sent_to(snap0, snap1, system.source_pid, receivers)
+    phase.source_links = sockets.sent_per_socket(snap0, snap1, system.source_pid, receivers)
+    phase.source_bytes = sum(phase.source_links)
     if gateway_pid is not None and broker_pid is not None:
         phase.broker_to_gateway_bytes = sockets.sent_to(snap0, snap1, broker_pid, [gateway_pid])
     if sys0 is not None and sys1 is not None:
@@ -160,6 +162,8 @@ def iot_figures(phase: IotPhase) -> dict[str, Any]:
         "latency_p99_ms": _ms(quantile(latencies, 0.99)),
         "latency_max_ms": _ms(max(latencies, default=None)),
         "source_bytes_per_msg": _per(phase.source_bytes, published),
+        # connections that carried readings (>= 64 bytes, the smallest, per reading)
+        "source_data_links": sum(1 for b in phase.source_links if b >= 64 * published),
         "cpu_us_per_delivery": _per(cpu_total, delivered, 1e6),
         "drain_s": phase.drain_s,
     }

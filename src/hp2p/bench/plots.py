@@ -73,6 +73,7 @@ def iot_plot(path: Path, cases: list[dict[str, Any]]) -> Path:
             bytes_per = [f.get("source_bytes_per_msg") for f in figs]
             size.plot(xs, bytes_per, "-o", color=colour, label=f"{tag}: {_source(system)}")
     lat.set_yscale("log")
+    lat.yaxis.set_major_formatter(_plain_ms())
     lat.set_title("MQTT publish → consumer receipt")
     _finish(lat, "consumers N", "latency (ms)")
     size.set_title("bytes the source sends per message")
@@ -83,3 +84,10 @@ def iot_plot(path: Path, cases: list[dict[str, Any]]) -> Path:
 
 def _source(system: str) -> str:
     return "gateway peer" if system == "hp2p" else "broker"
+
+
+def _plain_ms() -> Any:
+    """Tick labels as plain numbers (1, 10, 100 ms), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _pos: f"{value:g}")

@@ -102,14 +102,22 @@ def snapshot() -> Snapshot:
     return parse_ss(done.stdout)
 
 
-def sent_to(before: Snapshot, after: Snapshot, sender: int, receivers: Collection[int]) -> int:
-    """Bytes ``sender`` sent (and had acknowledged) to ``receivers`` between two snapshots."""
+def sent_per_socket(
+    before: Snapshot, after: Snapshot, sender: int, receivers: Collection[int]
+) -> list[int]:
+    """Bytes ``sender`` sent (and had acknowledged) on each of its connections to
+    ``receivers`` between two snapshots, largest first."""
     owner = {key[0]: sock.pid for key, sock in after.items()}
     wanted = set(receivers)
-    total = 0
+    sent = []
     for key, sock in after.items():
         if sock.pid != sender or owner.get(sock.remote) not in wanted:
             continue
         earlier = before.get(key)
-        total += sock.acked - (earlier.acked if earlier is not None else 0)
-    return total
+        sent.append(sock.acked - (earlier.acked if earlier is not None else 0))
+    return sorted(sent, reverse=True)
+
+
+def sent_to(before: Snapshot, after: Snapshot, sender: int, receivers: Collection[int]) -> int:
+    """Bytes ``sender`` sent (and had acknowledged) to ``receivers`` between two snapshots."""
+    return sum(sent_per_socket(before, after, sender, receivers))
