@@ -30,7 +30,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from hp2p.bench.broker import BrokerError, Mosquitto, SysCounter
-from hp2p.bench.iot_phase import iot_figures, run_iot_phase
+from hp2p.bench.iot_phase import iot_figures, quiesce, run_iot_phase
 from hp2p.bench.iot_systems import Hp2pIot, MqttIot
 from hp2p.bench.overlay import settle
 from hp2p.bench.procs import Fleet, Proc, ProcError
@@ -42,6 +42,7 @@ FULL_PEERS = (50, 100)
 QUICK_RATES = (100.0,)
 FULL_RATES = (100.0, 1000.0)
 SETTLE_S = 2.0
+BACKLOG_LIMIT_S = 120.0
 HISTORY_NOTE = (
     "not measured: hp2p iot history (the SubMesh history members) is not part of this build"
 )
@@ -108,6 +109,9 @@ def _run_system(
             )
             plan["next"] += count
             out[(n, rate)] = iot_figures(phase)
+            if not out[(n, rate)]["kept_up"]:
+                advance(f"{system.kind}: N={n}, waiting for the backlog to clear")
+                out[(n, rate)]["backlog_cleared_s"] = quiesce(system.fleet, BACKLOG_LIMIT_S)
     return out
 
 

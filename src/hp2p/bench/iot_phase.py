@@ -122,6 +122,18 @@ def _drain(fleet: Fleet, target: int, limit_s: float) -> float:
     return round(time.monotonic() - start, 2)
 
 
+def quiesce(fleet: Fleet, limit_s: float, idle_s: float = 2.0) -> float:
+    """After an overloaded phase: wait until no delivery came for ``idle_s`` (at most
+    ``limit_s``), so that the backlog of one phase does not load the next; the seconds it took."""
+    start = time.monotonic()
+    seen, last_change = fleet.deliveries, start
+    while (now := time.monotonic()) - last_change < idle_s and now - start < limit_s:
+        fleet.wait_deliveries(seen + 1, 0.2)
+        if fleet.deliveries != seen:
+            seen, last_change = fleet.deliveries, time.monotonic()
+    return round(time.monotonic() - start, 2)
+
+
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 3)
 
