@@ -9,6 +9,7 @@ so a straggler of an earlier phase is never counted in a later one.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -51,6 +52,7 @@ class IotPhase:
     broker_to_gateway_bytes: int | None = None
     sys_bytes: int | None = None
     drain_s: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
 
 
 _decoder = msgspec.json.Decoder()
@@ -82,10 +84,12 @@ def run_iot_phase(
     cpu0 = _cpu(pids)
     snap0 = sockets.snapshot()
     before = system.fleet.deliveries
+    load0 = os.getloadavg()[0]
     sensors.command(f"run {rate:g} {count} {seed} {first}")
     phase.sensors = dict(sensors.wait_event({"done"}, count / rate * 3 + 60))
     phase.drain_s = _drain(system.fleet, before + count * len(consumers), drain_s)
     snap1 = sockets.snapshot()
+    phase.load = (round(load0, 2), round(os.getloadavg()[0], 2))
     cpu1 = _cpu(pids)
     sys1 = counter.fresh() if counter is not None else None
     phase.cpu_s = {role: cpu1[role] - cpu0[role] for role in cpu0}
@@ -178,6 +182,8 @@ def iot_figures(phase: IotPhase) -> dict[str, Any]:
         "source_data_links": sum(1 for b in phase.source_links if b >= 64 * published),
         "cpu_us_per_delivery": _per(cpu_total, delivered, 1e6),
         "drain_s": phase.drain_s,
+        # the machine's load (other jobs share it): 1-minute average before and after
+        "load_avg_1m": list(phase.load),
     }
     for role, spent in sorted(phase.cpu_s.items()):
         out[f"cpu_us_per_delivery_{role}"] = _per(spent, delivered, 1e6)
