@@ -12,6 +12,12 @@ app-id and/or a filter function; each selected message is published once on the 
 SubMesh objects carry ``meta = {"core-source", "core-sequence"}`` so that any SubMesh peer (and
 a standby bridge) can tell which CoreTree message an object is.
 
+**Packers.** A SubMesh target may instead have a *packer* (:class:`Packer`): it takes the
+selected CoreTree messages and hands back objects ``(data, app_id, meta)`` on its own schedule
+(the IoT history packs readings into time segments, :mod:`hp2p.apps.iot.segments`). The
+bridge asks it for due objects at the time it names (wall-clock seconds). A standby bridge
+does not take packer targets (it could not tell which packed objects the SubMesh holds).
+
 **Standby for a SubMesh.** A standby bridge (``standby=True``) is also a CoreTree peer, so it
 receives every CoreTree message, and keeps the selected ones in a bounded buffer. It joins each
 SubMesh as an ordinary peer in *standby* mode: its mesh core keeps a link to the source and, when
@@ -43,10 +49,11 @@ import logging
 import math
 import os
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import typer
 
@@ -92,6 +99,28 @@ def source_member_key(group_key: str, overlay_id: str, source_id: str) -> Signin
     return SigningKey.from_seed(seed)
 
 
+#: One packed object for a SubMesh: its bytes, app-id and meta.
+Packed = tuple[bytes, str | None, dict[str, Any]]
+
+#: Longest sleep (s) of a packer's timer: a packer may name no time while it holds nothing.
+_PACK_TICK = 1.0
+
+
+class Packer(Protocol):
+    """Turns a SubMesh target's selected CoreTree messages into objects on its own schedule.
+
+    ``now`` is wall-clock unix seconds. ``add`` may return objects at once (a size cap
+    reached), ``due`` those whose time has come; ``next_due`` is when to ask again (None:
+    nothing pending). Bad input is the packer's to count, never an exception.
+    """
+
+    def add(self, delivery: Delivery, now: float) -> list[Packed]: ...
+
+    def due(self, now: float) -> list[Packed]: ...
+
+    def next_due(self) -> float | None: ...
+
+
 class BridgeError(Exception):
     """The bridge could not start; ``str(err)`` says what failed and what to do."""
 
@@ -108,10 +137,14 @@ class BridgeTarget:
     source_id: str
     app_ids: frozenset[str] = frozenset()
     where: Selector | None = None
+    #: SubMesh only: pack the selected messages into objects (None: one object per message)
+    packer: Packer | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("tree", "mesh"):
             raise BridgeError(f"a target is 'tree' or 'mesh', not {self.kind!r}")
+        if self.packer is not None and self.kind != "mesh":
+            raise BridgeError("only a SubMesh target takes a packer")
         if not self.title or not self.source_id:
             raise BridgeError("a target needs a title and a source peer-id")
 
@@ -200,6 +233,11 @@ class Bridge:
                 "several standbys (--standby-rank above 1) work for SubTree targets only: a "
                 "SubMesh takes one standby per bridge (docs/sub-overlays.md); drop the "
                 "--submesh targets or the rank"
+            )
+        if standby and any(t.packer is not None for t in targets):
+            raise BridgeError(
+                "a standby bridge does not take packed SubMesh targets (segments): run it "
+                "without --standby-for, or without the packed target"
             )
         if buffer < 1:
             raise BridgeError("buffer must be at least 1 message")
@@ -372,6 +410,8 @@ class Bridge:
         )
         running.mesh = MeshNode(settings)
         await running.mesh.start()
+        if target.packer is not None:
+            self._spawn(self._pack_timer(running, target.packer), "hp2p-bridge-packer")
         if self.standby:
             self._spawn(self._await_takeover(running), "hp2p-bridge-takeover")
 
@@ -404,7 +444,37 @@ class Bridge:
             return
         self._forward(running, delivery)
 
+    async def _pack_timer(self, running: _Running, packer: Packer) -> None:
+        """Publish what the packer says is due, at the time it names (at least every tick)."""
+        while True:  # ends with the bridge (task cancelled)
+            due = packer.next_due()
+            wait = _PACK_TICK if due is None else min(_PACK_TICK, due - time.time())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._publish_packed(running, packer.due(time.time()))
+
+    def _publish_packed(self, running: _Running, objects: list[Packed]) -> None:
+        mesh = running.mesh
+        for data, app_id, meta in objects:
+            if mesh is None:
+                return
+            try:
+                number = mesh.publish(data, app_id=app_id, meta=meta)
+            except (MeshNodeError, PermissionError, ValueError) as exc:
+                self.stats.refused += 1
+                self._emit("error", {"target": running.target.title, "reason": str(exc)})
+                continue
+            self.stats.forwarded += 1
+            self._emit(
+                "packed",
+                {"target": running.target.title, "object": number, "size": len(data), **meta},
+            )
+
     def _forward(self, running: _Running, delivery: Delivery, replay: bool = False) -> None:
+        packer = running.target.packer
+        if packer is not None and running.mesh is not None:
+            self._publish_packed(running, packer.add(delivery, time.time()))
+            return
         try:
             if running.mesh is not None:
                 meta: dict[str, Any] = {

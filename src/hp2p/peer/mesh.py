@@ -463,6 +463,23 @@ class MeshCore(Kernel):
         self._next_maintenance = None
         self.left = True
 
+    def forget_below(self, floor: int, now: float) -> int:
+        """Drop every object numbered below ``floor`` and never fetch those again.
+
+        The application's retention (an IoT history keeps so many days): the objects leave
+        the store whole, like evicted ones, and raise the floor. Returns how many were held.
+        """
+        holdings = self.holdings
+        gone = sorted(o for o in holdings.objects if o < floor)
+        for obj in gone:
+            holdings.discard_object(obj)
+        if floor > holdings.floor:
+            holdings.floor = floor
+            self.pull.below_floor(floor)
+            holdings.delivered = {o for o in holdings.delivered if o >= floor}
+        self._after(now)
+        return len(gone)
+
     def take_over(self, now: float) -> int:
         """Become the publisher of this SubMesh (standby bridge). Returns the first object.
 

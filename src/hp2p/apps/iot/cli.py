@@ -18,7 +18,11 @@ app = typer.Typer(
 )
 
 #: sub-command name → module under hp2p.apps.iot that defines ``command`` and ``EPILOG``
-COMMANDS: dict[str, str] = {"gateway": "gateway"}
+COMMANDS: dict[str, str] = {
+    "gateway": "gateway",
+    "bridge": "bridge_command",
+    "history": "history_command",
+}
 
 
 def _mount() -> None:

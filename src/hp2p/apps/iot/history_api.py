@@ -1,0 +1,115 @@
+"""The query API of a history member: ``GET /history`` and ``GET /status`` on loopback.
+
+Read-only, and only what any member of the SubMesh can read anyway, so it has no token; it
+listens only on a loopback address and refuses requests whose Host header names another
+host (a web page elsewhere cannot make a browser read it through DNS rebinding).
+
+No ``from __future__ import annotations`` here: FastAPI reads the route annotations at runtime.
+"""
+
+import asyncio
+import contextlib
+import socket
+from typing import Any
+
+import msgspec
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import Response
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from hp2p.apps.iot.history import HistoryError
+from hp2p.apps.iot.history_member import MAX_LIMIT, MAX_WAIT, HistoryMember, QueryError
+from hp2p.peer.settings import is_loopback_host, split_host_port
+
+__all__ = ["HistoryApi", "build_app"]
+
+_json = msgspec.json.Encoder()
+
+
+def _answer(body: Any) -> Response:
+    return Response(_json.encode(body), media_type="application/json")
+
+
+def build_app(member: HistoryMember) -> FastAPI:
+    app = FastAPI(title="hp2p IoT history", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/history")
+    async def history(
+        topic: str = Query(..., max_length=256),
+        start: float = Query(..., alias="from"),
+        end: float = Query(..., alias="to"),
+        limit: int = Query(100_000, ge=1, le=MAX_LIMIT),
+        wait: float = Query(2.0, ge=0, le=MAX_WAIT),
+    ) -> Response:
+        """Readings of ``topic`` with ``from <= ts < to`` in time order, with the gaps."""
+        try:
+            return _answer(await member.query(topic, start, end, limit=limit, wait=wait, raw=True))
+        except QueryError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    @app.get("/status")
+    async def status() -> Response:
+        return _answer(member.status())
+
+    return app
+
+
+class HistoryApi:
+    """uvicorn inside the member's event loop; ``await start()`` returns the base URL."""
+
+    def __init__(self, member: HistoryMember, listen: str) -> None:
+        self.member = member
+        self.host, self.port = split_host_port(listen, "api")
+        if not is_loopback_host(self.host):
+            raise HistoryError(
+                f"refusing to serve the history API on {listen}: not a loopback address "
+                "(use 127.0.0.1:PORT; put a reverse proxy in front to publish it)"
+            )
+        self.url = ""
+        self._server: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        ready = asyncio.Event()
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:  # the member owns SIGINT/SIGTERM
+                yield
+
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                try:
+                    await super().startup(sockets=sockets)
+                finally:
+                    ready.set()
+
+        try:
+            sock = socket.create_server((self.host, self.port))
+        except OSError as exc:
+            raise HistoryError(
+                f"cannot serve the history API on {self.host}:{self.port}: "
+                f"{exc.strerror or exc} (is the port in use? try another --api port)"
+            ) from None
+        self.port = sock.getsockname()[1]
+        app = TrustedHostMiddleware(
+            build_app(self.member), allowed_hosts=["127.0.0.1", "localhost", "[::1]", self.host]
+        )
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="history-api")
+        started = asyncio.ensure_future(ready.wait())
+        await asyncio.wait([self._task, started], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if not self._server.started:
+            await self.stop()
+            raise HistoryError("the history API did not start (see the log above)")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{self.port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, 3.0)

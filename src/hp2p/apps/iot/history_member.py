@@ -1,0 +1,331 @@
+"""The asyncio shell of a history member: a SubMesh peer whose piece store is the history file.
+
+It joins the SubMesh fed by ``hp2p iot bridge`` like any member (:class:`MeshNode`), so it pulls
+every segment object its neighbours hold (a late joiner backfills the whole history that way)
+and serves every piece it holds from its SQLite file (:mod:`hp2p.apps.iot.history`). Each
+delivered object is checked and stored once; retention drops whole oldest objects from the
+file and the mesh core; the query API answers from the file, after waiting a bounded time for
+segments it knows of but has not pulled yet, with explicit gaps for what is still missing
+(:mod:`hp2p.apps.iot.history_gaps`).
+
+Replication is full: every history member stores every segment within its retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from hp2p.apps.iot.history import HistoryError, HistoryStore, SqlitePieceStore, decode_doc
+from hp2p.apps.iot.history_gaps import Gap, find_gaps
+from hp2p.peer.mesh_config import MeshConfig
+from hp2p.peer.mesh_node import MeshDelivery, MeshNode, MeshNodeError, MeshSettings
+
+log = logging.getLogger("hp2p.apps.iot.history")
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+__all__ = ["HistoryMember", "HistorySettings", "QueryError"]
+
+#: The mesh core must never evict on its own: retention here decides what goes. A segment is
+#: at least two pieces (manifest and data) and a neighbour may announce a long history, so the
+#: per-neighbour bound of announced pieces is raised (about 130,000 segments).
+_UNBOUNDED = MeshConfig(store_bytes=1 << 50, store_objects=1 << 31, max_announced=1 << 18)
+#: Poll period (s) while a query waits for segments being pulled.
+_WAIT_POLL = 0.05
+#: Longest wait a query may ask for (s).
+MAX_WAIT = 30.0
+#: Most readings one answer carries.
+MAX_LIMIT = 1_000_000
+
+
+class QueryError(ValueError):
+    """A query with bad parameters; ``str(err)`` says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySettings:
+    homs: str
+    join: str
+    db: str
+    peer_id: str | None = None
+    retention_age: float | None = None  # seconds
+    retention_bytes: int | None = None
+    retention_interval: float = 5.0  # how often retention looks (s)
+    listen: str = "127.0.0.1:0"
+    config: MeshConfig = field(default_factory=lambda: _UNBOUNDED)
+
+
+@dataclass
+class HistoryStats:
+    segments: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    queries: int = 0
+
+
+class HistoryMember:
+    """``await start()``, ``await query(...)``, ``status()``, ``await close()``."""
+
+    def __init__(self, settings: HistorySettings, *, on_event: EventSink | None = None) -> None:
+        if settings.retention_age is not None and settings.retention_age <= 0:
+            raise HistoryError("--retention-age must be more than 0 seconds")
+        if settings.retention_bytes is not None and settings.retention_bytes < 1:
+            raise HistoryError("--retention-bytes must be at least 1 byte")
+        self.settings = settings
+        self.on_event = on_event
+        self.stats = HistoryStats()
+        self.store = HistoryStore(settings.db)
+        self.node = MeshNode(
+            MeshSettings(
+                homs=settings.homs,
+                join=settings.join,
+                peer_id=settings.peer_id or f"history-{secrets.token_hex(4)}",
+                listen=settings.listen,
+                config=settings.config,
+                subscriber_queue=4096,
+            ),
+            store=SqlitePieceStore(self.store),
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # === life cycle ==============================================================================
+    async def start(self) -> None:
+        """Join the SubMesh, pick up where the file left off, start pulling and serving."""
+        subscription = self.node.subscribe(4096)
+        try:
+            await self.node.start()
+            self.store.bind(self.node.overlay_id, self.node.source_id)
+        except (MeshNodeError, HistoryError):
+            await self.close()
+            raise
+        core = self.node.core
+        assert core is not None
+        core.forget_below(self.store.floor, self._loop_now())  # retention survives restarts
+        self._reconcile()
+        self._spawn(self._pump(subscription), "hp2p-history-pump")
+        self._spawn(self._housekeeping(), "hp2p-history-housekeeping")
+        self.emit(
+            "joined",
+            {
+                "peer_id": self.node.peer_id,
+                "overlay_id": self.node.overlay_id,
+                "db": str(self.store.path),
+                **self.store.counts(),
+            },
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        await self.node.close()
+        self.store.close()
+
+    # === storing =================================================================================
+    async def _pump(self, subscription: Any) -> None:
+        delivery: MeshDelivery
+        async for delivery in subscription:
+            self._ingest(delivery.object_number, delivery.data, delivery.app_id, delivery.meta)
+            if delivery.lost:
+                self._reconcile()  # a full queue dropped deliveries: the core still holds them
+
+    def _ingest(
+        self, obj: int, data: bytes, app_id: str | None, meta: dict[str, Any] | None
+    ) -> None:
+        core = self.node.core
+        manifest = core.manifest(obj) if core is not None else None
+        if manifest is None or obj in self.store.known:
+            return
+        result = self.store.ingest(
+            obj, data, app_id, meta, piece_size=manifest.piece_size, now=time.time()
+        )
+        if result.stored:
+            self.stats.segments += 1
+            self.stats.readings += result.readings
+            count = meta.get("count") if meta else None
+            if isinstance(count, int) and count > result.readings:
+                self.stats.duplicates += count - result.readings
+            self.emit(
+                "segment",
+                {"object": obj, "topic": (meta or {}).get("topic"), "readings": result.readings},
+            )
+        elif result.reason != "already known":
+            self.stats.rejected += 1
+            self.emit("rejected", {"object": obj, "reason": result.reason})
+
+    def _reconcile(self) -> None:
+        """Store every object the mesh holds that the file has no row for (after a restart,
+        a crash between pulling and storing, or a subscriber queue that overflowed)."""
+        core = self.node.core
+        if core is None:
+            return
+        for obj in core.objects():
+            if obj not in self.store.known:
+                data = core.read_object(obj)
+                manifest = core.manifest(obj)
+                if data is not None and manifest is not None:
+                    meta = dict(manifest.meta) if manifest.meta else None
+                    self._ingest(obj, data, manifest.app_id, meta)
+
+    async def _housekeeping(self) -> None:
+        """Commit loose pieces and apply retention, every ``retention_interval`` (bounded)."""
+        while True:  # ends with the member (task cancelled)
+            await asyncio.sleep(min(1.0, self.settings.retention_interval))
+            self.store.commit()
+            self.apply_retention(time.time())
+
+    def apply_retention(self, now: float) -> int:
+        """Drop whole oldest objects past the age or size bound; returns segments dropped."""
+        s = self.settings
+        if s.retention_age is None and s.retention_bytes is None:
+            return 0
+        floor = self.store.retention_floor(now, s.retention_age, s.retention_bytes)
+        core = self.node.core
+        if floor <= self.store.floor or core is None:
+            return 0
+        before = self.store.counts()["segments"]
+        core.forget_below(floor, self._loop_now())  # the mesh lets them go, never pulls them
+        self.store.drop_below(floor)
+        dropped = before - self.store.counts()["segments"]
+        self.stats.dropped += dropped
+        self.emit("retention", {"floor": floor, "dropped": dropped})
+        return dropped
+
+    # === queries =================================================================================
+    def gaps(self, topic: str, lo: float, hi: float, now: float) -> list[Gap]:
+        core = self.node.core
+        known = self.store.known
+        pending: dict[int, dict[str, Any] | None] = {}
+        announced: list[int] = []
+        if core is not None:
+            for obj, manifest in core.holdings.manifests.items():
+                if obj not in known:
+                    pending[obj] = dict(manifest.meta) if manifest.meta else None
+            announced = list(core.pull.availability)
+        kept = [self.store.dropped_until(topic)]
+        if self.settings.retention_age is not None:
+            kept.append(now - self.settings.retention_age)
+        kept_from = max((k for k in kept if k is not None), default=None)
+        return find_gaps(
+            topic,
+            lo,
+            hi,
+            kept_from=kept_from,
+            floor=self.store.floor,
+            known=known,
+            pending=pending,
+            announced=announced,
+        )
+
+    async def query(
+        self,
+        topic: str,
+        lo: float,
+        hi: float,
+        *,
+        limit: int = 100_000,
+        wait: float = 2.0,
+        raw: bool = False,
+    ) -> dict[str, Any]:
+        """Readings of ``topic`` in ``[lo, hi)`` in time order, each once, with the gaps.
+
+        Segments the member knows of but has not pulled are waited for (the mesh pulls
+        everything it hears of) for at most ``wait`` seconds, then reported as gaps.
+        ``raw``: each reading as :class:`msgspec.Raw` JSON (for the API), else a dict.
+        """
+        _check_query(topic, lo, hi, limit, wait)
+        self.stats.queries += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        gaps = self.gaps(topic, lo, hi, time.time())
+        while any(g.objects for g in gaps) and loop.time() < deadline:  # bounded by wait
+            await asyncio.sleep(_WAIT_POLL)
+            gaps = self.gaps(topic, lo, hi, time.time())
+        docs = self.store.query(topic, lo, hi, limit)
+        truncated = len(docs) >= limit
+        readings: list[Any] = [msgspec.Raw(d) for d in docs] if raw else list(map(decode_doc, docs))
+        return {
+            "topic": topic,
+            "from": lo,
+            "to": hi,
+            "count": len(docs),
+            "truncated": truncated,
+            "complete": not gaps and not truncated,
+            "gaps": [g.json() for g in gaps],
+            "readings": readings,
+        }
+
+    def status(self) -> dict[str, Any]:
+        node = self.node
+        mesh = node.core.status() if node.core is not None else {}
+        return {
+            "peer_id": node.peer_id,
+            "state": node.state,
+            "overlay_id": node.overlay_id,
+            "source_id": node.source_id,
+            "db": str(self.store.path),
+            "store": self.store.counts(),
+            "stats": vars(self.stats),
+            "retention": {
+                "age": self.settings.retention_age,
+                "bytes": self.settings.retention_bytes,
+            },
+            "replication": "full",
+            "rejections": self.store.rejections(),
+            "mesh": {
+                k: mesh.get(k) for k in ("neighbours", "objects", "pieces", "requests-in-flight")
+            }
+            | {"floor": mesh.get("floor"), "counters": mesh.get("counters")},
+        }
+
+    # === helpers =================================================================================
+    def _loop_now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("history task %s failed", task.get_name(), exc_info=task.exception())
+            self.emit("error", {"task": task.get_name(), "reason": repr(task.exception())})
+
+    def emit(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, fields)
+            except Exception:
+                log.exception("history event callback failed on %s", kind)
+
+
+def _check_query(topic: str, lo: float, hi: float, limit: int, wait: float) -> None:
+    if not topic or len(topic.encode()) > 256:
+        raise QueryError("topic must be 1..256 bytes")
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        raise QueryError("from and to must be unix seconds with from < to")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"limit must be 1..{MAX_LIMIT}")
+    if not 0 <= wait <= MAX_WAIT:
+        raise QueryError(f"wait must be 0..{MAX_WAIT:g} seconds")
