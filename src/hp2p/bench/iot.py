@@ -299,6 +299,10 @@ def iot(
             help="Peer setting KEY=VALUE for the gateway peer (repeatable), e.g. max_children=2.",
         ),
     ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Keep the processes' logs and the broker config here (default: temp)."),
+    ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the result file.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG figure.")] = None,
 ) -> None:
@@ -332,8 +336,9 @@ def iot(
         tempfile.TemporaryDirectory(prefix="hp2p-bench-iot-") as tmp,
         Progress(console=console) as progress,
     ):
+        folder = Path(tmp) if workdir is None else workdir
         try:
-            raw = measure_all(plan, Path(tmp), progress)["results"]
+            raw = measure_all(plan, folder, progress)["results"]
         except (ProcError, BrokerError, SocketCountersError) as exc:
             _fail(str(exc)[:600], 1)
     cases = [

@@ -4,6 +4,9 @@
 prints ``{"event": "ready"}`` and then obeys ``run RATE COUNT SEED FIRST`` lines on stdin: it
 publishes COUNT readings numbered from FIRST, at RATE per second over the devices in turn, on
 ``sensors/dev-XX/reading`` with QoS 0, and prints ``{"event": "done", ...}``.
+``history RATE COUNT SPAN FIRST TOPIC`` publishes COUNT readings on one TOPIC whose ``ts``
+spread over SPAN seconds in the past (an hour of history, sent at RATE). A client the broker
+drops is connected again; its reading is not published, and counted (``publish_errors``).
 
 A reading is ``{"ts": unix-seconds, "n": k, "dev": ..., "v": ..., "pad": ...}``, 64 B–1 KiB:
 ``ts`` is taken just before the publish (latency is measured from it), ``n`` numbers the
@@ -16,16 +19,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 MIN_SIZE = 64
 MAX_SIZE = 1024
+MAX_ERRORS = 100  # reconnections in one process before it gives up
+#: ``history`` readings end this long before the command: their slices are closed at once
+HISTORY_LAG_S = 30.0
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -54,48 +61,126 @@ async def _lines() -> AsyncIterator[str]:
         yield raw.decode("utf-8", "replace").strip()
 
 
+class Devices:
+    """The sensors' MQTT clients; one that the broker dropped is connected again (bounded)."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.count = count
+        self.clients: list[Any] = [None] * count
+        self.stacks = [AsyncExitStack() for _ in range(count)]
+        self.errors = 0
+
+    async def connect(self, device: int) -> None:
+        import aiomqtt
+
+        await self.stacks[device].aclose()
+        self.stacks[device] = AsyncExitStack()
+        client = aiomqtt.Client("127.0.0.1", self.port, identifier=f"bench-sensor-{device:02d}")
+        self.clients[device] = await self.stacks[device].enter_async_context(client)
+
+    async def publish(self, device: int, topic: str, body: bytes) -> bool:
+        """Publish with QoS 0; False (counted) when the client had to reconnect."""
+        import aiomqtt
+
+        try:
+            await self.clients[device].publish(topic, body, qos=0)
+            return True
+        except aiomqtt.MqttError:
+            self.errors += 1
+            if self.errors > MAX_ERRORS:
+                raise
+            await self.connect(device)
+            return False
+
+    async def close(self) -> None:
+        for stack in self.stacks:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+
 async def publish_run(
-    clients: list[Any], rate: float, count: int, seed: int, first: int
+    devices: Devices,
+    rate: float,
+    count: int,
+    first: int,
+    make: Callable[[int, int], tuple[str, bytes]],
 ) -> dict[str, Any]:
-    """COUNT readings at RATE per second, round robin over the clients; paced on the clock."""
-    lengths = sizes(count, seed)
+    """COUNT readings at RATE per second, round robin over the devices; paced on the clock.
+
+    ``make(i, device)`` gives the topic and body of the i-th reading of the run."""
     start = time.monotonic()
     late = 0.0
-    sent = 0
-    n_devices = len(clients)
+    sent = published = 0
+    errors = devices.errors
     while sent < count:
         now = time.monotonic()
         due = min(count, int((now - start) * rate) + 1)
         late = max(late, now - (start + (due - 1) / rate))
         while sent < due:
-            device = sent % n_devices
-            body = payload(first + sent, device, lengths[sent], time.time())
-            await clients[device].publish(f"sensors/dev-{device:02d}/reading", body, qos=0)
+            device = sent % devices.count
+            topic, body = make(sent, device)
+            published += await devices.publish(device, topic, body)
             sent += 1
         delay = start + sent / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
     elapsed = time.monotonic() - start
-    return {"published": sent, "elapsed_s": round(elapsed, 3), "late_max_ms": round(late * 1e3, 1)}
+    return {
+        "published": published,
+        "first": first,
+        "publish_errors": devices.errors - errors,
+        "elapsed_s": round(elapsed, 3),
+        "late_max_ms": round(late * 1e3, 1),
+    }
 
 
-async def main(port: int, devices: int) -> int:
-    import aiomqtt
+def live_readings(count: int, seed: int, first: int) -> Callable[[int, int], tuple[str, bytes]]:
+    """Readings of ``run``: one topic per device, ``ts`` = now, sizes from ``seed``."""
+    lengths = sizes(count, seed)
 
-    async with AsyncExitStack() as stack:
-        clients = []
-        for d in range(devices):
-            client = aiomqtt.Client("127.0.0.1", port, identifier=f"bench-sensor-{d:02d}")
-            clients.append(await stack.enter_async_context(client))
-        emit({"event": "ready", "devices": devices, "t": time.time()})
+    def make(i: int, device: int) -> tuple[str, bytes]:
+        body = payload(first + i, device, lengths[i], time.time())
+        return f"sensors/dev-{device:02d}/reading", body
+
+    return make
+
+
+def history_readings(
+    count: int, span: float, first: int, topic: str, end: float
+) -> Callable[[int, int], tuple[str, bytes]]:
+    """Readings of ``history``: all on ``topic``, their ``ts`` spread evenly over the
+    ``span`` seconds before ``end`` (an hour of readings, sent in a minute)."""
+    start = end - span
+    lengths = sizes(count, first)
+
+    def make(i: int, device: int) -> tuple[str, bytes]:
+        return topic, payload(first + i, device, lengths[i], start + i * span / count)
+
+    return make
+
+
+async def main(port: int, count: int) -> int:
+    devices = Devices(port, count)
+    try:
+        for d in range(count):
+            await devices.connect(d)
+        emit({"event": "ready", "devices": count, "t": time.time()})
         async for line in _lines():
             command, *args = line.split()
-            if command != "run" or len(args) != 4:
+            if command == "run" and len(args) == 4:
+                rate, n, seed, first = float(args[0]), int(args[1]), int(args[2]), int(args[3])
+                make = live_readings(n, seed, first)
+            elif command == "history" and len(args) == 5:
+                rate, n, span, first = float(args[0]), int(args[1]), float(args[2]), int(args[3])
+                make = history_readings(n, span, first, args[4], time.time() - HISTORY_LAG_S)
+            else:
                 emit({"event": "error", "reason": f"unknown command {line[:80]!r}"})
                 continue
-            rate, count, seed, first = float(args[0]), int(args[1]), int(args[2]), int(args[3])
-            done = await publish_run(clients, rate, count, seed, first)
+            done = await publish_run(devices, rate, n, first, make)
             emit({"event": "done", **done, "t": time.time()})
+    finally:
+        await devices.close()
     return 0
 
 
