@@ -1,9 +1,10 @@
 """``hp2p bench iot`` end to end on a tiny configuration, and its socket-counter parser.
 
 The smoke run starts real processes on 127.0.0.1 (a private mosquitto, the sensors, a HOMS,
-the gateway peer, three consumer peers, then three MQTT subscribers) for a few seconds: it
-checks the result file's keys and that every reading arrived once, not any timing (timing
-targets are recorded by the benchmark itself, as passed or failed).
+``hp2p iot gateway``, three consumer peers, then three MQTT subscribers, then a gateway, the
+IoT bridge and three history members) for a few seconds each: it checks the result file's
+keys and that every reading arrived once, not any timing (timing targets are recorded by the
+benchmark itself, as passed or failed).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from hp2p.bench.broker import find_mosquitto
-from hp2p.bench.iot import iot
+from hp2p.bench.iot import iot, real_gateway_available
 from hp2p.bench.sockets import Socket, parse_ss, sent_to
 
 app = typer.Typer()
@@ -59,10 +60,12 @@ def test_ss_parser_never_raises_on_odd_output(text: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(find_mosquitto() is None, reason="needs the mosquitto binary")
+@pytest.mark.skipif(not real_gateway_available(), reason="needs hp2p iot gateway")
 def test_tiny_iot_run_delivers_every_reading_and_writes_the_result_file(tmp_path: Path) -> None:
     out = tmp_path / "iot.json"
     png = tmp_path / "iot.png"
-    args = ["--peers", "3", "--rates", "40", "--duration", "2", "--gateway", "standin"]
+    args = ["--peers", "3", "--rates", "40", "--duration", "2"]
+    args += ["--history-members", "3", "--history-readings", "300", "--history-rate", "300"]
     result = CliRunner().invoke(app, [*args, "--json", str(out), "--plot", str(png)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
@@ -92,6 +95,10 @@ def test_tiny_iot_run_delivers_every_reading_and_writes_the_result_file(tmp_path
     assert metrics["source_bytes_per_msg"] > 64
     assert base["source_bytes_per_msg"] > 3 * 64
     assert set(doc["targets"]) >= {"delivery", "source_bytes", "latency_p99", "history_query"}
-    assert doc["targets"]["history_complete"]["passed"] is None
+    # the history part: 300 readings into 3 members, one of them SIGKILLed half-way
+    assert metrics["history_members_killed"] == 1
+    assert metrics["history_readings_packed"] == 300
+    assert metrics["history_complete"] == 1.0
+    assert metrics["history_query_ms"] > 0
     assert [c["peers"] for c in doc["per_case"]] == [3]
     assert png.stat().st_size > 0

@@ -17,6 +17,7 @@ passed/failed in the result file, not asserted.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from hp2p.bench.broker import BrokerError, Mosquitto, SysCounter
+from hp2p.bench.iot_history import READINGS, HistoryRun, not_measured
 from hp2p.bench.iot_phase import iot_figures, quiesce, run_iot_phase
 from hp2p.bench.iot_systems import Hp2pIot, MqttIot
 from hp2p.bench.overlay import settle
@@ -43,9 +45,6 @@ QUICK_RATES = (100.0,)
 FULL_RATES = (100.0, 1000.0)
 SETTLE_S = 2.0
 BACKLOG_LIMIT_S = 120.0
-HISTORY_NOTE = (
-    "not measured: hp2p iot history (the SubMesh history members) is not part of this build"
-)
 #: the gateway of branch iot-ingest: ``{homs}``, ``{port}``, ``{title}`` are filled in
 REAL_GATEWAY = [
     sys.executable,
@@ -117,7 +116,7 @@ def _run_system(
 
 def measure_all(plan: dict[str, Any], workdir: Path, progress: Progress) -> dict[str, Any]:
     """Broker and sensors, then hp2p through every N and rate, then the baseline."""
-    steps = len(plan["peers"]) * (1 + len(plan["rates"])) * 2 + 2
+    steps = len(plan["peers"]) * (1 + len(plan["rates"])) * 2 + 2 + 2 * plan["history"]
     task = progress.add_task("bench iot", total=steps)
 
     def advance(text: str) -> None:
@@ -146,11 +145,34 @@ def measure_all(plan: dict[str, Any], workdir: Path, progress: Progress) -> dict
             results["mosquitto"] = _run_system(mq, sensors, counter, plan, advance)
         finally:
             mq.close()
+        history = _history(plan, workdir, broker.port, sensors, advance)
     finally:
         sensor_fleet.close()
         counter.close()
         broker.stop()
-    return {"results": results}
+    return {"results": results, "history": history}
+
+
+def _history(
+    plan: dict[str, Any], workdir: Path, port: int, sensors: Proc, advance: Callable[[str], None]
+) -> dict[str, Any]:
+    """The history part (36,000 readings, 30 % of the members killed), unless skipped."""
+    if not plan["history"]:
+        return not_measured("skipped (--no-history)")
+    members = plan["history_members"]
+    advance(f"history: starting gateway, bridge and {members} history members")
+    readings = plan["history_readings"]
+    run = HistoryRun(workdir / "history", port, members, plan["seed"], readings)
+    try:
+        run.start()
+        advance(f"history: {readings:,} readings at {plan['history_rate']:g}/s, 30 % killed")
+        figures = run.measure(sensors, plan["history_rate"], plan["next"])
+    except ProcError as exc:
+        return not_measured(f"failed: {str(exc)[:300]}")
+    finally:
+        run.close()
+    plan["next"] += readings
+    return figures
 
 
 def _targets(hp: dict[str, Any], base: dict[str, Any], peers: int) -> dict[str, Any]:
@@ -205,9 +227,6 @@ def combine_case(peers: int, hp: dict[str, Any], base: dict[str, Any]) -> dict[s
     metrics["source_bytes_ratio_vs_broker"] = (
         round(mine / theirs, 4) if mine is not None and theirs else None
     )
-    metrics["history_query_ms"] = None
-    metrics["history_complete"] = None
-    metrics["history_note"] = HISTORY_NOTE
     ratios = {}
     for key in ("latency_p50_ms", "latency_p99_ms", "source_bytes_per_msg", "cpu_us_per_delivery"):
         a, b = metrics.get(key), baseline.get(key)
@@ -224,8 +243,11 @@ def combine_case(peers: int, hp: dict[str, Any], base: dict[str, Any]) -> dict[s
     }
 
 
-def build_document(plan: dict[str, Any], cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """The result file: the largest N at the lowest rate is the headline; all under per_case."""
+def build_document(
+    plan: dict[str, Any], cases: list[dict[str, Any]], history: dict[str, Any]
+) -> dict[str, Any]:
+    """The result file: the largest N at the lowest rate is the headline, with the history
+    figures (one per run); every (N, rate) under per_case."""
     head = max(cases, key=lambda c: (c["peers"], -c["rate"]))
     document = result_document(
         "iot",
@@ -242,11 +264,12 @@ def build_document(plan: dict[str, Any], cases: list[dict[str, Any]]) -> dict[st
             "headline": {"peers": head["peers"], "rate": head["rate"]},
             "notes": NOTES,
         },
-        metrics={"peers": head["peers"], **head["metrics"]},
+        metrics={"peers": head["peers"], **head["metrics"], **history},
         baselines=head["baselines"],
         ratios=head["ratios"],
     )
-    document["targets"] = head["targets"]
+    document["targets"] = copy.deepcopy(head["targets"])
+    _history_targets(document["targets"], history)
     n100 = [c for c in cases if c["peers"] == 100]
     if n100:
         document["targets"]["source_bytes"] = min(n100, key=lambda c: c["rate"])["targets"][
@@ -254,6 +277,14 @@ def build_document(plan: dict[str, Any], cases: list[dict[str, Any]]) -> dict[st
         ]
     document["per_case"] = [{k: v for k, v in c.items() if k != "latencies_ms"} for c in cases]
     return document
+
+
+def _history_targets(targets: dict[str, Any], history: dict[str, Any]) -> None:
+    complete, query = history.get("history_complete"), history.get("history_query_ms")
+    targets["history_complete"]["value"] = complete
+    targets["history_complete"]["passed"] = None if complete is None else complete >= 1.0
+    targets["history_query"]["value"] = query
+    targets["history_query"]["passed"] = None if query is None else query <= 200.0
 
 
 NOTES = [
@@ -299,6 +330,20 @@ def iot(
             help="Peer setting KEY=VALUE for the gateway peer (repeatable), e.g. max_children=2.",
         ),
     ] = None,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history/--no-history",
+            help="Also the history part: 36,000 readings into SubMesh history members.",
+        ),
+    ] = True,
+    history_members: Annotated[int, typer.Option(help="SubMesh history members.")] = 10,
+    history_readings: Annotated[
+        int, typer.Option(help="Readings of the hour of the history part.", hidden=True)
+    ] = READINGS,
+    history_rate: Annotated[
+        float, typer.Option(help="Readings/s of the history part (36,000 in all).")
+    ] = 1000.0,
     workdir: Annotated[
         Path | None,
         typer.Option(help="Keep the processes' logs and the broker config here (default: temp)."),
@@ -331,6 +376,12 @@ def iot(
             *(a for kv in settings for a in ("--set", kv)),
         ]
     plan["gateway_settings"] = settings
+    if not 2 <= history_members <= 50 or not 10 <= history_rate <= 20_000:
+        _fail("--history-members must be 2..50 and --history-rate 10..20000", 2)
+    if not 10 <= history_readings <= 1_000_000:
+        _fail("--history-readings must be 10..1000000", 2)
+    plan.update(history=history, history_members=history_members, history_rate=history_rate)
+    plan["history_readings"] = history_readings
     check_writable(console, json_file, plot)
     with (
         tempfile.TemporaryDirectory(prefix="hp2p-bench-iot-") as tmp,
@@ -338,7 +389,8 @@ def iot(
     ):
         folder = Path(tmp) if workdir is None else workdir
         try:
-            raw = measure_all(plan, folder, progress)["results"]
+            measured = measure_all(plan, folder, progress)
+            raw = measured["results"]
         except (ProcError, BrokerError, SocketCountersError) as exc:
             _fail(str(exc)[:600], 1)
     cases = [
@@ -347,7 +399,8 @@ def iot(
         for r in plan["rates"]
     ]
     _print(console, cases)
-    document = build_document(plan, cases)
+    _print_history(console, measured["history"])
+    document = build_document(plan, cases, measured["history"])
     save_result(console, json_file, document)
     if plot is not None:
         from hp2p.bench.plots import iot_plot
@@ -441,6 +494,15 @@ def _print(console: Console, cases: list[dict[str, Any]]) -> None:
     for case in cases:
         row += [_fmt(case["metrics"].get("source_bytes_ratio_vs_broker")), ""]
     table.add_row(*row)
+    console.print(table)
+
+
+def _print_history(console: Console, history: dict[str, Any]) -> None:
+    table = Table(title="hp2p bench iot: history (SubMesh members)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in history.items():
+        table.add_row(key, _fmt(value))
     console.print(table)
 
 
