@@ -188,6 +188,7 @@ def _targets(hp: dict[str, Any], base: dict[str, Any], peers: int) -> dict[str, 
         },
         "source_bytes": {
             "target": "gateway bytes per message <= 5 % of the broker's at N=100",
+            "peers": peers,
             "value": ratio,
             "passed": None if peers != 100 or ratio is None else ratio <= 0.05,
         },

@@ -120,11 +120,12 @@ class HistoryRun:
         survivors = [p for p in self.members if p.name not in victims]
         window = (end - HOUR_S - 120, end + 60)
         counts = {p.name: self._complete_count(self.urls[p.name], window) for p in survivors}
-        timed = self._timed_queries(self.urls[survivors[0].name], window)
+        timed, size = self._timed_queries(self.urls[survivors[0].name], window)
         lowest = min(counts.values(), default=0)
         return {
             "history_query_ms": round(statistics.median(timed), 1) if timed else None,
             "history_query_ms_max": round(max(timed), 1) if timed else None,
+            "history_answer_bytes": size,
             "history_complete": round(lowest / self.packed, 6) if self.packed else None,
             "history_members": self._count,
             "history_members_killed": len(victims),
@@ -154,13 +155,15 @@ class HistoryRun:
             _pause(1.0)
         return best
 
-    def _timed_queries(self, url: str, window: tuple[float, float]) -> list[float]:
+    def _timed_queries(self, url: str, window: tuple[float, float]) -> tuple[list[float], int]:
+        """Milliseconds of each ``GET /history`` (to its last byte), and the answer's size."""
         times = []
+        size = 0
         for _ in range(QUERY_REPEATS):
             start = time.perf_counter()
-            _get(url, window, wait=0.0)
+            size = len(_get(url, window, wait=0.0))
             times.append((time.perf_counter() - start) * 1e3)
-        return times
+        return times, size
 
     def close(self) -> None:
         for proc in self.fleet.procs:
