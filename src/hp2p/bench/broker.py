@@ -56,6 +56,8 @@ class Mosquitto:
                     "log_dest stderr",
                     "log_type error",
                     "log_type warning",
+                    "log_type notice",
+                    "log_timestamp true",
                     "",
                 ]
             )

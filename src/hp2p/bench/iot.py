@@ -472,6 +472,7 @@ _SHOWN = (
     "latency_p50_ms",
     "latency_p99_ms",
     "source_bytes_per_msg",
+    "source_data_links",
     "cpu_us_per_delivery",
     "achieved_publish_rate",
     "kept_up",
@@ -479,23 +480,19 @@ _SHOWN = (
 
 
 def _print(console: Console, cases: list[dict[str, Any]]) -> None:
-    table = Table(title="hp2p bench iot: hp2p (gateway + CoreTree) vs mosquitto (direct)")
-    table.add_column("metric")
+    """One table per (N, rate): hp2p, mosquitto and their ratio side by side."""
     for case in cases:
-        head = f"N={case['peers']} {case['rate']:g}/s"
-        table.add_column(f"{head}\nhp2p", justify="right")
+        base = case["baselines"]["mosquitto"]
+        table = Table(title=f"hp2p bench iot: N={case['peers']}, {case['rate']:g} msg/s")
+        table.add_column("metric")
+        table.add_column("hp2p", justify="right")
         table.add_column("mosquitto", justify="right")
-    for key in _SHOWN:
-        row = [key]
-        for case in cases:
-            row.append(_fmt(case["metrics"].get(key)))
-            row.append(_fmt(case["baselines"]["mosquitto"].get(key)))
-        table.add_row(*row)
-    row = ["source bytes hp2p/broker"]
-    for case in cases:
-        row += [_fmt(case["metrics"].get("source_bytes_ratio_vs_broker")), ""]
-    table.add_row(*row)
-    console.print(table)
+        table.add_column("hp2p / mosquitto", justify="right")
+        for key in _SHOWN:
+            mine, theirs = case["metrics"].get(key), base.get(key)
+            ratio = case["ratios"].get(f"{key}_vs_mosquitto")
+            table.add_row(key, _fmt(mine), _fmt(theirs), _fmt(ratio))
+        console.print(table)
 
 
 def _print_history(console: Console, history: dict[str, Any]) -> None:

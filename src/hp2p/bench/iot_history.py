@@ -130,6 +130,7 @@ class HistoryRun:
             "history_members": self._count,
             "history_members_killed": len(victims),
             "history_readings_published": published,
+            "history_publish_errors": done.get("publish_errors"),
             "history_readings_packed": self.packed,
             "history_readings_returned_min": lowest,
             "history_ingest_rate": rate,

@@ -172,6 +172,7 @@ def iot_figures(phase: IotPhase) -> dict[str, Any]:
         "messages": published,
         "achieved_publish_rate": _rate(published, phase.sensors.get("elapsed_s")),
         "sensor_late_max_ms": phase.sensors.get("late_max_ms"),
+        "sensor_publish_errors": phase.sensors.get("publish_errors"),
         "delivery_ratio": round(delivered / due, 6) if due else None,
         "duplicates": duplicates,
         "latency_p50_ms": _ms(quantile(latencies, 0.5)),
@@ -180,6 +181,9 @@ def iot_figures(phase: IotPhase) -> dict[str, Any]:
         "source_bytes_per_msg": _per(phase.source_bytes, published),
         # connections that carried readings (>= 64 bytes, the smallest, per reading)
         "source_data_links": sum(1 for b in phase.source_links if b >= 64 * published),
+        "source_link_bytes_per_msg": [
+            round(b / published) for b in phase.source_links[:8] if published
+        ],
         "cpu_us_per_delivery": _per(cpu_total, delivered, 1e6),
         "drain_s": phase.drain_s,
         # the machine's load (other jobs share it): 1-minute average before and after
