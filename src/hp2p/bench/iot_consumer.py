@@ -8,6 +8,8 @@ on the broker directly. Both print, per reading, the same line that ``hp2p peer
 
     {"event":"deliver","source":"sensors","sequence":N,"t":RECEIVED,"ts":DEVICE_TS}
 
+(a CoreTree member adds ``"gw"``: when the gateway received the reading from the broker)
+
 so the harness counts them with one reader (:class:`~hp2p.bench.procs.Fleet`) and both
 systems pay the same for being measured. ``t`` is taken on receipt; lines are flushed every
 ``FLUSH_S`` (the timestamps do not depend on when a line reaches the harness). The process
@@ -39,17 +41,19 @@ class LinePrinter:
     def event(self, fields: dict[str, Any]) -> None:
         self._lines.append(json.dumps(fields, separators=(",", ":")))
 
-    def reading(self, body: bytes, received: float) -> None:
-        """One reading's JSON payload: its ``n`` and ``ts`` (anything else is counted bad)."""
+    def reading(self, body: bytes, received: float, gateway_ts: float | None = None) -> None:
+        """One reading's JSON payload: its ``n`` and ``ts`` (anything else is counted bad);
+        ``gateway_ts``: when the gateway got it from the broker (``gw``, hp2p only)."""
         try:
             value = json.loads(body)
             n, ts = int(value["n"]), float(value["ts"])
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
             self.bad_reading(f"payload is not a bench reading: {exc}")
             return
+        gw = "" if gateway_ts is None else f',"gw":{gateway_ts:.6f}'
         self._lines.append(
             f'{{"event":"deliver","source":"sensors","sequence":{n},"t":{received:.6f},'
-            f'"ts":{ts:.6f}}}'
+            f'"ts":{ts:.6f}{gw}}}'
         )
 
     def bad_reading(self, reason: str) -> None:
@@ -131,7 +135,7 @@ async def hp2p_consumer(homs: str, join: str, name: str, printer: LinePrinter) -
             except ReadingError as exc:
                 printer.bad_reading(str(exc))
                 continue
-            printer.reading(reading.payload, received)
+            printer.reading(reading.payload, received, reading.received_ts)
 
 
 def cli() -> None:

@@ -45,7 +45,8 @@ class IotPhase:
     count: int
     first: int
     sensors: dict[str, Any] = field(default_factory=dict)
-    rows: list[list[tuple[int, float, float]]] = field(default_factory=list)  # per consumer
+    #: per consumer: (n, received, device ts, gateway ts or None)
+    rows: list[list[tuple[int, float, float, float | None]]] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)
     source_bytes: int = 0
     source_links: list[int] = field(default_factory=list)  # bytes per connection, largest first
@@ -107,7 +108,9 @@ def run_iot_phase(
             event = _decoder.decode(raw)
             n = int(event["sequence"])
             if first <= n < last:
-                mine.append((n, float(event["t"]), float(event["ts"])))
+                gw = event.get("gw")
+                gateway = float(gw) if isinstance(gw, int | float) else None
+                mine.append((n, float(event["t"]), float(event["ts"]), gateway))
         phase.rows.append(mine)
     return phase
 
@@ -155,16 +158,21 @@ def iot_figures(phase: IotPhase) -> dict[str, Any]:
     published = int(phase.sensors.get("published", phase.count))
     due = published * len(phase.rows)
     latencies: list[float] = []
+    ingest: list[float] = []  # device ts -> gateway (sensor, broker, gateway's MQTT client)
+    tree: list[float] = []  # gateway -> consumer (queue, signing, the CoreTree)
     delivered = duplicates = 0
     for rows in phase.rows:
         seen: set[int] = set()
-        for n, t, ts in rows:
+        for n, t, ts, gw in rows:
             if n in seen:
                 duplicates += 1
                 continue
             seen.add(n)
             delivered += 1
             latencies.append(t - ts)
+            if gw is not None:
+                ingest.append(gw - ts)
+                tree.append(t - gw)
     cpu_total = sum(phase.cpu_s.values())
     out: dict[str, Any] = {
         "rate": phase.rate,
@@ -194,6 +202,11 @@ def iot_figures(phase: IotPhase) -> dict[str, Any]:
     if phase.broker_to_gateway_bytes is not None:
         out["broker_to_gateway_bytes_per_msg"] = _per(phase.broker_to_gateway_bytes, published)
     out["broker_sys_bytes_per_msg"] = _per(phase.sys_bytes, published)
+    if tree:
+        out["latency_to_gateway_p50_ms"] = _ms(quantile(ingest, 0.5))
+        out["latency_to_gateway_p99_ms"] = _ms(quantile(ingest, 0.99))
+        out["latency_gateway_to_consumer_p50_ms"] = _ms(quantile(tree, 0.5))
+        out["latency_gateway_to_consumer_p99_ms"] = _ms(quantile(tree, 0.99))
     ratio, p99 = out["delivery_ratio"], out["latency_p99_ms"]
     out["kept_up"] = bool(
         ratio is not None
