@@ -23,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -366,24 +366,39 @@ def iot(
     """
     console = Console()
     plan = _plan(quick, peers, rates, duration, devices, seed, gateway)
-    settings = list(gateway_set or [])
+    _more_options(plan, gateway_set or [], history, history_members, history_rate)
+    plan["history_readings"] = history_readings
+    if not 10 <= history_readings <= 1_000_000:
+        _fail("--history-readings must be 10..1000000", 2)
+    check_writable(console, json_file, plot)
+    _measure_and_report(console, plan, workdir, json_file, plot)
+
+
+def _more_options(
+    plan: dict[str, Any], settings: list[str], history: bool, members: int, rate: float
+) -> None:
+    """``--gateway-set`` (passed on as the gateway's ``--set``) and the history options."""
     if settings:
         if plan["gateway_args"] is None:
             _fail("--gateway-set needs the real gateway (hp2p iot gateway), not the stand-in", 2)
         if any("=" not in kv for kv in settings):
             _fail(f"--gateway-set wants KEY=VALUE, got {settings}", 2)
-        plan["gateway_args"] = [
-            *plan["gateway_args"],
-            *(a for kv in settings for a in ("--set", kv)),
-        ]
-    plan["gateway_settings"] = settings
-    if not 2 <= history_members <= 50 or not 10 <= history_rate <= 20_000:
+        extra = [a for kv in settings for a in ("--set", kv)]
+        plan["gateway_args"] = [*plan["gateway_args"], *extra]
+    plan["gateway_settings"] = list(settings)
+    if not 2 <= members <= 50 or not 10 <= rate <= 20_000:
         _fail("--history-members must be 2..50 and --history-rate 10..20000", 2)
-    if not 10 <= history_readings <= 1_000_000:
-        _fail("--history-readings must be 10..1000000", 2)
-    plan.update(history=history, history_members=history_members, history_rate=history_rate)
-    plan["history_readings"] = history_readings
-    check_writable(console, json_file, plot)
+    plan.update(history=history, history_members=members, history_rate=rate)
+
+
+def _measure_and_report(
+    console: Console,
+    plan: dict[str, Any],
+    workdir: Path | None,
+    json_file: Path | None,
+    plot: Path | None,
+) -> None:
+    """Run everything, print the tables, write the result file and the figure."""
     with (
         tempfile.TemporaryDirectory(prefix="hp2p-bench-iot-") as tmp,
         Progress(console=console) as progress,
@@ -391,9 +406,9 @@ def iot(
         folder = Path(tmp) if workdir is None else workdir
         try:
             measured = measure_all(plan, folder, progress)
-            raw = measured["results"]
         except (ProcError, BrokerError, SocketCountersError) as exc:
             _fail(str(exc)[:600], 1)
+    raw = measured["results"]
     cases = [
         combine_case(n, raw["hp2p"][(n, r)], raw["mosquitto"][(n, r)])
         for n in plan["peers"]
@@ -461,7 +476,7 @@ def _numbers(text: str, option: str, low: float, high: float) -> list[float]:
     return values
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     Console(stderr=True).print(f"hp2p bench iot: {message}")
     raise typer.Exit(code)
 

@@ -153,26 +153,40 @@ def _rate(count: int, elapsed: Any) -> float | None:
     return round(count / elapsed, 1) if isinstance(elapsed, int | float) and elapsed > 0 else None
 
 
-def iot_figures(phase: IotPhase) -> dict[str, Any]:
-    """Delivery, duplicates, latency (device ts → receipt), source bytes and CPU per delivery."""
-    published = int(phase.sensors.get("published", phase.count))
-    due = published * len(phase.rows)
-    latencies: list[float] = []
-    ingest: list[float] = []  # device ts -> gateway (sensor, broker, gateway's MQTT client)
-    tree: list[float] = []  # gateway -> consumer (queue, signing, the CoreTree)
-    delivered = duplicates = 0
+@dataclass(slots=True)
+class _Received:
+    """What the consumers got, each reading counted once per consumer."""
+
+    delivered: int = 0
+    duplicates: int = 0
+    latencies: list[float] = field(default_factory=list)
+    ingest: list[float] = field(default_factory=list)  # device ts -> gateway (broker, MQTT)
+    tree: list[float] = field(default_factory=list)  # gateway -> consumer (queue, CoreTree)
+
+
+def _received(phase: IotPhase) -> _Received:
+    got = _Received()
     for rows in phase.rows:
         seen: set[int] = set()
         for n, t, ts, gw in rows:
             if n in seen:
-                duplicates += 1
+                got.duplicates += 1
                 continue
             seen.add(n)
-            delivered += 1
-            latencies.append(t - ts)
+            got.delivered += 1
+            got.latencies.append(t - ts)
             if gw is not None:
-                ingest.append(gw - ts)
-                tree.append(t - gw)
+                got.ingest.append(gw - ts)
+                got.tree.append(t - gw)
+    return got
+
+
+def iot_figures(phase: IotPhase) -> dict[str, Any]:
+    """Delivery, duplicates, latency (device ts → receipt), source bytes and CPU per delivery."""
+    published = int(phase.sensors.get("published", phase.count))
+    due = published * len(phase.rows)
+    got = _received(phase)
+    delivered, latencies = got.delivered, got.latencies
     cpu_total = sum(phase.cpu_s.values())
     out: dict[str, Any] = {
         "rate": phase.rate,
@@ -182,7 +196,7 @@ def iot_figures(phase: IotPhase) -> dict[str, Any]:
         "sensor_late_max_ms": phase.sensors.get("late_max_ms"),
         "sensor_publish_errors": phase.sensors.get("publish_errors"),
         "delivery_ratio": round(delivered / due, 6) if due else None,
-        "duplicates": duplicates,
+        "duplicates": got.duplicates,
         "latency_p50_ms": _ms(quantile(latencies, 0.5)),
         "latency_p99_ms": _ms(quantile(latencies, 0.99)),
         "latency_max_ms": _ms(max(latencies, default=None)),
@@ -202,11 +216,11 @@ def iot_figures(phase: IotPhase) -> dict[str, Any]:
     if phase.broker_to_gateway_bytes is not None:
         out["broker_to_gateway_bytes_per_msg"] = _per(phase.broker_to_gateway_bytes, published)
     out["broker_sys_bytes_per_msg"] = _per(phase.sys_bytes, published)
-    if tree:
-        out["latency_to_gateway_p50_ms"] = _ms(quantile(ingest, 0.5))
-        out["latency_to_gateway_p99_ms"] = _ms(quantile(ingest, 0.99))
-        out["latency_gateway_to_consumer_p50_ms"] = _ms(quantile(tree, 0.5))
-        out["latency_gateway_to_consumer_p99_ms"] = _ms(quantile(tree, 0.99))
+    if got.tree:
+        out["latency_to_gateway_p50_ms"] = _ms(quantile(got.ingest, 0.5))
+        out["latency_to_gateway_p99_ms"] = _ms(quantile(got.ingest, 0.99))
+        out["latency_gateway_to_consumer_p50_ms"] = _ms(quantile(got.tree, 0.5))
+        out["latency_gateway_to_consumer_p99_ms"] = _ms(quantile(got.tree, 0.99))
     ratio, p99 = out["delivery_ratio"], out["latency_p99_ms"]
     out["kept_up"] = bool(
         ratio is not None
