@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from hp2p.bench.broker import find_mosquitto
 from hp2p.bench.iot import iot, real_gateway_available
+from hp2p.bench.iot_phase import IotPhase, iot_figures
 from hp2p.bench.sockets import Socket, parse_ss, sent_to
 
 app = typer.Typer()
@@ -102,3 +103,24 @@ def test_tiny_iot_run_delivers_every_reading_and_writes_the_result_file(tmp_path
     assert metrics["history_query_ms"] > 0
     assert [c["peers"] for c in doc["per_case"]] == [3]
     assert png.stat().st_size > 0
+
+
+def test_figures_count_each_reading_once_per_consumer_and_split_the_latency() -> None:
+    phase = IotPhase(rate=10.0, count=2, first=5)
+    phase.sensors = {"published": 2, "elapsed_s": 0.2}
+    phase.rows = [
+        [(5, 10.05, 10.0, 10.01), (6, 10.15, 10.1, 10.11), (6, 10.3, 10.1, 10.11)],
+        [(5, 10.02, 10.0, 10.01)],  # reading 6 never reached this consumer
+    ]
+    phase.cpu_s = {"source": 0.001, "consumers": 0.002}
+    phase.source_links = [2000, 10]
+    phase.source_bytes = 2010
+    got = iot_figures(phase)
+    assert got["delivery_ratio"] == 0.75
+    assert got["duplicates"] == 1
+    assert got["source_bytes_per_msg"] == 1005.0
+    assert got["source_data_links"] == 1  # the 10-byte link carried no readings
+    assert got["cpu_us_per_delivery"] == 1000.0  # 3 ms over 3 deliveries
+    assert got["latency_to_gateway_p50_ms"] == pytest.approx(10.0)
+    assert got["latency_gateway_to_consumer_p99_ms"] == pytest.approx(40.0)
+    assert got["kept_up"] is False
