@@ -20,6 +20,7 @@ from hp2p.homs.launch import free_port
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 START_DEADLINE_S = 15.0
+START_ATTEMPTS = 3
 SYS_BYTES_SENT = "$SYS/broker/bytes/sent"
 
 
@@ -35,6 +36,24 @@ def find_mosquitto() -> str | None:
     return next((p for p in MOSQUITTO_PATHS if Path(p).is_file()), None)
 
 
+def _config(port: int) -> str:
+    return "\n".join(
+        [
+            f"listener {port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence false",
+            "sys_interval 1",
+            "max_queued_messages 100000",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_timestamp true",
+            "",
+        ]
+    )
+
+
 class Mosquitto:
     """One ``mosquitto -c CONF`` child on 127.0.0.1:``port``; stop it with :meth:`stop`."""
 
@@ -43,32 +62,23 @@ class Mosquitto:
         if binary is None:
             raise BrokerError("mosquitto not found: install it (apt-get install mosquitto)")
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} 127.0.0.1",
-                    "allow_anonymous true",
-                    "persistence false",
-                    "sys_interval 1",
-                    "max_queued_messages 100000",
-                    "log_dest stderr",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    "log_timestamp true",
-                    "",
-                ]
-            )
-        )
         self.log = workdir / "mosquitto.log"
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        self.pid = self.proc.pid
-        self._wait_listening()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            # free_port() can race with another program taking the port: try a new one
+            self.port = free_port()
+            self.conf.write_text(_config(self.port))
+            with self.log.open("wb") as log:
+                self.proc = subprocess.Popen(
+                    [binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+                )
+            self.pid = self.proc.pid
+            try:
+                self._wait_listening()
+                return
+            except BrokerError:
+                if attempt == START_ATTEMPTS:
+                    raise
 
     @property
     def url(self) -> str:
@@ -122,7 +132,10 @@ class SysCounter:
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sys")
         self._client.on_message = self._on_message
         self._client.on_connect = lambda c, *_: c.subscribe(SYS_BYTES_SENT)
-        self._client.connect("127.0.0.1", port)
+        try:
+            self._client.connect("127.0.0.1", port)
+        except OSError as exc:
+            raise BrokerError(f"cannot follow $SYS on 127.0.0.1:{port}: {exc}") from None
         self._client.loop_start()
 
     def _on_message(self, _client: object, _userdata: object, message: object) -> None:

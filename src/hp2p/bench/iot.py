@@ -125,7 +125,11 @@ def measure_all(plan: dict[str, Any], workdir: Path, progress: Progress) -> dict
     advance("starting mosquitto and the sensors")
     broker = Mosquitto(workdir / "broker")
     plan["broker_pid"] = broker.pid
-    counter = SysCounter(broker.port)
+    try:
+        counter = SysCounter(broker.port)
+    except BrokerError:
+        broker.stop()
+        raise
     sensor_fleet = Fleet()
     results: dict[str, dict[tuple[int, float], dict[str, Any]]] = {}
     try:
