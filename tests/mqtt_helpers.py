@@ -25,13 +25,13 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 class Mosquitto:
     """A ``mosquitto`` process on 127.0.0.1:``port`` (persistence off); restartable in place."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.config = workdir / f"mosquitto-{self.port}.conf"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 10000\n"
+            f"max_queued_messages 10000\n{extra}"
         )
         self.log = workdir / f"mosquitto-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None

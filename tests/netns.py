@@ -50,6 +50,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -76,6 +77,7 @@ TURN_PASSWORD = "nat-test-secret"
 TURN_REALM = "hp2p.test"
 
 _MAGIC = 0x2112A442
+_USAGE_FIELD = re.compile(r"\b(rp|rb|sp|sb)=(\d+)")
 
 
 class TopologyError(RuntimeError):
@@ -451,6 +453,25 @@ class Coturn:
     def turn_url(self) -> str:
         return f"turn:{TURN_USER}:{TURN_PASSWORD}@{self.topo.public_ip}:{STUN_PORT}"
 
+    def peer_usage(self, deadline: float) -> list[dict[str, int]]:
+        """The peer-side counters of the closed allocations (coturn logs them on close: ``rp``/
+        ``rb`` packets/bytes received from peers, ``sp``/``sb`` sent to them), polled until one
+        relayed both ways or ``deadline`` seconds; an allocation deleted by its client is closed
+        at coturn's next timer tick."""
+        end = time.monotonic() + deadline
+        while True:
+            text = self.log.read_text(errors="replace") if self.log.exists() else ""
+            usage = [
+                {key: int(value) for key, value in _USAGE_FIELD.findall(line)}
+                for line in text.splitlines()
+                if ": peer usage: " in line
+            ]
+            if any(u.get("rp", 0) > 0 and u.get("sp", 0) > 0 for u in usage):
+                return usage
+            if time.monotonic() >= end or self.proc.poll() is not None:
+                return usage
+            time.sleep(0.2)
+
     def wait_ready(self, deadline: float) -> None:
         """Bounded: STUN binding requests (each with its own timeout) until one is answered."""
         end = time.monotonic() + deadline
@@ -467,9 +488,31 @@ class Coturn:
         raise TopologyError(f"coturn did not answer STUN within {deadline:g} s: {last}\n{tail}")
 
 
+#: Peer addresses coturn must not relay to (``denied-peer-ip``): the private and special-purpose
+#: IPv4 ranges, as in docs/deploy.md. Security first (a relay into the TURN host's own networks),
+#: and coturn 4.6 closes a whole allocation once a send from its relay socket has failed (here:
+#: "network unreachable" for a home's private host candidate, which ICE checks relay→host) and
+#: the next packet arrives on that socket, so a WebRTC link between two symmetric NATs lost its
+#: relay before the relay→relay check. Denied, the ChannelBind is refused (403) and nothing is
+#: sent. 198.18.0.0/15 is the Internet of these tests, hence allowed (a real server denies it).
+DENIED_PEER_RANGES = (
+    "0.0.0.0-0.255.255.255",
+    "10.0.0.0-10.255.255.255",
+    "100.64.0.0-100.127.255.255",
+    "127.0.0.0-127.255.255.255",
+    "169.254.0.0-169.254.255.255",
+    "172.16.0.0-172.31.255.255",
+    "192.0.0.0-192.0.0.255",
+    "192.168.0.0-192.168.255.255",
+    "240.0.0.0-255.255.255.255",
+)
+
+
 def coturn_config(ip: str, ip2: str, workdir: Path) -> str:
     """A coturn config: STUN and TURN on ``ip`` and ``ip2`` port 3478, no TLS, one static
-    long-term-credential user, logs and state in ``workdir``."""
+    long-term-credential user, no relaying to private ranges (:data:`DENIED_PEER_RANGES`),
+    logs and state in ``workdir``."""
+    denied = "".join(f"denied-peer-ip={r}\n" for r in DENIED_PEER_RANGES)
     return f"""\
 listening-ip={ip}
 listening-ip={ip2}
@@ -485,8 +528,8 @@ no-tls
 no-dtls
 no-cli
 no-rfc5780
-allowed-peer-ip=10.0.0.0-10.255.255.255
-allowed-peer-ip=198.18.0.0-198.19.255.255
+no-multicast-peers
+{denied}allowed-peer-ip=198.18.0.0-198.19.255.255
 userdb={workdir / "turndb"}
 pidfile={workdir / "turnserver.pid"}
 log-file={workdir / "turnserver.log"}
@@ -556,14 +599,14 @@ class TurnClient:
         """The relayed address (XOR-RELAYED-ADDRESS) of a new UDP allocation."""
         answer = self._authed(0x0003, _attr(0x0019, bytes([17, 0, 0, 0])))  # transport UDP
         if struct.unpack("!H", answer[:2])[0] != 0x0103:
-            raise ValueError(f"Allocate refused: {_attrs(answer).get(0x0009, b'')!r}")
+            raise ValueError(f"Allocate refused: {_error(answer)}")
         return _xor_address(_attrs(answer)[0x0016])
 
     def permit(self, peer_ip: str) -> None:
         """CreatePermission: the relay accepts data from ``peer_ip`` (any port)."""
         answer = self._authed(0x0008, _attr(0x0012, _xor_pack(peer_ip, 0)))
         if struct.unpack("!H", answer[:2])[0] != 0x0108:
-            raise ValueError(f"CreatePermission refused: {_attrs(answer).get(0x0009, b'')!r}")
+            raise ValueError(f"CreatePermission refused: {_error(answer)}")
 
     def send(self, peer: tuple[str, int], data: bytes) -> None:
         """A Send indication: the relay sends ``data`` to ``peer`` from the relayed address."""
@@ -576,7 +619,7 @@ class TurnClient:
         body = _attr(0x000C, struct.pack("!HH", channel, 0)) + _attr(0x0012, _xor_pack(*peer))
         answer = self._authed(0x0009, body)
         if struct.unpack("!H", answer[:2])[0] != 0x0109:
-            raise ValueError(f"ChannelBind refused: {_attrs(answer).get(0x0009, b'')!r}")
+            raise ValueError(f"ChannelBind refused: {_error(answer)}")
 
     def send_channel(self, channel: int, data: bytes) -> None:
         """ChannelData on a bound channel (padded to 4 bytes, as over TCP; UDP allows it)."""
@@ -638,6 +681,15 @@ def _xor_address(value: bytes) -> list[object]:
     port = struct.unpack("!H", value[2:4])[0] ^ (_MAGIC >> 16)
     raw = struct.unpack("!I", value[4:8])[0] ^ _MAGIC
     return [str(ipaddress.IPv4Address(raw)), port]
+
+
+def _error(answer: bytes) -> str:
+    """An error response's ERROR-CODE as ``"403 Forbidden"`` (RFC 5389 §15.6)."""
+    value = _attrs(answer).get(0x0009, b"")
+    if len(value) < 4:
+        return f"no ERROR-CODE (message type {struct.unpack('!H', answer[:2])[0]:#06x})"
+    reason = value[4:].rstrip(b"\0").decode(errors="replace")
+    return f"{(value[2] & 0x07) * 100 + value[3]} {reason}"
 
 
 def _attr(kind: int, value: bytes) -> bytes:

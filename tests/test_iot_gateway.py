@@ -19,7 +19,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from hp2p.apps.iot.gateway import Gateway
+from hp2p.apps.iot.gateway import Gateway, GatewayError
 from hp2p.apps.iot.reading import (
     APP_ID,
     MAX_PAYLOAD,
@@ -434,3 +434,148 @@ def test_the_command_refuses_bad_options_in_one_line(
     assert message in done.stderr
     assert done.stderr.startswith("hp2p iot gateway: ")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def session_present(port: int, client_id: str) -> bool:
+    """Whether the broker still holds a session for ``client_id`` (the CONNACK flag)."""
+    import paho.mqtt.client as paho
+
+    flags: list[bool] = []
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    client.on_connect = lambda c, u, f, rc, p: flags.append(bool(f.session_present))
+    client.connect("127.0.0.1", port)
+    deadline = time.monotonic() + 10
+    while not flags and time.monotonic() < deadline:
+        client.loop(timeout=0.1)
+    client.disconnect()
+    assert flags, "no CONNACK within 10 s"
+    return flags[0]
+
+
+@pytest.mark.parametrize("stable_id", [True, False])
+async def test_only_a_gateway_with_a_stable_id_leaves_its_session_on_the_broker(
+    homs_url: str, broker: Mosquitto, stable_id: bool
+) -> None:
+    events = Events()
+    node = NodeSettings(
+        homs=homs_url,
+        create=f"iot-session-{stable_id}",
+        peer_id="gw-s" if stable_id else None,
+        join_timeout=15.0,
+    )
+    gw = Gateway(node, config=FAST, broker=broker.url, topics=["sensors/#"], on_event=events)
+    async with gw:
+        connected = await events.wait("mqtt_connected")
+        assert connected["persistent"] is stable_id
+    assert await asyncio.to_thread(session_present, broker.port, gw.client_id) is stable_id
+
+
+async def test_a_gateway_refuses_to_publish_into_a_subtree(
+    homs_url: str, broker: Mosquitto
+) -> None:
+    from hp2p.peer.subtree import SubOverlayHomsClient
+    from hp2p.trust.keys import SigningKey
+
+    homs = SubOverlayHomsClient(homs_url, key=SigningKey.generate())
+    try:
+        core = await homs.create_overlay(
+            "iot-core-x", "owner", "admin", heartbeat_interval=1, heartbeat_timeout=3
+        )
+        await homs.create_sub_overlay(
+            "iot-live-x",
+            sub_type="tree",
+            parent_overlay_id=core,
+            source_peer_id="src",
+            owner_id="owner",
+            admin_key="admin",
+            parent_admin_key="admin",
+        )
+    finally:
+        await homs.aclose()
+    node = NodeSettings(homs=homs_url, join="iot-live-x", peer_id="gw-x", join_timeout=15.0)
+    gw = Gateway(node, config=FAST, broker=broker.url, topics=["sensors/#"])
+    with pytest.raises(
+        GatewayError, match="'iot-live-x' is a SubTree: a gateway publishes into a CoreTree"
+    ):
+        await gw.start()
+    assert gw.node.state != "attached"
+
+
+class RefusingClient:
+    """An MQTT client whose broker refuses every subscription (SUBACK 0x80), as brokers with
+    ACLs on SUBSCRIBE do (Mosquitto grants and filters at delivery instead)."""
+
+    async def subscribe(self, topic: str, qos: int) -> list[object]:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.reasoncodes import ReasonCode
+
+        return [ReasonCode(PacketTypes.SUBACK, identifier=0x80)]
+
+
+async def test_a_subscription_the_broker_refuses_is_an_error_that_says_why() -> None:
+    node = NodeSettings(homs="http://127.0.0.1:9", create="x", peer_id="gw")
+    gw = Gateway(node, broker="mqtt://127.0.0.1:9", topics=["secret/#"])
+    with pytest.raises(GatewayError, match="refused the subscription to 'secret/#'"):
+        await gw._connected(RefusingClient())  # type: ignore[arg-type]
+    assert not gw.connected
+    await gw.close()
+
+
+async def test_a_cut_in_the_middle_of_a_stream_loses_no_qos1_message(
+    homs_url: str, broker: Mosquitto, publisher: aiomqtt.Client
+) -> None:
+    cutoff = TcpCutoff(broker.port)
+    await cutoff.open()
+    events = Events()
+    gw = gateway(
+        homs_url,
+        f"mqtt://127.0.0.1:{cutoff.port}",
+        events,
+        create="iot-midcut",
+        peer_id="gw-midcut",
+        topics=["sensors/#"],
+        status_interval=0.05,
+    )
+    total = 3000
+    try:
+        async with gw, Peer(homs_url, join="iot-midcut", peer_id="p1", config=FAST) as p1:
+            sub = p1.messages(maxsize=total + 10, gaps=False)
+            await events.wait("mqtt_connected")
+
+            async def stream() -> None:
+                for i in range(total):
+                    await publisher.publish("sensors/s", b"%d" % i, qos=1)
+
+            sending = asyncio.ensure_future(stream())
+            await events.wait("status", lambda f: f["received"] >= total // 3, within=60)
+            await cutoff.cut()
+            await events.wait("mqtt_lost")
+            await sending
+            await cutoff.open()
+            seen: set[int] = set()  # QoS 1 is at least once: a duplicate may come
+            async with asyncio.timeout(60):
+                while len(seen) < total:
+                    (reading,) = await readings(sub, 1)
+                    seen.add(int(reading.payload))
+            status = gw.status()
+            assert status["received"] >= total
+            assert status["published"] == status["received"]
+    finally:
+        await cutoff.cut()
+
+
+async def test_messages_left_in_the_client_at_a_disconnection_are_not_lost() -> None:
+    """paho acknowledged them already: the broker will not send them again."""
+    node = NodeSettings(homs="http://127.0.0.1:9", create="x", peer_id="gw")
+    gw = Gateway(node, broker="mqtt://127.0.0.1:9", topics=["s/#"])
+    client = aiomqtt.Client("127.0.0.1", 9)
+    for i in range(3):
+        client._queue.put_nowait(aiomqtt.Message(f"s/{i}", b"%d" % i, 1, False, i + 1, None))
+    gw._take_left(client)
+    assert [r.payload for r in (gw.ingest.take(), gw.ingest.take(), gw.ingest.take()) if r] == [
+        b"0",
+        b"1",
+        b"2",
+    ]
+    assert gw.status()["received"] == 3
+    await gw.close()

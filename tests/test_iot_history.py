@@ -18,7 +18,7 @@ import pytest
 
 from hp2p.apps.bridge import Bridge, BridgeTarget
 from hp2p.apps.iot.history_member import HistoryMember, HistorySettings
-from hp2p.apps.iot.reading import APP_ID, PAYLOAD_TYPE, Reading, encode_reading
+from hp2p.apps.iot.reading import APP_ID, PAYLOAD_TYPE, Reading, decode_reading, encode_reading
 from hp2p.apps.iot.segments import SEGMENT_APP_ID, SegmentPacker, SegmentPolicy
 from hp2p.homs.launch import HomsProcess
 from hp2p.peer.node import PeerNode
@@ -160,6 +160,10 @@ async def test_members_keep_the_history_backfill_survive_a_kill_and_a_restart(
             assert status["store"]["rejected"] == 2
             assert status["store"]["segments"] >= 2
             assert status["replication"] == "full"
+            async with httpx.AsyncClient(timeout=10) as client:
+                bad = await client.get(f"{url}/history", params={"topic": "x", "from": 5, "to": 1})
+            assert bad.status_code == 400
+            assert "from < to" in bad.text
 
         # a late joiner backfills from its neighbours and answers the same
         late = HistoryProc(tmp_path, homs.url, "late", tmp_path / "late.sqlite")
@@ -198,11 +202,15 @@ async def test_the_iot_bridge_command_and_retention_with_an_explicit_gap(
     cmd += ["--core-admin-key", CORE_ADMIN_KEY]
     bridge = EventProc(tmp_path, "bridge", cmd)
     gateway = PeerNode(NodeSettings(homs=homs.url, join=core_id, peer_id="gw-1"))
+    live: PeerNode | None = None
     member: HistoryMember | None = None
     try:
         joined = await asyncio.to_thread(bridge.next_event, "joined", DEADLINE)
         assert {t["title"] for t in joined["targets"]} == {"iot-live", "iot-history"}
         await gateway.start()
+        live = PeerNode(NodeSettings(homs=homs.url, join="iot-live", peer_id="live-1"))
+        live_readings = live.subscribe(1000)
+        await live.start()
         member = HistoryMember(
             HistorySettings(
                 homs=homs.url,
@@ -236,8 +244,18 @@ async def test_the_iot_bridge_command_and_retention_with_an_explicit_gap(
         body = await member.query(TOPICS[0], now - 50, now + 60, wait=1)
         assert body["complete"]
         assert body["count"] == 20
+        # the SubTree got every reading as it was, one message each
+        async with asyncio.timeout(DEADLINE):
+            got = [await live_readings.get() for _ in range(40)]
+        assert all(d.app_id == APP_ID for d in got)
+        assert [decode_reading(d.data).number for d in got] == [
+            *old.sent[TOPICS[0]],
+            *recent.sent[TOPICS[0]],
+        ]
     finally:
         if member is not None:
             await member.close()
+        if live is not None:
+            await live.close()
         await gateway.close()
         bridge.terminate()

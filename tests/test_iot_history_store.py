@@ -136,15 +136,28 @@ def test_gaps_name_what_is_known_but_not_held() -> None:
         announced=[11, 12, 2],
     )
     assert [g.json() for g in gaps] == [
-        {"from": 100, "to": 150, "reason": "outside retention: not kept by this member"},
-        {"from": 190, "to": 200, "reason": "segment known, data not pulled yet", "objects": [9, 9]},
         {
+            "kind": "retention",
+            "from": 100,
+            "to": 150,
+            "reason": "outside retention: not kept by this member",
+        },
+        {
+            "kind": "pending",
+            "from": 190,
+            "to": 200,
+            "reason": "segment known, data not pulled yet",
+            "objects": [9, 9],
+        },
+        {
+            "kind": "announced",
             "from": None,
             "to": None,
             "reason": "announced by neighbours, not pulled yet",
             "objects": [11, 12],
         },
         {
+            "kind": "unseen",
             "from": None,
             "to": None,
             "reason": "object numbers never seen by this member",

@@ -12,10 +12,18 @@ from hypothesis import strategies as st
 
 from hp2p.apps.iot.broker import BrokerError, parse_broker
 from hp2p.apps.iot.gateway import GatewayError, check_filter
-from hp2p.apps.iot.ingest import MALFORMED_REASONS, Backoff, EventBudget, IngestQueue, classify
+from hp2p.apps.iot.ingest import (
+    MALFORMED_REASONS,
+    Backoff,
+    EventBudget,
+    IngestQueue,
+    classify,
+    reading_bytes,
+)
 from hp2p.apps.iot.reading import (
     MAX_PAYLOAD,
     MAX_TOPIC,
+    Reading,
     ReadingError,
     decode_reading,
     device_timestamp,
@@ -50,17 +58,15 @@ def test_a_full_queue_drops_the_oldest_and_reports_the_run() -> None:
     q.offer("t", b"2", 0, 1.0)
     third = q.offer("t", b"3", 0, 1.0)
     assert third.full_began
-    assert third.dropped is not None
-    assert third.dropped.number == 1
+    assert [r.number for r in third.dropped] == [1]
     fourth = q.offer("t", b"4", 0, 1.0)
     assert not fourth.full_began
-    assert fourth.dropped is not None
-    assert fourth.dropped.number == 2
+    assert [r.number for r in fourth.dropped] == [2]
     assert q.status()["dropping"] is True
     assert [r.number for r in (q.take(), q.take()) if r] == [3, 4]
     fifth = q.offer("t", b"5", 0, 1.0)
     assert fifth.full_ended == 2
-    assert fifth.dropped is None
+    assert fifth.dropped == ()
     assert q.counters.dropped == 2
     assert q.last_number == 5
 
@@ -69,12 +75,42 @@ def test_a_full_queue_can_drop_the_newest_instead() -> None:
     q = IngestQueue("gw", 1, capacity=1, when_full="newest")
     q.offer("t", b"1", 0, 1.0)
     offer = q.offer("t", b"2", 0, 1.0)
-    assert offer.dropped is offer.reading
-    assert offer.dropped is not None
-    assert offer.dropped.number == 2
+    assert offer.dropped == (offer.reading,)
+    assert offer.reading is not None
+    assert offer.reading.number == 2
     taken = q.take()
     assert taken is not None
     assert taken.number == 1
+
+
+def test_the_queue_is_bounded_in_bytes_too() -> None:
+    big = b"x" * MAX_PAYLOAD
+    q = IngestQueue("gw", 1, capacity=100, max_bytes=2 * reading_bytes_of(big) - 1)
+    q.offer("t", b"small", 0, 1.0)
+    q.offer("t", big, 0, 1.0)
+    third = q.offer("t", big, 0, 1.0)  # two oldest go to make room for one large reading
+    assert [r.number for r in third.dropped] == [1, 2]
+    assert q.bytes <= q.max_bytes
+    assert len(q) == 1
+    q.take()
+    assert q.bytes == 0
+    with pytest.raises(ValueError, match="one reading of any size"):
+        IngestQueue("gw", 1, capacity=1, max_bytes=1000)
+
+
+def reading_bytes_of(payload: bytes, topic: str = "t") -> int:
+    return reading_bytes(
+        Reading(
+            topic=topic,
+            payload=payload,
+            device_ts=None,
+            received_ts=1.0,
+            qos=0,
+            gateway="gw",
+            epoch=1,
+            number=1,
+        )
+    )
 
 
 def test_malformed_messages_get_no_number_and_are_counted_by_reason() -> None:
@@ -160,7 +196,7 @@ def test_broker_urls() -> None:
 def test_topic_filters() -> None:
     for good in ["sensors/#", "#", "a/+/c", "+", "a/b"]:
         assert check_filter(good) == good
-    for bad in ["", "a/#/b", "a#", "a/b+", "x" * (MAX_TOPIC + 1), "a\0"]:
+    for bad in ["", "a/#/b", "a#", "a/b+", "x" * (MAX_TOPIC + 1), "a\0", "a/\udcff"]:
         with pytest.raises(GatewayError):
             check_filter(bad)
 
@@ -221,3 +257,42 @@ def test_any_broker_url_parses_or_says_why(url: str) -> None:
     else:
         assert 0 <= b.port <= 65535
         assert b.host
+
+
+@given(st.text(max_size=300))
+def test_any_topic_filter_is_accepted_or_refused_with_a_reason(topic: str) -> None:
+    try:
+        assert check_filter(topic) == topic
+    except GatewayError as exc:
+        reason = str(exc)
+        assert "topic filter" in reason
+
+
+def test_names_that_are_not_utf8_are_refused_with_a_reason() -> None:
+    from hp2p.apps.iot.gateway import Gateway
+    from hp2p.apps.iot.sensor import SensorError, SensorPlan
+    from hp2p.peer.settings import NodeSettings
+
+    with pytest.raises(BrokerError, match="invalid host name"):
+        parse_broker("mqtt://h\udcff:1", environ={})
+    with pytest.raises(SensorError, match="UTF-8"):
+        SensorPlan(prefix="a\udcff")
+    node = NodeSettings(homs="http://127.0.0.1:9", create="x", peer_id="gw\udcff")
+    with pytest.raises(GatewayError, match="not valid UTF-8"):
+        Gateway(node, broker="mqtt://127.0.0.1:9", topics=["a"])
+
+
+def test_events_for_a_person_are_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    from hp2p.apps.iot.gateway import HumanEvents
+
+    show = HumanEvents()
+    queue = IngestQueue("gw1", 1, capacity=3)
+    queue.offer("t", b"", 0, 1.0)
+    status = {**queue.status(), "mqtt_connected": False, "tree": "attached", "t": 1.0}
+    show("status", status)
+    show("mqtt_lost", {"mqtt": "mqtt://h:1883", "reason": "gone", "retry_in": 0.2, "t": 1.0})
+    assert capsys.readouterr().out.splitlines() == [
+        "hp2p iot gateway: received=1 published=0 dropped=0 malformed=0 reconnects=0 queued=1 "
+        "mqtt=down tree=attached",
+        "hp2p iot gateway: mqtt_lost mqtt=mqtt://h:1883 reason=gone retry_in=0.2",
+    ]

@@ -66,6 +66,19 @@ def test_a_size_cap_closes_a_part_and_late_readings_open_a_further_part() -> Non
     assert [(s.start, s.part, len(s.readings)) for s in late] == [(T0, 3, 1)]
 
 
+def test_a_segment_from_a_clock_running_ahead_is_not_held_back_past_max_hold() -> None:
+    seg = Segmenter(SegmentPolicy(slice_seconds=10, grace=2, max_hold=30))
+    seg.add(reading("a", T0 + 3600, 1), T0)  # the device thinks it is an hour later
+    assert seg.next_due() == T0 + 30
+    assert seg.due(T0 + 29) == []
+    (s,) = seg.due(T0 + 30)
+    assert (s.start, s.part) == (T0 + 3600, 0)
+    seg.add(reading("a", T0 + 3601, 2), T0 + 31)  # the same slice again: a further part
+    assert [(s.part, len(s.readings)) for s in seg.flush()] == [(1, 1)]
+    with pytest.raises(ValueError, match="max_hold"):
+        SegmentPolicy(slice_seconds=60, max_hold=30)
+
+
 def test_the_received_clock_files_by_the_gateway_time() -> None:
     seg = Segmenter(SegmentPolicy(slice_seconds=10, clock="received"))
     r = Reading("a", b"x", T0 - 1000, T0 + 1, 0, "gw", 1, 1)
@@ -80,9 +93,11 @@ def test_the_packer_counts_bad_readings_and_emits_objects_with_meta() -> None:
     packer = SegmentPacker(SegmentPolicy(slice_seconds=10, grace=0))
     good = Delivery("gw", 1, encode_reading(reading("t/1", T0 + 1, 1)), "hp2p-iot", "x")
     bad = Delivery("gw", 2, b"garbage", "hp2p-iot", "x")
+    bad_utf8 = Delivery("gw", 3, b"\x98\xa3\x00\x00\x80", "hp2p-iot", "x")
     assert packer.add(good, T0) == []
     assert packer.add(bad, T0) == []
-    assert packer.bad == 1
+    assert packer.add(bad_utf8, T0) == []  # msgspec raises UnicodeDecodeError for it
+    assert packer.bad == 2
     ((data, app_id, meta),) = packer.due(T0 + 10)
     assert app_id == SEGMENT_APP_ID
     assert meta == {
@@ -116,6 +131,11 @@ def test_the_packer_counts_bad_readings_and_emits_objects_with_meta() -> None:
 def test_a_bad_segment_says_why(segment: Segment, why: str) -> None:
     with pytest.raises(SegmentError, match=why):
         decode_segment(msgspec.msgpack.encode(segment))
+
+
+def test_a_string_of_bad_utf8_is_a_bad_segment() -> None:
+    with pytest.raises(SegmentError, match="not a segment"):
+        decode_segment(b"\x96\xa3\x00\x00\x80")
 
 
 def test_an_oversized_segment_is_refused_before_decoding() -> None:

@@ -62,6 +62,9 @@ def test_piece_check_refuses_forged_short_and_out_of_range_pieces():
         (lambda raw: raw.replace(b'"piece-size":40', b'"piece-size":0'), "piece-size"),
         (lambda raw: raw.replace(b'"size":100', b'"size":1000'), "piece digests"),
         (lambda raw: raw.replace(b'"sha256":"', b'"sha256":"X'), "64 lower-case hex"),
+        # msgspec reports bad UTF-8 as UnicodeDecodeError, not DecodeError: still a refusal
+        (lambda raw: raw.replace(b'"sha256":"', b'"sha256":"\xff'), "not valid JSON"),
+        (lambda raw: raw.replace(b'"object"', b'"\xffobject"'), "not valid JSON"),
     ],
 )
 def test_bad_manifests_are_refused_with_a_reason(mutate, message):

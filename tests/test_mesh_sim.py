@@ -325,3 +325,30 @@ def test_a_neighbour_that_never_answers_costs_a_time_out_then_pieces_come_from_o
     assert net.run_until(lambda: net.all_have(obj, others), deadline=net.now + 30)
     assert all(p.data[obj] == data for p in others)
     assert sum(p.core.counters.timeouts for p in others) > 0
+
+
+def test_objects_asked_for_first_are_pulled_before_a_long_backfill():
+    config = MeshConfig(fetch_window=3, piece_size=4096)
+    net = _mesh(6, config=config)
+    history = [net.publish(_blob(10_000, seed=s)) for s in range(40)]
+    assert net.run_until(lambda: net.all_have(history[-1]), deadline=net.now + 30)
+    late = net.add_peer("late")
+    wanted = history[25:27]
+    late.core.prioritise(wanted, net.now)
+    assert net.run_until(lambda: set(wanted) <= set(late.received), deadline=net.now + 30)
+    assert len(late.received) < len(history) // 2  # not after the backfill
+    late.core.prioritise([], net.now)
+    assert net.run_until(lambda: set(history) <= set(late.received), deadline=net.now + 60)
+    assert late.duplicates == 0
+
+
+def test_objects_forgotten_below_a_floor_are_dropped_and_never_fetched_again():
+    net = _mesh(4, config=MeshConfig(piece_size=4096))
+    history = [net.publish(_blob(10_000, seed=s)) for s in range(6)]
+    assert net.run_until(lambda: net.all_have(history[-1]), deadline=net.now + 30)
+    keeper = net.receivers()[0]
+    assert keeper.core.forget_below(history[3], net.now) == 3
+    assert keeper.core.objects() == history[3:]
+    net.run(net.now + 25)  # full buffermap refreshes from every neighbour meanwhile
+    assert keeper.core.objects() == history[3:]
+    assert all(split_sequence(r)[0] >= history[3] for r in keeper.core.pull.requests)

@@ -8,6 +8,7 @@ with the static long-term credential of the generated coturn config.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,27 @@ def test_turn_relays_relay_to_relay_for_a_home_behind_the_symmetric_nat(
     assert result["b_got"] == [ra, "a to b"]
     assert result["a_got"] == [rb, "b to a"]
     assert result["b_got_channel"] == [ra, "a to b on a channel"]
+
+
+def test_turn_refuses_to_relay_to_a_private_address(nat_net: Topology, coturn: Coturn) -> None:
+    """The generated config denies private peer ranges (``netns.DENIED_PEER_RANGES``, as
+    docs/deploy.md recommends): a ChannelBind to another home's private address is refused, so
+    coturn never sends there, and the allocation keeps working for public peers."""
+    home, other = nat_net.nats["sym"].homes[0], nat_net.nats["cone"].homes[0]
+    code = (
+        "import json, netns\n"
+        f"c = netns.TurnClient({coturn.servers[0]!r}, netns.TURN_USER, netns.TURN_PASSWORD)\n"
+        "c.allocate()\n"
+        "out = {}\n"
+        "try:\n"
+        f"    c.channel_bind(0x4000, ({other.ip!r}, 40000))\n"
+        "    out['private'] = 'bound'\n"
+        "except ValueError as exc:\n"
+        "    out['private'] = str(exc)\n"
+        f"c.channel_bind(0x4001, ({nat_net.public_ip2!r}, 40001))\n"
+        "out['public'] = 'bound'\n"
+        "print(json.dumps(out))\n"
+    )
+    result = json.loads(nat_net.python(home.ns, code))
+    assert result["private"].startswith("ChannelBind refused: 403"), result
+    assert result["public"] == "bound", result

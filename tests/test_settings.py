@@ -264,3 +264,19 @@ async def test_a_created_overlay_records_whole_seconds_and_the_creator_keeps_its
             assert (theirs.heartbeat_interval, theirs.heartbeat_timeout) == (1.0, 2.0)
         finally:
             await asyncio.gather(joiner.close(), root.close())
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("127.0.0.1:8081", "did you mean http://127.0.0.1:8081"),
+        ("htp://x", "must start with http:// or https://"),
+        ("", "is empty"),
+        ("http://", "names no host"),
+        ("http://h:99999", "malformed"),
+    ],
+)
+def test_a_homs_url_a_peer_could_never_reach_is_one_settings_error(url: str, says: str) -> None:
+    with pytest.raises(SettingsError, match=says):
+        NodeSettings(homs=url)
+    assert NodeSettings(homs="https://homs.example:8443/").homs.startswith("https://")

@@ -76,6 +76,9 @@ def build_app() -> typer.Typer:
     from hp2p.apps.iot.cli import app as iot_app
 
     full.add_typer(iot_app, name="iot")
+    from hp2p.apps.chain.cli import app as chain_app
+
+    full.add_typer(chain_app, name="chain")
     return full
 
 

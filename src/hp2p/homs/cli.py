@@ -21,6 +21,7 @@ from hp2p.homs.connections import ConnectionLimits, guarded_protocol
 from hp2p.homs.credentials import KeyDirError, KeyRing
 from hp2p.homs.db import DatabaseUrlError, parse_database_url
 from hp2p.homs.settings import DEFAULT_DATABASE, HomsSettings, SettingsError
+from hp2p.transport.listen import listening_socket
 from hp2p.trust.keys import KeyFileError
 from hp2p.wire.signalling import MAX_MESSAGE_BYTES
 
@@ -416,20 +417,8 @@ async def _serve(settings: HomsSettings, database: str) -> int:
 
 def _listen(host: str, port: int) -> socket.socket:
     """A bound listening socket, so that both --port and --ws-port are served by one server."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
-    # and without it every response (headers and body are two writes) waits ~40 ms for a
-    # delayed ACK (Nagle). Set it here as well; accepted sockets inherit it.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
+    sock = listening_socket(host, port, backlog=2048)
+    sock.setblocking(False)
     return sock
 
 

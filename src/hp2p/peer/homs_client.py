@@ -198,7 +198,7 @@ def _error_field(response: httpx.Response) -> str | None:
     """The JSON path hp2p's HOMS names in a refusal (``{"error", "field"}``), if any."""
     try:
         body: Any = msgspec.json.decode(response.content)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     field = body.get("field") if isinstance(body, dict) else None
     return field if isinstance(field, str) else None
@@ -211,7 +211,7 @@ def _error_text(response: httpx.Response) -> str:
         return reason
     try:
         body: Any = msgspec.json.decode(response.content)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         text = response.text.strip()
         return text[:200] if text else response.reason_phrase
     if isinstance(body, dict) and isinstance(body.get("error"), str):

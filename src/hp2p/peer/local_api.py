@@ -53,6 +53,7 @@ from hp2p.peer.api_guard import (
 from hp2p.peer.node import MessageTooLargeError, NodeError, PeerNode
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
 from hp2p.peer.subscription import Gap
+from hp2p.transport.listen import listening_socket
 
 log = logging.getLogger("hp2p.peer.local_api")
 _uvicorn_log = logging.getLogger("uvicorn.error")
@@ -295,7 +296,7 @@ class LocalApi:
                     ready.set()
 
         try:
-            sock = socket.create_server((self.host, self.port), reuse_port=False)
+            sock = listening_socket(self.host, self.port)
         except OSError as exc:
             raise NodeError(
                 f"cannot serve the local API on {self.host}:{self.port}: "

@@ -463,6 +463,15 @@ class MeshCore(Kernel):
         self._next_maintenance = None
         self.left = True
 
+    def prioritise(self, objects: list[int], now: float) -> None:
+        """Pull these objects before any other (replaces the previous wish; [] clears it).
+
+        An application waiting for particular objects (a history query) gets them first
+        instead of after a long backfill; at most ``fetch_window`` of them count at a time.
+        """
+        self.pull.priority = frozenset(sorted(objects)[: 4 * self.config.fetch_window])
+        self._after(now)
+
     def forget_below(self, floor: int, now: float) -> int:
         """Drop every object numbered below ``floor`` and never fetch those again.
 

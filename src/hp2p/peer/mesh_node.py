@@ -619,6 +619,20 @@ class MeshNode(CoreShell[MeshCore]):
         self._drain()
         return number
 
+    def prioritise(self, objects: list[int]) -> None:
+        """Pull these objects before others (an application waits for them); [] clears it."""
+        core = self._running_core()
+        core.prioritise(objects, self._now())
+        self._drain()
+
+    def forget_below(self, floor: int) -> int:
+        """Drop every object numbered below ``floor``, for good (an application's retention);
+        returns how many were held."""
+        core = self._running_core()
+        dropped = core.forget_below(floor, self._now())
+        self._drain()
+        return dropped
+
     def subscribe(self, maxsize: int | None = None) -> MeshSubscription:
         sub = MeshSubscription(maxsize or self.settings.subscriber_queue, self._subscribers.remove)
         self._subscribers.append(sub)

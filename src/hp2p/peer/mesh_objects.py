@@ -208,7 +208,7 @@ def decode_manifest(data: bytes, object_number: int, max_piece_size: int) -> Man
         raise ManifestError(f"manifest of {len(data)} bytes exceeds {MAX_MANIFEST_BYTES}")
     try:
         m = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is no DecodeError
         raise ManifestError(f"manifest is not valid JSON of the expected shape: {exc}") from None
     if m.object != object_number:
         raise ManifestError(f"manifest names object {m.object}, expected {object_number}")

@@ -57,6 +57,8 @@ class MeshPuller:
         # peer-id -> manifests (sequences) it served with a bad or missing signature: never
         # asked of it again (bounded like the ban list, each set by max_announced)
         self._refused_manifests: OrderedDict[str, set[int]] = OrderedDict()
+        #: objects the application wants first (a history query waiting for them); bounded
+        self.priority: frozenset[int] = frozenset()
 
     # === what neighbours hold ====================================================================
     def on_buffermap_response(self, link: MeshLink, msg: BuffermapResponse) -> None:
@@ -279,7 +281,7 @@ class MeshPuller:
         """Pieces worth asking for now, rarest first (manifests first), ties at random."""
         core = self.core
         manifests = core.holdings.manifests
-        candidates: list[tuple[bool, int, float, int]] = []
+        candidates: list[tuple[bool, bool, int, float, int]] = []
         hold_manifests = core.awaiting_key()
         for obj in self._window():
             manifest = manifests.get(obj)
@@ -291,12 +293,14 @@ class MeshPuller:
                     continue  # no manifest yet, or a piece the object does not have
                 if index == 0 and hold_manifests:
                     continue  # no key yet to check it with (asked of the HOMS)
-                candidates.append((index != 0, count, core.rng.random(), seq))
+                later = obj not in self.priority
+                candidates.append((later, index != 0, count, core.rng.random(), seq))
         candidates.sort()
-        return [seq for _, _, _, seq in candidates]
+        return [seq for _, _, _, _, seq in candidates]
 
     def _window(self) -> list[int]:
-        """Objects a pass may pull from: the oldest ``fetch_window`` and the newest two.
+        """Objects a pass may pull from: the oldest ``fetch_window`` and the newest two, after
+        up to ``fetch_window`` objects the application asked for first (``MeshCore.prioritise``).
 
         A late joiner with a long history works through it oldest first, while the newest
         objects (live data) are never starved behind it; either way a pass costs a bounded
@@ -304,9 +308,10 @@ class MeshPuller:
         """
         objects = sorted(self.availability)
         size = self.core.config.fetch_window
+        wanted = sorted(o for o in self.priority if o in self.availability)[:size]
         if len(objects) <= size + 2:
             return objects
-        return objects[:size] + objects[-2:]
+        return list(dict.fromkeys([*wanted, *objects[:size], *objects[-2:]]))
 
     def _avail_less(self, seq: int) -> None:
         obj = seq >> PIECE_BITS

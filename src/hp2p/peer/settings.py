@@ -79,6 +79,28 @@ def _doc(text: str, **extra: str) -> dict[str, str]:
     return {"doc": text, **extra}
 
 
+def check_homs_url(url: str) -> None:
+    """Refuse a HOMS address a peer could never reach, saying how it should look."""
+    from urllib.parse import urlsplit
+
+    example = "e.g. --homs http://127.0.0.1:8081 (or HP2P_HOMS=http://…)"
+    if not url:
+        raise SettingsError(f"the HOMS URL (homs) is empty; {example}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise SettingsError(f"the HOMS URL {url!r} is malformed ({exc}); {example}") from None
+    if parts.scheme not in ("http", "https"):
+        hint = f" — did you mean http://{url}?" if "://" not in url else ""
+        raise SettingsError(
+            f"the HOMS URL {url!r} must start with http:// or https://{hint}; {example}"
+        )
+    if not parts.hostname:
+        raise SettingsError(f"the HOMS URL {url!r} names no host; {example}")
+    del port
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     """The ``node`` section: the shell of every peer (tree or SubMesh)."""
@@ -241,6 +263,7 @@ class NodeSettings:
     )
 
     def __post_init__(self) -> None:
+        check_homs_url(self.homs)
         if self.security not in ("credentials", "reference-compat"):
             raise SettingsError(
                 f"security must be credentials or reference-compat, not {self.security!r}"

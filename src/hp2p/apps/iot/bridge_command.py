@@ -74,7 +74,9 @@ def command(
             targets.append(BridgeTarget("tree", subtree, f"{name}-{subtree}", frozenset({APP_ID})))
         packer = None
         if submesh:
-            packer = SegmentPacker(SegmentPolicy(slice_seconds=segment_seconds, grace=grace))
+            hold = max(60.0, segment_seconds + grace)
+            policy = SegmentPolicy(slice_seconds=segment_seconds, grace=grace, max_hold=hold)
+            packer = SegmentPacker(policy)
             targets.append(
                 BridgeTarget(
                     "mesh", submesh, f"{name}-{submesh}", frozenset({APP_ID}), packer=packer

@@ -60,6 +60,10 @@ def parse_broker(url: str, environ: dict[str, str] | None = None) -> BrokerAddre
         raise BrokerError(f"the MQTT broker URL must start with mqtt:// or mqtts://, {example}")
     if not parts.hostname:
         raise BrokerError(f"the MQTT broker URL {url!r} names no host ({example})")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise BrokerError(f"the MQTT broker URL {url!r} has an invalid host name") from None
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise BrokerError(f"the MQTT broker URL {url!r} has a path or query; give HOST:PORT only")
     tls = parts.scheme == "mqtts"

@@ -20,8 +20,11 @@ app = typer.Typer(
 #: sub-command name → module under hp2p.apps.iot that defines ``command`` and ``EPILOG``
 COMMANDS: dict[str, str] = {
     "gateway": "gateway",
+    "sensor": "sensor",
     "bridge": "bridge_command",
+    "state": "state_member",
     "history": "history_command",
+    "watch": "watch",
 }
 
 

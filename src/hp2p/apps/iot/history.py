@@ -36,7 +36,13 @@ from typing import Any
 
 import msgspec
 
-from hp2p.apps.iot.segments import SEGMENT_APP_ID, SegmentError, decode_segment, reading_time
+from hp2p.apps.iot.segments import (
+    SEGMENT_APP_ID,
+    Segment,
+    SegmentError,
+    decode_segment,
+    reading_time,
+)
 from hp2p.peer.mesh_objects import sequence_of, split_sequence
 
 __all__ = [
@@ -183,22 +189,9 @@ class HistoryStore:
         if obj in self.known:
             return Ingested(stored=False, reason="already known")
         try:
-            if app_id != SEGMENT_APP_ID:
-                raise SegmentError(f"app-id {str(app_id)[:40]!r} is not {SEGMENT_APP_ID!r}")
-            segment = decode_segment(data)
-            expected = {
-                "topic": segment.topic,
-                "start": segment.start,
-                "end": segment.end,
-                "part": segment.part,
-                "count": len(segment.readings),
-            }
-            got = {k: (meta or {}).get(k) for k in expected}
-            if got != expected:
-                raise SegmentError(f"the manifest's meta {got} does not match the segment")
+            segment = _checked_segment(data, app_id, meta)
         except SegmentError as exc:
             return self._reject(obj, str(exc), now)
-        pieces = -(-len(data) // piece_size)
         self.db.execute(
             "INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -212,40 +205,14 @@ class HistoryStore:
                 hashlib.sha256(data).hexdigest(),
                 len(data),
                 piece_size,
-                pieces,
+                -(-len(data) // piece_size),  # its pieces
                 now,
                 data,
             ),
         )
         before = self.db.total_changes
         self.db.executemany(
-            "INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?)",
-            [
-                (
-                    r.topic,
-                    ts,
-                    r.gateway,
-                    r.epoch,
-                    r.number,
-                    obj,
-                    _doc_encoder.encode(
-                        {
-                            "topic": r.topic,
-                            "ts": ts,
-                            "device_ts": r.device_ts,
-                            "received_ts": r.received_ts,
-                            "qos": r.qos,
-                            "gateway": r.gateway,
-                            "epoch": r.epoch,
-                            "number": r.number,
-                            "object": obj,
-                            **payload_text(r.payload),
-                        }
-                    ),
-                )
-                for r in segment.readings
-                for ts in (reading_time(r, segment.clock),)
-            ],
+            "INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?)", _reading_rows(obj, segment)
         )
         added = self.db.total_changes - before
         # the data pieces are served from the segment's bytes from now on
@@ -391,6 +358,45 @@ class HistoryStore:
         for obj, count in self.db.execute("SELECT obj, pieces FROM segments"):
             found.extend(sequence_of(int(obj), i) for i in range(1, int(count) + 1))
         return iter(found)
+
+
+def _checked_segment(data: bytes, app_id: str | None, meta: dict[str, Any] | None) -> Segment:
+    """The segment in an object, checked, and matching its manifest's meta."""
+    if app_id != SEGMENT_APP_ID:
+        raise SegmentError(f"app-id {str(app_id)[:40]!r} is not {SEGMENT_APP_ID!r}")
+    segment = decode_segment(data)
+    expected = {
+        "topic": segment.topic,
+        "start": segment.start,
+        "end": segment.end,
+        "part": segment.part,
+        "count": len(segment.readings),
+    }
+    got = {k: (meta or {}).get(k) for k in expected}
+    if got != expected:
+        raise SegmentError(f"the manifest's meta {got} does not match the segment")
+    return segment
+
+
+def _reading_rows(obj: int, segment: Segment) -> list[tuple[Any, ...]]:
+    """The ``readings`` rows of a segment, each with its JSON answer made once, here."""
+    rows: list[tuple[Any, ...]] = []
+    for r in segment.readings:
+        ts = reading_time(r, segment.clock)
+        doc = {
+            "topic": r.topic,
+            "ts": ts,
+            "device_ts": r.device_ts,
+            "received_ts": r.received_ts,
+            "qos": r.qos,
+            "gateway": r.gateway,
+            "epoch": r.epoch,
+            "number": r.number,
+            "object": obj,
+            **payload_text(r.payload),
+        }
+        rows.append((r.topic, ts, r.gateway, r.epoch, r.number, obj, _doc_encoder.encode(doc)))
+    return rows
 
 
 class SqlitePieceStore:

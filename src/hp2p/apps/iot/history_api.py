@@ -19,8 +19,9 @@ from fastapi.responses import Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from hp2p.apps.iot.history import HistoryError
-from hp2p.apps.iot.history_member import MAX_LIMIT, MAX_WAIT, HistoryMember, QueryError
+from hp2p.apps.iot.history_member import HistoryMember, QueryError
 from hp2p.peer.settings import is_loopback_host, split_host_port
+from hp2p.transport.listen import listening_socket
 
 __all__ = ["HistoryApi", "build_app"]
 
@@ -39,10 +40,11 @@ def build_app(member: HistoryMember) -> FastAPI:
         topic: str = Query(..., max_length=256),
         start: float = Query(..., alias="from"),
         end: float = Query(..., alias="to"),
-        limit: int = Query(100_000, ge=1, le=MAX_LIMIT),
-        wait: float = Query(2.0, ge=0, le=MAX_WAIT),
+        limit: int = Query(100_000),
+        wait: float = Query(2.0),
     ) -> Response:
-        """Readings of ``topic`` with ``from <= ts < to`` in time order, with the gaps."""
+        """Readings of ``topic`` with ``from <= ts < to`` in time order, with the gaps;
+        400 with the reason for a bad parameter (``QueryError``)."""
         try:
             return _answer(await member.query(topic, start, end, limit=limit, wait=wait, raw=True))
         except QueryError as exc:
@@ -85,7 +87,7 @@ class HistoryApi:
                     ready.set()
 
         try:
-            sock = socket.create_server((self.host, self.port))
+            sock = listening_socket(self.host, self.port)
         except OSError as exc:
             raise HistoryError(
                 f"cannot serve the history API on {self.host}:{self.port}: "

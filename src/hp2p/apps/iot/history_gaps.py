@@ -28,13 +28,21 @@ MAX_GAPS = 200
 
 @dataclass(frozen=True, slots=True)
 class Gap:
+    """``kind``: ``retention``, ``pending`` (manifest known), ``announced`` or ``unseen``."""
+
+    kind: str
     start: float | None
     end: float | None
     reason: str
     objects: tuple[int, int] | None = None  # first and last object number, inclusive
 
     def json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"from": self.start, "to": self.end, "reason": self.reason}
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "from": self.start,
+            "to": self.end,
+            "reason": self.reason,
+        }
         if self.objects is not None:
             out["objects"] = list(self.objects)
         return out
@@ -79,7 +87,9 @@ def find_gaps(
     """
     gaps: list[Gap] = []
     if kept_from is not None and lo < kept_from:
-        gaps.append(Gap(lo, min(hi, kept_from), "outside retention: not kept by this member"))
+        gaps.append(
+            Gap("retention", lo, min(hi, kept_from), "outside retention: not kept by this member")
+        )
     for obj in sorted(pending):
         meta = pending[obj]
         if meta is None or _overlaps(meta, topic, lo, hi):
@@ -87,6 +97,7 @@ def find_gaps(
             end = meta.get("end") if meta else None
             gaps.append(
                 Gap(
+                    "pending",
                     start if isinstance(start, int | float) else None,
                     end if isinstance(end, int | float) else None,
                     "segment known, data not pulled yet",
@@ -95,7 +106,9 @@ def find_gaps(
             )
     unseen = {n for n in announced if n >= floor and n not in known and n not in pending}
     for first, last in number_ranges(unseen):
-        gaps.append(Gap(None, None, "announced by neighbours, not pulled yet", (first, last)))
+        gaps.append(
+            Gap("announced", None, None, "announced by neighbours, not pulled yet", (first, last))
+        )
     # holes between the runs of every number known one way or another (never a loop over
     # the numbers themselves: a neighbour may announce any number)
     holes: list[tuple[int, int]] = []
@@ -105,8 +118,10 @@ def find_gaps(
             holes.append((expected, first - 1))
         expected = last + 1
     for first, last in holes:
-        gaps.append(Gap(None, None, "object numbers never seen by this member", (first, last)))
+        gaps.append(
+            Gap("unseen", None, None, "object numbers never seen by this member", (first, last))
+        )
     if len(gaps) > MAX_GAPS:
         rest = len(gaps) - MAX_GAPS + 1
-        gaps = [*gaps[: MAX_GAPS - 1], Gap(None, None, f"{rest} more gaps not listed")]
+        gaps = [*gaps[: MAX_GAPS - 1], Gap("more", None, None, f"{rest} more gaps not listed")]
     return gaps

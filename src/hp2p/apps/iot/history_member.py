@@ -42,10 +42,12 @@ __all__ = ["HistoryMember", "HistorySettings", "QueryError"]
 _UNBOUNDED = MeshConfig(store_bytes=1 << 50, store_objects=1 << 31, max_announced=1 << 18)
 #: Poll period (s) while a query waits for segments being pulled.
 _WAIT_POLL = 0.05
+#: Objects a waiting query asks the mesh to pull first, at most.
+_PRIORITY = 64
 #: Longest wait a query may ask for (s).
 MAX_WAIT = 30.0
-#: Most readings one answer carries.
-MAX_LIMIT = 1_000_000
+#: Most readings one answer carries (about 200 bytes of JSON each: an answer stays < 100 MB).
+MAX_LIMIT = 500_000
 
 
 class QueryError(ValueError):
@@ -111,9 +113,7 @@ class HistoryMember:
         except (MeshNodeError, HistoryError):
             await self.close()
             raise
-        core = self.node.core
-        assert core is not None
-        core.forget_below(self.store.floor, self._loop_now())  # retention survives restarts
+        self.node.forget_below(self.store.floor)  # retention survives restarts
         self._reconcile()
         self._spawn(self._pump(subscription), "hp2p-history-pump")
         self._spawn(self._housekeeping(), "hp2p-history-housekeeping")
@@ -198,11 +198,10 @@ class HistoryMember:
         if s.retention_age is None and s.retention_bytes is None:
             return 0
         floor = self.store.retention_floor(now, s.retention_age, s.retention_bytes)
-        core = self.node.core
-        if floor <= self.store.floor or core is None:
+        if floor <= self.store.floor or self.node.core is None:
             return 0
         before = self.store.counts()["segments"]
-        core.forget_below(floor, self._loop_now())  # the mesh lets them go, never pulls them
+        self.node.forget_below(floor)  # the mesh lets them go and never pulls them again
         self.store.drop_below(floor)
         dropped = before - self.store.counts()["segments"]
         self.stats.dropped += dropped
@@ -256,9 +255,13 @@ class HistoryMember:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         gaps = self.gaps(topic, lo, hi, time.time())
-        while any(g.objects for g in gaps) and loop.time() < deadline:  # bounded by wait
-            await asyncio.sleep(_WAIT_POLL)
-            gaps = self.gaps(topic, lo, hi, time.time())
+        try:
+            while any(g.objects for g in gaps) and loop.time() < deadline:  # bounded by wait
+                self._prioritise(gaps)
+                await asyncio.sleep(_WAIT_POLL)
+                gaps = self.gaps(topic, lo, hi, time.time())
+        finally:
+            self._prioritise([])
         docs = self.store.query(topic, lo, hi, limit)
         truncated = len(docs) >= limit
         readings: list[Any] = [msgspec.Raw(d) for d in docs] if raw else list(map(decode_doc, docs))
@@ -272,6 +275,18 @@ class HistoryMember:
             "gaps": [g.json() for g in gaps],
             "readings": readings,
         }
+
+    def _prioritise(self, gaps: list[Gap]) -> None:
+        """Ask the mesh to pull first the objects a waiting query misses (bounded)."""
+        if self._closed:
+            return
+        wanted: list[int] = []
+        for gap in gaps:
+            if gap.objects is not None and gap.kind in ("pending", "announced"):
+                first, last = gap.objects
+                wanted.extend(range(first, min(last, first + _PRIORITY) + 1))
+        with contextlib.suppress(MeshNodeError):  # the member is closing
+            self.node.prioritise(wanted[:_PRIORITY])
 
     def status(self) -> dict[str, Any]:
         node = self.node
@@ -297,9 +312,6 @@ class HistoryMember:
         }
 
     # === helpers =================================================================================
-    def _loop_now(self) -> float:
-        return asyncio.get_running_loop().time()
-
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)

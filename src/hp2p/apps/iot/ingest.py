@@ -37,6 +37,7 @@ __all__ = [
     "Offer",
     "WhenFull",
     "classify",
+    "reading_bytes",
 ]
 
 #: What to discard when the queue is full: the oldest queued reading, or the one arriving.
@@ -71,17 +72,22 @@ class IngestCounters:
 class Offer:
     """What :meth:`IngestQueue.offer` did with one MQTT message.
 
-    ``reading`` is the new reading (None if malformed), ``dropped`` the reading discarded to
+    ``reading`` is the new reading (None if malformed), ``dropped`` the readings discarded to
     make room (the new one itself under ``newest``), ``malformed`` the reason, ``full_began``
     True when this offer started a run of drops and ``full_ended`` the number of drops of a run
     that this offer ended (0 if none).
     """
 
     reading: Reading | None = None
-    dropped: Reading | None = None
+    dropped: tuple[Reading, ...] = ()
     malformed: str | None = None
     full_began: bool = False
     full_ended: int = 0
+
+
+def reading_bytes(reading: Reading) -> int:
+    """What a queued reading costs, roughly: its payload, its topic and the object around them."""
+    return len(reading.payload) + len(reading.topic) + 200
 
 
 def classify(topic: str, payload: bytes, qos: int) -> str | None:
@@ -101,14 +107,25 @@ class IngestQueue:
     """The bounded queue between MQTT and the tree, with the numbering and the counters.
 
     ``gateway`` and ``epoch`` are the identity stamped on every reading (the gateway's peer-id
-    and its start time); ``capacity`` bounds the readings waiting for the tree.
+    and its start time); ``capacity`` bounds the readings waiting for the tree and
+    ``max_bytes`` their size (:func:`reading_bytes`), whichever is reached first.
     """
 
     def __init__(
-        self, gateway: str, epoch: int, capacity: int, when_full: WhenFull = "oldest"
+        self,
+        gateway: str,
+        epoch: int,
+        capacity: int,
+        when_full: WhenFull = "oldest",
+        max_bytes: int = 64 << 20,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"the queue holds at least 1 reading, not {capacity}")
+        if max_bytes < MAX_PAYLOAD + MAX_TOPIC + 200:
+            raise ValueError(
+                f"the queue must hold one reading of any size: at least "
+                f"{MAX_PAYLOAD + MAX_TOPIC + 200} bytes, not {max_bytes}"
+            )
         if when_full not in ("oldest", "newest"):
             raise ValueError(f"when the queue is full drop 'oldest' or 'newest', not {when_full!r}")
         if not gateway or len(gateway) > 128:
@@ -116,6 +133,8 @@ class IngestQueue:
         self.gateway = gateway
         self.epoch = epoch
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.when_full: WhenFull = when_full
         self.counters = IngestCounters()
         self.last_number = 0
@@ -150,22 +169,39 @@ class IngestQueue:
             self.count_malformed(reason or "invalid")
             return Offer(malformed=reason)
         self.last_number = reading.number
-        if len(self._queue) < self.capacity:
-            self._queue.append(reading)
+        size = reading_bytes(reading)
+        if self._fits(size):
+            self._push(reading, size)
             ended, self._run = self._run, 0
             return Offer(reading=reading, full_ended=ended)
-        if self.when_full == "oldest":
-            dropped = self._queue.popleft()
-            self._queue.append(reading)
+        if self.when_full == "newest":
+            dropped: tuple[Reading, ...] = (reading,)
         else:
-            dropped = reading
-        c.dropped += 1
-        self._run += 1
-        return Offer(reading=reading, dropped=dropped, full_began=self._run == 1)
+            out = []
+            while self._queue and not self._fits(size):
+                out.append(self._pop())
+            self._push(reading, size)
+            dropped = tuple(out)
+        c.dropped += len(dropped)
+        began = self._run == 0
+        self._run += len(dropped)
+        return Offer(reading=reading, dropped=dropped, full_began=began)
+
+    def _fits(self, size: int) -> bool:
+        return len(self._queue) < self.capacity and self.bytes + size <= self.max_bytes
+
+    def _push(self, reading: Reading, size: int) -> None:
+        self._queue.append(reading)
+        self.bytes += size
+
+    def _pop(self) -> Reading:
+        reading = self._queue.popleft()
+        self.bytes -= reading_bytes(reading)
+        return reading
 
     def take(self) -> Reading | None:
         """The next reading for the tree (oldest first), or None when the queue is empty."""
-        return self._queue.popleft() if self._queue else None
+        return self._pop() if self._queue else None
 
     def published(self) -> None:
         self.counters.published += 1
@@ -182,6 +218,7 @@ class IngestQueue:
         """Count every queued reading as dropped (the gateway is leaving); how many."""
         n = len(self._queue)
         self._queue.clear()
+        self.bytes = 0
         self.counters.dropped += n
         return n
 
@@ -189,7 +226,9 @@ class IngestQueue:
         return {
             **asdict(self.counters),
             "queued": len(self._queue),
+            "queued_bytes": self.bytes,
             "queue_capacity": self.capacity,
+            "queue_max_bytes": self.max_bytes,
             "when_full": self.when_full,
             "dropping": self._run > 0,
             "last_number": self.last_number,

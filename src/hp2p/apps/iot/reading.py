@@ -80,7 +80,7 @@ def decode_reading(data: bytes) -> Reading:
         raise ReadingError(f"reading of {len(data)} bytes is larger than any valid one")
     try:
         reading = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ReadingError(f"not an IoT reading: {exc}") from None
     check_reading(reading)
     return reading

@@ -7,10 +7,11 @@ buffermap entry per reading, so the bridge packs the readings of one topic and o
 ended plus a ``grace`` (late readings still fit), or earlier when it reaches a size cap: the
 readings that follow go into a further *part* of the same slice. A reading that arrives after
 its slice closed opens a new part too, closed at the next tick; nothing is ever dropped for
-being late.
+being late. No segment stays open longer than ``max_hold`` (a device whose clock runs ahead
+would otherwise hold its readings back until that time).
 
-The :class:`Segmenter` is pure: time comes in as an argument (the bridge passes its loop
-clock), so it is tested without sleeping. :func:`decode_segment` takes bytes from the
+The :class:`Segmenter` is pure: time comes in as an argument (the bridge passes the
+wall clock), so it is tested without sleeping. :func:`decode_segment` takes bytes from the
 network and checks everything before a history stores it.
 """
 
@@ -115,7 +116,7 @@ def decode_segment(data: bytes, max_size: int = MAX_SEGMENT) -> Segment:
         raise SegmentError(f"segment of {len(data)} bytes exceeds {max_size}")
     try:
         segment = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets bad UTF-8 through
         raise SegmentError(f"not a segment: {exc}") from None
     check_segment(segment)
     return segment
@@ -160,6 +161,9 @@ class SegmentPolicy:
     clock: Clock = "device"
     #: Open segments at most (topics x slices); beyond, the oldest closes early.
     max_open: int = 10_000
+    #: Longest a segment stays open (s) whatever its slice: a device whose clock runs ahead
+    #: does not keep its readings from the history until that time comes.
+    max_hold: float = 60.0
     #: (topic, slice) part counters remembered for late readings.
     max_remembered: int = 100_000
 
@@ -177,6 +181,8 @@ class SegmentPolicy:
             raise ValueError(f"max_bytes must be {MAX_PAYLOAD + 4096}..{MAX_SEGMENT // 2}")
         if self.clock not in ("device", "received"):
             raise ValueError("clock must be 'device' or 'received'")
+        if self.max_hold < self.slice_seconds + self.grace:
+            raise ValueError("max_hold must be at least slice_seconds + grace")
         if self.max_open < 1 or self.max_remembered < 1:
             raise ValueError("max_open and max_remembered must be at least 1")
 
@@ -188,6 +194,7 @@ class _Open:
     end: float
     part: int
     readings: list[Reading]
+    opened: float
     size: int = 0
 
 
@@ -226,22 +233,25 @@ class Segmenter:
             if len(self._open) >= policy.max_open:
                 oldest = min(self._open, key=lambda k: self._open[k].end)
                 out.append(self._close(oldest))
-            seg = _Open(reading.topic, start, end, self._parts.pop(key, 0), [])
+            seg = _Open(reading.topic, start, end, self._parts.pop(key, 0), [], now)
             self._open[key] = seg
         seg.readings.append(reading)
         seg.size += size
         return out
 
     def due(self, now: float) -> list[Segment]:
-        """Segments whose slice ended more than ``grace`` ago, oldest slice first."""
-        grace = self.policy.grace
-        keys = sorted((k for k, s in self._open.items() if s.end + grace <= now), key=_order)
+        """Segments whose slice ended more than ``grace`` ago, or open for ``max_hold``,
+        oldest slice first."""
+        keys = sorted((k for k, s in self._open.items() if self._due_at(s) <= now), key=_order)
         return [self._close(k) for k in keys]
 
     def next_due(self) -> float | None:
         """When :meth:`due` will next return something (None: nothing open)."""
-        ends = [s.end for s in self._open.values()]
-        return min(ends) + self.policy.grace if ends else None
+        return min((self._due_at(s) for s in self._open.values()), default=None)
+
+    def _due_at(self, seg: _Open) -> float:
+        policy = self.policy
+        return min(seg.end + policy.grace, seg.opened + policy.max_hold)
 
     def flush(self) -> list[Segment]:
         """Close everything open (the bridge stops)."""
@@ -277,7 +287,7 @@ class SegmentPacker:
     def add(self, delivery: Delivery, now: float) -> list[tuple[bytes, str | None, dict[str, Any]]]:
         try:
             reading = decode_reading(delivery.data)
-        except ReadingError as exc:
+        except ValueError as exc:  # ReadingError, and UnicodeDecodeError for a bad UTF-8 str
             self.bad += 1
             self.last_error = str(exc)
             return []
