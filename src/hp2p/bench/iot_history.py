@@ -24,6 +24,7 @@ import signal
 import statistics
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -177,10 +178,13 @@ class HistoryRun:
 
 def _get(url: str, window: tuple[float, float], wait: float) -> bytes:
     """``GET /history`` of the bench topic over ``window``; the whole body."""
-    query = f"topic={TOPIC}&from={window[0]:.3f}&to={window[1]:.3f}&limit=1000000&wait={wait:g}"
+    query = f"topic={TOPIC}&from={window[0]:.3f}&to={window[1]:.3f}&limit=100000&wait={wait:g}"
     try:
         with urllib.request.urlopen(f"{url}/history?{query}", timeout=60) as answer:
             body: bytes = answer.read()
+    except urllib.error.HTTPError as exc:
+        reason = exc.read()[:200].decode("utf-8", "replace")
+        raise ProcError(f"history query to {url} refused: {exc.code} {reason}") from None
     except OSError as exc:
         raise ProcError(f"history query to {url} failed: {exc}") from None
     return body
