@@ -53,3 +53,41 @@ def _finish(ax: Any, xlabel: str, ylabel: str) -> None:
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
+
+
+def iot_plot(path: Path, cases: list[dict[str, Any]]) -> Path:
+    """``hp2p bench iot``: latency p50/p99 and source bytes per message vs N, both systems."""
+    plt = pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (lat, size) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rates = sorted({c["rate"] for c in cases})
+    for rate in rates:
+        chosen = sorted((c for c in cases if c["rate"] == rate), key=lambda c: c["peers"])
+        xs = [c["peers"] for c in chosen]
+        for system, colour in (("hp2p", "tab:blue"), ("mosquitto", "tab:orange")):
+            figs = [c["metrics"] if system == "hp2p" else c["baselines"][system] for c in chosen]
+            tag = f"{system} {rate:g}/s"
+            for q, style in (("p50", "-o"), ("p99", "--x")):
+                values = [f.get(f"latency_{q}_ms") for f in figs]
+                lat.plot(xs, values, style, color=colour, label=f"{tag} {q}")
+            bytes_per = [f.get("source_bytes_per_msg") for f in figs]
+            size.plot(xs, bytes_per, "-o", color=colour, label=f"{tag}: {_source(system)}")
+    lat.set_yscale("log")
+    lat.yaxis.set_major_formatter(_plain_ms())
+    lat.set_title("MQTT publish → consumer receipt")
+    _finish(lat, "consumers N", "latency (ms)")
+    size.set_title("bytes the source sends per message")
+    _finish(size, "consumers N", "bytes per message")
+    fig.tight_layout()
+    return save_figure(fig, plt, path)
+
+
+def _source(system: str) -> str:
+    return "gateway peer" if system == "hp2p" else "broker"
+
+
+def _plain_ms() -> Any:
+    """Tick labels as plain numbers (1, 10, 100 ms), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _pos: f"{value:g}")

@@ -42,6 +42,12 @@ HEADLINE = (
     "encode_decode_us",
     "sim_deliveries_per_s",
     "sim_peers",
+    "duplicates",
+    "source_bytes_per_msg",
+    "source_bytes_ratio_vs_broker",
+    "cpu_us_per_delivery",
+    "history_complete",
+    "history_query_ms",
 )
 
 
