@@ -28,7 +28,8 @@ MAX_GAPS = 200
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """``kind``: ``retention``, ``pending`` (manifest known), ``announced`` or ``unseen``."""
+    """``kind``: ``retention``, ``pending`` (manifest known), ``unavailable`` (manifest known,
+    no neighbour holds the data), ``announced`` or ``unseen``."""
 
     kind: str
     start: float | None
@@ -78,12 +79,15 @@ def find_gaps(
     known: set[int],
     pending: Mapping[int, Mapping[str, Any] | None],
     announced: Iterable[int],
+    notes: Mapping[int, tuple[str, str]] | None = None,
 ) -> list[Gap]:
     """Gaps of the query ``topic`` in ``[lo, hi)``; empty means the answer is complete.
 
     ``kept_from``: nothing older is kept (retention); ``floor``: lower object numbers are gone;
     ``known``: object numbers stored or refused; ``pending``: objects with a manifest (its
-    meta) not stored yet; ``announced``: numbers neighbours hold that have no manifest here.
+    meta) not stored yet; ``announced``: numbers neighbours hold that have no manifest here;
+    ``notes``: ``(kind, reason)`` replacing the ``pending`` ones of some objects (a member
+    keeping replicas says whom a segment is kept by, and that no neighbour holds it).
     """
     gaps: list[Gap] = []
     if kept_from is not None and lo < kept_from:
@@ -95,12 +99,13 @@ def find_gaps(
         if meta is None or _overlaps(meta, topic, lo, hi):
             start = meta.get("start") if meta else None
             end = meta.get("end") if meta else None
+            kind, reason = (notes or {}).get(obj, ("pending", "segment known, data not pulled yet"))
             gaps.append(
                 Gap(
-                    "pending",
+                    kind,
                     start if isinstance(start, int | float) else None,
                     end if isinstance(end, int | float) else None,
-                    "segment known, data not pulled yet",
+                    reason,
                     (obj, obj),
                 )
             )
