@@ -3,6 +3,7 @@ cache of fetched segments and the gaps that name whom a segment is kept by. Pure
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 
@@ -58,13 +59,16 @@ def test_a_dead_member_moves_only_its_segments_each_to_one_new_owner() -> None:
 
 def test_placement_rules() -> None:
     p = Placement(3, "me", "ov")
-    assert not p.ready and p.owners(1) == [] and not p.mine(1)
+    assert not p.ready
+    assert p.owners(1) == []
+    assert not p.mine(1)
     assert p.update(["a"], now=5.0)  # this member always counts
-    assert p.members == ("a", "me") and p.changed_at == 5.0
+    assert p.members == ("a", "me")
+    assert p.changed_at == 5.0
     assert sorted(p.owners(7)) == ["a", "me"]  # fewer members than replicas: all of them
     assert not p.update(["a", "me"], now=6.0)
     assert p.changes == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="full replication"):
         Placement(0, "me", "ov")
     with pytest.raises(MembersError):
         p.update([f"p{i}" for i in range(MAX_MEMBERS + 1)], now=7.0)
@@ -110,10 +114,8 @@ def test_an_unusable_member_list_is_an_error_not_a_crash(body: bytes) -> None:
 
 @given(st.binary(max_size=300))
 def test_live_members_fuzz(body: bytes) -> None:
-    try:
+    with contextlib.suppress(MembersError):
         live_members(body, 1.0, source_id="s")
-    except MembersError:
-        pass
 
 
 def _row(ts: float, number: int, obj: int, topic: str = "t") -> tuple[object, ...]:
@@ -132,10 +134,13 @@ def test_the_cache_merges_with_the_file_each_reading_once_in_time_order_and_is_b
     assert docs[1:] == [b"two", b"three-stored"]
     assert merge(stored, cache.rows("t", 0.0, 10.0), limit=2)[-1] == b"two"
     assert cache.rows("t", 1.5, 2.5) == []
-    assert 7 in cache and cache.objects == {7, 8}
+    assert 7 in cache
+    assert cache.objects == {7, 8}
     for obj in range(100, 200):  # bounded: least recently used out
         cache.add(obj, [_row(float(obj), obj, obj)])
-    assert cache.bytes <= 10_000 and cache.evicted > 0 and 7 not in cache
+    assert cache.bytes <= 10_000
+    assert cache.evicted > 0
+    assert 7 not in cache
 
 
 def test_gaps_name_the_members_that_keep_a_segment() -> None:
