@@ -23,9 +23,11 @@ from typing import Any
 import httpx
 import pytest
 
+from hp2p.apps.iot.history_member import HistoryMember, HistorySettings
 from hp2p.apps.iot.placement import Placement
 from hp2p.apps.iot.reading import APP_ID, PAYLOAD_TYPE, Reading, encode_reading
 from hp2p.homs.launch import HomsProcess
+from hp2p.peer.mesh_node import MeshNode, MeshSettings
 from hp2p.peer.node import PeerNode
 from hp2p.peer.settings import NodeSettings
 from peer_procs import EventProc, create_core_overlay
@@ -217,4 +219,72 @@ async def test_two_replicas_complete_answers_and_repair_after_a_third_is_killed(
             if p.proc.poll() is None:
                 p.terminate()
         await bridge.close()
+        await gateway.close()
+
+
+async def test_a_segment_no_neighbour_holds_is_a_gap_naming_its_keepers(
+    tmp_path: Path, homs: HomsProcess
+) -> None:
+    """A member that does not own a segment fetches it from its neighbours; when none holds it
+    (its owner keeps nothing: a SubMesh peer that is no history member, then the bridge goes)
+    the answer says so, naming the member it is kept by, instead of being silently short."""
+    core_id = create_core_overlay(homs.url, "iot")
+    gateway = PeerNode(NodeSettings(homs=homs.url, join=core_id, peer_id="gw-1"))
+    await gateway.start()
+    bridge, events = await start_bridge(homs.url, core_id)
+    ghost = MeshNode(MeshSettings(homs=homs.url, join="iot-history", peer_id="ghost"))
+    ghost.wants = lambda obj, manifest: False  # counted as a member, stores nothing
+    member = HistoryMember(
+        HistorySettings(
+            homs=homs.url,
+            join="iot-history",
+            db=str(tmp_path / "keeper.sqlite"),
+            peer_id="keeper",
+            replicas=1,
+            members_interval=0.3,
+        )
+    )
+    closed = False
+    try:
+        await ghost.start()
+        await member.start()
+
+        async def placed() -> bool | tuple[str, ...]:
+            assert member.placement is not None
+            return member.placement.members == ("ghost", "keeper") or member.placement.members
+
+        await until("the keeper sees the ghost", placed)
+        sent = publish(gateway, time.time() - 100, 1, 40)
+        await packed(events, 80)
+        segments = {e["object"] for e in events if e["event"] == "packed"}
+        assert member.placement is not None
+        ghosts = {o for o in segments if member.placement.owners(o) == ["ghost"]}
+        assert ghosts
+        assert ghosts != segments
+
+        async def stored_own() -> bool | int:
+            core = member.node.core
+            assert core is not None
+            have = member.store.known
+            ok = all(core.manifest(o) for o in segments) and segments - ghosts <= have
+            return ok or len(have)
+
+        await until("the keeper stores its own", stored_own)
+        assert not member.store.known & ghosts  # never stored what it does not own
+        await bridge.close()  # the only holder of the ghost's segments
+        closed = True
+        body = await member.query(TOPICS[0], 0, 1e10, wait=1.0)
+        assert not body["complete"]
+        unavailable = [g for g in body["gaps"] if g["kind"] == "unavailable"]
+        assert unavailable
+        assert all("no neighbour holds" in g["reason"] for g in unavailable)
+        assert all("kept by ghost" in g["reason"] for g in unavailable)
+        assert {g["objects"][0] for g in unavailable} <= ghosts
+        got = {r["number"] for r in body["readings"]}
+        assert got < set(sent[TOPICS[0]])  # what it keeps, and says what it lacks
+    finally:
+        await member.close()
+        await ghost.close()
+        if not closed:
+            await bridge.close()
         await gateway.close()
