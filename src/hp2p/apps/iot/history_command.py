@@ -165,8 +165,15 @@ async def _progress(member: Any, stop: asyncio.Event, json_events: bool) -> None
             await asyncio.wait_for(stop.wait(), 10.0)
         if not json_events and not stop.is_set():
             s = member.status()
+            placed = s.get("placement")
+            replicas = (
+                f"  replicas {placed['replicas']} of {len(placed['members'])} members  fetched "
+                f"{s['stats']['fetched']}"
+                if placed
+                else ""
+            )
             console.print(
                 f"[dim]history[/dim] segments {s['store']['segments']}  readings "
                 f"{s['store']['readings']}  rejected {s['store']['rejected']}  neighbours "
-                f"{len(s['mesh']['neighbours'] or [])}"
+                f"{len(s['mesh']['neighbours'] or [])}{replicas}"
             )

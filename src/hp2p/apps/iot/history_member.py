@@ -303,6 +303,8 @@ class HistoryMember:
         before = self.store.counts()["segments"]
         self.node.forget_below(floor)  # the mesh lets them go and never pulls them again
         self.store.drop_below(floor)
+        for obj in [o for o in self.cache.objects if o < floor]:
+            self.cache.discard(obj)
         dropped = before - self.store.counts()["segments"]
         self.stats.dropped += dropped
         self.emit("retention", {"floor": floor, "dropped": dropped})
