@@ -167,7 +167,7 @@ async def test_two_replicas_complete_answers_and_repair_after_a_third_is_killed(
             await until(f"{p.name} answers complete", lambda p=p: complete(p.url, sent))
         assert await placed_exactly() is True
         fetched = [(await p.status())["stats"]["fetched"] for p in procs]
-        assert all(f > 0 for f in fetched)
+        assert all(0 < f <= len(segments) for f in fetched), fetched  # each once: cached
         sizes = [sum(p.stored().values()) for p in procs]
         total = sum(sum(p.stored().values()) for p in procs) // REPLICAS
         share = [s / total for s in sizes]

@@ -510,9 +510,12 @@ class MeshCore(Kernel):
     def release(self, obj: int, now: float) -> bool:
         """Let the data of a delivered object go, keeping its manifest (an application that
         fetched it on demand and does not keep it). It is fetched again only if wanted or
-        prioritised; neighbours asking for it get 11404. Returns whether anything went."""
+        prioritised anew (it leaves the current wish); neighbours asking for it get 11404.
+        Returns whether anything went."""
         if not self.holdings.release_data(obj):
             return False
+        # a wish that brought it is fulfilled: without this it would be fetched again at once
+        self.pull.priority = self.pull.priority - {obj}
         self.pull.relearn(obj)
         self._after(now)
         return True
