@@ -176,6 +176,8 @@ async def test_two_replicas_complete_answers_and_repair_after_a_third_is_killed(
             f"(full replication: {total} each; shares {[round(x, 2) for x in share]})"
         )
         assert sum(sizes) == REPLICAS * total
+        files = [(await p.status())["store"]["bytes"] for p in procs]
+        print(f"with every manifest (piece 0 of each segment) and loose pieces: {files} bytes")
         assert max(share) < 0.7  # about R/N = 1/3 each, not everything
 
         # SIGKILL two of six; the survivors drop them from the member set and repair
