@@ -23,8 +23,8 @@ Examples:
   hp2p iot history --join iot-history --db iot.sqlite --retention-age 7d \\
       --retention-bytes 1GB --json-events
 
-  # six members, each segment stored by two of them (about a third of the history each)
-  hp2p iot history --join iot-history --db h1.sqlite --replicas 2 --api 127.0.0.1:7401
+  # each segment on two members only (of six, each stores about a third)
+  hp2p iot history --join iot-history --db h1.sqlite --replicas 2
 
   curl 'http://127.0.0.1:7400/history?topic=sensors/t1&from=1764860000&to=1764863600'
 
