@@ -154,7 +154,11 @@ def test_gaps_name_the_members_that_keep_a_segment() -> None:
         known={1},
         pending={2: meta, 3: meta},
         announced=[2],
-        notes={3: ("unavailable", "no neighbour holds this segment's data (kept by h4, h5)")},
+        notes=lambda obj: (
+            ("unavailable", "no neighbour holds this segment's data (kept by h4, h5)")
+            if obj == 3
+            else ("pending", "segment known, data not pulled yet (kept by h0, h1)")
+        ),
     )
     assert [(g.kind, g.objects) for g in gaps] == [("pending", (2, 2)), ("unavailable", (3, 3))]
     assert "h4, h5" in gaps[1].reason

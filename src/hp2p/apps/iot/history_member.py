@@ -318,8 +318,13 @@ class HistoryMember:
         announced: list[int] = []
         if core is not None:
             for obj, manifest in core.holdings.manifests.items():
-                if obj not in known:
-                    pending[obj] = dict(manifest.meta) if manifest.meta else None
+                if obj in known:
+                    continue
+                meta = manifest.meta
+                if meta and meta.get("topic") != topic:
+                    known.add(obj)  # seen, and none of this query's business
+                else:
+                    pending[obj] = dict(meta) if meta else None
             announced = list(core.pull.availability)
         kept = [self.store.dropped_until(topic)]
         if self.settings.retention_age is not None:
@@ -334,25 +339,17 @@ class HistoryMember:
             known=known,
             pending=pending,
             announced=announced,
-            notes=self._notes(pending) if self.placement is not None else None,
+            notes=self._note if self.placement is not None else None,
         )
 
-    def _notes(self, pending: dict[int, dict[str, Any] | None]) -> dict[int, tuple[str, str]]:
-        """Why each pending segment is missing, naming the members that keep it."""
+    def _note(self, obj: int) -> tuple[str, str]:
+        """Why a segment is missing here, naming the members that keep it (replicas)."""
         core, placement = self.node.core, self.placement
-        notes: dict[int, tuple[str, str]] = {}
-        if core is None or placement is None:
-            return notes
-        for obj in pending:
-            owners = ", ".join(placement.owners(obj)) or "not placed yet"
-            if obj in core.pull.availability or core.holds(obj):
-                notes[obj] = ("pending", f"segment known, data not pulled yet (kept by {owners})")
-            else:
-                notes[obj] = (
-                    "unavailable",
-                    f"no neighbour holds this segment's data (kept by {owners})",
-                )
-        return notes
+        owners = ", ".join(placement.owners(obj)) if placement is not None else ""
+        owners = owners or "not placed yet"
+        if core is not None and (obj in core.pull.availability or core.holds(obj)):
+            return ("pending", f"segment known, data not pulled yet (kept by {owners})")
+        return ("unavailable", f"no neighbour holds this segment's data (kept by {owners})")
 
     async def query(
         self,
