@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,9 @@ from hp2p.wire.r2.messages import (
     Release,
     ReleaseResponse,
 )
+
+#: ``wants(object_number, manifest)``: does the application want this object's data?
+WantsData = Callable[[int, Manifest], bool]
 
 
 # --- effects only the mesh core emits (the shared ones come from hp2p.peer.effects) ----------
@@ -215,6 +219,8 @@ class MeshCore(Kernel):
         self.links = MeshLinks(self)
         self.holdings = MeshHoldings(self)
         self.pull = MeshPuller(self)
+        #: the application's want-predicate (None: every object, the SubMesh default)
+        self.wants: WantsData | None = None
 
     # === outputs =================================================================================
     def next_timer(self) -> float | None:
@@ -255,6 +261,7 @@ class MeshCore(Kernel):
             "pieces": len(holdings.have),
             "store-bytes": holdings.bytes,
             "requests-in-flight": len(self.pull.requests),
+            "parked": len(self.pull.parked),
             "floor": holdings.floor,
             "signatures": {
                 "source-key": public_key_text(self.source_key) if self.source_key else None,
@@ -460,6 +467,7 @@ class MeshCore(Kernel):
         self.links.close_all(now)
         self.pull.requests.clear()
         self.pull.availability.clear()
+        self.pull.parked.clear()
         self._next_maintenance = None
         self.left = True
 
@@ -469,8 +477,48 @@ class MeshCore(Kernel):
         An application waiting for particular objects (a history query) gets them first
         instead of after a long backfill; at most ``fetch_window`` of them count at a time.
         """
+        before = self.pull.priority
         self.pull.priority = frozenset(sorted(objects)[: 4 * self.config.fetch_window])
+        self.pull.rewant(sorted(before | self.pull.priority))
         self._after(now)
+
+    # === which objects' data the application wants ==========================================
+    def set_wants(self, wants: WantsData | None, now: float) -> None:
+        """Pull data only for objects ``wants(number, manifest)`` accepts (None: all).
+
+        Manifests are always pulled. An object not wanted is parked: not requested, not in
+        the pull window, but its holders are still counted, so :meth:`prioritise` fetches it
+        on demand. An object with some data already held is always finished.
+        """
+        self.wants = wants
+        self.rewant(now)
+
+    def rewant(self, now: float) -> None:
+        """The answers of the want-predicate may have changed (e.g. a member set): ask again."""
+        self.pull.rewant()
+        self._after(now)
+
+    def wanted(self, obj: int) -> bool:
+        """Is the data of ``obj`` to be pulled now? (See :meth:`set_wants`.)"""
+        if self.wants is None or obj in self.pull.priority:
+            return True
+        manifest = self.holdings.manifests.get(obj)
+        if manifest is None or len(self.holdings.objects.get(obj, ())) > 1:
+            return True  # its manifest is pulled first; what was begun is finished
+        return self.wants(obj, manifest)
+
+    def release(self, obj: int, now: float) -> bool:
+        """Let the data of a delivered object go, keeping its manifest (an application that
+        fetched it on demand and does not keep it). It is fetched again only if wanted or
+        prioritised anew (it leaves the current wish); neighbours asking for it get 11404.
+        Returns whether anything went."""
+        if not self.holdings.release_data(obj):
+            return False
+        # a wish that brought it is fulfilled: without this it would be fetched again at once
+        self.pull.priority = self.pull.priority - {obj}
+        self.pull.relearn(obj)
+        self._after(now)
+        return True
 
     def forget_below(self, floor: int, now: float) -> int:
         """Drop every object numbered below ``floor`` and never fetch those again.

@@ -176,6 +176,25 @@ class MeshHoldings:
         self.manifests.pop(obj, None)
         self.manifest_from.pop(obj, None)
 
+    def release_data(self, obj: int) -> bool:
+        """Drop the data pieces of ``obj``, keep its manifest (``MeshCore.release``)."""
+        held = self.objects.get(obj)
+        seq0 = sequence_of(obj, 0)
+        store = self.core.store
+        raw0 = store.get(seq0) if held is not None and 0 in held else None
+        if held is None or raw0 is None or len(held) < 2:
+            return False
+        for index in held - {0}:
+            seq = sequence_of(obj, index)
+            self.have.discard(seq)
+            data = store.get(seq)
+            self.bytes -= len(data) if data is not None else 0
+        store.drop_object(obj)
+        store.put(seq0, raw0)
+        self.objects[obj] = {0}
+        self.delivered.discard(obj)
+        return True
+
     def evict(self) -> None:
         """Oldest objects first, whole, until under both bounds; never fetched again."""
         core = self.core

@@ -49,6 +49,7 @@ from hp2p.peer.mesh import (
     ObjectReceived,
     PeerListWanted,
     SourceKeyWanted,
+    WantsData,
 )
 from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_objects import ManifestSigner, parse_public_key
@@ -432,6 +433,9 @@ class MeshNode(CoreShell[MeshCore]):
         self.became_source = asyncio.Event()
         self.signer: ManifestSigner | None = None
         self.source_key: str | None = None  # the key manifests are verified with
+        #: The application's want-predicate (``MeshCore.set_wants``); set before ``start``
+        #: to have it from the first piece, or later with :meth:`set_wants`.
+        self.wants: WantsData | None = None
         self.fault_plan = (
             FaultPlan.parse(settings.faults, settings.fault_seed) if settings.faults else None
         )
@@ -506,6 +510,7 @@ class MeshNode(CoreShell[MeshCore]):
         )
         # link-proof nonces must be unpredictable to other peers, unlike the core's seeded rng
         core.admission.entropy = os.urandom
+        core.wants = self.wants
         return core
 
     async def _find_submesh(self) -> tuple[homp.QueryOverlay, str]:
@@ -624,6 +629,26 @@ class MeshNode(CoreShell[MeshCore]):
         core = self._running_core()
         core.prioritise(objects, self._now())
         self._drain()
+
+    def set_wants(self, wants: WantsData | None) -> None:
+        """Pull data only for the objects ``wants(number, manifest)`` accepts (None: all)."""
+        self.wants = wants
+        if self.core is not None and not self._stopped:
+            self.core.set_wants(wants, self._now())
+            self._drain()
+
+    def rewant(self) -> None:
+        """The want-predicate's answers may have changed: the core asks it again."""
+        core = self._running_core()
+        core.rewant(self._now())
+        self._drain()
+
+    def release(self, object_number: int) -> bool:
+        """Let a delivered object's data go, keeping its manifest (``MeshCore.release``)."""
+        core = self._running_core()
+        done = core.release(object_number, self._now())
+        self._drain()
+        return done
 
     def forget_below(self, floor: int) -> int:
         """Drop every object numbered below ``floor``, for good (an application's retention);

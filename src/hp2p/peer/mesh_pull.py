@@ -11,6 +11,12 @@ Manifests are taken only under the source-key rules: with a key, only with a val
 signature; without one, the shell is asked once for the HOMS's record before a signed
 manifest is taken on trust, and never when signatures are required. A neighbour that served a
 refused manifest earns a strike and is never asked for that manifest again.
+
+An application may want only some objects' data (an IoT history keeping R replicas): with a
+want-predicate (``MeshCore.set_wants``) an object whose manifest says it is not wanted is
+*parked*: its availability is still counted (so the application can tell who holds it and
+fetch it on demand with ``MeshCore.prioritise``), but its data pieces are neither requested
+nor take a place in the pull window. Manifests are always pulled.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class MeshPuller:
         self._refused_manifests: OrderedDict[str, set[int]] = OrderedDict()
         #: objects the application wants first (a history query waiting for them); bounded
         self.priority: frozenset[int] = frozenset()
+        #: objects in ``availability`` whose data the application does not want (see module doc)
+        self.parked: set[int] = set()
 
     # === what neighbours hold ====================================================================
     def on_buffermap_response(self, link: MeshLink, msg: BuffermapResponse) -> None:
@@ -88,8 +96,11 @@ class MeshPuller:
                     continue
                 link.have.add(seq)
                 if seq not in have:
+                    fresh = obj not in self.availability
                     counts = self.availability.setdefault(obj, {})
                     counts[seq] = counts.get(seq, 0) + 1
+                    if fresh:
+                        self.consider(obj)
 
     def neighbour_gone(self, link: MeshLink) -> None:
         for seq in link.have:
@@ -104,11 +115,45 @@ class MeshPuller:
             counts.pop(seq, None)
             if not counts:
                 del self.availability[obj]
+                self.parked.discard(obj)
+
+    def consider(self, obj: int) -> None:
+        """Park ``obj`` if the application does not want its data (now), else unpark it."""
+        if self.core.wanted(obj):
+            self.parked.discard(obj)
+        else:
+            self.parked.add(obj)
+
+    def rewant(self, objects: list[int] | None = None) -> None:
+        """The application's wishes changed: ask again for ``objects`` (None: every object
+        heard of; bounded like ``availability``)."""
+        for obj in list(self.availability) if objects is None else objects:
+            if obj in self.availability:
+                self.consider(obj)
+
+    def relearn(self, obj: int) -> None:
+        """The data of ``obj`` was let go (``MeshCore.release``): count again which
+        neighbours hold its pieces, so it can be fetched again on demand."""
+        manifest = self.core.holdings.manifests.get(obj)
+        if manifest is None:
+            return
+        counts = self.availability.setdefault(obj, {})
+        for link in self.core.links.neighbours.values():
+            for index in range(1, manifest.count + 1):
+                seq = (obj << PIECE_BITS) | index
+                if seq in link.have:
+                    counts[seq] = counts.get(seq, 0) + 1
+        if not counts:
+            del self.availability[obj]
+            self.parked.discard(obj)
+        else:
+            self.consider(obj)
 
     def below_floor(self, floor: int) -> None:
         """Objects below ``floor`` are never fetched: forget what was known of them."""
         for obj in [o for o in self.availability if o < floor]:
             del self.availability[obj]
+            self.parked.discard(obj)
         for seq in [q for q in self._tried if split_sequence(q)[0] < floor]:
             del self._tried[seq]
 
@@ -140,6 +185,7 @@ class MeshPuller:
                 return
             holdings.manifests[obj] = manifest
             holdings.manifest_from[obj] = link.peer_id or ""
+            self.consider(obj)
         else:
             known = holdings.manifests.get(obj)
             if known is None or not piece_ok(known, index, msg.data):
@@ -304,13 +350,15 @@ class MeshPuller:
 
         A late joiner with a long history works through it oldest first, while the newest
         objects (live data) are never starved behind it; either way a pass costs a bounded
-        number of pieces, not the whole history.
+        number of pieces, not the whole history. Parked objects (not wanted) take no place
+        in it unless asked for first.
         """
-        objects = sorted(self.availability)
+        parked = self.parked
+        objects = sorted(o for o in self.availability if o not in parked)
         size = self.core.config.fetch_window
         wanted = sorted(o for o in self.priority if o in self.availability)[:size]
         if len(objects) <= size + 2:
-            return objects
+            return list(dict.fromkeys([*wanted, *objects]))
         return list(dict.fromkeys([*wanted, *objects[:size], *objects[-2:]]))
 
     def _avail_less(self, seq: int) -> None:
@@ -325,5 +373,6 @@ class MeshPuller:
             del counts[seq]
             if not counts:
                 del self.availability[obj]
+                self.parked.discard(obj)
         else:
             counts[seq] = count - 1

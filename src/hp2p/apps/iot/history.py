@@ -52,6 +52,7 @@ __all__ = [
     "SqlitePieceStore",
     "decode_doc",
     "payload_text",
+    "segment_rows",
 ]
 
 _SCHEMA = """
@@ -191,7 +192,7 @@ class HistoryStore:
         try:
             segment = _checked_segment(data, app_id, meta)
         except SegmentError as exc:
-            return self._reject(obj, str(exc), now)
+            return self.reject(obj, str(exc), now)
         self.db.execute(
             "INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -221,7 +222,8 @@ class HistoryStore:
         self.commit()
         return Ingested(stored=True, readings=added)
 
-    def _reject(self, obj: int, reason: str, now: float) -> Ingested:
+    def reject(self, obj: int, reason: str, now: float) -> Ingested:
+        """Record that ``obj`` is not a valid segment (it is known, never stored)."""
         reason = reason[:_MAX_REASON]
         self.db.execute("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?)", (obj, reason, now))
         self.known.add(obj)
@@ -239,6 +241,18 @@ class HistoryStore:
             (topic, lo, hi, limit),
         )
         return [row[0] for row in rows]
+
+    def query_rows(
+        self, topic: str, lo: float, hi: float, limit: int
+    ) -> list[tuple[float, str, int, int, bytes]]:
+        """As :meth:`query`, each reading as ``(ts, gateway, epoch, number, doc)``: for
+        merging with readings held elsewhere (:mod:`hp2p.apps.iot.history_cache`)."""
+        rows = self.db.execute(
+            "SELECT ts, gateway, epoch, number, doc FROM readings WHERE topic = ? AND ts >= ? "
+            "AND ts < ? ORDER BY ts, gateway, epoch, number LIMIT ?",
+            (topic, lo, hi, limit),
+        )
+        return [(float(t), str(g), int(e), int(n), bytes(d)) for t, g, e, n, d in rows]
 
     def dropped_until(self, topic: str) -> float | None:
         """The end of the newest slice of ``topic`` that retention removed (None: none)."""
@@ -358,6 +372,14 @@ class HistoryStore:
         for obj, count in self.db.execute("SELECT obj, pieces FROM segments"):
             found.extend(sequence_of(int(obj), i) for i in range(1, int(count) + 1))
         return iter(found)
+
+
+def segment_rows(
+    obj: int, data: bytes, app_id: str | None, meta: dict[str, Any] | None
+) -> list[tuple[Any, ...]]:
+    """The ``readings`` rows of a checked segment object (raises ``SegmentError``): what
+    :meth:`HistoryStore.ingest` would store, for a segment held in memory only."""
+    return _reading_rows(obj, _checked_segment(data, app_id, meta))
 
 
 def _checked_segment(data: bytes, app_id: str | None, meta: dict[str, Any] | None) -> Segment:

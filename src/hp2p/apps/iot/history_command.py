@@ -23,10 +23,16 @@ Examples:
   hp2p iot history --join iot-history --db iot.sqlite --retention-age 7d \\
       --retention-bytes 1GB --json-events
 
+  # each segment on two members only (of six, each stores about a third)
+  hp2p iot history --join iot-history --db h1.sqlite --replicas 2
+
   curl 'http://127.0.0.1:7400/history?topic=sensors/t1&from=1764860000&to=1764863600'
 
-Every member stores every segment (full replication). Restart with the same --db to keep the
-history; a late joiner pulls what its neighbours hold. See docs/iot.md (History).
+Without --replicas every member stores every segment (full replication). With --replicas R
+(give every member the same R) each segment is stored by the R live members that rendezvous
+hashing picks; a query to any member fetches the rest from the mesh. Restart with the same
+--db to keep the history; a late joiner pulls what its neighbours hold. See docs/iot.md
+(History).
 """
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
@@ -67,6 +73,13 @@ def command(
     retention_bytes: Annotated[
         str | None, typer.Option("--retention-bytes", help="Keep at most this much (1GB, 2GiB).")
     ] = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            "--replicas",
+            help="Members that store each segment (0: every member stores every segment).",
+        ),
+    ] = 0,
     peer_id: Annotated[str | None, typer.Option("--id", help="Peer-id on the SubMesh.")] = None,
     json_events: Annotated[
         bool, typer.Option("--json-events", help="One JSON object per event on stdout.")
@@ -84,6 +97,7 @@ def command(
             peer_id=peer_id,
             retention_age=parse_age(retention_age) if retention_age else None,
             retention_bytes=parse_size(retention_bytes) if retention_bytes else None,
+            replicas=replicas,
         )
         member = HistoryMember(settings, on_event=_printer(json_events))
     except (ValueError, HistoryError) as exc:
@@ -105,7 +119,7 @@ def _printer(json_events: bool) -> Any:
         if json_events:
             with contextlib.suppress(BrokenPipeError, ValueError):
                 print(json.dumps({"event": kind, **fields}, default=str), flush=True)
-        elif kind in ("joined", "rejected", "retention", "error", "api"):
+        elif kind in ("joined", "rejected", "retention", "error", "api", "placement"):
             console.print(f"[bold]{kind}[/bold] {fields}")
 
     return on_event
@@ -151,8 +165,15 @@ async def _progress(member: Any, stop: asyncio.Event, json_events: bool) -> None
             await asyncio.wait_for(stop.wait(), 10.0)
         if not json_events and not stop.is_set():
             s = member.status()
+            placed = s.get("placement")
+            replicas = (
+                f"  replicas {placed['replicas']} of {len(placed['members'])} members  fetched "
+                f"{s['stats']['fetched']}"
+                if placed
+                else ""
+            )
             console.print(
                 f"[dim]history[/dim] segments {s['store']['segments']}  readings "
                 f"{s['store']['readings']}  rejected {s['store']['rejected']}  neighbours "
-                f"{len(s['mesh']['neighbours'] or [])}"
+                f"{len(s['mesh']['neighbours'] or [])}{replicas}"
             )

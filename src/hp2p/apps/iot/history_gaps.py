@@ -16,7 +16,7 @@ Pure: the shell hands in the numbers and metadata it knows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,8 @@ MAX_GAPS = 200
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """``kind``: ``retention``, ``pending`` (manifest known), ``announced`` or ``unseen``."""
+    """``kind``: ``retention``, ``pending`` (manifest known), ``unavailable`` (manifest known,
+    no neighbour holds the data), ``announced`` or ``unseen``."""
 
     kind: str
     start: float | None
@@ -78,12 +79,16 @@ def find_gaps(
     known: set[int],
     pending: Mapping[int, Mapping[str, Any] | None],
     announced: Iterable[int],
+    notes: Callable[[int], tuple[str, str]] | None = None,
 ) -> list[Gap]:
     """Gaps of the query ``topic`` in ``[lo, hi)``; empty means the answer is complete.
 
     ``kept_from``: nothing older is kept (retention); ``floor``: lower object numbers are gone;
     ``known``: object numbers stored or refused; ``pending``: objects with a manifest (its
-    meta) not stored yet; ``announced``: numbers neighbours hold that have no manifest here.
+    meta) not stored yet; ``announced``: numbers neighbours hold that have no manifest here;
+    ``notes(obj)``: ``(kind, reason)`` of a pending object's gap instead of the default (a
+    member keeping replicas says whom a segment is kept by, and whether a neighbour holds it);
+    asked only for the objects that are gaps of this query.
     """
     gaps: list[Gap] = []
     if kept_from is not None and lo < kept_from:
@@ -95,12 +100,17 @@ def find_gaps(
         if meta is None or _overlaps(meta, topic, lo, hi):
             start = meta.get("start") if meta else None
             end = meta.get("end") if meta else None
+            kind, reason = (
+                notes(obj)
+                if notes is not None
+                else ("pending", "segment known, data not pulled yet")
+            )
             gaps.append(
                 Gap(
-                    "pending",
+                    kind,
                     start if isinstance(start, int | float) else None,
                     end if isinstance(end, int | float) else None,
-                    "segment known, data not pulled yet",
+                    reason,
                     (obj, obj),
                 )
             )

@@ -8,7 +8,14 @@ file and the mesh core; the query API answers from the file, after waiting a bou
 segments it knows of but has not pulled yet, with explicit gaps for what is still missing
 (:mod:`hp2p.apps.iot.history_gaps`).
 
-Replication is full: every history member stores every segment within its retention.
+Replication is full by default: every history member stores every segment within its
+retention. With ``replicas`` R > 0 a member stores only the segments it owns (rendezvous
+hashing over the live members the HOMS lists, :mod:`hp2p.apps.iot.placement`, read by
+:mod:`hp2p.apps.iot.history_members`): the mesh still pulls every manifest but parks the data
+of other segments (``MeshNode.set_wants``); a query fetches those on demand and keeps them in
+memory for answers only (:mod:`hp2p.apps.iot.history_cache`); a member set that changes makes
+each member pull the segments it now owns (repair). Nothing stored is deleted when a member
+stops owning it.
 """
 
 from __future__ import annotations
@@ -25,10 +32,21 @@ from typing import Any
 
 import msgspec
 
-from hp2p.apps.iot.history import HistoryError, HistoryStore, SqlitePieceStore, decode_doc
+from hp2p.apps.iot.history import (
+    HistoryError,
+    HistoryStore,
+    SqlitePieceStore,
+    decode_doc,
+    segment_rows,
+)
+from hp2p.apps.iot.history_cache import SegmentCache, merge
 from hp2p.apps.iot.history_gaps import Gap, find_gaps
+from hp2p.apps.iot.history_members import MemberWatch
+from hp2p.apps.iot.placement import Placement
+from hp2p.apps.iot.segments import SegmentError
 from hp2p.peer.mesh_config import MeshConfig
 from hp2p.peer.mesh_node import MeshDelivery, MeshNode, MeshNodeError, MeshSettings
+from hp2p.peer.mesh_objects import Manifest
 
 log = logging.getLogger("hp2p.apps.iot.history")
 
@@ -48,6 +66,10 @@ _PRIORITY = 64
 MAX_WAIT = 30.0
 #: Most readings one answer carries (about 200 bytes of JSON each: an answer stays < 100 MB).
 MAX_LIMIT = 500_000
+#: Most replicas a member may be asked to keep (0: full replication).
+MAX_REPLICAS = 64
+#: Gap kinds a waiting query asks the mesh to pull first.
+_FETCHABLE = ("pending", "unavailable", "announced")
 
 
 class QueryError(ValueError):
@@ -65,6 +87,11 @@ class HistorySettings:
     retention_interval: float = 5.0  # how often retention looks (s)
     listen: str = "127.0.0.1:0"
     config: MeshConfig = field(default_factory=lambda: _UNBOUNDED)
+    #: Members that keep each segment (0: every member keeps every segment).
+    replicas: int = 0
+    members_interval: float = 3.0  # how often the HOMS's member list is read (s)
+    cache_bytes: int = 64 << 20  # readings of fetched segments held for answers
+    expires: int = 30  # HOMS registration, refreshed at 0.8 of it (how soon death shows)
 
 
 @dataclass
@@ -75,6 +102,7 @@ class HistoryStats:
     rejected: int = 0
     dropped: int = 0
     queries: int = 0
+    fetched: int = 0  # segments not owned, fetched for a query (memory only)
 
 
 class HistoryMember:
@@ -85,6 +113,8 @@ class HistoryMember:
             raise HistoryError("--retention-age must be more than 0 seconds")
         if settings.retention_bytes is not None and settings.retention_bytes < 1:
             raise HistoryError("--retention-bytes must be at least 1 byte")
+        if not 0 <= settings.replicas <= MAX_REPLICAS:
+            raise HistoryError(f"--replicas must be 0 (full) .. {MAX_REPLICAS}")
         self.settings = settings
         self.on_event = on_event
         self.stats = HistoryStats()
@@ -97,11 +127,19 @@ class HistoryMember:
                 listen=settings.listen,
                 config=settings.config,
                 subscriber_queue=4096,
+                expires=settings.expires,
             ),
             store=SqlitePieceStore(self.store),
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.cache = SegmentCache(settings.cache_bytes)
+        self.placement: Placement | None = None
+        self.watch: MemberWatch | None = None
+        #: keep everything while no member set could be read (never lose data to a HOMS fault)
+        self._unplaced_keeps = False
+        if settings.replicas:
+            self.node.wants = self._wants  # from the first piece: nothing until placed
 
     # === life cycle ==============================================================================
     async def start(self) -> None:
@@ -114,6 +152,8 @@ class HistoryMember:
             await self.close()
             raise
         self.node.forget_below(self.store.floor)  # retention survives restarts
+        if self.settings.replicas:
+            await self._start_placement()
         self._reconcile()
         self._spawn(self._pump(subscription), "hp2p-history-pump")
         self._spawn(self._housekeeping(), "hp2p-history-housekeeping")
@@ -126,6 +166,45 @@ class HistoryMember:
                 **self.store.counts(),
             },
         )
+
+    async def _start_placement(self) -> None:
+        """Read the member set once (pulling waits for it), then every few seconds."""
+        node = self.node
+        self.placement = Placement(self.settings.replicas, node.peer_id, node.overlay_id)
+        self.watch = MemberWatch(
+            self.settings.homs,
+            node.overlay_id,
+            node.source_id,
+            self.placement,
+            on_change=self._members_changed,
+            on_error=lambda reason: self.emit("error", {"reason": reason}),
+            interval=self.settings.members_interval,
+        )
+        if not await self.watch.poll():
+            self._unplaced_keeps = True  # no member set: keep all until one is read
+            node.rewant()
+        self._spawn(self.watch.run(), "hp2p-history-members")
+
+    def _members_changed(self) -> None:
+        """A new member set: each member pulls what it owns now and lacks (repair)."""
+        placement = self.placement
+        if placement is None or self._closed:
+            return
+        with contextlib.suppress(MeshNodeError):  # the member is closing
+            self.node.rewant()
+        self.emit("placement", {"members": list(placement.members), "replicas": placement.replicas})
+
+    def _keeps(self, obj: int) -> bool:
+        """Does this member store ``obj``? (Always without replicas.)"""
+        placement = self.placement
+        if not self.settings.replicas:
+            return True
+        if placement is None or not placement.ready:
+            return self._unplaced_keeps
+        return placement.mine(obj)
+
+    def _wants(self, obj: int, manifest: Manifest) -> bool:
+        return self._keeps(obj)
 
     async def close(self) -> None:
         if self._closed:
@@ -154,6 +233,9 @@ class HistoryMember:
         manifest = core.manifest(obj) if core is not None else None
         if manifest is None or obj in self.store.known:
             return
+        if not self._keeps(obj):
+            self._fetched(obj, data, app_id, meta)
+            return
         result = self.store.ingest(
             obj, data, app_id, meta, piece_size=manifest.piece_size, now=time.time()
         )
@@ -170,6 +252,24 @@ class HistoryMember:
         elif result.reason != "already known":
             self.stats.rejected += 1
             self.emit("rejected", {"object": obj, "reason": result.reason})
+
+    def _fetched(
+        self, obj: int, data: bytes, app_id: str | None, meta: dict[str, Any] | None
+    ) -> None:
+        """A segment this member does not own, fetched for a query: its readings go to the
+        memory cache, its data leaves the mesh store (the manifest stays)."""
+        try:
+            rows = segment_rows(obj, data, app_id, meta)
+        except SegmentError as exc:
+            result = self.store.reject(obj, str(exc), time.time())
+            self.stats.rejected += 1
+            self.emit("rejected", {"object": obj, "reason": result.reason})
+            return
+        self.cache.add(obj, rows)
+        self.stats.fetched += 1
+        with contextlib.suppress(MeshNodeError):  # the member is closing
+            self.node.release(obj)
+        self.emit("fetched", {"object": obj, "topic": (meta or {}).get("topic")})
 
     def _reconcile(self) -> None:
         """Store every object the mesh holds that the file has no row for (after a restart,
@@ -203,6 +303,8 @@ class HistoryMember:
         before = self.store.counts()["segments"]
         self.node.forget_below(floor)  # the mesh lets them go and never pulls them again
         self.store.drop_below(floor)
+        for obj in [o for o in self.cache.objects if o < floor]:
+            self.cache.discard(obj)
         dropped = before - self.store.counts()["segments"]
         self.stats.dropped += dropped
         self.emit("retention", {"floor": floor, "dropped": dropped})
@@ -211,13 +313,18 @@ class HistoryMember:
     # === queries =================================================================================
     def gaps(self, topic: str, lo: float, hi: float, now: float) -> list[Gap]:
         core = self.node.core
-        known = self.store.known
+        known = self.store.known | self.cache.objects
         pending: dict[int, dict[str, Any] | None] = {}
         announced: list[int] = []
         if core is not None:
             for obj, manifest in core.holdings.manifests.items():
-                if obj not in known:
-                    pending[obj] = dict(manifest.meta) if manifest.meta else None
+                if obj in known:
+                    continue
+                meta = manifest.meta
+                if meta and meta.get("topic") != topic:
+                    known.add(obj)  # seen, and none of this query's business
+                else:
+                    pending[obj] = dict(meta) if meta else None
             announced = list(core.pull.availability)
         kept = [self.store.dropped_until(topic)]
         if self.settings.retention_age is not None:
@@ -232,7 +339,17 @@ class HistoryMember:
             known=known,
             pending=pending,
             announced=announced,
+            notes=self._note if self.placement is not None else None,
         )
+
+    def _note(self, obj: int) -> tuple[str, str]:
+        """Why a segment is missing here, naming the members that keep it (replicas)."""
+        core, placement = self.node.core, self.placement
+        owners = ", ".join(placement.owners(obj)) if placement is not None else ""
+        owners = owners or "not placed yet"
+        if core is not None and (obj in core.pull.availability or core.holds(obj)):
+            return ("pending", f"segment known, data not pulled yet (kept by {owners})")
+        return ("unavailable", f"no neighbour holds this segment's data (kept by {owners})")
 
     async def query(
         self,
@@ -262,7 +379,11 @@ class HistoryMember:
                 gaps = self.gaps(topic, lo, hi, time.time())
         finally:
             self._prioritise([])
-        docs = self.store.query(topic, lo, hi, limit)
+        if len(self.cache):
+            cached = self.cache.rows(topic, lo, hi)
+            docs = merge(self.store.query_rows(topic, lo, hi, limit), cached, limit)
+        else:
+            docs = self.store.query(topic, lo, hi, limit)
         truncated = len(docs) >= limit
         readings: list[Any] = [msgspec.Raw(d) for d in docs] if raw else list(map(decode_doc, docs))
         return {
@@ -282,7 +403,7 @@ class HistoryMember:
             return
         wanted: list[int] = []
         for gap in gaps:
-            if gap.objects is not None and gap.kind in ("pending", "announced"):
+            if gap.objects is not None and gap.kind in _FETCHABLE:
                 first, last = gap.objects
                 wanted.extend(range(first, min(last, first + _PRIORITY) + 1))
         with contextlib.suppress(MeshNodeError):  # the member is closing
@@ -303,12 +424,27 @@ class HistoryMember:
                 "age": self.settings.retention_age,
                 "bytes": self.settings.retention_bytes,
             },
-            "replication": "full",
+            "replication": "replicas" if self.settings.replicas else "full",
+            "placement": self._placement_status(),
             "rejections": self.store.rejections(),
             "mesh": {
                 k: mesh.get(k) for k in ("neighbours", "objects", "pieces", "requests-in-flight")
             }
             | {"floor": mesh.get("floor"), "counters": mesh.get("counters")},
+        }
+
+    def _placement_status(self) -> dict[str, Any] | None:
+        placement, watch = self.placement, self.watch
+        if placement is None:
+            return None
+        return {
+            "replicas": placement.replicas,
+            "ready": placement.ready,
+            "members": list(placement.members),
+            "changes": placement.changes,
+            "keeps_all_unplaced": self._unplaced_keeps,
+            "homs_failures": watch.failures if watch is not None else 0,
+            "cache": {"segments": len(self.cache), "bytes": self.cache.bytes},
         }
 
     # === helpers =================================================================================
