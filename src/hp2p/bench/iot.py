@@ -166,7 +166,9 @@ def _history(
     members = plan["history_members"]
     advance(f"history: starting gateway, bridge and {members} history members")
     readings = plan["history_readings"]
-    run = HistoryRun(workdir / "history", port, members, plan["seed"], readings)
+    run = HistoryRun(
+        workdir / "history", port, members, plan["seed"], readings, plan["history_replicas"]
+    )
     try:
         run.start()
         advance(f"history: {readings:,} readings at {plan['history_rate']:g}/s, 30 % killed")
@@ -343,6 +345,10 @@ def iot(
         ),
     ] = True,
     history_members: Annotated[int, typer.Option(help="SubMesh history members.")] = 10,
+    history_replicas: Annotated[
+        int,
+        typer.Option(help="--replicas of each history member (0: every member keeps all)."),
+    ] = 2,
     history_readings: Annotated[
         int, typer.Option(help="Readings of the hour of the history part.", hidden=True)
     ] = READINGS,
@@ -372,6 +378,9 @@ def iot(
     plan = _plan(quick, peers, rates, duration, devices, seed, gateway)
     _more_options(plan, gateway_set or [], history, history_members, history_rate)
     plan["history_readings"] = history_readings
+    if not 0 <= history_replicas <= history_members:
+        _fail("--history-replicas must be 0..--history-members", 2)
+    plan["history_replicas"] = history_replicas
     if not 10 <= history_readings <= 1_000_000:
         _fail("--history-readings must be 10..1000000", 2)
     check_writable(console, json_file, plot)

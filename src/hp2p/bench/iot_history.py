@@ -51,8 +51,15 @@ class HistoryRun:
     """HOMS, gateway, bridge and history members; :meth:`measure` runs the history part."""
 
     def __init__(
-        self, workdir: Path, broker_port: int, members: int, seed: int, readings: int = READINGS
+        self,
+        workdir: Path,
+        broker_port: int,
+        members: int,
+        seed: int,
+        readings: int = READINGS,
+        replicas: int = 0,
     ) -> None:
+        self.replicas = replicas
         self.workdir = workdir
         self.fleet = Fleet()
         self.members: list[Proc] = []
@@ -89,7 +96,7 @@ class HistoryRun:
             name = f"history-{i:02d}"
             args = _python("history", "--homs", url, "--join", MESH_TITLE, "--id", name)
             args += ["--db", str(self.workdir / f"{name}.sqlite"), "--api", "127.0.0.1:0"]
-            args += ["--json-events"]
+            args += ["--json-events", "--replicas", str(self.replicas)]
             self.members.append(self.fleet.start(name, args, self.workdir / f"{name}.err"))
         for proc in self.members:
             proc.wait_event({"joined"}, JOIN_TIMEOUT)
@@ -130,6 +137,7 @@ class HistoryRun:
             "history_complete": round(lowest / self.packed, 6) if self.packed else None,
             "history_members": self._count,
             "history_members_killed": len(victims),
+            "history_replicas": self.replicas,
             "history_readings_published": published,
             "history_publish_errors": done.get("publish_errors"),
             "history_readings_packed": self.packed,
