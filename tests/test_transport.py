@@ -242,3 +242,26 @@ def test_fault_plan_parse() -> None:
         FaultPlan.parse("latency=3")
     with pytest.raises(ValueError, match="probability"):
         FaultPlan.parse("loss=2")
+
+
+def test_frames_cross_a_real_connection_under_uvloop() -> None:
+    """uvloop's transports are not asyncio.Transport subclasses; an R2 link must still work
+    (an isinstance assert once killed every peer run under uvloop)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def exchange() -> list[Message]:
+        inbox = Inbox()
+        server, client, _ = await _pair(inbox)
+        try:
+            sent = [BroadcastData("src", seq, b"x" * 300) for seq in range(1, 51)]
+            for message in sent:
+                assert client.send_frame(r2.encode(message))
+            await inbox.wait_for(50)
+            return inbox.messages
+        finally:
+            client.close()
+            server.close()
+            await server.wait_closed()
+
+    received = uvloop.run(exchange())
+    assert [m.sequence for m in received] == list(range(1, 51))  # type: ignore[attr-defined]

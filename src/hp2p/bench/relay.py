@@ -32,6 +32,7 @@ import json
 import struct
 import sys
 import time
+from typing import cast
 
 _LEN = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
@@ -102,7 +103,7 @@ class RelayLink(asyncio.Protocol):
         self.buffer = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
         self.transport = transport
         self.relay.links.append(self)
 
