@@ -218,7 +218,7 @@ def test_screenshot_of_a_30_peer_tree(tmp_path: Path, homs: HomsProcess, browser
         log_in(browser, homs, overlay_id)
         wait_tree(browser, 30, 120)
         browser.evaluate(f"{GRAPH}.getElementById('p04').emit('tap'); true")
-        browser.wait_for("!document.getElementById('peer-panel').hidden", 10, "the peer panel")
+        browser.wait_for("window.hp2pDashboard.history.get('p04')?.length > 0", 60, "p04 events")
         target = Path(os.environ["HP2P_DASHBOARD_SHOT"])
         browser.screenshot(target)
         print(f"saved {target}", file=sys.stderr)

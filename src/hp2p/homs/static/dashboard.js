@@ -228,7 +228,8 @@ function graph() {
       { selector: "node:selected", style: { "border-width": 3, "border-color": "#f0a30a" } },
       { selector: "edge", style: { width: 1.5, "line-color": "#8d97ab", "curve-style": "bezier" } },
       { selector: "edge.primary", style: { width: 2.5, "line-color": "#1d2330" } },
-      { selector: "edge.candidate", style: { "line-style": "dashed", "line-color": "#a8b1c2" } },
+      { selector: "edge.candidate", style: { "line-style": "dashed", "line-color": "#a8b1c2",
+        width: 1, opacity: 0.6 } },
     ],
   });
   cy.on("tap", "node", (event) => showPeer(event.target.id()));
@@ -299,9 +300,9 @@ function redraw() {
         data: { id: key, source: e.source, target: e.target, primary: e.primary } });
     }
   });
-  g.layout({ name: "breadthfirst", roots: root ? [root] : undefined, directed: false,
-    spacingFactor: 1.1, animate: false, padding: 20 }).run();
-  if (state.peer && g.getElementById(state.peer).nonempty()) g.getElementById(state.peer).select();
+  // laid out along primary paths only: candidate links would pull peers out of their level
+  g.elements().not("edge.candidate").layout({ name: "breadthfirst", roots: root ? [root] : undefined,
+    directed: false, spacingFactor: 1, animate: false, padding: 20 }).run();
   renderOverlay(depth);
   if (state.peer) showPeer(state.peer);
 }
@@ -333,6 +334,7 @@ function showPeer(peerId) {
   const m = state.members.get(peerId);
   const links = state.links.get(peerId) || [];
   const d = cy && cy.getElementById(peerId).nonempty() ? cy.getElementById(peerId).data("depth") : undefined;
+  if (cy) { cy.elements(":selected").unselect(); cy.getElementById(peerId).select(); }
   $("peer-panel").hidden = false;
   $("peer-name").textContent = peerId;
   facts($("peer-facts"), m ? [
