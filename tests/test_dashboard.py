@@ -8,6 +8,7 @@ draws a 30-peer tree and saves the picture docs/operate-dashboard.md shows.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -119,16 +120,20 @@ def start_peers(procs: Procs, tmp_path: Path, url: str, count: int, *args: str) 
     return root.overlay_id
 
 
+def type_token(browser: Browser, token: str) -> None:
+    quoted = json.dumps(token)
+    browser.evaluate(
+        f"document.getElementById('token').value = {quoted};"
+        "document.getElementById('login').requestSubmit(); true"
+    )
+
+
 def log_in(browser: Browser, homs: HomsProcess, overlay_id: str) -> None:
     """Open the page, type the operator token into the form, as an operator would."""
     assert homs.operator_token is not None
     browser.navigate(f"{homs.url}/ui/#overlay={overlay_id}")
     browser.wait_for("document.readyState === 'complete' && !!window.hp2pDashboard", 30, "page")
-    token = homs.operator_token.replace("\\", "\\\\").replace('"', '\\"')
-    browser.evaluate(
-        f'document.getElementById("token").value = "{token}";'
-        'document.getElementById("login").requestSubmit(); true'
-    )
+    type_token(browser, homs.operator_token)
 
 
 def wait_tree(browser: Browser, count: int, deadline: float) -> dict[str, Any]:
@@ -156,6 +161,12 @@ def test_the_graph_follows_the_tree_live(
     procs = Procs()
     try:
         overlay_id = start_peers(procs, tmp_path, homs.url, 7, "--set", "max_children=2")
+        browser.navigate(f"{homs.url}/ui/#overlay={overlay_id}")
+        browser.wait_for("!!window.hp2pDashboard", 30, "the page")
+        type_token(browser, "not-the-token")
+        refused = "document.getElementById('status').textContent.includes('refused')"
+        browser.wait_for(refused, 10, "a wrong token to be refused")
+        assert browser.evaluate("window.hp2pGraph === undefined")  # nothing drawn without it
         log_in(browser, homs, overlay_id)
         depths = wait_tree(browser, 7, 60)
         assert browser.evaluate(NODE_COUNT) == 7
