@@ -19,11 +19,12 @@ import httpx
 import pytest
 
 from cdp_browser import Browser, find_chromium
+from homp_bodies import create
 from hp2p.homs.app import create_app
 from hp2p.homs.dashboard import CONTENT_SECURITY_POLICY
 from hp2p.homs.launch import HomsProcess
 from hp2p.homs.settings import HomsSettings
-from peer_procs import PeerProc, Procs
+from peer_procs import CORE_ADMIN_KEY, PeerProc, Procs
 
 CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(
@@ -79,8 +80,6 @@ async def test_the_credential_check_takes_the_operator_token_or_an_admin_key(cli
     assert "operator token" in wrong.json()["error"]
     ok = await client.get("/ui/check", headers={"Authorization": "Bearer op-secret"})
     assert ok.json() == {"scope": "operator"}
-    from homp_bodies import create
-
     created = await client.post("/homs", json=create(title="ui", description=""))
     overlay_id = created.json()["overlay"]["overlay-id"]
     key = {"X-HOMS-Admin-Key": "admin"}
@@ -107,7 +106,8 @@ DEPTHS = f"Object.fromEntries({GRAPH}.nodes().map(n => [n.id(), n.data('depth') 
 
 def start_peers(procs: Procs, tmp_path: Path, url: str, count: int, *args: str) -> str:
     """``count`` peers of a new CoreTree (the first creates it); its overlay-id."""
-    root = PeerProc(tmp_path, url, "p00", "--create", "ui-tree", *PEER_ARGS, *args)
+    owner = ("--set", f"admin_key={CORE_ADMIN_KEY}")  # a sub-overlay needs the owner's consent
+    root = PeerProc(tmp_path, url, "p00", "--create", "ui-tree", *owner, *PEER_ARGS, *args)
     procs.append(root)
     root.wait_joined()
     others = [
@@ -196,6 +196,22 @@ def test_the_graph_follows_the_tree_live(
         assert browser.evaluate("window.hp2pDashboard.events") > events_before
         repairs = browser.evaluate("window.hp2pDashboard.repairs.map(r => r.text)")
         assert any(victim in text for text in repairs)
+
+        # a sub-overlay fed from this tree appears nested under it, and in its composition
+        sub = create(
+            "ui-sub",
+            title="ui-sub",
+            type="sub",
+            **{"sub-type": "mesh", "parent-overlay-id": overlay_id, "source-peer-id": "b1"},
+        )
+        assert httpx.post(f"{homs.url}/homs", json=sub, timeout=10).status_code == 200
+        nested = "document.querySelector('#overlay-list li li button')?.textContent || ''"
+        assert "ui-sub" in browser.wait_for(nested, 20, "the sub-overlay in the list")
+        browser.evaluate("document.querySelector('#overlay-list button').click(); true")
+        composition = "document.getElementById('composition').textContent"
+        assert "source b1" in browser.wait_for(
+            f"{composition}.includes('ui-sub') && {composition}", 20, "the R3 composition"
+        )
 
         # the side panel: click (tap) a peer, see its details and its history
         child = children[0]

@@ -201,6 +201,16 @@ function costmapLinks(costmap) {
   return links;
 }
 
+let overlaysTimer = null;
+function refreshOverlaysSoon() {
+  if (overlaysTimer === null) {
+    overlaysTimer = setTimeout(() => {
+      overlaysTimer = null;
+      loadOverlays().catch(() => {});
+    }, 1000);
+  }
+}
+
 let statusTimer = null;
 function refreshStatusSoon() {
   if (statusTimer === null) {
@@ -364,7 +374,9 @@ function remember(peerId, text) {
 function onEvent(ev) {
   if (ev.action === "error") { setStatus(`monitor refused: ${ev.reason}`, false); return; }
   state.events += 1;
-  if (ev.type === "overlay") { loadOverlays().catch(() => {}); }
+  if (ev.type === "overlay" || ev.action === "add_peer" || ev.action === "delete_peer") {
+    refreshOverlaysSoon();   // the list's member counts
+  }
   if (ev.overlay_id !== state.selected) return;
   if (ev.action === "add_peer" && ev.node) {
     const id = ev.node.id;
@@ -377,7 +389,7 @@ function onEvent(ev) {
     state.members.delete(ev.peer_id);
     state.links.delete(ev.peer_id);
     remember(ev.peer_id, "removed from the overlay");
-    state.repairs.push({ at: new Date().toLocaleTimeString(), text: `${ev.peer_id} removed` });
+    addRepair(`${ev.peer_id} removed`);
     redrawSoon();
   } else if (ev.action === "update_connection") {
     connectionChanged(ev.peer_id, ev.links || []);
@@ -386,6 +398,11 @@ function onEvent(ev) {
     remember(ev.peer_id, text.startsWith("Overlay Report.") ? "reported" : text);
     if (text.startsWith("Overlay Report.")) refreshStatusSoon();
   }
+}
+
+function addRepair(text) {
+  state.repairs.push({ at: new Date().toLocaleTimeString(), text });
+  if (state.repairs.length > REPAIRS_KEPT) state.repairs.shift();
 }
 
 function connectionChanged(peerId, links) {
@@ -397,10 +414,7 @@ function connectionChanged(peerId, links) {
   if (before !== after) {
     const text = `primary ${before || "none"} → ${after || "none"}`;
     remember(peerId, text);
-    if (before) {
-      state.repairs.push({ at: new Date().toLocaleTimeString(), text: `${peerId}: ${text}` });
-      if (state.repairs.length > REPAIRS_KEPT) state.repairs.shift();
-    }
+    if (before) addRepair(`${peerId}: ${text}`);
   } else {
     remember(peerId, "candidates changed");
   }
@@ -444,8 +458,9 @@ function start() {
     else setStatus("give the operator token, or an overlay-id and its admin key", false);
   });
   $("logout").addEventListener("click", logout);
-  const kept = sessionStorage.getItem(AUTH_KEY);
-  if (kept) login(JSON.parse(kept));
+  let kept = null;
+  try { kept = JSON.parse(sessionStorage.getItem(AUTH_KEY)); } catch { kept = null; }
+  if (kept && (kept.token || (kept.overlayId && kept.adminKey))) login(kept);
 }
 
 start();
