@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo iot-demo test lint bench venv clean nat-deps nat-test
+.PHONY: demo iot-demo test lint bench venv clean nat-deps nat-test ui-deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hp2p needs Python 3.11 or newer")'
@@ -43,6 +43,18 @@ nat-deps:
 	else echo "nat-deps: installing$$missing"; \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 	    || echo "nat-deps: apt-get failed; the NAT tests will skip"; fi
+
+# The dashboard's browser test (tests/test_dashboard.py) runs Debian's chromium headless over the
+# DevTools protocol. ui-deps installs it when missing and never fails: without it (or without
+# root and apt-get) that test skips and says why.
+ui-deps:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  echo "ui-deps: chromium is there"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "ui-deps: no chromium (installing it needs root and apt-get); the browser test will skip"; \
+	else echo "ui-deps: installing chromium"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	    || echo "ui-deps: apt-get failed; the browser test will skip"; fi
 
 nat-test: $(STAMP) nat-deps
 	$(BIN)/python -m pytest -q -m nat $(PYTEST_ARGS)

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from hp2p import __version__
-from hp2p.homs import ws
+from hp2p.homs import dashboard, ws
 from hp2p.homs.api import install_error_handlers, router, schema_components
 from hp2p.homs.credentials import KeyRing
 from hp2p.homs.db import parse_database_url
@@ -132,6 +132,7 @@ def create_app(
     app.state.operator_token = operator_token
     app.include_router(router)
     app.router.routes.extend(ws.routes())
+    app.router.routes.extend(dashboard.routes())  # the operator's page at /ui
     # POST /peer (the join) answered as plain ASGI ahead of FastAPI's routing: same code.
     app.add_middleware(JoinFastPath)
     install_error_handlers(app)
