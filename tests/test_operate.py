@@ -24,7 +24,7 @@ from hp2p.homs.launch import HomsProcess
 from hp2p.homs.ops import HomsMetrics
 from hp2p.peer.admin_keys import admin_key_path, load_admin_key
 from hp2p.peer.metrics import exposition
-from peer_procs import PeerProc, Procs, create_core_overlay
+from peer_procs import MeshProc, PeerProc, Procs, create_core_overlay
 
 
 def hp2p(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -222,3 +222,37 @@ def test_a_peer_status_without_a_core_still_renders() -> None:
     families = prometheus.parse(text)
     assert _value(families, "hp2p_peer_deliveries_total") == 0
     assert "NaN" in text  # depth and parent RTT unknown
+
+
+def test_a_submesh_source_stores_its_admin_key_and_serves_metrics(
+    tmp_path: Path, homs: HomsProcess
+) -> None:
+    """``--create --parent`` (a SubMesh) keeps its key as a CoreTree creator does."""
+    core = create_core_overlay(homs.url, "core")
+    procs = Procs()
+    try:
+        source = MeshProc(
+            tmp_path,
+            homs.url,
+            "src",
+            "--create",
+            "blocks",
+            "--parent",
+            core,
+            "--api",
+            "127.0.0.1:0",
+        )
+        procs.append(source)
+        joined = source.wait_joined()
+        key = load_admin_key(homs.url, source.overlay_id)
+        assert key
+        assert f"admin key {key} stored" in source.err_path.read_text()
+        headers = {"Authorization": f"Bearer {joined['api_token']}"}
+        text = httpx.get(f"{joined['api']}/metrics", headers=headers, timeout=10).text
+        families = prometheus.parse(text)
+        info = f'hp2p_peer_info{{peer_id="src",overlay_id="{source.overlay_id}",kind="mesh",'
+        assert any(series.startswith(info) for series in families["hp2p_peer_info"]["samples"])  # type: ignore[attr-defined]
+        assert families["hp2p_peer_relayed_bytes_total"]["type"] == "counter"
+    finally:
+        for proc in procs:
+            proc.terminate()
