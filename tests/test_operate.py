@@ -22,7 +22,12 @@ from hypothesis import strategies as st
 from hp2p import prometheus
 from hp2p.homs.launch import HomsProcess
 from hp2p.homs.ops import HomsMetrics
-from hp2p.peer.admin_keys import admin_key_path, load_admin_key
+from hp2p.peer.admin_keys import (
+    AdminKeyFileError,
+    admin_key_path,
+    load_admin_key,
+    store_admin_key,
+)
 from hp2p.peer.metrics import exposition
 from peer_procs import MeshProc, PeerProc, Procs, create_core_overlay
 
@@ -256,3 +261,19 @@ def test_a_submesh_source_stores_its_admin_key_and_serves_metrics(
     finally:
         for proc in procs:
             proc.terminate()
+
+
+def test_stored_admin_keys_are_private_and_found_by_the_homs_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HP2P_ADMIN_KEY_DIR", str(tmp_path / "keys"))
+    path = store_admin_key("http://127.0.0.1:8081", "ov-1", "k1", "chat")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert load_admin_key("http://127.0.0.1:8081/", "ov-1") == "k1"  # same HOMS
+    assert load_admin_key("http://127.0.0.1:8082", "ov-1") is None  # another HOMS
+    odd = admin_key_path("http://h", "../../etc/passwd")  # an id is never a path
+    assert odd.parent.parent == tmp_path / "keys"
+    path.chmod(0o644)
+    with pytest.raises(AdminKeyFileError, match="chmod 600"):
+        load_admin_key("http://127.0.0.1:8081", "ov-1")

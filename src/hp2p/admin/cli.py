@@ -39,7 +39,7 @@ Examples:
 
   hp2p overlay show chat --operator-token "$(cat hp2p-operator-token)"
 
-  hp2p overlay remove 0b5f…-overlay-id        # the admin key hp2p peer --create stored
+  hp2p overlay remove 0b5f…-overlay-id     # with the key --create stored
 
   hp2p overlay remove 0b5f…-overlay-id --admin-key "$KEY"
 
@@ -47,8 +47,9 @@ Examples:
 
   hp2p overlay modify chat --rotate-admin-key  # prints and stores the new key
 
---homs defaults to $HP2P_HOMS, else http://127.0.0.1:8081. Exit status: 0 done, 1 the HOMS
-refused (or is unreachable), 2 usage error. See docs/operate.md.
+--homs defaults to $HP2P_HOMS, else http://127.0.0.1:8081.
+
+Exit status: 0 done, 1 the HOMS refused (or is unreachable), 2 usage error. See docs/operate.md.
 """
 
 app = typer.Typer(
