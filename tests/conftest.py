@@ -30,14 +30,19 @@ def _submesh_keys_stay_in_a_temporary_directory(
     directory); the tests and the processes they start keep theirs in a temporary one. The
     source processes a test starts inherit it, so a standby on the same machine finds the key
     of the source it replaces, as it would on the user's host."""
-    keys = tmp_path_factory.mktemp("submesh-keys")
-    before = os.environ.get("HP2P_KEY_DIR")
-    os.environ["HP2P_KEY_DIR"] = str(keys)
+    dirs = {
+        "HP2P_KEY_DIR": tmp_path_factory.mktemp("submesh-keys"),
+        # the admin keys `hp2p peer --create` stores (hp2p.peer.admin_keys)
+        "HP2P_ADMIN_KEY_DIR": tmp_path_factory.mktemp("admin-keys"),
+    }
+    before = {name: os.environ.get(name) for name in dirs}
+    os.environ.update({name: str(path) for name, path in dirs.items()})
     yield
-    if before is None:
-        os.environ.pop("HP2P_KEY_DIR", None)
-    else:
-        os.environ["HP2P_KEY_DIR"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

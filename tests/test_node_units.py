@@ -165,7 +165,7 @@ async def test_join_by_title_never_guesses_between_overlays(tmp_path: Path) -> N
             await client.create_overlay(
                 title, "o", "admin", heartbeat_interval=1, heartbeat_timeout=3
             )
-        with pytest.raises(OverlayNotFoundError, match="matches several overlays"):
+        with pytest.raises(OverlayNotFoundError, match="matches 2 overlays and none"):
             await client.find_overlay("chat")
         assert (await client.find_overlay("news")).title == "news-eu"  # unique substring
         by_id = await client.find_overlay((await client.find_overlay("news-eu")).overlay_id)

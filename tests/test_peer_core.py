@@ -289,6 +289,9 @@ def test_broadcast_is_forwarded_to_every_primary_path_but_the_arrival_one() -> N
     c.receive(77, data, 3.1)  # the same message again by another path
     assert not c.take_effects()
     assert c.duplicates.counters.duplicates == 1
+    # relayed once, on one path: its payload counted once (hp2p_peer_relayed_bytes_total)
+    assert c.counters.forwarded == 1
+    assert c.counters.forwarded_bytes == len(b"payload")
 
 
 def test_candidate_path_flag_adds_candidate_paths_to_the_fanout() -> None:

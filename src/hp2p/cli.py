@@ -42,6 +42,7 @@ def _new_app() -> typer.Typer:
             "Examples:\n\n"
             "  hp2p demo                      # a HOMS and 12 peers on this machine\n\n"
             "  hp2p homs --port 8081          # run an overlay management server\n\n"
+            "  hp2p overlay list              # the overlays of a HOMS (docs/operate.md)\n\n"
             "  hp2p bench wire --json w.json  # codec micro-benchmark"
         ),
         no_args_is_help=True,
@@ -79,6 +80,9 @@ def build_app() -> typer.Typer:
     from hp2p.apps.chain.cli import app as chain_app
 
     full.add_typer(chain_app, name="chain")
+    from hp2p.admin.cli import app as overlay_app
+
+    full.add_typer(overlay_app, name="overlay")
     return full
 
 

@@ -27,6 +27,8 @@ from hp2p.homs.fanout import PostgresFanout
 from hp2p.homs.fastpath import JoinFastPath
 from hp2p.homs.limits import HomsLimits
 from hp2p.homs.liveness import run_sweeper
+from hp2p.homs.ops import HomsMetrics, RequestMetrics
+from hp2p.homs.ops import router as ops_router
 from hp2p.homs.settings import HomsSettings
 from hp2p.homs.signalling import Switchboard
 from hp2p.homs.store import HomsStore
@@ -131,10 +133,14 @@ def create_app(
     app.state.limits = limits
     app.state.operator_token = operator_token
     app.include_router(router)
+    app.include_router(ops_router)
     app.router.routes.extend(ws.routes())
     app.router.routes.extend(dashboard.routes())  # the operator's page at /ui
     # POST /peer (the join) answered as plain ASGI ahead of FastAPI's routing: same code.
     app.add_middleware(JoinFastPath)
+    # outermost: times every request, the join fast path's included (docs/operate.md)
+    app.state.metrics = HomsMetrics()
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     install_error_handlers(app)
 
     def openapi() -> dict[str, Any]:

@@ -386,6 +386,10 @@ class HomsStore:
         """Run ``work`` in one write transaction (for tests and later layers)."""
         return await self._db.write(work)
 
+    async def run_read(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one read transaction (the metrics and listing views)."""
+        return await self._db.read(work)
+
     def now(self) -> float:
         """The store's clock (epoch seconds): what credentials are issued and checked with."""
         return self._clock()

@@ -359,6 +359,7 @@ class Broadcaster:
             else:
                 effects.append(Send(targets, msg))
             self.counters.forwarded += 1
+            self.counters.forwarded_bytes += len(msg.data) * len(targets)
         effects.append(
             Deliver(msg.source, msg.sequence, msg.data, msg.app_id, msg.payload_type, recovered)
         )

@@ -22,6 +22,8 @@ Examples:
 
   hp2p peer --homs http://127.0.0.1:8081 --create chat          # a new overlay, as its root
 
+  hp2p peer --homs http://127.0.0.1:8081 --create chat --new    # a second overlay titled chat
+
   hp2p peer --homs http://127.0.0.1:8081 --join chat --api 127.0.0.1:8700
 
   hp2p peer --join 0b5f…-overlay-id --listen 127.0.0.1:7001 --id alice --json-events
@@ -95,8 +97,18 @@ def peer(
     ] = None,
     create: Annotated[
         str | None,
-        typer.Option("--create", help="Create a CoreTree overlay with this TITLE and join it."),
+        typer.Option(
+            "--create",
+            help="Create a CoreTree overlay with this TITLE and join it; prints its admin key "
+            "once and stores it 0600 for `hp2p overlay` (docs/operate.md).",
+        ),
     ] = None,
+    new: Annotated[
+        bool,
+        typer.Option(
+            "--new", help="With --create: make it even if an overlay with this TITLE exists."
+        ),
+    ] = False,
     join: Annotated[
         str | None, typer.Option("--join", help="Join the overlay with this OVERLAY-ID or TITLE.")
     ] = None,
@@ -320,6 +332,7 @@ def peer(
     flags: dict[str, Any] = {
         "homs": homs,
         "create": create,
+        "new": True if new else None,
         "join": join,
         "listen": listen,
         "advertise": advertise,

@@ -94,6 +94,7 @@ class CoreCounters:
     protocol_errors: int = 0
     delivered: int = 0
     forwarded: int = 0
+    forwarded_bytes: int = 0  # payload bytes relayed on (once per path they went out on)
     published: int = 0
     hellos: int = 0
     volunteered: int = 0

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from hp2p.peer.config import PeerConfig
+from hp2p.peer.create_guard import remember_admin_key
 from hp2p.peer.errors import NotSourceError, SettingsError
 from hp2p.peer.settings import NodeSettings, Runtime, Settings, overlay_kind, runtime_of
 from hp2p.peer.stdio import (
@@ -159,7 +160,13 @@ async def choose(settings: Settings) -> tuple[Runtime, Settings]:
         _load(runtime)
         kind = "a SubMesh (--parent)" if runtime == "mesh" else "a CoreTree (no --parent)"
         settings.check(runtime, f"--create makes {kind}")
-        return runtime, settings
+        from hp2p.peer.create_guard import DuplicateTitleError, prepare_create
+        from hp2p.peer.homs_client import HomsError
+
+        try:
+            return runtime, await prepare_create(settings)
+        except (HomsError, DuplicateTitleError) as exc:
+            raise _fail(str(exc), 1) from None
     if node.join is None:
         raise SettingsError("give --create TITLE or --join OVERLAY-ID-OR-TITLE")
     _load("tree")  # most joins are; a SubMesh peer loads its own stack after the answer
@@ -203,12 +210,13 @@ async def run(settings: Settings, output: Output) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         try:
+            generated = settings.node.admin_key is None
             runtime, settings = await _until(stop, choose(settings))
         except SettingsError as exc:
             raise _fail(str(exc), 2) from None
         if runtime == "tree":
-            return await run_tree(settings, output, stop)
-        return await run_mesh(settings, output, stop)
+            return await run_tree(settings, output, stop, generated_key=generated)
+        return await run_mesh(settings, output, stop, generated_key=generated)
     except _ExitError as exc:
         return exc.status
 
@@ -285,8 +293,13 @@ def api_fields(local_api: LocalApi | None) -> dict[str, Any]:
 # === tree peer (CoreTree, SubTree) ==============================================================
 
 
-async def run_tree(settings: Settings, output: Output, stop: asyncio.Event) -> int:
-    """Join, print the one 'joined' line, serve until a signal, ``leave`` or failure; leave."""
+async def run_tree(
+    settings: Settings, output: Output, stop: asyncio.Event, *, generated_key: bool = False
+) -> int:
+    """Join, print the one 'joined' line, serve until a signal, ``leave`` or failure; leave.
+
+    ``generated_key``: this run made up the admin key of the overlay it creates (printed once).
+    """
     from hp2p.peer.node import NodeError, PeerNode
 
     joined = False
@@ -319,6 +332,8 @@ async def run_tree(settings: Settings, output: Output, stop: asyncio.Event) -> i
             start_failed = True  # start() has released what it had opened
             raise _fail(str(exc), 1) from None
         joined = True
+        if node.core is not None:
+            remember_admin_key(settings, node.core.overlay_id, generated=generated_key)
         _announce_tree(node, local_api, output.json_events, early)
         tasks = [serve_tree_commands(node)] if output.stdin else []
         if printed is not None:
@@ -396,7 +411,9 @@ async def serve_tree_commands(node: PeerNode) -> None:
 # === SubMesh peer ===============================================================================
 
 
-async def run_mesh(settings: Settings, output: Output, stop: asyncio.Event) -> int:
+async def run_mesh(
+    settings: Settings, output: Output, stop: asyncio.Event, *, generated_key: bool = False
+) -> int:
     """The same life as :func:`run_tree`, for a SubMesh peer (whole objects, not messages)."""
     from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
 
@@ -418,6 +435,7 @@ async def run_mesh(settings: Settings, output: Output, stop: asyncio.Event) -> i
         except _ExitError as exc:
             start_failed = exc.status != 0  # a failed start() has released what it opened
             raise
+        remember_admin_key(settings, node.overlay_id or "", generated=generated_key)
         _announce_mesh(node, local_api, output.json_events)
         reporting = (
             print_deliveries(subscription)

@@ -331,7 +331,7 @@ class HomsClient:
             others = [o for o in exact if o.overlay_id != by_id[0].overlay_id]
             if not others:
                 return by_id[0]
-            listing = await self._candidates([by_id[0], *others])
+            listing = await self.describe_overlays([by_id[0], *others])
             raise OverlayNotFoundError(
                 f"{key!r} is both an overlay-id and a title of another overlay; join by the "
                 f"overlay-id of the one you mean:\n{listing}"
@@ -342,33 +342,27 @@ class HomsClient:
                 f"no overlay with id or title {key!r} on {self.url} "
                 "(create it with --create TITLE, or check the spelling)"
             )
+        # Same title several times (a creator re-ran --create): the one overlay with members
+        # is the one meant; the emptied ones are left-overs. Substring matches stay a refusal.
+        live = [o for o in exact if o.status.num_peers > 0]
+        if len(matches) > 1 and len(live) == 1:
+            return live[0]
         if len(matches) > 1:
-            listing = await self._candidates(matches)
+            listing = await self.describe_overlays(matches)
+            which = "have members" if len(live) > 1 else "has members"
             raise OverlayNotFoundError(
-                f"{key!r} matches several overlays; join by the overlay-id of the one you "
-                f"mean:\n{listing}"
+                f"{key!r} matches {len(matches)} overlays and {len(live) or 'none'} of them "
+                f"{which}; join by the overlay-id of the one you mean:\n{listing}"
             )
         return matches[0]
 
-    async def _candidates(self, overlays: Sequence[homp.QueryOverlay], limit: int = 10) -> str:
-        """One line per candidate overlay: id, title, created (when the HOMS tells), owner."""
-        lines = []
-        for o in overlays[:limit]:
-            created = "unknown"  # a reference HOMS has no status endpoint
-            with contextlib.suppress(Exception):
-                answer = await self._http.get(
-                    "/api/OverlayStatus", params={"overlay_id": o.overlay_id}
-                )
-                stamp = msgspec.json.decode(answer.content)["overlay"]["created"]
-                if isinstance(stamp, int | float):
-                    created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
-            lines.append(
-                f"  overlay-id {o.overlay_id!r}  title {o.title!r}  created {created}  "
-                f"owner {o.owner_id!r}"
-            )
-        if len(overlays) > limit:
-            lines.append(f"  … and {len(overlays) - limit} more")
-        return "\n".join(lines)
+    async def overlays_titled(self, title: str) -> list[homp.QueryOverlay]:
+        """The overlays whose title is exactly ``title`` (the HOMS matches substrings)."""
+        return [o for o in await self._query({"title": title}) if o.title == title]
+
+    async def describe_overlays(self, overlays: Sequence[homp.QueryOverlay]) -> str:
+        """A table of ``overlays`` (id, created, peers, title) for a refusal message."""
+        return await overlay_table(self._http, overlays)
 
     async def _query(self, params: Mapping[str, str]) -> list[homp.QueryOverlay]:
         items = await self._call(
@@ -726,3 +720,21 @@ class HomsClient:
     def _fail(self, exc: HomsError) -> HomsError:
         self.stats.last_error = str(exc)
         return exc
+
+
+async def overlay_table(
+    http: httpx.AsyncClient, overlays: Sequence[homp.QueryOverlay], limit: int = 10
+) -> str:
+    """One line per candidate overlay: id, created (when the HOMS tells), peers, title."""
+    lines = [f"  {'OVERLAY-ID':<36}  {'CREATED':<23}  {'PEERS':>5}  TITLE"]
+    for o in overlays[:limit]:
+        created = "unknown"  # a reference HOMS has no status endpoint
+        with contextlib.suppress(Exception):
+            answer = await http.get("/api/OverlayStatus", params={"overlay_id": o.overlay_id})
+            stamp = msgspec.json.decode(answer.content)["overlay"]["created"]
+            if isinstance(stamp, int | float):
+                created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
+        lines.append(f"  {o.overlay_id:<36}  {created:<23}  {o.status.num_peers:>5}  {o.title!r}")
+    if len(overlays) > limit:
+        lines.append(f"  … and {len(overlays) - limit} more")
+    return "\n".join(lines)

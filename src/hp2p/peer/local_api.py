@@ -125,7 +125,21 @@ def build_app(node: Union[PeerNode, "MeshNode"]) -> FastAPI:
 
         await _serve_subscription(ws, node.subscribe_with_gaps(), to_json, publish_frame)
 
+    add_metrics_route(app, node)
     return app
+
+
+def add_metrics_route(app: FastAPI, node: Union[PeerNode, "MeshNode"]) -> None:
+    """``GET /metrics``: the peer's counters in Prometheus text format (docs/operate.md)."""
+    from fastapi.responses import PlainTextResponse
+
+    from hp2p.peer.metrics import exposition
+    from hp2p.prometheus import CONTENT_TYPE
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """Deliveries, duplicates, relayed bytes, repairs, gaps, parent RTT, depth, cache."""
+        return PlainTextResponse(exposition(node.status()), media_type=CONTENT_TYPE)
 
 
 def object_json(delivery: "MeshDelivery") -> dict[str, Any]:
@@ -197,6 +211,8 @@ def build_mesh_app(node: "MeshNode") -> FastAPI:
             return None
 
         await _serve_subscription(ws, node.subscribe(), object_json, publish_frame)
+
+    add_metrics_route(app, node)
 
     return app
 

@@ -202,7 +202,18 @@ class NodeSettings:
     )
     admin_key: str | None = field(
         default=None,
-        metadata=_doc("Admin key of a created overlay (default: random).", only="create"),
+        metadata=_doc(
+            "Admin key of a created overlay (default: random, printed once and stored 0600 "
+            "for `hp2p overlay`).",
+            only="create",
+        ),
+    )
+    new: bool = field(
+        default=False,
+        metadata=_doc(
+            "With create: make the overlay even if one with this title exists (a duplicate).",
+            only="create",
+        ),
     )
     expires: int = field(
         default=30, metadata=_doc("HOMP expires (s); the peer refreshes every 0.8 × expires.")
