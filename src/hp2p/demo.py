@@ -176,7 +176,8 @@ class Demo:
                 stdout=asyncio.subprocess.PIPE,
                 stdin=asyncio.subprocess.PIPE,
                 stderr=err,
-                env={**os.environ, **env},
+                # the demo's overlays go with its folder: their admin keys are kept there too
+                env={**os.environ, **env, "HP2P_ADMIN_KEY_DIR": str(self.workdir / "admin-keys")},
             )
         peer = PeerProc(name, proc, stderr_path)
         peer.reader = asyncio.create_task(self.read_events(peer), name=f"read-{name}")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import typer
 
 from hp2p.bench.all import FAMILIES, run_all
@@ -15,6 +20,17 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
+
+
+@app.callback()
+def _bench_admin_keys() -> None:
+    """Every overlay a benchmark creates is thrown away with it: the admin keys its peers
+    store go to a temporary folder (removed at exit), not the user's state directory."""
+    if "HP2P_ADMIN_KEY_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="hp2p-bench-admin-keys-")
+        os.environ["HP2P_ADMIN_KEY_DIR"] = folder
+        atexit.register(shutil.rmtree, folder, True)
+
 
 for _name, _command in FAMILIES.items():
     app.command(name=_name)(_command)
