@@ -76,6 +76,9 @@ def build_app() -> typer.Typer:
     from hp2p.apps.iot.cli import app as iot_app
 
     full.add_typer(iot_app, name="iot")
+    from hp2p.apps.media.cli import app as media_app
+
+    full.add_typer(media_app, name="media")
     return full
 
 
