@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,3 +46,10 @@ class Events:
         while not test():  # bounded by the deadline
             assert time.monotonic() < end, f"timed out waiting for {what}: {self.items[-10:]}"
             await asyncio.sleep(0.05)
+
+
+def ffprobe_streams(path: Path) -> str:
+    """The codec names ffprobe reads in ``path`` (one per line); fails when it cannot."""
+    cmd = ["ffprobe", "-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0"]
+    done = subprocess.run([*cmd, str(path)], capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout

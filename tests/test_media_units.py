@@ -3,6 +3,7 @@ window's playlist and skipping, the recording index."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import msgspec
@@ -37,18 +38,14 @@ def seg(seq: int, data: bytes = b"x" * 100, stream: str = "cam1") -> MediaSegmen
 # --- codec ---------------------------------------------------------------------------------
 @given(st.binary(max_size=2048))
 def test_decode_chunk_never_crashes_on_arbitrary_bytes(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ChunkError):
         decode_chunk(data)
-    except ChunkError:
-        pass
 
 
 @given(st.binary(max_size=2048))
 def test_decode_segment_never_crashes_on_arbitrary_bytes(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ChunkError):
         decode_segment(data)
-    except ChunkError:
-        pass
 
 
 fields = st.tuples(
@@ -73,7 +70,8 @@ def test_well_typed_but_wrong_chunks_are_refused_or_consistent(values: tuple) ->
         return
     check_stream_name(chunk.stream)
     assert 0 <= chunk.index < max(chunk.count, 1)
-    assert len(chunk.sha256) == 32 and len(chunk.data) <= MAX_CHUNK
+    assert len(chunk.sha256) == 32
+    assert len(chunk.data) <= MAX_CHUNK
 
 
 @given(st.binary(min_size=1, max_size=5000), st.integers(1, 700), st.randoms())
@@ -86,7 +84,9 @@ def test_split_then_assemble_in_any_order_gives_the_segment(
     assembler = ChunkAssembler()
     out = [assembler.add(encode_chunk(c) + b"", 0.0) for c in order]
     whole = [s for s in out if s is not None]
-    assert len(whole) == 1 and whole[0].data == data and whole[0].sequence == 7
+    assert len(whole) == 1
+    assert whole[0].data == data
+    assert whole[0].sequence == 7
     assert assembler.add(encode_chunk(chunks[0]), 0.0) is None  # a duplicate afterwards
     assert assembler.stats.duplicates == 1
 
@@ -116,14 +116,18 @@ def test_inconsistent_chunks_and_bounds_of_incomplete_segments() -> None:
     assert assembler.stats.inconsistent == 1
     for seq in (2, 3):  # two more incomplete segments: the oldest goes
         assembler.add(split_segment("cam1", seq, 2.0, T0, b"c" * 30, 10)[0], 0.0)
-    assert assembler.pending == 2 and assembler.stats.expired == 1
-    assert assembler.expire(10.0) == 2 and assembler.pending == 0
+    assert assembler.pending == 2
+    assert assembler.stats.expired == 1
+    assert assembler.expire(10.0) == 2
+    assert assembler.pending == 0
 
 
 def test_end_marker_round_trip() -> None:
     marker = decode_chunk(encode_chunk(end_marker("cam1", 5, T0)))
     out = ChunkAssembler().add(marker, 0.0)
-    assert out is not None and out.end and out.sequence == 5
+    assert out is not None
+    assert out.end
+    assert out.sequence == 5
 
 
 # --- live window ---------------------------------------------------------------------------
@@ -144,8 +148,10 @@ def test_live_window_lists_in_order_and_skips_a_missing_segment_after_patience()
     assert text.splitlines()[-3:] == ["#EXT-X-DISCONTINUITY", "#EXTINF:2.000,", "14.ts"]
     assert "#EXT-X-MEDIA-SEQUENCE:1" in text  # 10 slid out
     assert stream.add(seg(13), 6.0, T0 + 31)[0][0] == "late"
-    assert stream.segment(10) is not None and stream.segment(13) is None
-    assert stream.stats.missing == 1 and stream.stats.late == 1
+    assert stream.segment(10) is not None
+    assert stream.segment(13) is None
+    assert stream.stats.missing == 1
+    assert stream.stats.late == 1
 
 
 def test_live_window_refuses_far_ahead_ends_and_bounds_streams() -> None:
@@ -157,7 +163,8 @@ def test_live_window_refuses_far_ahead_ends_and_bounds_streams() -> None:
     assert window.streams["cam1"].playlist().endswith("#EXT-X-ENDLIST\n")
     window.add(seg(0, stream="cam2"), 1.0, T0)
     window.add(seg(0, stream="cam3"), 2.0, T0)
-    assert set(window.streams) == {"cam2", "cam3"} and window.evicted == 1  # ended one went
+    assert set(window.streams) == {"cam2", "cam3"}
+    assert window.evicted == 1
 
 
 def test_end_marker_after_a_gap_skips_to_the_end() -> None:
@@ -179,15 +186,22 @@ def test_recording_index_playlist_gaps_and_end() -> None:
     for seq in (0, 1, 3):
         assert index.add("cam1", rec(seq))
     assert not index.add("cam1", rec(1))
-    assert not index.add("cam2", rec(0)) and index.refused == 1
+    assert not index.add("cam2", rec(0))
+    assert index.refused == 1
     text = index.playlist("cam1")
-    assert text is not None and "EVENT" in text and "#EXT-X-DISCONTINUITY" in text
-    assert index.missing("cam1") == [2] and not index.complete("cam1")
+    assert text is not None
+    assert "EVENT" in text
+    assert "#EXT-X-DISCONTINUITY" in text
+    assert index.missing("cam1") == [2]
+    assert not index.complete("cam1")
     index.add("cam1", rec(2))
     index.end("cam1", 4)
     text = index.playlist("cam1")
-    assert text is not None and "VOD" in text and text.endswith("#EXT-X-ENDLIST\n")
-    assert "DISCONTINUITY" not in text and index.complete("cam1")
+    assert text is not None
+    assert "VOD" in text
+    assert text.endswith("#EXT-X-ENDLIST\n")
+    assert "DISCONTINUITY" not in text
+    assert index.complete("cam1")
     assert index.playlist("nope") is None
 
 
