@@ -34,9 +34,14 @@ class Events:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, dict[str, Any]]] = []
+        self.times: list[float] = []  # monotonic, one per item
 
     def __call__(self, kind: str, fields: dict[str, Any]) -> None:
         self.items.append((kind, fields))
+        self.times.append(time.monotonic())
+
+    def times_of(self, kind: str) -> list[float]:
+        return [t for t, (k, _f) in zip(self.times, self.items, strict=True) if k == kind]
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [f for k, f in self.items if k == kind]

@@ -211,3 +211,17 @@ def test_recording_index_counts_far_gaps_without_listing_them() -> None:
     index.add("cam1", rec(2**50))
     assert index.missing_count("cam1") == 2**50 - 1
     assert len(index.missing("cam1", limit=10)) == 10
+
+
+def test_a_stream_name_belongs_to_its_first_source() -> None:
+    window = LiveWindow()
+    window.add(seg(0), 0.0, T0, "cam")
+    events = window.add(seg(1), 0.0, T0, "mallory")
+    assert events[0][0] == "refused"
+    assert window.streams["cam1"].stats.foreign == 1
+    assert [e.sequence for e in window.streams["cam1"].entries] == [0]
+    assembler = ChunkAssembler()  # chunks of one segment from two sources never mix
+    a = split_segment("cam1", 0, 1.0, T0, b"a" * 20, 10)
+    assert assembler.add(a[0], 0.0, "cam") is None
+    assert assembler.add(a[1], 0.0, "mallory") is None
+    assert assembler.pending == 2

@@ -20,7 +20,7 @@ from hp2p.apps.media.chunk import ChunkError, MediaChunk, MediaSegment, decode_c
 
 __all__ = ["AssemblerStats", "ChunkAssembler"]
 
-Key = tuple[str, int]
+Key = tuple[str, str, int]  # (tree source, stream, sequence)
 
 
 @dataclass
@@ -70,8 +70,12 @@ class ChunkAssembler:
     def pending(self) -> int:
         return len(self._pending)
 
-    def add(self, message: bytes | MediaChunk, now: float) -> MediaSegment | None:
-        """Take one chunk (raw bytes are decoded and checked here); never raises."""
+    def add(self, message: bytes | MediaChunk, now: float, origin: str = "") -> MediaSegment | None:
+        """Take one chunk (raw bytes are decoded and checked here); never raises.
+
+        ``origin`` is the tree source that published it: chunks of one segment are only put
+        together from one source, so a member cannot slip its chunks into another's segment.
+        """
         self.expire(now)
         if isinstance(message, MediaChunk):
             chunk = message
@@ -82,7 +86,7 @@ class ChunkAssembler:
                 self._refuse("refused", str(exc))
                 return None
         self.stats.chunks += 1
-        key = (chunk.stream, chunk.sequence)
+        key = (origin, chunk.stream, chunk.sequence)
         if key in self._done:
             self.stats.duplicates += 1
             return None

@@ -68,6 +68,7 @@ class LiveStats:
     late: int = 0
     ahead: int = 0
     duplicates: int = 0
+    foreign: int = 0  # segments of this stream's name from another tree source
     first_published: float | None = None  # monotonic
     latencies: deque[float] = field(default_factory=deque)
 
@@ -75,8 +76,9 @@ class LiveStats:
 class LiveStream:
     """One stream's window; see the module docstring."""
 
-    def __init__(self, name: str, policy: LivePolicy, now: float) -> None:
+    def __init__(self, name: str, policy: LivePolicy, now: float, origin: str = "") -> None:
         self.name = name
+        self.origin = origin  # the tree source the stream belongs to (its first publisher)
         self.policy = policy
         self.stats = LiveStats()
         self.created = now
@@ -94,9 +96,13 @@ class LiveStream:
         self._gap_pending = False
 
     # --- input -----------------------------------------------------------------------------
-    def add(self, segment: MediaSegment, now: float, wall: float) -> list[Event]:
-        self.touched = now
+    def add(self, segment: MediaSegment, now: float, wall: float, origin: str = "") -> list[Event]:
         seq = segment.sequence
+        if origin != self.origin:
+            self.stats.foreign += 1
+            reason = f"stream {self.name!r} belongs to source {self.origin!r}, not {origin!r}"
+            return [("refused", {"stream": self.name, "sequence": seq, "reason": reason})]
+        self.touched = now
         if segment.end:
             if self.end_sequence is None or seq < self.end_sequence:
                 self.end_sequence = seq
@@ -221,6 +227,7 @@ class LiveStream:
             "late": s.late,
             "refused_ahead": s.ahead,
             "duplicates": s.duplicates,
+            "refused_foreign": s.foreign,
             "next_sequence": self.next_sequence,
             "listed": [e.sequence for e in self.entries],
             "ended": self.ended,
@@ -238,16 +245,17 @@ class LiveWindow:
         self.streams: dict[str, LiveStream] = {}
         self.evicted = 0
 
-    def add(self, segment: MediaSegment, now: float, wall: float) -> list[Event]:
+    def add(self, segment: MediaSegment, now: float, wall: float, origin: str = "") -> list[Event]:
+        """``origin``: the tree source that published it; the first one owns the name."""
         stream = self.streams.get(segment.stream)
         if stream is None:
             if len(self.streams) >= self.policy.max_streams:
                 idle = min(self.streams.values(), key=lambda s: (not s.ended, s.touched))
                 del self.streams[idle.name]
                 self.evicted += 1
-            stream = LiveStream(segment.stream, self.policy, now)
+            stream = LiveStream(segment.stream, self.policy, now, origin)
             self.streams[segment.stream] = stream
-        return stream.add(segment, now, wall)
+        return stream.add(segment, now, wall, origin)
 
     def advance(self, now: float, wall: float) -> list[Event]:
         events: list[Event] = []

@@ -5,6 +5,10 @@ CoreTree message; it reassembles and verifies the chunks (:class:`ChunkAssembler
 one object per whole segment (a :class:`~hp2p.apps.media.chunk.MediaSegment`, app-id
 ``hp2p-media-segment``, ``meta`` naming stream and sequence), and one for an end marker. A
 recorder that has only pulled a manifest knows from ``meta`` which segment it is.
+
+A stream name belongs to the CoreTree source that published it first (as in a viewer's
+window): segments under that name from another member are refused and counted, so no member
+can splice its own pictures into someone else's recording.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["MediaPacker", "segment_meta"]
 
 
-def segment_meta(segment: MediaSegment) -> dict[str, Any]:
+def segment_meta(segment: MediaSegment, source: str) -> dict[str, Any]:
     return {
+        "core-source": source,
         "stream": segment.stream,
         "sequence": segment.sequence,
         "duration": segment.duration,
@@ -33,20 +38,30 @@ def segment_meta(segment: MediaSegment) -> dict[str, Any]:
 class MediaPacker:
     """Chunks in, whole segments out (at once: a segment is due when its last chunk came)."""
 
-    def __init__(self, assembler: ChunkAssembler | None = None) -> None:
+    def __init__(self, assembler: ChunkAssembler | None = None, max_streams: int = 1024) -> None:
         self.assembler = assembler or ChunkAssembler()
         self.ignored = 0
         self.segments = 0
+        self.foreign = 0
+        self.max_streams = max_streams
+        #: stream name → the CoreTree source that published it first (its owner)
+        self.owners: dict[str, str] = {}
 
     def add(self, delivery: Delivery, now: float) -> list[Packed]:
         if delivery.app_id != APP_ID:
             self.ignored += 1
             return []
-        segment = self.assembler.add(delivery.data, now)
+        segment = self.assembler.add(delivery.data, now, delivery.source)
         if segment is None:
             return []
+        owner = self.owners.get(segment.stream)
+        if owner is None and len(self.owners) < self.max_streams:
+            owner = self.owners[segment.stream] = delivery.source
+        if owner != delivery.source:  # another member's stream name, or too many streams
+            self.foreign += 1
+            return []
         self.segments += 1
-        return [(encode_segment(segment), SEGMENT_APP_ID, segment_meta(segment))]
+        return [(encode_segment(segment), SEGMENT_APP_ID, segment_meta(segment, delivery.source))]
 
     def due(self, now: float) -> list[Packed]:
         self.assembler.expire(now)
@@ -59,5 +74,6 @@ class MediaPacker:
         return {
             "segments": self.segments,
             "ignored": self.ignored,
+            "foreign": self.foreign,
             "assembler": vars(self.assembler.stats),
         }

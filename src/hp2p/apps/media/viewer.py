@@ -79,7 +79,7 @@ class MediaViewer:
         if delivery.app_id != APP_ID:
             self.other_apps += 1
             return
-        segment = self.assembler.add(delivery.data, time.monotonic())
+        segment = self.assembler.add(delivery.data, time.monotonic(), delivery.source)
         if segment is None:
             return
         if not segment.end:
@@ -92,7 +92,7 @@ class MediaViewer:
                     "sha256": segment.sha256.hex(),
                 },
             )
-        self._events(self.window.add(segment, time.monotonic(), time.time()))
+        self._events(self.window.add(segment, time.monotonic(), time.time(), delivery.source))
         self._wake.set()
 
     async def _timer(self) -> None:
@@ -136,7 +136,7 @@ class MediaViewer:
             "streams": streams,
             "assembler": vars(self.assembler.stats),
             "other_apps": self.other_apps,
-            "tree": {k: node.get(k) for k in ("parent", "children", "level") if k in node},
+            "tree": {"parent": node.get("parent"), "depth": node.get("depth")},
         }
 
     def _emit(self, kind: str, fields: dict[str, Any]) -> None:
