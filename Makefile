@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo iot-demo test lint bench venv clean nat-deps nat-test
+.PHONY: demo iot-demo test lint bench venv clean nat-deps nat-test media-deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hp2p needs Python 3.11 or newer")'
@@ -43,6 +43,18 @@ nat-deps:
 	else echo "nat-deps: installing$$missing"; \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 	    || echo "nat-deps: apt-get failed; the NAT tests will skip"; fi
+
+# The media tests (tests/test_media_*.py) run ffmpeg and ffprobe (Debian's ffmpeg package).
+# media-deps installs it when missing and never fails: without it those tests skip and say why.
+media-deps:
+	@if command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1; then \
+	  echo "media-deps: ffmpeg is there"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "media-deps: ffmpeg missing (needs root and apt-get); the media tests will skip"; \
+	else echo "media-deps: installing ffmpeg"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends ffmpeg >/dev/null; } \
+	    || echo "media-deps: apt-get failed; the media tests will skip"; fi
 
 nat-test: $(STAMP) nat-deps
 	$(BIN)/python -m pytest -q -m nat $(PYTEST_ARGS)

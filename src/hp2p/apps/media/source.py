@@ -30,7 +30,7 @@ from hp2p.apps.media.chunk import (
     split_segment,
 )
 from hp2p.apps.media.events import EventSink, printer, until_stopped
-from hp2p.apps.media.ffmpeg import FfmpegError, Segmenter, SegmenterSettings
+from hp2p.apps.media.ffmpeg import FfmpegError, Segmenter, SegmenterSettings, ffmpeg_path
 from hp2p.peer.node import NodeError, PeerNode
 from hp2p.peer.settings import NodeSettings
 
@@ -220,6 +220,7 @@ def command(
     try:
         settings = SegmenterSettings(input, segment, size, 25, bitrate, duration, loop)
         settings.input_args()
+        ffmpeg_path()  # missing: say how to install it before joining anything
         node = PeerNode(
             NodeSettings(
                 homs=homs, join=overlay, create=create, peer_id=peer_id, admin_key=admin_key
