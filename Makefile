@@ -44,16 +44,20 @@ nat-deps:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 	    || echo "nat-deps: apt-get failed; the NAT tests will skip"; fi
 
-# The media tests (tests/test_media_*.py) run ffmpeg and ffprobe (Debian's ffmpeg package).
-# media-deps installs it when missing and never fails: without it those tests skip and say why.
+# The media tests (tests/test_media_*.py) run ffmpeg and ffprobe (Debian's ffmpeg package), and
+# the viewer page's test a headless Chromium (Debian's chromium). media-deps installs what is
+# missing and never fails: without them those tests skip and say why.
+MEDIA_DEPS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium
 media-deps:
-	@if command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1; then \
-	  echo "media-deps: ffmpeg is there"; \
+	@missing=""; for dep in $(MEDIA_DEPS); do \
+	  command -v $${dep%%:*} >/dev/null 2>&1 || case " $$missing " in \
+	    *" $${dep#*:} "*) ;; *) missing="$$missing $${dep#*:}";; esac; done; \
+	if [ -z "$$missing" ]; then echo "media-deps: all there"; \
 	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
-	  echo "media-deps: ffmpeg missing (needs root and apt-get); the media tests will skip"; \
-	else echo "media-deps: installing ffmpeg"; \
+	  echo "media-deps: missing$$missing (needs root and apt-get); the media tests will skip"; \
+	else echo "media-deps: installing$$missing"; \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends ffmpeg >/dev/null; } \
+	      --no-install-recommends $$missing >/dev/null; } \
 	    || echo "media-deps: apt-get failed; the media tests will skip"; fi
 
 nat-test: $(STAMP) nat-deps

@@ -4,6 +4,9 @@ Routes (each present when its provider is given):
 
 * ``GET /live/{stream}/index.m3u8``, ``GET /live/{stream}/{seq}.ts`` — a viewer's live window;
 * ``GET /vod/{stream}/index.m3u8``, ``GET /vod/{stream}/{seq}.ts`` — a recorder's recording;
+* ``GET /watch/{stream}`` — a viewer's page: hls.js plays the live playlist and the page shows
+  continuity, latency and the peer's place in the tree (``static/``, hls.js vendored: nothing
+  is loaded from another origin, and the Content-Security-Policy says so);
 * ``GET /status`` — JSON.
 
 Read-only, and only what any member of the overlay receives anyway, so no token; it listens
@@ -17,6 +20,8 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from functools import cache
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -33,6 +38,41 @@ __all__ = ["MediaApi", "MediaApiError", "Playlists"]
 _json = msgspec.json.Encoder()
 M3U8 = "application/vnd.apple.mpegurl"
 TS = "video/mp2t"
+_STATIC = Path(__file__).with_name("static")
+#: The only files ``/static/`` serves, with their media types.
+_STATIC_FILES = {
+    "hls.light.min.js": "text/javascript",
+    "watch.js": "text/javascript",
+}
+#: The page loads only this peer's own scripts, playlist, segments and status; hls.js
+#: transmuxes in a blob: worker and feeds the video through a blob: URL.
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; "
+    "media-src 'self' blob:; worker-src 'self' blob:; img-src 'self'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@cache
+def _static(name: str) -> bytes:
+    return (_STATIC / name).read_bytes()
+
+
+def _mount_page(app: FastAPI) -> None:
+    headers = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"}
+
+    @app.get("/watch/{stream}")
+    async def watch(stream: str) -> Response:
+        _stream(stream)
+        return Response(_static("watch.html"), media_type="text/html", headers=headers)
+
+    @app.get("/static/{name}")
+    async def static(name: str) -> Response:
+        media_type = _STATIC_FILES.get(name)
+        if media_type is None:
+            raise HTTPException(404, "no such file")
+        cached = {**headers, "Cache-Control": "max-age=86400"}
+        return Response(_static(name), media_type=media_type, headers=cached)
 
 
 class MediaApiError(Exception):
@@ -80,6 +120,7 @@ def build_app(
     app = FastAPI(title="hp2p media", docs_url=None, redoc_url=None, openapi_url=None)
     if live is not None:
         _mount(app, "live", live)
+        _mount_page(app)
     if vod is not None:
         _mount(app, "vod", vod)
 

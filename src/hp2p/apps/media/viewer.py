@@ -154,8 +154,9 @@ Examples:
   # on the SubTree a bridge feeds (hp2p media bridge --core media --id b1)
   hp2p media viewer --join media-live --api 127.0.0.1:8701 --json-events
 
-GET /live/STREAM/index.m3u8 is the live playlist, /live/STREAM/SEQ.ts a segment, /status the
-window's figures (continuity, latency, missing segments). See docs/media.md.
+GET /live/STREAM/index.m3u8 is the live playlist, /live/STREAM/SEQ.ts a segment, /watch/STREAM
+a page that plays it in a browser (hls.js, served by this peer), /status the window's figures
+(continuity, latency, missing segments). See docs/media.md.
 """
 
 
