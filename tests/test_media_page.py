@@ -52,9 +52,10 @@ FRAME_COLOURS = """(() => {
 
 async def until(page: Any, expression: str, test: Any, what: str, limit: float = 40) -> Any:
     deadline = time.monotonic() + limit
+    guarded = f"(() => {{ try {{ return {expression}; }} catch (e) {{ return null; }} }})()"
     while True:  # bounded by the deadline
-        value = await page.evaluate(expression)
-        if test(value):
+        value = await page.evaluate(guarded)
+        if value is not None and test(value):
             return value
         assert time.monotonic() < deadline, f"{what}: last {value!r}"
         await asyncio.sleep(0.25)
@@ -74,7 +75,6 @@ async def test_watch_page_plays_the_live_stream_in_chromium(
         await source.start()
         await viewer.start()
         url = await api.start()
-        running = asyncio.ensure_future(source.run())
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             page_answer = await client.get("/watch/cam1")
             assert page_answer.status_code == 200
@@ -82,7 +82,9 @@ async def test_watch_page_plays_the_live_stream_in_chromium(
             assert (await client.get("/static/../http.py")).status_code == 404
             assert (await client.get("/watch/..")).status_code in (400, 404)
         async with Chromium(tmp_path / "chromium") as browser:
+            # the page opens before the stream starts: it waits for the playlist, then plays
             page = await browser.open(f"{url}/watch/cam1")
+            running = asyncio.ensure_future(source.run())
             video = "document.getElementById('video')"
             first = await until(page, f"{video}.currentTime", lambda t: t > 0.5, "playback")
             later = await until(
@@ -99,7 +101,8 @@ async def test_watch_page_plays_the_live_stream_in_chromium(
             assert shown == "100.0 %"
             tree = await page.evaluate("document.getElementById('tree').textContent")
             assert "parent cam" in tree
-            assert await page.evaluate("window.hp2pWatch.errors.length") == 0
+            watch = await page.evaluate("window.hp2pWatch")
+            assert watch["fatal"] == [], watch  # non-fatal ones (a stall at the edge) may come
             shot = await page.screenshot()
             (tmp_path / "watch.png").write_bytes(shot)
             assert shot.startswith(b"\x89PNG")

@@ -376,6 +376,12 @@ def media(
     document = result_document("media", params=params, metrics=metrics)
     document["targets"] = targets
     document["continuity_series"] = series
+    live_from = min(bench.published.values(), default=float("inf"))
+    document["startups_s"] = sorted(
+        round(min(x.listed.values()) - x.joined, 3)
+        for x in bench.sessions
+        if x.listed and x.joined >= live_from
+    )
     save_result(console, json_path, document)
     if plot is not None:
         _plot(plot, series, params)
