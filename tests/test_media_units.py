@@ -225,3 +225,11 @@ def test_a_stream_name_belongs_to_its_first_source() -> None:
     assert assembler.add(a[0], 0.0, "cam") is None
     assert assembler.add(a[1], 0.0, "mallory") is None
     assert assembler.pending == 2
+
+
+def test_a_viewer_that_joins_after_the_last_segment_sees_the_end() -> None:
+    stream = LiveStream("cam1", LivePolicy(), 0.0)
+    end = MediaSegment("cam1", 9, 0.0, T0, bytes(32), b"", end=True)
+    assert stream.add(end, 0.0, T0) == [("ended", {"stream": "cam1", "sequence": 9})]
+    assert stream.ended
+    assert stream.add(seg(3), 1.0, T0)[0][0] in ("late", "listed")  # nothing breaks after

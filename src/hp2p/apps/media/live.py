@@ -106,6 +106,9 @@ class LiveStream:
         if segment.end:
             if self.end_sequence is None or seq < self.end_sequence:
                 self.end_sequence = seq
+            if self.next_sequence is None and not self.ended:  # joined after the last segment
+                self.ended = True
+                return [("ended", {"stream": self.name, "sequence": seq})]
             return self.advance(now, wall)
         nxt = self.next_sequence
         if seq in self._held or seq in self._served:
