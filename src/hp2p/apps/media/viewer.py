@@ -21,6 +21,7 @@ from hp2p.apps.media.assembler import ChunkAssembler
 from hp2p.apps.media.chunk import APP_ID
 from hp2p.apps.media.events import EventSink, printer, until_stopped
 from hp2p.apps.media.live import LivePolicy, LiveWindow
+from hp2p.peer.config import PeerConfig
 from hp2p.peer.node import Delivery, NodeError, PeerNode
 from hp2p.peer.settings import NodeSettings
 
@@ -173,6 +174,10 @@ def command(
         float | None,
         typer.Option("--patience", help="Seconds a missing segment is waited for."),
     ] = None,
+    cache_mb: Annotated[
+        int,
+        typer.Option("--cache-mb", help="MiB of tree messages kept for neighbours' recovery."),
+    ] = 16,
     peer_id: Annotated[str | None, typer.Option("--id", help="Peer-id.")] = None,
     json_events: Annotated[
         bool, typer.Option("--json-events", help="One JSON object per event on stdout.")
@@ -186,7 +191,10 @@ def command(
 
     try:
         policy = LivePolicy(playlist_size, max(12, 2 * playlist_size), patience)
-        node = PeerNode(NodeSettings(homs=homs, join=join, peer_id=peer_id))
+        if not 1 <= cache_mb <= 4096:
+            raise ValueError("--cache-mb must be 1..4096")
+        config = PeerConfig(cache_bytes=cache_mb * 1024 * 1024)
+        node = PeerNode(NodeSettings(homs=homs, join=join, peer_id=peer_id), config)
         viewer = MediaViewer(node, policy=policy, on_event=printer(json_events, "viewer"))
         api_server = MediaApi(build_app(viewer, None, viewer.status), api)
     except (MediaApiError, NodeError, SettingsError, ValueError) as exc:
