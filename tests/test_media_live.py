@@ -74,6 +74,8 @@ async def test_source_to_viewers_byte_identical_playable_and_late_viewer_at_the_
                 assert hashlib.sha256(body).hexdigest() == sent[int(name[:-3])]
             (tmp_path / "seg.ts").write_bytes(body)
             assert (await client.get("/live/cam1/99999.ts")).status_code == 404
+            assert (await client.get("/live/cam1/\u00b2.ts")).status_code == 404
+            assert (await client.get("/live/cam1/1.mp4")).status_code == 404
             assert (await client.get("/live/..%2Fetc/index.m3u8")).status_code in (400, 404)
             status = (await client.get("/status")).json()
         assert status["streams"]["cam1"]["continuity"] == 1.0

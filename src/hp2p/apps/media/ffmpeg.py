@@ -132,11 +132,13 @@ class Segmenter:
         self._stderr_task = asyncio.create_task(self._read_stderr(), name="hp2p-media-ffmpeg-err")
 
     async def _read_stderr(self) -> None:
+        """Keep ffmpeg's last error lines; read in chunks so that no line length stalls it."""
         assert self._proc is not None
         assert self._proc.stderr is not None
-        with contextlib.suppress(ValueError, asyncio.LimitOverrunError):
-            async for line in self._proc.stderr:  # ends with ffmpeg
-                self._stderr.append(line.decode(errors="replace").rstrip())
+        while chunk := await self._proc.stderr.read(4096):  # ends with ffmpeg
+            for line in chunk.decode(errors="replace").splitlines():
+                if line.strip():
+                    self._stderr.append(line.rstrip()[:300])
 
     async def segments(self) -> AsyncIterator[Produced]:
         """Each segment ffmpeg completes, in order, until it exits."""

@@ -106,8 +106,10 @@ def _mount(app: FastAPI, prefix: str, provider: Playlists) -> None:
     @app.get(f"/{prefix}/{{stream}}/{{name}}")
     async def segment(stream: str, name: str) -> Response:
         number, dot, ext = name.partition(".")
-        if ext != "ts" or not dot or not number.isdigit() or len(number) > 16:
+        if ext != "ts" or not dot or not (number.isascii() and number.isdigit()):
             raise HTTPException(404, "segments are named SEQUENCE.ts")
+        if len(number) > 16:
+            raise HTTPException(404, "no such segment")
         data = provider.segment(_stream(stream), int(number))
         if data is None:
             raise HTTPException(404, f"segment {number} of {stream!r} is not held here")

@@ -248,8 +248,9 @@ async def _run(source: MediaSource) -> int:
     s = source.stats
     try:
         await until_stopped(lambda: f"source {source.stream}: {s.segments} segments", task)
-        if task.done() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+        failure = task.exception() if task.done() and not task.cancelled() else None
+        if failure is not None:
+            raise failure
         return 0
     except FfmpegError as exc:
         print(f"hp2p media source: {exc}", file=sys.stderr, flush=True)
