@@ -109,6 +109,10 @@ class MediaBench:
         self.meter = _ByteMeter()
         self.core_meter = _ByteMeter()
         self.rng = random.Random(params["seed"])
+        #: the bridge's SubTree source: samples whose forwarding lease had lapsed (it then
+        #: holds what it selects until the HOMS confirms it still owns the source peer-id)
+        self.lease_lapses = 0
+        self.held_max = 0
         self._count = 0
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -209,9 +213,10 @@ class MediaBench:
             with contextlib.suppress(BaseException):
                 await task
         now = time.time()
-        for viewer, session in list(self.live.values()):
+        for _viewer, session in self.live.values():
             session.left = session.left or now
-            await viewer.close()
+        # together: each close is bounded by the node's leave timeout
+        await asyncio.gather(*(v.close() for v, _s in self.live.values()), return_exceptions=True)
         self.live.clear()
 
     async def _steady(
@@ -235,6 +240,7 @@ class MediaBench:
             now = time.time()
             self.meter.sample(tree)
             self.core_meter.sample(source.node)
+            self._watch_bridge(bridge)
             while now >= next_churn:  # churn is spread evenly
                 task = asyncio.ensure_future(self._churn_one(homs))
                 self._tasks.add(task)
@@ -259,21 +265,28 @@ class MediaBench:
         self.meter.sample(tree)
         self.core_meter.sample(source.node)
 
+    def _watch_bridge(self, bridge: Any) -> None:
+        running = bridge._running[0]
+        self.held_max = max(self.held_max, len(running.held))
+        if asyncio.get_running_loop().time() > running.lease_until:
+            self.lease_lapses += 1
+
     async def _recording(self, recorders: list[_Recorder]) -> float | None:
         """Segments the worst surviving recorder serves / segments sent."""
         sent = set(self.published)
         fractions = []
+        deadline = time.monotonic() + _DEADLINE  # one deadline for all of them
         async with httpx.AsyncClient(timeout=10) as client:
             for recorder in recorders:
                 if recorder.proc.poll() is not None:
                     continue
                 held: set[int] = set()
-                deadline = time.monotonic() + _DEADLINE
-                while time.monotonic() < deadline:  # bounded
+                while True:  # at least one look at each; bounded by the deadline
                     answer = await client.get(f"{recorder.url}/vod/cam1/index.m3u8")
                     lines = answer.text.splitlines() if answer.status_code == 200 else []
                     held = {int(x[:-3]) for x in lines if x.endswith(".ts")}
-                    if sent <= held and "#EXT-X-ENDLIST" in lines:
+                    done = sent <= held and "#EXT-X-ENDLIST" in lines
+                    if done or time.monotonic() >= deadline:
                         break
                     await asyncio.sleep(0.5)
                 fractions.append(len(sent & held) / len(sent) if sent else 0.0)
@@ -290,6 +303,8 @@ class MediaBench:
             source_bytes_ratio=round(self.meter.total / sb, 3),
             core_source_bytes_ratio=round(self.core_meter.total / sb, 3),
             recording_complete=complete,
+            bridge_lease_lapsed_samples=self.lease_lapses,
+            bridge_held_max=self.held_max,
         )
         return metrics, series
 
