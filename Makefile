@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo iot-demo test lint bench venv clean nat-deps nat-test ui-deps
+.PHONY: demo iot-demo media-demo test lint bench venv clean nat-deps nat-test ui-deps media-deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hp2p needs Python 3.11 or newer")'
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 iot-demo: $(STAMP)
 	$(BIN)/python examples/iot/run.py $(ARGS)
+
+media-demo: $(STAMP) media-deps
+	$(BIN)/python examples/media/run.py $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -55,6 +58,22 @@ ui-deps:
 	else echo "ui-deps: installing chromium"; \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	    || echo "ui-deps: apt-get failed; the browser test will skip"; fi
+
+# The media tests (tests/test_media_*.py) run ffmpeg and ffprobe (Debian's ffmpeg package), and
+# the viewer page's test a headless Chromium (Debian's chromium). media-deps installs what is
+# missing and never fails: without them those tests skip and say why.
+MEDIA_DEPS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium
+media-deps:
+	@missing=""; for dep in $(MEDIA_DEPS); do \
+	  command -v $${dep%%:*} >/dev/null 2>&1 || case " $$missing " in \
+	    *" $${dep#*:} "*) ;; *) missing="$$missing $${dep#*:}";; esac; done; \
+	if [ -z "$$missing" ]; then echo "media-deps: all there"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "media-deps: missing$$missing (needs root and apt-get); the media tests will skip"; \
+	else echo "media-deps: installing$$missing"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing >/dev/null; } \
+	    || echo "media-deps: apt-get failed; the media tests will skip"; fi
 
 nat-test: $(STAMP) nat-deps
 	$(BIN)/python -m pytest -q -m nat $(PYTEST_ARGS)

@@ -83,6 +83,9 @@ def build_app() -> typer.Typer:
     from hp2p.admin.cli import app as overlay_app
 
     full.add_typer(overlay_app, name="overlay")
+    from hp2p.apps.media.cli import app as media_app
+
+    full.add_typer(media_app, name="media")
     return full
 
 

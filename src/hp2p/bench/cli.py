@@ -10,6 +10,7 @@ import tempfile
 import typer
 
 from hp2p.bench.all import FAMILIES, run_all
+from hp2p.bench.media import media as _media
 from hp2p.bench.report import report
 
 app = typer.Typer(
@@ -35,4 +36,6 @@ def _bench_admin_keys() -> None:
 for _name, _command in FAMILIES.items():
     app.command(name=_name)(_command)
 app.command(name="all")(run_all)
+# not a family of `bench all`: it needs ffmpeg and runs minutes (docs/media.md)
+app.command(name="media")(_media)
 app.command(name="report")(report)

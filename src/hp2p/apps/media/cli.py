@@ -1,0 +1,35 @@
+"""`hp2p media …`: the live streaming service's commands, one module per part (source,
+viewer, bridge, recorder); each exports ``command`` and ``EPILOG`` and is imported only here."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    help=(
+        "Live multimedia streaming (Q.4100 §9.3): ffmpeg segments on a CoreTree, live HLS "
+        "from each viewer's peer, recordings on a SubMesh (docs/media.md).\n\nExamples:\n\n"
+        "  hp2p media source --create media --input testsrc --stream cam1\n\n"
+        "  hp2p media viewer --join media --api 127.0.0.1:8700"
+    ),
+    no_args_is_help=True,
+)
+
+#: sub-command name → module under hp2p.apps.media that defines ``command`` and ``EPILOG``
+COMMANDS: dict[str, str] = {
+    "source": "source",
+    "viewer": "viewer",
+    "bridge": "bridge_command",
+    "recorder": "recorder",
+}
+
+
+def _mount() -> None:
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"hp2p.apps.media.{module_name}")
+        app.command(name=name, epilog=module.EPILOG)(module.command)
+
+
+_mount()
