@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo iot-demo test lint bench venv clean nat-deps nat-test
+.PHONY: demo iot-demo chain-demo test lint bench venv clean nat-deps nat-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hp2p needs Python 3.11 or newer")'
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 iot-demo: $(STAMP)
 	$(BIN)/python examples/iot/run.py $(ARGS)
+
+chain-demo: $(STAMP)
+	$(BIN)/python examples/chain/run.py $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
