@@ -59,8 +59,11 @@ class Processes:
         self._changed = asyncio.Condition()
         self._readers: list[asyncio.Task[None]] = []
 
+    def _log(self, name: str) -> Any:
+        return open(self.workdir / f"{name}.log", "wb")
+
     async def start(self, name: str, *args: str) -> None:
-        with open(self.workdir / f"{name}.log", "wb") as log:
+        with self._log(name) as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "hp2p", *args,
                 stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True,
@@ -92,13 +95,11 @@ class Processes:
             return None
 
         async with self._changed:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._changed.wait_for(lambda: found() is not None or self._ended(name)),
                     limit,
                 )
-            except TimeoutError:
-                pass
         event = found()
         if event is None:
             log = (self.workdir / f"{name}.log").read_bytes().decode(errors="replace")
@@ -344,8 +345,10 @@ def report(load: Load, summary: dict[str, Any], seconds: float) -> None:
     for name, counts in summary["confirmed"].items():
         console.print(f"  accepted transfers on {name}: {counts}")
     console.print(f"  transactions refused by each producer: {summary['producers_refused']}")
-    facts = {"sent": load.sent, "accepted": len(load.accepted), "forged": load.forged,
-             "forged_refused": load.forged_refused, "load_errors": load.errors, **summary}  # fmt: skip
+    facts = {
+        "sent": load.sent, "accepted": len(load.accepted), "forged": load.forged,
+        "forged_refused": load.forged_refused, "load_errors": load.errors, **summary,
+    }  # fmt: skip
     print("SUMMARY " + json.dumps(facts), flush=True)  # one line, for scripts and the test
 
 
