@@ -322,10 +322,17 @@ async def settle(
         "answering": len(statuses),
         "confirmed": per_node,
         "producers_refused": refused,
-        "blocks_refused": sum(
-            sum(s.get("rejected_blocks", {}).values()) for s in statuses.values()
-        ),
+        "blocks_refused": refused_blocks(statuses),
     }
+
+
+def refused_blocks(statuses: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Blocks refused by all the nodes together, by reason."""
+    total: dict[str, int] = {}
+    for s in statuses.values():
+        for reason, count in s.get("rejected_blocks", {}).items():
+            total[reason] = total.get(reason, 0) + int(count)
+    return total
 
 
 def report(load: Load, summary: dict[str, Any], seconds: float) -> None:
