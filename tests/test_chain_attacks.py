@@ -35,7 +35,6 @@ from hp2p.apps.chain.model import (
 )
 from hp2p.apps.chain.service import BLOCK_APP_ID, TX_APP_ID
 from hp2p.peer.api import Peer
-from hp2p.trust.keys import SigningKey
 from test_chain_node import INTERVAL, PRODUCERS, Net, get, net, post_tx, transfer, wait_for
 
 __all__ = ["net"]  # the module-scoped network fixture, one for this module
@@ -55,7 +54,7 @@ def status_of(net: Net) -> dict[str, dict[str, Any]]:
     return {p.name: get(p.api, "/status") for p in net.alive}
 
 
-def two_blocks(net: Net, head: dict[str, Any]) -> tuple[Block, Block, SigningKey]:
+def two_blocks(net: Net, head: dict[str, Any]) -> tuple[Block, Block]:
     """Two different blocks at height head+1 signed by one producer (its round-1 slot)."""
     height = head["height"] + 1
     key = next(
@@ -72,7 +71,7 @@ def two_blocks(net: Net, head: dict[str, Any]) -> tuple[Block, Block, SigningKey
             round=1, timestamp=max(time.time(), earliest) + extra,
         )  # fmt: skip
         made.append(Block(sign_header(header, key), []))
-    return made[0], made[1], key
+    return made[0], made[1]
 
 
 async def test_an_equivocating_producer_is_refused_everywhere_and_the_chain_goes_on(
@@ -81,7 +80,7 @@ async def test_an_equivocating_producer_is_refused_everywhere_and_the_chain_goes
     everyone = net.alive
     before = status_of(net)
     head = get(net.producers[0].api, "/head")
-    first, second, key = two_blocks(net, head)
+    first, second = two_blocks(net, head)
     async with Peer(net.homs.url, join=net.core_id, peer_id="equivocator") as liar:
         for block in (first, second):
             await liar.publish(
@@ -111,7 +110,6 @@ async def test_an_equivocating_producer_is_refused_everywhere_and_the_chain_goes
         )
     hashes = {get(p.api, f"/block/{target}")["hash"] for p in everyone}
     assert len(hashes) == 1
-    del key
 
 
 def bad_transactions(net: Net, count: int) -> list[Transaction]:
