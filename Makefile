@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo iot-demo media-demo test lint bench venv clean nat-deps nat-test ui-deps media-deps
+.PHONY: demo iot-demo chain-demo media-demo test lint bench venv clean nat-deps nat-test ui-deps media-deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hp2p needs Python 3.11 or newer")'
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 iot-demo: $(STAMP)
 	$(BIN)/python examples/iot/run.py $(ARGS)
+
+chain-demo: $(STAMP)
+	$(BIN)/python examples/chain/run.py $(ARGS)
 
 media-demo: $(STAMP) media-deps
 	$(BIN)/python examples/media/run.py $(ARGS)

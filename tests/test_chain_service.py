@@ -317,3 +317,33 @@ def test_deeply_nested_json_is_a_format_error() -> None:
 
     with pytest.raises(ChainFormatError):
         tx_from_body(b"[" * 3000, "application/json")
+
+
+async def test_a_tracing_producer_reports_every_transaction_broadcast_it_gets(
+    tmp_path: Path,
+) -> None:
+    from hp2p.apps.chain.model import encode_tx
+    from hp2p.apps.chain.node import ProducerNode
+    from hp2p.apps.chain.service import TX_APP_ID
+    from hp2p.peer.settings import NodeSettings
+    from hp2p.peer.subscription import Delivery
+
+    chain = await service(tmp_path / "p.db", Clock(T0 + 0.5))
+    node = ProducerNode(chain, PRODUCERS[0], NodeSettings(homs="http://127.0.0.1:9", create="x"))
+    events: list[tuple[str, dict[str, Any]]] = []
+    node.on_event = lambda kind, fields: events.append((kind, fields))
+    tx = transfer(ALICE, BOB, 5, 0)
+    copies = [encode_tx(tx), encode_tx(tx), b"\x93\x01"]  # a duplicate, then garbage
+    for seq, data in enumerate(copies):
+        await node._received(Delivery("s", seq, data, TX_APP_ID, "application/msgpack"))
+    assert events == []  # off by default: no line per transaction
+    node.trace_txs = True
+    for seq, data in enumerate(copies, 3):
+        await node._received(Delivery("s", seq, data, TX_APP_ID, "application/msgpack"))
+    assert events == [
+        ("tx", {"hash": tx.hash, "taken": False}),  # already in the pool: a duplicate
+        ("tx", {"hash": tx.hash, "taken": False}),
+        ("tx", {"hash": None, "taken": False}),
+    ]
+    assert chain.counters["tx_received"] == 6
+    await chain.close()

@@ -1,6 +1,6 @@
 """``hp2p bench all``: every benchmark family, one after another, then the report.
 
-Families (BENCHMARKS.md): ``wire``, ``homs``, ``tree``, ``churn``, ``mesh``, ``iot``;
+Families (BENCHMARKS.md): ``wire``, ``homs``, ``tree``, ``churn``, ``mesh``, ``iot``, ``chain``;
 :data:`FAMILIES` is the one list of them, which ``hp2p bench`` (:mod:`hp2p.bench.cli`) mounts
 too. Each runs in its own process (``python -m hp2p bench FAMILY --json …``), so one failing or
 crashing family cannot take the others down, and each gets a wall-clock limit.
@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hp2p.bench.chain import chain
 from hp2p.bench.churn import churn
 from hp2p.bench.homs import homs
 from hp2p.bench.iot import iot
@@ -34,6 +35,7 @@ FAMILIES: dict[str, Callable[..., Any]] = {
     "churn": churn,
     "mesh": mesh,
     "iot": iot,
+    "chain": chain,
 }
 
 

@@ -186,6 +186,14 @@ def producer(
     peer_id: IdOpt = None,
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT for R2.")] = "127.0.0.1:0",
     json_events: JsonOpt = False,
+    trace_txs: Annotated[
+        bool,
+        typer.Option(
+            "--trace-txs",
+            help="With --json-events, a `tx` event for each transaction broadcast received "
+            "(hash, taken): for benchmarks.",
+        ),
+    ] = False,
     log_level: LogOpt = "warning",
 ) -> None:
     """Run a block producer: a CoreTree member that validates, broadcasts and makes blocks."""
@@ -212,6 +220,7 @@ def producer(
             mesh_id = f"{peer_id}-sync" if peer_id else None  # None: a random one
             mesh = MeshSettings(homs=homs, join=sync, peer_id=mesh_id)
         node = ProducerNode(service, signing, settings, sync=mesh)
+        node.trace_txs = trace_txs and json_events
     except (KeyFileError, SettingsError, NodeError, MeshNodeError, ValueError) as exc:
         raise _fail(str(exc)) from None
     emit = EventPrinter(json_events, "hp2p chain producer")

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hp2p.apps.chain.ledger import Ledger
-from hp2p.apps.chain.model import encode_block, encode_tx
+from hp2p.apps.chain.model import ChainFormatError, decode_tx, encode_block, encode_tx
 from hp2p.apps.chain.service import BLOCK_APP_ID, TX_APP_ID, ChainService, NotBroadcastError
 from hp2p.peer.mesh_node import MeshNode, MeshNodeError, MeshSettings
 from hp2p.peer.node import NodeError, PeerNode
@@ -137,6 +137,9 @@ class ProducerNode(_Shell):
                 "the producer-K.key files made by `hp2p chain init`"
             )
         self.key = key
+        #: Emit a ``tx`` event (hash, taken or not) for each transaction broadcast received:
+        #: what ``hp2p bench chain`` times propagation and counts duplicates with.
+        self.trace_txs = False
         self.peer = PeerNode(settings)
         #: The blocks SubMesh, joined as an ordinary member to pull the blocks this producer
         #: missed (it started late, or restarted): the CoreTree only pushes what is new.
@@ -187,12 +190,21 @@ class ProducerNode(_Shell):
 
     async def _received(self, delivery: Delivery) -> None:
         if delivery.app_id == TX_APP_ID:
-            self.service.tx_bytes(delivery.data)
+            tx = self.service.tx_bytes(delivery.data)
+            if self.trace_txs:
+                self._trace(delivery.data, tx is not None)
         elif delivery.app_id == BLOCK_APP_ID:
             await self.service.block_bytes(delivery.data)
             self._announce()
         else:
             self.service.counters["foreign_messages"] += 1
+
+    def _trace(self, data: bytes, taken: bool) -> None:
+        try:
+            tx_hash = decode_tx(data).hash
+        except ChainFormatError:
+            tx_hash = None
+        self._emit("tx", {"hash": tx_hash, "taken": taken})
 
     async def _produce_loop(self) -> None:
         """Wake at this producer's next slot start, or when the head moves; produce."""
