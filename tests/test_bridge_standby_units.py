@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import cast
 
 import pytest
 
-from hp2p.apps.bridge_standby import AbsenceClock, ForwardLedger, content_key, source_answers
+from hp2p.apps.bridge import Bridge, BridgeTarget, _Running
+from hp2p.apps.bridge_standby import (
+    AbsenceClock,
+    CoreKeys,
+    ForwardLedger,
+    content_key,
+    source_answers,
+)
+from hp2p.peer.mesh_node import MeshNode
 from hp2p.peer.node import Delivery
 from hp2p.peer.subtree import SubOverlayHomsClient
 from hp2p.transport import tcp
@@ -374,3 +383,46 @@ def test_every_bridge_of_a_group_signs_as_the_subtree_source_with_one_key() -> N
     }
     assert one.public not in others
     assert len(others) == 3
+
+
+def test_core_keys_take_the_meta_of_submesh_objects_and_are_bounded():
+    keys = CoreKeys(limit=2)
+    keys.add_meta({"core-source": "c00", "core-sequence": 1})
+    keys.add_meta({"core-source": "c00", "core-sequence": "2"})  # not a sequence: ignored
+    keys.add_meta({"core-source": "c00", "core-sequence": True})
+    keys.add_meta(None)
+    assert ("c00", 1) in keys
+    assert len(keys) == 1
+    assert not keys.add("c00", 1)  # carried already
+    assert keys.add("c00", 2)
+    assert keys.add("c00", 3)
+    assert ("c00", 1) not in keys
+    assert len(keys) == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        CoreKeys(limit=0)
+
+
+class _Mesh:
+    def __init__(self) -> None:
+        self.published: list[tuple[bytes, dict[str, object] | None]] = []
+
+    def publish(
+        self, data: bytes, app_id: str | None = None, meta: dict[str, object] | None = None
+    ) -> int:
+        self.published.append((data, meta))
+        return len(self.published)
+
+
+def test_a_submesh_standby_that_took_over_never_publishes_a_carried_message_again():
+    """Messages its CoreTree peer gets after the takeover (a re-attach) are checked too."""
+    target = BridgeTarget("mesh", "blocks", "b1-blocks")
+    bridge = Bridge("http://127.0.0.1:1", "core", [target], bridge_id="b2", standby=True)
+    running = _Running(target, "blocks-id")
+    mesh = _Mesh()
+    running.mesh = cast(MeshNode, mesh)
+    running.carried = CoreKeys()
+    running.carried.add_meta({"core-source": "c00", "core-sequence": 1})
+    for sequence in (1, 2, 2):
+        bridge._forward(running, Delivery("c00", sequence, b"m%d" % sequence, None, "text/plain"))
+    assert [meta for _, meta in mesh.published] == [{"core-source": "c00", "core-sequence": 2}]
+    assert bridge.stats.already_carried == 2

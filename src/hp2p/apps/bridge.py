@@ -57,7 +57,7 @@ from typing import Any, Protocol
 
 import typer
 
-from hp2p.apps.bridge_standby import AbsenceClock, ForwardLedger, source_answers
+from hp2p.apps.bridge_standby import AbsenceClock, CoreKeys, ForwardLedger, source_answers
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.homs_client import HomsError, OverlayNotFoundError
 from hp2p.peer.mesh_config import MeshConfig
@@ -169,6 +169,7 @@ class BridgeStats:
     refused: int = 0
     replayed: int = 0
     buffered_dropped: int = 0
+    already_carried: int = 0
 
 
 @dataclass(eq=False)
@@ -188,6 +189,7 @@ class _Running:
     held: deque[Delivery] = field(default_factory=deque)
     retired: bool = False  # replaced by another bridge of the group: this one feeds it no more
     ledger: ForwardLedger | None = None
+    carried: CoreKeys | None = None  # a SubMesh standby after its takeover: never publish twice
 
 
 #: Seconds a standby allows the one ranked before it for joining the SubTree as the source.
@@ -483,6 +485,10 @@ class Bridge:
             return
         try:
             if running.mesh is not None:
+                carried = running.carried
+                if carried is not None and not carried.add(delivery.source, delivery.sequence):
+                    self.stats.already_carried += 1
+                    return
                 meta: dict[str, Any] = {
                     "core-source": delivery.source,
                     "core-sequence": delivery.sequence,
@@ -520,21 +526,17 @@ class Bridge:
         assert mesh is not None
         await mesh.became_source.wait()
         await asyncio.sleep(self.settle)  # let objects already announced be pulled (bounded)
-        core = mesh.core
-        held: set[tuple[str, int]] = set()
-        if core is not None:
-            for number in core.objects():
-                manifest = core.manifest(number)
-                meta = manifest.meta if manifest is not None else None
-                if meta and isinstance(meta.get("core-source"), str):
-                    sequence = meta.get("core-sequence")
-                    if isinstance(sequence, int):
-                        held.add((str(meta["core-source"]), sequence))
+        carried = CoreKeys(self.buffer)
+        if mesh.core is not None:
+            for number in mesh.core.objects():
+                manifest = mesh.core.manifest(number)
+                carried.add_meta(manifest.meta if manifest is not None else None)
+        running.carried = carried
         running.active = True
         pending = list(running.buffer)
         running.buffer.clear()
         for delivery in pending:
-            if (delivery.source, delivery.sequence) not in held:
+            if (delivery.source, delivery.sequence) not in carried:
                 self._forward(running, delivery, replay=True)
         self._emit("active", {"target": running.target.title, "replayed": self.stats.replayed})
 

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hp2p.peer.node import Delivery
@@ -42,7 +43,7 @@ from hp2p.wire.r2.messages import AuthResponse, Hello, HelloResponse, Message
 #: HELLO (docs/security.md). Either way the peer's kernel is running: that is all a probe asks.
 _ALIVE = (HelloResponse, AuthResponse)
 
-__all__ = ["AbsenceClock", "ForwardLedger", "content_key", "source_answers"]
+__all__ = ["AbsenceClock", "CoreKeys", "ForwardLedger", "content_key", "source_answers"]
 
 #: The identity of a message as a SubTree peer sees it.
 ContentKey = tuple[str, str, bytes]
@@ -172,6 +173,50 @@ class ForwardLedger:
     def _trim(self) -> None:
         while self._pending and not self._pending[0].live:
             self._pending.popleft()
+
+
+class CoreKeys:
+    """The CoreTree messages (``core-source``, ``core-sequence``) a SubMesh already carries.
+
+    A SubMesh standby fills it at its takeover from the manifests its mesh peer holds, then
+    adds every message it publishes. It is checked for every message the standby forwards, not
+    only for the buffer replayed at the takeover: its CoreTree peer can still be handed old
+    messages afterwards (a peer that re-attaches gets from its new parent what it never had),
+    and those must not become second SubMesh objects. Bounded: the oldest ``limit`` keys are
+    forgotten first (an older message arriving after that would be published once more).
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        if limit < 1:
+            raise ValueError("CoreKeys must hold at least 1 key")
+        self.limit = limit
+        self._keys: set[tuple[str, int]] = set()
+        self._order: deque[tuple[str, int]] = deque()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, source: str, sequence: int) -> bool:
+        """Record a carried message; False when it was carried already."""
+        key = (source, sequence)
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        self._order.append(key)
+        while len(self._order) > self.limit:
+            self._keys.discard(self._order.popleft())
+        return True
+
+    def add_meta(self, meta: Mapping[str, object] | None) -> None:
+        """Record the message a SubMesh object's ``meta`` names (objects without it are not)."""
+        if not meta:
+            return
+        source, sequence = meta.get("core-source"), meta.get("core-sequence")
+        if isinstance(source, str) and isinstance(sequence, int) and not isinstance(sequence, bool):
+            self.add(source, sequence)
 
 
 class AbsenceClock:

@@ -41,6 +41,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from hp2p.bench.events import EOF, Event, follow
+from hp2p.bench.progress import LineProgress
 from hp2p.bench.results import check_writable, result_document, save_result
 from hp2p.homs.launch import HomsStartError, start_homs
 
@@ -416,7 +417,7 @@ def run(
 ) -> tuple[dict[str, Any], list[CaseResult]]:
     cases = plan(quick, sizes, only)
     results: list[CaseResult] = []
-    with Progress(console=console, transient=True, auto_refresh=False) as progress:
+    with LineProgress(console=console, transient=True, auto_refresh=False) as progress:
         for n in dict.fromkeys(n for n, _, _ in cases):
             with tempfile.TemporaryDirectory(prefix="hp2p-churn-") as tmp:
                 cluster = Cluster(Path(tmp), console, security)

@@ -36,11 +36,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from hp2p.bench.httpload import LoadResult, Request, load_in_process
 from hp2p.bench.procs import cpu_seconds
+from hp2p.bench.progress import LineProgress
 from hp2p.bench.results import result_document, save_result
 from hp2p.homs.db import create_scratch_database, drop_scratch_database
 from hp2p.homs.launch import HomsProcess, HomsStartError, start_homs
@@ -354,7 +354,7 @@ def _run(
     with (
         tempfile.TemporaryDirectory(prefix="hp2p-bench-homs-") as tmp,
         ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool,
-        Progress(console=console, transient=True) as progress,
+        LineProgress(console=console, transient=True) as progress,
     ):
         task = progress.add_task("HOMS benchmark", total=steps)
         bench = Bench(pool)

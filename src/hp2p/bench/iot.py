@@ -36,6 +36,7 @@ from hp2p.bench.iot_phase import iot_figures, quiesce, run_iot_phase
 from hp2p.bench.iot_systems import Hp2pIot, MqttIot
 from hp2p.bench.overlay import settle
 from hp2p.bench.procs import Fleet, Proc, ProcError
+from hp2p.bench.progress import LineProgress
 from hp2p.bench.results import check_writable, result_document, save_result
 from hp2p.bench.sockets import SocketCountersError
 
@@ -414,7 +415,7 @@ def _measure_and_report(
     """Run everything, print the tables, write the result file and the figure."""
     with (
         tempfile.TemporaryDirectory(prefix="hp2p-bench-iot-") as tmp,
-        Progress(console=console) as progress,
+        LineProgress(console=console) as progress,
     ):
         folder = Path(tmp) if workdir is None else workdir
         try:

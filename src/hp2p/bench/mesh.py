@@ -27,6 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hp2p.bench.progress import LineProgress
 from hp2p.bench.results import check_writable, result_document, save_result
 from hp2p.peer.mesh_config import MeshConfig
 from hp2p.sim.mesh import MeshNetwork
@@ -132,15 +133,17 @@ def run(
 ) -> dict[str, Any]:
     config = MeshConfig(piece_size=piece_size)
     mesh_runs, tree_runs = [], []
-    for seed in seeds:
-        if console is not None:
-            console.print(f"seed {seed}: SubMesh pull …")
-        mesh_runs.append(
-            mesh_run(peers, size, seed, bandwidth=bandwidth, latency=latency, config=config)
-        )
-        if console is not None:
-            console.print(f"seed {seed}: tree push …")
-        tree_runs.append(tree_run(peers, size, seed, bandwidth=bandwidth, latency=latency))
+    quiet = Console(quiet=True)  # callers without a console (tests) see nothing
+    with LineProgress(console=console or quiet, transient=True) as progress:
+        task = progress.add_task(f"{peers} peers", total=2 * len(seeds))
+        for seed in seeds:
+            progress.update(task, description=f"seed {seed}: SubMesh pull, {peers} peers")
+            mesh_runs.append(
+                mesh_run(peers, size, seed, bandwidth=bandwidth, latency=latency, config=config)
+            )
+            progress.update(task, advance=1, description=f"seed {seed}: tree push, {peers} peers")
+            tree_runs.append(tree_run(peers, size, seed, bandwidth=bandwidth, latency=latency))
+            progress.advance(task)
 
     def figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
         latencies = [x for r in runs for x in r["latencies"]]

@@ -36,6 +36,7 @@ from rich.table import Table
 from hp2p.bench.overlay import HpOverlay, RelayOverlay, settle
 from hp2p.bench.phases import Overlay, figures, passes, quantile, run_phase
 from hp2p.bench.procs import ProcError
+from hp2p.bench.progress import LineProgress
 from hp2p.bench.results import result_document, write_result
 
 LATENCY_RATE = 10.0
@@ -388,7 +389,7 @@ def tree(
     results = []
     with (
         tempfile.TemporaryDirectory(prefix="hp2p-bench-tree-") as tmp,
-        Progress(console=console) as progress,
+        LineProgress(console=console) as progress,
     ):
         task = progress.add_task("bench tree", total=steps_per_size * len(sizes) * len(seed_list))
         for n in sizes:

@@ -19,9 +19,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
+from hp2p.bench.progress import LineProgress
 from hp2p.bench.results import check_writable, result_document, save_result
 from hp2p.wire import r2
 
@@ -207,7 +207,7 @@ def run(quick: bool, console: Console) -> dict[str, Any]:
     baseline: dict[str, float] = {}
     steps = 2 * len(samples) + 1
     # No auto-refresh: a refresh thread would compete for the GIL with the timed loops.
-    with Progress(console=console, transient=True, auto_refresh=False) as progress:
+    with LineProgress(console=console, transient=True, auto_refresh=False) as progress:
         task = progress.add_task("measuring", total=steps)
         for name, msg in samples.items():
             progress.update(task, description=f"hp2p {name}")

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hp2p.bench.progress import LineProgress
 from hp2p.bench.results import result_document, write_result
 from hp2p.sim.links import LatencyModel, LinkModel, LinkSpecError, Partition
 from hp2p.sim.metrics import analyse, combine
@@ -152,7 +153,7 @@ def sim(
         _fail(str(exc))
     console = Console(stderr=True)
     runs: list[dict[str, Any]] = []
-    with Progress(
+    with LineProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("virtual {task.completed:.0f}/{task.total:.0f} s"),
