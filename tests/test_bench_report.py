@@ -67,9 +67,11 @@ def test_bench_all_runs_every_family_with_its_quick_size() -> None:
     assert "wire" in found
     assert set(found) == set(FAMILIES)
     assert all("--quick" in options for options in found.values())
-    # `hp2p bench` mounts exactly these families, plus `all` and `report`
+    # `hp2p bench` mounts exactly these families, plus `all`, `report` and `media` (which
+    # needs ffmpeg and runs minutes, so `bench all` leaves it out: docs/media.md)
     group = typer.main.get_command(bench_cli.app)
-    assert set(getattr(group, "commands", {})) == {*FAMILIES, "all", "report"}
+    assert set(getattr(group, "commands", {})) == {*FAMILIES, "all", "report", "media"}
+    assert "media" not in FAMILIES
 
 
 def test_bench_all_does_not_import_the_bench_command_line() -> None:

@@ -271,15 +271,19 @@ def test_any_topic_filter_is_accepted_or_refused_with_a_reason(topic: str) -> No
 def test_names_that_are_not_utf8_are_refused_with_a_reason() -> None:
     from hp2p.apps.iot.gateway import Gateway
     from hp2p.apps.iot.sensor import SensorError, SensorPlan
+    from hp2p.peer.errors import SettingsError
     from hp2p.peer.settings import NodeSettings
 
     with pytest.raises(BrokerError, match="invalid host name"):
         parse_broker("mqtt://h\udcff:1", environ={})
     with pytest.raises(SensorError, match="UTF-8"):
         SensorPlan(prefix="a\udcff")
-    node = NodeSettings(homs="http://127.0.0.1:9", create="x", peer_id="gw\udcff")
+    # the peer settings refuse such a peer-id before a gateway is made of them
+    with pytest.raises(SettingsError, match="UTF-8"):
+        NodeSettings(homs="http://127.0.0.1:9", create="x", peer_id="gw\udcff")
+    node = NodeSettings(homs="http://127.0.0.1:9", create="x", peer_id="gw1")
     with pytest.raises(GatewayError, match="not valid UTF-8"):
-        Gateway(node, broker="mqtt://127.0.0.1:9", topics=["a"])
+        Gateway(node, broker="mqtt://127.0.0.1:9", topics=["a"], client_id="c\udcff")
 
 
 def test_events_for_a_person_are_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,8 +69,9 @@ async def test_join_by_name_refuses_an_ambiguous_name(db_url: str) -> None:
         with pytest.raises(OverlayNotFoundError) as err:
             await homs.find_overlay("news")
         text = str(err.value)
-        assert "matches several overlays" in text
-        for want in ("real", "two", "owner", "created"):
+        # refused with a table of the candidates (none has members to prefer one)
+        assert "matches 2 overlays and none of them has members" in text
+        for want in ("real", "two", "OVERLAY-ID", "OWNER", "owner", "UTC"):
             assert want in text
         assert (await homs.find_overlay("real")).overlay_id == "real"
         # a name that is one overlay's id and another's title: refused, both listed

@@ -725,8 +725,11 @@ class HomsClient:
 async def overlay_table(
     http: httpx.AsyncClient, overlays: Sequence[homp.QueryOverlay], limit: int = 10
 ) -> str:
-    """One line per candidate overlay: id, created (when the HOMS tells), peers, title."""
-    lines = [f"  {'OVERLAY-ID':<36}  {'CREATED':<23}  {'PEERS':>5}  TITLE"]
+    """One line per candidate overlay: id, created (when the HOMS tells), peers, owner, title.
+
+    The owner is what tells a user's own overlay from one someone else named alike.
+    """
+    lines = [f"  {'OVERLAY-ID':<36}  {'CREATED':<23}  {'PEERS':>5}  {'OWNER':<16}  TITLE"]
     for o in overlays[:limit]:
         created = "unknown"  # a reference HOMS has no status endpoint
         with contextlib.suppress(Exception):
@@ -734,7 +737,8 @@ async def overlay_table(
             stamp = msgspec.json.decode(answer.content)["overlay"]["created"]
             if isinstance(stamp, int | float):
                 created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
-        lines.append(f"  {o.overlay_id:<36}  {created:<23}  {o.status.num_peers:>5}  {o.title!r}")
+        peers, owner = o.status.num_peers, o.owner_id[:16]
+        lines.append(f"  {o.overlay_id:<36}  {created:<23}  {peers:>5}  {owner:<16}  {o.title!r}")
     if len(overlays) > limit:
         lines.append(f"  … and {len(overlays) - limit} more")
     return "\n".join(lines)

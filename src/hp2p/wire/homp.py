@@ -873,6 +873,8 @@ def _validation_error(exc: msgspec.ValidationError) -> HeaderError:
     if reason.startswith(prefix):
         name = reason[len(prefix) :].rstrip("`")
         return HeaderError("missing required field", f"{path}.{name}")
+    if reason.startswith("a peer-id "):  # PeerJoin.__post_init__: name the field, not the object
+        path = f"{path}.peer-id"
     return HeaderError(_tidy(reason), path)
 
 

@@ -32,6 +32,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from hp2p.apps.media.chunk import ChunkError, check_stream_name
 from hp2p.peer.settings import is_loopback_host, split_host_port
+from hp2p.transport.bind_errors import bind_error_message
+from hp2p.transport.listen import listening_socket
 
 __all__ = ["MediaApi", "MediaApiError", "Playlists"]
 
@@ -163,11 +165,10 @@ class MediaApi:
                     ready.set()
 
         try:
-            sock = socket.create_server((self.host, self.port))
+            sock = listening_socket(self.host, self.port)
         except OSError as exc:
             raise MediaApiError(
-                f"cannot serve media on {self.host}:{self.port}: {exc.strerror or exc} "
-                "(is the port in use? try another --api port)"
+                f"media API: {bind_error_message(exc, self.host, self.port, '--api')}"
             ) from None
         self.port = sock.getsockname()[1]
         hosts = ["127.0.0.1", "localhost", "[::1]", self.host]
