@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo iot-demo chain-demo media-demo test lint bench venv clean nat-deps nat-test ui-deps media-deps
+.PHONY: demo iot-demo chain-demo media-demo test test-heavy test-all lint bench venv clean nat-deps nat-test ui-deps media-deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hp2p needs Python 3.11 or newer")'
@@ -27,8 +27,15 @@ chain-demo: $(STAMP)
 media-demo: $(STAMP) media-deps
 	$(BIN)/python examples/media/run.py $(ARGS)
 
+# make test: every test but the long end-to-end scenarios (under 15 minutes); make test-heavy:
+# those scenarios (NAT namespaces, services end to end, ffmpeg, browser); CI runs both.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -q -m heavy $(PYTEST_ARGS)
+
+test-all: test test-heavy
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -75,3 +75,40 @@ def nat_net() -> Iterator[netns.Topology]:
     with netns.topology(homes_per_nat=3) as topo:
         yield topo
     assert netns.namespaces_of(topo.token) == [], "namespaces left over"
+
+
+#: Long end-to-end scenarios (minutes of real processes, NAT namespaces, ffmpeg, a browser):
+#: `make test` leaves them out so that it stays under 15 minutes; `make test-heavy` runs them,
+#: and `.ci/run` runs both. Every service keeps its unit and fast integration tests in
+#: `make test`.
+HEAVY_FILES = frozenset(
+    {
+        "test_nat_tcp.py",
+        "test_nat_stun.py",
+        "test_nat_webrtc.py",
+        "test_chain_node.py",
+        "test_chain_attacks.py",
+        "test_chain_example.py",
+        "test_bench_chain.py",
+        "test_iot_example.py",
+        "test_iot_replicas.py",
+        "test_iot_history.py",
+        "test_bench_iot.py",
+        "test_media_live.py",
+        "test_media_record.py",
+        "test_media_resilience.py",
+        "test_media_page.py",
+        "test_media_example.py",
+        "test_bench_media.py",
+        "test_readme.py",
+        "test_subtree_source_loss.py",
+        "test_bridge_standby_submesh.py",
+        "test_dashboard.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in HEAVY_FILES:
+            item.add_marker(pytest.mark.heavy)
