@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from rich.table import Table
 
 from hp2p.apps.chain.model import Transaction, address_of, encode_tx, sign_tx
 from hp2p.apps.chain.state import Genesis
+from hp2p.apps.processes import ProcessGroup
 from hp2p.homs.launch import start_homs
 from hp2p.trust.keys import SigningKey
 
@@ -47,79 +47,6 @@ console = Console()
 DEADLINE = 120.0
 PRODUCERS = 4
 FORGE_EVERY = 25  # one transfer in 25 carries a forged signature
-
-
-class Processes:
-    """Every process the demo starts, with its JSON events; all stopped by :meth:`stop`."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
-        self.events: dict[str, list[dict[str, Any]]] = {}
-        self._changed = asyncio.Condition()
-        self._readers: list[asyncio.Task[None]] = []
-
-    def _log(self, name: str) -> Any:
-        return open(self.workdir / f"{name}.log", "wb")
-
-    async def start(self, name: str, *args: str) -> None:
-        with self._log(name) as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "hp2p", *args,
-                stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        self.procs.append((name, proc))
-        self.events[name] = []
-        self._readers.append(asyncio.create_task(self._read(name, proc)))
-
-    async def _read(self, name: str, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    async with self._changed:
-                        self.events[name].append(event)
-                        self._changed.notify_all()
-        async with self._changed:  # its end wakes the waiters, who then say so
-            self._changed.notify_all()
-
-    def _ended(self, name: str) -> bool:
-        return any(n == name and p.returncode is not None for n, p in self.procs)
-
-    async def wait_event(self, name: str, kind: str, limit: float = DEADLINE) -> dict[str, Any]:
-        def found() -> dict[str, Any] | None:
-            for event in self.events[name]:
-                if event.get("event") == kind:
-                    return event
-            return None
-
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: found() is not None or self._ended(name)),
-                    limit,
-                )
-        event = found()
-        if event is None:
-            log = (self.workdir / f"{name}.log").read_bytes().decode(errors="replace")
-            raise SystemExit(f"{name} did not report {kind!r} in {limit:.0f} s:\n{log[-800:]}")
-        return event
-
-    async def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for _, proc in self.procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        for task in self._readers:
-            task.cancel()
 
 
 @dataclass
@@ -226,7 +153,7 @@ def view(statuses: dict[str, dict[str, Any]], load: Load, elapsed: float) -> Gro
     return Group(table, line)
 
 
-async def start_chain(procs: Processes, homs: str, chain: Path, nodes: int) -> dict[str, str]:
+async def start_chain(procs: ProcessGroup, homs: str, chain: Path, nodes: int) -> dict[str, str]:
     """The producers, the bridge and the full nodes, ready; their API URLs by name."""
     genesis = str(chain / "genesis.json")
     admin = os.urandom(8).hex()
@@ -361,7 +288,7 @@ def report(load: Load, summary: dict[str, Any], seconds: float) -> None:
 
 async def demo(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="hp2p-chain-demo-"))
-    procs = Processes(workdir)
+    procs = ProcessGroup(workdir, DEADLINE)
     homs = start_homs(workdir)
     try:
         chain = workdir / "chain"

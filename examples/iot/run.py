@@ -20,9 +20,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from hp2p.apps.processes import ProcessGroup
 from hp2p.homs.launch import start_homs
 
 console = Console()
@@ -49,74 +48,6 @@ def broker_answers(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
         return True
     return False
-
-
-class Processes:
-    """Every process the demo starts, with its JSON events; all stopped by :meth:`stop`."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
-        self.events: dict[str, list[dict[str, Any]]] = {}
-        self._changed = asyncio.Condition()
-        self._readers: list[asyncio.Task[None]] = []
-
-    def _log(self, name: str) -> Any:
-        return open(self.workdir / f"{name}.log", "wb")
-
-    async def start(self, name: str, *args: str) -> None:
-        log = self._log(name)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hp2p", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True,
-        )  # fmt: skip
-        self.procs.append((name, proc))
-        self.events[name] = []
-        self._readers.append(asyncio.create_task(self._read(name, proc)))
-
-    async def _read(self, name: str, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    async with self._changed:
-                        self.events[name].append(event)
-                        self._changed.notify_all()
-
-    async def wait_event(self, name: str, kind: str, limit: float = DEADLINE) -> dict[str, Any]:
-        def found() -> dict[str, Any] | None:
-            for event in self.events[name]:
-                if event.get("event") == kind or event.get("kind") == kind:
-                    return event
-            return None
-
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(found), limit)
-            except TimeoutError:
-                log = (self.workdir / f"{name}.log").read_bytes().decode(errors="replace")
-                raise SystemExit(
-                    f"{name} did not report {kind!r} in {limit:.0f} s:\n{log[-800:]}"
-                ) from None
-        event = found()
-        assert event is not None
-        return event
-
-    async def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for _, proc in self.procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        for task in self._readers:
-            task.cancel()
 
 
 async def wait_http(url: str, limit: float = DEADLINE) -> None:
@@ -150,7 +81,7 @@ def state_table(state: dict[str, Any], now: float) -> Table:
 
 async def demo(seconds: float) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="hp2p-iot-demo-"))
-    procs = Processes(workdir)
+    procs = ProcessGroup(workdir, DEADLINE)
     homs = start_homs(workdir)
     try:
         mqtt_port = 1883
@@ -165,7 +96,7 @@ async def demo(seconds: float) -> None:
                 mosquitto, "-c", str(conf), start_new_session=True,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
-            procs.procs.append(("mosquitto", broker))
+            procs.adopt("mosquitto", broker)
             for _ in range(50):
                 if broker_answers(mqtt_port):
                     break

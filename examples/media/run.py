@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,73 +32,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from hp2p.apps.processes import ProcessGroup
 from hp2p.homs.launch import start_homs
 
 console = Console()
 DEADLINE = 60.0
 KEY = "media-example"
-
-
-class Processes:
-    """Every process the example starts, with its JSON events; all stopped by :meth:`stop`."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: dict[str, asyncio.subprocess.Process] = {}
-        self.events: dict[str, list[dict[str, Any]]] = {}
-        self._changed = asyncio.Condition()
-        self._readers: list[asyncio.Task[None]] = []
-
-    async def start(self, name: str, *args: str) -> None:
-        with (self.workdir / f"{name}.log").open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "hp2p", *args, "--json-events",
-                stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        self.procs[name] = proc
-        self.events[name] = []
-        self._readers.append(asyncio.create_task(self._read(name, proc)))
-
-    async def _read(self, name: str, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:  # ends with the process
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    async with self._changed:
-                        self.events[name].append(event)
-                        self._changed.notify_all()
-
-    async def wait_event(self, name: str, kind: str, limit: float = DEADLINE) -> dict[str, Any]:
-        def found() -> dict[str, Any] | None:
-            return next((e for e in self.events[name] if e.get("event") == kind), None)
-
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(found), limit)
-            except TimeoutError:
-                log = (self.workdir / f"{name}.log").read_bytes().decode(errors="replace")
-                raise SystemExit(
-                    f"{name} did not report {kind!r} in {limit:.0f} s:\n{log[-800:]}"
-                ) from None
-        event = found()
-        assert event is not None
-        return event
-
-    async def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        for task in self._readers:
-            task.cancel()
 
 
 async def statuses(client: httpx.AsyncClient, urls: dict[str, str]) -> dict[str, Any]:
@@ -132,22 +69,22 @@ def viewer_table(found: dict[str, Any]) -> Table:
     return table
 
 
-async def start_all(procs: Processes, homs: str, args: argparse.Namespace) -> dict[str, str]:
+async def start_all(procs: ProcessGroup, homs: str, args: argparse.Namespace) -> dict[str, str]:
     """The source, the bridge, the recorder and the viewers; the viewers' API URLs."""
     # the CoreTree's first peer creates it; the source joins last, once everyone listens
     core = ["peer", "--homs", homs, "--create", "media", "--id", "core"]
-    await procs.start("core", *core, "--set", f"admin_key={KEY}")
+    await procs.start("core", *core, "--set", f"admin_key={KEY}", "--json-events")
     await procs.wait_event("core", "joined")
     bridge = ["media", "bridge", "--homs", homs, "--core", "media", "--id", "b1"]
-    await procs.start("bridge", *bridge, "--core-admin-key", KEY)
+    await procs.start("bridge", *bridge, "--core-admin-key", KEY, "--json-events")
     await procs.wait_event("bridge", "joined")
     recorder = ["media", "recorder", "--homs", homs, "--join", "media-rec", "--id", "rec1"]
-    await procs.start("recorder", *recorder, "--dir", str(procs.workdir / "rec"))
+    await procs.start("recorder", *recorder, "--dir", str(procs.workdir / "rec"), "--json-events")
     urls = {"recorder": str((await procs.wait_event("recorder", "api"))["url"])}
     for i in range(1, args.viewers + 1):
         name = f"viewer-{i}"
         viewer = ["media", "viewer", "--homs", homs, "--join", "media-live", "--id", name]
-        await procs.start(name, *viewer)
+        await procs.start(name, *viewer, "--json-events")
     for i in range(1, args.viewers + 1):
         urls[f"viewer-{i}"] = str((await procs.wait_event(f"viewer-{i}", "api"))["url"])
     source = ["media", "source", "--homs", homs, "--overlay", "media", "--id", "cam"]
@@ -155,7 +92,7 @@ async def start_all(procs: Processes, homs: str, args: argparse.Namespace) -> di
     source += ["--bitrate", args.bitrate]
     if args.seconds:
         source += ["--duration", str(args.seconds)]
-    await procs.start("source", *source)
+    await procs.start("source", *source, "--json-events")
     await procs.wait_event("source", "joined")
     return urls
 
@@ -166,7 +103,7 @@ async def main(args: argparse.Namespace) -> int:
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="hp2p-media-example-"))
     with start_homs(workdir, log_level="error") as homs:
-        procs = Processes(workdir)
+        procs = ProcessGroup(workdir, DEADLINE)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -191,7 +128,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 async def watch(
-    procs: Processes, viewers: dict[str, str], stop: asyncio.Event, args: argparse.Namespace
+    procs: ProcessGroup, viewers: dict[str, str], stop: asyncio.Event, args: argparse.Namespace
 ) -> dict[str, Any]:
     """The viewers' table every 2 s until Ctrl-C, or the stream's end has reached them."""
     found: dict[str, Any] = {}

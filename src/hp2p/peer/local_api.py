@@ -33,12 +33,10 @@ import contextlib
 import hashlib
 import json
 import logging
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 
 from hp2p.peer.api import delivery_json, gap_json, payload_json, scan_json
@@ -54,8 +52,7 @@ from hp2p.peer.api_guard import (
 from hp2p.peer.node import MessageTooLargeError, NodeError, PeerNode
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
 from hp2p.peer.subscription import Gap
-from hp2p.transport.bind_errors import bind_error_message
-from hp2p.transport.listen import listening_socket
+from hp2p.transport.http_server import EmbeddedHttpServer
 
 log = logging.getLogger("hp2p.peer.local_api")
 _uvicorn_log = logging.getLogger("uvicorn.error")
@@ -332,35 +329,17 @@ class LocalApi:
         self.max_body = max_body
         self.guard: ApiGuard | None = None
         self.url = ""
-        self._server: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self._http = EmbeddedHttpServer(
+            self.host, self.port, what="local API", error=NodeError, task_name="hp2p-api"
+        )
 
     async def start(self) -> str:
         """Listen and return the base URL; raises ``NodeError`` if the port cannot be used."""
-        ready = asyncio.Event()
-
-        class _Server(uvicorn.Server):
-            # The peer owns SIGINT/SIGTERM (clean leave); uvicorn must not take them over.
-            @contextlib.contextmanager
-            def capture_signals(self) -> Any:
-                yield
-
-            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-                try:
-                    await super().startup(sockets=sockets)
-                finally:
-                    ready.set()
-
-        try:
-            sock = listening_socket(self.host, self.port)
-        except OSError as exc:
-            hint = bind_error_message(exc, self.host, self.port, "--api")
-            raise NodeError(f"local API: {hint}") from None
-        self.port = sock.getsockname()[1]
+        self.port = self._http.bind()
         try:
             self.token_file = self._write_token()
         except OSError as exc:
-            sock.close()
+            self._http.close_socket()
             raise NodeError(f"cannot write the local API's token file: {exc}") from None
         if self.public:
             log.warning(
@@ -376,17 +355,7 @@ class LocalApi:
             max_body=self.max_body,
             allowed_hosts=allowed,
         )
-        config = uvicorn.Config(self.guard, log_level="warning", access_log=False, lifespan="off")
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="hp2p-api")
-        started = asyncio.ensure_future(ready.wait())
-        await asyncio.wait([self._task, started], timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        if not self._server.started:
-            await self.stop()
-            raise NodeError("the local API did not start (see the log above)")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{self.port}"
+        self.url = await self._http.serve(self.guard)
         return self.url
 
     def _write_token(self) -> Path:
@@ -402,10 +371,7 @@ class LocalApi:
         return {"Authorization": f"Bearer {self.token}"}
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 3.0)
+        await self._http.stop()
         if self.token_file is not None:
             with contextlib.suppress(OSError):
                 self.token_file.unlink()

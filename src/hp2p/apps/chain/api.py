@@ -22,13 +22,10 @@ is the chain's public data. It still stands behind the peer API's guard
 No ``from __future__ import annotations`` here: FastAPI reads the route annotations at runtime.
 """
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
@@ -38,8 +35,7 @@ from hp2p.apps.chain.state import TxRejectedError
 from hp2p.apps.chain.views import tx_from_body
 from hp2p.peer.api_guard import ApiGuard
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
-from hp2p.transport.bind_errors import bind_error_message
-from hp2p.transport.listen import listening_socket
+from hp2p.transport.http_server import EmbeddedHttpServer
 
 log = logging.getLogger("hp2p.apps.chain.api")
 
@@ -162,40 +158,15 @@ class ChainApi:
         allowed = None if self.host in ANY_HOSTS else frozenset({self.host})
         self.guard = _OpenGuard(app, token="-", max_body=4 * MAX_TX_BYTES, allowed_hosts=allowed)
         self.url = ""
-        self._server: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self._http = EmbeddedHttpServer(
+            self.host, self.port, what="chain API", error=ApiError, task_name="chain-api"
+        )
 
     async def start(self) -> str:
         """Listen and return the base URL; :class:`ApiError` if the port cannot be used."""
-
-        class _Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Any:  # the node owns SIGINT/SIGTERM
-                yield
-
-        try:
-            sock = listening_socket(self.host, self.port)
-        except OSError as exc:
-            raise ApiError(
-                f"chain API: {bind_error_message(exc, self.host, self.port, '--api')}"
-            ) from None
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.guard, log_level="warning", access_log=False, lifespan="off")
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="chain-api")
-        for _ in range(200):  # bounded: 10 s
-            if self._server.started or self._task.done():
-                break
-            await asyncio.sleep(0.05)
-        if not self._server.started:
-            await self.stop()
-            raise ApiError("the chain API did not start (see the log above)")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{self.port}"
+        self.url = await self._http.start(self.guard)
+        self.port = self._http.port
         return self.url
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 3.0)
+        await self._http.stop()

@@ -7,13 +7,9 @@ host (a web page elsewhere cannot make a browser read it through DNS rebinding).
 No ``from __future__ import annotations`` here: FastAPI reads the route annotations at runtime.
 """
 
-import asyncio
-import contextlib
-import socket
 from typing import Any
 
 import msgspec
-import uvicorn
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -21,8 +17,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from hp2p.apps.iot.history import HistoryError
 from hp2p.apps.iot.history_member import HistoryMember, QueryError
 from hp2p.peer.settings import is_loopback_host, split_host_port
-from hp2p.transport.bind_errors import bind_error_message
-from hp2p.transport.listen import listening_socket
+from hp2p.transport.http_server import EmbeddedHttpServer
 
 __all__ = ["HistoryApi", "build_app"]
 
@@ -70,48 +65,17 @@ class HistoryApi:
                 "(use 127.0.0.1:PORT; put a reverse proxy in front to publish it)"
             )
         self.url = ""
-        self._server: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self._http = EmbeddedHttpServer(
+            self.host, self.port, what="history API", error=HistoryError, task_name="history-api"
+        )
 
     async def start(self) -> str:
-        ready = asyncio.Event()
-
-        class _Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Any:  # the member owns SIGINT/SIGTERM
-                yield
-
-            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-                try:
-                    await super().startup(sockets=sockets)
-                finally:
-                    ready.set()
-
-        try:
-            sock = listening_socket(self.host, self.port)
-        except OSError as exc:
-            raise HistoryError(
-                f"history API: {bind_error_message(exc, self.host, self.port, '--api')}"
-            ) from None
-        self.port = sock.getsockname()[1]
+        self.port = self._http.bind()
         app = TrustedHostMiddleware(
             build_app(self.member), allowed_hosts=["127.0.0.1", "localhost", "[::1]", self.host]
         )
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="history-api")
-        started = asyncio.ensure_future(ready.wait())
-        await asyncio.wait([self._task, started], timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        if not self._server.started:
-            await self.stop()
-            raise HistoryError("the history API did not start (see the log above)")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{self.port}"
+        self.url = await self._http.serve(app)
         return self.url
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 3.0)
+        await self._http.stop()

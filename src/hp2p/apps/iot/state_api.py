@@ -30,7 +30,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -38,8 +37,7 @@ from hp2p.apps.iot.state import reading_json
 from hp2p.apps.iot.state_feed import StateFeed
 from hp2p.peer.api_guard import SUBPROTOCOL_SCOPE_KEY, ApiGuard, QuietDenials, Scope, new_token
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
-from hp2p.transport.bind_errors import bind_error_message
-from hp2p.transport.listen import listening_socket
+from hp2p.transport.http_server import EmbeddedHttpServer
 
 __all__ = ["StateApi", "StateApiError", "build_state_app", "sse_event"]
 
@@ -191,50 +189,21 @@ class StateApi:
         kind = ApiGuard if self.token else _OpenGuard
         self.guard = kind(app, token=self.token or new_token(), max_body=0, allowed_hosts=allowed)
         self.url = ""
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http = EmbeddedHttpServer(
+            self.host,
+            self.port,
+            what="state API",
+            error=StateApiError,
+            task_name="hp2p-iot-api",
+            force_exit=True,  # streams never end by themselves
+            ws_max_size=WS_MAX_SIZE,
+        )
 
     async def start(self) -> str:
         """Listen and return the base URL; :class:`StateApiError` if the port cannot be used."""
-        try:
-            sock = listening_socket(self.host, self.port)
-        except OSError as exc:
-            raise StateApiError(
-                f"state API: {bind_error_message(exc, self.host, self.port, '--api')}"
-            ) from None
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.guard,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws_max_size=WS_MAX_SIZE,
-        )
-        server = _QuietServer(config)
-        self._server = server
-        self._task = asyncio.create_task(server.serve(sockets=[sock]), name="hp2p-iot-api")
-        for _ in range(1000):  # bounded: 10 s
-            if server.started or self._task.done():
-                break
-            await asyncio.sleep(0.01)
-        if not server.started:
-            await self.stop()
-            raise StateApiError("the state API did not start (see the log above)")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{self.port}"
+        self.url = await self._http.start(self.guard)
+        self.port = self._http.port
         return self.url
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True  # streams never end by themselves
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._task, 3.0)
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the member owns SIGINT/SIGTERM (clean leave)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
+        await self._http.stop()

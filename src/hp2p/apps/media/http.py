@@ -16,24 +16,19 @@ Stream names are checked (:func:`hp2p.apps.media.chunk.check_stream_name`) befor
 No ``from __future__ import annotations``: FastAPI reads route annotations at runtime.
 """
 
-import asyncio
-import contextlib
-import socket
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
-import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from hp2p.apps.media.chunk import ChunkError, check_stream_name
 from hp2p.peer.settings import is_loopback_host, split_host_port
-from hp2p.transport.bind_errors import bind_error_message
-from hp2p.transport.listen import listening_socket
+from hp2p.transport.http_server import EmbeddedHttpServer
 
 __all__ = ["MediaApi", "MediaApiError", "Playlists"]
 
@@ -147,47 +142,15 @@ class MediaApi:
                 "127.0.0.1:PORT; put a reverse proxy in front to publish it)"
             )
         self.url = ""
-        self._server: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self._http = EmbeddedHttpServer(
+            self.host, self.port, what="media API", error=MediaApiError, task_name="media-api"
+        )
 
     async def start(self) -> str:
-        ready = asyncio.Event()
-
-        class _Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Any:  # the command owns SIGINT/SIGTERM
-                yield
-
-            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-                try:
-                    await super().startup(sockets=sockets)
-                finally:
-                    ready.set()
-
-        try:
-            sock = listening_socket(self.host, self.port)
-        except OSError as exc:
-            raise MediaApiError(
-                f"media API: {bind_error_message(exc, self.host, self.port, '--api')}"
-            ) from None
-        self.port = sock.getsockname()[1]
+        self.port = self._http.bind()
         hosts = ["127.0.0.1", "localhost", "[::1]", self.host]
-        app = TrustedHostMiddleware(self.app, allowed_hosts=hosts)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="media-api")
-        started = asyncio.ensure_future(ready.wait())
-        await asyncio.wait([self._task, started], timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        if not self._server.started:
-            await self.stop()
-            raise MediaApiError("the media API did not start (see the log above)")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{self.port}"
+        self.url = await self._http.serve(TrustedHostMiddleware(self.app, allowed_hosts=hosts))
         return self.url
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 3.0)
+        await self._http.stop()
