@@ -8,10 +8,7 @@ into time segments (:class:`hp2p.apps.iot.segments.SegmentPacker`) for history m
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
-import signal
 import sys
 from typing import Annotated, Any
 
@@ -63,80 +60,38 @@ def command(
     ] = False,
 ) -> None:
     """R3 bridge for IoT readings: live on a SubTree, segmented history on a SubMesh."""
-    from hp2p.apps.bridge import Bridge, BridgeError, BridgeTarget
+    from hp2p.apps.app_bridge import bridge_printer, build_app_bridge
+    from hp2p.apps.bridge import BridgeError
     from hp2p.apps.iot.reading import APP_ID
     from hp2p.apps.iot.segments import SegmentPacker, SegmentPolicy
 
     name = bridge_id or "iot-bridge"
     try:
-        targets = []
-        if subtree:
-            targets.append(BridgeTarget("tree", subtree, f"{name}-{subtree}", frozenset({APP_ID})))
         packer = None
         if submesh:
             hold = max(60.0, segment_seconds + grace)
             policy = SegmentPolicy(slice_seconds=segment_seconds, grace=grace, max_hold=hold)
             packer = SegmentPacker(policy)
-            targets.append(
-                BridgeTarget(
-                    "mesh", submesh, f"{name}-{submesh}", frozenset({APP_ID}), packer=packer
-                )
-            )
-        bridge = Bridge(
-            homs,
-            core,
-            targets,
-            bridge_id=name,
-            on_event=_printer(json_events),
+        bridge = build_app_bridge(
+            homs, core, name, APP_ID, subtree, submesh, packer,
             core_admin_key=core_admin_key or os.environ.get("HP2P_CORE_ADMIN_KEY"),
-        )
+            on_event=bridge_printer(json_events, "iot bridge"),
+        )  # fmt: skip
     except (BridgeError, ValueError) as exc:
         print(f"hp2p iot bridge: {exc}", file=sys.stderr, flush=True)
         raise typer.Exit(2) from None
     raise typer.Exit(asyncio.run(_run(bridge, packer, json_events)))
 
 
-def _printer(json_events: bool) -> Any:
-    from rich.console import Console
-
-    console = Console(highlight=False)
-
-    def on_event(kind: str, fields: dict[str, Any]) -> None:
-        if json_events:
-            with contextlib.suppress(BrokenPipeError, ValueError):
-                print(json.dumps({"event": kind, **fields}, default=str), flush=True)
-        elif kind in ("joined", "error", "warning"):
-            console.print(f"[bold]{kind}[/bold] {fields}")
-
-    return on_event
-
-
 async def _run(bridge: Any, packer: Any, json_events: bool) -> int:
-    from rich.console import Console
+    from hp2p.apps.app_bridge import run_app_bridge
 
-    from hp2p.apps.bridge import BridgeError
+    def line() -> str:
+        stats = bridge.stats
+        text = f"iot bridge: CoreTree messages {stats.received}  published {stats.forwarded}"
+        if packer is not None:
+            s = packer.status()
+            text += f"  segments {s['segments']}  bad {s['bad_readings']}"
+        return text
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await bridge.start()
-    except BridgeError as exc:
-        print(f"hp2p iot bridge: {exc}", file=sys.stderr, flush=True)
-        return 1
-    console = Console(highlight=False)
-    try:
-        while not stop.is_set():  # ends on SIGINT/SIGTERM; a status line every 10 s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 10.0)
-            if not json_events and not stop.is_set():
-                stats = bridge.stats
-                line = f"CoreTree messages {stats.received}  published {stats.forwarded}"
-                if packer is not None:
-                    s = packer.status()
-                    line += f"  segments {s['segments']}  bad {s['bad_readings']}"
-                console.print(f"[dim]iot bridge[/dim] {line}")
-        return 0
-    finally:
-        await bridge.close()
+    return await run_app_bridge(bridge, "iot bridge", None if json_events else line)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import signal
 import sys
@@ -111,18 +110,10 @@ def _fail(message: str, code: int) -> None:
 
 
 def _printer(json_events: bool) -> Any:
-    from rich.console import Console
+    from hp2p.apps.console import printer
 
-    console = Console(stderr=False, highlight=False)
-
-    def on_event(kind: str, fields: dict[str, Any]) -> None:
-        if json_events:
-            with contextlib.suppress(BrokenPipeError, ValueError):
-                print(json.dumps({"event": kind, **fields}, default=str), flush=True)
-        elif kind in ("joined", "rejected", "retention", "error", "api", "placement"):
-            console.print(f"[bold]{kind}[/bold] {fields}")
-
-    return on_event
+    shown = frozenset({"joined", "rejected", "retention", "error", "api", "placement"})
+    return printer(json_events, "iot history", shown=shown)
 
 
 async def _run(member: Any, api_listen: str | None, json_events: bool) -> int:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hp2p.apps.media.events import printer, until_stopped
+from hp2p.apps.app_bridge import bridge_printer
 
 EPILOG = """
 Examples:
@@ -42,21 +42,15 @@ def build_bridge(
     on_event: Any,
 ) -> tuple[Any, Any]:
     """The bridge and its packer (None without a SubMesh target)."""
-    from hp2p.apps.bridge import Bridge, BridgeTarget
+    from hp2p.apps.app_bridge import build_app_bridge
     from hp2p.apps.media.chunk import APP_ID
     from hp2p.apps.media.packer import MediaPacker
 
-    apps = frozenset({APP_ID})
-    targets = []
-    if subtree:
-        targets.append(BridgeTarget("tree", subtree, f"{name}-{subtree}", apps))
-    packer = None
-    if submesh:
-        packer = MediaPacker()
-        targets.append(BridgeTarget("mesh", submesh, f"{name}-{submesh}", apps, packer=packer))
-    bridge = Bridge(
-        homs, core, targets, bridge_id=name, on_event=on_event, core_admin_key=core_admin_key
-    )
+    packer = MediaPacker() if submesh else None
+    bridge = build_app_bridge(
+        homs, core, name, APP_ID, subtree, submesh, packer,
+        core_admin_key=core_admin_key, on_event=on_event,
+    )  # fmt: skip
     return bridge, packer
 
 
@@ -94,7 +88,7 @@ def command(
             subtree,
             submesh,
             core_admin_key=core_admin_key or os.environ.get("HP2P_CORE_ADMIN_KEY"),
-            on_event=printer(json_events, "bridge"),
+            on_event=bridge_printer(json_events, "media bridge"),
         )
     except (BridgeError, ValueError) as exc:
         print(f"hp2p media bridge: {exc}", file=sys.stderr, flush=True)
@@ -103,22 +97,11 @@ def command(
 
 
 async def _run(bridge: Any, packer: Any) -> int:
-    from hp2p.apps.bridge import BridgeError
-
-    try:
-        await bridge.start()
-    except BridgeError as exc:
-        print(f"hp2p media bridge: {exc}", file=sys.stderr, flush=True)
-        await bridge.close()
-        return 1
+    from hp2p.apps.app_bridge import run_app_bridge
 
     def line() -> str:
         s = bridge.stats
         text = f"media bridge: CoreTree messages {s.received}, published {s.forwarded}"
         return text + (f", segments {packer.segments}" if packer is not None else "")
 
-    try:
-        await until_stopped(line)
-        return 0
-    finally:
-        await bridge.close()
+    return await run_app_bridge(bridge, "media bridge", line)

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hp2p.apps.console import EventSink, printer, until_stopped
 from hp2p.apps.media.chunk import (
     SEGMENT_APP_ID,
     ChunkError,
@@ -28,7 +29,6 @@ from hp2p.apps.media.chunk import (
     check_stream_name,
     decode_segment,
 )
-from hp2p.apps.media.events import EventSink, printer, until_stopped
 from hp2p.apps.media.vod import RecordedSegment, RecordingIndex
 from hp2p.peer.mesh_node import MeshDelivery, MeshNode, MeshNodeError, MeshSettings
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hp2p.apps.console import EventSink, printer, until_stopped
 from hp2p.apps.media.chunk import (
     APP_ID,
     CHUNK_PAYLOAD_TYPE,
@@ -29,7 +30,6 @@ from hp2p.apps.media.chunk import (
     end_marker,
     split_segment,
 )
-from hp2p.apps.media.events import EventSink, printer, until_stopped
 from hp2p.apps.media.ffmpeg import FfmpegError, Segmenter, SegmenterSettings, ffmpeg_path
 from hp2p.peer.node import NodeError, PeerNode
 from hp2p.peer.settings import NodeSettings

@@ -17,9 +17,9 @@ from typing import Annotated, Any
 
 import typer
 
+from hp2p.apps.console import EventSink, printer, until_stopped
 from hp2p.apps.media.assembler import ChunkAssembler
 from hp2p.apps.media.chunk import APP_ID
-from hp2p.apps.media.events import EventSink, printer, until_stopped
 from hp2p.apps.media.live import LivePolicy, LiveWindow
 from hp2p.peer.config import PeerConfig
 from hp2p.peer.node import Delivery, NodeError, PeerNode

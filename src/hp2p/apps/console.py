@@ -1,5 +1,5 @@
-"""What the media commands share: an event printer (JSON lines or a rich line) and a run
-loop until SIGINT/SIGTERM with a periodic status line."""
+"""What the application commands (iot, media, their bridges) share: an event printer (JSON
+lines or a rich line) and a run loop until SIGINT/SIGTERM with a periodic status line."""
 
 from __future__ import annotations
 
@@ -13,11 +13,18 @@ from typing import Any
 EventSink = Callable[[str, dict[str, Any]], None]
 
 #: Events a person sees without --json-events.
-_SHOWN = frozenset({"joined", "api", "missing", "ended", "error", "warning", "refused"})
+SHOWN = frozenset({"joined", "api", "missing", "ended", "error", "warning", "refused"})
 
 
-def printer(json_events: bool, command: str) -> EventSink:
-    """JSON lines on stdout (``--json-events``), else the notable events through rich."""
+def printer(
+    json_events: bool,
+    command: str,
+    human: dict[str, Callable[[dict[str, Any]], str]] | None = None,
+    shown: frozenset[str] = SHOWN,
+) -> EventSink:
+    """JSON lines on stdout (``--json-events``), else the notable events through rich;
+    ``human`` gives an event its own line (e.g. a bridge's ``joined``)."""
+    formats = human or {}
     from rich.console import Console
 
     console = Console(highlight=False)
@@ -26,7 +33,10 @@ def printer(json_events: bool, command: str) -> EventSink:
         if json_events:
             with contextlib.suppress(BrokenPipeError, ValueError):
                 print(json.dumps({"event": kind, **fields}, default=str), flush=True)
-        elif kind in _SHOWN:
+        elif kind in formats:
+            with contextlib.suppress(BrokenPipeError, ValueError):
+                console.print(formats[kind](fields), markup=False)
+        elif kind in shown:
             with contextlib.suppress(BrokenPipeError, ValueError):
                 console.print(f"[bold]{command}[/bold] {kind} {fields}")
 
