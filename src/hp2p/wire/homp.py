@@ -611,7 +611,7 @@ class JoinPeer(_Model):
     def __post_init__(self) -> None:
         problem = peer_id_problem(self.peer_id)
         if problem is not None:
-            raise ValueError(problem)
+            raise _field_problem("peer-id", problem)
         caps = self.capabilities
         if caps is None:
             return
@@ -861,6 +861,15 @@ def encode(obj: msgspec.Struct | list[Any]) -> bytes:
     return _ENCODER.encode(obj)
 
 
+#: ``__post_init__`` checks name the field they refuse as "`name`: reason", so that the error
+#: points at the field (``$.peer.peer-id``) rather than at the object holding it.
+_FIELD_SEP = ": "
+
+
+def _field_problem(name: str, reason: str) -> ValueError:
+    return ValueError(f"`{name}`{_FIELD_SEP}{reason}")
+
+
 def _validation_error(exc: msgspec.ValidationError) -> HeaderError:
     """Turn msgspec's ``"<reason> - at `$.path`"`` into a :class:`HeaderError`."""
     text = str(exc)
@@ -873,8 +882,9 @@ def _validation_error(exc: msgspec.ValidationError) -> HeaderError:
     if reason.startswith(prefix):
         name = reason[len(prefix) :].rstrip("`")
         return HeaderError("missing required field", f"{path}.{name}")
-    if reason.startswith("a peer-id "):  # PeerJoin.__post_init__: name the field, not the object
-        path = f"{path}.peer-id"
+    field, sep, rest = reason.partition(_FIELD_SEP)
+    if sep and field.startswith("`") and field.endswith("`"):  # a struct's check of one field
+        return HeaderError(_tidy(rest), f"{path}.{field.strip('`')}")
     return HeaderError(_tidy(reason), path)
 
 
