@@ -167,19 +167,21 @@ class ApiGuard:
 
     ``allowed_hosts``: the names a Host header may carry (loopback names are always allowed);
     None when the API listens on every interface (``--api-public`` with 0.0.0.0), where this
-    host's names are not known in advance: the token still protects it.
+    host's names are not known in advance: the token still protects it. ``token`` None keeps
+    every other rule but asks for no token (read-only APIs whose data is open anyway, and
+    APIs whose requests carry their own signatures).
     """
 
     def __init__(
         self,
         app: Asgi,
         *,
-        token: str,
+        token: str | None,
         max_body: int,
         allowed_hosts: frozenset[str] | None,
     ) -> None:
         self.app = app
-        self._token = token.encode("ascii")
+        self._token = None if token is None else token.encode("ascii")
         self.max_body = max_body
         self.allowed_hosts = (
             None if allowed_hosts is None else LOOPBACK_NAMES | {h.lower() for h in allowed_hosts}
@@ -241,9 +243,12 @@ class ApiGuard:
 
     # --- the token ------------------------------------------------------------------------------
     def _matches(self, candidate: str) -> bool:
+        assert self._token is not None
         return hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"), self._token)
 
     def _authorized(self, scope: Scope, headers: dict[str, str]) -> bool:
+        if self._token is None:
+            return True
         scheme, _, value = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self._matches(value.strip()):
             return True

@@ -54,13 +54,6 @@ class NotAProducerError(Exception):
 Submit = Callable[[Transaction], None]
 
 
-class _OpenGuard(ApiGuard):
-    """The peer API's guard without its token (see the module docstring for why)."""
-
-    def _authorized(self, scope: Any, headers: dict[str, str]) -> bool:
-        return True
-
-
 def build_app(
     service: ChainService, submit: Submit, node_status: Callable[[], dict[str, Any]]
 ) -> FastAPI:
@@ -156,7 +149,7 @@ class ChainApi:
                 "127.0.0.1:PORT, or give --api-public if you mean it"
             )
         allowed = None if self.host in ANY_HOSTS else frozenset({self.host})
-        self.guard = _OpenGuard(app, token="-", max_body=4 * MAX_TX_BYTES, allowed_hosts=allowed)
+        self.guard = ApiGuard(app, token=None, max_body=4 * MAX_TX_BYTES, allowed_hosts=allowed)
         self.url = ""
         self._http = EmbeddedHttpServer(
             self.host, self.port, what="chain API", error=ApiError, task_name="chain-api"

@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from hp2p.apps.iot.state import reading_json
 from hp2p.apps.iot.state_feed import StateFeed
-from hp2p.peer.api_guard import SUBPROTOCOL_SCOPE_KEY, ApiGuard, QuietDenials, Scope, new_token
+from hp2p.peer.api_guard import SUBPROTOCOL_SCOPE_KEY, ApiGuard, QuietDenials, new_token
 from hp2p.peer.settings import ANY_HOSTS, is_loopback_host, split_host_port
 from hp2p.transport.http_server import EmbeddedHttpServer
 
@@ -160,13 +160,6 @@ async def _deny(ws: WebSocket, status: int, detail: str) -> None:
         await ws.close(code=1008, reason=detail[:120])
 
 
-class _OpenGuard(ApiGuard):
-    """The guard's Host, Origin and body rules without the token (see the module docstring)."""
-
-    def _authorized(self, scope: Scope, headers: dict[str, str]) -> bool:
-        return True
-
-
 class StateApi:
     """Serves :func:`build_state_app` with uvicorn in this event loop, behind the guard."""
 
@@ -186,8 +179,7 @@ class StateApi:
             )
         self.token = new_token() if token or public else None
         allowed = None if self.host in ANY_HOSTS else frozenset({self.host})
-        kind = ApiGuard if self.token else _OpenGuard
-        self.guard = kind(app, token=self.token or new_token(), max_body=0, allowed_hosts=allowed)
+        self.guard = ApiGuard(app, token=self.token, max_body=0, allowed_hosts=allowed)
         self.url = ""
         self._http = EmbeddedHttpServer(
             self.host,
