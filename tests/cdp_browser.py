@@ -47,7 +47,9 @@ class BrowserError(AssertionError):
 class Browser:
     """One headless Chromium with one page; use as a context manager (it is killed after)."""
 
-    def __init__(self, binary: str, width: int = 1400, height: int = 900) -> None:
+    def __init__(
+        self, binary: str, width: int = 1400, height: int = 900, extra: tuple[str, ...] = ()
+    ) -> None:
         self.profile = Path(tempfile.mkdtemp(prefix="hp2p-chromium-"))
         args = [binary, "--headless=new", "--remote-debugging-port=0", "--disable-gpu"]
         args += [f"--user-data-dir={self.profile}", "--no-first-run", "--no-default-browser-check"]
@@ -55,6 +57,7 @@ class Browser:
         args += ["--disable-dev-shm-usage", f"--window-size={width},{height}"]
         if os.geteuid() == 0:
             args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+        args += extra
         self.proc = subprocess.Popen(
             [*args, "about:blank"],
             stdin=subprocess.DEVNULL,

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cdp import Chromium, chromium_path
+from cdp_browser import Browser, find_chromium
 from hp2p.apps.media.http import MediaApi, build_app
 from hp2p.apps.media.source import MediaSource
 from hp2p.apps.media.viewer import MediaViewer
@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.slow,
     needs_ffmpeg,
     pytest.mark.skipif(
-        chromium_path() is None,
+        find_chromium() is None,
         reason="chromium not installed: run `make media-deps` (as root) or "
         "apt-get install chromium",
     ),
@@ -50,11 +50,20 @@ FRAME_COLOURS = """(() => {
 })()"""
 
 
-async def until(page: Any, expression: str, test: Any, what: str, limit: float = 40) -> Any:
+#: The browser plays sound and video without a gesture, silently.
+MEDIA_FLAGS = ("--mute-audio", "--autoplay-policy=no-user-gesture-required")
+
+
+async def evaluate(page: Browser, expression: str) -> Any:
+    """``page.evaluate`` off the event loop, which must go on serving the stream meanwhile."""
+    return await asyncio.to_thread(page.evaluate, expression)
+
+
+async def until(page: Browser, expression: str, test: Any, what: str, limit: float = 40) -> Any:
     deadline = time.monotonic() + limit
     guarded = f"(() => {{ try {{ return {expression}; }} catch (e) {{ return null; }} }})()"
     while True:  # bounded by the deadline
-        value = await page.evaluate(guarded)
+        value = await evaluate(page, guarded)
         if value is not None and test(value):
             return value
         assert time.monotonic() < deadline, f"{what}: last {value!r}"
@@ -81,9 +90,12 @@ async def test_watch_page_plays_the_live_stream_in_chromium(
             assert "script-src 'self'" in page_answer.headers["content-security-policy"]
             assert (await client.get("/static/../http.py")).status_code == 404
             assert (await client.get("/watch/..")).status_code in (400, 404)
-        async with Chromium(tmp_path / "chromium") as browser:
+        binary = find_chromium()
+        assert binary is not None
+        page = await asyncio.to_thread(Browser, binary, 1280, 720, MEDIA_FLAGS)
+        try:
             # the page opens before the stream starts: it waits for the playlist, then plays
-            page = await browser.open(f"{url}/watch/cam1")
+            await asyncio.to_thread(page.navigate, f"{url}/watch/cam1")
             running = asyncio.ensure_future(source.run())
             video = "document.getElementById('video')"
             first = await until(page, f"{video}.currentTime", lambda t: t > 0.5, "playback")
@@ -99,14 +111,16 @@ async def test_watch_page_plays_the_live_stream_in_chromium(
                 "continuity shown",
             )
             assert shown == "100.0 %"
-            tree = await page.evaluate("document.getElementById('tree').textContent")
+            tree = await evaluate(page, "document.getElementById('tree').textContent")
             assert "parent cam" in tree
-            watch = await page.evaluate("window.hp2pWatch")
+            watch = await evaluate(page, "window.hp2pWatch")
             assert watch["fatal"] == [], watch  # non-fatal ones (a stall at the edge) may come
-            shot = await page.screenshot()
-            (tmp_path / "watch.png").write_bytes(shot)
+            await asyncio.to_thread(page.screenshot, tmp_path / "watch.png")
+            shot = (tmp_path / "watch.png").read_bytes()
             assert shot.startswith(b"\x89PNG")
             assert len(shot) > 10_000
+        finally:
+            await asyncio.to_thread(page.close)
     finally:
         if running is not None:
             running.cancel()
