@@ -64,3 +64,17 @@ async def until_stopped(
         if status is not None and not stop.is_set():
             with contextlib.suppress(BrokenPipeError, ValueError):
                 console.print(f"[dim]{status()}[/dim]")
+
+
+def command_group(help_text: str, package: str, commands: dict[str, str]) -> Any:
+    """A ``typer`` group of one application (``hp2p iot``, ``hp2p media``): each sub-command
+    is the ``command`` (and ``EPILOG``) of a module of ``package``, named in ``commands``."""
+    import importlib
+
+    import typer
+
+    app = typer.Typer(help=help_text, no_args_is_help=True)
+    for name, module_name in commands.items():
+        module = importlib.import_module(f"{package}.{module_name}")
+        app.command(name=name, epilog=module.EPILOG)(module.command)
+    return app

@@ -3,18 +3,13 @@ history, watch); each module exports ``command`` and ``EPILOG`` and is imported 
 
 from __future__ import annotations
 
-import importlib
+from hp2p.apps.console import command_group
 
-import typer
-
-app = typer.Typer(
-    help=(
-        "IoT data streaming (Q.4100 §9.1): MQTT devices into a CoreTree, live state on a "
-        "SubTree, history on a SubMesh (docs/iot.md).\n\nExamples:\n\n"
-        "  hp2p iot sensor --devices 10 --rate 50\n\n"
-        "  hp2p iot gateway --mqtt mqtt://127.0.0.1:1883 --topic 'sensors/#' --overlay iot"
-    ),
-    no_args_is_help=True,
+HELP = (
+    "IoT data streaming (Q.4100 §9.1): MQTT devices into a CoreTree, live state on a "
+    "SubTree, history on a SubMesh (docs/iot.md).\n\nExamples:\n\n"
+    "  hp2p iot sensor --devices 10 --rate 50\n\n"
+    "  hp2p iot gateway --mqtt mqtt://127.0.0.1:1883 --topic 'sensors/#' --overlay iot"
 )
 
 #: sub-command name → module under hp2p.apps.iot that defines ``command`` and ``EPILOG``
@@ -28,10 +23,4 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _mount() -> None:
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"hp2p.apps.iot.{module_name}")
-        app.command(name=name, epilog=module.EPILOG)(module.command)
-
-
-_mount()
+app = command_group(HELP, "hp2p.apps.iot", COMMANDS)

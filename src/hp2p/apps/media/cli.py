@@ -3,18 +3,13 @@ viewer, bridge, recorder); each exports ``command`` and ``EPILOG`` and is import
 
 from __future__ import annotations
 
-import importlib
+from hp2p.apps.console import command_group
 
-import typer
-
-app = typer.Typer(
-    help=(
-        "Live multimedia streaming (Q.4100 §9.3): ffmpeg segments on a CoreTree, live HLS "
-        "from each viewer's peer, recordings on a SubMesh (docs/media.md).\n\nExamples:\n\n"
-        "  hp2p media source --create media --input testsrc --stream cam1\n\n"
-        "  hp2p media viewer --join media --api 127.0.0.1:8700"
-    ),
-    no_args_is_help=True,
+HELP = (
+    "Live multimedia streaming (Q.4100 §9.3): ffmpeg segments on a CoreTree, live HLS "
+    "from each viewer's peer, recordings on a SubMesh (docs/media.md).\n\nExamples:\n\n"
+    "  hp2p media source --create media --input testsrc --stream cam1\n\n"
+    "  hp2p media viewer --join media --api 127.0.0.1:8700"
 )
 
 #: sub-command name → module under hp2p.apps.media that defines ``command`` and ``EPILOG``
@@ -26,10 +21,4 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _mount() -> None:
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"hp2p.apps.media.{module_name}")
-        app.command(name=name, epilog=module.EPILOG)(module.command)
-
-
-_mount()
+app = command_group(HELP, "hp2p.apps.media", COMMANDS)
